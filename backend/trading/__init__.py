@@ -1,0 +1,1 @@
+"""Trading domain: market simulation, signals, sizing, risk, orders, paper fills and PnL."""

@@ -1,0 +1,119 @@
+"""Value types shared across the trading domain: identifiers, sides, quotes, orders and fills."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import NewType
+
+Symbol = NewType("Symbol", str)
+ClientOrderId = NewType("ClientOrderId", str)
+FillId = NewType("FillId", str)
+
+ZERO = Decimal(0)
+
+
+class Side(StrEnum):
+    """Direction of an order or fill."""
+
+    BUY = "BUY"
+    SELL = "SELL"
+
+    @property
+    def sign(self) -> int:
+        """+1 for a buy, -1 for a sell: the sign a fill adds to a position."""
+        return 1 if self is Side.BUY else -1
+
+    @property
+    def opposite(self) -> Side:
+        """The side that closes a position opened on this side."""
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class OrderType(StrEnum):
+    """How an order is priced."""
+
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+
+
+class TimeInForce(StrEnum):
+    """How long an order keeps working."""
+
+    GTC = "GTC"
+    IOC = "IOC"
+
+
+class Liquidity(StrEnum):
+    """Whether a fill added liquidity (maker) or took it (taker)."""
+
+    MAKER = "MAKER"
+    TAKER = "TAKER"
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """Top of book for one symbol at one instant; `volume` is the quantity at the touch."""
+
+    symbol: Symbol
+    bid: Decimal
+    ask: Decimal
+    last: Decimal
+    volume: Decimal
+    ts_ms: int
+
+    def __post_init__(self) -> None:
+        if self.bid <= ZERO or self.ask <= ZERO or self.last <= ZERO:
+            raise ValueError(f"{self.symbol}: prices must be positive")
+        if self.bid > self.ask:
+            raise ValueError(f"{self.symbol}: bid {self.bid} is above ask {self.ask}")
+        if self.volume < ZERO:
+            raise ValueError(f"{self.symbol}: volume must not be negative")
+
+    @property
+    def mid(self) -> Decimal:
+        """Midpoint of bid and ask."""
+        return (self.bid + self.ask) / 2
+
+
+Tick = Quote
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """An intent to trade, before any venue has seen it."""
+
+    client_order_id: ClientOrderId
+    symbol: Symbol
+    side: Side
+    quantity: Decimal
+    order_type: OrderType = OrderType.MARKET
+    limit_price: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    reduce_only: bool = False
+
+    @property
+    def signed_quantity(self) -> Decimal:
+        """Quantity with the side's sign: what the order adds to a position if fully filled."""
+        return self.quantity * self.side.sign
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution of (part of) an order. `fee` is in the quote currency and always >= 0."""
+
+    fill_id: FillId
+    client_order_id: ClientOrderId
+    symbol: Symbol
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+    liquidity: Liquidity
+    ts_ms: int
+
+    @property
+    def notional(self) -> Decimal:
+        """Quantity times price, before fees."""
+        return self.quantity * self.price
