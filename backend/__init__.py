@@ -1,0 +1,1 @@
+"""Quantum Trader: shared infrastructure and trading domain logic."""

@@ -1,0 +1,1 @@
+"""Shared infrastructure: observability, event bus, database, service assembly."""

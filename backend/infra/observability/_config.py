@@ -1,0 +1,294 @@
+"""Observability settings read from the environment, validated once at start-up.
+
+Precedence, for every setting (documented in docs/OBSERVABILITY_README.md):
+an explicit argument to `init_observability` > the seed's variable (`ENABLE_TRACING`,
+`OTLP_ENDPOINT`, ...) > the standard `OTEL_*` equivalent > the built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from ._errors import ObservabilityConfigError
+
+Protocol = Literal["grpc", "http/protobuf"]
+SamplerName = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_LEVELS = {"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"}
+_SAMPLERS: tuple[SamplerName, ...] = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """Everything the library needs to know, resolved from arguments and environment."""
+
+    service_name: str
+    service_version: str = "1.0.0"
+    environment: str = "dev"
+    log_level: str = "INFO"
+    tracing_enabled: bool = True
+    metrics_enabled: bool = True
+    otlp_endpoint: str | None = None
+    otlp_protocol: Protocol = "grpc"
+    otlp_insecure: bool = True
+    otlp_headers: Mapping[str, str] = field(default_factory=dict)
+    otlp_timeout_s: float = 10.0
+    sampler: SamplerName = "parentbased_traceidratio"
+    sample_rate: float = 1.0
+    resource_attributes: Mapping[str, str] = field(default_factory=dict)
+    access_log: bool = True
+    export_queue_size: int = 2048
+    export_batch_size: int = 512
+    export_delay_ms: int = 500
+
+    @property
+    def exporting(self) -> bool:
+        """Spans leave the process only when tracing is on and an endpoint is set."""
+        return self.tracing_enabled and self.otlp_endpoint is not None
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ObservabilityConfigError(name, value, "expected true or false")
+
+
+def _parse_rate(name: str, value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise ObservabilityConfigError(name, value, "expected a number between 0 and 1") from None
+    if not 0.0 <= rate <= 1.0:
+        raise ObservabilityConfigError(name, value, "expected a number between 0 and 1")
+    return rate
+
+
+def _parse_positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ObservabilityConfigError(name, value, "expected a positive integer") from None
+    if number <= 0:
+        raise ObservabilityConfigError(name, value, "expected a positive integer")
+    return number
+
+
+def _parse_key_values(name: str, value: str) -> dict[str, str]:
+    """Parse the W3C-baggage-like `k=v,k2=v2` lists used by `OTEL_RESOURCE_ATTRIBUTES`."""
+    result: dict[str, str] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ObservabilityConfigError(name, value, f"entry {item!r} is not key=value")
+        result[unquote(key.strip())] = unquote(val.strip())
+    return result
+
+
+def _parse_endpoint(name: str, value: str) -> str:
+    parts = urlsplit(value if "://" in value else f"http://{value}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ObservabilityConfigError(name, value, "expected a URL such as http://jaeger:4317")
+    try:
+        parts.port  # noqa: B018 - validates the port number
+    except ValueError:
+        raise ObservabilityConfigError(name, value, "the port is not a number") from None
+    return parts.geturl()
+
+
+def _infer_protocol(endpoint: str) -> Protocol:
+    parts = urlsplit(endpoint)
+    if parts.port == 4318 or parts.path.rstrip("/").endswith("/v1/traces"):
+        return "http/protobuf"
+    return "grpc"
+
+
+def load_config(
+    service_name: str | None = None,
+    log_level: str | None = None,
+    enable_tracing: bool | None = None,
+    enable_metrics: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ObservabilityConfig:
+    """Resolve the configuration; raise `ObservabilityConfigError` naming a bad variable."""
+    env = os.environ if env is None else env
+
+    resource_raw = _get(env, "OTEL_RESOURCE_ATTRIBUTES")
+    resource = _parse_key_values("OTEL_RESOURCE_ATTRIBUTES", resource_raw) if resource_raw else {}
+
+    name = (
+        service_name
+        or _get(env, "SERVICE_NAME")
+        or _get(env, "OTEL_SERVICE_NAME")
+        or resource.get("service.name")
+        or "unknown_service"
+    )
+    version = _get(env, "SERVICE_VERSION") or resource.get("service.version") or "1.0.0"
+    environment = (
+        _get(env, "ENVIRONMENT")
+        or resource.get("deployment.environment.name")
+        or resource.get("deployment.environment")
+        or "dev"
+    )
+
+    level = (log_level or _get(env, "LOG_LEVEL") or "INFO").upper()
+    if level not in _LEVELS:
+        source = "log_level" if log_level else "LOG_LEVEL"
+        raise ObservabilityConfigError(source, level, f"expected one of {sorted(_LEVELS)}")
+    level = "WARNING" if level == "WARN" else level
+
+    # Tracing: the argument and the environment must both allow it.
+    tracing = True if enable_tracing is None else bool(enable_tracing)
+    seed_switch = _get(env, "ENABLE_TRACING")
+    if seed_switch is not None:
+        tracing = tracing and _parse_bool("ENABLE_TRACING", seed_switch)
+    else:
+        disabled = _get(env, "OTEL_SDK_DISABLED")
+        if disabled is not None and _parse_bool("OTEL_SDK_DISABLED", disabled):
+            tracing = False
+
+    metrics = True if enable_metrics is None else bool(enable_metrics)
+
+    endpoint: str | None = None
+    endpoint_var = next(
+        (
+            var
+            for var in ("OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                        "OTEL_EXPORTER_OTLP_ENDPOINT")
+            if _get(env, var)
+        ),
+        None,
+    )
+    if endpoint_var is not None:
+        endpoint = _parse_endpoint(endpoint_var, _get(env, endpoint_var) or "")
+
+    protocol: Protocol
+    raw_protocol = _get(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or _get(
+        env, "OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    if raw_protocol is not None:
+        if raw_protocol not in ("grpc", "http/protobuf"):
+            raise ObservabilityConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL", raw_protocol, "expected grpc or http/protobuf"
+            )
+        protocol = raw_protocol  # type: ignore[assignment]
+    else:
+        protocol = _infer_protocol(endpoint) if endpoint else "grpc"
+
+    if endpoint and protocol == "http/protobuf":
+        path = urlsplit(endpoint).path.rstrip("/")
+        # A signal-specific endpoint is used as given; a base endpoint gets the signal path.
+        if endpoint_var != "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" and not path.endswith(
+            "/v1/traces"
+        ):
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
+
+    insecure_raw = _get(env, "OTLP_INSECURE")
+    insecure_var = "OTLP_INSECURE"
+    if insecure_raw is None:
+        insecure_var = "OTEL_EXPORTER_OTLP_INSECURE"
+        insecure_raw = _get(env, insecure_var)
+    insecure = True if insecure_raw is None else _parse_bool(insecure_var, insecure_raw)
+
+    headers_raw = _get(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS") or _get(
+        env, "OTEL_EXPORTER_OTLP_HEADERS"
+    )
+    headers = (
+        _parse_key_values("OTEL_EXPORTER_OTLP_HEADERS", headers_raw) if headers_raw else {}
+    )
+
+    timeout_s = 10.0
+    timeout_raw = _get(env, "OTEL_EXPORTER_OTLP_TIMEOUT")
+    if timeout_raw is not None:
+        timeout_s = _parse_positive_int("OTEL_EXPORTER_OTLP_TIMEOUT", timeout_raw) / 1000.0
+
+    sampler: SamplerName = "parentbased_traceidratio"
+    rate = 1.0
+    rate_raw = _get(env, "TRACE_SAMPLE_RATE")
+    if rate_raw is not None:
+        rate = _parse_rate("TRACE_SAMPLE_RATE", rate_raw)
+    else:
+        sampler_raw = _get(env, "OTEL_TRACES_SAMPLER")
+        if sampler_raw is not None:
+            if sampler_raw not in _SAMPLERS:
+                raise ObservabilityConfigError(
+                    "OTEL_TRACES_SAMPLER", sampler_raw, f"expected one of {list(_SAMPLERS)}"
+                )
+            sampler = sampler_raw  # type: ignore[assignment]
+        arg_raw = _get(env, "OTEL_TRACES_SAMPLER_ARG")
+        if arg_raw is not None and sampler.endswith("traceidratio"):
+            rate = _parse_rate("OTEL_TRACES_SAMPLER_ARG", arg_raw)
+        elif sampler.endswith("always_off"):
+            rate = 0.0
+
+    access_raw = _get(env, "ACCESS_LOG")
+    access_log = True if access_raw is None else _parse_bool("ACCESS_LOG", access_raw)
+
+    queue_size = _parse_positive_int("OTEL_BSP_MAX_QUEUE_SIZE", _get(env, "OTEL_BSP_MAX_QUEUE_SIZE") or "2048")
+    batch_size = _parse_positive_int(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _get(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or "512"
+    )
+    delay_ms = _parse_positive_int(
+        "OTEL_BSP_SCHEDULE_DELAY", _get(env, "OTEL_BSP_SCHEDULE_DELAY") or "500"
+    )
+
+    extra_resource = {
+        k: v
+        for k, v in resource.items()
+        if k
+        not in ("service.name", "service.version", "deployment.environment",
+                "deployment.environment.name")
+    }
+    return ObservabilityConfig(
+        service_name=name,
+        service_version=version,
+        environment=environment,
+        log_level=level,
+        tracing_enabled=tracing,
+        metrics_enabled=metrics,
+        otlp_endpoint=endpoint,
+        otlp_protocol=protocol,
+        otlp_insecure=insecure,
+        otlp_headers=headers,
+        otlp_timeout_s=timeout_s,
+        sampler=sampler,
+        sample_rate=rate,
+        resource_attributes=extra_resource,
+        access_log=access_log,
+        export_queue_size=queue_size,
+        export_batch_size=min(batch_size, queue_size),
+        export_delay_ms=delay_ms,
+    )

@@ -1,0 +1,427 @@
+"""Span export: a bounded queue, a worker thread, a lean OTLP encoder, gRPC and HTTP transports.
+
+Why not the SDK's BatchSpanProcessor with the stock OTLP exporters: the export work runs on a
+thread of the service's own process and holds the GIL while it encodes, so every microsecond
+spent there is taken from requests. The stock path builds one protobuf object per span,
+attribute and value before serialising; `encode_spans` below writes the OTLP wire format
+directly (about 3x less CPU per span, measured by `make bench`). The queue never blocks the
+caller: when it is full the span is dropped and counted, as the OTel batch processor does.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import random
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from ._metrics import EXPORT_QUEUE, EXPORT_SECONDS, SPANS_DROPPED, SPANS_EXPORTED
+from ._otel import SpanProcessor
+
+_log = logging.getLogger("backend.infra.observability.export")
+
+# --- OTLP protobuf wire format -----------------------------------------------------------------
+# Field numbers from opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto.
+
+_pack_d = struct.Struct("<d").pack
+_pack_q = struct.Struct("<Q").pack
+_pack_i = struct.Struct("<I").pack
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _len_field(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def _str_field(tag: int, value: str) -> bytes:
+    return _len_field(tag, value.encode("utf-8"))
+
+
+# AnyValue tags: string 1, bool 2, int 3, double 4, array 5 (field << 3 | wire type)
+def _any_value(value: Any) -> bytes:
+    if isinstance(value, str):
+        return _str_field(0x0A, value)
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _pack_d(value)
+    if isinstance(value, (list, tuple)):
+        return _len_field(0x2A, b"".join(_len_field(0x0A, _any_value(v)) for v in value))
+    if isinstance(value, bytes):
+        return _len_field(0x3A, value)
+    return _str_field(0x0A, str(value))
+
+
+_KEY_CACHE: dict[str, bytes] = {}
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    encoded_key = _KEY_CACHE.get(key)
+    if encoded_key is None:
+        encoded_key = _str_field(0x0A, key)
+        if len(_KEY_CACHE) < 4096:
+            _KEY_CACHE[key] = encoded_key
+    return encoded_key + _len_field(0x12, _any_value(value))
+
+
+def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
+    if not attributes:
+        return b""
+    return b"".join(_len_field(tag, _key_value(k, v)) for k, v in attributes.items())
+
+
+def encode_resource(attributes: Mapping[str, Any]) -> bytes:
+    return _attributes(0x0A, attributes)
+
+
+def encode_scope(name: str, version: str | None) -> bytes:
+    return _str_field(0x0A, name) + (_str_field(0x12, version) if version else b"")
+
+
+def _trace_state(state: Any) -> bytes:
+    if not state:
+        return b""
+    return _str_field(0x1A, state.to_header())
+
+
+def encode_span(span: Any) -> bytes:
+    """One `opentelemetry.proto.trace.v1.Span` message (without its length prefix)."""
+    ctx = span._context
+    parts = [
+        b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
+        b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),
+        _trace_state(ctx.trace_state),
+    ]
+    parent = span._parent
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    parts.append(_str_field(0x2A, span._name))
+    parts.append(b"\x30" + _varint(span._kind.value + 1))
+    parts.append(b"\x39" + _pack_q(span._start_time))
+    parts.append(b"\x41" + _pack_q(span._end_time))
+    parts.append(_attributes(0x4A, span._attributes))
+    for event in span._events:
+        body = (
+            b"\x09" + _pack_q(event.timestamp)
+            + _str_field(0x12, event.name)
+            + _attributes(0x1A, event.attributes)
+        )
+        parts.append(_len_field(0x5A, body))
+    for link in span._links:
+        lctx = link.context
+        body = (
+            b"\x0a\x10" + lctx.trace_id.to_bytes(16, "big")
+            + b"\x12\x08" + lctx.span_id.to_bytes(8, "big")
+            + _trace_state(lctx.trace_state)
+            + _attributes(0x22, link.attributes)
+        )
+        parts.append(_len_field(0x6A, body))
+    status = span._status
+    if status is not None and status.status_code.value:
+        body = (_str_field(0x12, status.description) if status.description else b"") + (
+            b"\x18" + _varint(status.status_code.value)
+        )
+        parts.append(_len_field(0x7A, body))
+    # flags: W3C trace flags plus "parent is remote is known" (bit 8) and "is remote" (bit 9)
+    flags = int(ctx.trace_flags) | 0x100
+    if parent is not None and parent.is_remote:
+        flags |= 0x200
+    parts.append(b"\x85\x01" + _pack_i(flags))
+    return b"".join(parts)
+
+
+class _Encoder:
+    """Encodes batches of finished spans to an `ExportTraceServiceRequest`."""
+
+    def __init__(self) -> None:
+        self._resources: dict[int, bytes] = {}
+        self._scopes: dict[tuple[str, str | None], bytes] = {}
+
+    def _resource(self, resource: Any) -> bytes:
+        key = id(resource)
+        cached = self._resources.get(key)
+        if cached is None:
+            cached = _len_field(0x0A, encode_resource(resource.attributes))
+            self._resources[key] = cached
+        return cached
+
+    def _scope(self, scope: Any) -> bytes:
+        key = (scope.name, scope.version) if scope is not None else ("", None)
+        cached = self._scopes.get(key)
+        if cached is None:
+            cached = _len_field(0x0A, encode_scope(*key))
+            self._scopes[key] = cached
+        return cached
+
+    def encode(self, spans: Iterable[Any]) -> bytes:
+        grouped: dict[int, tuple[Any, dict[tuple[str, str | None], tuple[Any, list[bytes]]]]] = {}
+        for span in spans:
+            resource = span._resource
+            scope = span._instrumentation_scope
+            by_scope = grouped.setdefault(id(resource), (resource, {}))[1]
+            key = (scope.name, scope.version) if scope is not None else ("", None)
+            by_scope.setdefault(key, (scope, []))[1].append(_len_field(0x12, encode_span(span)))
+        out = []
+        for resource, by_scope in grouped.values():
+            scope_spans = b"".join(
+                _len_field(0x12, self._scope(scope) + b"".join(encoded))
+                for scope, encoded in by_scope.values()
+            )
+            out.append(_len_field(0x0A, self._resource(resource) + scope_spans))
+        return b"".join(out)
+
+
+def encode_spans(spans: Sequence[Any]) -> bytes:
+    """Encode finished SDK spans (`ReadableSpan`) as an OTLP `ExportTraceServiceRequest`."""
+    return _Encoder().encode(spans)
+
+
+# --- Transports --------------------------------------------------------------------------------
+
+
+class ExportFailed(Exception):
+    """The collector did not accept a batch."""
+
+
+class Transport(Protocol):
+    def send(self, payload: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class HttpTransport:
+    """OTLP/HTTP with protobuf bodies over one kept-alive connection."""
+
+    def __init__(self, url: str, headers: Mapping[str, str], timeout_s: float) -> None:
+        parts = urlsplit(url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = parts.path or "/v1/traces"
+        self._headers = {"Content-Type": "application/x-protobuf", **headers}
+        self._timeout_s = timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._timeout_s)
+        return self._conn
+
+    def send(self, payload: bytes) -> None:
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request("POST", self._path, body=payload, headers=self._headers)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                # A kept-alive connection the collector closed fails once; retry on a new one.
+                if attempt == 2:
+                    raise ExportFailed(f"{type(exc).__name__}: {exc}") from exc
+                continue
+            if 200 <= response.status < 300:
+                return
+            raise ExportFailed(f"HTTP {response.status} from {self._host}:{self._port}")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class GrpcTransport:
+    """OTLP/gRPC: the encoded request sent as raw bytes to TraceService/Export."""
+
+    METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+    def __init__(
+        self, url: str, insecure: bool, headers: Mapping[str, str], timeout_s: float
+    ) -> None:
+        import grpc
+
+        parts = urlsplit(url)
+        target = f"{parts.hostname}:{parts.port or 4317}"
+        if parts.scheme == "https" and not insecure:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._call = self._channel.unary_unary(self.METHOD)
+        self._metadata = tuple((k.lower(), v) for k, v in headers.items())
+        self._timeout_s = timeout_s
+        self._grpc = grpc
+
+    def send(self, payload: bytes) -> None:
+        try:
+            self._call(payload, timeout=self._timeout_s, metadata=self._metadata)
+        except self._grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else "?"
+            raise ExportFailed(f"gRPC {code}") from exc
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+# --- The processor -----------------------------------------------------------------------------
+
+
+class ExportQueue(SpanProcessor):  # type: ignore[misc,valid-type]
+    """A span processor that queues sampled spans and exports them in batches on a thread.
+
+    `on_end` costs one deque append. The queue is bounded: a span that finds it full is
+    dropped and counted (`otel_spans_dropped_total{reason="queue_full"}`); a batch the
+    collector refuses is dropped and counted as `export_failed` after one retry, and the
+    worker backs off (up to 5 s) so a dead collector costs no CPU to speak of.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        max_queue_size: int = 2048,
+        max_batch_size: int = 512,
+        delay_ms: int = 500,
+        encoder: Callable[[Sequence[Any]], bytes] = encode_spans,
+    ) -> None:
+        self._transport = transport
+        self._queue: deque[Any] = deque()
+        self._max_queue = max_queue_size
+        self._max_batch = max_batch_size
+        self._delay_s = delay_ms / 1000.0
+        self._encode = encoder
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._exporting = False
+        self._stopped = False
+        self._failures = 0
+        self._last_error_log = 0.0
+        self._thread = threading.Thread(target=self._run, name="otlp-span-export", daemon=True)
+        self._thread.start()
+        EXPORT_QUEUE.set_function(lambda: len(self._queue))
+
+    # SpanProcessor interface ------------------------------------------------------------------
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        return None
+
+    def on_end(self, span: Any) -> None:
+        if not span._context.trace_flags.sampled:
+            return
+        if self._stopped:
+            SPANS_DROPPED.labels("shutdown").inc()
+            return
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            SPANS_DROPPED.labels("queue_full").inc()
+            return
+        queue.append(span)
+        if len(queue) == self._max_batch:
+            self._wake.set()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000.0
+        with self._idle:
+            while self._queue or self._exporting:
+                self._wake.set()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(min(remaining, 0.05))
+        return True
+
+    def shutdown(self, timeout_millis: int = 5000) -> None:
+        if self._stopped:
+            return
+        self.force_flush(timeout_millis)
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=timeout_millis / 1000.0)
+        left = len(self._queue)
+        if left:
+            SPANS_DROPPED.labels("shutdown").inc(left)
+            self._queue.clear()
+        self._transport.close()
+
+    # Worker ----------------------------------------------------------------------------------
+    def _take_batch(self) -> list[Any]:
+        queue = self._queue
+        n = min(len(queue), self._max_batch)
+        return [queue.popleft() for _ in range(n)]
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._delay_s)
+            self._wake.clear()
+            while self._queue:
+                with self._idle:
+                    self._exporting = True
+                batch = self._take_batch()
+                ok = self._export(batch)
+                with self._idle:
+                    self._exporting = False
+                    self._idle.notify_all()
+                if not ok:
+                    self._back_off()
+                    break
+            with self._idle:
+                self._idle.notify_all()
+
+    def _export(self, batch: list[Any]) -> bool:
+        started = time.perf_counter()
+        try:
+            payload = self._encode(batch)
+            self._transport.send(payload)
+        # Broad on purpose: whatever the exporter or encoder raises, the service must go on.
+        except Exception as exc:
+            SPANS_DROPPED.labels("export_failed").inc(len(batch))
+            self._failures += 1
+            now = time.monotonic()
+            if now - self._last_error_log > 30.0:
+                self._last_error_log = now
+                _log.warning(
+                    "span export failed; %d spans dropped (%s)", len(batch), exc,
+                    extra={"failures": self._failures},
+                )
+            return False
+        finally:
+            EXPORT_SECONDS.inc(time.perf_counter() - started)
+        self._failures = 0
+        SPANS_EXPORTED.inc(len(batch))
+        return True
+
+    def _back_off(self) -> None:
+        delay = min(5.0, 0.1 * (2 ** min(self._failures, 6))) * random.uniform(0.8, 1.2)
+        deadline = time.monotonic() + delay
+        while not self._stopped and time.monotonic() < deadline:
+            # A flush request during back-off still gets one more attempt.
+            if self._wake.wait(deadline - time.monotonic()):
+                return
+
+
+def make_transport(
+    endpoint: str, protocol: str, insecure: bool, headers: Mapping[str, str], timeout_s: float
+) -> Transport:
+    if protocol == "http/protobuf":
+        return HttpTransport(endpoint, headers, timeout_s)
+    return GrpcTransport(endpoint, insecure, headers, timeout_s)
+
+

@@ -1,0 +1,322 @@
+"""JSON log lines on stdout: one object per line, carrying the active trace id.
+
+Lines go through one buffered, thread-safe sink. A request's access line is written straight to
+the sink by the HTTP middleware (the stdlib `logging` machinery costs ~15 % of a trivial
+request's throughput); everything else goes through stdlib `logging` with `JsonFormatter`, so
+uvicorn's and third-party loggers come out in the same format.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import orjson
+
+from ._otel import HAS_API, otel_trace
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+) | {"message", "asctime", "taskName", "_fields"}
+
+_FLUSH_INTERVAL_S = 0.2
+_FLUSH_BYTES = 64 * 1024
+
+
+class LineSink:
+    """Buffers encoded lines and writes them to a stream.
+
+    Lines at WARNING and above, and any line once the buffer holds 64 KiB, are written at once;
+    the rest within 200 ms, by a daemon thread, and at exit.
+    """
+
+    def __init__(self, stream_getter: Callable[[], IO[str]] = lambda: sys.stdout) -> None:
+        self._stream_getter = stream_getter
+        self._lock = threading.Lock()
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def write(self, line: bytes, urgent: bool = False) -> None:
+        with self._lock:
+            self._buffer.append(line)
+            self._size += len(line)
+            if urgent or self._size >= _FLUSH_BYTES:
+                self._flush_locked()
+        if self._thread is None:
+            self._start()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        stream = self._stream_getter()
+        try:
+            raw = getattr(stream, "buffer", None)
+            if raw is not None:
+                stream.flush()  # keep order with text already written by print()
+                raw.write(data)
+                raw.flush()
+            else:
+                stream.write(data.decode("utf-8", "replace"))
+                stream.flush()
+        except (OSError, ValueError):
+            # stdout closed or gone (e.g. a broken pipe at shutdown): logging must not crash.
+            pass
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="observability-log-flusher", daemon=True
+            )
+            self._thread.start()
+        atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while not self._stop.wait(_FLUSH_INTERVAL_S):
+            self.flush()
+
+
+SINK = LineSink()
+
+
+class _UtcClock:
+    """Formats epoch seconds as ISO-8601 UTC with milliseconds, caching the seconds part."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, ts: float) -> str:
+        second = int(ts)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((ts - second) * 1000):03d}Z"
+
+
+_CLOCK = _UtcClock()
+
+
+def utc_timestamp(ts: float) -> str:
+    """`2026-11-24T01:02:03.456Z` for epoch seconds `ts`."""
+    return _CLOCK.format(ts)
+
+
+def current_trace_ids() -> tuple[str | None, str | None]:
+    """Hex trace id and span id of the active span, or (None, None)."""
+    if not HAS_API:
+        return None, None
+    ctx = otel_trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None, None
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+
+
+def _default(value: object) -> str:
+    return str(value)
+
+
+def encode_line(fields: Mapping[str, Any]) -> bytes:
+    """One JSON object and a newline; values JSON cannot hold are written as `str(value)`."""
+    return orjson.dumps(fields, default=_default, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a `LogRecord` as the project's JSON log object."""
+
+    def __init__(self, resource: Mapping[str, str]) -> None:
+        super().__init__()
+        self.resource = dict(resource)
+
+    def to_fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        trace_id, span_id = current_trace_ids()
+        fields: dict[str, Any] = {
+            "time": utc_timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self.resource,
+            "trace_id": trace_id,
+            "span_id": span_id,
+        }
+        bound = record.__dict__.get("_fields")
+        if bound:
+            fields.update(bound)
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS:
+                fields[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, exc, tb = record.exc_info
+            fields["exception"] = {
+                "type": exc_type.__qualname__,
+                "module": exc_type.__module__,
+                "message": str(exc),
+                "stacktrace": "".join(traceback.format_exception(exc_type, exc, tb)),
+            }
+        if record.stack_info:
+            fields["stack"] = record.stack_info
+        return fields
+
+    def format(self, record: logging.LogRecord) -> str:
+        return encode_line(self.to_fields(record)).decode("utf-8").rstrip("\n")
+
+
+class SinkHandler(logging.Handler):
+    """Writes records through `JsonFormatter` to the shared line sink."""
+
+    def __init__(self, formatter: JsonFormatter, sink: LineSink = SINK) -> None:
+        super().__init__()
+        self.json_formatter = formatter
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = encode_line(self.json_formatter.to_fields(record))
+            self.sink.write(line, urgent=record.levelno >= logging.WARNING)
+        except Exception:  # a log call must never raise into the caller
+            self.handleError(record)
+
+
+class BoundLogger:
+    """A stdlib logger with bound fields: `log.bind(order_id=...).info("filled", qty=3)`.
+
+    Keyword arguments of a log call become fields of the JSON line; `extra=` works as usual.
+    """
+
+    __slots__ = ("_fields", "_logger")
+
+    def __init__(self, logger: logging.Logger, fields: Mapping[str, Any] | None = None) -> None:
+        self._logger = logger
+        self._fields = dict(fields or {})
+
+    @property
+    def name(self) -> str:
+        return self._logger.name
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._logger
+
+    def bind(self, **fields: Any) -> BoundLogger:
+        return BoundLogger(self._logger, {**self._fields, **fields})
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - stdlib name
+        return self._logger.isEnabledFor(level)
+
+    def setLevel(self, level: int | str) -> None:  # noqa: N802 - stdlib name
+        self._logger.setLevel(level)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        exc_info = kwargs.pop("exc_info", None)
+        stack_info = kwargs.pop("stack_info", False)
+        stacklevel = kwargs.pop("stacklevel", 1)
+        extra = kwargs.pop("extra", None) or {}
+        fields = {**self._fields, **kwargs} if kwargs else self._fields
+        self._logger.log(
+            level,
+            msg,
+            *args,
+            exc_info=exc_info,
+            stack_info=stack_info,
+            stacklevel=stacklevel + 2,
+            extra={**extra, "_fields": fields},
+        )
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.log(logging.WARNING, msg, *args, **kwargs)
+
+    warn = warning
+
+    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        kwargs.setdefault("exc_info", True)
+        self.log(logging.ERROR, msg, *args, **kwargs)
+
+    def critical(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.log(logging.CRITICAL, msg, *args, **kwargs)
+
+
+def get_logger(name: str | None = None) -> BoundLogger:
+    """A logger whose records come out as JSON lines once `init_observability` has run."""
+    return BoundLogger(logging.getLogger(name))
+
+
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+
+
+def configure_logging(resource: Mapping[str, str], level: str) -> SinkHandler:
+    """Route the root logger (and uvicorn's loggers) through one JSON handler on stdout."""
+    handler = SinkHandler(JsonFormatter(resource))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if isinstance(existing, SinkHandler) or (
+            isinstance(existing, logging.StreamHandler)
+            and getattr(existing, "stream", None) in (sys.stdout, sys.stderr)
+        ):
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    _adopt_uvicorn_default(level)
+    return handler
+
+
+def _adopt_uvicorn_default(level: str) -> None:
+    """Make a plain `uvicorn.run(app)` (as the seed's services call it) log through us.
+
+    `uvicorn.Config` takes `uvicorn.config.LOGGING_CONFIG` as its default `log_config`, bound
+    when uvicorn was imported, so the dict is updated in place rather than rebound.
+    """
+    try:
+        from uvicorn import config as uvicorn_config
+    except ImportError:
+        return
+    uvicorn_config.LOGGING_CONFIG.clear()
+    uvicorn_config.LOGGING_CONFIG.update(uvicorn_log_config(level))
+
+
+def uvicorn_log_config(level: str = "INFO") -> dict[str, Any]:
+    """A `log_config` for `uvicorn.run` that keeps our JSON handler on the root logger.
+
+    uvicorn's default config installs its own text handlers; this one leaves uvicorn's loggers
+    without handlers so their records propagate to the root logger.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "loggers": {
+            name: {"handlers": [], "propagate": True, "level": level}
+            for name in ("uvicorn", "uvicorn.error")
+        }
+        | {"uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"}},
+    }

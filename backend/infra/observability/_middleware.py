@@ -1,0 +1,238 @@
+"""One pure-ASGI middleware doing the SERVER span, the HTTP metrics and the access log in one pass."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from . import _state, _tracing
+from ._logging import SINK, current_trace_ids, encode_line, utc_timestamp
+from ._metrics import HTTP_IN_FLIGHT, UNMATCHED_ROUTE, HttpMetrics
+from ._otel import HAS_SDK, StatusCode
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+if HAS_SDK:
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+
+    _BAGGAGE = W3CBaggagePropagator()
+
+
+@dataclass
+class MiddlewareOptions:
+    """Switched on by `instrument_fastapi` (tracing, access log) and `add_metrics_middleware`."""
+
+    tracing: bool = False
+    metrics: bool = False
+    access_log: bool = False
+
+
+def is_excluded(path: str) -> bool:
+    """Health probes and the metrics scrape are not traced nor access-logged."""
+    return path == "/metrics" or path == "/health" or path.startswith("/health/")
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's path template (`/orders/{order_id}`), mount prefixes included."""
+    route = scope.get("route")
+    if route is None:
+        return None
+    path = getattr(route, "path", None)
+    if path is None:
+        return None
+    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+    return prefix + path if prefix and not path.startswith(prefix) else path
+
+
+class ObservabilityMiddleware:
+    """Traces, measures and logs each HTTP request; serves `/metrics` if the app has none."""
+
+    def __init__(self, app: ASGIApp, options: MiddlewareOptions) -> None:
+        self.app = app
+        self.options = options
+        self.metrics = HttpMetrics()
+        self._app_has_metrics: bool | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.app(scope, receive, _flush_on_shutdown(send))
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        options = self.options
+        path = scope["path"]
+        excluded = is_excluded(path)
+        if path == "/metrics" and options.metrics and not self._has_metrics_route(scope):
+            await _serve_metrics(send)
+            return
+        started = time.perf_counter()
+        method = scope["method"]
+        rt = _tracing.runtime() if options.tracing and not excluded else None
+        span = None
+        token = None
+        if rt is not None:
+            span, token = _start_span(rt, scope, method, path)
+
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        HTTP_IN_FLIGHT.inc()
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            error = exc
+            if not response_started:
+                status = 500
+            raise
+        finally:
+            HTTP_IN_FLIGHT.dec()
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            if options.metrics:
+                self.metrics.observe(method, route or UNMATCHED_ROUTE, status, elapsed)
+            if span is not None:
+                _end_span(span, method, route, status, error)
+                _tracing.detach(token)
+            if options.access_log and not excluded and _state.access_log_enabled():
+                _write_access_line(scope, method, path, route, status, elapsed, span)
+
+    def _has_metrics_route(self, scope: Scope) -> bool:
+        if self._app_has_metrics is None:
+            app = scope.get("app")
+            routes = getattr(app, "routes", ())
+            self._app_has_metrics = any(getattr(r, "path", None) == "/metrics" for r in routes)
+        return self._app_has_metrics
+
+
+def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any]:
+    parent = None
+    tracestate = None
+    baggage = None
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            parent = _tracing.parse_traceparent(value)
+        elif name == b"tracestate":
+            tracestate = value
+        elif name == b"baggage":
+            baggage = value
+    if parent is not None and tracestate:
+        from opentelemetry.trace import SpanContext, TraceState
+
+        state = TraceState.from_header([tracestate.decode("latin-1")])
+        parent = SpanContext(
+            parent.trace_id, parent.span_id, True, parent.trace_flags, state
+        )
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": path,
+        "url.scheme": scope.get("scheme", "http"),
+        "network.protocol.version": scope.get("http_version", "1.1"),
+    }
+    server = scope.get("server")
+    if server:
+        attributes["server.address"] = server[0]
+        if server[1] is not None:
+            attributes["server.port"] = server[1]
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = client[0]
+    span = _tracing.start_server_span(rt, method, parent, attributes)
+    base = None
+    if baggage:
+        base = _BAGGAGE.extract({"baggage": baggage.decode("latin-1")})
+    token = _tracing.attach(_tracing.set_span_in_context(span, base))
+    return span, token
+
+
+def _end_span(span: Any, method: str, route: str | None, status: int, error: BaseException | None) -> None:
+    if not span.is_recording():
+        return
+    if route is not None:
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+    span.set_attribute("http.response.status_code", status)
+    if error is not None:
+        span.record_exception(error, escaped=True)
+        span.set_attribute("error.type", type(error).__qualname__)
+        span.set_status(StatusCode.ERROR, f"{type(error).__qualname__}: {error}")
+    elif status >= 500:
+        span.set_attribute("error.type", str(status))
+        span.set_status(StatusCode.ERROR)
+    span.end()
+
+
+def _write_access_line(
+    scope: Scope, method: str, path: str, route: str | None, status: int, elapsed: float, span: Any
+) -> None:
+    if span is not None:
+        ctx = span.get_span_context()
+        trace_id, span_id = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+    else:
+        trace_id, span_id = current_trace_ids()
+    client = scope.get("client")
+    fields = {
+        "time": utc_timestamp(time.time()),
+        "level": "INFO",
+        "logger": "access",
+        "message": f"{method} {path} {status}",
+        **_state.resource_fields(),
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "http.request.method": method,
+        "url.path": path,
+        "http.route": route,
+        "http.response.status_code": status,
+        "duration_ms": round(elapsed * 1000.0, 3),
+        "client.address": client[0] if client else None,
+    }
+    SINK.write(encode_line(fields), urgent=status >= 500)
+
+
+async def _serve_metrics(send: Send) -> None:
+    body = generate_latest(REGISTRY)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", CONTENT_TYPE_LATEST.encode("latin-1")),
+                (b"content-length", str(len(body)).encode("latin-1")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _flush_on_shutdown(send: Send) -> Send:
+    """Flush queued spans before the server is told the app has shut down.
+
+    atexit is not enough: uvicorn exits right after `lifespan.shutdown.complete`, and a
+    daemon export thread can be killed with the last batch still queued.
+    """
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "lifespan.shutdown.complete":
+            _tracing.force_flush(5000)
+        await send(message)
+
+    return wrapped

@@ -1,0 +1,399 @@
+"""Tracer provider set-up, tracers, W3C propagation helpers and the no-op fallback."""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import ObservabilityConfig
+from ._otel import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    HAS_API,
+    HAS_SDK,
+    INSTALL_HINT,
+    InstrumentationScope,
+    ParentBased,
+    ReadableSpan,
+    Resource,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceIdRatioBased,
+    TracerProvider,
+    otel_context,
+    otel_extract,
+    otel_inject,
+    otel_trace,
+)
+
+LIBRARY_SCOPE = "backend.infra.observability"
+_TRACE_ID_MASK = (1 << 64) - 1
+
+
+@dataclass
+class TracingRuntime:
+    """What `init_observability` set up for tracing in this process."""
+
+    provider: Any
+    processor: Any | None
+    resource: Any
+    scope: Any
+    sampled_bound: int
+    parent_based: bool
+
+    def emit(self, span: Any) -> None:
+        """Hand a finished span to the provider's processors, as an SDK span's `end()` does."""
+        self.provider._active_span_processor.on_end(span)
+
+    def should_sample(self, trace_id: int, parent: Any | None) -> bool:
+        """The configured sampler's decision, inlined for the per-request server span."""
+        if parent is not None and self.parent_based:
+            return bool(parent.trace_flags.sampled)
+        return (trace_id & _TRACE_ID_MASK) < self.sampled_bound
+
+
+_RUNTIME: TracingRuntime | None = None
+
+
+def runtime() -> TracingRuntime | None:
+    return _RUNTIME
+
+
+def _build_sampler(config: ObservabilityConfig) -> tuple[Any, bool, float]:
+    name = config.sampler
+    parent_based = name.startswith("parentbased_")
+    if name.endswith("always_on"):
+        rate = 1.0
+        root = ALWAYS_ON
+    elif name.endswith("always_off"):
+        rate = 0.0
+        root = ALWAYS_OFF
+    else:
+        rate = config.sample_rate
+        root = TraceIdRatioBased(rate)
+    return (ParentBased(root) if parent_based else root), parent_based, rate
+
+
+def resource_attributes(config: ObservabilityConfig) -> dict[str, str]:
+    return {
+        **config.resource_attributes,
+        "service.name": config.service_name,
+        "service.version": config.service_version,
+        "deployment.environment": config.environment,
+        "deployment.environment.name": config.environment,
+    }
+
+
+def setup_tracing(config: ObservabilityConfig) -> TracingRuntime | None:
+    """Create and install the global tracer provider; None when tracing is off or absent."""
+    global _RUNTIME
+    if not config.tracing_enabled:
+        return None
+    if not HAS_SDK:
+        if config.otlp_endpoint:
+            import logging
+
+            logging.getLogger(LIBRARY_SCOPE).warning(
+                "OTLP endpoint %s is set but the OpenTelemetry SDK is not installed; "
+                "tracing is a no-op (%s)", config.otlp_endpoint, INSTALL_HINT,
+            )
+        return None
+    from . import _export
+
+    sampler, parent_based, rate = _build_sampler(config)
+    resource = Resource.create(resource_attributes(config))
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    processor = None
+    if config.otlp_endpoint is not None:
+        transport = _export.make_transport(
+            config.otlp_endpoint,
+            config.otlp_protocol,
+            config.otlp_insecure,
+            config.otlp_headers,
+            config.otlp_timeout_s,
+        )
+        processor = _export.ExportQueue(
+            transport,
+            max_queue_size=config.export_queue_size,
+            max_batch_size=config.export_batch_size,
+            delay_ms=config.export_delay_ms,
+        )
+        provider.add_span_processor(processor)
+    otel_trace.set_tracer_provider(provider)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lib_version = version("quantum-trader")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        lib_version = "0"
+    _RUNTIME = TracingRuntime(
+        provider=provider,
+        processor=processor,
+        resource=resource,
+        scope=InstrumentationScope(LIBRARY_SCOPE, lib_version),
+        sampled_bound=TraceIdRatioBased.get_bound_for_rate(rate),
+        parent_based=parent_based,
+    )
+    return _RUNTIME
+
+
+def shutdown_tracing(timeout_ms: int = 5000) -> None:
+    """Flush queued spans and stop the exporter. Safe to call more than once."""
+    rt = _RUNTIME
+    if rt is not None and rt.processor is not None:
+        rt.processor.shutdown(timeout_ms)
+
+
+def force_flush(timeout_ms: int = 5000) -> bool:
+    rt = _RUNTIME
+    if rt is None or rt.processor is None:
+        return True
+    return bool(rt.processor.force_flush(timeout_ms))
+
+
+# --- Tracers -----------------------------------------------------------------------------------
+
+
+class _NoopSpan:
+    """A span that records nothing; used when not even `opentelemetry-api` is installed."""
+
+    def set_attribute(self, key: str, value: Any) -> None: ...
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None: ...
+    def add_event(self, name: str, attributes: Any = None, timestamp: Any = None) -> None: ...
+    def add_link(self, context: Any, attributes: Any = None) -> None: ...
+    def update_name(self, name: str) -> None: ...
+    def set_status(self, status: Any, description: str | None = None) -> None: ...
+    def record_exception(self, exception: BaseException, *args: Any, **kwargs: Any) -> None: ...
+    def end(self, end_time: int | None = None) -> None: ...
+
+    def is_recording(self) -> bool:
+        return False
+
+    def get_span_context(self) -> None:
+        return None
+
+    def __enter__(self) -> _NoopSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NOOP_SPAN = _NoopSpan()
+
+
+class NoopTracer:
+    """The tracer `get_tracer` returns without OpenTelemetry: same calls, no effect."""
+
+    def start_span(self, name: str, *args: Any, **kwargs: Any) -> _NoopSpan:
+        return _NOOP_SPAN
+
+    @contextmanager
+    def start_as_current_span(self, name: str, *args: Any, **kwargs: Any) -> Iterator[_NoopSpan]:
+        yield _NOOP_SPAN
+
+
+def get_tracer(name: str, version: str | None = None) -> Any:
+    """A tracer for `name` (usually `__name__`): the seed's P2 `start_as_current_span` works.
+
+    Without OpenTelemetry installed, or before `init_observability`, spans are no-ops.
+    """
+    if not HAS_API:
+        return NoopTracer()
+    return otel_trace.get_tracer(name, version)
+
+
+# --- Propagation -------------------------------------------------------------------------------
+
+
+def inject_trace_context(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Write `traceparent`/`tracestate`/`baggage` of the active context into `carrier`."""
+    if HAS_API:
+        otel_inject(carrier)
+    return carrier
+
+
+def extract_trace_context(carrier: Mapping[str, str]) -> Any:
+    """The context `carrier` holds (pass it as `context=` when starting a span); None without
+    OpenTelemetry. Malformed values are ignored, as W3C Trace Context requires."""
+    if not HAS_API:
+        return None
+    return otel_extract(carrier)
+
+
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` of the active span, or None outside a valid span."""
+    if not HAS_API:
+        return None
+    ctx = otel_trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+# --- The per-request server span ----------------------------------------------------------------
+
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def parse_traceparent(value: bytes) -> Any | None:
+    """A remote `SpanContext` from a W3C `traceparent` header value, or None if invalid."""
+    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
+        return None
+    version = value[:2]
+    if version == b"ff" or (version == b"00" and len(value) != 55) or not _HEX.issuperset(value[:2]):
+        return None
+    trace_hex, span_hex, flags_hex = value[3:35], value[36:52], value[53:55]
+    if not (_HEX.issuperset(trace_hex) and _HEX.issuperset(span_hex) and _HEX.issuperset(flags_hex)):
+        return None
+    trace_id = int(trace_hex, 16)
+    span_id = int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return otel_trace.SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=otel_trace.TraceFlags(int(flags_hex, 16) & 1)
+    )
+
+
+if HAS_SDK:
+    from opentelemetry.sdk.trace import Event as _Event
+
+    class ServerSpan(otel_trace.Span):  # type: ignore[misc]
+        """A lean recording span for the middleware's one SERVER span per request.
+
+        An SDK span costs ~125 µs of CPU to create and end on this project's machines; this
+        one is a few attribute stores, and on end becomes the same `ReadableSpan` an SDK span
+        hands to the processors, so exporters and in-memory test exporters see no difference.
+        Child spans started inside the request are ordinary SDK spans.
+        """
+
+        __slots__ = (
+            "_attributes", "_context", "_end_time", "_events", "_kind", "_links", "_name",
+            "_parent", "_runtime", "_start_time", "_status",
+        )
+
+        def __init__(
+            self,
+            rt: TracingRuntime,
+            name: str,
+            context: Any,
+            parent: Any | None,
+            attributes: dict[str, Any],
+            start_time: int,
+        ) -> None:
+            self._runtime = rt
+            self._name = name
+            self._context = context
+            self._parent = parent
+            self._kind = SpanKind.SERVER
+            self._attributes = attributes
+            self._events: list[Any] = []
+            self._links: list[Any] = []
+            self._status = Status(StatusCode.UNSET)
+            self._start_time = start_time
+            self._end_time: int | None = None
+
+        def get_span_context(self) -> Any:
+            return self._context
+
+        def set_attribute(self, key: str, value: Any) -> None:
+            if self._end_time is None and value is not None:
+                self._attributes[key] = value
+
+        def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+            for key, value in attributes.items():
+                self.set_attribute(key, value)
+
+        def add_event(
+            self, name: str, attributes: Any = None, timestamp: int | None = None
+        ) -> None:
+            if self._end_time is None:
+                self._events.append(_Event(name, attributes, timestamp or time.time_ns()))
+
+        def add_link(self, context: Any, attributes: Any = None) -> None:
+            if self._end_time is None:
+                self._links.append(otel_trace.Link(context, attributes))
+
+        def update_name(self, name: str) -> None:
+            if self._end_time is None:
+                self._name = name
+
+        def is_recording(self) -> bool:
+            return self._end_time is None
+
+        def set_status(self, status: Any, description: str | None = None) -> None:
+            if self._end_time is not None:
+                return
+            if isinstance(status, StatusCode):
+                status = Status(status, description)
+            # OK is final; UNSET never overrides (the OTel API's rules).
+            if self._status.status_code is StatusCode.OK or status.status_code is StatusCode.UNSET:
+                return
+            self._status = status
+
+        def record_exception(
+            self,
+            exception: BaseException,
+            attributes: Any = None,
+            timestamp: int | None = None,
+            escaped: bool = False,
+        ) -> None:
+            attrs = {
+                "exception.type": type(exception).__qualname__,
+                "exception.message": str(exception),
+                "exception.stacktrace": "".join(
+                    traceback.format_exception(type(exception), exception, exception.__traceback__)
+                ),
+                "exception.escaped": escaped,
+            }
+            if attributes:
+                attrs.update(attributes)
+            self.add_event("exception", attrs, timestamp)
+
+        def end(self, end_time: int | None = None) -> None:
+            if self._end_time is not None:
+                return
+            self._end_time = end_time or time.time_ns()
+            rt = self._runtime
+            rt.emit(
+                ReadableSpan(
+                    name=self._name,
+                    context=self._context,
+                    parent=self._parent,
+                    resource=rt.resource,
+                    attributes=self._attributes,
+                    events=self._events,
+                    links=self._links,
+                    kind=SpanKind.SERVER,
+                    status=self._status,
+                    start_time=self._start_time,
+                    end_time=self._end_time,
+                    instrumentation_scope=rt.scope,
+                )
+            )
+
+    def start_server_span(
+        rt: TracingRuntime, name: str, parent: Any | None, attributes: dict[str, Any]
+    ) -> Any:
+        """Start the request's span: recording when sampled, else a non-recording carrier."""
+        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
+        span_id = random.getrandbits(64) or 1
+        sampled = rt.should_sample(trace_id, parent)
+        flags = otel_trace.TraceFlags(1 if sampled else 0)
+        trace_state = parent.trace_state if parent is not None else None
+        ctx = otel_trace.SpanContext(
+            trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=trace_state
+        )
+        if not sampled:
+            return otel_trace.NonRecordingSpan(ctx)
+        return ServerSpan(rt, name, ctx, parent, attributes, time.time_ns())
+
+    set_span_in_context = otel_trace.set_span_in_context
+    attach = otel_context.attach
+    detach = otel_context.detach

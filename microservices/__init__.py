@@ -1,0 +1,1 @@
+"""The nine Quantum Trader services, one package each."""
