@@ -193,17 +193,12 @@ def predict(
     if not 0.0 <= hold_band < 0.5:
         raise ValueError("hold_band must be in [0, 0.5)")
     p_up = probability_up(artifact, features)
-    direction: Direction
+    version = str(artifact["version"])
     if p_up >= 0.5 + hold_band:
-        direction = "BUY"
-    elif p_up <= 0.5 - hold_band:
-        direction = "SELL"
-    else:
-        direction = "HOLD"
-    confidence = (
-        p_up if direction == "BUY" else 1.0 - p_up if direction == "SELL" else max(p_up, 1.0 - p_up)
-    )
-    return Signal(direction, confidence, str(artifact["version"]), p_up)
+        return Signal("BUY", p_up, version, p_up)
+    if p_up <= 0.5 - hold_band:
+        return Signal("SELL", 1.0 - p_up, version, p_up)
+    return Signal("HOLD", max(p_up, 1.0 - p_up), version, p_up)
 
 
 def simulate_prices(seed: int, steps: int, tick_interval_ms: int = 1_000) -> FloatArray:

@@ -14,15 +14,15 @@ from backend.trading.marketsim import (
     parse_ticks_csv,
     ticks_to_csv,
 )
-from backend.trading.types import Symbol
+from backend.trading.types import Quote, Symbol
 from tests.trading.factories import BTC, ETH
 
 SPECS = [SymbolSpec(BTC, Decimal("40000")), SymbolSpec(ETH, Decimal("2500"))]
 HEADER = "ts_ms,symbol,bid,ask,last,volume\n"
 
 
-def simulate(seed: int, steps: int = 500, **kwargs: int) -> list[object]:
-    return list(MarketSimulator(SPECS, seed=seed, **kwargs).ticks(steps))
+def simulate(seed: int, steps: int = 500) -> list[Quote]:
+    return list(MarketSimulator(SPECS, seed=seed).ticks(steps))
 
 
 def test_same_seed_gives_identical_ticks() -> None:

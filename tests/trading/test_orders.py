@@ -17,6 +17,7 @@ from backend.trading.types import Side
 from tests.trading.factories import BTC, request
 
 S = OrderStatus
+D = Decimal
 
 
 def new_order(quantity: str = "2") -> Order:
@@ -83,7 +84,7 @@ def test_transition_emits_a_record_for_persistence() -> None:
     assert record.client_order_id == order.client_order_id
     assert record.sequence == updated.sequence == 2
     assert (record.from_status, record.to_status) == (S.ACCEPTED, S.PARTIALLY_FILLED)
-    assert (record.fill_quantity, record.fill_price, record.filled_quantity) == (1, 101, 1)
+    assert (record.fill_quantity, record.fill_price, record.filled_quantity) == (D(1), D(101), D(1))
     assert record.ts_ms == updated.updated_ms == 9
 
 
