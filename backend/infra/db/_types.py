@@ -1,0 +1,75 @@
+"""Column types that behave the same on PostgreSQL and SQLite: exact decimals, UTC timestamps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import DateTime, Numeric
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """`NUMERIC(precision, scale)` holding `Decimal`s exactly, on SQLite too.
+
+    SQLAlchemy's plain Numeric goes through `float` on SQLite, which silently rounds values
+    beyond 15 significant digits. Here values are bound as text: SQLite's NUMERIC affinity
+    stores them as numbers when that is lossless (so SQL comparisons still work) and keeps the
+    text otherwise; reading converts back through `str`, which is exact in both cases.
+    """
+
+    impl = Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int = 38, scale: int = 18) -> None:
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: Any) -> Any:
+            return None if value is None else str(Decimal(value))
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            return None if value is None else Decimal(str(value))
+
+        return process
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """`TIMESTAMP WITH TIME ZONE` that accepts only aware datetimes and returns them in UTC.
+
+    SQLite has no time zones and SQLAlchemy returns naive values from it; normalising to UTC
+    on the way in and tagging UTC on the way out gives services one behaviour everywhere.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: store timezone-aware values")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
