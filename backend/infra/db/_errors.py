@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -91,7 +90,7 @@ def is_unavailable(error: BaseException) -> bool:
     """True when `error` means the database is unreachable rather than the statement wrong."""
     if isinstance(error, DatabaseUnavailableError):
         return True
-    if isinstance(error, (OSError, asyncio.TimeoutError, sa_exc.TimeoutError)):
+    if isinstance(error, (OSError, sa_exc.TimeoutError)):
         return True
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
@@ -126,7 +125,8 @@ def translate_error(error: BaseException, target: str) -> DatabaseError:
     return QueryError(target, _detail(error))
 
 
-_TRANSLATED = (sa_exc.SQLAlchemyError, OSError, asyncio.TimeoutError)
+# TimeoutError (asyncio's too) is an OSError.
+_TRANSLATED = (sa_exc.SQLAlchemyError, OSError)
 
 
 def is_database_error(error: BaseException) -> bool:

@@ -12,13 +12,15 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 
-class ExactDecimal(TypeDecorator[Decimal]):
-    """`NUMERIC(precision, scale)` holding `Decimal`s exactly, on SQLite too.
+class DecimalNumeric(TypeDecorator[Decimal]):
+    """`NUMERIC(precision, scale)` read and written as `Decimal` on PostgreSQL and SQLite alike.
 
-    SQLAlchemy's plain Numeric goes through `float` on SQLite, which silently rounds values
-    beyond 15 significant digits. Here values are bound as text: SQLite's NUMERIC affinity
-    stores them as numbers when that is lossless (so SQL comparisons still work) and keeps the
-    text otherwise; reading converts back through `str`, which is exact in both cases.
+    PostgreSQL stores the exact value. SQLite has no decimal type: a NUMERIC column keeps the
+    first 15 significant digits (as SQLite documents), so amounts with more digits need
+    PostgreSQL. SQLAlchemy's plain Numeric is worse there: it binds through `float` and
+    formats results with a fixed 10-digit scale, turning 1E-18 into 0. Here values are bound
+    as text and read back through `str`, so whatever SQLite kept comes back unchanged, and
+    SQL comparisons and sums still see numbers.
     """
 
     impl = Numeric

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ._types import ExactDecimal, UtcDateTime
+from ._types import DecimalNumeric, UtcDateTime
 
 # Which service owns which tables: the one place this is written down.
 TABLE_OWNERS: Mapping[str, tuple[str, ...]] = {
@@ -69,7 +69,7 @@ ID_TYPE = BigInteger().with_variant(Integer(), "sqlite")
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
 
 Id = Annotated[int, mapped_column(ID_TYPE, primary_key=True, autoincrement=True)]
-Amount = Annotated[Decimal, mapped_column(ExactDecimal(38, 18))]
+Amount = Annotated[Decimal, mapped_column(DecimalNumeric(38, 18))]
 Timestamp = Annotated[datetime, mapped_column(UtcDateTime())]
 Created = Annotated[datetime, mapped_column(UtcDateTime(), default=utcnow)]
 Symbol = Annotated[str, mapped_column(String(32))]
@@ -83,7 +83,7 @@ class Base(DeclarativeBase):
     """Declarative base of every table; its `metadata` is what the migrations must match."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {Decimal: ExactDecimal(38, 18), datetime: UtcDateTime()}
+    type_annotation_map = {Decimal: DecimalNumeric(38, 18), datetime: UtcDateTime()}
 
 
 # --- ai-engine -----------------------------------------------------------------------------------
