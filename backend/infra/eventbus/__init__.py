@@ -1,0 +1,98 @@
+"""Event bus on Redis Streams: catalogued events, traced producer to consumer, at-least-once.
+
+    client = create_redis_client(resolve_redis_url())
+    publisher = EventPublisher(client, source="execution")
+    await publisher.publish(OrderFilled(...))
+
+    idempotency = Idempotency(client, scope="portfolio")
+    consumer = EventConsumer(client, group="portfolio", idempotency=idempotency)
+    consumer.subscribe(OrderFilled, on_fill)
+    async with consumer:
+        ...
+
+See docs/EVENTBUS.md for the entry format, delivery guarantees, settings and operations.
+"""
+
+from __future__ import annotations
+
+from ._consumer import EventConsumer, Handler
+from ._embedded import EmbeddedRedis, resolve_redis_url
+from ._envelope import Event, decode_entry, new_event_id, valid_traceparent
+from ._errors import (
+    EmbeddedRedisError,
+    EventBusConfigError,
+    EventBusError,
+    EventBusUnavailable,
+    MalformedEvent,
+    PublishError,
+    RedisCommandError,
+    UnknownEventType,
+)
+from ._idempotency import Idempotency
+from ._publisher import MESSAGING_SYSTEM, EventPublisher, Receipt
+from ._redis import create_redis_client, redis_readiness_check
+from ._settings import EventBusSettings
+from .catalogue import (
+    CATALOGUE,
+    Catalogue,
+    EventData,
+    EventSpec,
+    FeedStalled,
+    MarketTick,
+    ModelPromoted,
+    ModelTrained,
+    OrderAccepted,
+    OrderCanceled,
+    OrderFilled,
+    OrderRejected,
+    OrderSubmitted,
+    PositionUpdated,
+    RiskDecision,
+    RiskStateChanged,
+    SignalGenerated,
+    StopTriggered,
+)
+
+__all__ = [
+    "CATALOGUE",
+    "MESSAGING_SYSTEM",
+    "Catalogue",
+    "EmbeddedRedis",
+    "EmbeddedRedisError",
+    "Event",
+    "EventBusConfigError",
+    "EventBusError",
+    "EventBusSettings",
+    "EventBusUnavailable",
+    "EventConsumer",
+    "EventData",
+    "EventPublisher",
+    "EventSpec",
+    "FeedStalled",
+    "Handler",
+    "Idempotency",
+    "MalformedEvent",
+    "MarketTick",
+    "ModelPromoted",
+    "ModelTrained",
+    "OrderAccepted",
+    "OrderCanceled",
+    "OrderFilled",
+    "OrderRejected",
+    "OrderSubmitted",
+    "PositionUpdated",
+    "PublishError",
+    "Receipt",
+    "RedisCommandError",
+    "RiskDecision",
+    "RiskStateChanged",
+    "SignalGenerated",
+    "StopTriggered",
+    "UnknownEventType",
+    "create_redis_client",
+    "decode_entry",
+    "new_event_id",
+    "redis_readiness_check",
+    "resolve_redis_url",
+    "valid_traceparent",
+]

@@ -1,0 +1,645 @@
+"""Consuming: a consumer group per service, batched reads, retries, dead letters, reclaiming."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import os
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import redis.exceptions as redis_errors
+from redis.asyncio import Redis
+
+from backend.infra.observability import (
+    SpanKind,
+    StatusCode,
+    extract_trace_context,
+    get_logger,
+    get_tracer,
+)
+
+from ._envelope import Event, decode_entry
+from ._errors import EventBusError, MalformedEvent, RedisCommandError
+from ._idempotency import Idempotency
+from ._metrics import TASK_FAILURES, ConsumerMetrics
+from ._publisher import MESSAGING_SYSTEM
+from ._redis import backoff_delay, call_with_reconnect
+from ._settings import EventBusSettings
+from .catalogue import CATALOGUE, Catalogue, EventData, EventSpec
+
+DataT = TypeVar("DataT", bound=EventData)
+Handler = Callable[[Event[Any]], Awaitable[object]]
+
+_log = get_logger("backend.infra.eventbus")
+
+_MAX_ERROR_CHARS = 8_000
+
+
+@dataclass(eq=False)
+class _Subscription:
+    """One stream this consumer reads, with everything per-event work needs precomputed."""
+
+    spec: EventSpec
+    key: str
+    handler: Handler
+    metrics: ConsumerMetrics
+    span_name: str
+    attributes: dict[str, Any]
+    dead_letter_key: str
+    claim_cursor: str = "0-0"
+
+
+@dataclass(order=True)
+class _Retry:
+    due: float
+    seq: int
+    key: str = field(compare=False)
+    entry_id: str = field(compare=False)
+    deliveries: int = field(compare=False)
+
+
+@dataclass
+class _Batch:
+    """What one batch leaves to commit: acks, processed marks and dead letters."""
+
+    acks: dict[str, list[str]] = field(default_factory=dict)
+    processed: list[str] = field(default_factory=list)
+    dead: list[tuple[str, dict[bytes, Any]]] = field(default_factory=list)
+
+    def ack(self, key: str, entry_id: str) -> None:
+        self.acks.setdefault(key, []).append(entry_id)
+
+
+class EventConsumer:
+    """Reads catalogued events as one consumer of a consumer group and runs their handlers.
+
+    At-least-once: an entry is acknowledged only after its handler returned. A failing
+    handler is retried with exponential back-off; the entry goes to the dead-letter stream
+    (`{prefix}:deadletter:{stream}`, with the error and the original fields) once it has been
+    delivered `max_deliveries` times. Entries that a dead consumer left pending longer than
+    `claim_idle_ms` are taken over with XAUTOCLAIM. Malformed entries are dead-lettered at
+    once with a reason code. With an `Idempotency`, an event whose id was already processed
+    by the group is acknowledged without running the handler again.
+
+    Handlers run one at a time, in stream order except for retried entries; each runs inside
+    a CONSUMER span `process {stream}` that continues the producer's trace.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        group: str,
+        settings: EventBusSettings | None = None,
+        *,
+        consumer_name: str | None = None,
+        idempotency: Idempotency | None = None,
+        start_from: Literal["earliest", "latest"] = "earliest",
+        catalogue: Catalogue = CATALOGUE,
+    ) -> None:
+        self._client = client
+        self.group = group
+        self.name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+        self._settings = settings or EventBusSettings.from_env()
+        self._idempotency = idempotency
+        self._start_id = "0" if start_from == "earliest" else "$"
+        self._catalogue = catalogue
+        self._tracer = get_tracer("backend.infra.eventbus")
+        self._subs: dict[str, _Subscription] = {}
+        self._read_streams: dict[str, str] = {}
+        self._retries: list[_Retry] = []
+        self._retry_seq = itertools.count()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._busy = False
+        self.last_error: BaseException | None = None
+
+    # Set-up ----------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> EventBusSettings:
+        """The settings this consumer uses."""
+        return self._settings
+
+    def subscribe(
+        self, model: type[DataT], handler: Callable[[Event[DataT]], Awaitable[object]]
+    ) -> None:
+        """Run `handler` for every event whose data model is `model` (one handler per type)."""
+        if self._tasks:
+            raise EventBusError("subscribe before start()")
+        spec = self._catalogue.spec_for_model(model)
+        key = self._settings.stream_key(spec.stream)
+        if key in self._subs:
+            raise EventBusError(f"{spec.type} already has a handler in group {self.group!r}")
+        self._subs[key] = _Subscription(
+            spec=spec,
+            key=key,
+            handler=handler,
+            metrics=ConsumerMetrics(spec.stream, self.group),
+            span_name=f"process {spec.stream}",
+            attributes={
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.destination.name": key,
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": self.group,
+                "messaging.client.id": self.name,
+                "cloudevents.event_type": spec.type,
+            },
+            dead_letter_key=self._settings.dead_letter_key(spec.stream),
+        )
+        self._read_streams[key] = ">"
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every subscribed stream if it is missing."""
+        for key in self._subs:
+
+            async def create(key: str = key) -> None:
+                try:
+                    await self._client.xgroup_create(key, self.group, self._start_id, mkstream=True)
+                except redis_errors.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+            await self._call(create, f"XGROUP CREATE {key}")
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the groups and start the background tasks (consume loop, gauges)."""
+        if not self._subs:
+            raise EventBusError("subscribe to at least one event type before start()")
+        if self._tasks:
+            return
+        await self.ensure_groups()
+        self._stopping = False
+        self._stopped.clear()
+        self._spawn("consume", self._consume_loop)
+        self._spawn("gauges", self._gauges_loop)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop reading; the in-flight handler finishes and its batch is acknowledged.
+
+        A read waiting for new entries is cancelled. Entries of the current batch that were
+        not handled yet stay pending and are delivered again (to this consumer name when it
+        restarts, or to another consumer after `claim_idle_ms`). A handler still running
+        after `timeout_s` is cancelled.
+        """
+        self._stopping = True
+        consume = self._tasks.get("consume")
+        if consume is not None and not self._busy:
+            consume.cancel()
+        gauges = self._tasks.get("gauges")
+        if gauges is not None:
+            gauges.cancel()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once `stop()` has completed."""
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> EventConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True while the consume loop is alive."""
+        task = self._tasks.get("consume")
+        return task is not None and not task.done()
+
+    def _spawn(self, kind: str, loop: Callable[[], Awaitable[None]]) -> None:
+        name = f"eventbus-{kind}:{self.group}:{self.name}"
+        task = asyncio.create_task(self._supervise(kind, loop), name=name)
+        self._tasks[kind] = task
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        # _supervise only returns when stopping; anything else is a bug worth shouting about.
+        _log.error("event bus task ended unexpectedly", task=task.get_name(), error=repr(exc))
+
+    async def _supervise(self, kind: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run `loop`; on an unexpected failure log, count, back off and run it again."""
+        failures = 0
+        while not self._stopping:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = exc
+                TASK_FAILURES.labels(kind).inc()
+                _log.error(
+                    "event bus task failed; restarting",
+                    task=kind,
+                    group=self.group,
+                    consumer=self.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    failures=failures + 1,
+                )
+                await asyncio.sleep(backoff_delay(failures, base_s=0.1, cap_s=5.0))
+                failures += 1
+
+    async def _call(self, operation: Callable[[], Awaitable[Any]], what: str) -> Any:
+        return await call_with_reconnect(
+            operation, what=what, role="consumer", timeout_s=self._settings.reconnect_timeout_s
+        )
+
+    # The consume loop ------------------------------------------------------------------------
+
+    async def _consume_loop(self) -> None:
+        settings = self._settings
+        # After a (re)start: the groups may be gone (a Redis without persistence), and entries
+        # delivered to this consumer name before may never have been handled.
+        await self.ensure_groups()
+        await self._recover_own_pending()
+        next_claim = time.monotonic()
+        while not self._stopping:
+            now = time.monotonic()
+            if self._retries and self._retries[0].due <= now:
+                await self._run_due_retries(now)
+                continue
+            if now >= next_claim:
+                await self._reclaim_abandoned()
+                next_claim = time.monotonic() + settings.claim_interval_ms / 1000.0
+                continue
+            wait_s = next_claim - now
+            if self._retries:
+                wait_s = min(wait_s, self._retries[0].due - now)
+            block_ms = max(1, min(settings.block_ms, int(wait_s * 1000) + 1))
+            response = await self._read(block_ms)
+            if response:
+                await self._process(
+                    [
+                        (self._subs[_text(stream)], _text(entry_id), fields, 1)
+                        for stream, entries in response
+                        for entry_id, fields in entries
+                    ]
+                )
+
+    async def _read(self, block_ms: int) -> Any:
+        async def xreadgroup() -> Any:
+            return await self._client.xreadgroup(
+                self.group,
+                self.name,
+                self._read_streams,  # type: ignore[arg-type]
+                count=self._settings.batch_size,
+                block=block_ms,
+            )
+
+        try:
+            return await self._call(xreadgroup, "XREADGROUP")
+        except RedisCommandError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            _log.warning("consumer group missing; recreating", group=self.group)
+            await self.ensure_groups()
+            return None
+
+    async def _recover_own_pending(self) -> None:
+        for sub in self._subs.values():
+            start = "-"
+            while not self._stopping:
+                pending = await self._pending(sub, start, "+", self._settings.batch_size)
+                if not pending:
+                    break
+                counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+                await self._claim_and_process(sub, counts, min_idle_ms=0)
+                start = "(" + _text(pending[-1]["message_id"])
+
+    async def _pending(
+        self, sub: _Subscription, start: str, end: str, count: int
+    ) -> list[dict[str, Any]]:
+        """This consumer's pending entries of `sub` between `start` and `end`."""
+
+        async def xpending() -> list[dict[str, Any]]:
+            return await self._client.xpending_range(
+                sub.key, self.group, start, end, count, consumername=self.name
+            )
+
+        return await self._call(xpending, "XPENDING")  # type: ignore[no-any-return]
+
+    async def _autoclaim(self, sub: _Subscription) -> Any:
+        async def xautoclaim() -> Any:
+            return await self._client.xautoclaim(
+                sub.key,
+                self.group,
+                self.name,
+                self._settings.claim_idle_ms,
+                sub.claim_cursor,
+                count=self._settings.batch_size,
+            )
+
+        return await self._call(xautoclaim, "XAUTOCLAIM")
+
+    async def _xinfo_groups(self, sub: _Subscription) -> Any:
+        async def xinfo() -> Any:
+            return await self._client.xinfo_groups(sub.key)
+
+        return await self._call(xinfo, "XINFO GROUPS")
+
+    async def _run_due_retries(self, now: float) -> None:
+        due: dict[str, dict[str, int]] = {}
+        while self._retries and self._retries[0].due <= now:
+            retry = heapq.heappop(self._retries)
+            due.setdefault(retry.key, {})[retry.entry_id] = retry.deliveries
+        for key, counts in due.items():
+            await self._claim_and_process(self._subs[key], counts, min_idle_ms=0)
+
+    async def _claim_and_process(
+        self, sub: _Subscription, counts: Mapping[str, int], min_idle_ms: int
+    ) -> None:
+        """XCLAIM entries to this consumer (one more delivery each) and process them."""
+        claimed = await self._call(
+            lambda: self._client.xclaim(sub.key, self.group, self.name, min_idle_ms, list(counts)),
+            "XCLAIM",
+        )
+        items = [
+            (sub, _text(entry_id), fields, counts[_text(entry_id)] + 1)
+            for entry_id, fields in claimed
+            if entry_id is not None
+        ]
+        if items:
+            await self._process(items)
+
+    async def _reclaim_abandoned(self) -> None:
+        """Take over entries idle longer than `claim_idle_ms` (their consumer is presumed dead)."""
+        for sub in self._subs.values():
+            if self._stopping:
+                return
+            result = await self._autoclaim(sub)
+            sub.claim_cursor = _text(result[0])
+            entries = [(_text(eid), fields) for eid, fields in result[1] if eid is not None]
+            if not entries:
+                continue
+            sub.metrics.reclaimed.inc(len(entries))
+            pending = await self._pending(sub, entries[0][0], entries[-1][0], len(entries))
+            counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            _log.info(
+                "reclaimed abandoned entries",
+                stream=sub.spec.stream,
+                group=self.group,
+                count=len(entries),
+            )
+            # XAUTOCLAIM already counted this delivery.
+            await self._process([(sub, eid, fields, counts.get(eid, 2)) for eid, fields in entries])
+
+    # Processing ------------------------------------------------------------------------------
+
+    async def _process(
+        self, items: Sequence[tuple[_Subscription, str, Mapping[bytes, bytes] | None, int]]
+    ) -> None:
+        self._busy = True
+        try:
+            await self._process_batch(items)
+        finally:
+            self._busy = False
+
+    async def _process_batch(
+        self, items: Sequence[tuple[_Subscription, str, Mapping[bytes, bytes] | None, int]]
+    ) -> None:
+        batch = _Batch()
+        max_deliveries = self._settings.max_deliveries
+        events: list[tuple[_Subscription, Event[Any], Mapping[bytes, bytes]]] = []
+        for sub, entry_id, fields, deliveries in items:
+            if fields is None:  # deleted (trimmed) while pending: nothing left to handle
+                batch.ack(sub.key, entry_id)
+                continue
+            try:
+                event = decode_entry(
+                    fields,
+                    stream=sub.spec.stream,
+                    entry_id=entry_id,
+                    deliveries=deliveries,
+                    catalogue=self._catalogue,
+                )
+            except MalformedEvent as exc:
+                self._dead_letter(
+                    batch, sub, entry_id, fields, deliveries, exc.reason, exc.detail, None
+                )
+                continue
+            if deliveries > max_deliveries:
+                # Delivered too often without an outcome: the handler may be killing its process.
+                self._dead_letter(
+                    batch,
+                    sub,
+                    entry_id,
+                    fields,
+                    deliveries,
+                    "max_deliveries_exceeded",
+                    f"delivered {deliveries} times without being acknowledged",
+                    event.id,
+                )
+                continue
+            events.append((sub, event, fields))
+
+        if events and self._idempotency is not None:
+            seen = await self._idempotency.seen_many([event.id for _s, event, _f in events])
+            fresh = []
+            batch_ids: set[str] = set()
+            for (sub, event, fields), already in zip(events, seen, strict=True):
+                if already or event.id in batch_ids:
+                    sub.metrics.duplicates.inc()
+                    batch.ack(sub.key, event.entry_id or "")
+                else:
+                    batch_ids.add(event.id)
+                    fresh.append((sub, event, fields))
+            events = fresh
+
+        try:
+            for sub, event, fields in events:
+                if self._stopping:
+                    break  # the rest stays pending and is delivered again
+                error = await self._handle(sub, event)
+                entry_id = event.entry_id or ""
+                if error is None:
+                    sub.metrics.consumed.inc()
+                    batch.ack(sub.key, entry_id)
+                    batch.processed.append(event.id)
+                elif event.deliveries >= max_deliveries:
+                    self._dead_letter(
+                        batch,
+                        sub,
+                        entry_id,
+                        fields,
+                        event.deliveries,
+                        "handler_error",
+                        error,
+                        event.id,
+                    )
+                else:
+                    delay_ms = min(
+                        self._settings.retry_backoff_max_ms,
+                        self._settings.retry_backoff_ms * 2 ** (event.deliveries - 1),
+                    )
+                    heapq.heappush(
+                        self._retries,
+                        _Retry(
+                            time.monotonic() + delay_ms / 1000.0,
+                            next(self._retry_seq),
+                            sub.key,
+                            entry_id,
+                            event.deliveries,
+                        ),
+                    )
+        finally:
+            # Whatever was handled is committed, even when the loop is being cancelled.
+            await asyncio.shield(self._commit(batch))
+
+    async def _handle(self, sub: _Subscription, event: Event[Any]) -> str | None:
+        """Run the handler inside its CONSUMER span; the error text if it raised."""
+        parent = None
+        if event.traceparent is not None:
+            carrier = {"traceparent": event.traceparent}
+            if event.tracestate:
+                carrier["tracestate"] = event.tracestate
+            if event.baggage:
+                carrier["baggage"] = event.baggage
+            parent = extract_trace_context(carrier)
+        metrics = sub.metrics
+        started = time.time()
+        metrics.time_in_stream.observe(max(0.0, started - event.time.timestamp()))
+        with self._tracer.start_as_current_span(
+            sub.span_name,
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                **sub.attributes,
+                "messaging.message.id": event.entry_id,
+                "cloudevents.event_id": event.id,
+                "eventbus.deliveries": event.deliveries,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            clock = time.perf_counter()
+            try:
+                await sub.handler(event)
+            except Exception as exc:
+                metrics.handler_seconds.observe(time.perf_counter() - clock)
+                metrics.failed.inc()
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+                span.set_attribute("error.type", type(exc).__qualname__)
+                _log.warning(
+                    "event handler failed",
+                    stream=sub.spec.stream,
+                    group=self.group,
+                    event_id=event.id,
+                    entry_id=event.entry_id,
+                    deliveries=event.deliveries,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                text = "".join(traceback.format_exception(exc))
+                return text[-_MAX_ERROR_CHARS:]
+            metrics.handler_seconds.observe(time.perf_counter() - clock)
+            return None
+
+    def _dead_letter(
+        self,
+        batch: _Batch,
+        sub: _Subscription,
+        entry_id: str,
+        fields: Mapping[bytes, bytes],
+        deliveries: int,
+        reason: str,
+        error: str,
+        event_id: str | None,
+    ) -> None:
+        record: dict[bytes, Any] = {
+            b"stream": sub.spec.stream,
+            b"entry_id": entry_id,
+            b"group": self.group,
+            b"consumer": self.name,
+            b"reason": reason,
+            b"error": error[-_MAX_ERROR_CHARS:],
+            b"deliveries": str(deliveries),
+            b"dead_lettered_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        if event_id is not None:
+            record[b"event_id"] = event_id
+        for name, value in fields.items():
+            record[b"original." + name] = value
+        batch.dead.append((sub.dead_letter_key, record))
+        batch.ack(sub.key, entry_id)
+        sub.metrics.dead_letter(reason)
+        _log.warning(
+            "entry dead-lettered",
+            stream=sub.spec.stream,
+            group=self.group,
+            entry_id=entry_id,
+            reason=reason,
+            deliveries=deliveries,
+            error=error.splitlines()[-1] if error else "",
+        )
+
+    async def _commit(self, batch: _Batch) -> None:
+        """Dead letters, processed marks and acks of a batch, in one MULTI/EXEC."""
+        if not batch.acks:
+            return
+        idempotency = self._idempotency
+        max_len = self._settings.max_len
+
+        async def commit() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            for key, record in batch.dead:
+                pipe.xadd(key, record, maxlen=max_len, approximate=True)  # type: ignore[arg-type]
+            if idempotency is not None and batch.processed:
+                idempotency.add_marks(pipe, batch.processed)
+            for key, ids in batch.acks.items():
+                pipe.xack(key, self.group, *ids)
+            await pipe.execute()
+
+        await self._call(commit, "XACK")
+
+    # Gauges ----------------------------------------------------------------------------------
+
+    async def _gauges_loop(self) -> None:
+        while not self._stopping:
+            await self.refresh_gauges()
+            await asyncio.sleep(self._settings.metrics_interval_s)
+
+    async def refresh_gauges(self) -> None:
+        """Set the pending and lag gauges of every subscribed stream from Redis."""
+        for sub in self._subs.values():
+            groups = await self._xinfo_groups(sub)
+            info = next((g for g in groups if _text(g["name"]) == self.group), None)
+            if info is None:
+                continue
+            sub.metrics.pending.set(int(info["pending"]))
+            lag = info.get("lag")
+            if lag is None:
+                lag = await self._estimate_lag(sub, _text(info["last-delivered-id"]))
+            sub.metrics.lag.set(int(lag))
+
+    async def _estimate_lag(self, sub: _Subscription, last_delivered: str) -> int:
+        # Redis < 7 has no per-group lag: count undelivered entries, up to a cap.
+        entries = await self._call(
+            lambda: self._client.xrange(sub.key, "(" + last_delivered, "+", count=1000),
+            "XRANGE lag",
+        )
+        return len(entries)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
