@@ -1,0 +1,348 @@
+"""Publisher and consumer against a real Redis: delivery, retries, dead letters, tracing."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from backend.infra.eventbus import (
+    MESSAGING_SYSTEM,
+    Event,
+    EventBusSettings,
+    EventConsumer,
+    EventPublisher,
+    Idempotency,
+    MarketTick,
+    OrderFilled,
+    create_redis_client,
+    redis_readiness_check,
+)
+from backend.infra.eventbus._embedded import free_port
+from backend.infra.observability import SpanKind, get_tracer
+from backend.infra.observability._health import run_check
+
+from .support import eventually, metric
+from .worker import fill
+
+
+async def test_published_event_is_consumed_once_and_acknowledged(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    consumer = EventConsumer(client, "portfolio", settings, consumer_name="c1")
+    got: list[Event[OrderFilled]] = []
+
+    async def on_fill(event: Event[OrderFilled]) -> None:
+        got.append(event)
+
+    consumer.subscribe(OrderFilled, on_fill)
+    receipt = await publisher.publish(fill(1))
+    async with consumer:
+        await eventually(lambda: len(got) == 1, what="the fill")
+        key = settings.stream_key("order.filled")
+        await eventually(
+            lambda: _pending_count(client, key, "portfolio", 0), what="the ack"
+        )
+    event = got[0]
+    assert event.id == receipt.event_id and event.entry_id == receipt.entry_id
+    assert event.data == fill(1) and event.deliveries == 1 and event.source == "execution"
+    assert receipt.stream == "order.filled"
+
+
+async def _pending_count(client: Redis, key: str, group: str, expected: int) -> bool:
+    info = await client.xpending(key, group)
+    return int(info["pending"]) == expected
+
+
+async def test_consumer_reads_several_streams_in_one_group(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    publisher = EventPublisher(client, "md", settings)
+    consumer = EventConsumer(client, "strategy", settings)
+    got: list[str] = []
+
+    async def record(event: Event[Any]) -> None:
+        got.append(event.type)
+
+    consumer.subscribe(OrderFilled, record)
+    consumer.subscribe(MarketTick, record)
+    tick = MarketTick(symbol="ETH-USD", bid=1, ask=2, last=1.5, volume=3, ts_ms=1)
+    await publisher.publish_many([tick, fill(1), tick])
+    async with consumer:
+        await eventually(lambda: len(got) == 3, what="three events")
+    assert sorted(got) == ["market.tick", "market.tick", "order.filled"]
+
+
+async def test_spans_carry_messaging_attributes_and_the_consumer_continues_the_trace(
+    client: Redis, settings: EventBusSettings, span_exporter: Any
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    consumer = EventConsumer(client, "portfolio", settings)
+    done = asyncio.Event()
+
+    async def on_fill(event: Event[OrderFilled]) -> None:
+        with get_tracer("test").start_as_current_span("book fill"):
+            done.set()
+
+    consumer.subscribe(OrderFilled, on_fill)
+    with get_tracer("test").start_as_current_span("place order"):
+        receipt = await publisher.publish(fill(1))
+    async with consumer:
+        await asyncio.wait_for(done.wait(), 10)
+    spans = {s.name: s for s in span_exporter.get_finished_spans()}
+    send, process, book = spans["send order.filled"], spans["process order.filled"], spans[
+        "book fill"
+    ]
+    key = settings.stream_key("order.filled")
+    assert send.kind == SpanKind.PRODUCER and process.kind == SpanKind.CONSUMER
+    assert send.attributes["messaging.system"] == MESSAGING_SYSTEM
+    assert send.attributes["messaging.destination.name"] == key
+    assert send.attributes["messaging.operation.type"] == "send"
+    assert send.attributes["messaging.message.id"] == receipt.entry_id
+    assert process.attributes["messaging.operation.type"] == "process"
+    assert process.attributes["messaging.consumer.group.name"] == "portfolio"
+    assert process.attributes["messaging.message.id"] == receipt.entry_id
+    trace_id = spans["place order"].context.trace_id
+    assert {send.context.trace_id, process.context.trace_id, book.context.trace_id} == {trace_id}
+    assert process.parent.span_id == send.context.span_id
+    assert book.parent.span_id == process.context.span_id
+
+
+async def test_failing_handler_is_retried_with_backoff_then_succeeds(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    consumer = EventConsumer(client, "portfolio", settings)
+    attempts: list[int] = []
+
+    async def flaky(event: Event[OrderFilled]) -> None:
+        attempts.append(event.deliveries)
+        if len(attempts) < 3:
+            raise RuntimeError("database is restarting")
+
+    consumer.subscribe(OrderFilled, flaky)
+    await publisher.publish(fill(1))
+    async with consumer:
+        await eventually(lambda: len(attempts) == 3, what="three attempts")
+        await eventually(
+            lambda: _pending_count(client, settings.stream_key("order.filled"), "portfolio", 0)
+        )
+    assert attempts == [1, 2, 3]
+    assert await client.xlen(settings.dead_letter_key("order.filled")) == 0
+
+
+async def test_poison_message_lands_in_the_dead_letter_stream_with_error_and_fields(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    consumer = EventConsumer(client, "portfolio", settings)
+    calls: list[int] = []
+    good: list[str] = []
+
+    async def handler(event: Event[OrderFilled]) -> None:
+        if event.data.fill_id == "F0":
+            calls.append(event.deliveries)
+            raise ValueError("cannot book a fill for an unknown account")
+        good.append(event.data.fill_id)
+
+    consumer.subscribe(OrderFilled, handler)
+    poison = await publisher.publish(fill(0))
+    await publisher.publish(fill(1))
+    dlq = settings.dead_letter_key("order.filled")
+    before = metric("eventbus_dead_lettered_total", stream="order.filled", group="portfolio",
+                    reason="handler_error")
+    async with consumer:
+        await eventually(lambda: _xlen_is(client, dlq, 1), what="the dead letter")
+        await eventually(
+            lambda: _pending_count(client, settings.stream_key("order.filled"), "portfolio", 0)
+        )
+    assert calls == list(range(1, settings.max_deliveries + 1))
+    assert good == ["F1"]
+    [(_, record)] = await client.xrange(dlq)
+    assert record[b"reason"] == b"handler_error"
+    assert b"ValueError: cannot book a fill for an unknown account" in record[b"error"]
+    assert record[b"entry_id"].decode() == poison.entry_id
+    assert record[b"event_id"].decode() == poison.event_id
+    assert record[b"deliveries"] == str(settings.max_deliveries).encode()
+    assert orjson.loads(record[b"original.event"])["data"]["fill_id"] == "F0"
+    after = metric("eventbus_dead_lettered_total", stream="order.filled", group="portfolio",
+                   reason="handler_error")
+    assert after - before == 1
+
+
+async def _xlen_is(client: Redis, key: str, n: int) -> bool:
+    return int(await client.xlen(key)) == n
+
+
+MALFORMED_ENTRIES: list[tuple[str, dict[bytes, bytes]]] = [
+    ("missing_field", {b"evt": b"{}"}),
+    ("bad_json", {b"event": b"{\"id\": "}),
+    ("missing_field", {b"event": b"{\"id\": \"x\"}"}),
+    ("unknown_type", {b"event": orjson.dumps({
+        "specversion": "1.0", "id": "u1", "type": "order.teleported", "source": "s",
+        "time": "2025-01-01T00:00:00Z", "data": {}})}),
+    ("bad_traceparent", {b"event": orjson.dumps({
+        "specversion": "1.0", "id": "t1", "type": "order.filled", "source": "s",
+        "time": "2025-01-01T00:00:00Z", "traceparent": "00-zz-zz-01",
+        "data": orjson.loads(fill(1).model_dump_json())})}),
+    ("invalid_data", {b"event": orjson.dumps({
+        "specversion": "1.0", "id": "d1", "type": "order.filled", "source": "s",
+        "time": "2025-01-01T00:00:00Z", "data": {"fill_id": 3}})}),
+]
+
+
+async def test_malformed_entries_are_dead_lettered_with_reasons_and_consumption_goes_on(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    key = settings.stream_key("order.filled")
+    for _reason, fields in MALFORMED_ENTRIES:
+        await client.xadd(key, fields)  # type: ignore[arg-type]
+    publisher = EventPublisher(client, "execution", settings)
+    await publisher.publish(fill(7))
+    consumer = EventConsumer(client, "portfolio", settings)
+    good: list[str] = []
+
+    async def handler(event: Event[OrderFilled]) -> None:
+        good.append(event.data.fill_id)
+
+    consumer.subscribe(OrderFilled, handler)
+    dlq = settings.dead_letter_key("order.filled")
+    async with consumer:
+        await eventually(lambda: good == ["F7"], what="the valid event")
+        await eventually(lambda: _xlen_is(client, dlq, len(MALFORMED_ENTRIES)))
+        await eventually(lambda: _pending_count(client, key, "portfolio", 0))
+    records = [r for _, r in await client.xrange(dlq)]
+    assert [r[b"reason"].decode() for r in records] == [m[0] for m in MALFORMED_ENTRIES]
+    for record, (_reason, fields) in zip(records, MALFORMED_ENTRIES, strict=True):
+        assert record[b"error"]  # the detail says what exactly was wrong
+        assert {k: v for k, v in record.items() if k.startswith(b"original.")} == {
+            b"original." + k: v for k, v in fields.items()
+        }
+
+
+async def test_redelivered_event_takes_effect_once_with_idempotency(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    idempotency = Idempotency(client, "portfolio", settings)
+    consumer = EventConsumer(client, "portfolio", settings, idempotency=idempotency)
+    booked: list[str] = []
+
+    async def handler(event: Event[OrderFilled]) -> None:
+        booked.append(event.id)
+
+    consumer.subscribe(OrderFilled, handler)
+    copy = Event(id="fill-evt-1", type="order.filled", source="execution",
+                 time=datetime.now(UTC), data=fill(1))
+    # The same event stored three times: in one batch, and again after it was processed.
+    await publisher.publish_many([copy, copy])
+    async with consumer:
+        await eventually(lambda: booked == ["fill-evt-1"])
+        await publisher.publish_many([copy, fill(2)])
+        await eventually(lambda: len(booked) == 2)
+        await eventually(
+            lambda: _pending_count(client, settings.stream_key("order.filled"), "portfolio", 0)
+        )
+    assert booked[0] == "fill-evt-1" and booked[1] != "fill-evt-1"
+    assert await idempotency.seen("fill-evt-1")
+
+
+async def test_apply_once_applies_a_redis_effect_exactly_once(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    idempotency = Idempotency(client, "portfolio", settings)
+    key = f"{settings.prefix}:position"
+
+    def effect(pipe: Any) -> None:
+        pipe.hincrbyfloat(key, "BTC-USD", 0.5)
+
+    results = await asyncio.gather(*(idempotency.apply_once("e1", effect) for _ in range(5)))
+    assert sorted(results) == [False, False, False, False, True]
+    assert float(await client.hget(key, "BTC-USD")) == 0.5
+    assert await idempotency.claim("e2") and not await idempotency.claim("e2")
+
+
+async def test_graceful_stop_lets_the_in_flight_handler_finish_and_acks_it(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    consumer = EventConsumer(client, "portfolio", settings)
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow(event: Event[OrderFilled]) -> None:
+        entered.set()
+        await release.wait()
+        finished.append(event.data.fill_id)
+
+    consumer.subscribe(OrderFilled, slow)
+    await publisher.publish_many([fill(1), fill(2)])
+    await consumer.start()
+    await asyncio.wait_for(entered.wait(), 10)
+    stopping = asyncio.create_task(consumer.stop(), name="test-stop")
+    await asyncio.sleep(0.05)  # give stop() the chance to (wrongly) cancel the handler
+    assert not stopping.done()
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert finished == ["F1"]  # the in-flight one finished; the next was not started
+    key = settings.stream_key("order.filled")
+    # F1 acknowledged; F2 stays pending for redelivery.
+    assert await _pending_count(client, key, "portfolio", 1)
+    assert not consumer.running
+
+
+async def test_metrics_count_per_stream_and_gauges_show_pending_and_lag(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    consumer = EventConsumer(client, "risk", settings)
+    gate = asyncio.Event()
+
+    async def handler(event: Event[OrderFilled]) -> None:
+        await gate.wait()
+
+    consumer.subscribe(OrderFilled, handler)
+    labels = {"stream": "order.filled", "group": "risk"}
+    published = metric("eventbus_published_total", stream="order.filled")
+    consumed = metric("eventbus_consumed_total", **labels)
+    count = metric("eventbus_handler_duration_seconds_count", **labels)
+    waited = metric("eventbus_time_in_stream_seconds_count", **labels)
+    await publisher.publish_many([fill(n) for n in range(3)])
+    assert metric("eventbus_published_total", stream="order.filled") - published == 3
+    async with consumer:
+        await eventually(lambda: metric("eventbus_pending_entries", **labels) == 3)
+        gate.set()
+        await eventually(lambda: metric("eventbus_consumed_total", **labels) - consumed == 3)
+        await eventually(lambda: metric("eventbus_pending_entries", **labels) == 0)
+    assert metric("eventbus_consumer_lag_entries", **labels) == 0
+    assert metric("eventbus_handler_duration_seconds_count", **labels) - count == 3
+    assert metric("eventbus_time_in_stream_seconds_count", **labels) - waited == 3
+
+
+async def test_readiness_check_reports_redis_up_and_down(client: Redis) -> None:
+    ok = await run_check(redis_readiness_check(client))
+    assert ok.ok and ok.name == "redis"
+    dead = create_redis_client(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        down = await run_check(redis_readiness_check(dead, timeout_s=3))
+    finally:
+        await dead.aclose()
+    assert not down.ok and "EventBusUnavailable" in (down.error or "")
+
+
+async def test_publish_of_a_model_outside_the_catalogue_is_refused(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    from backend.infra.eventbus import EventData, UnknownEventType
+
+    class Gossip(EventData):
+        text: str
+
+    with pytest.raises(UnknownEventType):
+        await EventPublisher(client, "x", settings).publish(Gossip(text="hi"))
