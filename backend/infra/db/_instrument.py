@@ -137,9 +137,6 @@ class StatementTelemetry:
         setattr(context, _SPAN_KEY, None)
         span, operation, t0 = started
         QUERY_DURATION.labels(self.target.system, operation).observe(time.perf_counter() - t0)
-        rowcount = getattr(cursor, "rowcount", -1)
-        if isinstance(rowcount, int) and rowcount >= 0:
-            span.set_attribute("db.response.returned_rows", rowcount)
         span.end()
 
     def on_error(self, ctx: ExceptionContext) -> None:

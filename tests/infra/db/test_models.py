@@ -108,7 +108,7 @@ async def test_naive_timestamps_are_refused(sqlite_url: str) -> None:
                         price=Decimal(1),
                         fee=Decimal(0),
                         liquidity="TAKER",
-                        filled_at=datetime(2026, 1, 1),  # noqa: DTZ001 - the point of the test
+                        filled_at=datetime(2026, 1, 1),
                     )
                 )
     finally:
