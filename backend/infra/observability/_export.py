@@ -72,22 +72,37 @@ def _any_value(value: Any) -> bytes:
     return _str_field(0x0A, str(value))
 
 
-_KEY_CACHE: dict[str, bytes] = {}
+# Encoded `KeyValue` messages by (key, value): a service's span attributes repeat (method,
+# route, status, addresses), so most attributes are one dict look-up. Bounded; past the bound,
+# new pairs are encoded every time.
+_KV_CACHE: dict[tuple[str, Any], bytes] = {}
+_KV_CACHE_MAX = 16384
+_CACHEABLE = (str, int, bool)
 
 
 def _key_value(key: str, value: Any) -> bytes:
-    encoded_key = _KEY_CACHE.get(key)
-    if encoded_key is None:
-        encoded_key = _str_field(0x0A, key)
-        if len(_KEY_CACHE) < 4096:
-            _KEY_CACHE[key] = encoded_key
-    return encoded_key + _len_field(0x12, _any_value(value))
+    return _str_field(0x0A, key) + _len_field(0x12, _any_value(value))
 
 
 def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
-    return b"".join(_len_field(tag, _key_value(k, v)) for k, v in attributes.items())
+    out = []
+    cache = _KV_CACHE
+    for item in attributes.items():
+        encoded = None
+        value = item[1]
+        cacheable = type(value) in _CACHEABLE and (type(value) is not str or len(value) <= 256)
+        if cacheable:
+            key = (tag, item[0], value, type(value))
+            encoded = cache.get(key)  # type: ignore[arg-type]
+        if encoded is None:
+            kv = _key_value(item[0], value)
+            encoded = bytes((tag,)) + _varint(len(kv)) + kv
+            if cacheable and len(cache) < _KV_CACHE_MAX:
+                cache[key] = encoded  # type: ignore[index]
+        out.append(encoded)
+    return b"".join(out)
 
 
 def encode_resource(attributes: Mapping[str, Any]) -> bytes:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 
+import orjson
+
 from ._config import ObservabilityConfig
 
 _CONFIG: ObservabilityConfig | None = None
 _RESOURCE_FIELDS: dict[str, str] = {}
-_ACCESS_LOG = False
+# One-element lists so the hot path reads them without a function call or a global rebind.
+ACCESS_LOG = [False]
+RESOURCE_JSON = ['"service.name":null']
 
 
 def config() -> ObservabilityConfig | None:
@@ -16,10 +20,11 @@ def config() -> ObservabilityConfig | None:
 
 
 def set_config(config: ObservabilityConfig) -> None:
-    global _CONFIG, _RESOURCE_FIELDS, _ACCESS_LOG
+    global _CONFIG, _RESOURCE_FIELDS
     _CONFIG = config
     _RESOURCE_FIELDS = log_resource_fields(config)
-    _ACCESS_LOG = config.access_log and logging.INFO >= logging.getLevelName(config.log_level)
+    ACCESS_LOG[0] = config.access_log and logging.INFO >= logging.getLevelName(config.log_level)
+    RESOURCE_JSON[0] = orjson.dumps(_RESOURCE_FIELDS).decode()[1:-1]
 
 
 def log_resource_fields(config: ObservabilityConfig) -> dict[str, str]:
@@ -32,7 +37,3 @@ def log_resource_fields(config: ObservabilityConfig) -> dict[str, str]:
 
 def resource_fields() -> dict[str, str]:
     return _RESOURCE_FIELDS
-
-
-def access_log_enabled() -> bool:
-    return _ACCESS_LOG
