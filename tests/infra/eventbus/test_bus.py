@@ -45,9 +45,7 @@ async def test_published_event_is_consumed_once_and_acknowledged(
     async with consumer:
         await eventually(lambda: len(got) == 1, what="the fill")
         key = settings.stream_key("order.filled")
-        await eventually(
-            lambda: _pending_count(client, key, "portfolio", 0), what="the ack"
-        )
+        await eventually(lambda: _pending_count(client, key, "portfolio", 0), what="the ack")
     event = got[0]
     assert event.id == receipt.event_id and event.entry_id == receipt.entry_id
     assert event.data == fill(1) and event.deliveries == 1 and event.source == "execution"
@@ -95,9 +93,11 @@ async def test_spans_carry_messaging_attributes_and_the_consumer_continues_the_t
     async with consumer:
         await asyncio.wait_for(done.wait(), 10)
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
-    send, process, book = spans["send order.filled"], spans["process order.filled"], spans[
-        "book fill"
-    ]
+    send, process, book = (
+        spans["send order.filled"],
+        spans["process order.filled"],
+        spans["book fill"],
+    )
     key = settings.stream_key("order.filled")
     assert send.kind == SpanKind.PRODUCER and process.kind == SpanKind.CONSUMER
     assert send.attributes["messaging.system"] == MESSAGING_SYSTEM
@@ -154,8 +154,12 @@ async def test_poison_message_lands_in_the_dead_letter_stream_with_error_and_fie
     poison = await publisher.publish(fill(0))
     await publisher.publish(fill(1))
     dlq = settings.dead_letter_key("order.filled")
-    before = metric("eventbus_dead_lettered_total", stream="order.filled", group="portfolio",
-                    reason="handler_error")
+    before = metric(
+        "eventbus_dead_lettered_total",
+        stream="order.filled",
+        group="portfolio",
+        reason="handler_error",
+    )
     async with consumer:
         await eventually(lambda: _xlen_is(client, dlq, 1), what="the dead letter")
         await eventually(
@@ -170,8 +174,12 @@ async def test_poison_message_lands_in_the_dead_letter_stream_with_error_and_fie
     assert record[b"event_id"].decode() == poison.event_id
     assert record[b"deliveries"] == str(settings.max_deliveries).encode()
     assert orjson.loads(record[b"original.event"])["data"]["fill_id"] == "F0"
-    after = metric("eventbus_dead_lettered_total", stream="order.filled", group="portfolio",
-                   reason="handler_error")
+    after = metric(
+        "eventbus_dead_lettered_total",
+        stream="order.filled",
+        group="portfolio",
+        reason="handler_error",
+    )
     assert after - before == 1
 
 
@@ -181,18 +189,54 @@ async def _xlen_is(client: Redis, key: str, n: int) -> bool:
 
 MALFORMED_ENTRIES: list[tuple[str, dict[bytes, bytes]]] = [
     ("missing_field", {b"evt": b"{}"}),
-    ("bad_json", {b"event": b"{\"id\": "}),
-    ("missing_field", {b"event": b"{\"id\": \"x\"}"}),
-    ("unknown_type", {b"event": orjson.dumps({
-        "specversion": "1.0", "id": "u1", "type": "order.teleported", "source": "s",
-        "time": "2025-01-01T00:00:00Z", "data": {}})}),
-    ("bad_traceparent", {b"event": orjson.dumps({
-        "specversion": "1.0", "id": "t1", "type": "order.filled", "source": "s",
-        "time": "2025-01-01T00:00:00Z", "traceparent": "00-zz-zz-01",
-        "data": orjson.loads(fill(1).model_dump_json())})}),
-    ("invalid_data", {b"event": orjson.dumps({
-        "specversion": "1.0", "id": "d1", "type": "order.filled", "source": "s",
-        "time": "2025-01-01T00:00:00Z", "data": {"fill_id": 3}})}),
+    ("bad_json", {b"event": b'{"id": '}),
+    ("missing_field", {b"event": b'{"id": "x"}'}),
+    (
+        "unknown_type",
+        {
+            b"event": orjson.dumps(
+                {
+                    "specversion": "1.0",
+                    "id": "u1",
+                    "type": "order.teleported",
+                    "source": "s",
+                    "time": "2025-01-01T00:00:00Z",
+                    "data": {},
+                }
+            )
+        },
+    ),
+    (
+        "bad_traceparent",
+        {
+            b"event": orjson.dumps(
+                {
+                    "specversion": "1.0",
+                    "id": "t1",
+                    "type": "order.filled",
+                    "source": "s",
+                    "time": "2025-01-01T00:00:00Z",
+                    "traceparent": "00-zz-zz-01",
+                    "data": orjson.loads(fill(1).model_dump_json()),
+                }
+            )
+        },
+    ),
+    (
+        "invalid_data",
+        {
+            b"event": orjson.dumps(
+                {
+                    "specversion": "1.0",
+                    "id": "d1",
+                    "type": "order.filled",
+                    "source": "s",
+                    "time": "2025-01-01T00:00:00Z",
+                    "data": {"fill_id": 3},
+                }
+            )
+        },
+    ),
 ]
 
 
@@ -237,8 +281,13 @@ async def test_redelivered_event_takes_effect_once_with_idempotency(
         booked.append(event.id)
 
     consumer.subscribe(OrderFilled, handler)
-    copy = Event(id="fill-evt-1", type="order.filled", source="execution",
-                 time=datetime.now(UTC), data=fill(1))
+    copy = Event(
+        id="fill-evt-1",
+        type="order.filled",
+        source="execution",
+        time=datetime.now(UTC),
+        data=fill(1),
+    )
     # The same event stored three times: in one batch, and again after it was processed.
     await publisher.publish_many([copy, copy])
     async with consumer:

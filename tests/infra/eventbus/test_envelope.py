@@ -25,17 +25,34 @@ from .worker import fill
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 REQUIRED_TYPES = {
-    "market.tick", "signal.generated", "order.submitted", "order.accepted", "order.rejected",
-    "order.canceled", "order.filled", "position.updated", "risk.decision",
-    "risk.state_changed", "stop.triggered", "model.trained", "model.promoted", "feed.stalled",
+    "market.tick",
+    "signal.generated",
+    "order.submitted",
+    "order.accepted",
+    "order.rejected",
+    "order.canceled",
+    "order.filled",
+    "position.updated",
+    "risk.decision",
+    "risk.state_changed",
+    "stop.triggered",
+    "model.trained",
+    "model.promoted",
+    "feed.stalled",
 }
 
 
 def encoded(payload: OrderFilled | None = None, **overrides: object) -> dict[bytes, bytes]:
     spec = CATALOGUE.spec_for_model(OrderFilled)
     raw = encode_event(
-        spec, "e1", "execution", datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC), payload or fill(1),
-        TRACEPARENT, "vendor=1", "user=alice",
+        spec,
+        "e1",
+        "execution",
+        datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        payload or fill(1),
+        TRACEPARENT,
+        "vendor=1",
+        "user=alice",
     )
     doc = orjson.loads(raw)
     doc.update(overrides)
