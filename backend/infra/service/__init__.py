@@ -1,0 +1,19 @@
+"""Assembles a Quantum Trader service from its parts, so nine services share one skeleton.
+
+    service = Service("risk-safety", database=True, eventbus=True)
+    app = service.app                       # FastAPI: observability, health, lifespan
+    service.subscribe(OrderFilled, on_fill) # consumer group "risk-safety"
+    service.background("refresh", loop)     # a named, supervised task
+
+    if __name__ == "__main__":
+        service.run()                       # uvicorn on PORT (default from the port table)
+
+Workers (`kind="worker"`) are the same, with their health and metrics on a side port.
+"""
+
+from __future__ import annotations
+
+from ._service import Resources, Service, resources_of
+from ._settings import PORTS, ServiceSettings, service_url
+
+__all__ = ["PORTS", "Resources", "Service", "ServiceSettings", "resources_of", "service_url"]

@@ -1,0 +1,254 @@
+"""The `Service` skeleton: observability, health, event bus, database and a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+
+from backend.infra.observability import (
+    ReadinessCheck,
+    add_health_endpoints,
+    add_metrics_middleware,
+    add_readiness_check,
+    get_logger,
+    get_tracer,
+    init_observability,
+    instrument_fastapi,
+    shutdown_observability,
+    uvicorn_log_config,
+)
+
+from ._settings import ServiceSettings
+from ._supervisor import Supervisor
+
+T = TypeVar("T")
+Hook = Callable[["Resources"], Awaitable[None]]
+
+
+@dataclass
+class Resources:
+    """What a service's handlers use: its bus, its database and an HTTP client."""
+
+    name: str
+    settings: ServiceSettings
+    redis: Any = None
+    publisher: Any = None
+    engine: Any = None
+    sessions: Any = None
+    http: httpx.AsyncClient | None = None
+    consumer: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def session(self) -> AbstractAsyncContextManager[Any]:
+        """A unit of work: commit on success, roll back on error."""
+        from backend.infra.db import session_scope
+
+        if self.sessions is None:
+            raise RuntimeError(f"{self.name} was built without a database")
+        return session_scope(self.sessions)
+
+
+class Service:
+    """One Quantum Trader service process."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        kind: Literal["http", "worker"] = "http",
+        database: bool = False,
+        eventbus: bool = False,
+        consume_from: Literal["earliest", "latest"] = "earliest",
+        log_level: str | None = None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.config = init_observability(
+            service_name=name, log_level=log_level, enable_tracing=True, enable_metrics=True
+        )
+        self.logger = get_logger(f"microservices.{name}")
+        self.tracer = get_tracer(f"microservices.{name}")
+        self.settings = ServiceSettings()
+        self.resources = Resources(name, self.settings)
+        self._database = database
+        self._eventbus = eventbus
+        self._consume_from = consume_from
+        self._subscriptions: list[tuple[type[Any], Callable[[Any], Awaitable[object]]]] = []
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._background: list[tuple[str, Hook]] = []
+        self._supervisor = Supervisor()
+        self._started = asyncio.Event()
+        self._startup_error: str | None = "starting"
+        self.app = self._build_app()
+
+    # Assembly ---------------------------------------------------------------------------------
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title=self.name, lifespan=self._lifespan)
+        instrument_fastapi(app)
+        add_metrics_middleware(app)
+        add_health_endpoints(app, [ReadinessCheck("startup", self._check_started)])
+        app.state.resources = self.resources
+        return app
+
+    async def _check_started(self) -> None:
+        if self._startup_error is not None:
+            raise RuntimeError(self._startup_error)
+
+    def subscribe(self, model: type[T], handler: Callable[[Any], Awaitable[object]]) -> None:
+        """Handle events of `model`'s type in this service's consumer group."""
+        if not self._eventbus:
+            raise RuntimeError(f"{self.name} was built without the event bus")
+        self._subscriptions.append((model, handler))
+
+    def on_startup(self, hook: Hook) -> Hook:
+        """Run `hook(resources)` once the bus and database are up (decorator)."""
+        self._startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Hook) -> Hook:
+        self._shutdown.append(hook)
+        return hook
+
+    def background(self, name: str, loop: Hook) -> None:
+        """Run `loop(resources)` as a supervised task once started (restarted if it raises)."""
+        self._background.append((name, loop))
+
+    def add_readiness_check(self, check: ReadinessCheck) -> None:
+        add_readiness_check(self.app, check)
+
+    def start_task(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Start a supervised task now (from a handler or route)."""
+        self._supervisor.start(name, fn)
+
+    # Lifespan ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        r = self.resources
+        r.http = httpx.AsyncClient(timeout=self.settings.http_timeout_s)
+        if self._eventbus:
+            from backend.infra.eventbus import (
+                EventPublisher,
+                create_redis_client,
+                redis_readiness_check,
+                resolve_redis_url,
+            )
+
+            r.redis = create_redis_client(resolve_redis_url())
+            r.publisher = EventPublisher(r.redis, source=self.name)
+            add_readiness_check(app, redis_readiness_check(r.redis))
+        if self._database:
+            from backend.infra.db import (
+                create_engine,
+                create_session_factory,
+                database_readiness_check,
+                load_database_settings,
+            )
+
+            r.engine = create_engine(load_database_settings(self.name))
+            r.sessions = create_session_factory(r.engine)
+            add_readiness_check(app, database_readiness_check(r.engine))
+        # Start-up work that needs the database or Redis runs in a task that retries, so the
+        # process serves /health (503, naming what is missing) while a dependency is down.
+        self._supervisor.start("startup", self._bootstrap, restart=True)
+        self.logger.info("service starting", kind=self.kind)
+        try:
+            yield
+        finally:
+            await self._stop()
+
+    async def _bootstrap(self) -> None:
+        r = self.resources
+        attempt = 0
+        while True:
+            try:
+                if r.engine is not None:
+                    from backend.infra.db import migrate
+
+                    await migrate(r.engine)
+                for hook in self._startup:
+                    await hook(r)
+                break
+            except Exception as exc:
+                attempt += 1
+                self._startup_error = f"{type(exc).__name__}: {exc}"
+                self.logger.warning(
+                    "start-up failed; retrying", error=self._startup_error, attempt=attempt
+                )
+                await asyncio.sleep(
+                    min(10.0, 0.5 * 2 ** min(attempt, 5)) * random.uniform(0.8, 1.2)
+                )
+        if self._subscriptions:
+            from backend.infra.eventbus import EventConsumer, Idempotency
+
+            consumer = EventConsumer(
+                r.redis,
+                group=self.name,
+                idempotency=Idempotency(r.redis, scope=self.name),
+                start_from=self._consume_from,
+            )
+            for model, handler in self._subscriptions:
+                consumer.subscribe(model, handler)
+            r.consumer = consumer
+            await consumer.start()
+        for name, loop in self._background:
+            self._supervisor.start(name, _bind(loop, r))
+        self._startup_error = None
+        self._started.set()
+        self.logger.info("service started", kind=self.kind)
+
+    async def _stop(self) -> None:
+        r = self.resources
+        timeout = self.settings.shutdown_timeout_s
+        self.logger.info("service stopping")
+        if r.consumer is not None:
+            await r.consumer.stop(timeout_s=timeout)
+        await self._supervisor.stop(timeout)
+        for hook in reversed(self._shutdown):
+            try:
+                await hook(r)
+            except Exception:
+                self.logger.exception("shutdown hook failed", hook=getattr(hook, "__name__", "?"))
+        if r.http is not None:
+            await r.http.aclose()
+        if r.redis is not None:
+            await r.redis.aclose()
+        if r.engine is not None:
+            await r.engine.dispose()
+        self.logger.info("service stopped")
+        shutdown_observability()
+
+    # Running ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve on HOST:PORT (PORT defaults to the service's port in the port table)."""
+        uvicorn.run(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port_for(self.name),
+            log_config=uvicorn_log_config(self.config.log_level),
+            access_log=False,
+            timeout_graceful_shutdown=int(self.settings.shutdown_timeout_s),
+        )
+
+
+def _bind(loop: Hook, resources: Resources) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await loop(resources)
+
+    return run
+
+
+def resources_of(request: Request) -> Resources:
+    """FastAPI dependency: the service's resources."""
+    return request.app.state.resources  # type: ignore[no-any-return]
