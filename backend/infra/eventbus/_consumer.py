@@ -72,6 +72,7 @@ class _Batch:
     acks: dict[str, list[str]] = field(default_factory=dict)
     processed: list[str] = field(default_factory=list)
     dead: list[tuple[str, dict[bytes, Any]]] = field(default_factory=list)
+    handled: dict[str, int] = field(default_factory=dict)
 
     def ack(self, key: str, entry_id: str) -> None:
         self.acks.setdefault(key, []).append(entry_id)
@@ -473,9 +474,9 @@ class EventConsumer:
                 error = await self._handle(sub, event)
                 entry_id = event.entry_id or ""
                 if error is None:
-                    sub.metrics.consumed.inc()
                     batch.ack(sub.key, entry_id)
                     batch.processed.append(event.id)
+                    batch.handled[sub.key] = batch.handled.get(sub.key, 0) + 1
                 elif event.deliveries >= max_deliveries:
                     self._dead_letter(
                         batch,
@@ -611,6 +612,8 @@ class EventConsumer:
             await pipe.execute()
 
         await self._call(commit, "XACK")
+        for key, count in batch.handled.items():
+            self._subs[key].metrics.consumed.inc(count)
 
     # Gauges ----------------------------------------------------------------------------------
 

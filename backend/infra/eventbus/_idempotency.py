@@ -26,6 +26,21 @@ from redis.asyncio.client import Pipeline
 from ._redis import call_with_reconnect
 from ._settings import EventBusSettings
 
+# Positions (1-based) of the keys that exist.
+_SEEN_SCRIPT = """
+local seen = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then seen[#seen + 1] = i end
+end
+return seen
+"""
+
+# Mark every key, with the TTL in ARGV[1]; replies with one integer.
+_MARK_SCRIPT = """
+for _, key in ipairs(KEYS) do redis.call('SET', key, '1', 'EX', ARGV[1]) end
+return #KEYS
+"""
+
 
 class Idempotency:
     """Remembers processed event ids of one scope (usually the consumer group) for `ttl_s`.
@@ -57,26 +72,34 @@ class Idempotency:
         return bool((await self.seen_many([event_id]))[0])
 
     async def seen_many(self, event_ids: Sequence[str]) -> list[bool]:
-        """For each id, whether it was already processed; one round trip (MGET)."""
+        """For each id, whether it was already processed; one command, one short reply.
+
+        A script answers with the positions of the ids already seen (usually none) instead
+        of one reply per id: redis-py parses replies in Python, one call per element.
+        """
         if not event_ids:
             return []
         keys = [self.key(event_id) for event_id in event_ids]
 
-        async def mget() -> list[Any]:
-            return await self._client.mget(keys)
+        async def check() -> Any:
+            return await self._client.eval(_SEEN_SCRIPT, len(keys), *keys)
 
-        values = await call_with_reconnect(
-            mget,
-            what="MGET processed",
+        positions = await call_with_reconnect(
+            check,
+            what="EVAL seen",
             role="consumer",
             timeout_s=self._settings.reconnect_timeout_s,
         )
-        return [value is not None for value in values]
+        seen = [False] * len(keys)
+        for position in positions:
+            seen[int(position) - 1] = True
+        return seen
 
     def add_marks(self, pipe: Pipeline, event_ids: Sequence[str]) -> None:
-        """Queue the marks of `event_ids` on `pipe` (to commit them with other commands)."""
-        for event_id in event_ids:
-            pipe.set(self.key(event_id), b"1", ex=self.ttl_s)
+        """Queue the marks of `event_ids` on `pipe` as one command (to commit them with others)."""
+        if event_ids:
+            keys = [self.key(event_id) for event_id in event_ids]
+            pipe.eval(_MARK_SCRIPT, len(keys), *keys, self.ttl_s)
 
     async def mark_many(self, event_ids: Sequence[str]) -> None:
         """Mark ids as processed; one round trip."""

@@ -16,12 +16,20 @@ from backend.infra.observability import (
     inject_trace_context,
 )
 
-from ._envelope import EVENT_FIELD, Event, encode_event, new_event_id
+from ._envelope import Event, encode_event, new_event_id
 from ._errors import EventBusError, PublishError
 from ._metrics import PUBLISH_FAILURES, PUBLISHED
 from ._redis import call_with_reconnect
 from ._settings import EventBusSettings
 from .catalogue import CATALOGUE, Catalogue, EventData, EventSpec
+
+_XADD_SCRIPT = """
+local ids = {}
+for i = 2, #ARGV do
+  ids[i - 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+end
+return ids
+"""
 
 MESSAGING_SYSTEM = "redis_streams"
 """`messaging.system` of the bus's spans: semconv has no well-known value for Redis Streams."""
@@ -146,11 +154,22 @@ class EventPublisher:
 
         max_len = self._settings.max_len
 
+        # One command per stream and chunk: a script runs the XADDs (each with its approximate
+        # MAXLEN) and returns their ids, instead of one command and one reply per event.
+        by_key: dict[str, list[int]] = {}
+        for index, (route, _event_id, _payload, _span) in enumerate(prepared):
+            by_key.setdefault(route.key, []).append(index)
+
         async def send() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
-            for route, _event_id, payload, _span in prepared:
-                pipe.xadd(route.key, {EVENT_FIELD: payload}, maxlen=max_len, approximate=True)
-            return await pipe.execute()
+            for key, indexes in by_key.items():
+                pipe.eval(_XADD_SCRIPT, 1, key, max_len, *(prepared[i][2] for i in indexes))
+            replies = await pipe.execute()
+            ids: list[Any] = [None] * len(prepared)
+            for indexes, reply in zip(by_key.values(), replies, strict=True):
+                for index, entry_id in zip(indexes, reply, strict=True):
+                    ids[index] = entry_id
+            return ids
 
         try:
             entry_ids = await call_with_reconnect(
