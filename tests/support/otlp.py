@@ -65,8 +65,10 @@ def decode(payload: bytes) -> list[ReceivedSpan]:
                         resource=resource,
                         scope=ss.scope.name,
                         status_code=s.status.code,
-                        events=[(e.name, {kv.key: _value(kv.value) for kv in e.attributes})
-                                for e in s.events],
+                        events=[
+                            (e.name, {kv.key: _value(kv.value) for kv in e.attributes})
+                            for e in s.events
+                        ],
                         links=[(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links],
                         start_ns=s.start_time_unix_nano,
                         end_ns=s.end_time_unix_nano,
@@ -107,7 +109,7 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path != "/v1/traces":
                     self.send_response(404)

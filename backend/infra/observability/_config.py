@@ -186,8 +186,11 @@ def load_config(
     endpoint_var = next(
         (
             var
-            for var in ("OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                        "OTEL_EXPORTER_OTLP_ENDPOINT")
+            for var in (
+                "OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            )
             if _get(env, var)
         ),
         None,
@@ -211,9 +214,7 @@ def load_config(
     if endpoint and protocol == "http/protobuf":
         path = urlsplit(endpoint).path.rstrip("/")
         # A signal-specific endpoint is used as given; a base endpoint gets the signal path.
-        if endpoint_var != "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" and not path.endswith(
-            "/v1/traces"
-        ):
+        if endpoint_var != "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" and not path.endswith("/v1/traces"):
             endpoint = endpoint.rstrip("/") + "/v1/traces"
 
     insecure_raw = _get(env, "OTLP_INSECURE")
@@ -226,9 +227,7 @@ def load_config(
     headers_raw = _get(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS") or _get(
         env, "OTEL_EXPORTER_OTLP_HEADERS"
     )
-    headers = (
-        _parse_key_values("OTEL_EXPORTER_OTLP_HEADERS", headers_raw) if headers_raw else {}
-    )
+    headers = _parse_key_values("OTEL_EXPORTER_OTLP_HEADERS", headers_raw) if headers_raw else {}
 
     timeout_s = 10.0
     timeout_raw = _get(env, "OTEL_EXPORTER_OTLP_TIMEOUT")
@@ -247,7 +246,7 @@ def load_config(
                 raise ObservabilityConfigError(
                     "OTEL_TRACES_SAMPLER", sampler_raw, f"expected one of {list(_SAMPLERS)}"
                 )
-            sampler = sampler_raw  # type: ignore[assignment]
+            sampler = sampler_raw
         arg_raw = _get(env, "OTEL_TRACES_SAMPLER_ARG")
         if arg_raw is not None and sampler.endswith("traceidratio"):
             rate = _parse_rate("OTEL_TRACES_SAMPLER_ARG", arg_raw)
@@ -257,7 +256,9 @@ def load_config(
     access_raw = _get(env, "ACCESS_LOG")
     access_log = True if access_raw is None else _parse_bool("ACCESS_LOG", access_raw)
 
-    queue_size = _parse_positive_int("OTEL_BSP_MAX_QUEUE_SIZE", _get(env, "OTEL_BSP_MAX_QUEUE_SIZE") or "2048")
+    queue_size = _parse_positive_int(
+        "OTEL_BSP_MAX_QUEUE_SIZE", _get(env, "OTEL_BSP_MAX_QUEUE_SIZE") or "2048"
+    )
     batch_size = _parse_positive_int(
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _get(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or "512"
     )
@@ -269,8 +270,12 @@ def load_config(
         k: v
         for k, v in resource.items()
         if k
-        not in ("service.name", "service.version", "deployment.environment",
-                "deployment.environment.name")
+        not in (
+            "service.name",
+            "service.version",
+            "deployment.environment",
+            "deployment.environment.name",
+        )
     }
     return ObservabilityConfig(
         service_name=name,

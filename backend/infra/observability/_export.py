@@ -137,7 +137,8 @@ def encode_span(span: Any) -> bytes:
     parts.append(_attributes(0x4A, span._attributes))
     for event in span._events:
         body = (
-            b"\x09" + _pack_q(event.timestamp)
+            b"\x09"
+            + _pack_q(event.timestamp)
             + _str_field(0x12, event.name)
             + _attributes(0x1A, event.attributes)
         )
@@ -145,10 +146,14 @@ def encode_span(span: Any) -> bytes:
     for link in span._links:
         lctx = link.context
         body = (
-            b"\x0a\x10" + lctx.trace_id.to_bytes(16, "big")
-            + b"\x12\x08" + lctx.span_id.to_bytes(8, "big")
+            b"\x0a\x10"
+            + lctx.trace_id.to_bytes(16, "big")
+            + b"\x12\x08"
+            + lctx.span_id.to_bytes(8, "big")
             + _trace_state(lctx.trace_state)
             + _attributes(0x22, link.attributes)
+            + b"\x35"
+            + _pack_i(int(lctx.trace_flags) | 0x100 | (0x200 if lctx.is_remote else 0))
         )
         parts.append(_len_field(0x6A, body))
     status = span._status
@@ -301,7 +306,7 @@ class GrpcTransport:
 # --- The processor -----------------------------------------------------------------------------
 
 
-class ExportQueue(SpanProcessor):  # type: ignore[misc,valid-type]
+class ExportQueue(SpanProcessor):
     """A span processor that queues sampled spans and exports them in batches on a thread.
 
     `on_end` costs one deque append. The queue is bounded: a span that finds it full is
@@ -413,7 +418,9 @@ class ExportQueue(SpanProcessor):  # type: ignore[misc,valid-type]
             if now - self._last_error_log > 30.0:
                 self._last_error_log = now
                 _log.warning(
-                    "span export failed; %d spans dropped (%s)", len(batch), exc,
+                    "span export failed; %d spans dropped (%s)",
+                    len(batch),
+                    exc,
                     extra={"failures": self._failures},
                 )
             return False
@@ -438,5 +445,3 @@ def make_transport(
     if protocol == "http/protobuf":
         return HttpTransport(endpoint, headers, timeout_s)
     return GrpcTransport(endpoint, insecure, headers, timeout_s)
-
-

@@ -1,4 +1,4 @@
-"""Kubernetes health probes: `/health/live`, `/health/ready` (and `/health`) with readiness checks."""
+"""Kubernetes health probes (`/health/live`, `/health/ready`, `/health`) with readiness checks."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ async def run_check(check: ReadinessCheck) -> CheckResult:
         error: str | None = f"timed out after {check.timeout_s:g}s"
     # Broad on purpose: any failure of a dependency check means "not ready", never a crash.
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}" or type(exc).__name__
+        error = f"{type(exc).__name__}: {exc}"
     else:
         error = None
     duration_ms = round((time.perf_counter() - started) * 1000.0, 2)
@@ -51,8 +51,7 @@ async def run_check(check: ReadinessCheck) -> CheckResult:
 async def run_checks(checks: Iterable[ReadinessCheck]) -> tuple[bool, dict[str, Any]]:
     results = await asyncio.gather(*(run_check(c) for c in checks))
     body = {
-        r.name: {"ok": r.ok, "duration_ms": r.duration_ms}
-        | ({"error": r.error} if r.error else {})
+        r.name: {"ok": r.ok, "duration_ms": r.duration_ms} | ({"error": r.error} if r.error else {})
         for r in results
     }
     return all(r.ok for r in results), body
@@ -98,10 +97,14 @@ def add_health_endpoints(app: Any, checks: Iterable[ReadinessCheck] = ()) -> Hea
             return {"status": "ok"}
 
         async def ready() -> JSONResponse:
-            status, body = await registry.ready()  # type: ignore[union-attr]
+            status, body = await registry.ready()
             return JSONResponse(body, status_code=status)
 
-        for path, endpoint in (("/health/live", live), ("/health/ready", ready), ("/health", ready)):
+        for path, endpoint in (
+            ("/health/live", live),
+            ("/health/ready", ready),
+            ("/health", ready),
+        ):
             if path not in existing:
                 app.add_api_route(path, endpoint, methods=["GET"], include_in_schema=False)
     for check in checks:

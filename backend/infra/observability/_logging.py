@@ -33,8 +33,9 @@ _FLUSH_BYTES = 64 * 1024
 class LineSink:
     """Buffers encoded lines and writes them to a stream.
 
-    Lines at WARNING and above, and any line once the buffer holds 64 KiB, are written at once;
-    the rest within 200 ms, by a daemon thread, and at exit.
+    Urgent lines (every stdlib log record) and any line once the buffer holds 64 KiB are
+    written at once; the rest (access lines) within 200 ms by a daemon thread, at app
+    shutdown and at exit.
     """
 
     def __init__(self, stream_getter: Callable[[], IO[str]] = lambda: sys.stdout) -> None:
@@ -188,7 +189,10 @@ class SinkHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = encode_line(self.json_formatter.to_fields(record))
-            self.sink.write(line, urgent=record.levelno >= logging.WARNING)
+            # Written at once: uvicorn ends a SIGTERM by re-raising the signal, so atexit never
+            # runs and a buffered line would be lost. Only access lines are batched, and the
+            # middleware flushes them when the app shuts down.
+            self.sink.write(line, urgent=True)
         except Exception:  # a log call must never raise into the caller
             self.handleError(record)
 
@@ -216,10 +220,10 @@ class BoundLogger:
     def bind(self, **fields: Any) -> BoundLogger:
         return BoundLogger(self._logger, {**self._fields, **fields})
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - stdlib name
+    def isEnabledFor(self, level: int) -> bool:
         return self._logger.isEnabledFor(level)
 
-    def setLevel(self, level: int | str) -> None:  # noqa: N802 - stdlib name
+    def setLevel(self, level: int | str) -> None:
         self._logger.setLevel(level)
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:

@@ -18,7 +18,19 @@ from prometheus_client.utils import floatToGoString
 
 # Buckets for request latency in seconds: 1 ms .. 10 s.
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 UNMATCHED_ROUTE = "__unmatched__"
@@ -77,12 +89,13 @@ class HttpMetrics:
         if series is None:
             if method not in KNOWN_METHODS:
                 # Arbitrary methods must not create series.
-                return self.observe("_OTHER", route, status, seconds)
-            series = self.series[key] = _Series()
+                key = ("_OTHER", route, status // 100)
+                series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = _Series()
         series.count += 1
         series.sum += seconds
         series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        return None
 
 
 class HttpCollector(Collector):
@@ -124,11 +137,9 @@ class HttpCollector(Collector):
             buckets = []
             for bound, n in zip((*LATENCY_BUCKETS, float("inf")), series.buckets, strict=True):
                 cumulative += n
-                buckets.append((floatToGoString(bound), cumulative))
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
             duration.add_metric(values, buckets, series.sum)
-        in_flight = GaugeMetricFamily(
-            "http_requests_in_flight", "HTTP requests being served now."
-        )
+        in_flight = GaugeMetricFamily("http_requests_in_flight", "HTTP requests being served now.")
         in_flight.add_metric([], sum(s.in_flight for s in self.sources))
         return [requests, duration, in_flight]
 

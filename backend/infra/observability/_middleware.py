@@ -1,12 +1,11 @@
-"""One pure-ASGI middleware doing the SERVER span, the HTTP metrics and the access log in one pass."""
+"""One pure-ASGI middleware: the SERVER span, the HTTP metrics and the access log, in one pass."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
-
 from time import perf_counter, time
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -42,7 +41,7 @@ def route_template(scope: Scope) -> str | None:
     route = scope.get("route")
     if route is None:
         return None
-    path = getattr(route, "path", None)
+    path: str | None = getattr(route, "path", None)
     if path is None:
         return None
     prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
@@ -71,7 +70,12 @@ class ObservabilityMiddleware:
         options = self.options
         path = scope["path"]
         excluded = path == "/metrics" or path.startswith("/health")
-        if excluded and path == "/metrics" and options.metrics and not self._has_metrics_route(scope):
+        if (
+            excluded
+            and path == "/metrics"
+            and options.metrics
+            and not self._has_metrics_route(scope)
+        ):
             await _serve_metrics(send)
             return
         started = perf_counter()
@@ -110,7 +114,7 @@ class ObservabilityMiddleware:
                 metrics.observe(method, route or UNMATCHED_ROUTE, status, elapsed)
             if span is not None:
                 _end_span(span, method, route, status, error)
-                _tracing.detach(token)
+                _tracing.detach(token)  # type: ignore[arg-type]
             if options.access_log and not excluded and _state.ACCESS_LOG[0]:
                 _write_access_line(scope, method, path, route, status, elapsed, span)
 
@@ -137,9 +141,7 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
         from opentelemetry.trace import SpanContext, TraceState
 
         state = TraceState.from_header([tracestate.decode("latin-1")])
-        parent = SpanContext(
-            parent.trace_id, parent.span_id, True, parent.trace_flags, state
-        )
+        parent = SpanContext(parent.trace_id, parent.span_id, True, parent.trace_flags, state)
     attributes: dict[str, Any] = {
         "http.request.method": method,
         "url.path": path,
@@ -162,7 +164,9 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
     return span, token
 
 
-def _end_span(span: Any, method: str, route: str | None, status: int, error: BaseException | None) -> None:
+def _end_span(
+    span: Any, method: str, route: str | None, status: int, error: BaseException | None
+) -> None:
     if not span.is_recording():
         return
     if route is not None:
@@ -242,6 +246,7 @@ def _flush_on_shutdown(send: Send) -> Send:
     async def wrapped(message: Message) -> None:
         if message["type"] == "lifespan.shutdown.complete":
             _tracing.force_flush(5000)
+            SINK.flush()
         await send(message)
 
     return wrapped

@@ -92,3 +92,30 @@ def instrument_httpx() -> bool:
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
     return True
+
+
+__all__ = [
+    "ALWAYS_OFF",
+    "ALWAYS_ON",
+    "HAS_API",
+    "HAS_SDK",
+    "INSTALL_HINT",
+    "InstrumentationScope",
+    "ParentBased",
+    "ReadableSpan",
+    "Resource",
+    "Sampler",
+    "SpanKind",
+    "SpanProcessor",
+    "Status",
+    "StatusCode",
+    "TraceIdRatioBased",
+    "TracerProvider",
+    "has_grpc",
+    "instrument_httpx",
+    "otel_baggage",
+    "otel_context",
+    "otel_extract",
+    "otel_inject",
+    "otel_trace",
+]

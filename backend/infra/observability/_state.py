@@ -23,7 +23,7 @@ def set_config(config: ObservabilityConfig) -> None:
     global _CONFIG, _RESOURCE_FIELDS
     _CONFIG = config
     _RESOURCE_FIELDS = log_resource_fields(config)
-    ACCESS_LOG[0] = config.access_log and logging.INFO >= logging.getLevelName(config.log_level)
+    ACCESS_LOG[0] = config.access_log and logging.getLevelName(config.log_level) <= logging.INFO
     RESOURCE_JSON[0] = orjson.dumps(_RESOURCE_FIELDS).decode()[1:-1]
 
 

@@ -68,6 +68,7 @@ def runtime() -> TracingRuntime | None:
 def _build_sampler(config: ObservabilityConfig) -> tuple[Any, bool, float]:
     name = config.sampler
     parent_based = name.startswith("parentbased_")
+    root: Any
     if name.endswith("always_on"):
         rate = 1.0
         root = ALWAYS_ON
@@ -101,7 +102,9 @@ def setup_tracing(config: ObservabilityConfig) -> TracingRuntime | None:
 
             logging.getLogger(LIBRARY_SCOPE).warning(
                 "OTLP endpoint %s is set but the OpenTelemetry SDK is not installed; "
-                "tracing is a no-op (%s)", config.otlp_endpoint, INSTALL_HINT,
+                "tracing is a no-op (%s)",
+                config.otlp_endpoint,
+                INSTALL_HINT,
             )
         return None
     from . import _export
@@ -247,10 +250,16 @@ def parse_traceparent(value: bytes) -> Any | None:
     if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
         return None
     version = value[:2]
-    if version == b"ff" or (version == b"00" and len(value) != 55) or not _HEX.issuperset(value[:2]):
+    if (
+        version == b"ff"
+        or (version == b"00" and len(value) != 55)
+        or not _HEX.issuperset(value[:2])
+    ):
         return None
     trace_hex, span_hex, flags_hex = value[3:35], value[36:52], value[53:55]
-    if not (_HEX.issuperset(trace_hex) and _HEX.issuperset(span_hex) and _HEX.issuperset(flags_hex)):
+    if not (
+        _HEX.issuperset(trace_hex) and _HEX.issuperset(span_hex) and _HEX.issuperset(flags_hex)
+    ):
         return None
     trace_id = int(trace_hex, 16)
     span_id = int(span_hex, 16)
@@ -264,7 +273,7 @@ def parse_traceparent(value: bytes) -> Any | None:
 if HAS_SDK:
     from opentelemetry.sdk.trace import Event as _Event
 
-    class ServerSpan(otel_trace.Span):  # type: ignore[misc]
+    class ServerSpan(otel_trace.Span):
         """A lean recording span for the middleware's one SERVER span per request.
 
         An SDK span costs ~125 µs of CPU to create and end on this project's machines; this
@@ -274,8 +283,17 @@ if HAS_SDK:
         """
 
         __slots__ = (
-            "_attributes", "_context", "_end_time", "_events", "_kind", "_links", "_name",
-            "_parent", "_runtime", "_start_time", "_status",
+            "_attributes",
+            "_context",
+            "_end_time",
+            "_events",
+            "_kind",
+            "_links",
+            "_name",
+            "_parent",
+            "_runtime",
+            "_start_time",
+            "_status",
         )
 
         def __init__(

@@ -1,0 +1,172 @@
+"""One SERVER span per request: its name, attributes, parent, baggage, errors and exclusions."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI, HTTPException
+from fastapi.testclient import TestClient
+from opentelemetry import baggage
+from opentelemetry.trace import SpanKind, StatusCode
+
+from backend.infra.observability import (
+    add_health_endpoints,
+    add_metrics_middleware,
+    get_tracer,
+    instrument_fastapi,
+)
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+seen_baggage: dict[str, object] = {}
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+    instrument_fastapi(app)
+    add_metrics_middleware(app)
+    add_health_endpoints(app)
+    tracer = get_tracer("tests")
+
+    @app.get("/orders/{order_id}")
+    async def get_order(order_id: int) -> dict[str, int]:
+        with tracer.start_as_current_span("load_order") as span:
+            span.set_attribute("order.id", order_id)
+        seen_baggage.update(baggage.get_all())
+        return {"order_id": order_id}
+
+    @app.get("/fail")
+    async def fail() -> None:
+        raise RuntimeError("database exploded")
+
+    @app.get("/missing")
+    async def missing() -> None:
+        raise HTTPException(status_code=404, detail="no such thing")
+
+    @app.get("/sync")
+    def sync_route() -> dict[str, bool]:
+        with tracer.start_as_current_span("sync_work"):
+            pass
+        return {"ok": True}
+
+    return app
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(make_app(), raise_server_exceptions=False)
+
+
+def server_spans(exporter) -> list:  # type: ignore[no-untyped-def]
+    return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+
+
+def test_one_server_span_named_by_route_template(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/orders/42?verbose=1").status_code == 200
+    (span,) = server_spans(span_exporter)
+    assert span.name == "GET /orders/{order_id}"
+    attrs = dict(span.attributes)
+    assert attrs["http.request.method"] == "GET"
+    assert attrs["http.route"] == "/orders/{order_id}"
+    assert attrs["url.path"] == "/orders/42"
+    assert attrs["url.scheme"] == "http"
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["server.address"] == "testserver"
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def test_only_one_server_span_even_with_fastapi_builtin_telemetry(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    # A global SDK provider is installed (the suite's), which is what switches FastAPI's own
+    # telemetry on; the library must keep it off so nothing is traced twice.
+    client.get("/orders/1")
+    spans = span_exporter.get_finished_spans()
+    assert len(server_spans(span_exporter)) == 1
+    assert sorted(s.name for s in spans) == ["GET /orders/{order_id}", "load_order"]
+
+
+def test_child_span_is_parented_by_the_server_span(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    client.get("/orders/7")
+    child = next(s for s in span_exporter.get_finished_spans() if s.name == "load_order")
+    (server,) = server_spans(span_exporter)
+    assert child.parent.span_id == server.context.span_id
+    assert child.context.trace_id == server.context.trace_id
+
+
+def test_sync_routes_keep_the_context_in_the_threadpool(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    client.get("/sync")
+    child = next(s for s in span_exporter.get_finished_spans() if s.name == "sync_work")
+    (server,) = server_spans(span_exporter)
+    assert child.parent.span_id == server.context.span_id
+
+
+def test_incoming_traceparent_and_baggage_continue_the_callers_trace(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    seen_baggage.clear()
+    client.get(
+        "/orders/3",
+        headers={
+            "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+            "tracestate": "vendor=abc",
+            "baggage": "order.client_id=qt-123,desk=crypto",
+        },
+    )
+    (span,) = server_spans(span_exporter)
+    assert f"{span.context.trace_id:032x}" == TRACE_ID
+    assert f"{span.parent.span_id:016x}" == PARENT_ID
+    assert span.parent.is_remote
+    assert span.context.trace_state.get("vendor") == "abc"
+    assert seen_baggage == {"order.client_id": "qt-123", "desk": "crypto"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "garbage",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ],
+)
+def test_malformed_traceparent_starts_a_new_trace(client, span_exporter, bad: str) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/orders/3", headers={"traceparent": bad}).status_code == 200
+    (span,) = server_spans(span_exporter)
+    assert span.parent is None
+    assert f"{span.context.trace_id:032x}" != TRACE_ID
+
+
+def test_unsampled_caller_is_respected(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    client.get("/orders/3", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"})
+    assert span_exporter.get_finished_spans() == ()
+
+
+def test_unhandled_exception_is_recorded_as_an_error(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/fail").status_code == 500
+    (span,) = server_spans(span_exporter)
+    assert span.name == "GET /fail"
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["http.response.status_code"] == 500
+    assert span.attributes["error.type"] == "RuntimeError"
+    (event,) = span.events
+    assert event.name == "exception"
+    assert event.attributes["exception.type"] == "RuntimeError"
+    assert event.attributes["exception.message"] == "database exploded"
+    assert "Traceback" in event.attributes["exception.stacktrace"]
+
+
+def test_client_errors_are_not_span_errors(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    client.get("/missing")
+    (span,) = server_spans(span_exporter)
+    assert span.attributes["http.response.status_code"] == 404
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def test_unmatched_path_span_has_method_only_name_and_no_route(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    client.get("/no/such/path")
+    (span,) = server_spans(span_exporter)
+    assert span.name == "GET"
+    assert "http.route" not in span.attributes
+
+
+def test_health_and_metrics_are_not_traced(client, span_exporter) -> None:  # type: ignore[no-untyped-def]
+    for path in ("/health/live", "/health/ready", "/health", "/metrics"):
+        assert client.get(path).status_code == 200
+    assert span_exporter.get_finished_spans() == ()
