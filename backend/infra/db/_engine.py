@@ -93,7 +93,12 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             "connect",
             _on_sqlite_connect(settings.sqlite_busy_timeout_ms, wal=sqlite_file is not None),
         )
-    instrument_engine(engine.sync_engine, settings.service_name, settings.sql_commenter)
+    instrument_engine(
+        engine.sync_engine,
+        settings.service_name,
+        settings.sql_commenter,
+        log_statements=settings.log_statements,
+    )
     log.info(
         "database engine created",
         database=describe(url),

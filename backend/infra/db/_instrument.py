@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionCon
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Select
 
-from backend.infra.observability import SpanKind, Status, StatusCode, get_tracer
+from backend.infra.observability import SpanKind, Status, StatusCode, get_logger, get_tracer
 
 from ._errors import _sqlstate, is_unavailable
 from ._metrics import POOLS, QUERY_DURATION, QUERY_ERRORS
@@ -26,6 +26,7 @@ from ._sqlcomment import (
 TRACER_NAME = "backend.infra.db"
 _SPAN_KEY = "_qt_db_span"
 _DEFAULT_PORTS = {"postgresql": 5432}
+_statement_log = get_logger("backend.infra.db.statements")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class _Target:
     address: str | None
     port: int | None
     commenter: bool
+    log_statements: bool = False
 
     def base_attributes(self) -> dict[str, Any]:
         attributes: dict[str, Any] = {"db.system.name": self.system}
@@ -120,6 +122,9 @@ class StatementTelemetry:
                 if tracestate:
                     tags["tracestate"] = tracestate
                 statement = append_comment(statement, format_comment(tags))
+        if self.target.log_statements:
+            # The text exactly as the driver receives it, so its traceparent can be checked.
+            _statement_log.info("sql statement", statement=statement, db_system=self.target.system)
         return statement, parameters
 
     def after_execute(
@@ -157,8 +162,13 @@ class StatementTelemetry:
         span.end()
 
 
-def instrument_engine(engine: Engine, name: str, commenter: bool) -> StatementTelemetry:
-    """Attach tracing, sqlcommenter and metrics to a (sync) engine and track its pool."""
+def instrument_engine(
+    engine: Engine, name: str, commenter: bool, *, log_statements: bool = False
+) -> StatementTelemetry:
+    """Attach tracing, sqlcommenter and metrics to a (sync) engine and track its pool.
+
+    With `log_statements`, every statement is logged (INFO) as sent, comment included.
+    """
     url = engine.url
     system = url.get_backend_name()
     target = _Target(
@@ -167,6 +177,7 @@ def instrument_engine(engine: Engine, name: str, commenter: bool) -> StatementTe
         address=url.host if system != "sqlite" else None,
         port=(url.port or _DEFAULT_PORTS.get(system)) if system != "sqlite" else None,
         commenter=commenter,
+        log_statements=log_statements,
     )
     telemetry = StatementTelemetry(target)
     event.listen(engine, "before_cursor_execute", telemetry.before_execute, retval=True)

@@ -29,7 +29,7 @@ class DatabaseSettings(BaseSettings):
 
     Environment: `DATABASE_URL`, `DB_POOL_SIZE`, `DB_MAX_OVERFLOW`, `DB_POOL_TIMEOUT_S`,
     `DB_POOL_RECYCLE_S`, `DB_CONNECT_TIMEOUT_S`, `DB_SQLITE_BUSY_TIMEOUT_MS`, `DB_SQL_COMMENTER`,
-    `DB_ECHO`.
+    `DB_ECHO`, `DB_LOG_STATEMENTS`.
     """
 
     model_config = SettingsConfigDict(
@@ -47,6 +47,7 @@ class DatabaseSettings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
     sql_commenter: bool = True
     echo: bool = False
+    log_statements: bool = False
 
     @field_validator("url")
     @classmethod
@@ -80,6 +81,7 @@ _VARIABLES = {
     "sqlite_busy_timeout_ms": "DB_SQLITE_BUSY_TIMEOUT_MS",
     "sql_commenter": "DB_SQL_COMMENTER",
     "echo": "DB_ECHO",
+    "log_statements": "DB_LOG_STATEMENTS",
 }
 
 
