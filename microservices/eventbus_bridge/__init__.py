@@ -1,0 +1,1 @@
+"""eventbus-bridge: market data into the bus (simulated or replayed ticks), with stall detection."""
