@@ -6,6 +6,13 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# Property tests explore the same examples on every run (reproducible failures, stable CI);
+# HYPOTHESIS_PROFILE=explore searches new ones.
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def require_service(available: bool, reason: str) -> None:
