@@ -1,0 +1,1 @@
+"""ai-engine: direction signals from the registered model, first trained on simulated history."""
