@@ -127,6 +127,9 @@ class OrderRecord(Base):
     filled_quantity: Mapped[Amount] = mapped_column(default=Decimal(0))
     average_fill_price: Mapped[Decimal | None]
     sequence: Mapped[int] = mapped_column(Integer, default=0)
+    risk_decision_id: Mapped[str | None] = mapped_column(String(64))
+    # The W3C traceparent of the span that accepted the order: later fills link to it.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
     created_at: Mapped[Created]
     updated_at: Mapped[Created]
 
