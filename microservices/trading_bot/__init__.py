@@ -1,0 +1,1 @@
+"""trading-bot: the strategy loop from market ticks to signals, sizing, risk checks and orders."""

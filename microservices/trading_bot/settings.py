@@ -1,0 +1,57 @@
+"""trading-bot settings: throttle, confidence floor, sizing policy and which symbols to trade."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from backend.trading.features import WINDOW
+from backend.trading.sizing import SizingParams
+
+
+class BotSettings(BaseSettings):
+    """Built once at start-up from `BOT_*` variables."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    autostart: bool = Field(default=True, validation_alias="BOT_AUTOSTART")
+    symbols: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), validation_alias="BOT_SYMBOLS"
+    )
+    """Symbols to trade; empty means every symbol that ticks."""
+    window: int = Field(default=64, ge=WINDOW, le=10_000, validation_alias="BOT_WINDOW")
+    """Prices kept per symbol (the model needs the last 21)."""
+    decision_interval_ms: int = Field(
+        default=5_000, ge=0, validation_alias="BOT_DECISION_INTERVAL_MS"
+    )
+    """At most one decision per symbol in this interval; ticks in between only fill the window."""
+    min_confidence: float = Field(default=0.55, ge=0, le=1, validation_alias="BOT_MIN_CONFIDENCE")
+    max_tick_age_ms: int = Field(default=10_000, gt=0, validation_alias="BOT_MAX_TICK_AGE_MS")
+    """Ticks published longer ago than this (a backlog after downtime) are not traded."""
+    equity_fraction: Decimal = Field(
+        default=Decimal("0.02"), gt=0, le=1, validation_alias="BOT_EQUITY_FRACTION"
+    )
+    max_notional: Decimal = Field(default=Decimal(1_000), gt=0, validation_alias="BOT_MAX_NOTIONAL")
+    max_quantity: Decimal = Field(default=Decimal(1_000), gt=0, validation_alias="BOT_MAX_QUANTITY")
+    lot_size: Decimal = Field(default=Decimal("0.0001"), gt=0, validation_alias="BOT_LOT_SIZE")
+    min_notional: Decimal = Field(default=Decimal(10), ge=0, validation_alias="BOT_MIN_NOTIONAL")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(s.strip().upper() for s in value.split(",") if s.strip())
+        return value
+
+    @property
+    def sizing(self) -> SizingParams:
+        return SizingParams(
+            equity_fraction=self.equity_fraction,
+            max_notional=self.max_notional,
+            max_quantity=self.max_quantity,
+            lot_size=self.lot_size,
+            min_notional=self.min_notional,
+        )

@@ -1,0 +1,358 @@
+"""The strategy loop: a tick to signal, sizing, risk check and order; every outcome recorded."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import select
+
+from backend.infra.db import IntegrityViolationError
+from backend.infra.db.models import BotDecision
+from backend.infra.eventbus import Event, MarketTick
+from backend.infra.observability import current_traceparent, get_logger, get_tracer
+from backend.infra.service import Resources
+from backend.trading.features import WINDOW
+from backend.trading.orders import client_order_id_for
+from backend.trading.sizing import size_order
+
+from . import clients
+from .settings import BotSettings
+
+DECISIONS = Counter(
+    "bot_decisions_total", "Strategy decisions, by outcome and reason.", ["outcome", "reason"]
+)
+CONFIDENCE = Histogram(
+    "bot_signal_confidence",
+    "Confidence of the signals the bot received.",
+    buckets=(0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0),
+)
+TICK_TO_ORDER = Histogram(
+    "bot_tick_to_order_seconds",
+    "From a tick's event time to execution accepting the order it caused.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+RUNNING = Gauge("bot_running", "1 while the strategy loop trades.")
+ENTRIES_PAUSED = Gauge("bot_entries_paused", "1 while new entries are paused (exits allowed).")
+
+MODEL_NAME = "ai-engine"
+ZERO = Decimal(0)
+
+
+class Outcome(StrEnum):
+    """What a decision ended in (`bot_decisions.action`)."""
+
+    ORDERED = "ORDERED"
+    SKIPPED = "SKIPPED"
+    DENIED = "DENIED"
+    REJECTED = "REJECTED"
+    ERROR = "ERROR"
+
+
+@dataclass
+class Decision:
+    """One run of the strategy for one tick; becomes a `bot_decisions` row."""
+
+    symbol: str
+    tick_event_id: str
+    tick_ts_ms: int
+    outcome: Outcome = Outcome.SKIPPED
+    reason: str = ""
+    detail: str = ""
+    direction: str | None = None
+    confidence: float = 0.0
+    model_version: str = ""
+    signal_id: str | None = None
+    side: str | None = None
+    quantity: Decimal | None = None
+    price: Decimal | None = None
+    client_order_id: str | None = None
+    order_status: str | None = None
+    features: dict[str, float] = field(default_factory=dict)
+
+    def finish(self, outcome: Outcome, reason: str, detail: str = "") -> Decision:
+        self.outcome, self.reason, self.detail = outcome, reason, detail
+        return self
+
+
+@dataclass
+class SymbolState:
+    prices: deque[Decimal]
+    last_decision_at: float = float("-inf")
+    last_tick_ms: int = 0
+
+
+class TradingBot:
+    """Holds the per-symbol windows and the run state; `on_tick` is the bus handler."""
+
+    def __init__(self, settings: BotSettings, resources: Resources) -> None:
+        self.settings = settings
+        self.resources = resources
+        self.running = settings.autostart
+        self.entries_paused = False
+        self.symbols: dict[str, SymbolState] = {}
+        self.log = get_logger("microservices.trading-bot.strategy")
+        self.tracer = get_tracer("microservices.trading-bot")
+        self._publish_state()
+
+    # Controls ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.running, self.entries_paused = True, False
+        self._publish_state()
+
+    def stop(self) -> None:
+        self.running = False
+        self._publish_state()
+
+    def pause_entries(self) -> None:
+        self.entries_paused = True
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        RUNNING.set(1 if self.running else 0)
+        ENTRIES_PAUSED.set(1 if self.entries_paused else 0)
+
+    # The loop ----------------------------------------------------------------------------------
+
+    async def on_tick(self, event: Event[MarketTick]) -> None:
+        """Keep the window; when due (running, warm, not throttled, fresh), decide."""
+        tick = event.data
+        wanted = self.settings.symbols
+        if wanted and tick.symbol not in wanted:
+            return
+        state = self.symbols.get(tick.symbol)
+        if state is None:
+            state = SymbolState(deque(maxlen=self.settings.window))
+            self.symbols[tick.symbol] = state
+        # The model was trained on last-trade prices, so it is served the same series.
+        state.prices.append(tick.last)
+        state.last_tick_ms = tick.ts_ms
+        if not self.running or len(state.prices) < WINDOW:
+            return
+        now = time.monotonic()
+        if (now - state.last_decision_at) * 1000.0 < self.settings.decision_interval_ms:
+            return
+        age_ms = time.time() * 1000.0 - event.time.timestamp() * 1000.0
+        if age_ms > self.settings.max_tick_age_ms:
+            DECISIONS.labels(Outcome.SKIPPED, "STALE_TICK").inc()
+            return
+        state.last_decision_at = now
+        decision = Decision(tick.symbol, event.id, tick.ts_ms)
+        with self.tracer.start_as_current_span("decide") as span:
+            span.set_attribute("symbol", tick.symbol)
+            try:
+                await self._decide(decision, tick, list(state.prices), event)
+            finally:
+                span.set_attribute("outcome", decision.outcome.value)
+                span.set_attribute("reason", decision.reason)
+                if decision.client_order_id:
+                    span.set_attribute("client_order_id", decision.client_order_id)
+            await self._record(decision)
+
+    async def _decide(
+        self, d: Decision, tick: MarketTick, prices: list[Decimal], event: Event[MarketTick]
+    ) -> None:
+        http = self.resources.http
+        assert http is not None
+        try:
+            signal = await clients.predict(http, tick.symbol, prices, source_id=event.id)
+        except (clients.UpstreamError, clients.Refused) as exc:
+            d.finish(Outcome.ERROR, "AI_UNAVAILABLE", str(exc))
+            return
+        d.direction, d.confidence = signal["direction"], float(signal["confidence"])
+        d.model_version, d.signal_id = signal["model_version"], signal["signal_id"]
+        d.features = dict(signal.get("features") or {})
+        CONFIDENCE.observe(d.confidence)
+        if d.direction == "HOLD":
+            d.finish(Outcome.SKIPPED, "HOLD")
+            return
+        if d.confidence < self.settings.min_confidence:
+            d.finish(Outcome.SKIPPED, "LOW_CONFIDENCE", f"{d.confidence:.4f}")
+            return
+        d.side = d.direction
+        if d.side == "BUY" and self.entries_paused:
+            d.finish(Outcome.SKIPPED, "ENTRIES_PAUSED")
+            return
+        # Derived from the signal, which is derived from the tick: a redelivered tick asks for
+        # the same order, which execution recognises instead of trading twice.
+        coid = client_order_id_for(d.signal_id, tick.symbol)
+        if await self._already_ordered(coid):
+            d.client_order_id = None
+            d.finish(Outcome.SKIPPED, "DUPLICATE", coid)
+            return
+        if not await self._size(d, tick):
+            return
+        d.client_order_id = coid
+        order: dict[str, Any] = {
+            "client_order_id": coid,
+            "symbol": tick.symbol,
+            "side": d.side,
+            "quantity": str(d.quantity),
+            "order_type": "MARKET",
+            "limit_price": None,
+            "reduce_only": d.side == "SELL",
+        }
+        approval = await self._risk_check(d, order)
+        if approval is None:
+            return
+        await self._submit(d, {**order, "approval": approval}, event)
+
+    async def _already_ordered(self, coid: str) -> bool:
+        async with self.resources.session() as session:
+            row = await session.execute(
+                select(BotDecision.action).where(BotDecision.client_order_id == coid)
+            )
+            return row.scalar_one_or_none() == Outcome.ORDERED
+
+    async def _size(self, d: Decision, tick: MarketTick) -> bool:
+        http = self.resources.http
+        assert http is not None and d.side is not None
+        with self.tracer.start_as_current_span("sizing") as span:
+            span.set_attribute("symbol", tick.symbol)
+            span.set_attribute("side", d.side)
+            span.set_attribute("confidence", d.confidence)
+            span.set_attribute("model_version", d.model_version)
+            try:
+                book = await clients.portfolio(http)
+            except (clients.UpstreamError, clients.Refused) as exc:
+                d.finish(Outcome.ERROR, "PORTFOLIO_UNAVAILABLE", str(exc))
+                span.set_attribute("reason", d.reason)
+                return False
+            equity = Decimal(str(book["equity"]))
+            held = sum(
+                (
+                    Decimal(str(p["quantity"]))
+                    for p in book.get("positions", [])
+                    if p.get("symbol") == tick.symbol
+                ),
+                ZERO,
+            )
+            d.price = tick.ask if d.side == "BUY" else tick.bid
+            size = size_order(equity, d.price, d.confidence, self.settings.sizing)
+            quantity = size.quantity
+            if d.side == "SELL" and held <= ZERO:
+                # Spot: a SELL signal exits (part of) a long; it never opens a short.
+                quantity = ZERO
+                d.finish(Outcome.SKIPPED, "NO_POSITION")
+            elif d.side == "SELL":
+                quantity = min(quantity, held)
+            if quantity <= ZERO and d.reason == "":
+                d.finish(Outcome.SKIPPED, f"SIZE_{size.constraint.value}")
+            d.quantity = quantity
+            span.set_attribute("quantity", str(quantity))
+            span.set_attribute("equity", str(equity))
+            span.set_attribute("constraint", size.constraint.value)
+            if quantity <= ZERO:
+                span.set_attribute("reason", d.reason)
+                return False
+            return True
+
+    async def _risk_check(self, d: Decision, order: dict[str, Any]) -> dict[str, Any] | None:
+        http = self.resources.http
+        assert http is not None
+        with self.tracer.start_as_current_span("risk_check") as span:
+            self._order_attributes(span, d)
+            try:
+                verdict = await clients.check_order(http, {**order, "price": str(d.price)})
+            except (clients.UpstreamError, clients.Refused) as exc:
+                d.finish(Outcome.ERROR, "RISK_UNAVAILABLE", str(exc))
+                span.set_attribute("reason", d.reason)
+                return None
+            span.set_attribute("approved", bool(verdict.get("approved")))
+            span.set_attribute("reason", str(verdict.get("reason", "")))
+            approval = verdict.get("approval")
+            if not verdict.get("approved") or not approval:
+                d.finish(
+                    Outcome.DENIED,
+                    str(verdict.get("reason") or "DENIED"),
+                    verdict.get("detail", ""),
+                )
+                return None
+            return dict(approval)
+
+    async def _submit(self, d: Decision, order: dict[str, Any], event: Event[MarketTick]) -> None:
+        http = self.resources.http
+        assert http is not None
+        with self.tracer.start_as_current_span("submit_order") as span:
+            self._order_attributes(span, d)
+            try:
+                placed = await clients.submit_order(http, order)
+            except clients.Refused as exc:
+                d.finish(Outcome.REJECTED, "EXECUTION_REJECTED", exc.detail)
+                span.set_attribute("reason", d.reason)
+                return
+            # Unknown outcome (timeout, 5xx): raise, so the bus delivers the tick again and the
+            # retry sends the same client order id, which execution answers with the order.
+            latency_s = time.time() - event.time.timestamp()
+            TICK_TO_ORDER.observe(max(0.0, latency_s))
+            d.order_status = str(placed.get("status", ""))
+            d.finish(Outcome.ORDERED, "APPROVED")
+            span.set_attribute("order_status", d.order_status)
+            span.set_attribute("tick_to_order_ms", round(latency_s * 1000.0, 3))
+
+    @staticmethod
+    def _order_attributes(span: Any, d: Decision) -> None:
+        span.set_attribute("symbol", d.symbol)
+        span.set_attribute("side", d.side or "")
+        span.set_attribute("quantity", str(d.quantity))
+        span.set_attribute("client_order_id", d.client_order_id or "")
+        span.set_attribute("model_version", d.model_version)
+        if d.signal_id:
+            span.set_attribute("signal_id", d.signal_id)
+
+    async def _record(self, d: Decision) -> None:
+        DECISIONS.labels(d.outcome.value, d.reason).inc()
+        traceparent = current_traceparent()
+        trace_id = traceparent.split("-")[1] if traceparent else None
+        self.log.info(
+            "decision",
+            symbol=d.symbol,
+            outcome=d.outcome.value,
+            reason=d.reason,
+            detail=d.detail[:300],
+            direction=d.direction,
+            confidence=round(d.confidence, 4),
+            side=d.side,
+            quantity=str(d.quantity) if d.quantity is not None else None,
+            client_order_id=d.client_order_id,
+            model_version=d.model_version,
+        )
+        row = BotDecision(
+            symbol=d.symbol,
+            action=d.outcome.value,
+            confidence=Decimal(str(round(d.confidence, 12))),
+            model_name=MODEL_NAME,
+            model_version=d.model_version,
+            client_order_id=d.client_order_id,
+            features=detail_of(d),
+            trace_id=trace_id,
+        )
+        try:
+            async with self.resources.session() as session:
+                session.add(row)
+        except IntegrityViolationError:
+            # A redelivered tick that ordered already: the first row stands.
+            self.log.info("decision already recorded", client_order_id=d.client_order_id)
+
+
+def detail_of(d: Decision) -> dict[str, Any]:
+    """What `bot_decisions.features` holds: the reason, the order and the model's inputs."""
+    return {
+        "reason": d.reason,
+        "detail": d.detail[:500],
+        "direction": d.direction,
+        "side": d.side,
+        "quantity": None if d.quantity is None else str(d.quantity),
+        "price": None if d.price is None else str(d.price),
+        "signal_id": d.signal_id,
+        "order_status": d.order_status,
+        "tick_event_id": d.tick_event_id,
+        "tick_ts_ms": d.tick_ts_ms,
+        "features": d.features,
+    }
