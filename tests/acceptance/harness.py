@@ -1,0 +1,147 @@
+"""Real processes for service tests: Redis, per-service environments, start/stop, log reading."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from backend.infra.eventbus import EmbeddedRedis
+from tests.support.procs import Proc, free_port, running
+
+PACKAGES = {
+    "ai-engine": "ai_engine",
+    "execution": "execution",
+    "risk-safety": "risk_safety",
+    "portfolio-intelligence": "portfolio_intelligence",
+    "trading-bot": "trading_bot",
+    "eventbus-bridge": "eventbus_bridge",
+}
+
+
+@contextmanager
+def redis_url(tmp: Path) -> Iterator[str]:
+    """`TEST_REDIS_URL` when set (CI), else an embedded Redis in `tmp` for the duration."""
+    url = os.environ.get("TEST_REDIS_URL", "").strip()
+    if url:
+        yield url
+        return
+    with EmbeddedRedis(tmp / "redis") as server:
+        yield server.url
+
+
+def base_env(redis: str, otlp_endpoint: str | None) -> dict[str, str]:
+    """What every child shares: the Redis, a bus prefix of this test alone, fast span export."""
+    env = {
+        "REDIS_URL": redis,
+        "EVENTBUS_PREFIX": f"qt-test-{uuid.uuid4().hex[:10]}",
+        "EVENTBUS_BLOCK_MS": "200",
+        "LOG_LEVEL": "INFO",
+        "SHUTDOWN_TIMEOUT_S": "5",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    if otlp_endpoint:
+        env.update(OTLP_ENDPOINT=otlp_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    else:
+        env["ENABLE_TRACING"] = "false"
+    return env
+
+
+@contextmanager
+def service(
+    name: str,
+    tmp: Path,
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    timeout_s: float = 40.0,
+) -> Iterator[tuple[Proc, str]]:
+    """Run `python microservices/<pkg>/main.py` until ready; yields the process and its URL."""
+    port = port or free_port()
+    logs = tmp / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    child_env = {"PORT": str(port), **env}
+    child_env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{tmp / 'db' / name}.db")
+    child_env.setdefault("MODEL_DIR", str(tmp / "models"))
+    with running(
+        [f"microservices/{PACKAGES[name]}/main.py"],
+        child_env,
+        logs / f"{name}.log",
+        port=port,
+        ready_path="/health/ready",
+        timeout_s=timeout_s,
+    ) as proc:
+        yield proc, f"http://127.0.0.1:{port}"
+
+
+def json_lines(proc: Proc) -> list[dict[str, Any]]:
+    """The process's JSON log lines (anything else it printed is left out)."""
+    lines = []
+    for line in proc.lines():
+        if line.startswith("{"):
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+    return lines
+
+
+def poll(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+    """`predicate()`'s first truthy value within `timeout_s`, or an AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (httpx.HTTPError, AssertionError, KeyError, ValueError) as exc:
+            last_error, value = exc, None
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} ({last_error!r})")
+
+
+class StubServer:
+    """A FastAPI app served by uvicorn on a free port in a thread of the test process."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> StubServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise AssertionError("stub server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+
+__all__ = [
+    "PACKAGES",
+    "ExitStack",
+    "StubServer",
+    "base_env",
+    "json_lines",
+    "poll",
+    "redis_url",
+    "service",
+]

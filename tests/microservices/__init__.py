@@ -1,0 +1,1 @@
+"""Tests of the Quantum Trader services, one package per service."""

@@ -1,0 +1,157 @@
+"""Fixtures for the trading-bot tests: Redis, an OTLP receiver and stubs of the four upstreams."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tests.acceptance.harness import StubServer, base_env, redis_url, service
+from tests.support.otlp import OtlpReceiver
+from tests.support.procs import Proc
+
+
+@dataclass
+class Bot:
+    proc: Proc
+    url: str
+    prefix: str
+    redis: str
+
+
+@dataclass
+class Upstreams:
+    """What the stubbed upstream services answer, and what they were sent."""
+
+    signals: dict[str, tuple[str, float]] = field(default_factory=dict)
+    equity: Decimal = Decimal(10_000)
+    positions: dict[str, Decimal] = field(default_factory=dict)
+    deny: dict[str, str] = field(default_factory=dict)
+    lose_next_order_replies: int = 0
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    order_posts: list[dict[str, Any]] = field(default_factory=list)
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    traceparents: dict[str, list[str]] = field(default_factory=dict)
+
+
+def stub_app(state: Upstreams) -> FastAPI:
+    app = FastAPI()
+
+    def seen(request: Request, what: str) -> None:
+        state.traceparents.setdefault(what, []).append(request.headers.get("traceparent", ""))
+
+    @app.post("/predict")
+    async def predict(body: dict[str, Any], request: Request) -> dict[str, Any]:
+        seen(request, "predict")
+        direction, confidence = state.signals.get(body["symbol"], ("HOLD", 0.5))
+        digest = hashlib.sha256(f"{body['symbol']}|{body['source_id']}".encode()).hexdigest()
+        return {
+            "symbol": body["symbol"],
+            "direction": direction,
+            "confidence": confidence,
+            "probability_up": confidence if direction == "BUY" else 1 - confidence,
+            "model_version": "stub-1",
+            "signal_id": f"sig-{digest[:24]}",
+            "features": {"ret_1": 0.001},
+        }
+
+    @app.get("/portfolio")
+    async def portfolio(request: Request) -> dict[str, Any]:
+        seen(request, "portfolio")
+        return {
+            "as_of_ms": 0,
+            "cash": str(state.equity),
+            "equity": str(state.equity),
+            "positions": [
+                {"symbol": s, "quantity": str(q), "avg_price": "100"}
+                for s, q in state.positions.items()
+            ],
+        }
+
+    @app.post("/check")
+    async def check(body: dict[str, Any], request: Request) -> dict[str, Any]:
+        seen(request, "check")
+        state.checks.append(body)
+        reason = state.deny.get(body["symbol"])
+        approval = None if reason else {"decision_id": "d1", "token": "t", "expires_ms": 0}
+        return {
+            "approved": reason is None,
+            "reason": reason or "APPROVED",
+            "detail": "stub",
+            "decision_id": "d1",
+            "approval": approval,
+            "state": "ACTIVE",
+        }
+
+    @app.post("/orders")
+    async def orders(body: dict[str, Any], request: Request) -> JSONResponse:
+        seen(request, "orders")
+        state.order_posts.append(body)
+        coid = body["client_order_id"]
+        existing = state.orders.get(coid)
+        if existing is None:
+            state.orders[coid] = {**body, "status": "FILLED"}
+        if state.lose_next_order_replies > 0:
+            # The order is taken, but the reply is lost on the way back.
+            state.lose_next_order_replies -= 1
+            return JSONResponse({"detail": "upstream timeout"}, status_code=503)
+        return JSONResponse(state.orders[coid], status_code=200 if existing else 201)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_url(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def stub_server() -> Iterator[tuple[Upstreams, StubServer]]:
+    state = Upstreams()
+    with StubServer(stub_app(state)) as server:
+        yield state, server
+
+
+@pytest.fixture(scope="module")
+def bot(
+    redis: str,
+    otlp: OtlpReceiver,
+    stub_server: tuple[Upstreams, StubServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Bot]:
+    """One trading-bot process for the module, wired to the stubs."""
+    url = stub_server[1].url
+    env = base_env(redis, otlp.http_endpoint) | {
+        "AI_ENGINE_URL": url,
+        "RISK_SAFETY_URL": url,
+        "EXECUTION_URL": url,
+        "PORTFOLIO_INTELLIGENCE_URL": url,
+        "BOT_DECISION_INTERVAL_MS": "0",
+        "BOT_MIN_CONFIDENCE": "0.6",
+        "EVENTBUS_RETRY_BACKOFF_MS": "50",
+    }
+    with service("trading-bot", tmp_path_factory.mktemp("bot"), env) as (proc, base):
+        yield Bot(proc, base, env["EVENTBUS_PREFIX"], redis)
+
+
+@pytest.fixture
+def upstreams(stub_server: tuple[Upstreams, StubServer]) -> Upstreams:
+    """The stubs' state, fresh for each test."""
+    state = stub_server[0]
+    fresh = Upstreams()
+    for name in fresh.__dataclass_fields__:
+        setattr(state, name, getattr(fresh, name))
+    return state

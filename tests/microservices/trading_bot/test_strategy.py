@@ -1,0 +1,201 @@
+"""trading-bot against stubbed upstreams: orders, skip reasons, pause/stop, retries, spans."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from backend.infra.eventbus import (
+    Event,
+    EventBusSettings,
+    EventPublisher,
+    MarketTick,
+    create_redis_client,
+)
+from backend.trading.features import WINDOW
+from backend.trading.orders import client_order_id_for
+from backend.trading.sizing import size_order
+from microservices.trading_bot.settings import BotSettings
+from tests.acceptance.harness import poll
+from tests.support.otlp import OtlpReceiver
+
+from .conftest import Bot, Upstreams
+
+CONSUMER, CLIENT = 5, 3
+
+
+def ticks(symbol: str, count: int, start: str = "100") -> list[MarketTick]:
+    price = Decimal(start)
+    out = []
+    for i in range(count):
+        mid = price + Decimal(i % 3) / 10
+        out.append(
+            MarketTick(
+                symbol=symbol,
+                bid=mid - Decimal("0.05"),
+                ask=mid + Decimal("0.05"),
+                last=mid,
+                volume=Decimal(10),
+                ts_ms=1_700_000_000_000 + i,
+            )
+        )
+    return out
+
+
+async def publish(bot: Bot, items: list[Any]) -> list[str]:
+    client = create_redis_client(bot.redis)
+    try:
+        publisher = EventPublisher(client, "test-feed", EventBusSettings(prefix=bot.prefix))
+        return [r.event_id for r in await publisher.publish_many(items)]
+    finally:
+        await client.aclose()
+
+
+def decisions(bot: Bot, symbol: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"{bot.url}/decisions", params={"symbol": symbol}).json()
+    return list(body["decisions"])
+
+
+def wait_decisions(bot: Bot, symbol: str, count: int = 1) -> list[dict[str, Any]]:
+    return poll(  # type: ignore[no-any-return]
+        lambda: (d := decisions(bot, symbol)) and len(d) >= count and d,
+        15,
+        f"{count} decision(s) for {symbol}",
+    )
+
+
+def signal_id(symbol: str, source_id: str) -> str:
+    return "sig-" + hashlib.sha256(f"{symbol}|{source_id}".encode()).hexdigest()[:24]
+
+
+async def test_an_approved_buy_becomes_one_order_with_a_deterministic_id(
+    bot: Bot, upstreams: Upstreams, otlp: OtlpReceiver
+) -> None:
+    upstreams.signals["BTCUSDT"] = ("BUY", 0.8)
+    batch = ticks("BTCUSDT", WINDOW)
+    event_ids = await publish(bot, batch)
+
+    (decision,) = wait_decisions(bot, "BTCUSDT")
+    assert decision["outcome"] == "ORDERED" and decision["reason"] == "APPROVED"
+    coid = client_order_id_for(signal_id("BTCUSDT", event_ids[-1]), "BTCUSDT")
+    assert list(upstreams.orders) == [coid] == [decision["client_order_id"]]
+    order = upstreams.orders[coid]
+    expected = size_order(Decimal(10_000), batch[-1].ask, 0.8, BotSettings().sizing)
+    assert Decimal(order["quantity"]) == expected.quantity > 0
+    assert order["side"] == "BUY" and order["order_type"] == "MARKET"
+    assert order["approval"]["decision_id"] == "d1"
+    assert upstreams.checks[0]["price"] == str(batch[-1].ask)
+
+    # Every upstream call of the decision carried the tick's trace.
+    trace_id = decision["trace_id"]
+    for what in ("predict", "portfolio", "check", "orders"):
+        assert upstreams.traceparents[what][-1].split("-")[1] == trace_id, what
+
+    def complete(spans: list[Any]) -> bool:
+        names = {s.name for s in spans if s.trace_id == trace_id}
+        return {"process market.tick", "decide", "sizing", "risk_check", "submit_order"} <= names
+
+    spans = [s for s in otlp.wait_for(complete) if s.trace_id == trace_id]
+    by_name = {s.name: s for s in spans}
+    consumer = by_name["process market.tick"]
+    assert consumer.kind == CONSUMER
+    assert consumer.resource["service.name"] == "trading-bot"
+    assert by_name["decide"].parent_span_id == consumer.span_id
+    for stage in ("sizing", "risk_check", "submit_order"):
+        assert by_name[stage].parent_span_id == by_name["decide"].span_id
+    submit = by_name["submit_order"].attributes
+    assert submit["client_order_id"] == coid
+    assert submit["symbol"] == "BTCUSDT" and submit["side"] == "BUY"
+    assert submit["quantity"] == str(expected.quantity)
+    assert submit["model_version"] == "stub-1"
+    assert by_name["risk_check"].attributes["approved"] is True
+    clients = [
+        s for s in spans if s.kind == CLIENT and s.parent_span_id == by_name["submit_order"].span_id
+    ]
+    assert clients, "the POST /orders is a CLIENT span under submit_order"
+
+    metrics = httpx.get(f"{bot.url}/metrics").text
+    assert 'bot_decisions_total{outcome="ORDERED",reason="APPROVED"}' in metrics
+    assert "bot_tick_to_order_seconds_count" in metrics
+
+
+async def test_every_skip_is_recorded_with_its_reason(bot: Bot, upstreams: Upstreams) -> None:
+    upstreams.signals.update(
+        AAAUSDT=("HOLD", 0.52),
+        BBBUSDT=("BUY", 0.55),
+        CCCUSDT=("SELL", 0.9),
+        DDDUSDT=("BUY", 0.9),
+    )
+    upstreams.deny["DDDUSDT"] = "MAX_NOTIONAL"
+    await publish(bot, [t for s in upstreams.signals for t in ticks(s, WINDOW)])
+
+    expected = {
+        "AAAUSDT": ("SKIPPED", "HOLD"),
+        "BBBUSDT": ("SKIPPED", "LOW_CONFIDENCE"),
+        "CCCUSDT": ("SKIPPED", "NO_POSITION"),
+        "DDDUSDT": ("DENIED", "MAX_NOTIONAL"),
+    }
+    for symbol, (outcome, reason) in expected.items():
+        (decision,) = wait_decisions(bot, symbol)
+        assert (decision["outcome"], decision["reason"]) == (outcome, reason), symbol
+        assert decision["model_version"] == "stub-1"
+    assert upstreams.orders == {}
+    assert [c["symbol"] for c in upstreams.checks] == ["DDDUSDT"]
+
+
+async def test_a_retried_tick_never_submits_twice(bot: Bot, upstreams: Upstreams) -> None:
+    upstreams.signals["RTYUSDT"] = ("BUY", 0.9)
+    upstreams.lose_next_order_replies = 1
+    batch = ticks("RTYUSDT", WINDOW)
+    event_ids = await publish(bot, batch)
+
+    (decision,) = wait_decisions(bot, "RTYUSDT")
+    assert decision["outcome"] == "ORDERED"
+    # The lost reply made the bus deliver the tick again; the retry sent the same id.
+    coids = [p["client_order_id"] for p in upstreams.order_posts]
+    assert len(coids) == 2 and len(set(coids)) == 1 and len(upstreams.orders) == 1
+
+    # The same tick published again (same event id) is dropped by the consumer group.
+    last = Event(
+        id=event_ids[-1],
+        type="market.tick",
+        source="test-feed",
+        time=datetime.now(UTC),
+        data=batch[-1],
+    )
+    await publish(bot, [last, *ticks("MRKUSDT", 1)])
+    poll(lambda: "MRKUSDT" in httpx.get(f"{bot.url}/status").json()["symbols"], 10, "marker tick")
+    assert len(upstreams.order_posts) == 2
+    assert len(decisions(bot, "RTYUSDT")) == 1
+
+
+async def test_paused_entries_still_allow_exits_and_stop_stops_deciding(
+    bot: Bot, upstreams: Upstreams
+) -> None:
+    status = httpx.post(f"{bot.url}/pause-entries").json()
+    assert status["running"] is True and status["entries_paused"] is True
+    upstreams.signals.update(ENTUSDT=("BUY", 0.9), EXTUSDT=("SELL", 0.9))
+    upstreams.positions["EXTUSDT"] = Decimal("0.5")
+    await publish(bot, ticks("ENTUSDT", WINDOW) + ticks("EXTUSDT", WINDOW))
+
+    (entry,) = wait_decisions(bot, "ENTUSDT")
+    assert (entry["outcome"], entry["reason"]) == ("SKIPPED", "ENTRIES_PAUSED")
+    (exit_,) = wait_decisions(bot, "EXTUSDT")
+    assert exit_["outcome"] == "ORDERED" and exit_["side"] == "SELL"
+    (order,) = upstreams.orders.values()
+    assert order["reduce_only"] is True and Decimal(order["quantity"]) <= Decimal("0.5")
+
+    assert httpx.post(f"{bot.url}/stop").json()["running"] is False
+    await publish(bot, ticks("STPUSDT", WINDOW + 5))
+    poll(
+        lambda: httpx.get(f"{bot.url}/status").json()["symbols"]["STPUSDT"]["prices"] == WINDOW + 5,
+        10,
+        "ticks after stop",
+    )
+    assert decisions(bot, "STPUSDT") == []
+    restarted = httpx.post(f"{bot.url}/start").json()
+    assert restarted["running"] is True and restarted["entries_paused"] is False
