@@ -1,0 +1,29 @@
+"""execution assembly: the order desk, its routes, its tick handler and its start-up restore."""
+
+from __future__ import annotations
+
+from backend.infra.eventbus import MarketTick
+from backend.infra.service import Service
+from microservices.risk_safety.approval import DEVELOPMENT_SECRET
+
+from .api import router
+from .desk import OrderDesk
+from .settings import ExecutionSettings
+
+NAME = "execution"
+
+
+def create_service(settings: ExecutionSettings | None = None) -> Service:
+    """The execution service (port 8002): orders on a paper venue, fills on the bus."""
+    service = Service(NAME, database=True, eventbus=True)
+    settings = settings or ExecutionSettings()
+    if settings.approval_secret.get_secret_value() == DEVELOPMENT_SECRET:
+        service.logger.warning(
+            "RISK_APPROVAL_SECRET is the development default; set it outside development"
+        )
+    desk = OrderDesk(settings, service.resources, service.logger, service.tracer)
+    service.resources.extras["desk"] = desk
+    service.on_startup(desk.restore)
+    service.subscribe(MarketTick, desk.on_tick)
+    service.app.include_router(router)
+    return service

@@ -1,0 +1,1 @@
+"""risk-safety: pre-trade checks, the trading state and the kill switch (port 8003)."""

@@ -1,0 +1,102 @@
+"""Fixtures for service tests: a real Redis, a key prefix and a SQLite file per test, a harness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from backend.infra.eventbus import (
+    CATALOGUE,
+    EventBusSettings,
+    EventData,
+    EventPublisher,
+    create_redis_client,
+)
+from backend.infra.service import Service
+from tests.infra.eventbus.conftest import prefix, redis_url
+
+__all__ = ["ServiceHarness", "prefix", "redis_url"]
+
+
+class ServiceHarness:
+    """Runs a service in-process (lifespan included) against this test's Redis prefix and DB."""
+
+    def __init__(self, redis_url: str, prefix: str, database_url: str) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.database_url = database_url
+
+    @contextmanager
+    def run(self, factory: Callable[[], Service], timeout_s: float = 20.0) -> Iterator[TestClient]:
+        """Start the service built by `factory`, wait until /health/ready, stop it on exit."""
+        service = factory()
+        with TestClient(service.app) as client:
+            wait_for(
+                lambda: client.get("/health/ready").status_code == 200,
+                timeout_s,
+                f"{service.name} to be ready",
+            )
+            yield client
+
+    def publish(self, *events: EventData, event_id: str | None = None) -> None:
+        """Publish events as another service would (one `event_id` for a single event)."""
+
+        async def send() -> None:
+            client = create_redis_client(self.redis_url)
+            publisher = EventPublisher(client, "test", EventBusSettings(prefix=self.prefix))
+            try:
+                if event_id is not None:
+                    for event in events:
+                        await publisher.publish(event, event_id=event_id)
+                else:
+                    await publisher.publish_many(events)
+            finally:
+                await client.aclose()
+
+        asyncio.run(send())
+
+    def published(self, event_type: str) -> list[dict[str, Any]]:
+        """The `data` of every event of `event_type` on this test's stream, oldest first."""
+        key = EventBusSettings(prefix=self.prefix).stream_key(
+            CATALOGUE.spec_for_type(event_type).stream
+        )
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            entries = client.xrange(key)
+        finally:
+            client.close()
+        return [orjson.loads(fields[b"event"])["data"] for _id, fields in entries]
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def harness(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, prefix: str, tmp_path: Path
+) -> ServiceHarness:
+    """Environment of one service test: its Redis prefix, its own SQLite file, fast polling."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("EVENTBUS_PREFIX", prefix)
+    monkeypatch.setenv("EVENTBUS_BLOCK_MS", "50")
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return ServiceHarness(redis_url, prefix, database_url)
