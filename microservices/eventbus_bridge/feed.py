@@ -112,6 +112,11 @@ class StallWatch:
         self._last_seen: dict[Symbol, int] = {Symbol(s): started_ms for s in expected}
         self._stalled: dict[Symbol, StalledFeed] = {}
 
+    def restart(self, now_ms: int) -> None:
+        """Count every symbol as seen now (the feed starts): start-up time is not silence."""
+        for symbol in self._last_seen:
+            self._last_seen[symbol] = max(self._last_seen[symbol], now_ms)
+
     def seen(self, symbol: str, now_ms: int) -> None:
         self._last_seen[Symbol(symbol)] = now_ms
 

@@ -57,6 +57,7 @@ class MarketFeed:
         publisher: EventPublisher = resources.publisher
         loop = asyncio.get_running_loop()
         due = loop.time()
+        self.watch.restart(_now_ms())
         self.log.info("feed started", mode=self.settings.mode, symbols=list(self.symbols))
         for step in self._steps:
             due += step.delay_s
