@@ -1,0 +1,27 @@
+"""portfolio-intelligence assembly: the book, its routes, fill and tick handlers, equity sampler."""
+
+from __future__ import annotations
+
+from backend.infra.eventbus import MarketTick, OrderFilled
+from backend.infra.service import Service
+
+from .api import router
+from .book import PortfolioBook
+from .settings import PortfolioSettings
+
+NAME = "portfolio-intelligence"
+
+
+def create_service(settings: PortfolioSettings | None = None) -> Service:
+    """The portfolio-intelligence service (port 8004): the fill ledger and what follows from it."""
+    service = Service(NAME, database=True, eventbus=True)
+    book = PortfolioBook(
+        settings or PortfolioSettings(), service.resources, service.logger, service.tracer
+    )
+    service.resources.extras["book"] = book
+    service.on_startup(book.restore)
+    service.subscribe(OrderFilled, book.on_fill)
+    service.subscribe(MarketTick, book.on_tick)
+    service.background("equity-sampler", book.sample_equity)
+    service.app.include_router(router)
+    return service

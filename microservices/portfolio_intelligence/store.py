@@ -1,0 +1,131 @@
+"""portfolio-intelligence persistence: the fill ledger, derived positions and the equity curve."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from backend.infra.db.models import EquityPoint, LedgerFill, Position
+from backend.infra.service import Resources
+from backend.trading.portfolio import Position as DomainPosition
+from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
+
+ZERO = Decimal(0)
+
+
+def to_datetime(ts_ms: int) -> datetime:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC)
+
+
+def to_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+class LedgerStore:
+    """Reads and writes the portfolio tables through the service's unit of work."""
+
+    def __init__(self, resources: Resources) -> None:
+        self._resources = resources
+
+    async def book(self, fill: Fill, position: DomainPosition) -> None:
+        """Add `fill` to the ledger and save its symbol's position, in one transaction.
+
+        A fill id already in the ledger raises IntegrityViolationError (the unique key).
+        """
+        async with self._resources.session() as session:
+            session.add(
+                LedgerFill(
+                    fill_id=fill.fill_id,
+                    client_order_id=fill.client_order_id,
+                    symbol=fill.symbol,
+                    side=fill.side.value,
+                    quantity=fill.quantity,
+                    price=fill.price,
+                    fee=fill.fee,
+                    filled_at=to_datetime(fill.ts_ms),
+                )
+            )
+            row = await session.get(Position, position.symbol)
+            if row is None:
+                row = Position(symbol=position.symbol)
+                session.add(row)
+            row.quantity = position.quantity
+            row.average_price = position.average_price or ZERO
+            row.realized_pnl = position.realized_pnl
+            row.fees_paid = position.fees
+            row.updated_at = datetime.now(UTC)
+
+    async def ledger(self) -> list[Fill]:
+        """Every booked fill, in booking order: what the portfolio is rebuilt from."""
+        async with self._resources.session() as session:
+            rows = await session.scalars(select(LedgerFill).order_by(LedgerFill.id))
+            # Liquidity is not kept in the ledger; it has no effect on positions or cash.
+            return [
+                Fill(
+                    FillId(r.fill_id),
+                    ClientOrderId(r.client_order_id),
+                    Symbol(r.symbol),
+                    Side(r.side),
+                    r.quantity,
+                    r.price,
+                    r.fee,
+                    Liquidity.TAKER,
+                    to_ms(r.filled_at),
+                )
+                for r in rows
+            ]
+
+    async def fills(self, *, symbol: str | None, limit: int) -> list[LedgerFill]:
+        """Newest booked fills first."""
+        async with self._resources.session() as session:
+            query = select(LedgerFill).order_by(LedgerFill.id.desc()).limit(limit)
+            if symbol is not None:
+                query = query.where(LedgerFill.symbol == symbol)
+            return list(await session.scalars(query))
+
+    async def record_equity(
+        self, at: datetime, equity: Decimal, cash: Decimal, unrealized: Decimal, realized: Decimal
+    ) -> None:
+        async with self._resources.session() as session:
+            session.add(
+                EquityPoint(
+                    at=at,
+                    equity=equity,
+                    cash=cash,
+                    unrealized_pnl=unrealized,
+                    realized_pnl=realized,
+                )
+            )
+
+    async def equity_curve(self, *, limit: int) -> list[EquityPoint]:
+        """The latest `limit` points, oldest first."""
+        async with self._resources.session() as session:
+            rows = await session.scalars(
+                select(EquityPoint).order_by(EquityPoint.id.desc()).limit(limit)
+            )
+            return list(reversed(list(rows)))
+
+    async def peak_equity(self) -> Decimal | None:
+        async with self._resources.session() as session:
+            peak: Decimal | None = await session.scalar(
+                select(EquityPoint.equity).order_by(EquityPoint.equity.desc()).limit(1)
+            )
+            return peak
+
+    async def equity_at_or_after(self, since: datetime) -> Decimal | None:
+        """Equity at the first point at or after `since`, else at the last point before it."""
+        async with self._resources.session() as session:
+            value: Decimal | None = await session.scalar(
+                select(EquityPoint.equity)
+                .where(EquityPoint.at >= since)
+                .order_by(EquityPoint.at)
+                .limit(1)
+            )
+            if value is not None:
+                return value
+            value = await session.scalar(
+                select(EquityPoint.equity).order_by(EquityPoint.at.desc()).limit(1)
+            )
+            return value

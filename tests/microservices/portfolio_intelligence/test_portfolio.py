@@ -1,0 +1,173 @@
+"""portfolio-intelligence through the bus and its HTTP API: booking, PnL, rebuild, analytics."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.infra.eventbus import MarketTick, OrderFilled
+from microservices.portfolio_intelligence.service import create_service
+from tests.microservices.conftest import ServiceHarness, wait_for
+
+D = Decimal
+INITIAL = D(100_000)
+
+
+def fill(
+    fill_id: str, side: str, quantity: str, price: str, fee: str, symbol: str = "BTCUSDT"
+) -> OrderFilled:
+    return OrderFilled(
+        fill_id=fill_id,
+        client_order_id=fill_id.rsplit("-", 1)[0],
+        symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        quantity=D(quantity),
+        price=D(price),
+        fee=D(fee),
+        liquidity="TAKER",
+        ts_ms=time.time_ns() // 1_000_000,
+    )
+
+
+def booked(client: TestClient, count: int) -> bool:
+    return client.get("/fills").json()["count"] >= count
+
+
+def portfolio(client: TestClient) -> dict[str, Any]:
+    return client.get("/portfolio").json()  # type: ignore[no-any-return]
+
+
+def test_a_redelivered_fill_is_booked_once(harness: ServiceHarness) -> None:
+    with harness.run(create_service) as client:
+        first = fill("o1-1", "BUY", "1", "100", "0.1")
+        harness.publish(first, event_id="evt-1")
+        harness.publish(first, event_id="evt-1")  # the bus delivering the same event again
+        harness.publish(first, event_id="evt-2")  # the producer publishing the fill twice
+        harness.publish(fill("o2-1", "BUY", "2", "100", "0.2"))
+        wait_for(lambda: booked(client, 2), what="two fills booked")
+        time.sleep(0.2)  # any third booking would have happened by now, in stream order
+
+        assert client.get("/fills").json()["count"] == 2
+        position = portfolio(client)["positions"][0]
+        assert D(position["quantity"]) == 3
+        updates = harness.published("position.updated")
+        assert [D(u["quantity"]) for u in updates] == [1, 3]
+
+
+def test_pnl_after_a_buy_and_a_partial_sell_matches_an_independent_computation(
+    harness: ServiceHarness,
+) -> None:
+    with harness.run(create_service) as client:
+        harness.publish(
+            fill("b-1", "BUY", "2", "100.00", "0.20"),
+            fill("b-2", "BUY", "1", "106.00", "0.106"),
+            fill("s-1", "SELL", "1.5", "110.00", "0.165"),
+            MarketTick(
+                symbol="BTCUSDT",
+                bid=D("104.90"),
+                ask=D("105.10"),
+                last=D("105"),
+                volume=D(10),
+                ts_ms=time.time_ns() // 1_000_000,
+            ),
+        )
+        wait_for(
+            lambda: (
+                (p := portfolio(client))["positions"]
+                and p["positions"][0]["mark"] == "105.00"
+                and p
+            ),
+            what="the fills and the mark",
+        )
+        p = portfolio(client)
+
+    # By hand: average cost of 3 @ (200 + 106) / 3 = 102; selling 1.5 @ 110 realizes 1.5 * 8.
+    avg = (D("200.00") + D("106.00")) / 3
+    realized = D("1.5") * (D("110.00") - avg)
+    unrealized = D("1.5") * (D("105.00") - avg)
+    fees = D("0.20") + D("0.106") + D("0.165")
+    cash = INITIAL - D("200.00") - D("106.00") + D("165.00") - fees
+    position = p["positions"][0]
+    assert D(position["quantity"]) == D("1.5")
+    assert D(position["avg_price"]) == avg
+    assert D(position["realized_pnl"]) == realized
+    assert D(p["realized_pnl"]) == realized
+    assert D(p["unrealized_pnl"]) == pytest.approx(unrealized, abs=D("1e-9"))
+    assert D(p["fees"]) == fees
+    assert D(p["cash"]) == cash
+    assert D(p["equity"]) == cash + D("1.5") * D("105.00")
+    assert D(p["equity"]) - INITIAL == pytest.approx(realized + unrealized - fees, abs=D("1e-9"))
+    assert D(p["gross_exposure"]) == D("1.5") * D("105.00")
+
+
+def test_the_portfolio_has_the_shape_risk_safety_reads(harness: ServiceHarness) -> None:
+    with harness.run(create_service) as client:
+        p = portfolio(client)
+    assert isinstance(p["as_of_ms"], int)
+    assert abs(p["as_of_ms"] - time.time() * 1000) < 60_000
+    for key in (
+        "cash",
+        "equity",
+        "peak_equity",
+        "day_start_equity",
+        "daily_pnl",
+        "realized_pnl",
+        "unrealized_pnl",
+        "fees",
+        "gross_exposure",
+        "net_exposure",
+    ):
+        assert isinstance(p[key], str), key
+        D(p[key])
+    assert D(p["cash"]) == D(p["equity"]) == D(p["peak_equity"]) == INITIAL
+    assert p["positions"] == []
+
+
+def test_a_restart_rebuilds_the_portfolio_from_the_ledger(harness: ServiceHarness) -> None:
+    with harness.run(create_service) as client:
+        harness.publish(
+            fill("r-1", "BUY", "2", "100", "0.2"),
+            fill("r-2", "SELL", "1", "120", "0.12", symbol="BTCUSDT"),
+            fill("r-3", "BUY", "5", "10", "0.05", symbol="ETHUSDT"),
+        )
+        wait_for(lambda: booked(client, 3), what="three fills booked")
+        before = portfolio(client)
+
+    with harness.run(create_service) as client:
+        after = portfolio(client)
+        for key in ("cash", "realized_pnl", "fees", "equity"):
+            assert D(after[key]) == D(before[key]), key
+        assert [(q["symbol"], D(q["quantity"])) for q in after["positions"]] == [
+            ("BTCUSDT", D(1)),
+            ("ETHUSDT", D(5)),
+        ]
+        # The ledger still refuses the old fills after the restart.
+        harness.publish(fill("r-1", "BUY", "2", "100", "0.2"), fill("r-4", "SELL", "1", "121", "0"))
+        wait_for(lambda: booked(client, 4), what="the new fill booked")
+        assert client.get("/fills").json()["count"] == 4
+
+
+def test_the_equity_curve_and_performance_are_served(
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EQUITY_SAMPLE_S", "0.05")
+    with harness.run(create_service) as client:
+        harness.publish(fill("e-1", "BUY", "1", "100", "0"), fill("e-2", "SELL", "1", "101", "0"))
+        wait_for(lambda: booked(client, 2), what="fills booked")
+        curve = wait_for(
+            lambda: (c := client.get("/equity-curve").json())["count"] >= 3 and c,
+            what="three equity points",
+        )
+        assert curve["sample_s"] == 0.05
+        assert D(curve["data"][-1]["equity"]) == INITIAL + 1
+        performance = client.get("/performance").json()
+        assert performance["trades"] == 1
+        assert D(performance["win_rate"]) == 1
+        assert performance["points"] >= 3
+        assert D(performance["max_drawdown"]) >= 0
+        metrics = client.get("/metrics").text
+        assert "portfolio_equity 100001.0" in metrics
