@@ -46,5 +46,6 @@ class ModelPublic(BaseModel):
 
 
 class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
     serving: str | None
-    models: list[ModelPublic]

@@ -184,7 +184,9 @@ def create_service(settings: AiEngineSettings | None = None) -> Service:
     async def list_models(resources: Res) -> ModelsPublic:
         async with resources.session() as session:
             rows = await registry.list_models(session, settings.model_name)
-        return ModelsPublic(serving=model.version, models=[_public(r, model.version) for r in rows])
+        return ModelsPublic(
+            data=[_public(r, model.version) for r in rows], count=len(rows), serving=model.version
+        )
 
     @app.get("/models/{version}", response_model=ModelPublic)
     async def get_model(version: str, resources: Res) -> ModelPublic:

@@ -40,5 +40,5 @@ class DecisionPublic(BaseModel):
 
 
 class DecisionsPublic(BaseModel):
+    data: list[DecisionPublic]
     count: int
-    decisions: list[DecisionPublic]

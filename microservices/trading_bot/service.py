@@ -107,6 +107,6 @@ def create_service(settings: BotSettings | None = None) -> Service:
             query = query.where(BotDecision.action == outcome.upper())
         async with resources.session() as session:
             rows = list((await session.execute(query)).scalars())
-        return DecisionsPublic(count=len(rows), decisions=[_public(r) for r in rows])
+        return DecisionsPublic(data=[_public(r) for r in rows], count=len(rows))
 
     return service

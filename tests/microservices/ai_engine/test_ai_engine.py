@@ -37,7 +37,7 @@ def test_the_first_model_is_trained_once_and_served_from_its_artifact_after_rest
 
     with service("ai-engine", tmp_path, env) as (proc, url):
         registry = httpx.get(f"{url}/models").json()
-        (entry,) = registry["models"]
+        (entry,) = registry["data"]
         assert entry["stage"] == "active" and entry["serving"] is True
         assert registry["serving"] == entry["version"]
         assert entry["metrics"]["training_steps"] == 3000
@@ -47,7 +47,7 @@ def test_the_first_model_is_trained_once_and_served_from_its_artifact_after_rest
 
     with service("ai-engine", tmp_path, env) as (proc, url):
         registry = httpx.get(f"{url}/models").json()
-        assert [m["version"] for m in registry["models"]] == [entry["version"]]
+        assert [m["version"] for m in registry["data"]] == [entry["version"]]
         assert httpx.get(f"{url}/models/{entry['version']}").json()["stage"] == "active"
         assert httpx.get(f"{url}/models/nope").status_code == 404
         again = httpx.post(f"{url}/predict", json={"symbol": "BTCUSDT", "prices": prices}).json()

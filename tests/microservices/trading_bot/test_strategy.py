@@ -57,7 +57,7 @@ async def publish(bot: Bot, items: list[Any]) -> list[str]:
 
 def decisions(bot: Bot, symbol: str) -> list[dict[str, Any]]:
     body = httpx.get(f"{bot.url}/decisions", params={"symbol": symbol}).json()
-    return list(body["decisions"])
+    return list(body["data"])
 
 
 def wait_decisions(bot: Bot, symbol: str, count: int = 1) -> list[dict[str, Any]]:
