@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -396,21 +396,34 @@ if HAS_SDK:
                 )
             )
 
+    _SAMPLED = otel_trace.TraceFlags(1)
+    _NOT_SAMPLED = otel_trace.TraceFlags(0)
+
     def start_server_span(
-        rt: TracingRuntime, name: str, parent: Any | None, attributes: dict[str, Any]
+        rt: TracingRuntime,
+        name: str,
+        parent: Any | None,
+        make_attributes: Callable[[], dict[str, Any]],
     ) -> Any:
-        """Start the request's span: recording when sampled, else a non-recording carrier."""
+        """Start the request's span: recording when sampled, else a non-recording carrier.
+
+        Attributes are only built for a sampled span; an unsampled request still gets ids, so
+        its logs and outgoing calls carry the trace (with the sampled flag off).
+        """
         trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
         span_id = random.getrandbits(64) or 1
         sampled = rt.should_sample(trace_id, parent)
-        flags = otel_trace.TraceFlags(1 if sampled else 0)
         trace_state = parent.trace_state if parent is not None else None
         ctx = otel_trace.SpanContext(
-            trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=trace_state
+            trace_id,
+            span_id,
+            is_remote=False,
+            trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+            trace_state=trace_state,
         )
         if not sampled:
             return otel_trace.NonRecordingSpan(ctx)
-        return ServerSpan(rt, name, ctx, parent, attributes, time.time_ns())
+        return ServerSpan(rt, name, ctx, parent, make_attributes(), time.time_ns())
 
     set_span_in_context = otel_trace.set_span_in_context
     attach = otel_context.attach
