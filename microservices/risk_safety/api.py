@@ -1,0 +1,248 @@
+"""risk-safety's HTTP API: pre-trade checks, the trading state, kill switch, resume, decisions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.infra.service import Resources, resources_of
+from backend.trading.risk import TradingState
+from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol
+
+from .guard import RiskGuard, StateView
+
+router = APIRouter()
+
+FiniteDecimal = Annotated[Decimal, Field(allow_inf_nan=False)]
+
+
+class CheckRequest(BaseModel):
+    """An order to check; `price` is the current reference (market) price of the symbol."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    client_order_id: str = Field(min_length=1, max_length=64)
+    symbol: str = Field(min_length=1, max_length=32)
+    side: Literal["BUY", "SELL"]
+    quantity: FiniteDecimal
+    price: FiniteDecimal | None = None
+    order_type: Literal["MARKET", "LIMIT"] = "MARKET"
+    limit_price: FiniteDecimal | None = None
+    reduce_only: bool = False
+
+    def to_request(self) -> OrderRequest:
+        return OrderRequest(
+            client_order_id=ClientOrderId(self.client_order_id),
+            symbol=Symbol(self.symbol),
+            side=Side(self.side),
+            quantity=self.quantity,
+            order_type=OrderType(self.order_type),
+            limit_price=self.limit_price,
+            reduce_only=self.reduce_only,
+        )
+
+
+class ApprovalPublic(BaseModel):
+    decision_id: str
+    token: str
+    expires_ms: int
+
+
+class CheckResult(BaseModel):
+    approved: bool
+    reason: str
+    detail: str
+    decision_id: str
+    approval: ApprovalPublic | None
+    state: str
+
+
+class OperatorRequest(BaseModel):
+    """Who asks for a state change, and why: both go to the audit trail."""
+
+    operator: str = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class KillSwitchRequest(BaseModel):
+    operator: str = Field(default="unspecified", min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class PortfolioStatus(BaseModel):
+    url: str
+    reachable: bool | None
+    checked_at_ms: int | None
+    age_ms: int | None
+    error: str | None
+
+
+class StatePublic(BaseModel):
+    state: str
+    reason: str
+    changed_at: datetime | None
+    changed: bool
+    portfolio: PortfolioStatus
+    limits: dict[str, Any]
+
+
+class StateChangePublic(BaseModel):
+    from_state: str | None
+    state: str
+    reason: str
+    actor: str
+    trace_id: str | None
+    changed_at: datetime
+
+
+class StateChangesPublic(BaseModel):
+    data: list[StateChangePublic]
+    count: int
+
+
+class DecisionPublic(BaseModel):
+    decision_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    approved: bool
+    reason: str
+    detail: str
+    state: str | None
+    trace_id: str | None
+    decided_at: datetime
+
+
+class DecisionsPublic(BaseModel):
+    data: list[DecisionPublic]
+    count: int
+
+
+def guard_of(resources: Annotated[Resources, Depends(resources_of)]) -> RiskGuard:
+    guard: RiskGuard = resources.extras["guard"]
+    return guard
+
+
+Guard = Annotated[RiskGuard, Depends(guard_of)]
+
+
+def _state_public(guard: RiskGuard, view: StateView) -> StatePublic:
+    fetch = guard.last_fetch
+    limits = guard.limits
+    return StatePublic(
+        state=view.state.value,
+        reason=view.reason,
+        changed_at=view.changed_at,
+        changed=view.changed,
+        portfolio=PortfolioStatus(
+            url=guard.portfolio_url,
+            reachable=fetch.ok if fetch else None,
+            checked_at_ms=fetch.at_ms if fetch else None,
+            age_ms=fetch.age_ms if fetch else None,
+            error=fetch.error if fetch else None,
+        ),
+        limits={
+            "max_order_notional": str(limits.max_order_notional),
+            "max_position_quantity": str(limits.max_position_quantity),
+            "position_limits": {s: str(q) for s, q in limits.position_quantity_overrides.items()},
+            "max_gross_exposure": str(limits.max_gross_exposure),
+            "max_daily_loss": str(limits.max_daily_loss),
+            "max_drawdown_fraction": str(limits.max_drawdown_fraction),
+            "max_orders_per_window": limits.max_orders_per_window,
+            "order_window_ms": limits.order_window_ms,
+            "price_band_bps": str(limits.price_band_bps),
+            "max_portfolio_age_ms": limits.max_portfolio_age_ms,
+        },
+    )
+
+
+@router.post("/check")
+async def check_order(body: CheckRequest, guard: Guard) -> CheckResult:
+    """Approve or deny an order with a standard reason code; approvals carry a signed token."""
+    verdict = await guard.check(body.to_request(), body.price)
+    approval = verdict.approval
+    return CheckResult(
+        approved=verdict.approved,
+        reason=verdict.reason.value,
+        detail=verdict.detail,
+        decision_id=verdict.decision_id,
+        approval=ApprovalPublic(
+            decision_id=approval.decision_id, token=approval.token, expires_ms=approval.expires_ms
+        )
+        if approval
+        else None,
+        state=verdict.state.value,
+    )
+
+
+@router.get("/state")
+async def get_state(guard: Guard) -> StatePublic:
+    return _state_public(guard, guard.state())
+
+
+@router.get("/state/changes")
+async def get_state_changes(
+    guard: Guard, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> StateChangesPublic:
+    """The audit trail of trading-state changes, newest first."""
+    rows = await guard.store.changes(limit=limit)
+    data = [
+        StateChangePublic(
+            from_state=r.from_mode,
+            state=r.to_mode,
+            reason=r.reason,
+            actor=r.actor,
+            trace_id=r.trace_id,
+            changed_at=r.changed_at,
+        )
+        for r in rows
+    ]
+    return StateChangesPublic(data=data, count=len(data))
+
+
+@router.post("/kill-switch")
+async def kill_switch(body: KillSwitchRequest, guard: Guard) -> StatePublic:
+    """Halt trading: from now on only orders that reduce a position pass."""
+    view = await guard.set_state(TradingState.HALTED, actor=body.operator, reason=body.reason)
+    return _state_public(guard, view)
+
+
+@router.post("/resume")
+async def resume(body: OperatorRequest, guard: Guard) -> StatePublic:
+    """Back to ACTIVE; the operator and the reason are recorded."""
+    view = await guard.set_state(TradingState.ACTIVE, actor=body.operator, reason=body.reason)
+    return _state_public(guard, view)
+
+
+@router.get("/decisions")
+async def get_decisions(
+    guard: Guard,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    approved: Annotated[bool | None, Query()] = None,
+) -> DecisionsPublic:
+    """Persisted decisions, newest first."""
+    rows = await guard.store.decisions(limit=limit, approved=approved)
+    data = []
+    for r in rows:
+        reason = r.reasons[0] if r.reasons else {}
+        data.append(
+            DecisionPublic(
+                decision_id=str(r.id),
+                client_order_id=r.client_order_id,
+                symbol=r.symbol,
+                side=r.side,
+                quantity=r.quantity,
+                approved=r.approved,
+                reason=reason.get("code", ""),
+                detail=reason.get("detail", ""),
+                state=reason.get("state"),
+                trace_id=r.trace_id,
+                decided_at=r.decided_at,
+            )
+        )
+    return DecisionsPublic(data=data, count=len(data))

@@ -1,0 +1,27 @@
+"""risk-safety assembly: the guard, its routes and its start-up restore."""
+
+from __future__ import annotations
+
+from backend.infra.service import Service
+
+from .api import router
+from .approval import DEVELOPMENT_SECRET
+from .guard import RiskGuard
+from .settings import RiskSettings
+
+NAME = "risk-safety"
+
+
+def create_service(settings: RiskSettings | None = None) -> Service:
+    """The risk-safety service (port 8003): pre-trade checks and the kill switch."""
+    service = Service(NAME, database=True, eventbus=True)
+    settings = settings or RiskSettings()
+    if settings.approval_secret.get_secret_value() == DEVELOPMENT_SECRET:
+        service.logger.warning(
+            "RISK_APPROVAL_SECRET is the development default; set it outside development"
+        )
+    guard = RiskGuard(settings, service.resources, service.logger, service.tracer)
+    service.resources.extras["guard"] = guard
+    service.on_startup(guard.restore)
+    service.app.include_router(router)
+    return service

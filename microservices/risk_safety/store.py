@@ -1,0 +1,107 @@
+"""risk-safety persistence: every decision, the trading state and its audit trail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from backend.infra.db.models import RiskDecision as DecisionRow
+from backend.infra.db.models import TradingState as StateRow
+from backend.infra.db.models import TradingStateChange
+from backend.infra.service import Resources
+
+SCOPE = "global"
+
+
+class RiskStore:
+    """Reads and writes the risk tables through the service's unit of work."""
+
+    def __init__(self, resources: Resources) -> None:
+        self._resources = resources
+
+    async def record_decision(
+        self,
+        *,
+        client_order_id: str,
+        symbol: str,
+        side: str,
+        quantity: Any,
+        approved: bool,
+        reason: dict[str, Any],
+        trace_id: str | None,
+        decided_at: datetime,
+    ) -> str:
+        """Persist one decision; returns its id."""
+        async with self._resources.session() as session:
+            row = DecisionRow(
+                client_order_id=client_order_id,
+                symbol=symbol,
+                side=side,
+                quantity=quantity,
+                approved=approved,
+                reasons=[reason],
+                trace_id=trace_id,
+                decided_at=decided_at,
+            )
+            session.add(row)
+            await session.flush()
+            return str(row.id)
+
+    async def decisions(self, *, limit: int, approved: bool | None) -> list[DecisionRow]:
+        """Newest decisions first."""
+        async with self._resources.session() as session:
+            query = select(DecisionRow).order_by(DecisionRow.id.desc()).limit(limit)
+            if approved is not None:
+                query = query.where(DecisionRow.approved == approved)
+            return list(await session.scalars(query))
+
+    async def approvals_since(self, since: datetime) -> list[datetime]:
+        """When the approvals of the current order-rate window were given."""
+        async with self._resources.session() as session:
+            rows = await session.scalars(
+                select(DecisionRow.decided_at).where(
+                    DecisionRow.approved.is_(True), DecisionRow.decided_at > since
+                )
+            )
+            return list(rows)
+
+    async def state(self) -> StateRow | None:
+        async with self._resources.session() as session:
+            row: StateRow | None = await session.get(StateRow, SCOPE)
+            return row
+
+    async def change_state(
+        self, *, from_mode: str, to_mode: str, reason: str, actor: str, trace_id: str | None
+    ) -> StateRow:
+        """Move the trading state and append the audit record, in one transaction."""
+        now = datetime.now(UTC)
+        async with self._resources.session() as session:
+            row: StateRow | None = await session.get(StateRow, SCOPE)
+            if row is None:
+                row = StateRow(scope=SCOPE)
+                session.add(row)
+            row.mode = to_mode
+            row.reason = reason
+            row.updated_at = now
+            session.add(
+                TradingStateChange(
+                    scope=SCOPE,
+                    from_mode=from_mode,
+                    to_mode=to_mode,
+                    reason=reason,
+                    actor=actor,
+                    trace_id=trace_id,
+                    changed_at=now,
+                )
+            )
+            return row
+
+    async def changes(self, *, limit: int) -> list[TradingStateChange]:
+        """The audit trail, newest first."""
+        async with self._resources.session() as session:
+            rows = await session.scalars(
+                select(TradingStateChange).order_by(TradingStateChange.id.desc()).limit(limit)
+            )
+            return list(rows)
