@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from backend.infra.eventbus import EmbeddedRedis
-from tests.support.procs import Proc, free_port, running
+from tests.support.procs import Proc, free_port, http_ok, running
 
 PACKAGES = {
     "ai-engine": "ai_engine",
@@ -84,6 +85,52 @@ def service(
         yield proc, f"http://127.0.0.1:{port}"
 
 
+@contextmanager
+def services(
+    names: list[str],
+    tmp: Path,
+    env: Mapping[str, str],
+    *,
+    per_service: Mapping[str, Mapping[str, str]] | None = None,
+    timeout_s: float = 60.0,
+) -> Iterator[dict[str, tuple[Proc, str]]]:
+    """Start several services at once (each knowing the others' URLs) and wait until all are
+    ready; yields name -> (process, URL). They are stopped together (SIGTERM, then waited)."""
+    ports = {name: free_port() for name in names}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    shared = dict(env)
+    for name, url in urls.items():
+        shared[name.upper().replace("-", "_") + "_URL"] = url
+    logs = tmp / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, Proc] = {}
+    try:
+        for name in names:
+            child_env = {"PORT": str(ports[name]), **shared, **(per_service or {}).get(name, {})}
+            child_env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{tmp / 'db' / name}.db")
+            child_env.setdefault("MODEL_DIR", str(tmp / "models"))
+            procs[name] = Proc(
+                [f"microservices/{PACKAGES[name]}/main.py"], child_env, logs / f"{name}.log"
+            )
+        deadline = time.monotonic() + timeout_s
+        for name, proc in procs.items():
+            while not http_ok(ports[name], "/health/ready"):
+                if proc.popen.poll() is not None:
+                    raise AssertionError(f"{name} exited early:\n{proc.output()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{name} not ready in {timeout_s:g}s:\n{proc.output()[-3000:]}"
+                    )
+                time.sleep(0.05)
+        yield {name: (proc, urls[name]) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            proc.stop()
+
+
 def json_lines(proc: Proc) -> list[dict[str, Any]]:
     """The process's JSON log lines (anything else it printed is left out)."""
     lines = []
@@ -137,11 +184,11 @@ class StubServer:
 
 __all__ = [
     "PACKAGES",
-    "ExitStack",
     "StubServer",
     "base_env",
     "json_lines",
     "poll",
     "redis_url",
     "service",
+    "services",
 ]

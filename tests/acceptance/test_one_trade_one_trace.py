@@ -1,0 +1,365 @@
+"""Acceptance: six real services, one trade, one trace — HTTP, bus and SQL joined, logs, PnL.
+
+The six services run as separate processes against a real Redis (`TEST_REDIS_URL`, else an
+embedded one) and real databases (SQLite files, or one PostgreSQL database per service when
+`TEST_DATABASE_URL` is set). Their spans arrive over OTLP/HTTP at a receiver in this test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.acceptance.harness import base_env, json_lines, poll, redis_url, services
+from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.procs import Proc
+
+SIX = [
+    "ai-engine",
+    "execution",
+    "risk-safety",
+    "portfolio-intelligence",
+    "trading-bot",
+    "eventbus-bridge",
+]
+SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
+ZERO = Decimal(0)
+
+# Knobs that make the first trade quick and deterministic (see each service's settings).
+KNOBS = {
+    "DB_LOG_STATEMENTS": "true",
+    "AI_TRAIN_STEPS": "3000",
+    "AI_HOLD_BAND": "0",
+    "BOT_MIN_CONFIDENCE": "0",
+    "BOT_DECISION_INTERVAL_MS": "400",
+    "FEED_SEED": "11",
+    "FEED_RATE_HZ": "20",
+    "FEED_SPEEDUP": "30",
+    "RISK_MAX_ORDERS": "1000",
+}
+
+
+@dataclass
+class Pipeline:
+    otlp: OtlpReceiver
+    running: dict[str, tuple[Proc, str]]
+
+    def url(self, name: str) -> str:
+        return self.running[name][1]
+
+    def logs(self, name: str) -> list[dict[str, Any]]:
+        return json_lines(self.running[name][0])
+
+
+@contextmanager
+def databases(tmp: Path) -> Iterator[dict[str, dict[str, str]]]:
+    """Per-service `DATABASE_URL`s: fresh PostgreSQL databases if `TEST_DATABASE_URL` is set."""
+    admin = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if not admin:
+        yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in SIX}
+        return
+    import asyncpg
+
+    dsn = make_url(admin).set(drivername="postgresql").render_as_string(hide_password=False)
+    names = {name: f"qt_accept_{uuid.uuid4().hex[:10]}" for name in SIX}
+
+    async def run(statements: list[str]) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run([f'CREATE DATABASE "{db}"' for db in names.values()]))
+    try:
+        yield {
+            name: {"DATABASE_URL": make_url(admin).set(database=db).render_as_string(False)}
+            for name, db in names.items()
+        }
+    finally:
+        asyncio.run(run([f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)' for db in names.values()]))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    tmp = tmp_path_factory.mktemp("pipeline")
+    with OtlpReceiver() as otlp, redis_url(tmp) as redis, databases(tmp) as dbs:
+        env = base_env(redis, otlp.http_endpoint) | KNOBS
+        with services(SIX, tmp, env, per_service=dbs, timeout_s=60) as running:
+            yield Pipeline(otlp, running)
+
+
+def in_trace(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.trace_id == trace_id]
+
+
+def service_of(span: ReceivedSpan) -> str:
+    return str(span.resource.get("service.name"))
+
+
+def http_joins(spans: list[ReceivedSpan]) -> set[tuple[str, str]]:
+    """(client service, server service) of every SERVER span whose parent is a remote CLIENT."""
+    by_id = {s.span_id: s for s in spans}
+    joins = set()
+    for span in spans:
+        parent = by_id.get(span.parent_span_id)
+        remote = parent is not None and service_of(parent) != service_of(span)
+        if span.kind == SERVER and parent is not None and parent.kind == CLIENT and remote:
+            joins.add((service_of(parent), service_of(span)))
+    return joins
+
+
+def bus_joins(spans: list[ReceivedSpan]) -> set[tuple[str, str, str]]:
+    """(producer service, consumer service, span name) of CONSUMER spans under a PRODUCER."""
+    by_id = {s.span_id: s for s in spans}
+    joins = set()
+    for span in spans:
+        parent = by_id.get(span.parent_span_id)
+        if span.kind == CONSUMER and parent is not None and parent.kind == PRODUCER:
+            joins.add((service_of(parent), service_of(span), span.name))
+    return joins
+
+
+EXPECTED_HTTP = {
+    ("trading-bot", "ai-engine"),
+    ("trading-bot", "portfolio-intelligence"),
+    ("trading-bot", "risk-safety"),
+    ("trading-bot", "execution"),
+}
+EXPECTED_BUS = {
+    ("eventbus-bridge", "trading-bot", "process market.tick"),
+    ("execution", "portfolio-intelligence", "process order.filled"),
+}
+
+
+def first_filled_bot_order(p: Pipeline) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    ordered = httpx.get(
+        f"{p.url('trading-bot')}/decisions", params={"outcome": "ORDERED", "limit": 1000}
+    ).json()["data"]
+    for decision in reversed(ordered):
+        order = httpx.get(f"{p.url('execution')}/orders/{decision['client_order_id']}")
+        if order.status_code == 200 and order.json()["status"] == "FILLED":
+            return decision, order.json()
+    return None
+
+
+def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
+    p = pipeline
+    decision, order = poll(lambda: first_filled_bot_order(p), 45, "a bot order to fill")
+    trace_id = decision["trace_id"]
+    coid = decision["client_order_id"]
+    assert trace_id and order["client_order_id"] == coid
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        mine = in_trace(spans, trace_id)
+        return (
+            {service_of(s) for s in mine} >= set(SIX)
+            and http_joins(mine) >= EXPECTED_HTTP
+            and bus_joins(mine) >= EXPECTED_BUS
+        )
+
+    spans = in_trace(p.otlp.wait_for(complete, timeout_s=30), trace_id)
+
+    # One trace, started by the tick's PRODUCER span in the bridge.
+    assert {service_of(s) for s in spans} == set(SIX)
+    (root,) = [s for s in spans if not s.parent_span_id]
+    assert (service_of(root), root.kind, root.name) == (
+        "eventbus-bridge",
+        PRODUCER,
+        "send market.tick",
+    )
+    assert http_joins(spans) >= EXPECTED_HTTP
+    assert bus_joins(spans) >= EXPECTED_BUS
+
+    # The decision stages, with their domain attributes.
+    stages = {s.name: s for s in spans if service_of(s) == "trading-bot"}
+    for stage in ("sizing", "risk_check", "submit_order"):
+        assert stage in stages, stage
+    submit = stages["submit_order"].attributes
+    assert submit["client_order_id"] == coid and submit["symbol"] == order["symbol"]
+    assert submit["model_version"] == decision["model_version"]
+    (signal,) = [s for s in spans if s.name == "signal"]
+    assert signal.attributes["model_version"] == decision["model_version"]
+
+    # SQL: CLIENT spans in the trace, each statement sent with that span's traceparent.
+    sql = [s for s in spans if s.kind == CLIENT and "db.system.name" in s.attributes]
+    assert {"trading-bot", "execution"} <= {service_of(s) for s in sql}
+    for name in {service_of(s) for s in sql}:
+        sent = " ".join(
+            line["statement"]
+            for line in p.logs(name)
+            if line.get("logger") == "backend.infra.db.statements"
+        )
+        for span in (s for s in sql if service_of(s) == name):
+            assert f"traceparent='00-{trace_id}-{span.span_id}-" in sent, (name, span.name)
+
+    # Logs of the services that handled the trade carry its trace id. (The bridge only opens
+    # the trace: it logs feed events, not each tick.)
+    for name in SIX[:-1]:
+        assert any(line.get("trace_id") == trace_id for line in p.logs(name)), name
+    (logged,) = [
+        line
+        for line in p.logs("trading-bot")
+        if line["message"] == "decision" and line.get("client_order_id") == coid
+    ]
+    assert logged["trace_id"] == trace_id and logged["outcome"] == "ORDERED"
+
+
+def place_resting_buy(p: Pipeline, quote: dict[str, Any]) -> tuple[str, str, str]:
+    """Check and place a limit buy 1 bp under the ask with a traceparent of this test's own."""
+    limit = (Decimal(quote["ask"]) * Decimal("0.9999")).quantize(Decimal("0.01"), ROUND_FLOOR)
+    coid = f"accept-limit-{uuid.uuid4().hex[:12]}"
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    body = {
+        "client_order_id": coid,
+        "symbol": quote["symbol"],
+        "side": "BUY",
+        "quantity": str((Decimal(200) / limit).quantize(Decimal("0.0001"))),
+        "order_type": "LIMIT",
+        "limit_price": str(limit),
+        "reduce_only": False,
+    }
+    verdict = httpx.post(
+        f"{p.url('risk-safety')}/check", json={**body, "price": quote["ask"]}, headers=headers
+    ).json()
+    assert verdict["approved"], verdict
+    placed = httpx.post(
+        f"{p.url('execution')}/orders",
+        json={**body, "approval": verdict["approval"]},
+        headers=headers,
+    )
+    assert placed.status_code == 201, placed.text
+    return coid, trace_id, placed.json()["status"]
+
+
+def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: Pipeline) -> None:
+    p = pipeline
+    orders: dict[str, str] = {}
+    # A buy a little under the ask on every symbol; whichever market dips first fills its
+    # order. One that the market crossed before it arrived fills at once and does not count.
+    for _attempt in range(5):
+        quotes = httpx.get(f"{p.url('execution')}/quotes").json()
+        for quote in sorted(quotes, key=lambda q: q["symbol"]):
+            coid, trace_id, status = place_resting_buy(p, quote)
+            if status == "ACCEPTED":
+                orders[coid] = trace_id
+        if orders:
+            break
+    assert orders, "no limit order came to rest"
+
+    def a_filled_order() -> str | None:
+        for coid in orders:
+            order = httpx.get(f"{p.url('execution')}/orders/{coid}").json()
+            if Decimal(str(order["filled_quantity"])) > 0:
+                return coid
+        return None
+
+    coid = poll(a_filled_order, 30, "a resting limit order to fill")
+    order_trace = orders[coid]
+
+    def fill_span(spans: list[ReceivedSpan]) -> bool:
+        return any(
+            s.name == "order.fill" and s.attributes.get("client_order_id") == coid for s in spans
+        )
+
+    spans = p.otlp.wait_for(fill_span, timeout_s=20)
+    (fill, *_) = [
+        s for s in spans if s.name == "order.fill" and s.attributes.get("client_order_id") == coid
+    ]
+    assert fill.trace_id != order_trace, "the fill happened later, on a tick"
+    assert fill.attributes["liquidity"] == "MAKER"
+    linked = {trace for trace, _span in fill.links}
+    assert order_trace in linked
+    placing = [s for s in spans if s.trace_id == order_trace and service_of(s) == "execution"]
+    assert {span for trace, span in fill.links if trace == order_trace} <= {
+        s.span_id for s in placing
+    }
+    for other in orders:
+        if other != coid:
+            httpx.post(f"{p.url('execution')}/orders/{other}/cancel")
+
+
+def recompute(fills: list[dict[str, Any]], initial_cash: Decimal) -> dict[str, Any]:
+    """Average-cost positions, realized PnL (before fees), fees and cash, in plain Decimal."""
+    positions: dict[str, dict[str, Decimal]] = {}
+    cash = initial_cash
+    for f in fills:
+        qty, price, fee = Decimal(f["quantity"]), Decimal(f["price"]), Decimal(f["fee"])
+        signed = qty if f["side"] == "BUY" else -qty
+        pos = positions.setdefault(
+            f["symbol"], {"quantity": ZERO, "avg": ZERO, "realized": ZERO, "fees": ZERO}
+        )
+        held = pos["quantity"]
+        if held == 0 or (held > 0) == (signed > 0):
+            pos["avg"] = (abs(held) * pos["avg"] + qty * price) / (abs(held) + qty)
+        else:
+            closed = min(qty, abs(held))
+            pos["realized"] += closed * (price - pos["avg"]) * (1 if held > 0 else -1)
+            if qty > abs(held):
+                pos["avg"] = price
+        pos["quantity"] = held + signed
+        pos["fees"] += fee
+        cash -= signed * price + fee
+    return {"positions": positions, "cash": cash}
+
+
+def test_the_portfolio_equals_a_recomputation_from_the_fills(pipeline: Pipeline) -> None:
+    p = pipeline
+    httpx.post(f"{p.url('trading-bot')}/stop")
+    execution, portfolio = p.url("execution"), p.url("portfolio-intelligence")
+
+    def settled() -> list[dict[str, Any]] | None:
+        orders = httpx.get(f"{execution}/orders", params={"limit": 1000}).json()["data"]
+        fills = [
+            {
+                **fill,
+                "symbol": o["symbol"],
+                "side": o["side"],
+                "client_order_id": o["client_order_id"],
+            }
+            for o in orders
+            for fill in o["fills"]
+        ]
+        booked = httpx.get(f"{portfolio}/fills", params={"limit": 100_000}).json()["data"]
+        if fills and {f["fill_id"] for f in fills} == {f["fill_id"] for f in booked}:
+            return fills
+        return None
+
+    fills = poll(settled, 20, "portfolio-intelligence to book every fill of execution")
+    fills.sort(key=lambda f: (f["filled_at"], f["fill_id"]))
+    book = httpx.get(f"{portfolio}/portfolio").json()
+    expected = recompute(fills, Decimal(book["initial_cash"]))
+
+    assert Decimal(book["cash"]) == expected["cash"]
+    assert Decimal(book["fees"]) == sum(f["fees"] for f in expected["positions"].values())
+    reported = {pos["symbol"]: pos for pos in book["positions"]}
+    realized = ZERO
+    unrealized = ZERO
+    for symbol, pos in expected["positions"].items():
+        got = reported[symbol]
+        assert Decimal(got["quantity"]) == pos["quantity"], symbol
+        assert Decimal(got["realized_pnl"]) == pos["realized"], symbol
+        realized += pos["realized"]
+        if pos["quantity"] != 0:
+            assert abs(Decimal(got["avg_price"]) - pos["avg"]) <= Decimal("1e-12") * pos["avg"]
+            mark = Decimal(got["mark"])
+            upnl = (mark - pos["avg"]) * pos["quantity"]
+            assert abs(Decimal(got["unrealized_pnl"]) - upnl) <= Decimal("1e-9")
+            unrealized += upnl
+    assert any(pos["quantity"] > 0 for pos in expected["positions"].values()), "a position is held"
+    assert Decimal(book["realized_pnl"]) == realized
+    assert abs(Decimal(book["unrealized_pnl"]) - unrealized) <= Decimal("1e-9")
