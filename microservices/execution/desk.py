@@ -157,8 +157,9 @@ class OrderDesk:
                     self._accepted_at[cid] = time.time()
                     self._traceparents[cid] = traceparent
                 self.log.info(
-                    "order " + report.order.status.value.lower(),
+                    "order placed",
                     client_order_id=cid,
+                    status=report.order.status.value,
                     symbol=request.symbol,
                     side=request.side.value,
                     quantity=request.quantity,
