@@ -122,7 +122,7 @@ class OrderDesk:
             for o in open_orders
         }
         self._traceparents = {
-            ClientOrderId(o.record.client_order_id): o.record.traceparent for o in open_orders
+            ClientOrderId(o.record.client_order_id): o.record.trace_context for o in open_orders
         }
         self._update_gauges()
         self.log.info(

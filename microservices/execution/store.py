@@ -62,7 +62,7 @@ class OrderStore:
                     time_in_force=order.time_in_force.value,
                     reduce_only=order.reduce_only,
                     risk_decision_id=risk_decision_id,
-                    traceparent=traceparent,
+                    trace_context=traceparent,
                     created_at=to_datetime(order.created_ms),
                 )
                 session.add(row)

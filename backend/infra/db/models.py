@@ -128,8 +128,9 @@ class OrderRecord(Base):
     average_fill_price: Mapped[Decimal | None]
     sequence: Mapped[int] = mapped_column(Integer, default=0)
     risk_decision_id: Mapped[str | None] = mapped_column(String(64))
-    # The W3C traceparent of the span that accepted the order: later fills link to it.
-    traceparent: Mapped[str | None] = mapped_column(String(55))
+    # The W3C traceparent of the span that accepted the order: later fills link to it
+    # (named so that the column never reads as the SQL comment of the same name).
+    trace_context: Mapped[str | None] = mapped_column(String(55))
     created_at: Mapped[Created]
     updated_at: Mapped[Created]
 

@@ -21,10 +21,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("orders") as batch:
         batch.add_column(sa.Column("risk_decision_id", sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column("traceparent", sa.String(length=55), nullable=True))
+        batch.add_column(sa.Column("trace_context", sa.String(length=55), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("orders") as batch:
-        batch.drop_column("traceparent")
+        batch.drop_column("trace_context")
         batch.drop_column("risk_decision_id")
