@@ -24,7 +24,7 @@ from backend.infra.observability import (
     BoundLogger,
     SpanKind,
     current_traceparent,
-    extract_trace_context,
+    links_from_traceparent,
 )
 from backend.infra.service import Resources
 from backend.trading.orders import Order, OrderEventKind, OrderStatus
@@ -303,7 +303,7 @@ class OrderDesk:
             with self._tracer.start_as_current_span(
                 "order.fill",
                 kind=SpanKind.INTERNAL,
-                links=links_to(link),
+                links=links_from_traceparent(link, {"link.reason": "order"}),
                 attributes={
                     **_fill_attributes(fill),
                     "leaves_quantity": str(leaves),
@@ -417,21 +417,6 @@ def _order_of(stored: StoredOrder) -> Order:
         updated_ms=int(row.updated_at.timestamp() * 1000),
         sequence=row.sequence,
     )
-
-
-def links_to(traceparent: str | None) -> list[Any]:
-    """A span link to the span a stored traceparent names (empty without OpenTelemetry)."""
-    if not traceparent:
-        return []
-    try:
-        from opentelemetry import trace
-    except ImportError:  # tracing is optional; without it there is nothing to link
-        return []
-    context = trace.get_current_span(extract_trace_context({"traceparent": traceparent}))
-    span_context = context.get_span_context()
-    if not span_context.is_valid:
-        return []
-    return [trace.Link(span_context, {"link.reason": "order"})]
 
 
 def _symbol(symbol: str | None) -> Symbol | None:

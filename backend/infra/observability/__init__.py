@@ -31,6 +31,7 @@ from ._tracing import (
     force_flush,
     get_tracer,
     inject_trace_context,
+    links_from_traceparent,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "init_observability",
     "inject_trace_context",
     "instrument_fastapi",
+    "links_from_traceparent",
     "shutdown_observability",
     "uvicorn_log_config",
 ]

@@ -230,6 +230,20 @@ def extract_trace_context(carrier: Mapping[str, str]) -> Any:
     return otel_extract(carrier)
 
 
+def links_from_traceparent(
+    traceparent: str | None, attributes: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """Span links (`links=` of `start_as_current_span`) to the span a stored `traceparent`
+    names: how work done later (a resting order's fill) points at the trace that caused it.
+    Empty for None, a malformed value, or without OpenTelemetry."""
+    if not HAS_API or not traceparent:
+        return []
+    parent = parse_traceparent(traceparent.encode("ascii", "replace"))
+    if parent is None:
+        return []
+    return [otel_trace.Link(parent, dict(attributes) if attributes else None)]
+
+
 def current_traceparent() -> str | None:
     """The W3C `traceparent` of the active span, or None outside a valid span."""
     if not HAS_API:

@@ -170,3 +170,20 @@ def test_health_and_metrics_are_not_traced(client, span_exporter) -> None:  # ty
     for path in ("/health/live", "/health/ready", "/health", "/metrics"):
         assert client.get(path).status_code == 200
     assert span_exporter.get_finished_spans() == ()
+
+
+def test_a_stored_traceparent_becomes_a_span_link(span_exporter) -> None:  # type: ignore[no-untyped-def]
+    from backend.infra.observability import links_from_traceparent
+
+    stored = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    with get_tracer("t").start_as_current_span(
+        "order.fill", links=links_from_traceparent(stored, {"link.reason": "order"})
+    ):
+        pass
+    (span,) = span_exporter.get_finished_spans()
+    (link,) = span.links
+    assert f"{link.context.trace_id:032x}" == TRACE_ID
+    assert f"{link.context.span_id:016x}" == PARENT_ID
+    assert link.attributes["link.reason"] == "order"
+    assert links_from_traceparent(None) == []
+    assert links_from_traceparent("00-garbage") == []
