@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.infra.db.models import FillRecord
 from backend.infra.service import Resources, resources_of
+from backend.trading.approval import Approval, ApprovalError, verify_approval
 from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
-from microservices.risk_safety.approval import Approval, ApprovalError, verify_approval
 
 from . import metrics
 from .desk import OrderDesk, OrderNotFound, OrderNotOpen

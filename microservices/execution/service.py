@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from backend.infra.eventbus import MarketTick
 from backend.infra.service import Service
-from microservices.risk_safety.approval import DEVELOPMENT_SECRET
+from backend.trading.approval import DEVELOPMENT_SECRET
 
 from .api import router
 from .desk import OrderDesk

@@ -7,8 +7,8 @@ from decimal import Decimal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.trading.approval import DEVELOPMENT_SECRET
 from backend.trading.venue import VenueConfig
-from microservices.risk_safety.approval import DEVELOPMENT_SECRET
 
 
 class ExecutionSettings(BaseSettings):

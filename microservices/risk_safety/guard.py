@@ -14,6 +14,7 @@ from backend.infra.eventbus import RiskDecision as RiskDecisionEvent
 from backend.infra.eventbus import RiskStateChanged
 from backend.infra.observability import BoundLogger, SpanKind, current_traceparent
 from backend.infra.service import Resources, service_url
+from backend.trading.approval import Approval, sign_approval
 from backend.trading.risk import (
     PortfolioSnapshot,
     ReasonCode,
@@ -24,7 +25,6 @@ from backend.trading.risk import (
 from backend.trading.types import OrderRequest, Symbol
 
 from . import metrics
-from .approval import Approval, sign_approval
 from .settings import RiskSettings
 from .store import RiskStore
 

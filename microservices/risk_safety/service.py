@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from backend.infra.service import Service
+from backend.trading.approval import DEVELOPMENT_SECRET
 
 from .api import router
-from .approval import DEVELOPMENT_SECRET
 from .guard import RiskGuard
 from .settings import RiskSettings
 

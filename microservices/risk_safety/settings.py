@@ -8,10 +8,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from backend.trading.approval import DEVELOPMENT_SECRET
 from backend.trading.risk import RiskLimits
 from backend.trading.types import Symbol
-
-from .approval import DEVELOPMENT_SECRET
 
 
 class RiskSettings(BaseSettings):

@@ -9,8 +9,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from backend.infra.eventbus import MarketTick
+from backend.trading.approval import DEVELOPMENT_SECRET, sign_approval
 from microservices.execution.service import create_service
-from microservices.risk_safety.approval import DEVELOPMENT_SECRET, sign_approval
 from tests.microservices.conftest import ServiceHarness, wait_for
 
 

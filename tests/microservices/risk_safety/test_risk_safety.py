@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from microservices.risk_safety.approval import DEVELOPMENT_SECRET, Approval, verify_approval
+from backend.trading.approval import DEVELOPMENT_SECRET, Approval, verify_approval
 from microservices.risk_safety.service import create_service
 from tests.microservices.conftest import ServiceHarness
 from tests.support.procs import free_port
