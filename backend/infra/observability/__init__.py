@@ -32,6 +32,7 @@ from ._tracing import (
     get_tracer,
     inject_trace_context,
     links_from_traceparent,
+    use_trace_context,
 )
 
 __all__ = [
@@ -56,5 +57,6 @@ __all__ = [
     "instrument_fastapi",
     "links_from_traceparent",
     "shutdown_observability",
+    "use_trace_context",
     "uvicorn_log_config",
 ]

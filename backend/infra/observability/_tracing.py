@@ -244,6 +244,24 @@ def links_from_traceparent(
     return [otel_trace.Link(parent, dict(attributes) if attributes else None)]
 
 
+@contextmanager
+def use_trace_context(traceparent: str | None, tracestate: str | None = None) -> Iterator[None]:
+    """Make a stored W3C context the active one for the block, so spans started inside
+    (a relay's PRODUCER spans) continue the trace that stored it. Nothing happens for None,
+    a malformed value, or without OpenTelemetry."""
+    if not HAS_API or not traceparent:
+        yield
+        return
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    token = otel_context.attach(otel_extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def current_traceparent() -> str | None:
     """The W3C `traceparent` of the active span, or None outside a valid span."""
     if not HAS_API:

@@ -187,3 +187,22 @@ def test_a_stored_traceparent_becomes_a_span_link(span_exporter) -> None:  # typ
     assert link.attributes["link.reason"] == "order"
     assert links_from_traceparent(None) == []
     assert links_from_traceparent("00-garbage") == []
+
+
+def test_a_stored_context_becomes_the_parent_of_spans_started_inside(span_exporter) -> None:  # type: ignore[no-untyped-def]
+    from backend.infra.observability import current_traceparent, use_trace_context
+
+    stored = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    with (
+        use_trace_context(stored, "vendor=x"),
+        get_tracer("t").start_as_current_span("send order.filled"),
+    ):
+        pass
+    assert current_traceparent() is None  # detached again
+    (span,) = span_exporter.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == TRACE_ID
+    assert f"{span.parent.span_id:016x}" == PARENT_ID
+    assert span.context.trace_state.get("vendor") == "x"
+    for nothing in (None, "00-garbage"):
+        with use_trace_context(nothing):
+            assert current_traceparent() is None

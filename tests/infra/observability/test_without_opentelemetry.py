@@ -40,7 +40,7 @@ def test_a_worker_runs_with_no_opentelemetry_at_all() -> None:
         """
         from backend.infra.observability import (
             get_logger, get_tracer, init_observability, inject_trace_context,
-            extract_trace_context, SpanKind, current_traceparent,
+            extract_trace_context, SpanKind, current_traceparent, use_trace_context,
         )
         init_observability(service_name="clm", log_level="INFO",
                            enable_tracing=True, enable_metrics=True)
@@ -52,6 +52,8 @@ def test_a_worker_runs_with_no_opentelemetry_at_all() -> None:
         assert inject_trace_context({}) == {}
         assert extract_trace_context({"traceparent": "x"}) is None
         assert current_traceparent() is None
+        with use_trace_context("00-" + "1" * 32 + "-" + "2" * 16 + "-01"):
+            assert current_traceparent() is None
         from prometheus_client import REGISTRY, generate_latest
         assert b"otel_spans_dropped_total" in generate_latest(REGISTRY)
         import sys
