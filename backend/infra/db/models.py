@@ -33,7 +33,9 @@ from ._types import DecimalNumeric, UtcDateTime
 # Which service owns which tables: the one place this is written down.
 TABLE_OWNERS: Mapping[str, tuple[str, ...]] = {
     "ai-engine": ("model_registry",),
-    "execution": ("orders", "order_events", "fills"),
+    # outbox_events holds each producing service's rows under its own `source`; execution is
+    # the only producer so far.
+    "execution": ("orders", "order_events", "fills", "outbox_events"),
     "risk-safety": ("risk_decisions", "trading_state", "trading_state_changes"),
     "portfolio-intelligence": ("ledger_fills", "positions", "equity_points"),
     "rl-training": ("training_jobs", "policies"),
@@ -131,6 +133,9 @@ class OrderRecord(Base):
     # The W3C traceparent of the span that accepted the order: later fills link to it
     # (named so that the column never reads as the SQL comment of the same name).
     trace_context: Mapped[str | None] = mapped_column(String(55))
+    # Cash the venue holds back for the rest of an open buy: for a market order it depends on
+    # the quote at submission, so a restart could not recompute it.
+    reserved_cash: Mapped[Decimal | None]
     created_at: Mapped[Created]
     updated_at: Mapped[Created]
 
@@ -172,6 +177,33 @@ class FillRecord(Base):
     fee: Mapped[Amount]
     liquidity: Mapped[str] = mapped_column(String(5))
     filled_at: Mapped[Timestamp]
+
+
+class OutboxEvent(Base):
+    """An event written in the same transaction as the change it announces, published after.
+
+    `published_at` is null until the relay has published it; `event_id` keeps the id (and
+    `event_time` the time) the event is published with, so a second publication is a duplicate
+    that consumers drop.
+    """
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (Index(None, "source", "published_at", "id"),)
+
+    id: Mapped[Id]
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    schema_version: Mapped[int] = mapped_column(Integer)
+    event_time: Mapped[Timestamp]
+    data: Mapped[str] = mapped_column(Text)
+    traceparent: Mapped[str | None] = mapped_column(String(55))
+    tracestate: Mapped[str | None] = mapped_column(Text)
+    baggage: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[Created]
+    published_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 # --- risk-safety ---------------------------------------------------------------------------------
