@@ -1,0 +1,127 @@
+"""`make run` end to end: six services up on embedded defaults, a fill, and a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import ROOT
+
+SERVICE_PORTS = (8001, 8002, 8003, 8004, 8006, 8012)
+
+
+def free_offset() -> int:
+    """A port offset at which all six service ports are free."""
+    for _ in range(50):
+        offset = random.randrange(20_000, 50_000, 100)
+        try:
+            for port in SERVICE_PORTS:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return offset
+    raise AssertionError("no free block of ports")
+
+
+class Output:
+    """The launcher's stdout, line by line, collected by a thread."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if match := regex.search(line):
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    text = "\n".join(self.lines[-40:])
+                    raise AssertionError(f"no line matching {pattern!r} in {timeout_s:g}s:\n{text}")
+                self._cond.wait(remaining)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, Path]]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "DATABASE_URL", "OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    }
+    env.update(
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+        RUN_PORT_OFFSET=str(free_offset()),
+        RUN_READY_TIMEOUT_S="60",
+        ENABLE_TRACING="false",
+        AI_TRAIN_STEPS="3000",
+        AI_HOLD_BAND="0",
+        BOT_MIN_CONFIDENCE="0",
+        BOT_DECISION_INTERVAL_MS="300",
+        FEED_RATE_HZ="10",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.run"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process, Output(process), tmp_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_make_run_trades_and_ctrl_c_stops_every_process(
+    launcher: tuple[subprocess.Popen[str], Output, Path],
+) -> None:
+    process, output, cwd = launcher
+    output.wait_for(r"Quantum Trader is running", 75)
+    pids = [int(m) for m in re.findall(r" pid (\d+)", "\n".join(output.lines))]
+    assert len(pids) == 7, "six services and the embedded Redis"
+    assert all(alive(pid) for pid in pids)
+    output.wait_for(r"^\s+fill\s+(BUY|SELL) ", 45)
+    assert (cwd / "var" / "log" / "trading-bot.log").stat().st_size > 0
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(40) == 0
+    output.wait_for(r"^Stopped\.", 5)
+    assert [pid for pid in pids if alive(pid)] == [], "no process outlives the launcher"
+    assert not any("killing it" in line for line in output.lines), "all stopped on SIGTERM"
