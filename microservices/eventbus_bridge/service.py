@@ -43,7 +43,7 @@ class MarketFeed:
         self.published = 0
         if settings.mode == "replay":
             quotes = replay_quotes(settings)
-            self.symbols = tuple(sorted({q.symbol for q in quotes}))
+            self.symbols: tuple[str, ...] = tuple(sorted({str(q.symbol) for q in quotes}))
             self._steps: Iterator[Step] = replay_steps(
                 quotes, settings.speedup, settings.replay_loop
             )

@@ -208,7 +208,8 @@ class TradingBot:
             row = await session.execute(
                 select(BotDecision.action).where(BotDecision.client_order_id == coid)
             )
-            return row.scalar_one_or_none() == Outcome.ORDERED
+            action: str | None = row.scalar_one_or_none()
+            return action == Outcome.ORDERED
 
     async def _size(self, d: Decision, tick: MarketTick) -> bool:
         http = self.resources.http
