@@ -245,16 +245,20 @@ def links_from_traceparent(
 
 
 @contextmanager
-def use_trace_context(traceparent: str | None, tracestate: str | None = None) -> Iterator[None]:
-    """Make a stored W3C context the active one for the block, so spans started inside
-    (a relay's PRODUCER spans) continue the trace that stored it. Nothing happens for None,
-    a malformed value, or without OpenTelemetry."""
+def use_trace_context(
+    traceparent: str | None, tracestate: str | None = None, baggage: str | None = None
+) -> Iterator[None]:
+    """Make a stored W3C context (and baggage) the active one for the block, so spans started
+    inside (a relay's PRODUCER spans) continue the trace that stored it. Nothing happens for
+    None, a malformed value, or without OpenTelemetry."""
     if not HAS_API or not traceparent:
         yield
         return
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
+    if baggage:
+        carrier["baggage"] = baggage
     token = otel_context.attach(otel_extract(carrier))
     try:
         yield

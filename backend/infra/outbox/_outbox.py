@@ -1,0 +1,312 @@
+"""The transactional outbox: events stored with the change they announce, published after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from itertools import groupby
+from typing import Any
+
+from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from backend.infra.db import session_scope
+from backend.infra.db.models import OutboxEvent
+from backend.infra.eventbus import (
+    CATALOGUE,
+    Catalogue,
+    Event,
+    EventData,
+    EventPublisher,
+    new_event_id,
+)
+from backend.infra.observability import get_logger, inject_trace_context, use_trace_context
+
+from ._metrics import OLDEST_PENDING_AGE, PENDING, PUBLISH_FAILURES, PUBLISHED
+from ._settings import OutboxSettings
+
+_log = get_logger("backend.infra.outbox")
+_WATCHED = "outbox_watched"
+
+
+class Outbox:
+    """Events of one producing service (`source`), written in its transactions, then published.
+
+    `add(session, data)` writes a row in the caller's transaction. After the commit,
+    `publish_pending()` publishes every pending row of this source, oldest first, each under
+    the trace context that was active when it was added, and marks them published. While
+    publishing fails it returns at once and leaves the rows to `run_relay()`, which retries
+    with back-off (and publishes what an earlier process left, on start), so an outage delays
+    events and never loses them. A row can be published twice (a crash between the publish and
+    the mark); both copies carry the same event id, which consumers' idempotency drops.
+    Ordering is the row id's order, which is commit order when the producer serialises its
+    writes; one process per source runs the relay.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        publisher: EventPublisher,
+        *,
+        source: str,
+        settings: OutboxSettings | None = None,
+        catalogue: Catalogue = CATALOGUE,
+    ) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+        self._source = source
+        self._settings = settings or OutboxSettings.from_env()
+        self._catalogue = catalogue
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        # Commits seen versus commits a completed round covered: the relay only queries the
+        # table when some commit is not covered yet (and once on start, for older rows).
+        self._committed = 1
+        self._covered = 0
+        self._failing = False
+        self._oldest_pending: datetime | None = None
+        self._last_purge = 0.0
+        self._pending = PENDING.labels(source)
+        self._published = PUBLISHED.labels(source)
+        self._failures = PUBLISH_FAILURES.labels(source)
+        OLDEST_PENDING_AGE.labels(source).set_function(self._oldest_pending_age_s)
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def failing(self) -> bool:
+        """True while the last publish round failed and the relay is retrying."""
+        return self._failing
+
+    # Writing ------------------------------------------------------------------------------------
+
+    def add(self, session: AsyncSession, item: EventData | Event[Any]) -> str:
+        """Write one event in `session`'s transaction; returns its event id.
+
+        Plain data gets a new id and the current time; pass an `Event` to choose them. The
+        trace context active now is stored, so the event continues this trace when published.
+        """
+        if isinstance(item, Event):
+            event_id, time_, data = item.id, item.time, item.data
+        else:
+            event_id, time_, data = new_event_id(), datetime.now(UTC), item
+        spec = self._catalogue.spec_for_model(type(data))
+        carrier = inject_trace_context({})
+        session.add(
+            OutboxEvent(
+                event_id=event_id,
+                source=self._source,
+                event_type=spec.type,
+                schema_version=spec.version,
+                event_time=time_,
+                data=data.model_dump_json(),
+                traceparent=carrier.get("traceparent"),
+                tracestate=carrier.get("tracestate") or None,
+                baggage=carrier.get("baggage") or None,
+                attempts=0,
+            )
+        )
+        self._watch(session.sync_session)
+        return event_id
+
+    def _watch(self, session: Session) -> None:
+        if session.info.get(_WATCHED) is self:
+            return
+        session.info[_WATCHED] = self
+        event.listen(session, "after_commit", self._on_commit)
+
+    def _on_commit(self, _session: Session) -> None:
+        self._committed += 1
+        self._wake.set()
+
+    # Publishing ---------------------------------------------------------------------------------
+
+    async def publish_pending(self) -> int:
+        """Publish what is pending now; returns how many rows were published.
+
+        Never raises: the caller's change is committed, and a failure (logged, counted,
+        recorded on the rows) is the relay's to retry. Returns 0 at once while the relay is
+        retrying an outage, so callers never wait on Redis more than `publish_timeout_s`.
+        """
+        if self._failing:
+            return 0
+        try:
+            return await self._drain()
+        # Broad on purpose: whatever failed, the events are safe in the table and the relay
+        # retries them; the caller's committed work must not fail because of it.
+        except Exception:
+            return 0
+
+    async def run_relay(self, _resources: object = None) -> None:
+        """Publish what `publish_pending` did not, until cancelled (for `service.background`)."""
+        failures = 0
+        while True:
+            if failures == 0:
+                while self._covered >= self._committed:
+                    self._wake.clear()
+                    await self._wake.wait()
+            try:
+                await self._drain()
+            except Exception:  # recorded by _drain; back off and try again
+                failures += 1
+                base = self._settings.retry_backoff_s * 2 ** min(failures - 1, 16)
+                delay = min(self._settings.retry_backoff_max_s, base)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                continue
+            if failures:
+                _log.info("outbox publishing again", source=self._source, failed_rounds=failures)
+            failures = 0
+            await self._purge_if_due()
+
+    async def _drain(self) -> int:
+        async with self._lock:
+            total = 0
+            try:
+                while True:
+                    seen = self._committed
+                    rows = await self._load_batch()
+                    if rows:
+                        total += await self._publish_batch(rows)
+                    if len(rows) < self._settings.batch_size:
+                        self._covered = max(self._covered, seen)
+                        break
+            except Exception as exc:
+                self._failing = True
+                self._failures.inc()
+                _log.warning(
+                    "outbox publish failed; the relay retries",
+                    source=self._source,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                await self._refresh_stats()
+                raise
+            self._failing = False
+            self._oldest_pending = None
+            self._pending.set(0)
+            return total
+
+    async def _load_batch(self) -> list[OutboxEvent]:
+        async with session_scope(self._sessions) as session:
+            rows = await session.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.source == self._source, OutboxEvent.published_at.is_(None))
+                .order_by(OutboxEvent.id)
+                .limit(self._settings.batch_size)
+            )
+            return list(rows)
+
+    async def _publish_batch(self, rows: Sequence[OutboxEvent]) -> int:
+        done: list[int] = []
+        try:
+            # Rows of one trace context in a row share a pipelined publish; each group is
+            # published with its producer's context active, so its PRODUCER spans continue it.
+            for (traceparent, tracestate, baggage), group in groupby(
+                rows, key=lambda r: (r.traceparent, r.tracestate, r.baggage)
+            ):
+                batch = list(group)
+                events = [self._event_of(row) for row in batch]
+                with use_trace_context(traceparent, tracestate, baggage):
+                    async with asyncio.timeout(self._settings.publish_timeout_s):
+                        await self._publisher.publish_many(events)
+                done.extend(row.id for row in batch)
+        except Exception as exc:
+            failed = [row.id for row in rows if row.id not in set(done)]
+            await self._record_failure(failed, exc)
+            raise
+        finally:
+            if done:
+                await self._mark_published(done)
+                self._published.inc(len(done))
+        return len(done)
+
+    def _event_of(self, row: OutboxEvent) -> Event[Any]:
+        spec = self._catalogue.spec_for_type(row.event_type)
+        return Event(
+            id=row.event_id,
+            type=spec.type,
+            source=row.source,
+            time=row.event_time,
+            data=spec.model.model_validate_json(row.data),
+            schema_version=row.schema_version,
+        )
+
+    async def _mark_published(self, ids: Sequence[int]) -> None:
+        async with session_scope(self._sessions) as session:
+            await session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_(ids))
+                .values(
+                    published_at=datetime.now(UTC),
+                    attempts=OutboxEvent.attempts + 1,
+                    last_error=None,
+                )
+            )
+
+    async def _record_failure(self, ids: Sequence[int], exc: BaseException) -> None:
+        if not ids:
+            return
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        try:
+            async with session_scope(self._sessions) as session:
+                await session.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.id.in_(ids))
+                    .values(attempts=OutboxEvent.attempts + 1, last_error=error)
+                )
+        # The note is diagnostic only; the rows stay pending whether or not it is written.
+        except Exception as note_error:
+            _log.warning("outbox failure not recorded", error=str(note_error))
+
+    # Housekeeping and metrics -------------------------------------------------------------------
+
+    async def _refresh_stats(self) -> None:
+        try:
+            async with session_scope(self._sessions) as session:
+                count, oldest = (
+                    await session.execute(
+                        select(func.count(), func.min(OutboxEvent.created_at)).where(
+                            OutboxEvent.source == self._source,
+                            OutboxEvent.published_at.is_(None),
+                        )
+                    )
+                ).one()
+        # Metrics are best effort; the database may be what is failing.
+        except Exception:
+            return
+        self._pending.set(count)
+        if isinstance(oldest, str):  # SQLite returns min() of a timestamp as text
+            oldest = datetime.fromisoformat(oldest)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        self._oldest_pending = oldest
+
+    def _oldest_pending_age_s(self) -> float:
+        oldest = self._oldest_pending
+        if oldest is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+
+    async def _purge_if_due(self) -> None:
+        now = time.monotonic()
+        # Hourly at most: old published rows are only kept for audits.
+        if now - self._last_purge < 3600.0:
+            return
+        self._last_purge = now
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.retention_s)
+        try:
+            async with session_scope(self._sessions) as session:
+                await session.execute(
+                    delete(OutboxEvent).where(
+                        OutboxEvent.source == self._source,
+                        OutboxEvent.published_at.is_not(None),
+                        OutboxEvent.published_at < cutoff,
+                    )
+                )
+        except Exception as exc:  # retried at the next purge; nothing depends on it
+            _log.warning("outbox purge failed", source=self._source, error=str(exc))
