@@ -13,7 +13,7 @@ import pytest
 from backend.trading.features import WINDOW, compute_features
 from backend.trading.model import InvalidModelArtifact, predict, simulate_prices
 from microservices.ai_engine.registry import read_artifact, write_artifact
-from tests.acceptance.harness import base_env, json_lines, redis_url, service
+from tests.acceptance.harness import base_env, json_lines, poll, redis_url, service
 from tests.support.otlp import OtlpReceiver
 
 SERVER = 2
@@ -101,3 +101,40 @@ def test_an_artifact_is_data_checked_against_its_digest(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('"intercept": ', '"intercept": 1e-9 + '))
     with pytest.raises(InvalidModelArtifact, match="sha256"):
         read_artifact(uri)
+
+
+async def test_a_newly_promoted_model_is_served_without_a_restart(
+    redis_server: str, tmp_path: Path
+) -> None:
+    from backend.infra.db import (
+        DatabaseSettings,
+        create_engine,
+        create_session_factory,
+        session_scope,
+    )
+    from backend.trading.model import train_initial_model
+    from microservices.ai_engine.registry import register
+
+    env = base_env(redis_server, None) | {"AI_TRAIN_STEPS": "3000", "AI_MODEL_REFRESH_S": "0.2"}
+    prices = [f"{p:.2f}" for p in simulate_prices(seed=3, steps=WINDOW)]
+    with service("ai-engine", tmp_path, env) as (_proc, url):
+        first = httpx.get(f"{url}/models").json()["serving"]
+        challenger = train_initial_model(8, steps=2_000)
+        uri = write_artifact(tmp_path / "models", "direction", challenger)
+        engine = create_engine(
+            DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/db/ai-engine.db")
+        )
+        try:
+            async with session_scope(create_session_factory(engine)) as session:
+                await register(session, "direction", challenger, uri, promote=True)
+        finally:
+            await engine.dispose()
+        poll(
+            lambda: httpx.get(f"{url}/models").json()["serving"] == challenger["version"],
+            10,
+            "the promoted model to serve",
+        )
+        signal = httpx.post(f"{url}/predict", json={"symbol": "SOLUSDT", "prices": prices}).json()
+        stages = {m["version"]: m["stage"] for m in httpx.get(f"{url}/models").json()["data"]}
+    assert signal["model_version"] == challenger["version"] != first
+    assert stages == {first: "retired", challenger["version"]: "active"}
