@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
@@ -67,6 +67,18 @@ class VenueReport:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class WorkingOrder:
+    """An open order as a restart finds it persisted, with the cash it holds reserved.
+
+    `reserved_cash` None (orders stored before reservations were) is re-derived as admission
+    does; for a market buy that uses its average fill price in place of the unknown ask.
+    """
+
+    order: Order
+    reserved_cash: Decimal | None = None
+
+
 class PaperVenue:
     """An in-memory spot venue. Cash is in the quote currency; holdings are per symbol.
 
@@ -96,6 +108,58 @@ class PaperVenue:
         self._quotes: dict[Symbol, Quote] = {}
         self._volume_used: dict[Symbol, Decimal] = {}
 
+    @classmethod
+    def restore(
+        cls,
+        *,
+        initial_cash: Decimal,
+        fills: Iterable[Fill],
+        open_orders: Iterable[WorkingOrder],
+        quotes: Iterable[Quote] = (),
+        config: VenueConfig | None = None,
+        seed: int = 0,
+    ) -> PaperVenue:
+        """The venue a restart finds: balances after every fill, the open orders and their
+        reservations, and the latest quotes (kept, not matched: they are not new ticks).
+
+        Fill ids continue where they stopped. The RNG starts again from `seed`.
+        """
+        venue = cls(cash=initial_cash, config=config, seed=seed)
+        for fill in fills:
+            holding = venue._holdings.get(fill.symbol, ZERO)
+            if fill.side is Side.BUY:
+                venue._cash -= fill.quantity * fill.price + fill.fee
+                venue._holdings[fill.symbol] = holding + fill.quantity
+            else:
+                venue._cash += fill.quantity * fill.price - fill.fee
+                venue._holdings[fill.symbol] = holding - fill.quantity
+            count = venue._fill_counts.get(fill.client_order_id, 0)
+            venue._fill_counts[fill.client_order_id] = count + 1
+        for working in open_orders:
+            order = working.order
+            if not order.status.is_open:
+                raise ValueError(f"order {order.client_order_id} is {order.status.value}, not open")
+            cid = order.client_order_id
+            venue._orders[cid] = order
+            if order.side is Side.SELL:
+                venue._reserved_quantity[cid] = order.remaining_quantity
+            else:
+                reserved = working.reserved_cash
+                if reserved is None:
+                    reserved = order.remaining_quantity * venue._worst_price_of(order)
+                venue._reserved_cash[cid] = reserved
+        for quote in quotes:
+            venue._quotes[quote.symbol] = quote
+        return venue
+
+    def _worst_price_of(self, order: Order) -> Decimal:
+        if order.limit_price is not None:
+            price = order.limit_price
+        else:
+            average = order.average_fill_price or ZERO
+            price = average * (1 + self._config.max_slippage_bps / BPS)
+        return price * self._fee_factor()
+
     @property
     def cash(self) -> Decimal:
         """Cash held, including the part reserved for open buy orders."""
@@ -122,6 +186,10 @@ class PaperVenue:
             ZERO,
         )
         return self.holding(symbol) - reserved
+
+    def reserved_cash_of(self, client_order_id: ClientOrderId) -> Decimal:
+        """Cash held back for the rest of one open buy order (0 for any other order)."""
+        return self._reserved_cash.get(client_order_id, ZERO)
 
     def order(self, client_order_id: ClientOrderId) -> Order:
         """The venue's current view of an order."""

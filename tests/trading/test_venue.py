@@ -4,8 +4,8 @@ import pytest
 
 from backend.trading.orders import InvalidTransition, OrderStatus
 from backend.trading.portfolio import Portfolio
-from backend.trading.types import ClientOrderId, Liquidity, Side, TimeInForce
-from backend.trading.venue import PaperVenue, UnknownOrder, VenueConfig
+from backend.trading.types import ClientOrderId, Fill, Liquidity, Side, TimeInForce
+from backend.trading.venue import PaperVenue, UnknownOrder, VenueConfig, WorkingOrder
 from tests.trading.factories import BTC, ETH, quote, request
 
 CASH = Decimal(10_000)
@@ -224,3 +224,69 @@ def test_portfolio_built_from_venue_fills_agrees_with_venue_cash() -> None:
     portfolio = Portfolio.replay(CASH, fills)
     assert portfolio.cash == v.cash
     assert portfolio.position(BTC).quantity == v.holding(BTC) == 5
+
+
+def restored(v: PaperVenue, fills: list[Fill], *, keep_reservations: bool = True) -> PaperVenue:
+    return PaperVenue.restore(
+        initial_cash=CASH,
+        fills=fills,
+        open_orders=[
+            WorkingOrder(o, v.reserved_cash_of(o.client_order_id) if keep_reservations else None)
+            for o in v.open_orders()
+        ],
+        quotes=[quote("100", "102", volume="10", ts_ms=2_000)],
+        config=VenueConfig(touch_fill_probability=0.5),
+    )
+
+
+def state(v: PaperVenue) -> tuple[object, ...]:
+    return (
+        v.cash,
+        v.reserved_cash,
+        v.available_cash,
+        v.holding(BTC),
+        v.available_quantity(BTC),
+        v.open_orders(),
+        [v.reserved_cash_of(o.client_order_id) for o in v.open_orders()],
+    )
+
+
+def busy_venue() -> tuple[PaperVenue, list[Fill]]:
+    """A partly filled market buy still working, a resting buy and a resting sell."""
+    v = venue()
+    fills: list[Fill] = []
+    fills += v.submit(request(Side.BUY, "15", cid="m-1"), now_ms=1_500).fills
+    fills += v.on_quote(quote("100", "102", volume="3", ts_ms=2_000))[0].fills
+    fills += v.submit(request(Side.BUY, "2", limit="95", cid="l-1"), now_ms=2_100).fills
+    fills += v.submit(request(Side.SELL, "4", limit="110", cid="s-1"), now_ms=2_200).fills
+    return v, fills
+
+
+def test_restore_rebuilds_balances_reservations_and_working_orders_exactly() -> None:
+    v, fills = busy_venue()
+    assert {o.client_order_id for o in v.open_orders()} == {"m-1", "l-1", "s-1"}
+    again = restored(v, fills)
+    assert state(again) == state(v)
+
+    # And both behave alike from here: fill ids continue, balances move the same way.
+    tick = quote("111", "112", volume="20", ts_ms=3_000)
+    original = [(r.order, r.fills) for r in v.on_quote(tick)]
+    assert [(r.order, r.fills) for r in again.on_quote(tick)] == original
+    assert any(f.fill_id == "m-1-3" for _order, fs in original for f in fs)
+    assert state(again) == state(v)
+
+
+def test_restore_without_stored_reservations_re_derives_them_as_admission_does() -> None:
+    v = venue()
+    v.submit(request(Side.BUY, "2", limit="95", cid="l-1"), now_ms=1_500)
+    assert restored(v, []).reserved_cash == v.reserved_cash == 2 * Decimal(95) * Decimal("1.001")
+    _v, fills = busy_venue()
+    market = restored(_v, fills, keep_reservations=False).reserved_cash_of(ClientOrderId("m-1"))
+    assert market > 0
+
+
+def test_restore_refuses_an_order_that_is_not_open() -> None:
+    v = venue()
+    done = v.submit(request(Side.BUY, "1", cid="d-1"), now_ms=1_500).order
+    with pytest.raises(ValueError, match="FILLED"):
+        PaperVenue.restore(initial_cash=CASH, fills=[], open_orders=[WorkingOrder(done)])
