@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from backend.infra.db.models import ModelVersion
 from backend.infra.eventbus import SignalGenerated
-from backend.infra.observability import ReadinessCheck
+from backend.infra.observability import ReadinessCheck, get_logger
 from backend.infra.service import Resources, Service, resources_of
 from backend.trading.features import FEATURE_NAMES, InsufficientHistory, compute_features
 from backend.trading.model import predict, train_initial_model
@@ -37,6 +37,12 @@ LATENCY = Histogram(
 )
 Res = Annotated[Resources, Depends(resources_of)]
 
+SIGNALS_UNPUBLISHED = Counter(
+    "ai_signals_unpublished_total", "Signals served but not announced on the bus (bus down)."
+)
+SIGNAL_PUBLISH_TIMEOUT_S = 1.0
+_log = get_logger("microservices.ai-engine")
+
 MODEL_INFO = Gauge("ai_model_serving", "1 for the model version being served.", ["version"])
 
 
@@ -56,6 +62,15 @@ class ServingModel:
     async def check_loaded(self) -> None:
         if self.artifact is None:
             raise RuntimeError("no model loaded yet")
+
+
+async def publish_signal(resources: Resources, signal: SignalGenerated) -> None:
+    """Announce the signal on the bus, but never hold a prediction up for it."""
+    try:
+        await asyncio.wait_for(resources.publisher.publish(signal), SIGNAL_PUBLISH_TIMEOUT_S)
+    except Exception as exc:  # the caller gets its prediction whatever the bus does
+        SIGNALS_UNPUBLISHED.inc()
+        _log.warning("signal not published", signal_id=signal.signal_id, error=repr(exc))
 
 
 def signal_id_for(model_version: str, symbol: str, source: str) -> str:
@@ -159,7 +174,8 @@ def create_service(settings: AiEngineSettings | None = None) -> Service:
             model_version=signal.model_version,
             signal_id=signal_id,
         )
-        await resources.publisher.publish(
+        await publish_signal(
+            resources,
             SignalGenerated(
                 signal_id=signal_id,
                 symbol=body.symbol,
@@ -168,7 +184,7 @@ def create_service(settings: AiEngineSettings | None = None) -> Service:
                 probability_up=signal.probability_up,
                 model_version=signal.model_version,
                 reference_price=body.prices[-1],
-            )
+            ),
         )
         return PredictionPublic(
             symbol=body.symbol,

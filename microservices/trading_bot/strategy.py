@@ -85,6 +85,7 @@ class SymbolState:
     prices: deque[Decimal]
     last_decision_at: float = float("-inf")
     last_tick_ms: int = 0
+    last_event_id: str = ""
 
 
 class TradingBot:
@@ -130,9 +131,11 @@ class TradingBot:
         if state is None:
             state = SymbolState(deque(maxlen=self.settings.window))
             self.symbols[tick.symbol] = state
-        # The model was trained on last-trade prices, so it is served the same series.
-        state.prices.append(tick.last)
-        state.last_tick_ms = tick.ts_ms
+        # The model was trained on last-trade prices, so it is served the same series. A
+        # redelivered tick (its decision failed) is not added twice.
+        if event.id != state.last_event_id:
+            state.prices.append(tick.last)
+            state.last_tick_ms, state.last_event_id = tick.ts_ms, event.id
         if not self.running or len(state.prices) < WINDOW:
             return
         now = time.monotonic()
@@ -142,12 +145,16 @@ class TradingBot:
         if age_ms > self.settings.max_tick_age_ms:
             DECISIONS.labels(Outcome.SKIPPED, "STALE_TICK").inc()
             return
-        state.last_decision_at = now
+        previous, state.last_decision_at = state.last_decision_at, now
         decision = Decision(tick.symbol, event.id, tick.ts_ms)
         with self.tracer.start_as_current_span("decide") as span:
             span.set_attribute("symbol", tick.symbol)
             try:
                 await self._decide(decision, tick, list(state.prices), event)
+            except BaseException:
+                # The bus delivers the tick again; the throttle must let that retry through.
+                state.last_decision_at = previous
+                raise
             finally:
                 span.set_attribute("outcome", decision.outcome.value)
                 span.set_attribute("reason", decision.reason)

@@ -139,7 +139,7 @@ def bot(
         "RISK_SAFETY_URL": url,
         "EXECUTION_URL": url,
         "PORTFOLIO_INTELLIGENCE_URL": url,
-        "BOT_DECISION_INTERVAL_MS": "0",
+        "BOT_DECISION_INTERVAL_MS": "1000",
         "BOT_MIN_CONFIDENCE": "0.6",
         "EVENTBUS_RETRY_BACKOFF_MS": "50",
     }
