@@ -74,7 +74,25 @@ class Child:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
-        return "\n".join("    " + line[:400] for line in text.strip().splitlines()[-lines:])
+        return "\n".join("    " + _readable(line) for line in text.strip().splitlines()[-lines:])
+
+
+def _readable(line: str) -> str:
+    """A JSON log line as `LEVEL logger: message key=value…`; anything else as it is."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line[:400]
+    if not isinstance(record, dict):
+        return line[:400]
+    skip = {"time", "level", "logger", "message", "color_message", "trace_id", "span_id"}
+    extra = " ".join(
+        f"{k}={v}"
+        for k, v in record.items()
+        if k not in skip and not k.startswith(("service.", "deployment."))
+    )
+    text = f"{record.get('level', '?')} {record.get('logger', '?')}: {record.get('message', '')}"
+    return (f"{text}  {extra}" if extra else text)[:400]
 
 
 def _env_float(name: str, default: float) -> float:
