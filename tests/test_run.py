@@ -74,8 +74,7 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, Path]]:
+def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -93,14 +92,20 @@ def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, Pa
         BOT_DECISION_INTERVAL_MS="300",
         FEED_RATE_HZ="10",
     )
-    process = subprocess.Popen(
+    env.update(overrides)
+    return subprocess.Popen(
         [sys.executable, "-m", "backend.run"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, Path]]:
+    process = start(tmp_path)
     try:
         yield process, Output(process), tmp_path
     finally:
@@ -125,3 +130,26 @@ def test_make_run_trades_and_ctrl_c_stops_every_process(
     output.wait_for(r"^Stopped\.", 5)
     assert [pid for pid in pids if alive(pid)] == [], "no process outlives the launcher"
     assert not any("killing it" in line for line in output.lines), "all stopped on SIGTERM"
+
+
+def test_a_service_that_never_gets_ready_is_named_with_its_log(tmp_path: Path) -> None:
+    # Nothing listens on port 9: every service waits for its database, none becomes ready.
+    process = start(
+        tmp_path,
+        RUN_READY_TIMEOUT_S="15",
+        DATABASE_URL="postgresql+asyncpg://nobody@127.0.0.1:9/none",
+    )
+    try:
+        output = Output(process)
+        assert process.wait(40) == 1
+        output.wait_for(r"^Stopped\.", 5)
+        text = "\n".join(output.lines)
+        assert re.search(r"Could not start: [a-z-]+ was not ready after 15s", text), text
+        assert '"database"' in text, "the failing dependency is named"
+        assert "the end of var/log/" in text
+        pids = [int(m) for m in re.findall(r"embedded, pid (\d+)", text)]
+        assert not any(alive(pid) for pid in pids)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
