@@ -41,6 +41,7 @@ class MarketFeed:
         self.settings = settings
         self.log = service.logger
         self.published = 0
+        self.finished = False
         if settings.mode == "replay":
             quotes = replay_quotes(settings)
             self.symbols: tuple[str, ...] = tuple(sorted({str(q.symbol) for q in quotes}))
@@ -86,6 +87,8 @@ class MarketFeed:
                 TICKS_PUBLISHED.labels(tick.symbol).inc()
                 self.watch.seen(tick.symbol, now_ms)
             self.published += len(ticks)
+        # A replay that reached its end is done, not stalled.
+        self.finished = True
         self.log.info("feed finished", published=self.published)
 
     async def watch_stalls(self, resources: Resources) -> None:
@@ -94,6 +97,8 @@ class MarketFeed:
         interval_s = max(0.05, self.settings.stall_ms / 4000.0)
         while True:
             await asyncio.sleep(interval_s)
+            if self.finished:
+                return
             new, recovered = self.watch.check(_now_ms())
             for stall in new:
                 FEED_STALLS.labels(stall.symbol).inc()
@@ -118,7 +123,7 @@ class MarketFeed:
                 self.log.info("feed recovered", feed=FEED, symbol=symbol)
 
     async def check_ready(self) -> None:
-        stalled = self.watch.stalled
+        stalled = [] if self.finished else self.watch.stalled
         if stalled:
             detail = ", ".join(f"{s.symbol} silent {s.silent_ms} ms" for s in stalled)
             raise RuntimeError(f"feed stalled: {detail}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ def test_replay_publishes_the_bundled_file_with_one_producer_span_per_tick(
             "FEED_MODE": "replay",
             "FEED_SPEEDUP": "200",
             "FEED_REPLAY_LOOP": "false",
+            "FEED_STALL_MS": "300",
         }
         prefix = env["EVENTBUS_PREFIX"]
         with service("eventbus-bridge", tmp_path, env) as (_proc, url):
@@ -53,8 +55,12 @@ def test_replay_publishes_the_bundled_file_with_one_producer_span_per_tick(
             got = [(t.data.symbol, t.data.last, t.data.ts_ms) for t in ticks[:40]]
             assert got == [(q.symbol, q.last, q.ts_ms) for q in quotes[:40]]
             assert all(t.source == "eventbus-bridge" and t.traceparent for t in ticks)
+            poll(lambda: len(events(redis_server, prefix, "market.tick")) == len(quotes), 10, "all")
+            time.sleep(0.6)  # twice the stall threshold: asserting that nothing is reported
+            assert httpx.get(f"{url}/health/ready").status_code == 200, "a finished replay is fine"
+            assert events(redis_server, prefix, "feed.stalled") == []
             metrics = httpx.get(f"{url}/metrics").text
-            assert 'feed_ticks_published_total{symbol="BTCUSDT"}' in metrics
+            assert 'feed_ticks_published_total{symbol="BTCUSDT"} 150.0' in metrics
             assert "feed_lag_seconds_count" in metrics
 
         trace_ids = {t.traceparent.split("-")[1] for t in ticks[:40]}
