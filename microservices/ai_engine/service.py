@@ -15,7 +15,12 @@ from backend.infra.db.models import ModelVersion
 from backend.infra.eventbus import SignalGenerated
 from backend.infra.observability import ReadinessCheck, get_logger
 from backend.infra.service import Resources, Service, resources_of
-from backend.trading.features import FEATURE_NAMES, InsufficientHistory, compute_features
+from backend.trading.features import (
+    FEATURE_NAMES,
+    WINDOW,
+    InsufficientHistory,
+    compute_features,
+)
 from backend.trading.model import predict, train_initial_model
 
 from . import registry
@@ -35,15 +40,14 @@ LATENCY = Histogram(
     "Time to compute one prediction (features and model).",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
-Res = Annotated[Resources, Depends(resources_of)]
-
+MODEL_INFO = Gauge("ai_model_serving", "1 for the model version being served.", ["version"])
 SIGNALS_UNPUBLISHED = Counter(
     "ai_signals_unpublished_total", "Signals served but not announced on the bus (bus down)."
 )
-SIGNAL_PUBLISH_TIMEOUT_S = 1.0
-_log = get_logger("microservices.ai-engine")
 
-MODEL_INFO = Gauge("ai_model_serving", "1 for the model version being served.", ["version"])
+SIGNAL_PUBLISH_TIMEOUT_S = 1.0
+Res = Annotated[Resources, Depends(resources_of)]
+_log = get_logger("microservices.ai-engine")
 
 
 class ServingModel:
@@ -157,7 +161,7 @@ def create_service(settings: AiEngineSettings | None = None) -> Service:
             except (InsufficientHistory, ValueError) as exc:
                 raise HTTPException(422, str(exc)) from exc
             signal = predict(artifact, features, hold_band=settings.hold_band)
-            source = body.source_id or ",".join(str(p) for p in body.prices[-len(features) :])
+            source = body.source_id or ",".join(str(p) for p in body.prices[-WINDOW:])
             signal_id = signal_id_for(signal.model_version, body.symbol, source)
             span.set_attribute("direction", signal.direction)
             span.set_attribute("confidence", signal.confidence)
