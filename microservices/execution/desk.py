@@ -1,15 +1,15 @@
-"""The order desk: one paper venue, serialised, whose every change is persisted, then published."""
+"""The order desk: one paper venue, serialised; each change and its events commit together."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from backend.infra.db import DatabaseError
+from backend.infra.db.models import FillRecord
 from backend.infra.eventbus import (
     Event,
     EventData,
@@ -26,11 +26,14 @@ from backend.infra.observability import (
     current_traceparent,
     links_from_traceparent,
 )
+from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 from backend.trading.orders import Order, OrderEventKind, OrderStatus
 from backend.trading.types import (
     ClientOrderId,
     Fill,
+    FillId,
+    Liquidity,
     OrderRequest,
     OrderType,
     Quote,
@@ -38,14 +41,11 @@ from backend.trading.types import (
     Symbol,
     TimeInForce,
 )
-from backend.trading.venue import PaperVenue, VenueConfig, VenueReport
+from backend.trading.venue import PaperVenue, VenueReport, WorkingOrder
 
 from . import metrics
 from .settings import ExecutionSettings
 from .store import OrderStore, StoredOrder
-
-ZERO = Decimal(0)
-BPS = Decimal(10_000)
 
 
 def now_ms() -> int:
@@ -75,8 +75,10 @@ class Submission:
 class OrderDesk:
     """Serialises venue calls (HTTP submits and cancels, market ticks) behind one lock.
 
-    Each venue report is persisted in one transaction before its events are published; if
-    the write fails the venue is rebuilt from the database, so memory never runs ahead of it.
+    Each venue report is persisted in one transaction together with its events (the
+    outbox), which are published after the commit; if the write fails the venue is rebuilt
+    from the database, so memory never runs ahead of it and no event announces what was not
+    committed.
     """
 
     def __init__(
@@ -98,23 +100,38 @@ class OrderDesk:
         self._accepted_at: dict[ClientOrderId, float] = {}
         self._traceparents: dict[ClientOrderId, str | None] = {}
         self._traded: set[Symbol] = set()
+        self._outbox: Outbox | None = None
+
+    @property
+    def outbox(self) -> Outbox:
+        """Where the desk's events wait for publication (created at start-up)."""
+        if self._outbox is None:
+            raise RuntimeError("the order desk has not started")
+        return self._outbox
 
     # Start-up ---------------------------------------------------------------------------------
 
     async def restore(self, _resources: Resources | None = None) -> None:
         """Rebuild balances, reservations and working orders from the database."""
+        if self._outbox is None:
+            r = self._resources
+            self._outbox = Outbox(r.sessions, r.publisher, source=r.name)
         async with self._lock:
             await self._restore()
 
+    async def run_outbox_relay(self, _resources: Resources | None = None) -> None:
+        """Publish events the request path could not (Redis down, an earlier process's)."""
+        await self.outbox.run_relay()
+
     async def _restore(self) -> None:
         fills, open_orders = await self.store.load_for_restore()
-        self.venue = restore_venue(
-            self.settings.initial_cash,
-            self._config,
-            self.settings.seed,
-            fills,
-            open_orders,
-            self._quotes.values(),
+        self.venue = PaperVenue.restore(
+            initial_cash=self.settings.initial_cash,
+            fills=[_fill_of(f) for f in fills],
+            open_orders=[WorkingOrder(_order_of(o), o.record.reserved_cash) for o in open_orders],
+            quotes=self._quotes.values(),
+            config=self._config,
+            seed=self.settings.seed,
         )
         self._traded = {Symbol(f.symbol) for f in fills}
         self._accepted_at = {
@@ -140,37 +157,48 @@ class OrderDesk:
         cid = request.client_order_id
         async with self._lock:
             existing = await self.store.get(cid)
-            if existing is not None:
-                metrics.DUPLICATES.inc()
-                self.log.info("duplicate order", client_order_id=cid)
-                return Submission(existing, created=False)
-            with self._tracer.start_as_current_span(
-                "order.submit", kind=SpanKind.INTERNAL, attributes=_order_attributes(request)
-            ) as span:
-                report = self.venue.submit(request, now_ms())
-                traceparent = current_traceparent()
-                await self._persist(report, traceparent=traceparent, decision=risk_decision_id)
-                span.set_attribute("order.status", report.order.status.value)
-                if report.reason:
-                    span.set_attribute("reason", report.reason)
-                if report.order.status.is_open:
-                    self._accepted_at[cid] = time.time()
-                    self._traceparents[cid] = traceparent
-                self.log.info(
-                    "order placed",
-                    client_order_id=cid,
-                    status=report.order.status.value,
-                    symbol=request.symbol,
-                    side=request.side.value,
-                    quantity=request.quantity,
-                    order_type=request.order_type.value,
-                    reason=report.reason,
-                )
-                await self._publish(report, submitted=request)
-                await self._publish_fills(report, link=None)
-            stored = await self.store.get(cid)
-        assert stored is not None
+            stored = existing or await self._submit(request, risk_decision_id)
+        # Also for a duplicate: a retry is a good moment to publish what an outage held back.
+        await self.outbox.publish_pending()
+        if existing is not None:
+            metrics.DUPLICATES.inc()
+            self.log.info("duplicate order", client_order_id=cid)
+            return Submission(existing, created=False)
         return Submission(stored, created=True)
+
+    async def _submit(self, request: OrderRequest, risk_decision_id: str) -> StoredOrder:
+        cid = request.client_order_id
+        with self._tracer.start_as_current_span(
+            "order.submit", kind=SpanKind.INTERNAL, attributes=_order_attributes(request)
+        ) as span:
+            report = self.venue.submit(request, now_ms())
+            traceparent = current_traceparent()
+            await self._settle(
+                report,
+                submitted=request,
+                link=None,
+                traceparent=traceparent,
+                decision=risk_decision_id,
+            )
+            span.set_attribute("order.status", report.order.status.value)
+            if report.reason:
+                span.set_attribute("reason", report.reason)
+            if report.order.status.is_open:
+                self._accepted_at[cid] = time.time()
+                self._traceparents[cid] = traceparent
+            self.log.info(
+                "order placed",
+                client_order_id=cid,
+                status=report.order.status.value,
+                symbol=request.symbol,
+                side=request.side.value,
+                quantity=request.quantity,
+                order_type=request.order_type.value,
+                reason=report.reason,
+            )
+        stored = await self.store.get(cid)
+        assert stored is not None
+        return stored
 
     async def cancel(self, client_order_id: str) -> StoredOrder:
         """Cancel one working order and release its reservation."""
@@ -188,6 +216,7 @@ class OrderDesk:
                 )
             await self._cancel(cid)
             stored = await self.store.get(cid)
+        await self.outbox.publish_pending()
         assert stored is not None
         return stored
 
@@ -198,6 +227,7 @@ class OrderDesk:
             for cid in cids:
                 await self._cancel(cid)
             result = [await self.store.get(cid) for cid in cids]
+        await self.outbox.publish_pending()
         return [o for o in result if o is not None]
 
     async def _cancel(self, cid: ClientOrderId) -> None:
@@ -205,10 +235,9 @@ class OrderDesk:
             "order.cancel", kind=SpanKind.INTERNAL, attributes={"client_order_id": cid}
         ):
             report = self.venue.cancel(cid, now_ms())
-            await self._persist(report)
+            await self._settle(report, link=None)
             self._forget(cid)
             self.log.info("order canceled", client_order_id=cid, symbol=report.order.symbol)
-            await self._publish(report)
 
     # Market data ------------------------------------------------------------------------------
 
@@ -228,12 +257,11 @@ class OrderDesk:
             reports = self.venue.on_quote(quote)
             for report in reports:
                 cid = report.order.client_order_id
-                link = self._traceparents.get(cid)
-                await self._persist(report)
-                await self._publish(report)
-                await self._publish_fills(report, link=link)
+                await self._settle(report, link=self._traceparents.get(cid))
                 if not report.order.status.is_open:
                     self._forget(cid)
+        if reports:
+            await self.outbox.publish_pending()
 
     def quotes(self) -> dict[Symbol, Quote]:
         """The latest quote of every symbol seen."""
@@ -246,11 +274,70 @@ class OrderDesk:
 
     # Persistence and publication -------------------------------------------------------------
 
+    async def _settle(
+        self,
+        report: VenueReport,
+        *,
+        link: str | None,
+        submitted: OrderRequest | None = None,
+        traceparent: str | None = None,
+        decision: str | None = None,
+    ) -> None:
+        """Persist one report with the events announcing it, in one transaction."""
+        order = report.order
+        events = [self.outbox.event(data) for data in _order_events(report, submitted)]
+        fill_records = [r for r in report.events if r.kind is OrderEventKind.FILL]
+        fills = list(zip(report.fills, fill_records, strict=True))
+        for fill, record in fills:
+            leaves = order.quantity - record.filled_quantity
+            # The fill's span is the parent of its order.filled event; a resting order's fill
+            # happens in the tick's trace and links to the order's.
+            with self._tracer.start_as_current_span(
+                "order.fill",
+                kind=SpanKind.INTERNAL,
+                links=links_from_traceparent(link, {"link.reason": "order"}),
+                attributes={
+                    **_fill_attributes(fill),
+                    "leaves_quantity": str(leaves),
+                    "resting": link is not None,
+                },
+            ):
+                events.append(self.outbox.event(_filled_event(fill, leaves)))
+        # Every transition row carries the trace that caused it: the request's or the tick's.
+        traceparent = traceparent or current_traceparent()
+        await self._persist(report, events, traceparent=traceparent, decision=decision)
+        for fill, record in fills:
+            self._observe_fill(fill, order)
+            self.log.info(
+                "order filled",
+                client_order_id=fill.client_order_id,
+                fill_id=fill.fill_id,
+                symbol=fill.symbol,
+                side=fill.side.value,
+                quantity=fill.quantity,
+                price=fill.price,
+                fee=fill.fee,
+                liquidity=fill.liquidity.value,
+                leaves_quantity=order.quantity - record.filled_quantity,
+            )
+
     async def _persist(
-        self, report: VenueReport, *, traceparent: str | None = None, decision: str | None = None
+        self,
+        report: VenueReport,
+        events: list[Event[Any]],
+        *,
+        traceparent: str | None = None,
+        decision: str | None = None,
     ) -> None:
         try:
-            await self.store.record(report, traceparent=traceparent, risk_decision_id=decision)
+            await self.store.record(
+                report,
+                outbox=self.outbox,
+                events=events,
+                reserved_cash=self.venue.reserved_cash_of(report.order.client_order_id),
+                traceparent=traceparent,
+                risk_decision_id=decision,
+            )
         except DatabaseError:
             self.log.exception(
                 "order not persisted; rebuilding the venue from the database",
@@ -264,79 +351,6 @@ class OrderDesk:
         for record in report.events:
             metrics.ORDERS.labels(record.to_status.value).inc()
         self._update_gauges()
-
-    async def _publish(self, report: VenueReport, submitted: OrderRequest | None = None) -> None:
-        order = report.order
-        events: list[EventData] = []
-        for record in report.events:
-            if record.kind is OrderEventKind.CREATED and submitted is not None:
-                events.append(_submitted_event(submitted))
-            elif record.kind is OrderEventKind.ACCEPT:
-                events.append(
-                    OrderAccepted(client_order_id=order.client_order_id, symbol=order.symbol)
-                )
-            elif record.kind is OrderEventKind.REJECT:
-                events.append(
-                    OrderRejected(
-                        client_order_id=order.client_order_id,
-                        symbol=order.symbol,
-                        reason=record.reason,
-                    )
-                )
-            elif record.kind is OrderEventKind.CANCEL:
-                events.append(
-                    OrderCanceled(
-                        client_order_id=order.client_order_id,
-                        symbol=order.symbol,
-                        filled_quantity=record.filled_quantity,
-                        reason=record.reason,
-                    )
-                )
-        if events:
-            await self._resources.publisher.publish_many(events)
-
-    async def _publish_fills(self, report: VenueReport, *, link: str | None) -> None:
-        order = report.order
-        fill_records = [r for r in report.events if r.kind is OrderEventKind.FILL]
-        for fill, record in zip(report.fills, fill_records, strict=True):
-            leaves = order.quantity - record.filled_quantity
-            with self._tracer.start_as_current_span(
-                "order.fill",
-                kind=SpanKind.INTERNAL,
-                links=links_from_traceparent(link, {"link.reason": "order"}),
-                attributes={
-                    **_fill_attributes(fill),
-                    "leaves_quantity": str(leaves),
-                    "resting": link is not None,
-                },
-            ):
-                self._observe_fill(fill, order)
-                self.log.info(
-                    "order filled",
-                    client_order_id=fill.client_order_id,
-                    fill_id=fill.fill_id,
-                    symbol=fill.symbol,
-                    side=fill.side.value,
-                    quantity=fill.quantity,
-                    price=fill.price,
-                    fee=fill.fee,
-                    liquidity=fill.liquidity.value,
-                    leaves_quantity=leaves,
-                )
-                await self._resources.publisher.publish(
-                    OrderFilled(
-                        fill_id=fill.fill_id,
-                        client_order_id=fill.client_order_id,
-                        symbol=fill.symbol,
-                        side=fill.side.value,
-                        quantity=fill.quantity,
-                        price=fill.price,
-                        fee=fill.fee,
-                        liquidity=fill.liquidity.value,
-                        leaves_quantity=leaves,
-                        ts_ms=fill.ts_ms,
-                    )
-                )
 
     def _observe_fill(self, fill: Fill, order: Order) -> None:
         self._traded.add(fill.symbol)
@@ -354,49 +368,6 @@ class OrderDesk:
         metrics.OPEN_ORDERS.set(len(self.venue.open_orders()))
         metrics.RESERVED_CASH.set(float(self.venue.reserved_cash))
         metrics.AVAILABLE_CASH.set(float(self.venue.available_cash))
-
-
-def restore_venue(
-    initial_cash: Decimal,
-    config: VenueConfig,
-    seed: int,
-    fills: Sequence[Any],
-    open_orders: Sequence[StoredOrder],
-    quotes: Iterable[Quote] = (),
-) -> PaperVenue:
-    """A venue whose balances follow every persisted fill and whose book holds the open orders.
-
-    PaperVenue has no restore API yet, so working orders, their fill counters (fill ids
-    continue where they stopped), reservations and the latest quotes are set here. Reservations
-    are computed as its admission does: buys reserve the remaining quantity at the worst price
-    plus the higher fee rate, sells the remaining quantity. Quotes are kept without matching:
-    they are market data already seen, not new ticks.
-    """
-    cash = initial_cash
-    holdings: dict[Symbol, Decimal] = {}
-    for fill in fills:
-        side = Side(fill.side)
-        symbol = Symbol(fill.symbol)
-        notional = fill.quantity * fill.price
-        cash += -notional - fill.fee if side is Side.BUY else notional - fill.fee
-        holdings[symbol] = holdings.get(symbol, ZERO) + fill.quantity * side.sign
-    venue = PaperVenue(cash=cash, holdings=holdings, config=config, seed=seed)
-    fee_factor = 1 + max(config.taker_fee_bps, config.maker_fee_bps) / BPS
-    for stored in open_orders:
-        order = _order_of(stored)
-        cid = order.client_order_id
-        venue._orders[cid] = order
-        venue._fill_counts[cid] = len(stored.fills)
-        if order.side is Side.SELL:
-            venue._reserved_quantity[cid] = order.remaining_quantity
-        else:
-            worst = order.limit_price or (order.average_fill_price or ZERO) * (
-                1 + config.max_slippage_bps / BPS
-            )
-            venue._reserved_cash[cid] = order.remaining_quantity * worst * fee_factor
-    for quote in quotes:
-        venue._quotes[quote.symbol] = quote
-    return venue
 
 
 def _order_of(stored: StoredOrder) -> Order:
@@ -460,4 +431,62 @@ def _submitted_event(request: OrderRequest) -> OrderSubmitted:
         limit_price=request.limit_price,
         time_in_force=request.time_in_force.value,
         reduce_only=request.reduce_only,
+    )
+
+
+def _order_events(report: VenueReport, submitted: OrderRequest | None) -> list[EventData]:
+    """The order.* events announcing one report's transitions (fills are announced apart)."""
+    order = report.order
+    events: list[EventData] = []
+    for record in report.events:
+        if record.kind is OrderEventKind.CREATED and submitted is not None:
+            events.append(_submitted_event(submitted))
+        elif record.kind is OrderEventKind.ACCEPT:
+            events.append(OrderAccepted(client_order_id=order.client_order_id, symbol=order.symbol))
+        elif record.kind is OrderEventKind.REJECT:
+            events.append(
+                OrderRejected(
+                    client_order_id=order.client_order_id,
+                    symbol=order.symbol,
+                    reason=record.reason,
+                )
+            )
+        elif record.kind is OrderEventKind.CANCEL:
+            events.append(
+                OrderCanceled(
+                    client_order_id=order.client_order_id,
+                    symbol=order.symbol,
+                    filled_quantity=record.filled_quantity,
+                    reason=record.reason,
+                )
+            )
+    return events
+
+
+def _filled_event(fill: Fill, leaves: Decimal) -> OrderFilled:
+    return OrderFilled(
+        fill_id=fill.fill_id,
+        client_order_id=fill.client_order_id,
+        symbol=fill.symbol,
+        side=fill.side.value,
+        quantity=fill.quantity,
+        price=fill.price,
+        fee=fill.fee,
+        liquidity=fill.liquidity.value,
+        leaves_quantity=leaves,
+        ts_ms=fill.ts_ms,
+    )
+
+
+def _fill_of(row: FillRecord) -> Fill:
+    return Fill(
+        FillId(row.fill_id),
+        ClientOrderId(row.client_order_id),
+        Symbol(row.symbol),
+        Side(row.side),
+        row.quantity,
+        row.price,
+        row.fee,
+        Liquidity(row.liquidity),
+        int(row.filled_at.timestamp() * 1000),
     )

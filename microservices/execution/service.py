@@ -24,6 +24,7 @@ def create_service(settings: ExecutionSettings | None = None) -> Service:
     desk = OrderDesk(settings, service.resources, service.logger, service.tracer)
     service.resources.extras["desk"] = desk
     service.on_startup(desk.restore)
+    service.background("outbox-relay", desk.run_outbox_relay)
     service.subscribe(MarketTick, desk.on_tick)
     service.app.include_router(router)
     return service

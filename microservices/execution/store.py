@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import FillRecord, OrderEventRow, OrderRecord
+from backend.infra.eventbus import Event
+from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 from backend.trading.orders import Order, OrderStatus
 from backend.trading.venue import VenueReport
@@ -41,10 +45,14 @@ class OrderStore:
         self,
         report: VenueReport,
         *,
+        outbox: Outbox,
+        events: Sequence[Event[Any]] = (),
+        reserved_cash: Decimal = Decimal(0),
         traceparent: str | None = None,
         risk_decision_id: str | None = None,
     ) -> None:
-        """Persist what one venue call did: the order's state, its transitions and fills."""
+        """Persist what one venue call did: the order's state and reservation, its transitions
+        and fills, and the events announcing them (into the outbox, in the same commit)."""
         order = report.order
         trace_id = traceparent.split("-")[1] if traceparent else None
         async with self._resources.session() as session:
@@ -67,6 +75,7 @@ class OrderStore:
                 )
                 session.add(row)
             _copy_progress(row, order)
+            row.reserved_cash = reserved_cash
             await session.flush()
             for event in report.events:
                 session.add(
@@ -100,6 +109,8 @@ class OrderStore:
                         filled_at=to_datetime(fill.ts_ms),
                     )
                 )
+            for announcement in events:
+                outbox.add(session, announcement)
 
     async def get(self, client_order_id: str) -> StoredOrder | None:
         """One order and its fills; None if unknown."""

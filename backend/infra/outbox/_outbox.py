@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -89,37 +90,53 @@ class Outbox:
     def add(self, session: AsyncSession, item: EventData | Event[Any]) -> str:
         """Write one event in `session`'s transaction; returns its event id.
 
-        Plain data gets a new id and the current time; pass an `Event` to choose them. The
-        trace context active now is stored, so the event continues this trace when published.
+        Plain data gets a new id, the current time and the active trace context (see `event`);
+        an `Event` keeps its id and time, and its trace context when it has one. The stored
+        context is the published event's parent, so it continues that trace.
         """
-        if isinstance(item, Event):
-            event_id, time_, data = item.id, item.time, item.data
-        else:
-            event_id, time_, data = new_event_id(), datetime.now(UTC), item
-        spec = self._catalogue.spec_for_model(type(data))
-        carrier = inject_trace_context({})
+        event = item if isinstance(item, Event) else self.event(item)
+        if event.traceparent is None:
+            event = self.event(event.data, event_id=event.id, time=event.time)
+        spec = self._catalogue.spec_for_model(type(event.data))
         session.add(
             OutboxEvent(
-                event_id=event_id,
+                event_id=event.id,
                 source=self._source,
                 event_type=spec.type,
                 schema_version=spec.version,
-                event_time=time_,
-                data=data.model_dump_json(),
-                traceparent=carrier.get("traceparent"),
-                tracestate=carrier.get("tracestate") or None,
-                baggage=carrier.get("baggage") or None,
+                event_time=event.time,
+                data=event.data.model_dump_json(),
+                traceparent=event.traceparent,
+                tracestate=event.tracestate,
+                baggage=event.baggage,
                 attempts=0,
             )
         )
         self._watch(session.sync_session)
-        return event_id
+        return event.id
+
+    def event(
+        self, data: EventData, *, event_id: str | None = None, time: datetime | None = None
+    ) -> Event[Any]:
+        """An event of this source carrying the trace context active now, to `add` later
+        (from inside another span, or in a transaction opened after this one ended)."""
+        carrier = inject_trace_context({})
+        return Event(
+            id=event_id or new_event_id(),
+            type=self._catalogue.spec_for_model(type(data)).type,
+            source=self._source,
+            time=time or datetime.now(UTC),
+            data=data,
+            traceparent=carrier.get("traceparent"),
+            tracestate=carrier.get("tracestate") or None,
+            baggage=carrier.get("baggage") or None,
+        )
 
     def _watch(self, session: Session) -> None:
         if session.info.get(_WATCHED) is self:
             return
         session.info[_WATCHED] = self
-        event.listen(session, "after_commit", self._on_commit)
+        sa_event.listen(session, "after_commit", self._on_commit)
 
     def _on_commit(self, _session: Session) -> None:
         self._committed += 1
