@@ -218,12 +218,12 @@ def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
     assert logged["trace_id"] == trace_id and logged["outcome"] == "ORDERED"
 
 
-def place_resting_buy(p: Pipeline, quote: dict[str, Any]) -> tuple[str, str, str]:
-    """Check and place a limit buy 2 bp under the ask with a traceparent of this test's own."""
+def place_resting_buy(p: Pipeline, quote: dict[str, Any]) -> tuple[str, str]:
+    """Check and place a limit buy 2 bp under the ask; returns its client order id and status."""
     limit = (Decimal(quote["ask"]) * Decimal("0.9998")).quantize(Decimal("0.01"), ROUND_FLOOR)
     coid = f"accept-limit-{uuid.uuid4().hex[:12]}"
-    trace_id = secrets.token_hex(16)
-    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    # Each placement starts a trace of its own.
+    headers = {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
     body = {
         "client_order_id": coid,
         "symbol": quote["symbol"],
@@ -243,10 +243,10 @@ def place_resting_buy(p: Pipeline, quote: dict[str, Any]) -> tuple[str, str, str
         headers=headers,
     )
     assert placed.status_code == 201, placed.text
-    return coid, trace_id, placed.json()["status"]
+    return coid, placed.json()["status"]
 
 
-def a_filled_order(p: Pipeline, coids: dict[str, str]) -> str | None:
+def a_filled_order(p: Pipeline, coids: list[str]) -> str | None:
     for coid in coids:
         order = httpx.get(f"{p.url('execution')}/orders/{coid}").json()
         if Decimal(str(order["filled_quantity"])) > 0:
@@ -260,14 +260,14 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
     # order. An order the market crossed before it arrived fills at once and does not count;
     # orders still resting after a round are canceled and placed again at the new quotes.
     coid = None
-    orders: dict[str, str] = {}
+    orders: list[str] = []
     for _round in range(6):
-        resting = {}
+        resting = []
         for quote in sorted(httpx.get(f"{p.url('execution')}/quotes").json(), key=str):
-            placed, trace_id, status = place_resting_buy(p, quote)
+            placed, status = place_resting_buy(p, quote)
             if status == "ACCEPTED":
-                resting[placed] = trace_id
-        orders.update(resting)
+                resting.append(placed)
+        orders += resting
         try:
             coid = poll(lambda r=resting: a_filled_order(p, r), 5, "a resting limit order to fill")
             break
@@ -275,12 +275,17 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
             for other in resting:
                 httpx.post(f"{p.url('execution')}/orders/{other}/cancel")
     assert coid is not None, "no resting limit order filled in six rounds"
-    order_trace = orders[coid]
+    # The order's trace, as execution logged it when the order was placed.
+    (order_trace,) = [
+        line["trace_id"]
+        for line in p.logs("execution")
+        if line["message"] == "order placed" and line.get("client_order_id") == coid
+    ]
 
     def fill_span(spans: list[ReceivedSpan]) -> bool:
         return any(
             s.name == "order.fill" and s.attributes.get("client_order_id") == coid for s in spans
-        )
+        ) and any(s.trace_id == order_trace and s.kind == SERVER for s in spans)
 
     spans = p.otlp.wait_for(fill_span, timeout_s=20)
     (fill, *_) = [
@@ -291,6 +296,7 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
     linked = {trace for trace, _span in fill.links}
     assert order_trace in linked
     placing = [s for s in spans if s.trace_id == order_trace and service_of(s) == "execution"]
+    assert any(s.kind == SERVER and s.attributes.get("http.route") == "/orders" for s in placing)
     assert {span for trace, span in fill.links if trace == order_trace} <= {
         s.span_id for s in placing
     }
