@@ -9,6 +9,10 @@ fill. State lives under `./var` (SQLite files, Redis data, model artifacts); eac
 JSON log goes to `./var/log/<service>.log`. SIGINT or SIGTERM stops the services (SIGTERM,
 then SIGKILL after `RUN_STOP_TIMEOUT_S`) and then the embedded Redis.
 
+Without `OTLP_ENDPOINT`, an embedded trace viewer (`backend.infra.traceview`) is started on
+port 16686 and the services export their spans to it; with `OTLP_ENDPOINT` set, spans go there
+instead (`RUN_TRACEVIEW=false` starts no viewer).
+
 Environment: `REDIS_URL`, `DATABASE_URL` and `OTLP_ENDPOINT` are passed through;
 `RUN_PORT_OFFSET` shifts every port (e.g. 10000 serves ai-engine on 18001);
 `RUN_READY_TIMEOUT_S` (default 120) and `RUN_STOP_TIMEOUT_S` (default 20).
@@ -41,6 +45,7 @@ SERVICES: tuple[tuple[str, str, int], ...] = (
     ("trading-bot", "trading_bot", 8006),
     ("eventbus-bridge", "eventbus_bridge", 8012),
 )
+TRACEVIEW_PORT = 16686
 
 
 class LaunchError(Exception):
@@ -52,9 +57,10 @@ class Child:
     """One service process and where its log goes."""
 
     name: str
-    package: str
+    args: list[str]
     port: int
     log_path: Path
+    ready_path: str = "/health/ready"
     process: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
 
@@ -130,9 +136,31 @@ class Launcher:
         self.log_dir = var_dir / "log"
         offset = int(_env_float("RUN_PORT_OFFSET", 0))
         self.children = [
-            Child(name, package, port + offset, self.log_dir / f"{name}.log")
+            Child(
+                name,
+                [str(ROOT / "microservices" / package / "main.py")],
+                port + offset,
+                self.log_dir / f"{name}.log",
+            )
             for name, package, port in SERVICES
         ]
+        self.otlp_endpoint = os.environ.get("OTLP_ENDPOINT", "").strip()
+        self.traceview: Child | None = None
+        if not self.otlp_endpoint and os.environ.get("RUN_TRACEVIEW", "true").lower() != "false":
+            port = TRACEVIEW_PORT + offset
+            self.traceview = Child(
+                "traceview",
+                ["-m", "backend.infra.traceview", "--port", str(port)],
+                port,
+                self.log_dir / "traceview.log",
+                ready_path="/api/traces",
+            )
+            self.otlp_endpoint = self.traceview.url
+        too_high = [c.name for c in self.processes if not 0 < c.port < 65536]
+        if too_high:
+            raise LaunchError(
+                f"RUN_PORT_OFFSET={offset} puts {', '.join(too_high)} past port 65535"
+            )
         self.ready_timeout_s = _env_float("RUN_READY_TIMEOUT_S", 120.0)
         self.stop_timeout_s = _env_float("RUN_STOP_TIMEOUT_S", 20.0)
         self.stopping = threading.Event()
@@ -162,16 +190,25 @@ class Launcher:
         )
         for other in self.children:
             env[other.env_name] = other.url
+        if self.traceview is not None:
+            env.update(
+                OTLP_ENDPOINT=self.otlp_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"
+            )
         return env
+
+    @property
+    def processes(self) -> list[Child]:
+        """Every child process: the trace viewer (if any) first, then the services."""
+        return ([self.traceview] if self.traceview else []) + self.children
 
     def start_services(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for child in self.children:
+        for child in self.processes:
             child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - closed in stop()
             # A session of its own: the terminal's Ctrl-C reaches only this launcher, which
             # then stops the services in order instead of all of them racing each other.
             child.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "microservices" / child.package / "main.py")],
+                [sys.executable, *child.args],
                 env=self.child_env(child),
                 stdin=subprocess.DEVNULL,
                 stdout=child.log_file,
@@ -181,7 +218,7 @@ class Launcher:
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
-        pending = list(self.children)
+        pending = list(self.processes)
         while pending:
             if self.stopping.is_set():
                 raise LaunchError("interrupted while starting")
@@ -192,16 +229,16 @@ class Launcher:
                         f"{child.process.returncode if child.process else '?'}); "
                         f"the end of {child.log_path}:\n{child.log_tail()}"
                     )
-                status, _ = _get_json(child.url + "/health/ready", timeout_s=1.0)
+                status, _ = _get_json(child.url + child.ready_path, timeout_s=1.0)
                 if status == 200:
                     pending.remove(child)
                     _say(f"  ready  {child.name:<24} {child.url}")
             if pending and time.monotonic() > deadline:
                 child = pending[0]
-                _, body = _get_json(child.url + "/health/ready", timeout_s=1.0)
+                _, body = _get_json(child.url + child.ready_path, timeout_s=1.0)
                 raise LaunchError(
                     f"{child.name} was not ready after {self.ready_timeout_s:g}s "
-                    f"(/health/ready: {json.dumps(body) if body else 'no answer'}); "
+                    f"({child.ready_path}: {json.dumps(body) if body else 'no answer'}); "
                     f"the end of {child.log_path}:\n{child.log_tail()}"
                 )
             if pending:
@@ -209,7 +246,7 @@ class Launcher:
 
     def print_guide(self) -> None:
         lines = ["", "Quantum Trader is running.", ""]
-        for child in self.children:
+        for child in self.processes:
             pid = child.process.pid if child.process else "?"
             lines.append(f"  {child.name:<24} {child.url:<24} pid {pid}")
         lines += [
@@ -223,7 +260,11 @@ class Launcher:
             f"  redis:         {self.redis_url}"
             + (f" (embedded, pid {self.redis.pid})" if self.redis else ""),
             "  traces:        "
-            + (os.environ.get("OTLP_ENDPOINT") or "set OTLP_ENDPOINT to export spans"),
+            + (
+                f"{self.traceview.url}  (embedded viewer: search a client order id or symbol)"
+                if self.traceview
+                else (self.otlp_endpoint or "not exported (tracing off)")
+            ),
             "",
             "Fills appear below as they happen. Ctrl-C stops everything.",
             "",
@@ -241,7 +282,7 @@ class Launcher:
         execution = self.child("execution").url
         portfolio = self.child("portfolio-intelligence").url
         while not self.stopping.wait(1.0):
-            for child in self.children:
+            for child in self.processes:
                 if not child.alive():
                     _say(
                         f"\n{child.name} stopped unexpectedly; the end of {child.log_path}:\n"
@@ -258,6 +299,7 @@ class Launcher:
     # Stop --------------------------------------------------------------------------------------
 
     def stop(self) -> None:
+        # The viewer is stopped last, so it receives the services' final spans.
         for child in reversed(self.children):
             if child.alive() and child.process is not None:
                 child.process.send_signal(signal.SIGTERM)
@@ -273,6 +315,17 @@ class Launcher:
                 child.process.wait()
             if child.log_file is not None:
                 child.log_file.close()
+        if self.traceview is not None and self.traceview.process is not None:
+            viewer = self.traceview.process
+            if viewer.poll() is None:
+                viewer.send_signal(signal.SIGTERM)
+            try:
+                viewer.wait(5)
+            except subprocess.TimeoutExpired:
+                viewer.kill()
+                viewer.wait()
+            if self.traceview.log_file is not None:
+                self.traceview.log_file.close()
         if self.redis is not None:
             self.redis.stop()
         _say("Stopped.")
@@ -303,7 +356,11 @@ def _describe(fill: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    launcher = Launcher(Path(os.environ.get("RUN_VAR_DIR", "var")))
+    try:
+        launcher = Launcher(Path(os.environ.get("RUN_VAR_DIR", "var")))
+    except LaunchError as exc:
+        _say(f"Could not start: {exc}")
+        return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, launcher.on_signal)
     code = 0

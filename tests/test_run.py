@@ -14,17 +14,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.acceptance.harness import poll
 from tests.support.procs import ROOT
 
-SERVICE_PORTS = (8001, 8002, 8003, 8004, 8006, 8012)
+SERVICE_PORTS = (8001, 8002, 8003, 8004, 8006, 8012, 16686)
 
 
 def free_offset() -> int:
     """A port offset at which all six service ports are free."""
     for _ in range(50):
-        offset = random.randrange(20_000, 50_000, 100)
+        offset = random.randrange(20_000, 45_000, 100)
         try:
             for port in SERVICE_PORTS:
                 with socket.socket() as s:
@@ -40,6 +42,7 @@ class Output:
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self.lines: list[str] = []
+        self.closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
         self._thread.start()
@@ -50,6 +53,9 @@ class Output:
             with self._cond:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
     def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
         regex = re.compile(pattern)
@@ -60,9 +66,9 @@ class Output:
                     if match := regex.search(line):
                         return match
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self.closed:
                     text = "\n".join(self.lines[-40:])
-                    raise AssertionError(f"no line matching {pattern!r} in {timeout_s:g}s:\n{text}")
+                    raise AssertionError(f"no line matching {pattern!r}:\n{text}")
                 self._cond.wait(remaining)
 
 
@@ -85,7 +91,6 @@ def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
         PYTHONUNBUFFERED="1",
         RUN_PORT_OFFSET=str(free_offset()),
         RUN_READY_TIMEOUT_S="60",
-        ENABLE_TRACING="false",
         AI_TRAIN_STEPS="3000",
         AI_HOLD_BAND="0",
         BOT_MIN_CONFIDENCE="0",
@@ -120,10 +125,19 @@ def test_make_run_trades_and_ctrl_c_stops_every_process(
     process, output, cwd = launcher
     output.wait_for(r"Quantum Trader is running", 75)
     pids = [int(m) for m in re.findall(r" pid (\d+)", "\n".join(output.lines))]
-    assert len(pids) == 7, "six services and the embedded Redis"
+    assert len(pids) == 8, "six services, the trace viewer and the embedded Redis"
     assert all(alive(pid) for pid in pids)
-    output.wait_for(r"^\s+fill\s+(BUY|SELL) ", 45)
+    fill = output.wait_for(r"^\s+fill\s+(BUY|SELL) .* order (\S+)$", 45)
     assert (cwd / "var" / "log" / "trading-bot.log").stat().st_size > 0
+
+    # The embedded viewer holds the trade's trace, found by its client order id.
+    viewer = output.wait_for(r"traces:\s+(http://\S+)", 1).group(1)
+    traces = poll(
+        lambda: httpx.get(f"{viewer}/api/traces", params={"q": fill.group(2)}).json()["data"],
+        15,
+        "the trade's trace in the viewer",
+    )
+    assert {"trading-bot", "execution", "eventbus-bridge"} <= set(traces[0]["services"])
 
     process.send_signal(signal.SIGINT)
     assert process.wait(40) == 0
@@ -137,6 +151,8 @@ def test_a_service_that_never_gets_ready_is_named_with_its_log(tmp_path: Path) -
     process = start(
         tmp_path,
         RUN_READY_TIMEOUT_S="15",
+        RUN_TRACEVIEW="false",
+        ENABLE_TRACING="false",
         DATABASE_URL="postgresql+asyncpg://nobody@127.0.0.1:9/none",
     )
     try:
