@@ -60,28 +60,32 @@ async def _engine_for(target: EngineOrUrl) -> AsyncIterator[AsyncEngine]:
 
 
 @asynccontextmanager
-async def _migration_lock(conn: AsyncConnection) -> AsyncIterator[None]:
-    """Serialise migrations when several services start at once against one database."""
-    url = conn.engine.url
-    if url.get_backend_name() == "postgresql":
-        # Released automatically when the migration transaction ends.
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        yield
-        return
+async def _sqlite_file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Serialise SQLite migrations across processes, taken before any connection is opened.
+
+    SQLite takes its write lock lazily, after Alembic has read the current revision, and a
+    connection opened while another process migrates waits only `busy_timeout` (its WAL pragma
+    needs the lock), so the file lock must come first.
+    """
+    url = engine.url
     database = url.database
-    if not database or database == ":memory:":
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
         yield
         return
     lock_path = Path(f"{database}.migrate.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a") as handle:
-        # SQLite takes its write lock lazily, after Alembic has read the current revision;
-        # a file lock keeps two processes from both deciding to create the same tables.
         await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+async def _pg_lock(conn: AsyncConnection) -> None:
+    """Serialise PostgreSQL migrations; released when the migration transaction ends."""
+    if conn.engine.url.get_backend_name() == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
 
 
 def _run(connection: Connection, action: str, revision: str) -> None:
@@ -101,7 +105,8 @@ async def _apply(target: EngineOrUrl, action: str, revision: str) -> str | None:
     async with _engine_for(target) as engine:
         where = describe(engine.url)
         try:
-            async with engine.begin() as conn, _migration_lock(conn):
+            async with _sqlite_file_lock(engine), engine.begin() as conn:
+                await _pg_lock(conn)
                 before = await conn.run_sync(_current)
                 await conn.run_sync(_run, action, revision)
                 after = await conn.run_sync(_current)
