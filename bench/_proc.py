@@ -27,12 +27,17 @@ def cpus() -> tuple[set[int], set[int]]:
 
 
 def spawn(
-    args: Sequence[str], env: dict[str, str] | None = None, cores: set[int] | None = None,
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    cores: set[int] | None = None,
     stdout: int | None = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, *args], env=full_env, cwd=ROOT, stdout=stdout,
+        [sys.executable, *args],
+        env=full_env,
+        cwd=ROOT,
+        stdout=stdout,
         stderr=subprocess.DEVNULL,
     )
     if cores:

@@ -41,14 +41,24 @@ def run_one(name: str, sink_port: int, seconds: float, connections: int) -> dict
     }
     urllib.request.urlopen(f"http://127.0.0.1:{sink_port}/reset").read()
     with tempfile.TemporaryFile() as log:
-        server = spawn(["-m", "bench.http_app", config, str(port)], env, server_cores,
-                       stdout=log.fileno())
+        server = spawn(
+            ["-m", "bench.http_app", config, str(port)], env, server_cores, stdout=log.fileno()
+        )
         try:
             wait_http(port)
             load = spawn(
-                ["-m", "bench.loadgen", "--port", str(port), "--seconds", str(seconds),
-                 "--connections", str(connections)],
-                cores=load_cores, stdout=subprocess.PIPE,
+                [
+                    "-m",
+                    "bench.loadgen",
+                    "--port",
+                    str(port),
+                    "--seconds",
+                    str(seconds),
+                    "--connections",
+                    str(connections),
+                ],
+                cores=load_cores,
+                stdout=subprocess.PIPE,
             )
             out, _ = load.communicate(timeout=seconds + 60)
             result: dict[str, float] = json.loads(out)
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict[str, list[float]] = {n: [] for n in names}
     try:
         for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             round_results = {}
             for name in order:
                 res = run_one(name, sink_port, args.seconds, args.connections)
@@ -91,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         stop(sink)
 
     print()
-    print(f"HTTP: {args.rounds} rounds x {args.seconds:g} s, {args.connections} connections, "
-          "uvicorn 1 worker on its own core")
-    print(f"{'configuration':<18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} "
-          f"{'spans/req':>9} {'logs/req':>8}  target")
+    print(
+        f"HTTP: {args.rounds} rounds x {args.seconds:g} s, {args.connections} connections, "
+        "uvicorn 1 worker on its own core"
+    )
+    print(
+        f"{'configuration':<18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>7} "
+        f"{'spans/req':>9} {'logs/req':>8}  target"
+    )
     ok = True
     for name in names:
         rps = statistics.median(x["rps"] for x in runs[name])
@@ -110,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         sent = sum(x["sent"] for x in runs[name])
         spans = sum(x["spans"] for x in runs[name]) / sent
         logs = sum(x["log_lines"] for x in runs[name]) / sent
-        print(f"{name:<18} {rps:8.0f} {p50:8.2f} {p99:8.2f} {ratio:7.2f} {spans:9.3f} "
-              f"{logs:8.3f}  {mark}")
+        print(
+            f"{name:<18} {rps:8.0f} {p50:8.2f} {p99:8.2f} {ratio:7.2f} {spans:9.3f} "
+            f"{logs:8.3f}  {mark}"
+        )
     print("spans/req: spans the OTLP receiver got per request sent (1.0 = every request traced)")
     return 0 if ok else 1
 

@@ -96,8 +96,7 @@ def build(config: str) -> FastAPI:
 def main() -> None:
     config, port = sys.argv[1], int(sys.argv[2])
     app = build(config)
-    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning",
-                workers=1)
+    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning", workers=1)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ _stats = {"spans": 0, "requests": 0}
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+
+    def do_GET(self) -> None:
         with _lock:
             body = json.dumps(_stats).encode()
             if self.path == "/reset":
@@ -30,7 +31,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         request = ExportTraceServiceRequest.FromString(self.rfile.read(length))
         spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
