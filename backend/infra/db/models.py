@@ -101,7 +101,12 @@ class ModelVersion(Base):
     name: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(16), default="candidate")
-    artifact_uri: Mapped[str] = mapped_column(String(500))
+    # A file the artifact was written to: before revision 0004 its only copy, now optional.
+    artifact_uri: Mapped[str | None] = mapped_column(String(500))
+    # The artifact's JSON as text, not JSON/JSONB: the digest covers these exact characters,
+    # which JSONB would re-serialise. Loading it is parsing data, never running code.
+    artifact: Mapped[str | None] = mapped_column(Text)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[Json | None]
     created_at: Mapped[Created]
     promoted_at: Mapped[datetime | None]
@@ -393,6 +398,8 @@ class BotDecision(Base):
     id: Mapped[Id]
     symbol: Mapped[Symbol]
     action: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(64), index=True, default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
     confidence: Mapped[Amount]
     model_name: Mapped[str] = mapped_column(String(100))
     model_version: Mapped[str] = mapped_column(String(50))
