@@ -40,7 +40,11 @@ class ModelPublic(BaseModel):
     stage: str
     serving: bool
     metrics: dict[str, Any] | None
-    artifact_uri: str
+    artifact_sha256: str | None
+    artifact_uri: str | None = Field(
+        description="A file holding a copy of the artifact; only for models registered before "
+        "artifacts were stored in the registry."
+    )
     created_at: datetime
     promoted_at: datetime | None
 

@@ -1,4 +1,8 @@
-"""The model registry: artifacts as JSON files, versions, metrics and stage in `model_registry`."""
+"""The model registry: versions, stage, metrics and the artifact itself in `model_registry`.
+
+The artifact is stored in its row as JSON text with its sha256, so every replica loads the same
+model from the database alone; loading it is parsing and validating data, never running code.
+"""
 
 from __future__ import annotations
 
@@ -19,20 +23,37 @@ CANDIDATE = "candidate"
 RETIRED = "retired"
 
 
-def write_artifact(directory: Path, name: str, artifact: dict[str, Any]) -> str:
-    """Write the artifact as JSON and return its URI: `file://<path>#sha256=<digest>`."""
-    text = artifact_to_json(artifact)
-    path = (directory / name / f"{artifact['version']}.json").resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"{path.as_uri()}#sha256={digest}"
+def sha256_of(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_artifact(uri: str) -> dict[str, Any]:
-    """Load an artifact from its URI: plain JSON, checked against its digest; never code."""
+def load_artifact(row: ModelVersion) -> dict[str, Any]:
+    """The row's artifact, checked against its digest and validated.
+
+    Raises `InvalidModelArtifact` when the stored text does not match its sha256, is not a
+    valid artifact, or is the artifact of another version.
+    """
+    where = f"model {row.name!r} version {row.version!r}"
+    if row.artifact is None:
+        if row.artifact_uri is None:
+            raise InvalidModelArtifact(f"{where}: no artifact stored")
+        # Registered before artifacts were stored in the registry: its file is the only copy.
+        artifact = read_artifact_file(row.artifact_uri)
+    else:
+        actual = sha256_of(row.artifact)
+        if actual != row.artifact_sha256:
+            raise InvalidModelArtifact(
+                f"{where}: stored artifact does not match its sha256 "
+                f"(recorded {row.artifact_sha256}, computed {actual}); refusing to load it"
+            )
+        artifact = artifact_from_json(row.artifact)
+    if str(artifact["version"]) != row.version:
+        raise InvalidModelArtifact(f"{where}: artifact is version {artifact['version']!r}")
+    return artifact
+
+
+def read_artifact_file(uri: str) -> dict[str, Any]:
+    """Load an artifact file from its `file://<path>#sha256=<digest>` URI, digest checked."""
     parts = urlsplit(uri)
     if parts.scheme != "file":
         raise InvalidModelArtifact(f"unsupported artifact URI {uri!r}")
@@ -55,9 +76,11 @@ async def active_model(session: AsyncSession, name: str) -> ModelVersion | None:
 
 
 async def register(
-    session: AsyncSession, name: str, artifact: dict[str, Any], uri: str, *, promote: bool
+    session: AsyncSession, name: str, artifact: dict[str, Any], *, promote: bool
 ) -> ModelVersion:
-    """Add a version; with `promote`, it becomes the active one and the previous is retired."""
+    """Add a version with its artifact; with `promote`, it becomes the active one and the
+    previous is retired."""
+    text = artifact_to_json(artifact)
     now = datetime.now(UTC)
     if promote:
         await session.execute(
@@ -69,7 +92,8 @@ async def register(
         name=name,
         version=str(artifact["version"]),
         status=ACTIVE if promote else CANDIDATE,
-        artifact_uri=uri,
+        artifact=text,
+        artifact_sha256=sha256_of(text),
         metrics={**artifact["metrics"], **_training_info(artifact)},
         promoted_at=now if promote else None,
     )

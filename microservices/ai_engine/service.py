@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException
 from prometheus_client import Counter, Gauge, Histogram
 
+from backend.infra.db import IntegrityViolationError
 from backend.infra.db.models import ModelVersion
 from backend.infra.eventbus import SignalGenerated
 from backend.infra.observability import ReadinessCheck, get_logger
@@ -91,6 +92,7 @@ def _public(row: ModelVersion, serving: str | None) -> ModelPublic:
         serving=row.version == serving,
         metrics=row.metrics,
         artifact_uri=row.artifact_uri,
+        artifact_sha256=row.artifact_sha256,
         created_at=row.created_at,
         promoted_at=row.promoted_at,
     )
@@ -112,9 +114,8 @@ def create_service(settings: AiEngineSettings | None = None) -> Service:
         if row is None:
             return False
         if row.version != model.version:
-            artifact = await asyncio.to_thread(registry.read_artifact, row.artifact_uri)
-            model.swap(artifact)
-            log.info("model loaded", model_version=row.version, artifact_uri=row.artifact_uri)
+            model.swap(registry.load_artifact(row))
+            log.info("model loaded", model_version=row.version, artifact_sha256=row.artifact_sha256)
         return True
 
     @service.on_startup
@@ -127,10 +128,15 @@ def create_service(settings: AiEngineSettings | None = None) -> Service:
             artifact = await asyncio.to_thread(
                 train_initial_model, settings.train_seed, steps=settings.train_steps
             )
-            uri = registry.write_artifact(settings.model_dir, settings.model_name, artifact)
-            async with resources.session() as session:
-                await registry.register(session, settings.model_name, artifact, uri, promote=True)
             span.set_attribute("model_version", artifact["version"])
+            try:
+                async with resources.session() as session:
+                    await registry.register(session, settings.model_name, artifact, promote=True)
+            except IntegrityViolationError:
+                # Another replica trained and registered the same version first: serve that.
+                if await load_active(resources):
+                    return
+                raise
         model.swap(artifact)
         log.info(
             "initial model trained and registered",

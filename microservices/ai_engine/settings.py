@@ -1,8 +1,6 @@
-"""ai-engine settings: model name and directory, initial training, hold band, refresh period."""
+"""ai-engine settings: model name, initial training, hold band, registry refresh period."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,8 +12,6 @@ class AiEngineSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     model_name: str = Field(default="direction", min_length=1, validation_alias="MODEL_NAME")
-    model_dir: Path = Field(default=Path("var/models"), validation_alias="MODEL_DIR")
-    """Where model artifacts (JSON) are written; the registry row points at the file."""
     train_seed: int = Field(default=7, validation_alias="AI_TRAIN_SEED")
     train_steps: int = Field(default=20_000, ge=500, validation_alias="AI_TRAIN_STEPS")
     hold_band: float = Field(default=0.05, ge=0.0, lt=0.5, validation_alias="AI_HOLD_BAND")

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
+from sqlalchemy.engine import make_url
 
+from backend.infra.db import (
+    DatabaseSettings,
+    create_engine,
+    create_session_factory,
+    migrate,
+    session_scope,
+)
+from backend.infra.db.models import ModelVersion
 from backend.trading.features import WINDOW, compute_features
-from backend.trading.model import InvalidModelArtifact, predict, simulate_prices
-from microservices.ai_engine.registry import read_artifact, write_artifact
+from backend.trading.model import (
+    InvalidModelArtifact,
+    artifact_to_json,
+    predict,
+    simulate_prices,
+    train_initial_model,
+)
+from microservices.ai_engine.registry import load_artifact, register
 from tests.acceptance.harness import base_env, json_lines, poll, redis_url, service
+from tests.conftest import require_service
 from tests.support.otlp import OtlpReceiver
+from tests.support.procs import Proc, free_port
 
 SERVER = 2
+DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +47,58 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """One database several ai-engine processes share: a SQLite file, or a fresh PostgreSQL
+    database on `TEST_DATABASE_URL`'s server (dropped afterwards)."""
+    if request.param == "sqlite":
+        (tmp_path / "shared").mkdir()
+        yield f"sqlite+aiosqlite:///{tmp_path / 'shared' / 'registry.db'}"
+        return
+    import asyncpg
+
+    admin_url = os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_URL)
+    try:
+        admin = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=3)
+    except (OSError, asyncpg.PostgresError) as exc:
+        require_service(False, f"PostgreSQL unreachable: {type(exc).__name__}: {exc}")
+        raise
+    name = f"qt_aitest_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def stored_row(url: str, version: str) -> ModelVersion:
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        async with session_scope(create_session_factory(engine)) as session:
+            rows = await session.execute(
+                select(ModelVersion).where(ModelVersion.version == version)
+            )
+            return rows.scalar_one()
+    finally:
+        await engine.dispose()
+
+
 def messages(lines: list[dict[str, Any]]) -> list[str]:
     return [line["message"] for line in lines]
 
 
-def test_the_first_model_is_trained_once_and_served_from_its_artifact_after_restart(
+async def test_the_first_model_is_trained_once_and_served_from_its_artifact_after_restart(
     redis_server: str, tmp_path: Path
 ) -> None:
     env = base_env(redis_server, None) | {"AI_TRAIN_STEPS": "3000", "AI_HOLD_BAND": "0"}
@@ -55,8 +124,16 @@ def test_the_first_model_is_trained_once_and_served_from_its_artifact_after_rest
         assert "model loaded" in logged
         assert "no model registered; training the initial model" not in logged
 
+    # The artifact lives in the registry row, with its digest, and no file was written.
+    assert entry["artifact_uri"] is None
+    assert not (tmp_path / "models").exists()
+    row = await stored_row(f"sqlite+aiosqlite:///{tmp_path}/db/ai-engine.db", entry["version"])
+    assert row.artifact is not None
+    assert entry["artifact_sha256"] == row.artifact_sha256
+    assert row.artifact_sha256 == hashlib.sha256(row.artifact.encode()).hexdigest()
+
     # The prediction is the artifact's, computed by the shared feature code.
-    artifact = read_artifact(entry["artifact_uri"])
+    artifact = load_artifact(row)
     expected = predict(artifact, compute_features([float(p) for p in prices]), hold_band=0)
     assert again == first
     assert first["model_version"] == entry["version"] == artifact["version"]
@@ -91,42 +168,160 @@ def test_predictions_are_traced_counted_and_validated(redis_server: str, tmp_pat
     assert log[0]["trace_id"] == span.trace_id
 
 
-def test_an_artifact_is_data_checked_against_its_digest(tmp_path: Path) -> None:
-    from backend.trading.model import train_initial_model
+def tamper(text: str) -> str:
+    """The same artifact with another intercept: still valid JSON and a valid artifact."""
+    data = json.loads(text)
+    data["intercept"] += 0.5
+    return json.dumps(data, sort_keys=True)
 
+
+def _row(artifact: dict[str, Any]) -> ModelVersion:
+    text = artifact_to_json(artifact)
+    return ModelVersion(
+        name="direction",
+        version=artifact["version"],
+        artifact=text,
+        artifact_sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def test_a_stored_artifact_is_data_checked_against_its_digest() -> None:
     artifact = train_initial_model(1, steps=1_000)
-    uri = write_artifact(tmp_path, "direction", artifact)
-    assert read_artifact(uri) == json.loads(json.dumps(artifact))
-    path = Path(uri.removeprefix("file://").split("#")[0])
-    path.write_text(path.read_text().replace('"intercept": ', '"intercept": 1e-9 + '))
+    row = _row(artifact)
+    assert load_artifact(row) == json.loads(json.dumps(artifact))
+
+    assert row.artifact is not None
+    row.artifact = tamper(row.artifact)
+    with pytest.raises(InvalidModelArtifact, match=r"does not match its sha256 \(recorded"):
+        load_artifact(row)
+
+
+def test_an_artifact_is_refused_when_it_is_not_the_rows_version() -> None:
+    row = _row(train_initial_model(1, steps=1_000))
+    row.version = "logreg-sim-other"
+    with pytest.raises(InvalidModelArtifact, match="is version 'logreg-sim-"):
+        load_artifact(row)
+
+
+def test_a_model_registered_before_stored_artifacts_loads_from_its_file(tmp_path: Path) -> None:
+    artifact = train_initial_model(1, steps=1_000)
+    text = artifact_to_json(artifact)
+    path = tmp_path / "model.json"
+    path.write_text(text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    row = ModelVersion(
+        name="direction",
+        version=artifact["version"],
+        artifact_uri=f"{path.as_uri()}#sha256={digest}",
+    )
+    assert load_artifact(row) == json.loads(text)
+    path.write_text(text.replace('"intercept": ', '"intercept": 1e-9 + '))
     with pytest.raises(InvalidModelArtifact, match="sha256"):
-        read_artifact(uri)
+        load_artifact(row)
+
+
+async def test_a_second_replica_serves_the_registered_model_without_training_or_files(
+    redis_server: str, tmp_path: Path, database_url: str
+) -> None:
+    env = base_env(redis_server, None) | {"AI_TRAIN_STEPS": "3000", "DATABASE_URL": database_url}
+    prices = [f"{p:.2f}" for p in simulate_prices(seed=11, steps=WINDOW)]
+    body = {"symbol": "BTCUSDT", "prices": prices, "source_id": "tick-7"}
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    with service("ai-engine", first_dir, env) as (first, first_url):
+        version = httpx.get(f"{first_url}/models").json()["serving"]
+        # The second replica shares nothing with the first but the database: its MODEL_DIR is
+        # a fresh empty directory.
+        (second_dir / "models").mkdir(parents=True)
+        with service("ai-engine", second_dir, env) as (second, second_url):
+            assert httpx.get(f"{second_url}/models").json()["serving"] == version
+            from_second = httpx.post(f"{second_url}/predict", json=body).json()
+            logged = messages(json_lines(second))
+        from_first = httpx.post(f"{first_url}/predict", json=body).json()
+    assert "initial model trained and registered" in messages(json_lines(first))
+    assert "model loaded" in logged
+    assert "no model registered; training the initial model" not in logged
+    assert from_second == from_first and from_second["model_version"] == version
+    assert not (first_dir / "models").exists()
+    assert list((second_dir / "models").iterdir()) == []
+
+    # Without MODEL_DIR at all, the same.
+    no_dir_env = env | {"MODEL_DIR": ""}
+    with service("ai-engine", tmp_path / "third", no_dir_env) as (third, third_url):
+        assert httpx.post(f"{third_url}/predict", json=body).json() == from_first
+        assert "no model registered; training the initial model" not in messages(json_lines(third))
+
+
+async def test_a_tampered_artifact_is_refused_and_nothing_is_served(
+    redis_server: str, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    artifact = train_initial_model(3, steps=1_000)
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine)
+        async with session_scope(create_session_factory(engine)) as session:
+            row = await register(session, "direction", artifact, promote=True)
+            assert row.artifact is not None
+            await session.execute(
+                update(ModelVersion)
+                .where(ModelVersion.id == row.id)
+                .values(artifact=tamper(row.artifact))
+            )
+    finally:
+        await engine.dispose()
+
+    port = free_port()
+    env = base_env(redis_server, None) | {"DATABASE_URL": url, "PORT": str(port)}
+    (tmp_path / "logs").mkdir()
+    proc = Proc(["microservices/ai_engine/main.py"], env, tmp_path / "logs" / "ai-engine.log")
+    try:
+        ready = poll(
+            lambda: (
+                (r := _get(f"http://127.0.0.1:{port}/health/ready")) is not None
+                and "sha256" in r.text
+                and r
+            ),
+            30,
+            "readiness to report the refused artifact",
+        )
+        assert ready.status_code == 503
+        assert (
+            f"version {artifact['version']!r}: stored artifact does not match its sha256"
+            in (ready.json()["checks"]["startup"]["error"])
+        )
+        refused = httpx.post(
+            f"http://127.0.0.1:{port}/predict",
+            json={"symbol": "BTCUSDT", "prices": ["1"] * WINDOW},
+        )
+        assert refused.status_code == 503
+    finally:
+        proc.stop()
+    logged = messages(json_lines(proc))
+    assert "no model registered; training the initial model" not in logged
+    assert "model loaded" not in logged
+
+
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
 
 
 async def test_a_newly_promoted_model_is_served_without_a_restart(
     redis_server: str, tmp_path: Path
 ) -> None:
-    from backend.infra.db import (
-        DatabaseSettings,
-        create_engine,
-        create_session_factory,
-        session_scope,
-    )
-    from backend.trading.model import train_initial_model
-    from microservices.ai_engine.registry import register
-
     env = base_env(redis_server, None) | {"AI_TRAIN_STEPS": "3000", "AI_MODEL_REFRESH_S": "0.2"}
     prices = [f"{p:.2f}" for p in simulate_prices(seed=3, steps=WINDOW)]
     with service("ai-engine", tmp_path, env) as (_proc, url):
         first = httpx.get(f"{url}/models").json()["serving"]
         challenger = train_initial_model(8, steps=2_000)
-        uri = write_artifact(tmp_path / "models", "direction", challenger)
         engine = create_engine(
             DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/db/ai-engine.db")
         )
         try:
             async with session_scope(create_session_factory(engine)) as session:
-                await register(session, "direction", challenger, uri, promote=True)
+                await register(session, "direction", challenger, promote=True)
         finally:
             await engine.dispose()
         poll(
