@@ -61,15 +61,17 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # The older code reads a decision's reason and detail from `features`: put them back there.
+    # (`features` may be SQL NULL or a JSON null: either becomes an object.)
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
-            "UPDATE bot_decisions SET features = coalesce(features, '{}'::jsonb) "
+            "UPDATE bot_decisions SET features = (CASE WHEN jsonb_typeof(features) = 'object' "
+            "THEN features ELSE '{}'::jsonb END) "
             "|| jsonb_build_object('reason', reason, 'detail', detail)"
         )
     else:
         op.execute(
-            "UPDATE bot_decisions SET features = json_set(coalesce(features, '{}'), "
-            "'$.reason', reason, '$.detail', detail)"
+            "UPDATE bot_decisions SET features = json_set(CASE WHEN json_type(features) = "
+            "'object' THEN features ELSE '{}' END, '$.reason', reason, '$.detail', detail)"
         )
     with op.batch_alter_table("bot_decisions") as batch:
         batch.drop_index(batch.f("ix_bot_decisions_reason"))
