@@ -28,8 +28,8 @@ def _public(row: BotDecision) -> DecisionPublic:
         decided_at=row.decided_at,
         symbol=row.symbol,
         outcome=row.action,
-        reason=str(info.get("reason", "")),
-        detail=str(info.get("detail", "")),
+        reason=row.reason,
+        detail=row.detail,
         direction=info.get("direction"),
         side=info.get("side"),
         quantity=quantity,
@@ -97,14 +97,18 @@ def create_service(settings: BotSettings | None = None) -> Service:
         resources: Res,
         symbol: str | None = None,
         outcome: str | None = None,
+        reason: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> DecisionsPublic:
-        """The most recent decisions first, skips included, each with its reason."""
+        """The most recent decisions first, skips included, each with its reason; filtered by
+        symbol, outcome (`SKIPPED`…) and reason (`STALE_TICK`, `LOW_CONFIDENCE`…)."""
         query = select(BotDecision).order_by(BotDecision.id.desc()).limit(limit)
         if symbol:
             query = query.where(BotDecision.symbol == symbol.upper())
         if outcome:
             query = query.where(BotDecision.action == outcome.upper())
+        if reason:
+            query = query.where(BotDecision.reason == reason.upper())
         async with resources.session() as session:
             rows = list((await session.execute(query)).scalars())
         return DecisionsPublic(data=[_public(r) for r in rows], count=len(rows))

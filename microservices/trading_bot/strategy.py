@@ -41,11 +41,13 @@ RUNNING = Gauge("bot_running", "1 while the strategy loop trades.")
 ENTRIES_PAUSED = Gauge("bot_entries_paused", "1 while new entries are paused (exits allowed).")
 
 MODEL_NAME = "ai-engine"
+REASON_MAX_LEN = 64  # bot_decisions.reason; a risk-safety reason could be longer
+DETAIL_MAX_LEN = 500
 ZERO = Decimal(0)
 
 
 class Outcome(StrEnum):
-    """What a decision ended in (`bot_decisions.action`)."""
+    """What a decision ended in (`bot_decisions.action`); why is `bot_decisions.reason`."""
 
     ORDERED = "ORDERED"
     SKIPPED = "SKIPPED"
@@ -143,7 +145,16 @@ class TradingBot:
             return
         age_ms = time.time() * 1000.0 - event.time.timestamp() * 1000.0
         if age_ms > self.settings.max_tick_age_ms:
-            DECISIONS.labels(Outcome.SKIPPED, "STALE_TICK").inc()
+            # Recorded like any skip, and throttled like any decision: a backlog replayed after
+            # downtime writes one row per symbol and interval, not one per tick.
+            state.last_decision_at = now
+            limit_ms = self.settings.max_tick_age_ms
+            stale = Decision(tick.symbol, event.id, tick.ts_ms).finish(
+                Outcome.SKIPPED,
+                "STALE_TICK",
+                f"tick is {age_ms:.0f} ms old (BOT_MAX_TICK_AGE_MS={limit_ms})",
+            )
+            await self._record(stale)
             return
         previous, state.last_decision_at = state.last_decision_at, now
         decision = Decision(tick.symbol, event.id, tick.ts_ms)
@@ -334,6 +345,8 @@ class TradingBot:
         row = BotDecision(
             symbol=d.symbol,
             action=d.outcome.value,
+            reason=d.reason[:REASON_MAX_LEN],
+            detail=d.detail[:DETAIL_MAX_LEN],
             confidence=Decimal(str(round(d.confidence, 12))),
             model_name=MODEL_NAME,
             model_version=d.model_version,
@@ -350,10 +363,9 @@ class TradingBot:
 
 
 def detail_of(d: Decision) -> dict[str, Any]:
-    """What `bot_decisions.features` holds: the reason, the order and the model's inputs."""
+    """What `bot_decisions.features` holds: the signal, the order and the model's inputs (the
+    reason and detail have columns of their own)."""
     return {
-        "reason": d.reason,
-        "detail": d.detail[:500],
         "direction": d.direction,
         "side": d.side,
         "quantity": None if d.quantity is None else str(d.quantity),

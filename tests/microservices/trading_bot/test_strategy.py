@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -145,6 +146,49 @@ async def test_every_skip_is_recorded_with_its_reason(bot: Bot, upstreams: Upstr
         assert decision["model_version"] == "stub-1"
     assert upstreams.orders == {}
     assert [c["symbol"] for c in upstreams.checks] == ["DDDUSDT"]
+
+    # The reason is a column of its own, and a filter.
+    low = httpx.get(f"{bot.url}/decisions", params={"reason": "low_confidence"}).json()["data"]
+    assert {d["reason"] for d in low} == {"LOW_CONFIDENCE"}
+    assert "BBBUSDT" in {d["symbol"] for d in low}
+    (denied,) = httpx.get(
+        f"{bot.url}/decisions", params={"reason": "MAX_NOTIONAL", "symbol": "DDDUSDT"}
+    ).json()["data"]
+    assert (denied["outcome"], denied["detail"]) == ("DENIED", "stub")
+    assert httpx.get(f"{bot.url}/decisions", params={"reason": "NOPE"}).json()["count"] == 0
+
+
+async def test_stale_ticks_are_recorded_as_skipped_decisions(
+    bot: Bot, upstreams: Upstreams
+) -> None:
+    upstreams.signals["OLDUSDT"] = ("BUY", 0.9)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    backlog = [
+        Event(id=uuid.uuid4().hex, type="market.tick", source="test-feed", time=an_hour_ago, data=t)
+        for t in ticks("OLDUSDT", WINDOW + 20)
+    ]
+    await publish(bot, backlog)
+    poll(
+        lambda: (
+            httpx.get(f"{bot.url}/status").json()["symbols"].get("OLDUSDT", {}).get("prices")
+            == WINDOW + 20
+        ),
+        10,
+        "the backlog to be consumed",
+    )
+
+    # Throttled like any decision: the backlog of 21 due ticks gives one row, not 21.
+    (stale,) = decisions(bot, "OLDUSDT")
+    assert (stale["outcome"], stale["reason"]) == ("SKIPPED", "STALE_TICK")
+    assert "ms old (BOT_MAX_TICK_AGE_MS=10000)" in stale["detail"]
+    assert stale["model_version"] == "" and stale["client_order_id"] is None
+    assert stale["trace_id"]
+    by_reason = httpx.get(f"{bot.url}/decisions", params={"reason": "STALE_TICK"}).json()
+    assert stale["id"] in {d["id"] for d in by_reason["data"]}
+    assert "predict" not in upstreams.traceparents, "a stale tick never asks for a signal"
+    assert upstreams.orders == {}
+    metrics = httpx.get(f"{bot.url}/metrics").text
+    assert 'bot_decisions_total{outcome="SKIPPED",reason="STALE_TICK"} 1.0' in metrics
 
 
 async def test_a_retried_tick_never_submits_twice(bot: Bot, upstreams: Upstreams) -> None:
