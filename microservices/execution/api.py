@@ -70,6 +70,9 @@ class OrderCreate(BaseModel):
 
 class FillPublic(BaseModel):
     fill_id: str
+    # The venue's order of fills (fill timestamps mix quote time and wall time, so they cannot
+    # order fills of resting and market orders against each other).
+    sequence: int
     quantity: Decimal
     price: Decimal
     fee: Decimal
@@ -80,6 +83,7 @@ class FillPublic(BaseModel):
     def of(cls, fill: FillRecord) -> FillPublic:
         return cls(
             fill_id=fill.fill_id,
+            sequence=fill.id,
             quantity=fill.quantity,
             price=fill.price,
             fee=fill.fee,
