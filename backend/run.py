@@ -5,7 +5,7 @@
 Starts (or uses `REDIS_URL`) one Redis, then ai-engine, execution, risk-safety,
 portfolio-intelligence, trading-bot and eventbus-bridge as separate processes, each on its
 port; waits until every `/health/ready` answers 200; prints where to look and a line per
-fill. State lives under `./var` (SQLite files, Redis data, model artifacts); each service's
+fill. State lives under `./var` (SQLite files, Redis data); each service's
 JSON log goes to `./var/log/<service>.log`. SIGINT or SIGTERM stops the services (SIGTERM,
 then SIGKILL after `RUN_STOP_TIMEOUT_S`) and then the embedded Redis.
 

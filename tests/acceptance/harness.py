@@ -73,7 +73,6 @@ def service(
     logs.mkdir(parents=True, exist_ok=True)
     child_env = {"PORT": str(port), **env}
     child_env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{tmp / 'db' / name}.db")
-    child_env.setdefault("MODEL_DIR", str(tmp / "models"))
     with running(
         [f"microservices/{PACKAGES[name]}/main.py"],
         child_env,
@@ -108,7 +107,6 @@ def services(
         for name in names:
             child_env = {"PORT": str(ports[name]), **shared, **(per_service or {}).get(name, {})}
             child_env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{tmp / 'db' / name}.db")
-            child_env.setdefault("MODEL_DIR", str(tmp / "models"))
             procs[name] = Proc(
                 [f"microservices/{PACKAGES[name]}/main.py"], child_env, logs / f"{name}.log"
             )
