@@ -132,12 +132,14 @@ def test_make_run_trades_and_ctrl_c_stops_every_process(
 
     # The embedded viewer holds the trade's trace, found by its client order id.
     viewer = output.wait_for(r"traces:\s+(http://\S+)", 1).group(1)
-    traces = poll(
-        lambda: httpx.get(f"{viewer}/api/traces", params={"q": fill.group(2)}).json()["data"],
-        15,
-        "the trade's trace in the viewer",
-    )
-    assert {"trading-bot", "execution", "eventbus-bridge"} <= set(traces[0]["services"])
+    expected = {"eventbus-bridge", "trading-bot", "ai-engine", "risk-safety", "execution"}
+
+    def whole_trace() -> list[dict[str, object]] | None:
+        # Each service exports on its own schedule: wait until all of them have sent theirs.
+        found = httpx.get(f"{viewer}/api/traces", params={"q": fill.group(2)}).json()["data"]
+        return [t for t in found if expected <= set(t["services"])] or None
+
+    poll(whole_trace, 20, "the trade's trace, from every service, in the viewer")
 
     process.send_signal(signal.SIGINT)
     assert process.wait(40) == 0
