@@ -15,7 +15,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +23,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import require_service
+from tests.support.postgres import DEFAULT_PG_URL, asyncpg_dsn, scratch_database
 
-DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def asyncpg_dsn(url: str) -> str:
-    """The plain `postgresql://` DSN asyncpg accepts, from a SQLAlchemy URL."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def _pg_reachable(url: str) -> str | None:
@@ -57,22 +51,8 @@ def pg_admin_url() -> str:
 @pytest.fixture
 async def pg_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A fresh, empty database on the shared server, dropped after the test."""
-    import asyncpg
-
-    name = f"qt_dbtest_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(asyncpg_dsn(pg_admin_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        admin = await asyncpg.connect(asyncpg_dsn(pg_admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_database("qt_dbtest", pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.engine import make_url
 
 from backend.infra.db import (
     DatabaseSettings,
@@ -33,22 +30,17 @@ from backend.trading.model import (
 )
 from microservices.ai_engine.registry import load_artifact, register
 from tests.acceptance.harness import base_env, json_lines, poll, redis_url, service
-from tests.conftest import require_service
 from tests.support.otlp import OtlpReceiver
+from tests.support.postgres import scratch_database
 from tests.support.procs import Proc, free_port
 
 SERVER = 2
-DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with redis_url(tmp_path_factory.mktemp("redis")) as url:
         yield url
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,27 +51,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         (tmp_path / "shared").mkdir()
         yield f"sqlite+aiosqlite:///{tmp_path / 'shared' / 'registry.db'}"
         return
-    import asyncpg
-
-    admin_url = os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_URL)
-    try:
-        admin = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=3)
-    except (OSError, asyncpg.PostgresError) as exc:
-        require_service(False, f"PostgreSQL unreachable: {type(exc).__name__}: {exc}")
-        raise
-    name = f"qt_aitest_{uuid.uuid4().hex[:12]}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_database("qt_aitest") as url:
+        yield url
 
 
 async def stored_row(url: str, version: str) -> ModelVersion:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,20 +9,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from backend.infra.db import DatabaseSettings, create_engine, downgrade, migrate
 from backend.infra.db.models import BotDecision
-from tests.conftest import require_service
+from tests.support.postgres import scratch_database
 
-DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 BEFORE = "0003_outbox"
 # bot_decisions as revision 0003 left it: the reason and detail inside `features`.
 OLD_COLUMNS = ("symbol", "action", "confidence", "model_name", "model_version", "features")
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -33,27 +25,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
         return
-    import asyncpg
-
-    admin_url = os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_URL)
-    try:
-        admin = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=3)
-    except (OSError, asyncpg.PostgresError) as exc:
-        require_service(False, f"PostgreSQL unreachable: {type(exc).__name__}: {exc}")
-        raise
-    name = f"qt_bottest_{uuid.uuid4().hex[:12]}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_database("qt_bottest") as url:
+        yield url
 
 
 async def test_reason_and_detail_move_from_features_to_columns_and_back(database_url: str) -> None:
