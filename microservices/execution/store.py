@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import FillRecord, OrderEventRow, OrderRecord
-from backend.infra.eventbus import Event
+from backend.infra.eventbus import Event, OrderFilled
 from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 from backend.trading.orders import Order, OrderStatus
@@ -94,23 +94,28 @@ class OrderStore:
                         occurred_at=to_datetime(event.ts_ms),
                     )
                 )
-            for fill in report.fills:
-                session.add(
-                    FillRecord(
-                        fill_id=fill.fill_id,
-                        order_id=row.id,
-                        client_order_id=fill.client_order_id,
-                        symbol=fill.symbol,
-                        side=fill.side.value,
-                        quantity=fill.quantity,
-                        price=fill.price,
-                        fee=fill.fee,
-                        liquidity=fill.liquidity.value,
-                        filled_at=to_datetime(fill.ts_ms),
-                    )
+            fill_rows = [
+                FillRecord(
+                    fill_id=fill.fill_id,
+                    order_id=row.id,
+                    client_order_id=fill.client_order_id,
+                    symbol=fill.symbol,
+                    side=fill.side.value,
+                    quantity=fill.quantity,
+                    price=fill.price,
+                    fee=fill.fee,
+                    liquidity=fill.liquidity.value,
+                    filled_at=to_datetime(fill.ts_ms),
                 )
+                for fill in report.fills
+            ]
+            session.add_all(fill_rows)
+            if fill_rows:
+                # A fill row's id is the venue's fill sequence, which its order.filled carries.
+                await session.flush()
+            sequences = {f.fill_id: f.id for f in fill_rows}
             for announcement in events:
-                outbox.add(session, announcement)
+                outbox.add(session, _with_sequence(announcement, sequences))
 
     async def get(self, client_order_id: str) -> StoredOrder | None:
         """One order and its fills; None if unknown."""
@@ -189,6 +194,14 @@ class OrderStore:
             .order_by(OrderEventRow.sequence)
         )
         return {order_id: reason for order_id, reason in rows}
+
+
+def _with_sequence(event: Event[Any], sequences: Mapping[str, int]) -> Event[Any]:
+    """`event`, with the venue sequence (the fill row's id) if it announces one of these fills."""
+    data = event.data
+    if isinstance(data, OrderFilled) and data.fill_id in sequences:
+        return replace(event, data=data.model_copy(update={"sequence": sequences[data.fill_id]}))
+    return event
 
 
 def _copy_progress(row: OrderRecord, order: Order) -> None:

@@ -104,6 +104,9 @@ class OrderFilled(EventData):
     liquidity: Literal["MAKER", "TAKER"]
     leaves_quantity: Decimal = Decimal(0)
     ts_ms: int
+    # The venue's fill sequence: fills of one venue in the order they happened. Average-cost
+    # accounting depends on that order, so a consumer applies fills by it, not by arrival.
+    sequence: int | None = None
 
 
 class PositionUpdated(EventData):

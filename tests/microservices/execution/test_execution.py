@@ -116,6 +116,26 @@ def test_market_order_fills_at_the_quote_and_is_persisted_and_published(
         assert account["holdings"] == [{"symbol": "BTCUSDT", "quantity": "2", "available": "2"}]
 
 
+def test_order_filled_carries_the_fill_sequence(harness: ServiceHarness) -> None:
+    with harness.run(create_service) as client:
+        send_tick(harness, client)
+        placed = [
+            client.post("/orders", json=order("seq-1", quantity="2")).json(),
+            client.post("/orders", json=order("seq-2", side="SELL", quantity="1")).json(),
+        ]
+        fills = [f for o in placed for f in o["fills"]]
+        sequences = [f["sequence"] for f in fills]
+        assert sequences == sorted(sequences) and len(set(sequences)) == 2
+
+        filled = wait_for(
+            lambda: len(f := harness.published("order.filled")) == 2 and f,
+            what="two order.filled events",
+        )
+        assert [(e["fill_id"], e["sequence"]) for e in filled] == [
+            (f["fill_id"], f["sequence"]) for f in fills
+        ]
+
+
 def test_a_duplicate_client_order_id_returns_the_existing_order(harness: ServiceHarness) -> None:
     with harness.run(create_service) as client:
         send_tick(harness, client)
