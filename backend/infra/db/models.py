@@ -279,6 +279,9 @@ class LedgerFill(Base):
     fee: Mapped[Amount]
     filled_at: Mapped[Timestamp]
     booked_at: Mapped[Created]
+    # The venue's fill sequence (execution's `fills.id`), the order the ledger is replayed in;
+    # NULL for fills whose producer sent none (and those booked before revision 0005).
+    sequence: Mapped[int | None] = mapped_column(ID_TYPE, index=True)
 
 
 class Position(Base):
