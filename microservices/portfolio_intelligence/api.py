@@ -76,6 +76,8 @@ class FillPublic(BaseModel):
     fee: Decimal
     filled_at: datetime
     booked_at: datetime
+    # The venue's fill sequence, the order the ledger is replayed in; None if it was not sent.
+    sequence: int | None
 
 
 class FillsPublic(BaseModel):
@@ -165,6 +167,7 @@ async def get_fills(
             fee=r.fee,
             filled_at=r.filled_at,
             booked_at=r.booked_at,
+            sequence=r.sequence,
         )
         for r in rows
     ]

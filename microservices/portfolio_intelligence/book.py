@@ -19,7 +19,7 @@ from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, 
 
 from . import metrics
 from .settings import PortfolioSettings
-from .store import LedgerStore
+from .store import LedgerEntry, LedgerStore, venue_order
 
 ZERO = Decimal(0)
 
@@ -49,6 +49,11 @@ class PortfolioBook:
     one transaction; if the write fails, memory is rebuilt from the ledger and the event is
     retried by the bus. `as_of_ms` is the publish time of the latest event applied (or the
     rebuild time), so a consumer that falls behind shows up as a stale portfolio.
+
+    Average cost depends on the order fills are applied in, and the bus may deliver a fill
+    after later ones (a retried event). Fills are therefore applied in the venue's order: a
+    fill whose sequence is below one already booked for its symbol is booked with the portfolio
+    replayed in that order, so the result is what in-order delivery would have given.
     """
 
     def __init__(
@@ -65,6 +70,9 @@ class PortfolioBook:
         self._tracer = tracer
         self._lock = asyncio.Lock()
         self.portfolio = Portfolio(settings.initial_cash)
+        # The venue sequence of every booked fill that has one, and the highest per symbol.
+        self._sequences: dict[FillId, int] = {}
+        self._last_sequence: dict[Symbol, int] = {}
         self._peak = settings.initial_cash
         self._day = _day_start(datetime.now(UTC))
         self._day_start_equity = settings.initial_cash
@@ -78,9 +86,9 @@ class PortfolioBook:
             await self._restore()
 
     async def _restore(self) -> None:
-        marks = {s: m for s in self.portfolio.positions if (m := self.portfolio.mark(s))}
+        marks = self._marks()
         fills = await self.store.ledger()
-        self.portfolio = Portfolio.replay(self.settings.initial_cash, fills)
+        self._replay(fills)
         # Marks seen before a rebuild are still the latest prices known.
         self.portfolio.set_marks(marks)
         equity = self.portfolio.equity
@@ -96,7 +104,8 @@ class PortfolioBook:
     # Events -----------------------------------------------------------------------------------
 
     async def on_fill(self, event: Event[OrderFilled]) -> None:
-        """Book a fill once (by fill id), then publish the symbol's position."""
+        """Book a fill once (by fill id) in the venue's order, then publish the symbol's
+        position."""
         data = event.data
         fill = Fill(
             FillId(data.fill_id),
@@ -122,7 +131,7 @@ class PortfolioBook:
                     "price": str(fill.price),
                 },
             ) as span:
-                booked = await self._book(fill)
+                booked = await self._book(fill, data.sequence)
                 span.set_attribute("duplicate", not booked)
                 if not booked:
                     return
@@ -155,14 +164,36 @@ class PortfolioBook:
                     )
                 )
 
-    async def _book(self, fill: Fill) -> bool:
+    async def _book(self, fill: Fill, sequence: int | None) -> bool:
+        last = self._last_sequence.get(fill.symbol)
+        late = sequence is not None and last is not None and sequence < last
+        marks = self._marks() if late else {}
         outcome = self.portfolio.apply_fill(fill)
         if outcome.duplicate:
             metrics.DUPLICATE_FILLS.inc()
             self.log.info("duplicate fill ignored", fill_id=fill.fill_id)
             return False
+        position = outcome.position
+        if sequence is not None:
+            self._sequences[fill.fill_id] = sequence
+        if late:
+            metrics.OUT_OF_ORDER_FILLS.inc()
+            self.log.warning(
+                "fill arrived after later fills; replaying the ledger in venue order",
+                fill_id=fill.fill_id,
+                symbol=fill.symbol,
+                sequence=sequence,
+                last_sequence=last,
+            )
+            # What in-order booking gives: the ledger, this fill included, in venue order. The
+            # marks are the ones from before this fill, whose price is older than the last fill's.
+            self._replay(self._entries())
+            self.portfolio.set_marks(marks)
+            position = self.portfolio.position(fill.symbol)
+        elif sequence is not None:
+            self._last_sequence[fill.symbol] = sequence
         try:
-            await self.store.book(fill, outcome.position)
+            await self.store.book(fill, sequence, position)
         except IntegrityViolationError:
             # Booked already (by another replica, or before memory was lost): the ledger wins.
             metrics.DUPLICATE_FILLS.inc()
@@ -215,6 +246,22 @@ class PortfolioBook:
         """Every symbol traded, with its mark, sorted by symbol."""
         p = self.portfolio
         return [(p.position(s), p.mark(s)) for s in sorted(p.positions)]
+
+    def _marks(self) -> dict[Symbol, Decimal]:
+        p = self.portfolio
+        return {s: m for s in p.positions if (m := p.mark(s))}
+
+    def _entries(self) -> list[LedgerEntry]:
+        """The ledger in memory: venue order up to the last rebuild, booking order since, which
+        `venue_order` sorts exactly as it sorts the stored ledger."""
+        return [LedgerEntry(f, self._sequences.get(f.fill_id)) for f in self.portfolio.ledger]
+
+    def _replay(self, entries: list[LedgerEntry]) -> None:
+        """Rebuild the portfolio from ledger `entries` (in booking order), in venue order."""
+        ordered = venue_order(entries)
+        self.portfolio = Portfolio.replay(self.settings.initial_cash, [e.fill for e in ordered])
+        self._sequences = {e.fill.fill_id: e.sequence for e in ordered if e.sequence is not None}
+        self._last_sequence = {e.fill.symbol: e.sequence for e in ordered if e.sequence is not None}
 
     def _after_change(self) -> None:
         equity = self.portfolio.equity

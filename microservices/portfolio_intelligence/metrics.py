@@ -8,6 +8,10 @@ FILLS_BOOKED = Counter("portfolio_fills_booked_total", "Fills booked into the le
 DUPLICATE_FILLS = Counter(
     "portfolio_duplicate_fills_total", "Fills received again and not booked a second time."
 )
+OUT_OF_ORDER_FILLS = Counter(
+    "portfolio_out_of_order_fills_total",
+    "Fills received after a later fill of their symbol, booked by replaying the ledger in order.",
+)
 EQUITY = Gauge("portfolio_equity", "Cash plus marked positions, quote currency.")
 CASH = Gauge("portfolio_cash", "Cash after fills and fees.")
 REALIZED_PNL = Gauge("portfolio_realized_pnl", "Realized PnL before fees.")

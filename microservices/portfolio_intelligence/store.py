@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from sqlalchemy import select
 
@@ -23,14 +25,32 @@ def to_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
+class LedgerEntry(NamedTuple):
+    """A booked fill and the venue's sequence of it (None when its producer sent none)."""
+
+    fill: Fill
+    sequence: int | None
+
+
+def venue_order(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
+    """`entries` (in booking order) in the order the venue produced them.
+
+    Average-cost accounting depends on the order fills are applied in, so the ledger is replayed
+    by sequence, then booking order. Fills without a sequence (booked before producers sent one)
+    come first, in booking order, so a ledger without any sequence replays as it was booked.
+    """
+    return sorted(entries, key=lambda e: -1 if e.sequence is None else e.sequence)
+
+
 class LedgerStore:
     """Reads and writes the portfolio tables through the service's unit of work."""
 
     def __init__(self, resources: Resources) -> None:
         self._resources = resources
 
-    async def book(self, fill: Fill, position: DomainPosition) -> None:
-        """Add `fill` to the ledger and save its symbol's position, in one transaction.
+    async def book(self, fill: Fill, sequence: int | None, position: DomainPosition) -> None:
+        """Add `fill` (with its venue `sequence`) to the ledger and save its symbol's position,
+        in one transaction.
 
         A fill id already in the ledger raises IntegrityViolationError (the unique key).
         """
@@ -45,6 +65,7 @@ class LedgerStore:
                     price=fill.price,
                     fee=fill.fee,
                     filled_at=to_datetime(fill.ts_ms),
+                    sequence=sequence,
                 )
             )
             row = await session.get(Position, position.symbol)
@@ -57,22 +78,26 @@ class LedgerStore:
             row.fees_paid = position.fees
             row.updated_at = datetime.now(UTC)
 
-    async def ledger(self) -> list[Fill]:
-        """Every booked fill, in booking order: what the portfolio is rebuilt from."""
+    async def ledger(self) -> list[LedgerEntry]:
+        """Every booked fill with its venue sequence, in booking order: what the portfolio is
+        rebuilt from (in venue order, see `venue_order`)."""
         async with self._resources.session() as session:
             rows = await session.scalars(select(LedgerFill).order_by(LedgerFill.id))
             # Liquidity is not kept in the ledger; it has no effect on positions or cash.
             return [
-                Fill(
-                    FillId(r.fill_id),
-                    ClientOrderId(r.client_order_id),
-                    Symbol(r.symbol),
-                    Side(r.side),
-                    r.quantity,
-                    r.price,
-                    r.fee,
-                    Liquidity.TAKER,
-                    to_ms(r.filled_at),
+                LedgerEntry(
+                    Fill(
+                        FillId(r.fill_id),
+                        ClientOrderId(r.client_order_id),
+                        Symbol(r.symbol),
+                        Side(r.side),
+                        r.quantity,
+                        r.price,
+                        r.fee,
+                        Liquidity.TAKER,
+                        to_ms(r.filled_at),
+                    ),
+                    r.sequence,
                 )
                 for r in rows
             ]

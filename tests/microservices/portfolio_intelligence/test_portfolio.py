@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
+from backend.infra.db import DatabaseError
 from backend.infra.eventbus import MarketTick, OrderFilled
+from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
+from microservices.portfolio_intelligence.store import LedgerStore
 from tests.microservices.conftest import ServiceHarness, wait_for
 
 D = Decimal
@@ -18,7 +22,13 @@ INITIAL = D(100_000)
 
 
 def fill(
-    fill_id: str, side: str, quantity: str, price: str, fee: str, symbol: str = "BTCUSDT"
+    fill_id: str,
+    side: str,
+    quantity: str,
+    price: str,
+    fee: str,
+    symbol: str = "BTCUSDT",
+    sequence: int | None = None,
 ) -> OrderFilled:
     return OrderFilled(
         fill_id=fill_id,
@@ -30,6 +40,7 @@ def fill(
         fee=D(fee),
         liquidity="TAKER",
         ts_ms=time.time_ns() // 1_000_000,
+        sequence=sequence,
     )
 
 
@@ -171,3 +182,109 @@ def test_the_equity_curve_and_performance_are_served(
         assert D(performance["max_drawdown"]) >= 0
         metrics = client.get("/metrics").text
         assert "portfolio_equity 100001.0" in metrics
+
+
+# Two buys then a sell: average cost makes the sell's realized PnL depend on whether the second
+# buy came before it (the venue's order) or after it.
+VENUE_FILLS = [
+    ("BUY", "1", "100", "0.10"),
+    ("BUY", "1", "110", "0.11"),
+    ("SELL", "1", "120", "0.12"),
+]
+
+
+def venue_fills(symbol: str, first_sequence: int) -> list[OrderFilled]:
+    return [
+        fill(f"{symbol}-{n}-1", side, qty, price, fee, symbol, sequence=first_sequence + n)
+        for n, (side, qty, price, fee) in enumerate(VENUE_FILLS)
+    ]
+
+
+def in_sequence_order() -> dict[str, Decimal]:
+    """The position VENUE_FILLS leave, recomputed by hand in their sequence order."""
+    quantity, cost, realized = D(0), D(0), D(0)
+    for side, qty, price, _fee in VENUE_FILLS:
+        q, p = D(qty), D(price)
+        if side == "BUY":
+            quantity, cost = quantity + q, cost + q * p
+        else:
+            average = cost / quantity
+            realized += q * (p - average)
+            quantity, cost = quantity - q, cost - q * average
+    fees = sum((D(f) for *_, f in VENUE_FILLS), D(0))
+    last_price = D(VENUE_FILLS[-1][2])
+    return {
+        "quantity": quantity,
+        "avg_price": cost / quantity,
+        "realized_pnl": realized,
+        "unrealized_pnl": quantity * last_price - cost,
+        "fees": fees,
+        "mark": last_price,
+    }
+
+
+def position_of(client: TestClient, symbol: str) -> dict[str, Decimal]:
+    position = next(p for p in portfolio(client)["positions"] if p["symbol"] == symbol)
+    return {k: D(v) for k, v in position.items() if k != "symbol"}
+
+
+def out_of_order_fills() -> float:
+    return REGISTRY.get_sample_value("portfolio_out_of_order_fills_total") or 0.0
+
+
+def test_fills_delivered_out_of_order_are_booked_in_the_venue_order(
+    harness: ServiceHarness,
+) -> None:
+    expected = in_sequence_order()
+    assert expected["realized_pnl"] == 15  # 120 - (100 + 110) / 2; out of order it would be 20
+    late = venue_fills("BTCUSDT", 1)
+    in_order = venue_fills("ETHUSDT", 4)
+    before = out_of_order_fills()
+    with harness.run(create_service) as client:
+        harness.publish(late[0], late[2], late[1], *in_order)  # sequence 2 after sequence 3
+        wait_for(lambda: booked(client, 6), what="six fills booked")
+
+        assert position_of(client, "BTCUSDT") == expected
+        assert position_of(client, "ETHUSDT") == expected
+        assert out_of_order_fills() == before + 1
+        fills = client.get("/fills", params={"symbol": "BTCUSDT"}).json()["data"]
+        assert [f["sequence"] for f in fills] == [2, 3, 1]  # newest booking first
+        update = harness.published("position.updated")[2]
+        assert (D(update["average_price"]), D(update["realized_pnl"])) == (D(105), D(15))
+        p = portfolio(client)
+
+    cash = INITIAL + 2 * (D(-100) - 110 + 120) - 2 * expected["fees"]
+    assert D(p["cash"]) == cash
+    assert D(p["realized_pnl"]) == 2 * expected["realized_pnl"]
+    assert D(p["equity"]) == cash + 2 * expected["quantity"] * expected["mark"]
+
+    with harness.run(create_service) as client:
+        # The rebuild replays the ledger in sequence order too, not in booking order.
+        assert position_of(client, "BTCUSDT") == expected
+        assert D(portfolio(client)["realized_pnl"]) == 2 * expected["realized_pnl"]
+
+
+def test_a_fill_retried_after_a_failed_booking_is_booked_in_the_venue_order(
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fills = venue_fills("BTCUSDT", 1)
+    book = LedgerStore.book
+    failed: list[str] = []
+
+    async def fail_once(self: LedgerStore, f: Fill, sequence: int | None, position: Any) -> None:
+        if f.fill_id == fills[1].fill_id and not failed:
+            failed.append(f.fill_id)
+            raise DatabaseError("connection lost")
+        await book(self, f, sequence, position)
+
+    monkeypatch.setattr(LedgerStore, "book", fail_once)
+    before = out_of_order_fills()
+    with harness.run(create_service) as client:
+        harness.publish(*fills)
+        wait_for(lambda: booked(client, 3), what="three fills booked")
+
+        assert failed == [fills[1].fill_id]
+        booking_order = [f["sequence"] for f in client.get("/fills").json()["data"]][::-1]
+        assert booking_order == [1, 3, 2]  # the bus retried sequence 2 after booking 3
+        assert out_of_order_fills() == before + 1
+        assert position_of(client, "BTCUSDT") == in_sequence_order()
