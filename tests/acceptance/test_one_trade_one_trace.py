@@ -336,8 +336,10 @@ def recompute(fills: list[dict[str, Any]], initial_cash: Decimal) -> dict[str, A
 
 def test_the_portfolio_equals_a_recomputation_from_the_fills(pipeline: Pipeline) -> None:
     p = pipeline
-    httpx.post(f"{p.url('trading-bot')}/stop")
     execution, portfolio = p.url("execution"), p.url("portfolio-intelligence")
+    # No new fills while the books are compared: no new orders, no resting ones left.
+    httpx.post(f"{p.url('trading-bot')}/stop")
+    httpx.post(f"{execution}/orders/cancel-all")
 
     def settled() -> list[dict[str, Any]] | None:
         orders = httpx.get(f"{execution}/orders", params={"limit": 1000}).json()["data"]
@@ -356,10 +358,19 @@ def test_the_portfolio_equals_a_recomputation_from_the_fills(pipeline: Pipeline)
             return fills
         return None
 
-    fills = poll(settled, 20, "portfolio-intelligence to book every fill of execution")
+    def stable() -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        # A decision in flight when the bot stopped may still fill: take a snapshot of the
+        # portfolio between two identical, fully booked views of execution's fills.
+        before = settled()
+        book = httpx.get(f"{portfolio}/portfolio").json()
+        after = settled()
+        if before and after and [f["fill_id"] for f in before] == [f["fill_id"] for f in after]:
+            return after, book
+        return None
+
+    fills, book = poll(stable, 30, "portfolio-intelligence to book every fill of execution")
     # Average cost depends on the order of fills: replay them in the venue's sequence.
     fills.sort(key=lambda f: f["sequence"])
-    book = httpx.get(f"{portfolio}/portfolio").json()
     expected = recompute(fills, Decimal(book["initial_cash"]))
 
     assert Decimal(book["cash"]) == expected["cash"]
