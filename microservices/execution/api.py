@@ -30,6 +30,7 @@ class ApprovalIn(BaseModel):
     decision_id: str = Field(min_length=1, max_length=64)
     token: str = Field(min_length=1, max_length=128)
     expires_ms: int
+    epoch: int = Field(default=0, ge=0)
 
 
 class OrderCreate(BaseModel):
@@ -196,13 +197,10 @@ async def place_order(body: OrderCreate, response: Response, desk: Desk) -> Orde
     try:
         verify_approval(
             desk.settings.approval_secret.get_secret_value(),
-            Approval(approval.decision_id, approval.token, approval.expires_ms)
+            Approval(approval.decision_id, approval.token, approval.expires_ms, approval.epoch)
             if approval
             else None,
-            client_order_id=body.client_order_id,
-            symbol=body.symbol,
-            side=body.side,
-            quantity=body.quantity,
+            order=body.to_request(),
             now_ms=time.time_ns() // 1_000_000,
             # A retry of an order already placed gets it back even after its approval lapsed.
             check_expiry=await desk.store.get(body.client_order_id) is None,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.infra.service import Resources, resources_of
 from backend.trading.risk import TradingState
-from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol
+from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
 
 from .guard import RiskGuard, StateView
 
@@ -32,6 +32,7 @@ class CheckRequest(BaseModel):
     price: FiniteDecimal | None = None
     order_type: Literal["MARKET", "LIMIT"] = "MARKET"
     limit_price: FiniteDecimal | None = None
+    time_in_force: Literal["GTC", "IOC"] = "GTC"
     reduce_only: bool = False
 
     def to_request(self) -> OrderRequest:
@@ -42,6 +43,7 @@ class CheckRequest(BaseModel):
             quantity=self.quantity,
             order_type=OrderType(self.order_type),
             limit_price=self.limit_price,
+            time_in_force=TimeInForce(self.time_in_force),
             reduce_only=self.reduce_only,
         )
 
@@ -50,6 +52,7 @@ class ApprovalPublic(BaseModel):
     decision_id: str
     token: str
     expires_ms: int
+    epoch: int
 
 
 class CheckResult(BaseModel):
@@ -172,7 +175,10 @@ async def check_order(body: CheckRequest, guard: Guard) -> CheckResult:
         detail=verdict.detail,
         decision_id=verdict.decision_id,
         approval=ApprovalPublic(
-            decision_id=approval.decision_id, token=approval.token, expires_ms=approval.expires_ms
+            decision_id=approval.decision_id,
+            token=approval.token,
+            expires_ms=approval.expires_ms,
+            epoch=approval.epoch,
         )
         if approval
         else None,

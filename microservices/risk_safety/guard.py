@@ -169,10 +169,8 @@ class RiskGuard:
                     approval = sign_approval(
                         self.settings.approval_secret.get_secret_value(),
                         decision_id=decision_id,
-                        client_order_id=order.client_order_id,
-                        symbol=order.symbol,
-                        side=order.side.value,
-                        quantity=order.quantity,
+                        order=order,
+                        epoch=0,
                         expires_ms=now + self.settings.approval_ttl_ms,
                     )
                 state = self._state

@@ -15,5 +15,15 @@ from __future__ import annotations
 
 from ._service import Resources, Service, resources_of
 from ._settings import PORTS, ServiceSettings, service_url
+from ._wire import Price, Quantity
 
-__all__ = ["PORTS", "Resources", "Service", "ServiceSettings", "resources_of", "service_url"]
+__all__ = [
+    "PORTS",
+    "Price",
+    "Quantity",
+    "Resources",
+    "Service",
+    "ServiceSettings",
+    "resources_of",
+    "service_url",
+]

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from backend.infra.eventbus import MarketTick
 from backend.trading.approval import DEVELOPMENT_SECRET, sign_approval
+from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol
 from microservices.execution.service import create_service
 from tests.microservices.conftest import ServiceHarness, wait_for
 
@@ -55,16 +56,22 @@ def order(
         approval = sign_approval(
             DEVELOPMENT_SECRET,
             decision_id=f"d-{cid}",
-            client_order_id=cid,
-            symbol=symbol,
-            side=side,
-            quantity=Decimal(quantity),
+            order=OrderRequest(
+                ClientOrderId(cid),
+                Symbol(symbol),
+                Side(side),
+                Decimal(quantity),
+                OrderType(order_type),
+                Decimal(limit_price) if limit_price is not None else None,
+            ),
+            epoch=0,
             expires_ms=now_ms() + expires_in_ms,
         )
         body["approval"] = {
             "decision_id": approval.decision_id,
             "token": approval.token,
             "expires_ms": approval.expires_ms,
+            "epoch": approval.epoch,
         }
     return body
 

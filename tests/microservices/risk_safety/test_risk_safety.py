@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.trading.approval import DEVELOPMENT_SECRET, Approval, verify_approval
+from backend.trading.types import ClientOrderId, OrderRequest, Side, Symbol
 from microservices.risk_safety.service import create_service
 from tests.microservices.conftest import ServiceHarness
 from tests.support.procs import free_port
@@ -104,11 +105,13 @@ def test_an_approval_is_signed_for_the_order_persisted_and_published(
         assert approval["decision_id"] == result["decision_id"]
         verify_approval(
             DEVELOPMENT_SECRET,
-            Approval(approval["decision_id"], approval["token"], approval["expires_ms"]),
-            client_order_id="ok-1",
-            symbol="BTCUSDT",
-            side="BUY",
-            quantity=Decimal("2.5"),
+            Approval(
+                approval["decision_id"],
+                approval["token"],
+                approval["expires_ms"],
+                approval["epoch"],
+            ),
+            order=OrderRequest(ClientOrderId("ok-1"), Symbol("BTCUSDT"), Side.BUY, Decimal("2.5")),
             now_ms=time.time_ns() // 1_000_000,
         )
         decisions = client.get("/decisions").json()["data"]
