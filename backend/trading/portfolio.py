@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import decimal
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -14,11 +15,39 @@ from backend.trading.types import Fill, FillId, Symbol
 ZERO = Decimal(0)
 # The cost taken off a partly closed position is rounded to this quantum; whatever rounding
 # happens stays inside the open cost basis, so realized + unrealized still equals cash + value.
-COST_QUANTUM = Decimal("1e-12")
+COST_PLACES = 12
+COST_QUANTUM = Decimal(1).scaleb(-COST_PLACES)
+
+
+# What identifies a fill and moves the books; a fill id seen again must agree on all of them.
+# The fill time is left out: it is not part of the books, and the ledger keeps it to the
+# millisecond through a float conversion, so a faithful copy could differ by one.
+BOOKED_FIELDS = ("client_order_id", "symbol", "side", "quantity", "price", "fee")
 
 
 class ConflictingFill(ValueError):
-    """Raised when a fill id is seen again with different contents."""
+    """Raised when a fill id is seen again with different contents; `differences` names them."""
+
+    def __init__(self, fill_id: FillId, differences: Sequence[str]) -> None:
+        super().__init__(
+            f"fill {fill_id} was booked with different contents: {', '.join(differences)}"
+        )
+        self.fill_id = fill_id
+        self.differences = tuple(differences)
+
+
+def fill_differences(booked: Fill, again: Fill, *, compare_liquidity: bool = True) -> list[str]:
+    """How `again` differs from the `booked` fill of the same id ("quantity 1 != 2", ...).
+
+    Empty when `again` is a duplicate. Liquidity is compared only when `compare_liquidity`:
+    fills booked before the ledger kept it come back from the ledger without it.
+    """
+    names = BOOKED_FIELDS + (("liquidity",) if compare_liquidity else ())
+    return [
+        f"{name} {getattr(booked, name)} != {getattr(again, name)}"
+        for name in names
+        if getattr(booked, name) != getattr(again, name)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +117,7 @@ class Portfolio:
         self._positions: dict[Symbol, Position] = {}
         self._marks: dict[Symbol, Decimal] = {}
         self._ledger: dict[FillId, Fill] = {}
+        self._liquidity_unknown: set[FillId] = set()
         self._closed_trades: list[ClosedTrade] = []
         self._equity_curve: list[EquityPoint] = []
 
@@ -97,24 +127,37 @@ class Portfolio:
         initial_cash: Decimal,
         fills: Iterable[Fill],
         marks: Mapping[Symbol, Decimal] | None = None,
+        *,
+        liquidity_unknown: Collection[FillId] = (),
     ) -> Portfolio:
-        """Rebuild a portfolio from its ledger (and optional marks)."""
+        """Rebuild a portfolio from its ledger (and optional marks); `liquidity_unknown` are the
+        fills whose liquidity the ledger did not keep."""
         portfolio = cls(initial_cash)
         for fill in fills:
-            portfolio.apply_fill(fill)
+            portfolio.apply_fill(fill, liquidity_known=fill.fill_id not in liquidity_unknown)
         portfolio.set_marks(marks or {})
         return portfolio
 
-    def apply_fill(self, fill: Fill) -> FillOutcome:
-        """Book a fill. A fill id already booked is ignored and reported as a duplicate."""
+    def apply_fill(self, fill: Fill, *, liquidity_known: bool = True) -> FillOutcome:
+        """Book a fill. A fill id already booked is ignored and reported as a duplicate when it
+        agrees on every booked field (`fill_differences`), else `ConflictingFill` is raised.
+
+        `liquidity_known=False` books a fill whose liquidity is a placeholder: later copies of
+        it are then not compared on liquidity.
+        """
         seen = self._ledger.get(fill.fill_id)
         if seen is not None:
-            if seen != fill:
-                raise ConflictingFill(f"fill {fill.fill_id} was booked with different contents")
+            differences = fill_differences(
+                seen, fill, compare_liquidity=fill.fill_id not in self._liquidity_unknown
+            )
+            if differences:
+                raise ConflictingFill(fill.fill_id, differences)
             return FillOutcome(False, True, self.position(fill.symbol), ZERO)
         if fill.quantity <= ZERO or fill.price <= ZERO or fill.fee < ZERO:
             raise ValueError(f"fill {fill.fill_id}: quantity and price must be positive, fee >= 0")
         self._ledger[fill.fill_id] = fill
+        if not liquidity_known:
+            self._liquidity_unknown.add(fill.fill_id)
 
         position = self.position(fill.symbol)
         signed = fill.quantity * fill.side.sign
@@ -127,7 +170,7 @@ class Portfolio:
             if closing == abs(quantity):
                 removed = cost
             else:
-                removed = (cost * closing / abs(quantity)).quantize(COST_QUANTUM)
+                removed = _round_cost(cost * closing / abs(quantity))
             direction = 1 if quantity > ZERO else -1
             realized = direction * fill.price * closing - removed
             entry_price = cost / quantity
@@ -195,6 +238,15 @@ class Portfolio:
     def ledger(self) -> tuple[Fill, ...]:
         """Booked fills in booking order."""
         return tuple(self._ledger.values())
+
+    def has_fill(self, fill_id: FillId) -> bool:
+        """Whether a fill with this id is booked."""
+        return fill_id in self._ledger
+
+    @property
+    def liquidity_unknown(self) -> frozenset[FillId]:
+        """Booked fills whose liquidity is a placeholder (`apply_fill(liquidity_known=False)`)."""
+        return frozenset(self._liquidity_unknown)
 
     @property
     def closed_trades(self) -> tuple[ClosedTrade, ...]:
@@ -273,6 +325,78 @@ class Portfolio:
             gross_exposure=self.gross_exposure,
             positions={s: p.quantity for s, p in self.open_positions.items()},
         )
+
+
+def _round_cost(value: Decimal) -> Decimal:
+    """`value` rounded to COST_QUANTUM, however large: quantizing needs the integer digits plus
+    the quantum's twelve, which past about 1e16 is more than the default 28-digit context has
+    (and `quantize` raises InvalidOperation rather than round)."""
+    context = decimal.getcontext().copy()
+    context.prec = max(context.prec, value.adjusted() + 1 + COST_PLACES)
+    return value.quantize(COST_QUANTUM, context=context)
+
+
+MISSING_LISTED = 20
+
+
+class FillSequences:
+    """Which venue fill sequences (1, 2, 3, ...) have been booked, and which are missing.
+
+    The venue numbers its fills without holes, so a sequence missing below the highest one
+    booked is a fill the books do not hold (yet: it may be on its way after a retry).
+    """
+
+    def __init__(self, sequences: Iterable[int] = ()) -> None:
+        self._contiguous = 0
+        self._above: set[int] = set()
+        self._max = 0
+        self._missing: list[int] | None = []  # the lowest missing ones, until the next add
+        for sequence in sequences:
+            self.add(sequence)
+
+    def add(self, sequence: int) -> None:
+        """Record a booked fill's sequence (again is harmless)."""
+        if sequence < 1:
+            raise ValueError(f"venue sequences start at 1, got {sequence}")
+        if sequence <= self._contiguous or sequence in self._above:
+            return
+        self._missing = None
+        self._max = max(self._max, sequence)
+        if sequence != self._contiguous + 1:
+            self._above.add(sequence)
+            return
+        self._contiguous = sequence
+        while self._contiguous + 1 in self._above:
+            self._contiguous += 1
+            self._above.remove(self._contiguous)
+
+    @property
+    def booked(self) -> int:
+        """The highest sequence with every sequence up to it booked (0 when 1 is missing)."""
+        return self._contiguous
+
+    @property
+    def highest(self) -> int:
+        """The highest sequence booked (0 when none)."""
+        return self._max
+
+    @property
+    def missing_count(self) -> int:
+        """How many sequences below the highest are not booked."""
+        return self._max - self._contiguous - len(self._above)
+
+    def missing(self, limit: int = MISSING_LISTED) -> list[int]:
+        """The lowest sequences below the highest that are not booked, ascending (at most
+        `limit`, itself at most MISSING_LISTED)."""
+        if self._missing is None:
+            self._missing = list(itertools.islice(self._holes(), MISSING_LISTED))
+        return self._missing[:limit]
+
+    def _holes(self) -> Iterator[int]:
+        previous = self._contiguous
+        for sequence in sorted(self._above):
+            yield from range(previous + 1, sequence)
+            previous = sequence
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from backend.infra.service import Resources, resources_of
 from backend.trading.portfolio import EquityPoint, performance_report
 from backend.trading.portfolio import Position as DomainPosition
 
-from .book import PortfolioBook
+from .book import FillsStatus, PortfolioBook
 from .store import to_ms
 
 router = APIRouter()
@@ -47,10 +47,43 @@ class PositionsPublic(BaseModel):
     count: int
 
 
+class FillsStatusPublic(BaseModel):
+    """How much of the fill stream the books hold (see FillsStatus in book.py)."""
+
+    booked_sequence: int
+    max_sequence: int
+    gaps: list[int]
+    pending: int
+    lag: int | None
+    dead_letters: int
+    complete_as_of_ms: int | None
+    # Why the books are not known complete; empty when they are.
+    problems: list[str]
+
+    @classmethod
+    def of(cls, status: FillsStatus) -> FillsStatusPublic:
+        return cls(
+            booked_sequence=status.booked_sequence,
+            max_sequence=status.max_sequence,
+            gaps=list(status.gaps),
+            pending=status.pending,
+            lag=status.lag,
+            dead_letters=status.dead_letters,
+            complete_as_of_ms=status.complete_as_of_ms,
+            problems=list(status.problems),
+        )
+
+
 class PortfolioPublic(BaseModel):
-    """Cash, equity and PnL (realized before fees; fees separate), and every traded symbol."""
+    """Cash, equity and PnL (realized before fees; fees separate), and every traded symbol.
+
+    `as_of_ms` is the last time the books were known to hold every fill on the stream (0 if
+    never since start); `marks_as_of_ms` the time of the latest mark.
+    """
 
     as_of_ms: int
+    marks_as_of_ms: int | None
+    fills: FillsStatusPublic
     initial_cash: Decimal
     cash: Decimal
     equity: Decimal
@@ -78,6 +111,8 @@ class FillPublic(BaseModel):
     booked_at: datetime
     # The venue's fill sequence, the order the ledger is replayed in; None if it was not sent.
     sequence: int | None
+    # MAKER or TAKER; None for fills booked before the ledger kept it.
+    liquidity: str | None
 
 
 class FillsPublic(BaseModel):
@@ -128,6 +163,8 @@ async def get_portfolio(book: Book) -> PortfolioPublic:
     equity = p.equity
     return PortfolioPublic(
         as_of_ms=snap.as_of_ms,
+        marks_as_of_ms=snap.marks_as_of_ms,
+        fills=FillsStatusPublic.of(snap.fills),
         initial_cash=p.initial_cash,
         cash=p.cash,
         equity=equity,
@@ -168,6 +205,7 @@ async def get_fills(
             filled_at=r.filled_at,
             booked_at=r.booked_at,
             sequence=r.sequence,
+            liquidity=r.liquidity,
         )
         for r in rows
     ]

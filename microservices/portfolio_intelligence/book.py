@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,10 +11,19 @@ from decimal import Decimal
 from typing import Any
 
 from backend.infra.db import DatabaseError, IntegrityViolationError
-from backend.infra.eventbus import Event, MarketTick, OrderFilled, PositionUpdated
+from backend.infra.eventbus import (
+    CATALOGUE,
+    Event,
+    EventBusError,
+    GroupBacklog,
+    GroupMonitor,
+    MarketTick,
+    OrderFilled,
+    PositionUpdated,
+)
 from backend.infra.observability import BoundLogger, SpanKind
 from backend.infra.service import Resources
-from backend.trading.portfolio import Portfolio
+from backend.trading.portfolio import ConflictingFill, FillSequences, Portfolio
 from backend.trading.portfolio import Position as DomainPosition
 from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
 
@@ -22,6 +32,9 @@ from .settings import PortfolioSettings
 from .store import LedgerEntry, LedgerStore, venue_order
 
 ZERO = Decimal(0)
+FILLS_STREAM = CATALOGUE.spec_for_model(OrderFilled).stream
+# A backlog read slower than this counts as unknown: the answer is wanted now, not later.
+BACKLOG_TIMEOUT_S = 1.0
 
 
 def now_ms() -> int:
@@ -33,10 +46,43 @@ def _day_start(at: datetime) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class FillsStatus:
+    """Whether the books hold every fill on `order.filled`, and if not, what is missing.
+
+    `problems` is empty when they do; otherwise it holds stable codes: `backlog_unknown`
+    (the consumer group's backlog could not be read), `pending` (fills delivered, not yet
+    acknowledged), `lag` (fills not yet delivered), `gaps` (venue sequences missing below the
+    highest booked), `dead_letters` (fills this group gave up on), `unbooked` (a fill in
+    memory that the ledger may not hold, after a failed write). `complete_as_of_ms` is the
+    last time there was none (None if never since start).
+    """
+
+    booked_sequence: int
+    max_sequence: int
+    gaps: tuple[int, ...]
+    missing_sequences: int
+    pending: int
+    lag: int | None
+    dead_letters: int
+    complete_as_of_ms: int | None
+    problems: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The portfolio at one instant, as GET /portfolio reports it."""
+    """The portfolio at one instant, as GET /portfolio reports it.
+
+    `as_of_ms` is the last time the books were known to hold every fill (0 if never since
+    start); `marks_as_of_ms` the publish time of the latest mark (a tick, or a fill's price).
+    """
 
     as_of_ms: int
+    marks_as_of_ms: int | None
+    fills: FillsStatus
     portfolio: Portfolio
     peak_equity: Decimal
     day_start_equity: Decimal
@@ -47,8 +93,13 @@ class PortfolioBook:
 
     Memory follows the ledger: a fill is applied in memory, then written with its position in
     one transaction; if the write fails, memory is rebuilt from the ledger and the event is
-    retried by the bus. `as_of_ms` is the publish time of the latest event applied (or the
-    rebuild time), so a consumer that falls behind shows up as a stale portfolio.
+    retried by the bus (and if the rebuild fails too, the next fill event rebuilds first).
+
+    Freshness follows the fill stream, not the marks: every `fills_check_interval_ms` the book
+    reads its consumer group's backlog on `order.filled` (pending, lag, dead letters) and looks
+    for holes in the venue sequences it booked. When there is nothing missing, the time the
+    check started becomes `as_of_ms`: every fill published before it is in the books. Ticks
+    never move it, so a portfolio that lost a fill ages until the loss is repaired.
 
     Average cost depends on the order fills are applied in, and the bus may deliver a fill
     after later ones (a retried event). Fills are therefore applied in the venue's order: a
@@ -73,10 +124,17 @@ class PortfolioBook:
         # The venue sequence of every booked fill that has one, and the highest per symbol.
         self._sequences: dict[FillId, int] = {}
         self._last_sequence: dict[Symbol, int] = {}
+        self._coverage = FillSequences()
         self._peak = settings.initial_cash
         self._day = _day_start(datetime.now(UTC))
         self._day_start_equity = settings.initial_cash
-        self._as_of_ms = now_ms()
+        self._marks_as_of_ms: int | None = None
+        # Memory may hold a fill the ledger does not: a write failed and so did the rebuild.
+        self._unbooked = False
+        self._monitor: GroupMonitor | None = None
+        self._backlog: GroupBacklog | None = None
+        self._complete_as_of_ms: int | None = None
+        self._reported_problems: tuple[str, ...] | None = None
 
     # Start-up ---------------------------------------------------------------------------------
 
@@ -97,7 +155,7 @@ class PortfolioBook:
         self._day = _day_start(datetime.now(UTC))
         day_start = await self.store.equity_at_or_after(self._day)
         self._day_start_equity = day_start if day_start is not None else equity
-        self._as_of_ms = max(self._as_of_ms, now_ms())
+        self._unbooked = False
         self._update_gauges()
         self.log.info("portfolio rebuilt from the ledger", fills=len(fills), equity=equity)
 
@@ -118,7 +176,11 @@ class PortfolioBook:
             Liquidity(data.liquidity),
             data.ts_ms,
         )
+        if data.sequence is not None and data.sequence < 1:
+            raise ValueError(f"fill {data.fill_id}: venue sequence {data.sequence} is below 1")
         async with self._lock:
+            if self._unbooked:
+                await self._restore()  # raises while the database is down: retried later
             with self._tracer.start_as_current_span(
                 "position.update",
                 kind=SpanKind.INTERNAL,
@@ -131,11 +193,23 @@ class PortfolioBook:
                     "price": str(fill.price),
                 },
             ) as span:
-                booked = await self._book(fill, data.sequence)
+                try:
+                    booked = await self._book(fill, data.sequence)
+                except ConflictingFill as exc:
+                    metrics.CONFLICTING_FILLS.inc()
+                    span.set_attribute("conflict", list(exc.differences))
+                    self.log.error(
+                        "fill conflicts with the booked fill of the same id; not booked",
+                        fill_id=fill.fill_id,
+                        client_order_id=fill.client_order_id,
+                        differences=list(exc.differences),
+                        deliveries=event.deliveries,
+                    )
+                    raise
                 span.set_attribute("duplicate", not booked)
                 if not booked:
                     return
-                self._as_of_ms = max(self._as_of_ms, _event_ms(event))
+                self._marks_as_of_ms = max(self._marks_as_of_ms or 0, _event_ms(event))
                 position = self.portfolio.position(fill.symbol)
                 mark = self.portfolio.mark(fill.symbol)
                 unrealized = position.unrealized_pnl(mark) if mark else ZERO
@@ -176,6 +250,7 @@ class PortfolioBook:
         position = outcome.position
         if sequence is not None:
             self._sequences[fill.fill_id] = sequence
+            self._coverage.add(sequence)
         if late:
             metrics.OUT_OF_ORDER_FILLS.inc()
             self.log.warning(
@@ -195,17 +270,23 @@ class PortfolioBook:
         try:
             await self.store.book(fill, sequence, position)
         except IntegrityViolationError:
-            # Booked already (by another replica, or before memory was lost): the ledger wins.
+            # Booked already (by another replica, or before memory was lost): the ledger wins,
+            # and this copy must agree with what it holds (ConflictingFill if not).
+            self._unbooked = True
+            await self._restore()
+            if not self.portfolio.has_fill(fill.fill_id):
+                raise  # another row collided (a position written concurrently): retry
+            self.portfolio.apply_fill(fill)
             metrics.DUPLICATE_FILLS.inc()
             self.log.info("fill already in the ledger", fill_id=fill.fill_id)
-            await self._restore()
             return False
         except DatabaseError:
+            self._unbooked = True
             self.log.exception("fill not booked; rebuilding from the ledger", fill_id=fill.fill_id)
             try:
                 await self._restore()
             except DatabaseError:
-                self.log.exception("rebuild failed; retrying with the next event")
+                self.log.exception("rebuild failed; the next fill event rebuilds first")
             raise
         metrics.FILLS_BOOKED.labels(fill.symbol).inc()
         self._after_change()
@@ -218,8 +299,104 @@ class PortfolioBook:
             return
         async with self._lock:
             self.portfolio.set_mark(Symbol(tick.symbol), (tick.bid + tick.ask) / 2)
-            self._as_of_ms = max(self._as_of_ms, _event_ms(event))
+            self._marks_as_of_ms = max(self._marks_as_of_ms or 0, _event_ms(event))
             self._after_change()
+
+    # Freshness --------------------------------------------------------------------------------
+
+    async def watch_fills(self, _resources: Resources | None = None) -> None:
+        """Check the fill stream every `fills_check_interval_ms` (the background loop)."""
+        while True:
+            if self._unbooked:
+                async with self._lock:
+                    try:
+                        await self._restore()
+                    except DatabaseError:
+                        self.log.warning("rebuild after a failed write still failing")
+            await self.check_fills()
+            await asyncio.sleep(self.settings.fills_check_interval_ms / 1000)
+
+    async def check_fills(self) -> FillsStatus:
+        """Read the group's backlog, then decide whether the books hold every fill."""
+        started_ms = now_ms()
+        try:
+            backlog = await asyncio.wait_for(self._read_backlog(), BACKLOG_TIMEOUT_S)
+        except (EventBusError, TimeoutError) as exc:
+            backlog = None
+            if self._backlog is not None or self._reported_problems is None:
+                self.log.warning("fill stream backlog unreadable", error=str(exc) or repr(exc))
+        self._backlog = backlog
+        status = self.fills_status()
+        # Every entry acknowledged and no hole: whatever was published before `started_ms`
+        # was handled, and handling a fill books it in memory before the acknowledgement.
+        if status.complete:
+            self._complete_as_of_ms = max(self._complete_as_of_ms or 0, started_ms)
+            status = self.fills_status()
+        self._report(status)
+        metrics.CHECKED_TIMESTAMP.set(started_ms / 1000)
+        return status
+
+    async def _read_backlog(self) -> GroupBacklog:
+        if self._monitor is None:
+            consumer = self._resources.consumer
+            if consumer is None:
+                raise EventBusError("the fill consumer is not started yet")
+            self._monitor = GroupMonitor(
+                self._resources.redis, consumer.group, FILLS_STREAM, consumer.settings
+            )
+        return await self._monitor.backlog()
+
+    def fills_status(self) -> FillsStatus:
+        """What the books hold of the fill stream, from the last backlog read and memory."""
+        coverage, backlog = self._coverage, self._backlog
+        problems: list[str] = []
+        if backlog is None or backlog.lag is None:
+            problems.append("backlog_unknown")
+        else:
+            problems += [
+                code
+                for code, count in (
+                    ("pending", backlog.pending),
+                    ("lag", backlog.lag),
+                    ("dead_letters", backlog.dead_letters),
+                )
+                if count
+            ]
+        if coverage.missing_count:
+            problems.append("gaps")
+        if self._unbooked:
+            problems.append("unbooked")
+        return FillsStatus(
+            booked_sequence=coverage.booked,
+            max_sequence=coverage.highest,
+            gaps=tuple(coverage.missing()),
+            missing_sequences=coverage.missing_count,
+            pending=backlog.pending if backlog else 0,
+            lag=backlog.lag if backlog else None,
+            dead_letters=backlog.dead_letters if backlog else 0,
+            complete_as_of_ms=self._complete_as_of_ms,
+            problems=tuple(problems),
+        )
+
+    def _report(self, status: FillsStatus) -> None:
+        """Gauges on every check; a log line whenever what is missing changes."""
+        metrics.FILLS_COMPLETE.set(1 if status.complete else 0)
+        metrics.FILL_PENDING.set(status.pending)
+        metrics.FILL_LAG.set(math.nan if status.lag is None else status.lag)
+        metrics.DEAD_LETTERS.set(status.dead_letters)
+        metrics.SEQUENCE_GAPS.set(status.missing_sequences)
+        metrics.BOOKED_SEQUENCE.set(status.booked_sequence)
+        metrics.MAX_SEQUENCE.set(status.max_sequence)
+        if status.complete_as_of_ms is not None:
+            metrics.COMPLETE_TIMESTAMP.set(status.complete_as_of_ms / 1000)
+        if status.problems == self._reported_problems:
+            return
+        previous, self._reported_problems = self._reported_problems, status.problems
+        if status.complete:
+            if previous is not None:
+                self.log.info("portfolio holds every fill again", **_fields_of(status))
+            return
+        self.log.warning("portfolio is not known to hold every fill", **_fields_of(status))
 
     # Equity curve -----------------------------------------------------------------------------
 
@@ -240,7 +417,27 @@ class PortfolioBook:
     # Reading ----------------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self._as_of_ms, self.portfolio, self._peak, self._day_start_equity)
+        """The portfolio now, in a `portfolio.snapshot` span that says how fresh it is."""
+        fills = self.fills_status()
+        as_of_ms = fills.complete_as_of_ms or 0
+        attributes: dict[str, Any] = {
+            "portfolio.complete": fills.complete,
+            "portfolio.age_ms": now_ms() - as_of_ms,
+            "portfolio.fills.booked_sequence": fills.booked_sequence,
+        }
+        if not fills.complete:
+            attributes.update({f"portfolio.fills.{k}": v for k, v in _fields_of(fills).items()})
+        with self._tracer.start_as_current_span(
+            "portfolio.snapshot", kind=SpanKind.INTERNAL, attributes=attributes
+        ):
+            return Snapshot(
+                as_of_ms,
+                self._marks_as_of_ms,
+                fills,
+                self.portfolio,
+                self._peak,
+                self._day_start_equity,
+            )
 
     def positions(self) -> list[tuple[DomainPosition, Decimal | None]]:
         """Every symbol traded, with its mark, sorted by symbol."""
@@ -254,14 +451,23 @@ class PortfolioBook:
     def _entries(self) -> list[LedgerEntry]:
         """The ledger in memory: venue order up to the last rebuild, booking order since, which
         `venue_order` sorts exactly as it sorts the stored ledger."""
-        return [LedgerEntry(f, self._sequences.get(f.fill_id)) for f in self.portfolio.ledger]
+        unknown = self.portfolio.liquidity_unknown
+        return [
+            LedgerEntry(f, self._sequences.get(f.fill_id), f.fill_id not in unknown)
+            for f in self.portfolio.ledger
+        ]
 
     def _replay(self, entries: list[LedgerEntry]) -> None:
         """Rebuild the portfolio from ledger `entries` (in booking order), in venue order."""
         ordered = venue_order(entries)
-        self.portfolio = Portfolio.replay(self.settings.initial_cash, [e.fill for e in ordered])
+        self.portfolio = Portfolio.replay(
+            self.settings.initial_cash,
+            [e.fill for e in ordered],
+            liquidity_unknown={e.fill.fill_id for e in ordered if not e.liquidity_known},
+        )
         self._sequences = {e.fill.fill_id: e.sequence for e in ordered if e.sequence is not None}
         self._last_sequence = {e.fill.symbol: e.sequence for e in ordered if e.sequence is not None}
+        self._coverage = FillSequences(self._sequences.values())
 
     def _after_change(self) -> None:
         equity = self.portfolio.equity
@@ -286,3 +492,18 @@ class PortfolioBook:
 
 def _event_ms(event: Event[Any]) -> int:
     return int(event.time.timestamp() * 1000)
+
+
+def _fields_of(status: FillsStatus) -> dict[str, Any]:
+    """What a stale portfolio's log line and span say about the fill stream."""
+    return {
+        "problems": list(status.problems),
+        "booked_sequence": status.booked_sequence,
+        "max_sequence": status.max_sequence,
+        "gaps": list(status.gaps),
+        "missing_sequences": status.missing_sequences,
+        "pending": status.pending,
+        "lag": -1 if status.lag is None else status.lag,
+        "dead_letters": status.dead_letters,
+        "complete_as_of_ms": status.complete_as_of_ms or 0,
+    }

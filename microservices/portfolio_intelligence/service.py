@@ -1,4 +1,4 @@
-"""portfolio-intelligence assembly: the book, its routes, fill and tick handlers, equity sampler."""
+"""portfolio-intelligence assembly: the book, its routes, event handlers, background loops."""
 
 from __future__ import annotations
 
@@ -23,5 +23,6 @@ def create_service(settings: PortfolioSettings | None = None) -> Service:
     service.subscribe(OrderFilled, book.on_fill)
     service.subscribe(MarketTick, book.on_tick)
     service.background("equity-sampler", book.sample_equity)
+    service.background("fill-watch", book.watch_fills)
     service.app.include_router(router)
     return service

@@ -1,4 +1,4 @@
-"""portfolio-intelligence settings: starting cash and how often the equity curve is sampled."""
+"""portfolio-intelligence settings: starting cash, equity sampling, fill-stream checks."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ class PortfolioSettings(BaseSettings):
     initial_cash: Decimal = Field(default=Decimal(100_000), ge=0, validation_alias="INITIAL_CASH")
     equity_sample_s: float = Field(default=5.0, gt=0, validation_alias="EQUITY_SAMPLE_S")
     """The equity curve gets one point per interval; performance ratios assume this period."""
+    fills_check_interval_ms: int = Field(
+        default=250, gt=0, le=60_000, validation_alias="FILLS_CHECK_INTERVAL_MS"
+    )
+    """How often the fill stream's backlog is read; `as_of_ms` is at most this old when the
+    books hold every fill."""
 
     @property
     def periods_per_year(self) -> float:

@@ -26,10 +26,15 @@ def to_ms(value: datetime) -> int:
 
 
 class LedgerEntry(NamedTuple):
-    """A booked fill and the venue's sequence of it (None when its producer sent none)."""
+    """A booked fill and the venue's sequence of it (None when its producer sent none).
+
+    `liquidity_known` is False for fills booked before the ledger kept liquidity: their
+    `fill.liquidity` is a placeholder.
+    """
 
     fill: Fill
     sequence: int | None
+    liquidity_known: bool = True
 
 
 def venue_order(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
@@ -66,6 +71,7 @@ class LedgerStore:
                     fee=fill.fee,
                     filled_at=to_datetime(fill.ts_ms),
                     sequence=sequence,
+                    liquidity=fill.liquidity.value,
                 )
             )
             row = await session.get(Position, position.symbol)
@@ -83,7 +89,6 @@ class LedgerStore:
         rebuilt from (in venue order, see `venue_order`)."""
         async with self._resources.session() as session:
             rows = await session.scalars(select(LedgerFill).order_by(LedgerFill.id))
-            # Liquidity is not kept in the ledger; it has no effect on positions or cash.
             return [
                 LedgerEntry(
                     Fill(
@@ -94,10 +99,12 @@ class LedgerStore:
                         r.quantity,
                         r.price,
                         r.fee,
-                        Liquidity.TAKER,
+                        # Rows from before revision 0006 have none; it moves no number.
+                        Liquidity(r.liquidity or Liquidity.TAKER),
                         to_ms(r.filled_at),
                     ),
                     r.sequence,
+                    r.liquidity is not None,
                 )
                 for r in rows
             ]

@@ -1,4 +1,5 @@
 from collections import defaultdict
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -8,7 +9,9 @@ from hypothesis import strategies as st
 from backend.trading.portfolio import (
     ConflictingFill,
     EquityPoint,
+    FillSequences,
     Portfolio,
+    fill_differences,
     max_drawdown,
     performance_report,
     period_returns,
@@ -16,7 +19,7 @@ from backend.trading.portfolio import (
     sortino_ratio,
     win_rate,
 )
-from backend.trading.types import Fill, FillId, Side, Symbol
+from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
 from tests.trading.factories import BTC, ETH, fill
 
 CASH = Decimal(100_000)
@@ -48,6 +51,74 @@ def test_fill_id_reused_with_different_contents_is_an_error() -> None:
     portfolio = book(fill(Side.BUY, "2", "100"))
     with pytest.raises(ConflictingFill):
         portfolio.apply_fill(fill(Side.BUY, "3", "100"))
+
+
+def test_a_conflict_names_every_field_that_differs() -> None:
+    portfolio = book(fill(Side.BUY, "2", "100", fee="1"))
+    with pytest.raises(ConflictingFill) as raised:
+        portfolio.apply_fill(fill(Side.SELL, "2", "101", fee="1"))
+    assert raised.value.differences == ("side BUY != SELL", "price 100 != 101")
+    assert "side BUY != SELL, price 100 != 101" in str(raised.value)
+
+
+def test_a_copy_that_differs_in_liquidity_is_a_conflict_once_liquidity_is_known() -> None:
+    taker = fill(Side.BUY, "2", "100")
+    portfolio = book(taker)
+    with pytest.raises(ConflictingFill, match="liquidity TAKER != MAKER"):
+        portfolio.apply_fill(replace(taker, liquidity=Liquidity.MAKER))
+
+
+def test_a_fill_replayed_without_its_liquidity_takes_a_copy_of_any_liquidity_as_a_duplicate() -> (
+    None
+):
+    # Fills booked before the ledger kept liquidity come back with a placeholder (audit F9).
+    placeholder = fill(Side.BUY, "2", "100")
+    portfolio = Portfolio.replay(CASH, [placeholder], liquidity_unknown={placeholder.fill_id})
+    outcome = portfolio.apply_fill(replace(placeholder, liquidity=Liquidity.MAKER))
+    assert outcome.duplicate and not outcome.applied
+    assert portfolio.position(BTC).quantity == 2
+    with pytest.raises(ConflictingFill, match="quantity 2 != 3"):
+        portfolio.apply_fill(replace(placeholder, quantity=D(3), liquidity=Liquidity.MAKER))
+
+
+def test_a_copy_that_differs_only_in_its_time_or_in_trailing_zeros_is_a_duplicate() -> None:
+    booked = fill(Side.BUY, "2", "100", fee="0.1")
+    again = replace(booked, quantity=D("2.000"), price=D("100.00"), fee=D("0.10"), ts_ms=1_001)
+    assert fill_differences(booked, again) == []
+    assert book(booked).apply_fill(again).duplicate
+
+
+def test_every_booked_field_takes_part_in_the_comparison() -> None:
+    booked = fill(Side.BUY, "2", "100", fee="0.1")
+    changes = {
+        "client_order_id": ClientOrderId("other"),
+        "symbol": ETH,
+        "side": Side.SELL,
+        "quantity": D(3),
+        "price": D(101),
+        "fee": D("0.2"),
+        "liquidity": Liquidity.MAKER,
+    }
+    for name, value in changes.items():
+        differences = fill_differences(booked, replace(booked, **{name: value}))
+        assert [d.split()[0] for d in differences] == [name]
+    assert (
+        fill_differences(
+            booked, replace(booked, liquidity=Liquidity.MAKER), compare_liquidity=False
+        )
+        == []
+    )
+
+
+def test_a_partial_close_of_a_cost_basis_beyond_1e16_is_rounded_not_an_error() -> None:
+    # 3e16 of cost needs 17 integer digits plus 12 decimals: more than 28 digits (audit F15).
+    portfolio = book(
+        fill(Side.BUY, "3", "1e16", fill_id="a"), fill(Side.SELL, "1", "1e16", fill_id="b")
+    )
+    position = portfolio.position(BTC)
+    assert position.quantity == 2
+    assert position.cost_basis == D("2e16")
+    assert position.realized_pnl == 0
 
 
 def test_buys_average_their_prices() -> None:
@@ -349,3 +420,69 @@ def test_splitting_fills_into_smaller_fills_changes_nothing_but_rounding(
         assert abs(parts.position(symbol).realized_pnl - whole.position(symbol).realized_pnl) < D(
             "1e-8"
         )
+
+
+# Wire bounds of quantities and prices (backend.infra.service Quantity, Price): <= 1e12, 12 places.
+wire_quantities = st.decimals(min_value="1e-12", max_value="1e12", places=12)
+wire_prices = st.decimals(min_value="1e-12", max_value="1e12", places=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(Side), wire_quantities, wire_prices), min_size=1, max_size=12
+    )
+)
+def test_any_fills_within_the_wire_bounds_book_without_a_decimal_error(
+    rows: list[tuple[Side, Decimal, Decimal]],
+) -> None:
+    portfolio = book(
+        *(fill(side, q, p, fill_id=f"f{i}") for i, (side, q, p) in enumerate(rows)),
+    )
+    net = sum((q * side.sign for side, q, _p in rows), D(0))
+    assert portfolio.position(BTC).quantity == net
+
+
+# --- venue sequences ------------------------------------------------------------------------
+
+
+def test_sequences_booked_in_order_leave_no_gap() -> None:
+    sequences = FillSequences([1, 2, 3])
+    assert (sequences.booked, sequences.highest, sequences.missing()) == (3, 3, [])
+    assert sequences.missing_count == 0
+
+
+def test_a_sequence_that_never_arrived_is_a_gap_until_it_does() -> None:
+    sequences = FillSequences([2])
+    assert (sequences.booked, sequences.highest, sequences.missing()) == (0, 2, [1])
+    sequences.add(1)
+    assert (sequences.booked, sequences.highest, sequences.missing()) == (2, 2, [])
+
+
+def test_at_most_twenty_missing_sequences_are_listed_but_all_are_counted() -> None:
+    sequences = FillSequences([100])
+    assert sequences.missing() == list(range(1, 21))
+    assert sequences.missing(3) == [1, 2, 3]
+    assert sequences.missing_count == 99
+
+
+def test_a_sequence_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="start at 1"):
+        FillSequences().add(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(booked=st.lists(st.integers(min_value=1, max_value=60), max_size=40))
+def test_booked_sequence_and_gaps_match_a_recount(booked: list[int]) -> None:
+    sequences = FillSequences()
+    for n, sequence in enumerate(booked):
+        sequences.add(sequence)
+        seen = set(booked[: n + 1])
+        contiguous = 0
+        while contiguous + 1 in seen:
+            contiguous += 1
+        holes = [s for s in range(1, max(seen)) if s not in seen]
+        assert sequences.booked == contiguous
+        assert sequences.highest == max(seen)
+        assert sequences.missing() == holes[:20]
+        assert sequences.missing_count == len(holes)

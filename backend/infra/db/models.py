@@ -282,6 +282,9 @@ class LedgerFill(Base):
     # The venue's fill sequence (execution's `fills.id`), the order the ledger is replayed in;
     # NULL for fills whose producer sent none (and those booked before revision 0005).
     sequence: Mapped[int | None] = mapped_column(ID_TYPE, index=True)
+    # MAKER or TAKER, so a copy of the fill redelivered after a rebuild compares equal;
+    # NULL for fills booked before revision 0006 (their copies are not compared on it).
+    liquidity: Mapped[str | None] = mapped_column(String(5))
 
 
 class Position(Base):

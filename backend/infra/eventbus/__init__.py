@@ -29,6 +29,7 @@ from ._errors import (
     UnknownEventType,
 )
 from ._idempotency import Idempotency
+from ._introspection import GroupBacklog, GroupMonitor
 from ._publisher import MESSAGING_SYSTEM, EventPublisher, Receipt
 from ._redis import create_redis_client, redis_readiness_check
 from ._settings import EventBusSettings
@@ -69,6 +70,8 @@ __all__ = [
     "EventPublisher",
     "EventSpec",
     "FeedStalled",
+    "GroupBacklog",
+    "GroupMonitor",
     "Handler",
     "Idempotency",
     "MalformedEvent",
