@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from backend.infra.db import DatabaseError
-from backend.infra.eventbus import MarketTick, OrderFilled
+from backend.infra.eventbus import EventBusSettings, MarketTick, OrderFilled
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
 from microservices.portfolio_intelligence.store import LedgerStore
@@ -29,6 +31,7 @@ def fill(
     fee: str,
     symbol: str = "BTCUSDT",
     sequence: int | None = None,
+    liquidity: str = "TAKER",
 ) -> OrderFilled:
     return OrderFilled(
         fill_id=fill_id,
@@ -38,7 +41,7 @@ def fill(
         quantity=D(quantity),
         price=D(price),
         fee=D(fee),
-        liquidity="TAKER",
+        liquidity=liquidity,  # type: ignore[arg-type]
         ts_ms=time.time_ns() // 1_000_000,
         sequence=sequence,
     )
@@ -117,9 +120,20 @@ def test_pnl_after_a_buy_and_a_partial_sell_matches_an_independent_computation(
 
 def test_the_portfolio_has_the_shape_risk_safety_reads(harness: ServiceHarness) -> None:
     with harness.run(create_service) as client:
-        p = portfolio(client)
+        p = wait_for(lambda: (p := portfolio(client))["as_of_ms"] > 0 and p, what="a first check")
     assert isinstance(p["as_of_ms"], int)
     assert abs(p["as_of_ms"] - time.time() * 1000) < 60_000
+    assert p["marks_as_of_ms"] is None  # no tick and no fill yet
+    assert p["fills"] == {
+        "booked_sequence": 0,
+        "max_sequence": 0,
+        "gaps": [],
+        "pending": 0,
+        "lag": 0,
+        "dead_letters": 0,
+        "complete_as_of_ms": p["as_of_ms"],
+        "problems": [],
+    }
     for key in (
         "cash",
         "equity",
@@ -288,3 +302,99 @@ def test_a_fill_retried_after_a_failed_booking_is_booked_in_the_venue_order(
         assert booking_order == [1, 3, 2]  # the bus retried sequence 2 after booking 3
         assert out_of_order_fills() == before + 1
         assert position_of(client, "BTCUSDT") == in_sequence_order()
+
+
+# --- duplicates after a restart (audit F9) ----------------------------------------------------
+
+
+def duplicates() -> float:
+    return REGISTRY.get_sample_value("portfolio_duplicate_fills_total") or 0.0
+
+
+def conflicts() -> float:
+    return REGISTRY.get_sample_value("portfolio_conflicting_fills_total") or 0.0
+
+
+def dead_letters(harness: ServiceHarness) -> list[Any]:
+    key = EventBusSettings(prefix=harness.prefix).dead_letter_key("order.filled")
+    client = redis.Redis.from_url(harness.redis_url)
+    try:
+        return list(client.xrange(key))
+    finally:
+        client.close()
+
+
+def books(p: dict[str, Any]) -> tuple[object, ...]:
+    return (
+        p["cash"],
+        p["realized_pnl"],
+        p["fees"],
+        [(q["symbol"], q["quantity"]) for q in p["positions"]],
+    )
+
+
+def test_a_maker_fill_redelivered_after_a_restart_is_a_duplicate(harness: ServiceHarness) -> None:
+    maker = fill("m-1", "BUY", "1", "100", "0.05", sequence=1, liquidity="MAKER")
+    with harness.run(create_service) as client:
+        harness.publish(maker, event_id="evt-1")
+        wait_for(lambda: booked(client, 1), what="the maker fill booked")
+        assert client.get("/fills").json()["data"][0]["liquidity"] == "MAKER"
+        before = books(portfolio(client))
+
+    with harness.run(create_service) as client:
+        dropped = duplicates()
+        # The same fill under another event id: what a crash between commit and ack leaves.
+        harness.publish(maker, event_id="evt-2")
+        wait_for(lambda: duplicates() == dropped + 1, what="the copy dropped as a duplicate")
+        assert books(portfolio(client)) == before
+        # A later fill is booked after it, and nothing went to the dead-letter stream.
+        harness.publish(fill("m-2", "SELL", "1", "101", "0.05", sequence=2), event_id="evt-3")
+        wait_for(lambda: booked(client, 2), what="the fill after it booked")
+        p = wait_for(lambda: not (p := portfolio(client))["fills"]["problems"] and p)
+        assert dead_letters(harness) == []
+        assert p["fills"]["booked_sequence"] == 2 and p["fills"]["dead_letters"] == 0
+
+    assert before == (str(INITIAL - D(100) - D("0.05")), "0", "0.05", [("BTCUSDT", "1")])
+    assert D(p["cash"]) == INITIAL - D(100) - D("0.05") + D(101) - D("0.05")
+    assert D(p["realized_pnl"]) == 1
+
+
+def test_a_fill_booked_before_liquidity_was_kept_takes_a_copy_of_any_liquidity_as_a_duplicate(
+    harness: ServiceHarness,
+) -> None:
+    maker = fill("l-1", "BUY", "1", "100", "0.05", sequence=1, liquidity="MAKER")
+    with harness.run(create_service) as client:
+        harness.publish(maker, event_id="evt-1")
+        wait_for(lambda: booked(client, 1), what="the fill booked")
+    # What a row booked before revision 0006 looks like.
+    with sqlite3.connect(harness.database_url.split("///", 1)[1]) as db:
+        db.execute("UPDATE ledger_fills SET liquidity = NULL")
+
+    with harness.run(create_service) as client:
+        dropped = duplicates()
+        harness.publish(maker, event_id="evt-2")
+        wait_for(lambda: duplicates() == dropped + 1, what="the copy dropped as a duplicate")
+        assert client.get("/fills").json()["data"][0]["liquidity"] is None
+        assert D(portfolio(client)["positions"][0]["quantity"]) == 1
+
+
+def test_a_fill_with_a_booked_id_and_other_economics_is_a_conflict_after_a_restart(
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVENTBUS_RETRY_BACKOFF_MS", "10")
+    monkeypatch.setenv("EVENTBUS_RETRY_BACKOFF_MAX_MS", "40")
+    with harness.run(create_service) as client:
+        harness.publish(fill("x-1", "BUY", "1", "100", "0.05", sequence=1), event_id="evt-1")
+        wait_for(lambda: booked(client, 1), what="the fill booked")
+        before = books(portfolio(client))
+
+    with harness.run(create_service) as client:
+        seen = conflicts()
+        harness.publish(fill("x-1", "BUY", "2", "100", "0.05", sequence=1), event_id="evt-2")
+        wait_for(lambda: len(dead_letters(harness)) == 1, what="the conflict dead-lettered")
+        assert conflicts() > seen
+        dead = dead_letters(harness)[0][1]
+        assert b"ConflictingFill" in dead[b"error"] and b"quantity 1 != 2" in dead[b"error"]
+        p = wait_for(lambda: (p := portfolio(client))["fills"]["dead_letters"] == 1 and p)
+        assert books(p) == before
+        assert "dead_letters" in p["fills"]["problems"]
