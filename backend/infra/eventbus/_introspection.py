@@ -8,12 +8,13 @@ from typing import Any
 import redis.exceptions as redis_errors
 from redis.asyncio import Redis
 
-from ._redis import translate_error
+from ._redis import CONNECTION_ERRORS, translate_error
 from ._settings import EventBusSettings
 
 # Entries counted one by one when Redis cannot tell a group's lag; past it the lag is a floor.
 LAG_COUNT_CAP = 1_000
 _PAGE = 500
+_ERRORS: tuple[type[BaseException], ...] = (redis_errors.RedisError, *CONNECTION_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class GroupMonitor:
             return GroupBacklog(
                 pending=int(info["pending"]), lag=int(lag), dead_letters=dead_letters
             )
-        except redis_errors.RedisError as exc:
+        except _ERRORS as exc:
             raise translate_error(exc, f"backlog of {self.group} on {self.stream_key}") from exc
 
     def _group_info(self, groups: Any) -> dict[Any, Any] | None:

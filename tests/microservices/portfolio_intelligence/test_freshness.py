@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from backend.infra.db import DatabaseError
-from backend.infra.eventbus import MarketTick
+from backend.infra.eventbus import GroupMonitor, MarketTick, create_redis_client
+from backend.infra.eventbus._embedded import free_port
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
 from microservices.portfolio_intelligence.store import LedgerStore
@@ -223,3 +224,22 @@ def test_a_fill_in_memory_after_a_failed_write_and_rebuild_still_reaches_the_led
     assert D(p["positions"][0]["quantity"]) == 1
     with harness.run(create_service) as client:
         assert D(portfolio(client)["positions"][0]["quantity"]) == 1
+
+
+def test_a_backlog_that_cannot_be_read_stops_as_of_ms(harness: ServiceHarness) -> None:
+    with harness.run(create_service) as client:
+        complete(client)
+        book = client.app.state.resources.extras["book"]  # type: ignore[attr-defined]
+        # Point the check at a closed port: a real refused connection, as when Redis is down.
+        unreachable = create_redis_client(f"redis://127.0.0.1:{free_port()}/0")
+        book._monitor = GroupMonitor(unreachable, "portfolio-intelligence", "order.filled")
+        p = wait_for(
+            lambda: (p := portfolio(client))["fills"]["problems"] == ["backlog_unknown"] and p,
+            what="the backlog unknown",
+        )
+        frozen = p["as_of_ms"]
+        p = after_a_check(client)
+        assert p["as_of_ms"] == frozen
+        assert p["fills"]["lag"] is None
+        assert "portfolio_fill_lag NaN" in client.get("/metrics").text
+        client.portal.call(unreachable.aclose)  # type: ignore[union-attr]

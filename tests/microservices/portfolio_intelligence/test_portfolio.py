@@ -319,7 +319,8 @@ def dead_letters(harness: ServiceHarness) -> list[Any]:
     key = EventBusSettings(prefix=harness.prefix).dead_letter_key("order.filled")
     client = redis.Redis.from_url(harness.redis_url)
     try:
-        return list(client.xrange(key))
+        entries: list[Any] = client.xrange(key)  # type: ignore[assignment]
+        return entries
     finally:
         client.close()
 
