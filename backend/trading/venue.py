@@ -363,8 +363,7 @@ class PaperVenue:
                     )
                 else:
                     problem = (
-                        f"insufficient {request.symbol}: need {request.quantity}, "
-                        f"have {available}"
+                        f"insufficient {request.symbol}: need {request.quantity}, have {available}"
                     )
                 return problem, ZERO, ZERO
             return "", ZERO, request.quantity

@@ -289,9 +289,7 @@ def test_restore_without_stored_reservations_re_derives_them_as_admission_does()
     assert restored(v, []).reserved_cash == v.reserved_cash == 2 * Decimal(95) * Decimal("1.001")
     _v, fills = busy_venue()
     again = restored(_v, fills, keep_reservations=False)
-    assert again.reserved_cash_of(ClientOrderId("m-1")) == _v.reserved_cash_of(
-        ClientOrderId("m-1")
-    )
+    assert again.reserved_cash_of(ClientOrderId("m-1")) == _v.reserved_cash_of(ClientOrderId("m-1"))
 
 
 def test_restore_refuses_an_order_that_is_not_open() -> None:
