@@ -92,31 +92,23 @@ class Instrument:
         """`price` on the tick grid, against the trader: up for a buy, down for a sell."""
         rounding = ROUND_CEILING if side is Side.BUY else ROUND_FLOOR
         ticks = (price / self.tick_size).to_integral_value(rounding=rounding)
-        return (ticks * self.tick_size).quantize(self._price_unit)
+        return plain(ticks * self.tick_size)
 
     def floor_quantity(self, quantity: Decimal) -> Decimal:
         """The largest multiple of the lot size not above `quantity` (0 if below one lot)."""
         if quantity <= ZERO:
             return ZERO
         lots = (quantity / self.lot_size).to_integral_value(rounding=ROUND_FLOOR)
-        return (lots * self.lot_size).quantize(self._quantity_unit)
+        return plain(lots * self.lot_size)
 
     def round_fee(self, amount: Decimal) -> Decimal:
         """A fee amount rounded up to the quote precision, so a fee is never undercharged."""
-        return amount.quantize(self.quote_unit, rounding=ROUND_CEILING)
+        return plain(amount.quantize(self.quote_unit, rounding=ROUND_CEILING))
 
     @property
     def quote_unit(self) -> Decimal:
         """The smallest amount of the quote currency (10 ** -quote_precision)."""
         return Decimal(1).scaleb(-self.quote_precision)
-
-    @property
-    def _price_unit(self) -> Decimal:
-        return Decimal(1).scaleb(-self.price_precision)
-
-    @property
-    def _quantity_unit(self) -> Decimal:
-        return Decimal(1).scaleb(-self.quantity_precision)
 
     # Order checks -------------------------------------------------------------------------------
 
@@ -164,6 +156,20 @@ class Instrument:
                 f"notional {self.min_notional} for {self.symbol}",
             )
         return None
+
+
+def plain(value: Decimal) -> Decimal:
+    """`value` without trailing zeros and without an exponent: 48.0000 -> 48, 100.10 -> 100.1.
+
+    A database column gives amounts back in this form (SQLite drops trailing zeros), so
+    booking them so keeps the numbers the same, digit for digit, across a restart.
+    """
+    if value.is_zero():
+        return Decimal(0)
+    normalized = value.normalize()
+    exponent = normalized.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return normalized.quantize(Decimal(1)) if exponent > 0 else normalized
 
 
 def _require_step(name: str, label: str, step: Decimal, precision: int, unit: str) -> None:

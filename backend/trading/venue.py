@@ -522,10 +522,8 @@ class PaperVenue:
         """
         exact = notional * self._config.fee_bps(liquidity) / BPS
         carry = self._fee_carry.get(order.client_order_id, ZERO)
-        fee = instrument.round_fee(exact - carry)
-        if fee <= ZERO:
-            # The carry covers it (rounding can leave a negative zero): charge nothing.
-            fee = ZERO.quantize(instrument.quote_unit)
+        # The carry can cover a whole fee (rounding then leaves zero, or a negative zero).
+        fee = max(instrument.round_fee(exact - carry), ZERO)
         return fee, carry + fee - exact
 
     def _book(
