@@ -205,7 +205,7 @@ async def place_order(body: OrderCreate, response: Response, desk: Desk) -> Orde
                 "ctx": {"rule": violation.rule},
             }
         ]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=detail)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
     approval = body.approval
     try:
         verify_approval(
