@@ -187,6 +187,7 @@ class PaperVenue:
                 if reserved is None:
                     reserved = venue._derived_reservation(order)
                 venue._reserved_cash[cid] = reserved
+        venue._takers &= set(venue._orders)
         for quote in quotes:
             venue._quotes[quote.symbol] = quote
         return venue
@@ -374,8 +375,8 @@ class PaperVenue:
                 ZERO,
                 ZERO,
             )
-        order, _ = create_order(request, 0)
-        needed = self._buy_reservation(order, self._worst_buy_price(request, quote))
+        unfilled, _ = create_order(request, 0)
+        needed = self._buy_reservation(unfilled, self._worst_buy_price(request, quote))
         if needed > self.available_cash:
             return (
                 f"insufficient balance: need {needed}, available {self.available_cash}",
@@ -412,8 +413,8 @@ class PaperVenue:
         remaining = order.remaining_quantity
         if remaining <= ZERO:
             return ZERO
-        rate = self._config.taker_fee_bps if order.order_type is OrderType.MARKET else None
-        rate = self._max_fee_bps if rate is None else rate
+        market = order.order_type is OrderType.MARKET
+        rate = self._config.taker_fee_bps if market else self._max_fee_bps
         notional = remaining * worst_price
         exact_fee = notional * rate / BPS - self._fee_carry.get(order.client_order_id, ZERO)
         instrument = self._instrument(order.symbol)
