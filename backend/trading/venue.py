@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from dataclasses import dataclass, field
+from decimal import Decimal
 
+from backend.trading.instruments import (
+    DEFAULT_INSTRUMENTS,
+    Instrument,
+    Instruments,
+    RuleViolation,
+)
 from backend.trading.orders import (
     Order,
     OrderEvent,
@@ -31,6 +37,8 @@ from backend.trading.types import (
 ZERO = Decimal(0)
 BPS = Decimal(10_000)
 
+MARKET_REMAINDER = "market order remainder canceled: market orders never rest"
+
 
 class UnknownOrder(KeyError):
     """Raised when a client order id is not known to the venue."""
@@ -38,22 +46,33 @@ class UnknownOrder(KeyError):
 
 @dataclass(frozen=True, slots=True)
 class VenueConfig:
-    """Fee and fill model. Slippage grows with order size over the quote's volume, up to a cap."""
+    """Fee and fill model, and the instruments traded.
+
+    Slippage grows with the depth an order reaches on its side of one quote (the quantity
+    already taken there plus its own) over the quote's volume, `impact_bps` at one full
+    volume, capped at `max_slippage_bps`.
+    """
 
     taker_fee_bps: Decimal = Decimal(10)
     maker_fee_bps: Decimal = Decimal(2)
     impact_bps: Decimal = Decimal(50)
     max_slippage_bps: Decimal = Decimal(25)
-    price_increment: Decimal = Decimal("0.01")
     touch_fill_probability: float = 0.5
+    instruments: Instruments = field(default=DEFAULT_INSTRUMENTS)
 
     def __post_init__(self) -> None:
         if min(self.taker_fee_bps, self.maker_fee_bps, self.impact_bps) < ZERO:
             raise ValueError("fees and impact must not be negative")
-        if self.max_slippage_bps < ZERO or self.price_increment <= ZERO:
-            raise ValueError("max_slippage_bps must be >= 0 and price_increment > 0")
+        if max(self.taker_fee_bps, self.maker_fee_bps) >= BPS:
+            raise ValueError("fees must be below 10000 bps")
+        if self.max_slippage_bps < ZERO:
+            raise ValueError("max_slippage_bps must be >= 0")
         if not 0.0 <= self.touch_fill_probability <= 1.0:
             raise ValueError("touch_fill_probability must be in [0, 1]")
+
+    def fee_bps(self, liquidity: Liquidity) -> Decimal:
+        """The fee rate of a fill with this liquidity."""
+        return self.maker_fee_bps if liquidity is Liquidity.MAKER else self.taker_fee_bps
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +101,12 @@ class WorkingOrder:
 class PaperVenue:
     """An in-memory spot venue. Cash is in the quote currency; holdings are per symbol.
 
-    Buys reserve cash (at the worst price the order could pay, fees included) and sells reserve
-    holdings when accepted; the reservation is released as the order fills or is canceled.
-    Randomness (filling a limit order whose price is merely touched) comes from a seeded RNG.
+    Buys reserve cash (the order's worst price, on the tick grid, plus the most its fees can
+    come to) and sells reserve holdings when accepted; the reservation shrinks as the order
+    fills and is released when it is done. Fills are never worse than the market: a limit
+    order fills at its limit or better, a market order only on the quote it arrives on
+    (its rest is canceled). Randomness (filling a resting limit order whose price is merely
+    touched) comes from a seeded RNG.
     """
 
     def __init__(
@@ -105,8 +127,12 @@ class PaperVenue:
         self._reserved_cash: dict[ClientOrderId, Decimal] = {}
         self._reserved_quantity: dict[ClientOrderId, Decimal] = {}
         self._fill_counts: dict[ClientOrderId, int] = {}
+        # Fees charged to an order minus its exact fees so far: always in [0, one quote unit).
+        self._fee_carry: dict[ClientOrderId, Decimal] = {}
+        # Limit orders that were marketable when they arrived: they take liquidity for good.
+        self._takers: set[ClientOrderId] = set()
         self._quotes: dict[Symbol, Quote] = {}
-        self._volume_used: dict[Symbol, Decimal] = {}
+        self._volume_used: dict[tuple[Symbol, Side], Decimal] = {}
 
     @classmethod
     def restore(
@@ -122,10 +148,15 @@ class PaperVenue:
         """The venue a restart finds: balances after every fill, the open orders and their
         reservations, and the latest quotes (kept, not matched: they are not new ticks).
 
-        Fill ids continue where they stopped. The RNG starts again from `seed`.
+        Fill ids continue where they stopped. The RNG starts again from `seed`. An open limit
+        order with a taker fill keeps taking liquidity; each open order's fee carry is
+        re-derived from its fills at the configured fee rates.
         """
         venue = cls(cash=initial_cash, config=config, seed=seed)
+        charged: dict[ClientOrderId, Decimal] = {}
+        exact: dict[ClientOrderId, Decimal] = {}
         for fill in fills:
+            cid = fill.client_order_id
             holding = venue._holdings.get(fill.symbol, ZERO)
             if fill.side is Side.BUY:
                 venue._cash -= fill.quantity * fill.price + fill.fee
@@ -133,32 +164,47 @@ class PaperVenue:
             else:
                 venue._cash += fill.quantity * fill.price - fill.fee
                 venue._holdings[fill.symbol] = holding - fill.quantity
-            count = venue._fill_counts.get(fill.client_order_id, 0)
-            venue._fill_counts[fill.client_order_id] = count + 1
+            venue._fill_counts[cid] = venue._fill_counts.get(cid, 0) + 1
+            if fill.liquidity is Liquidity.TAKER:
+                venue._takers.add(cid)
+            charged[cid] = charged.get(cid, ZERO) + fill.fee
+            rate = venue._config.fee_bps(fill.liquidity)
+            exact[cid] = exact.get(cid, ZERO) + fill.quantity * fill.price * rate / BPS
         for working in open_orders:
             order = working.order
             if not order.status.is_open:
                 raise ValueError(f"order {order.client_order_id} is {order.status.value}, not open")
             cid = order.client_order_id
             venue._orders[cid] = order
+            instrument = venue._config.instruments.get(order.symbol)
+            if cid in charged and instrument is not None:
+                carry = charged[cid] - exact[cid]
+                venue._fee_carry[cid] = min(max(carry, ZERO), instrument.quote_unit)
             if order.side is Side.SELL:
                 venue._reserved_quantity[cid] = order.remaining_quantity
             else:
                 reserved = working.reserved_cash
                 if reserved is None:
-                    reserved = order.remaining_quantity * venue._worst_price_of(order)
+                    reserved = venue._derived_reservation(order)
                 venue._reserved_cash[cid] = reserved
+        venue._takers &= set(venue._orders)
         for quote in quotes:
             venue._quotes[quote.symbol] = quote
         return venue
 
-    def _worst_price_of(self, order: Order) -> Decimal:
+    def _derived_reservation(self, order: Order) -> Decimal:
         if order.limit_price is not None:
-            price = order.limit_price
-        else:
-            average = order.average_fill_price or ZERO
-            price = average * (1 + self._config.max_slippage_bps / BPS)
-        return price * self._fee_factor()
+            return self._buy_reservation(order, order.limit_price)
+        average = order.average_fill_price or ZERO
+        price = average * (1 + self._config.max_slippage_bps / BPS)
+        return order.remaining_quantity * price * (1 + self._max_fee_bps / BPS)
+
+    # Balances and orders ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> VenueConfig:
+        """The fee and fill model and the instruments."""
+        return self._config
 
     @property
     def cash(self) -> Decimal:
@@ -180,12 +226,14 @@ class PaperVenue:
         return self._holdings.get(symbol, ZERO)
 
     def available_quantity(self, symbol: Symbol) -> Decimal:
-        """Quantity of `symbol` a new sell order may reserve."""
-        reserved = sum(
+        """Quantity of `symbol` a new sell order may reserve: not committed to working sells."""
+        return self.holding(symbol) - self._committed_to_sells(symbol)
+
+    def _committed_to_sells(self, symbol: Symbol) -> Decimal:
+        return sum(
             (q for cid, q in self._reserved_quantity.items() if self._orders[cid].symbol == symbol),
             ZERO,
         )
-        return self.holding(symbol) - reserved
 
     def reserved_cash_of(self, client_order_id: ClientOrderId) -> Decimal:
         """Cash held back for the rest of one open buy order (0 for any other order)."""
@@ -206,11 +254,18 @@ class PaperVenue:
             if o.status.is_open and (symbol is None or o.symbol == symbol)
         ]
 
+    def violation(self, request: OrderRequest) -> RuleViolation | None:
+        """The instrument rule `request` breaks (unknown symbol included), at the current quote."""
+        return self._config.instruments.violation(request, self._quotes.get(request.symbol))
+
+    # Orders -----------------------------------------------------------------------------------
+
     def submit(self, request: OrderRequest, now_ms: int) -> VenueReport:
         """Accept (or reject) an order and fill what the current quote allows.
 
-        Submitting a known client order id again changes nothing and returns the existing
-        order with `duplicate=True`.
+        A market order, and an IOC limit order, is canceled for whatever this quote cannot
+        fill. Submitting a known client order id again changes nothing and returns the
+        existing order with `duplicate=True`.
         """
         existing = self._orders.get(request.client_order_id)
         if existing is not None:
@@ -225,29 +280,32 @@ class PaperVenue:
             self._orders[order.client_order_id] = order
             return VenueReport(order, (), (*events, record), reason=problem)
 
+        cid = order.client_order_id
         order, record = transition(order, OrderEvent(OrderEventKind.ACCEPT, now_ms))
         events.append(record)
-        self._orders[order.client_order_id] = order
+        self._orders[cid] = order
         if reserve_cash > ZERO:
-            self._reserved_cash[order.client_order_id] = reserve_cash
+            self._reserved_cash[cid] = reserve_cash
         if reserve_quantity > ZERO:
-            self._reserved_quantity[order.client_order_id] = reserve_quantity
+            self._reserved_quantity[cid] = reserve_quantity
 
         fills: list[Fill] = []
         quote = self._quotes.get(request.symbol)
         if quote is not None:
-            self._match(
-                order.client_order_id, quote, now_ms, aggressive=True, fills=fills, events=events
-            )
-        order = self._orders[order.client_order_id]
-        if order.time_in_force is TimeInForce.IOC and order.status.is_open:
-            self._cancel(order.client_order_id, now_ms, "IOC remainder", events)
-        return VenueReport(self._orders[order.client_order_id], tuple(fills), tuple(events))
+            self._match(cid, quote, now_ms, arriving=True, fills=fills, events=events)
+        order = self._orders[cid]
+        if order.status.is_open:
+            if order.order_type is OrderType.MARKET:
+                self._cancel(cid, now_ms, MARKET_REMAINDER, events)
+            elif order.time_in_force is TimeInForce.IOC:
+                self._cancel(cid, now_ms, "IOC remainder", events)
+        return VenueReport(self._orders[cid], tuple(fills), tuple(events))
 
     def on_quote(self, quote: Quote) -> list[VenueReport]:
         """Take a new quote and fill the symbol's working orders it allows, oldest first."""
         self._quotes[quote.symbol] = quote
-        self._volume_used[quote.symbol] = ZERO
+        for side in Side:
+            self._volume_used[(quote.symbol, side)] = ZERO
         reports: list[VenueReport] = []
         for order in self.open_orders(quote.symbol):
             fills: list[Fill] = []
@@ -256,7 +314,7 @@ class PaperVenue:
                 order.client_order_id,
                 quote,
                 quote.ts_ms,
-                aggressive=False,
+                arriving=False,
                 fills=fills,
                 events=events,
             )
@@ -277,7 +335,10 @@ class PaperVenue:
         """Cancel every open order (of one symbol, if given)."""
         return [self.cancel(o.client_order_id, now_ms) for o in self.open_orders(symbol)]
 
+    # Admission --------------------------------------------------------------------------------
+
     def _admission(self, request: OrderRequest) -> tuple[str, Decimal, Decimal]:
+        """(why the order is rejected or "", cash to reserve, quantity to reserve)."""
         if request.quantity <= ZERO:
             return f"quantity must be positive, got {request.quantity}", ZERO, ZERO
         if request.order_type is OrderType.LIMIT:
@@ -285,18 +346,37 @@ class PaperVenue:
                 return "limit order needs a positive limit price", ZERO, ZERO
         elif request.limit_price is not None:
             return "market order must not carry a limit price", ZERO, ZERO
+        violation = self.violation(request)
+        if violation is not None:
+            return violation.reason, ZERO, ZERO
         quote = self._quotes.get(request.symbol)
         if request.order_type is OrderType.MARKET and quote is None:
             return f"no quote for {request.symbol}", ZERO, ZERO
         if request.side is Side.SELL:
             available = self.available_quantity(request.symbol)
             if request.quantity > available:
-                problem = (
-                    f"insufficient {request.symbol}: need {request.quantity}, have {available}"
-                )
+                if request.reduce_only:
+                    problem = (
+                        f"reduce-only SELL of {request.quantity} {request.symbol} exceeds the "
+                        f"position not committed to other sells: {available} (holding "
+                        f"{self.holding(request.symbol)}, "
+                        f"{self._committed_to_sells(request.symbol)} in working sells)"
+                    )
+                else:
+                    problem = (
+                        f"insufficient {request.symbol}: need {request.quantity}, have {available}"
+                    )
                 return problem, ZERO, ZERO
             return "", ZERO, request.quantity
-        needed = request.quantity * self._worst_buy_price(request, quote) * self._fee_factor()
+        if request.reduce_only:
+            return (
+                f"reduce-only BUY of {request.symbol} rejected: a spot venue holds no short "
+                "position for a buy to reduce",
+                ZERO,
+                ZERO,
+            )
+        unfilled, _ = create_order(request, 0)
+        needed = self._buy_reservation(unfilled, self._worst_buy_price(request, quote))
         if needed > self.available_cash:
             return (
                 f"insufficient balance: need {needed}, available {self.available_cash}",
@@ -305,14 +385,43 @@ class PaperVenue:
             )
         return "", needed, ZERO
 
+    def _instrument(self, symbol: Symbol) -> Instrument | None:
+        return self._config.instruments.get(symbol)
+
     def _worst_buy_price(self, request: OrderRequest, quote: Quote | None) -> Decimal:
+        """The most a buy can pay per unit: its limit, or the capped slippage on the tick."""
         if request.limit_price is not None:
             return request.limit_price
         assert quote is not None  # admission rejects market orders without a quote
-        return quote.ask * (1 + self._config.max_slippage_bps / BPS)
+        instrument = self._instrument(request.symbol)
+        assert instrument is not None  # admission rejects unknown symbols
+        return instrument.round_price(
+            quote.ask * (1 + self._config.max_slippage_bps / BPS), Side.BUY
+        )
 
-    def _fee_factor(self) -> Decimal:
-        return 1 + max(self._config.taker_fee_bps, self._config.maker_fee_bps) / BPS
+    @property
+    def _max_fee_bps(self) -> Decimal:
+        return max(self._config.taker_fee_bps, self._config.maker_fee_bps)
+
+    def _buy_reservation(self, order: Order, worst_price: Decimal) -> Decimal:
+        """What the rest of a buy can cost at most: its notional at `worst_price` and its fees.
+
+        Fees are charged rounded up on the order's cumulative exact fee (see `_fee_for`), so
+        the rest's fees come to at most its exact fee at the highest rate it can pay, less
+        the carry already charged, rounded up once.
+        """
+        remaining = order.remaining_quantity
+        if remaining <= ZERO:
+            return ZERO
+        market = order.order_type is OrderType.MARKET
+        rate = self._config.taker_fee_bps if market else self._max_fee_bps
+        notional = remaining * worst_price
+        exact_fee = notional * rate / BPS - self._fee_carry.get(order.client_order_id, ZERO)
+        instrument = self._instrument(order.symbol)
+        fee = instrument.round_fee(exact_fee) if instrument is not None else exact_fee
+        return notional + max(fee, ZERO)
+
+    # Matching ---------------------------------------------------------------------------------
 
     def _match(
         self,
@@ -320,71 +429,107 @@ class PaperVenue:
         quote: Quote,
         ts_ms: int,
         *,
-        aggressive: bool,
+        arriving: bool,
         fills: list[Fill],
         events: list[OrderEventRecord],
     ) -> None:
         order = self._orders[client_order_id]
-        touch = quote.ask if order.side is Side.BUY else quote.bid
-        liquidity = Liquidity.TAKER
-        if order.order_type is OrderType.LIMIT:
+        instrument = self._instrument(order.symbol)
+        if instrument is None:
+            # Restored from before its symbol was dropped from the instruments: it cannot be
+            # priced, so it neither fills nor is silently changed; a cancel still works.
+            return
+        side = order.side
+        touch = quote.ask if side is Side.BUY else quote.bid
+        if order.order_type is OrderType.MARKET:
+            if not arriving:
+                # Only an order restored from before market orders became immediate-or-cancel
+                # can still be open here.
+                self._cancel(client_order_id, ts_ms, MARKET_REMAINDER, events)
+                return
+            liquidity = Liquidity.TAKER
+        else:
             assert order.limit_price is not None
-            edge = (order.limit_price - touch) * order.side.sign
+            edge = (order.limit_price - touch) * side.sign
             if edge < ZERO:
                 return
-            if not aggressive:
+            if arriving:
+                self._takers.add(client_order_id)
+            if client_order_id in self._takers:
+                liquidity = Liquidity.TAKER
+            else:
                 # A resting order that is only touched may or may not be reached in the queue.
                 if edge == ZERO and self._rng.random() >= self._config.touch_fill_probability:
                     return
                 liquidity = Liquidity.MAKER
-        available = quote.volume - self._volume_used.get(quote.symbol, ZERO)
+        used = self._volume_used.get((quote.symbol, side), ZERO)
+        available = instrument.floor_quantity(quote.volume - used)
         quantity = min(order.remaining_quantity, available)
         if quantity <= ZERO:
             return
-        price = self._fill_price(order, quote, quantity, liquidity)
-        fee_bps = (
-            self._config.maker_fee_bps
-            if liquidity is Liquidity.MAKER
-            else self._config.taker_fee_bps
-        )
-        fee = quantity * price * fee_bps / BPS
-        if order.side is Side.BUY:
-            own = self._reserved_cash.get(client_order_id, ZERO)
-            spendable = self.available_cash + own
+        price = self._fill_price(order, instrument, quote, used + quantity, liquidity)
+        fee, carry = self._fee_for(order, instrument, quantity * price, liquidity)
+        if side is Side.BUY:
+            spendable = self.available_cash + self._reserved_cash.get(client_order_id, ZERO)
             if quantity * price + fee > spendable:
+                # Unreachable for orders the venue reserved for itself; a reservation restored
+                # from older data may fall short.
                 self._cancel(client_order_id, ts_ms, "insufficient balance at fill", events)
                 return
-        self._book(order, quote, quantity, price, fee, liquidity, ts_ms, fills, events)
+        self._volume_used[(quote.symbol, side)] = used + quantity
+        self._fee_carry[client_order_id] = carry
+        self._book(order, quantity, price, fee, liquidity, ts_ms, fills, events)
 
     def _fill_price(
-        self, order: Order, quote: Quote, quantity: Decimal, liquidity: Liquidity
+        self,
+        order: Order,
+        instrument: Instrument,
+        quote: Quote,
+        depth: Decimal,
+        liquidity: Liquidity,
     ) -> Decimal:
+        """The fill price: never worse than the touch for a maker, nor than its limit.
+
+        A maker fills at its limit or the touch, whichever is better for it (a market that
+        gaps through a resting buy fills it at the ask). A taker pays the touch moved by the
+        slippage at `depth` (the quantity taken on its side of this quote, its own included),
+        rounded to the tick against it, and never beyond its limit.
+        """
+        side = order.side
+        touch = quote.ask if side is Side.BUY else quote.bid
         if liquidity is Liquidity.MAKER:
-            assert order.limit_price is not None
-            return order.limit_price
-        slippage_bps = ZERO
-        if quote.volume > ZERO:
-            slippage_bps = min(
-                self._config.max_slippage_bps, self._config.impact_bps * quantity / quote.volume
-            )
-        factor = 1 + slippage_bps / BPS * order.side.sign
-        rounding = ROUND_CEILING if order.side is Side.BUY else ROUND_FLOOR
-        touch = quote.ask if order.side is Side.BUY else quote.bid
-        increment = self._config.price_increment
-        price = (touch * factor / increment).to_integral_value(rounding=rounding) * increment
+            price = instrument.round_price(touch, side)
+        else:
+            slippage_bps = ZERO
+            if quote.volume > ZERO:
+                slippage_bps = min(
+                    self._config.max_slippage_bps, self._config.impact_bps * depth / quote.volume
+                )
+            price = instrument.round_price(touch * (1 + slippage_bps / BPS * side.sign), side)
         if order.limit_price is not None:
-            # Slippage never takes a marketable limit order past its own limit.
             price = (
-                min(price, order.limit_price)
-                if order.side is Side.BUY
-                else max(price, order.limit_price)
+                min(price, order.limit_price) if side is Side.BUY else max(price, order.limit_price)
             )
         return price
+
+    def _fee_for(
+        self, order: Order, instrument: Instrument, notional: Decimal, liquidity: Liquidity
+    ) -> tuple[Decimal, Decimal]:
+        """(fee to charge, the order's fee carry after it).
+
+        An order's fees so far always equal its exact fees so far rounded up to the quote
+        precision: each fill is charged the increase. So no fee is ever undercharged, none is
+        negative, and rounding never adds more than one quote unit per order.
+        """
+        exact = notional * self._config.fee_bps(liquidity) / BPS
+        carry = self._fee_carry.get(order.client_order_id, ZERO)
+        # The carry can cover a whole fee (rounding then leaves zero, or a negative zero).
+        fee = max(instrument.round_fee(exact - carry), ZERO)
+        return fee, carry + fee - exact
 
     def _book(
         self,
         order: Order,
-        quote: Quote,
         quantity: Decimal,
         price: Decimal,
         fee: Decimal,
@@ -394,13 +539,11 @@ class PaperVenue:
         events: list[OrderEventRecord],
     ) -> None:
         cid = order.client_order_id
-        remaining_before = order.remaining_quantity
         updated, record = transition(
             order, OrderEvent(OrderEventKind.FILL, ts_ms, fill_quantity=quantity, fill_price=price)
         )
         self._orders[cid] = updated
         events.append(record)
-        self._volume_used[quote.symbol] = self._volume_used.get(quote.symbol, ZERO) + quantity
         count = self._fill_counts.get(cid, 0) + 1
         self._fill_counts[cid] = count
         fills.append(
@@ -418,16 +561,27 @@ class PaperVenue:
         )
         holding = self._holdings.get(order.symbol, ZERO)
         if order.side is Side.BUY:
-            self._cash -= quantity * price + fee
+            cost = quantity * price + fee
+            self._cash -= cost
             self._holdings[order.symbol] = holding + quantity
             reserved = self._reserved_cash.get(cid, ZERO)
-            self._reserved_cash[cid] = reserved - reserved * quantity / remaining_before
+            worst = self._reserved_worst_price(updated)
+            rest = self._buy_reservation(updated, worst) if worst is not None else ZERO
+            # The formula bounds what the rest can cost; `reserved - cost` keeps a reservation
+            # restored from older data from growing past what was set aside.
+            self._reserved_cash[cid] = max(ZERO, min(rest, reserved - cost))
         else:
             self._cash += quantity * price - fee
             self._holdings[order.symbol] = holding - quantity
             self._reserved_quantity[cid] = self._reserved_quantity.get(cid, ZERO) - quantity
         if not updated.status.is_open:
             self._release(cid)
+
+    def _reserved_worst_price(self, order: Order) -> Decimal | None:
+        if order.limit_price is not None:
+            return order.limit_price
+        # A market order is canceled for its rest right after this fill: nothing to keep.
+        return None
 
     def _cancel(
         self,
@@ -446,3 +600,5 @@ class PaperVenue:
     def _release(self, client_order_id: ClientOrderId) -> None:
         self._reserved_cash.pop(client_order_id, None)
         self._reserved_quantity.pop(client_order_id, None)
+        self._fee_carry.pop(client_order_id, None)
+        self._takers.discard(client_order_id)

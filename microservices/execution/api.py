@@ -193,6 +193,19 @@ Desk = Annotated[OrderDesk, Depends(desk_of)]
 @router.post("/orders", status_code=status.HTTP_201_CREATED)
 async def place_order(body: OrderCreate, response: Response, desk: Desk) -> OrderPublic:
     """Place an order approved by risk-safety; a known client order id returns that order."""
+    violation = desk.venue.violation(body.to_request())
+    if violation is not None and await desk.store.get(body.client_order_id) is None:
+        # An order the venue's instrument rules refuse is a bad request: 422 naming the field
+        # and the rule, as for any other invalid field (the venue would reject it anyway).
+        detail = [
+            {
+                "loc": ["body", violation.field],
+                "msg": violation.reason,
+                "type": "instrument_rule",
+                "ctx": {"rule": violation.rule},
+            }
+        ]
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
     approval = body.approval
     try:
         verify_approval(

@@ -1,20 +1,28 @@
-"""execution settings: starting balance, the paper venue's fee and fill model, approval secret."""
+"""execution settings: starting balance, the paper venue's fee and fill model and instruments,
+approval secret."""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.trading.approval import DEVELOPMENT_SECRET
+from backend.trading.instruments import (
+    DEFAULT_INSTRUMENTS,
+    InstrumentError,
+    Instruments,
+    parse_instruments,
+)
 from backend.trading.venue import VenueConfig
 
 
 class ExecutionSettings(BaseSettings):
     """Built once at start-up from the environment; a bad value names its variable."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", arbitrary_types_allowed=True)
 
     initial_cash: Decimal = Field(default=Decimal(100_000), ge=0, validation_alias="INITIAL_CASH")
     taker_fee_bps: Decimal = Field(
@@ -29,9 +37,24 @@ class ExecutionSettings(BaseSettings):
         default=0.5, ge=0, le=1, validation_alias="VENUE_TOUCH_FILL_PROBABILITY"
     )
     seed: int = Field(default=7, validation_alias="VENUE_SEED")
+    instruments: Annotated[Instruments, NoDecode] = Field(
+        default=DEFAULT_INSTRUMENTS, validation_alias="VENUE_INSTRUMENTS"
+    )
+    """Instrument rules by symbol as JSON, replacing or adding to the defaults, e.g.
+    `{"SOLUSDT": {"tick_size": "0.001", "lot_size": "0.01", "min_notional": "5"}}`."""
     approval_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_SECRET), validation_alias="RISK_APPROVAL_SECRET"
     )
+
+    @field_validator("instruments", mode="before")
+    @classmethod
+    def _parse_instruments(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return parse_instruments(value)
+            except InstrumentError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     def venue_config(self) -> VenueConfig:
         return VenueConfig(
@@ -40,4 +63,5 @@ class ExecutionSettings(BaseSettings):
             impact_bps=self.impact_bps,
             max_slippage_bps=self.max_slippage_bps,
             touch_fill_probability=self.touch_fill_probability,
+            instruments=self.instruments,
         )

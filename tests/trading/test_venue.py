@@ -47,9 +47,9 @@ def test_market_sell_fills_at_the_bid_minus_slippage() -> None:
     assert fill.price == Decimal("99.95")  # 100 * (1 - 0.0005), rounded down
 
 
-def test_fill_is_limited_by_quote_volume_and_the_rest_fills_on_later_quotes() -> None:
+def test_a_limit_fill_is_limited_by_quote_volume_and_the_rest_fills_on_later_quotes() -> None:
     v = venue()
-    report = v.submit(request(Side.BUY, "15"), now_ms=1_500)
+    report = v.submit(request(Side.BUY, "15", limit="102"), now_ms=1_500)
     assert [f.quantity for f in report.fills] == [Decimal(10)]
     assert report.order.status is OrderStatus.PARTIALLY_FILLED
     (later,) = v.on_quote(quote("100", "102", volume="10", ts_ms=2_000))
@@ -63,28 +63,29 @@ def test_orders_on_one_quote_share_its_volume_in_arrival_order() -> None:
     v.submit(request(Side.BUY, "95", limit="99", cid="a"), now_ms=1_100)
     v.submit(request(Side.BUY, "3", limit="99", cid="b"), now_ms=1_200)
     reports = v.on_quote(quote("97", "98", volume="96", ts_ms=2_000))
-    assert [(r.order.client_order_id, r.fills[0].quantity) for r in reports] == [
-        ("a", Decimal(95)),
-        ("b", Decimal(1)),
+    assert [(r.order.client_order_id, r.fills[0].quantity, r.fills[0].price) for r in reports] == [
+        ("a", Decimal(95), Decimal(98)),
+        ("b", Decimal(1), Decimal(98)),
     ]
 
 
-def test_limit_order_rests_until_crossed_then_fills_as_maker_at_its_price() -> None:
+def test_limit_order_rests_until_crossed_then_fills_as_maker_at_the_better_ask() -> None:
     v = venue()
     report = v.submit(request(Side.BUY, "2", limit="99"), now_ms=1_500)
     assert report.fills == () and report.order.status is OrderStatus.ACCEPTED
     assert v.on_quote(quote("99.5", "100", ts_ms=2_000)) == []
     (crossed,) = v.on_quote(quote("98", "98.5", ts_ms=3_000))
     (fill,) = crossed.fills
-    assert (fill.price, fill.liquidity, fill.ts_ms) == (Decimal(99), Liquidity.MAKER, 3_000)
-    assert fill.fee == Decimal(198) * Decimal("0.0002")
+    assert (fill.price, fill.liquidity, fill.ts_ms) == (Decimal("98.5"), Liquidity.MAKER, 3_000)
+    assert fill.fee == Decimal(197) * Decimal("0.0002")
 
 
-def test_limit_sell_rests_until_the_bid_rises_through_it() -> None:
+def test_limit_sell_rests_until_the_bid_rises_through_it_and_fills_at_the_bid() -> None:
     v = venue(holdings="1")
     v.submit(request(Side.SELL, "1", limit="102"), now_ms=1_500)
     (report,) = v.on_quote(quote("102.5", "103", ts_ms=2_000))
-    assert report.fills[0].price == Decimal(102)
+    assert report.fills[0].price == Decimal("102.5")
+    assert report.fills[0].liquidity is Liquidity.MAKER
 
 
 def test_marketable_limit_order_takes_at_no_worse_than_its_limit() -> None:
@@ -197,9 +198,9 @@ def test_resubmitting_a_client_order_id_does_not_trade_twice() -> None:
     assert v.holding(BTC) == 1
 
 
-def test_immediate_or_cancel_remainder_is_canceled() -> None:
+def test_immediate_or_cancel_limit_remainder_is_canceled() -> None:
     v = venue()
-    report = v.submit(request(Side.BUY, "15", tif=TimeInForce.IOC), now_ms=1_500)
+    report = v.submit(request(Side.BUY, "15", limit="102", tif=TimeInForce.IOC), now_ms=1_500)
     assert report.order.status is OrderStatus.CANCELED
     assert report.order.filled_quantity == 10
     assert v.reserved_cash == 0
@@ -216,7 +217,7 @@ def test_order_events_record_the_whole_lifecycle() -> None:
 
 def test_portfolio_built_from_venue_fills_agrees_with_venue_cash() -> None:
     v = venue(holdings="0")
-    fills = list(v.submit(request(Side.BUY, "12", cid="a"), now_ms=1_500).fills)
+    fills = list(v.submit(request(Side.BUY, "12", limit="106", cid="a"), now_ms=1_500).fills)
     for report in v.on_quote(quote("104", "105", volume="3", ts_ms=2_000)):
         fills.extend(report.fills)
     v.on_quote(quote("103", "104", volume="10", ts_ms=2_400))
@@ -252,10 +253,10 @@ def state(v: PaperVenue) -> tuple[object, ...]:
 
 
 def busy_venue() -> tuple[PaperVenue, list[Fill]]:
-    """A partly filled market buy still working, a resting buy and a resting sell."""
+    """A partly filled marketable limit buy still working, a resting buy and a resting sell."""
     v = venue()
     fills: list[Fill] = []
-    fills += v.submit(request(Side.BUY, "15", cid="m-1"), now_ms=1_500).fills
+    fills += v.submit(request(Side.BUY, "15", limit="103", cid="m-1"), now_ms=1_500).fills
     fills += v.on_quote(quote("100", "102", volume="3", ts_ms=2_000))[0].fills
     fills += v.submit(request(Side.BUY, "2", limit="95", cid="l-1"), now_ms=2_100).fills
     fills += v.submit(request(Side.SELL, "4", limit="110", cid="s-1"), now_ms=2_200).fills
@@ -268,12 +269,18 @@ def test_restore_rebuilds_balances_reservations_and_working_orders_exactly() -> 
     again = restored(v, fills)
     assert state(again) == state(v)
 
-    # And both behave alike from here: fill ids continue, balances move the same way.
-    tick = quote("111", "112", volume="20", ts_ms=3_000)
-    original = [(r.order, r.fills) for r in v.on_quote(tick)]
-    assert [(r.order, r.fills) for r in again.on_quote(tick)] == original
-    assert any(f.fill_id == "m-1-3" for _order, fs in original for f in fs)
-    assert state(again) == state(v)
+    # And both behave alike from here: fill ids continue, balances move the same way, and
+    # the marketable limit still takes liquidity.
+    for tick in (
+        quote("101", "102", volume="20", ts_ms=3_000),
+        quote("111", "112", volume="20", ts_ms=4_000),
+    ):
+        original = [(r.order, r.fills) for r in v.on_quote(tick)]
+        assert [(r.order, r.fills) for r in again.on_quote(tick)] == original
+        assert state(again) == state(v)
+        if tick.ts_ms == 3_000:
+            ((_order, (taken,)),) = original
+            assert (taken.fill_id, taken.liquidity) == ("m-1-3", Liquidity.TAKER)
 
 
 def test_restore_without_stored_reservations_re_derives_them_as_admission_does() -> None:
@@ -281,8 +288,8 @@ def test_restore_without_stored_reservations_re_derives_them_as_admission_does()
     v.submit(request(Side.BUY, "2", limit="95", cid="l-1"), now_ms=1_500)
     assert restored(v, []).reserved_cash == v.reserved_cash == 2 * Decimal(95) * Decimal("1.001")
     _v, fills = busy_venue()
-    market = restored(_v, fills, keep_reservations=False).reserved_cash_of(ClientOrderId("m-1"))
-    assert market > 0
+    again = restored(_v, fills, keep_reservations=False)
+    assert again.reserved_cash_of(ClientOrderId("m-1")) == _v.reserved_cash_of(ClientOrderId("m-1"))
 
 
 def test_restore_refuses_an_order_that_is_not_open() -> None:

@@ -234,7 +234,8 @@ def test_a_limit_order_rests_then_fills_on_a_crossing_tick_linked_to_the_order_t
             what="the resting order to fill",
         )
         assert filled["fills"][0]["liquidity"] == "MAKER"
-        assert Decimal(filled["fills"][0]["price"]) == Decimal("99.00")
+        # Limit or better: the market fell through the limit, so it fills at the ask.
+        assert Decimal(filled["fills"][0]["price"]) == Decimal("98.90")
         assert Decimal(client.get("/account").json()["reserved_cash"]) == 0
 
     spans = span_exporter.get_finished_spans()
@@ -283,9 +284,11 @@ def test_a_restart_rebuilds_balances_reservations_and_working_orders(
             "/orders",
             json=order("r-3", side="SELL", quantity="1", order_type="LIMIT", limit_price="101.00"),
         )
-        # More than the quote's volume: a market buy left working, its reservation set by
-        # the ask at submission, which a restart cannot see any more.
-        partial = client.post("/orders", json=order("r-4", quantity="60")).json()
+        # More than the quote's volume: a marketable limit buy left working after it took
+        # what the quote had.
+        partial = client.post(
+            "/orders", json=order("r-4", quantity="60", order_type="LIMIT", limit_price="101.00")
+        ).json()
         assert partial["status"] == "PARTIALLY_FILLED"
         before = client.get("/account").json()
 
