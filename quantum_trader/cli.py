@@ -63,6 +63,20 @@ def main() -> None:
 # run ---------------------------------------------------------------------------------------------
 
 
+def _seconds_option(flag: str, variable: str, default: float, text: str) -> Callable[[F], F]:
+    """A positive number of seconds, from the flag or else its environment variable."""
+    return click.option(
+        flag,
+        flag.lstrip("-").replace("-", "_") + "_s",
+        type=click.FloatRange(min=0, min_open=True),
+        default=default,
+        envvar=variable,
+        show_default=True,
+        show_envvar=True,
+        help=text,
+    )
+
+
 @main.command()
 @var_dir_option
 @click.option(
@@ -73,25 +87,11 @@ def main() -> None:
     show_envvar=True,
     help="Added to every port (10000 serves ai-engine on 18001).",
 )
-@click.option(
-    "--ready-timeout",
-    "ready_timeout_s",
-    type=click.FloatRange(min=0, min_open=True),
-    default=120.0,
-    envvar="RUN_READY_TIMEOUT_S",
-    show_default=True,
-    show_envvar=True,
-    help="Seconds every service has to answer /health/ready.",
+@_seconds_option(
+    "--ready-timeout", "RUN_READY_TIMEOUT_S", 120.0, "Seconds every service has to get ready."
 )
-@click.option(
-    "--stop-timeout",
-    "stop_timeout_s",
-    type=click.FloatRange(min=0, min_open=True),
-    default=20.0,
-    envvar="RUN_STOP_TIMEOUT_S",
-    show_default=True,
-    show_envvar=True,
-    help="Seconds between SIGTERM and SIGKILL when stopping.",
+@_seconds_option(
+    "--stop-timeout", "RUN_STOP_TIMEOUT_S", 20.0, "Seconds between SIGTERM and SIGKILL."
 )
 @click.option(
     "--traceview/--no-traceview",

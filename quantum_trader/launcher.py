@@ -25,17 +25,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
 import httpx
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from backend.infra.db import default_url
 from backend.infra.eventbus import EmbeddedRedis, EmbeddedRedisError
 from backend.infra.service import BUILT_SERVICES, ServiceSpec
+from microservices.portfolio_intelligence.api import FillPublic, FillsPublic
 
 from .local_secrets import LocalSecrets, SecretsError, load_or_create
 
@@ -89,31 +89,16 @@ class Child:
         return "\n".join("    " + _readable(line) for line in text.strip().splitlines()[-lines:])
 
 
-class LedgerFill(BaseModel):
-    """A fill as portfolio-intelligence's `GET /fills` serves it (the fields printed here)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    fill_id: str
-    client_order_id: str
-    symbol: str
-    side: str
-    quantity: Decimal
-    price: Decimal
-    fee: Decimal
-    filled_at: AwareDatetime
-
-    def describe(self) -> str:
-        return (
-            f"  fill  {self.side:<4} {self.quantity} {self.symbol} @ {self.price}  "
-            f"fee {self.fee}  order {self.client_order_id}"
-        )
+def describe_fill(fill: FillPublic) -> str:
+    """The one line `run` prints per booked fill."""
+    return (
+        f"  fill  {fill.side:<4} {fill.quantity} {fill.symbol} @ {fill.price}  "
+        f"fee {fill.fee}  order {fill.client_order_id}"
+    )
 
 
-class LedgerPage(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    data: list[LedgerFill]
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _readable(line: str) -> str:
@@ -333,17 +318,17 @@ class Launcher:
                     )
                     return 1
             for fill in self.new_fills():
-                _say(fill.describe())
+                _say(describe_fill(fill))
         return 0
 
-    def new_fills(self) -> list[LedgerFill]:
+    def new_fills(self) -> list[FillPublic]:
         """Fills booked since the last call, oldest first; none from before this run started."""
         url = self.child(LEDGER).url + "/fills?limit=200"
         response = self._get(url)
         if response is None or response.status_code != 200:
             return []
         try:
-            page = LedgerPage.model_validate_json(response.content)
+            page = FillsPublic.model_validate_json(response.content)
         except ValidationError as exc:
             # Said once: the shape will not change while this run lasts.
             if self._fills_problem is None:
@@ -353,10 +338,10 @@ class Launcher:
         fresh = [
             f
             for f in page.data
-            if f.fill_id not in self._fills_seen and f.filled_at >= self.started_at
+            if f.fill_id not in self._fills_seen and _as_utc(f.filled_at) >= self.started_at
         ]
         self._fills_seen.update(f.fill_id for f in fresh)
-        return sorted(fresh, key=lambda f: (f.filled_at, f.fill_id))
+        return sorted(fresh, key=lambda f: (_as_utc(f.filled_at), f.fill_id))
 
     # Stop --------------------------------------------------------------------------------------
 
@@ -367,31 +352,27 @@ class Launcher:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.options.stop_timeout_s
         for child in self.children:
-            if child.process is None:
-                continue
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _say(f"  {child.name} did not stop in {self.options.stop_timeout_s:g}s; killing it")
-                child.process.kill()
-                child.process.wait()
-            if child.log_file is not None:
-                child.log_file.close()
-        if self.traceview is not None and self.traceview.process is not None:
-            viewer = self.traceview.process
-            if viewer.poll() is None:
-                viewer.send_signal(signal.SIGTERM)
-            try:
-                viewer.wait(5)
-            except subprocess.TimeoutExpired:
-                viewer.kill()
-                viewer.wait()
-            if self.traceview.log_file is not None:
-                self.traceview.log_file.close()
+            self._reap(child, deadline)
+        if self.traceview is not None:
+            if self.traceview.alive() and self.traceview.process is not None:
+                self.traceview.process.send_signal(signal.SIGTERM)
+            self._reap(self.traceview, time.monotonic() + 5)
         if self.redis is not None:
             self.redis.stop()
         self.http.close()
         _say("Stopped.")
+
+    def _reap(self, child: Child, deadline: float) -> None:
+        """Wait for a child told to stop; SIGKILL it once `deadline` has passed."""
+        if child.process is not None:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _say(f"  {child.name} did not stop in time; killing it")
+                child.process.kill()
+                child.process.wait()
+        if child.log_file is not None:
+            child.log_file.close()
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if not self.stopping.is_set():

@@ -1,4 +1,4 @@
-"""The launcher's pieces in-process: each child's environment, and reading fills from the ledger."""
+"""The launcher in-process: what each child is given, and how fills are read from the ledger."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from backend.infra.service import BUILT_SERVICES
-from quantum_trader.launcher import Launcher, LaunchError, LaunchOptions
+from quantum_trader.launcher import Launcher, LaunchError, LaunchOptions, describe_fill
 from tests.acceptance.harness import StubServer
 
 FILL_LINE = re.compile(r"^\s+fill\s+(BUY|SELL) .* order (\S+)$")
@@ -125,7 +125,7 @@ def test_new_fills_come_from_the_ledger_once_each_oldest_first_none_from_before_
     ledger.page["data"].insert(0, fill("c", start + timedelta(seconds=3)))
     (third,) = launcher.new_fills()
     assert third.fill_id == "c"
-    assert FILL_LINE.search(third.describe()).group(2) == "qt-c"  # type: ignore[union-attr]
+    assert FILL_LINE.search(describe_fill(third)).group(2) == "qt-c"  # type: ignore[union-attr]
     assert str(third.quantity) == "0.025", "amounts print as the ledger wrote them"
     assert launcher.secrets is not None
     assert ledger.requests == [("/fills?limit=200", f"Bearer {launcher.secrets.api_token}")] * 3
