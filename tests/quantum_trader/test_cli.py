@@ -38,6 +38,13 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> click.testing.Resul
     return CliRunner().invoke(cli.main, list(args), env=env, prog_name="quantum-trader")
 
 
+def answer(*args: str, env: dict[str, str] | None = None) -> str:
+    """What a command printed last (the suite's JSON logs may come before it)."""
+    result = invoke(*args, env=env)
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
+
+
 def test_the_console_script_quantum_trader_is_installed_and_lists_the_commands() -> None:
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "quantum-trader"]
     assert script.value == "quantum_trader.cli:main"
@@ -144,14 +151,12 @@ def test_run_with_a_bad_variable_names_it() -> None:
 
 def test_db_upgrades_reports_and_downgrades_a_database(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
-    assert invoke("db", "current", "--url", url).output.strip() == "base"
-    upgraded = invoke("db", "upgrade", "--url", url)
-    assert upgraded.exit_code == 0, upgraded.output
-    assert upgraded.output.strip() == f"at {head_revision()}"
-    assert invoke("db", "current", env={"DATABASE_URL": url}).output.strip() == head_revision()
-    assert invoke("db", "heads").output.strip() == head_revision()
-    assert invoke("db", "downgrade", "base", "--url", url).output.strip() == "at base"
-    assert invoke("db", "current", "--url", url).output.strip() == "base"
+    assert answer("db", "current", "--url", url) == "base"
+    assert answer("db", "upgrade", "--url", url) == f"at {head_revision()}"
+    assert answer("db", "current", env={"DATABASE_URL": url}) == head_revision()
+    assert answer("db", "heads") == head_revision()
+    assert answer("db", "downgrade", "base", "--url", url) == "at base"
+    assert answer("db", "current", "--url", url) == "base"
 
 
 def test_db_without_a_url_uses_the_services_sqlite_file_under_the_var_directory(
@@ -171,7 +176,8 @@ def test_db_for_an_unknown_service_is_a_usage_error() -> None:
 def test_db_that_cannot_reach_its_database_fails_with_one_line_not_a_traceback() -> None:
     result = invoke("db", "current", "--url", "postgresql+asyncpg://nobody@127.0.0.1:9/none")
     assert result.exit_code == 1
-    assert result.output.startswith("Error: ")
+    assert result.stderr.startswith("Error: ")
+    assert result.stderr.count("\n") == 1, "one line"
     assert "Traceback" not in result.output
 
 
