@@ -20,13 +20,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install the project with every extra
 
 run: $(STAMP) ## Start the whole system on embedded defaults (Ctrl-C stops it)
-	$(BIN)/python -m backend.run
+	$(BIN)/quantum-trader run
 
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) ## Run the benchmarks (prints ratios against a bare baseline)
-	$(BIN)/python -m bench
+	$(BIN)/quantum-trader bench
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

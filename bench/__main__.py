@@ -1,4 +1,4 @@
-"""`python -m bench`: every benchmark of the project, one after the other."""
+"""`python -m bench [NAME...]`: every benchmark of the project (or the ones named), in turn."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import importlib
 import sys
 
 BENCHMARKS = ("bench.bench_http", "bench.bench_eventbus")
+NAMES = tuple(module.rsplit(".", 1)[1] for module in BENCHMARKS)
 
 
-def main() -> int:
-    selected = sys.argv[1:] or [name.rsplit(".", 1)[1] for name in BENCHMARKS]
+def main(argv: list[str] | None = None) -> int:
+    selected = (sys.argv[1:] if argv is None else argv) or list(NAMES)
+    unknown = [name for name in selected if name not in NAMES]
+    if unknown:
+        print(
+            f"unknown benchmark {', '.join(unknown)}; the benchmarks are: {', '.join(NAMES)}",
+            file=sys.stderr,
+        )
+        return 2
     status = 0
     for module_name in BENCHMARKS:
         if module_name.rsplit(".", 1)[1] not in selected:

@@ -1,4 +1,5 @@
-"""`make run` end to end: six services up on embedded defaults, a fill, and a clean Ctrl-C."""
+"""`make run` (`quantum-trader run`) end to end: every built service up on embedded defaults,
+a fill, state and secrets under the var directory, and a clean Ctrl-C."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -17,14 +19,29 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backend.infra.db import TABLE_OWNERS
+from backend.infra.service import BUILT_SERVICES
+from quantum_trader.launcher import TRACEVIEW_PORT
 from tests.acceptance.harness import poll
 from tests.support.procs import ROOT
 
-SERVICE_PORTS = (8001, 8002, 8003, 8004, 8006, 8012, 16686)
+SCRIPT = Path(sys.executable).parent / "quantum-trader"
+SERVICE_PORTS = (*(spec.port for spec in BUILT_SERVICES), TRACEVIEW_PORT)
+NAMES = [spec.name for spec in BUILT_SERVICES]
+# What a developer's shell may hold that would change what the launcher does.
+INHERITED_NOT = (
+    "REDIS_URL",
+    "DATABASE_URL",
+    "OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "QT_API_TOKEN",
+    "RISK_APPROVAL_SECRET",
+    "RUN_VAR_DIR",
+)
 
 
 def free_offset() -> int:
-    """A port offset at which all six service ports are free."""
+    """A port offset at which every service port (and the viewer's) is free."""
     for _ in range(50):
         offset = random.randrange(20_000, 45_000, 100)
         try:
@@ -81,11 +98,7 @@ def alive(pid: int) -> bool:
 
 
 def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("REDIS_URL", "DATABASE_URL", "OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED_NOT}
     env.update(
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
@@ -99,7 +112,7 @@ def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
     )
     env.update(overrides)
     return subprocess.Popen(
-        [sys.executable, "-m", "backend.run"],
+        [sys.executable, str(SCRIPT), "run"],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -108,15 +121,44 @@ def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
     )
 
 
+def finish(process: subprocess.Popen[str]) -> None:
+    """Stop a launcher a test left running: Ctrl-C first, so it stops its services too."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+def service_environments(output: Output) -> dict[str, dict[str, str]]:
+    """Each service process's environment, found by the pid the launcher's guide prints."""
+    pids = {}
+    for line in output.lines:
+        words = line.split()
+        if len(words) == 4 and words[0] in NAMES and words[2] == "pid":
+            pids[words[0]] = int(words[3])
+    assert set(pids) == set(NAMES), "a pid for every service"
+    return {name: environ_of(pid) for name, pid in pids.items()}
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines())
+
+
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, Path]]:
-    process = start(tmp_path)
+    process = start(tmp_path, RUN_VAR_DIR="state")
     try:
         yield process, Output(process), tmp_path
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        finish(process)
 
 
 def test_make_run_trades_and_ctrl_c_stops_every_process(
@@ -125,10 +167,10 @@ def test_make_run_trades_and_ctrl_c_stops_every_process(
     process, output, cwd = launcher
     output.wait_for(r"Quantum Trader is running", 75)
     pids = [int(m) for m in re.findall(r" pid (\d+)", "\n".join(output.lines))]
-    assert len(pids) == 8, "six services, the trace viewer and the embedded Redis"
+    assert len(pids) == len(NAMES) + 2, "every built service, the trace viewer and the Redis"
     assert all(alive(pid) for pid in pids)
     fill = output.wait_for(r"^\s+fill\s+(BUY|SELL) .* order (\S+)$", 45)
-    assert (cwd / "var" / "log" / "trading-bot.log").stat().st_size > 0
+    assert (cwd / "state" / "log" / "trading-bot.log").stat().st_size > 0
 
     # The embedded viewer holds the trade's trace, found by its client order id.
     viewer = output.wait_for(r"traces:\s+(http://\S+)", 1).group(1)
@@ -146,6 +188,44 @@ def test_make_run_trades_and_ctrl_c_stops_every_process(
     output.wait_for(r"^Stopped\.", 5)
     assert [pid for pid in pids if alive(pid)] == [], "no process outlives the launcher"
     assert not any("killing it" in line for line in output.lines), "all stopped on SIGTERM"
+
+
+def test_run_keeps_its_state_and_secrets_under_the_var_dir_and_reuses_them_on_the_next_run(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    secrets_file = state / "secrets.env"
+    first = start(tmp_path, RUN_VAR_DIR="state", RUN_TRACEVIEW="false")
+    try:
+        output = Output(first)
+        output.wait_for(r"Quantum Trader is running", 75)
+        token = output.wait_for(r"API token: (\S+)$", 1).group(1)
+        assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+        secrets = read_secrets(secrets_file)
+        assert secrets["QT_API_TOKEN"] == token
+        given = {k: secrets[k] for k in ("QT_API_TOKEN", "RISK_APPROVAL_SECRET")}
+        for name, env in service_environments(output).items():
+            assert given.items() <= env.items(), name
+        with_tables = {name for name in TABLE_OWNERS if name in NAMES}
+        assert {p.stem for p in state.glob("*.db")} == with_tables
+        assert (state / "redis").is_dir() and (state / "log" / "execution.log").is_file()
+        assert not (tmp_path / "var").exists(), "nothing is written to ./var"
+    finally:
+        finish(first)
+    assert first.returncode == 0
+
+    second = start(tmp_path, RUN_VAR_DIR="state", RUN_TRACEVIEW="false")
+    try:
+        output = Output(second)
+        output.wait_for(r"Quantum Trader is running", 75)
+        assert read_secrets(secrets_file) == secrets, "the same secrets, not new ones"
+        output.wait_for(rf"API token: in {re.escape(str(Path('state') / 'secrets.env'))}", 1)
+        assert not any(token in line for line in output.lines), "the token is shown once only"
+        for name, env in service_environments(output).items():
+            assert given.items() <= env.items(), name
+    finally:
+        finish(second)
+    assert second.returncode == 0
 
 
 def test_a_service_that_never_gets_ready_is_named_with_its_log(tmp_path: Path) -> None:
@@ -168,6 +248,4 @@ def test_a_service_that_never_gets_ready_is_named_with_its_log(tmp_path: Path) -
         pids = [int(m) for m in re.findall(r"embedded, pid (\d+)", text)]
         assert not any(alive(pid) for pid in pids)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        finish(process)

@@ -1,128 +1,132 @@
-"""Render the Kubernetes manifests of the services from the port table.
+"""Render the Kubernetes manifests of the built services from the service catalogue.
 
     python deploy/k8s/render.py > deploy/k8s/services.yaml
 
-One Deployment and one Service per service, with liveness and readiness probes on
-`/health/live` and `/health/ready` and Prometheus scrape annotations. A test checks the
-committed file is what this renders.
+One Deployment and one Service per built service (`quantum-trader serve <name>` on its
+catalogue port), with startup, liveness and readiness probes on `/health/live` and
+`/health/ready` and Prometheus scrape annotations, and one ConfigMap with every service's
+`<NAME>_URL`. A test checks the committed file is what this renders.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from typing import Any
 
 import yaml
 
-from backend.infra.service import PORTS
+from backend.infra.service import BUILT_SERVICES, ServiceSpec
 
-SERVICES = [
-    "ai-engine",
-    "execution",
-    "risk-safety",
-    "portfolio-intelligence",
-    "trading-bot",
-    "eventbus-bridge",
-]
+Manifest = dict[str, Any]
+IMAGE = "quantum-trader:latest"
 
 
-def manifests(image: str = "quantum-trader:latest") -> list[dict[str, object]]:
-    docs: list[dict[str, object]] = []
-    for name in SERVICES:
-        port = PORTS[name]
-        module = name.replace("-", "_")
-        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "quantum-trader"}
-        probe = {"httpGet": {"path": "/health/live", "port": "http"}, "periodSeconds": 10}
-        ready = {
+def _labels(spec: ServiceSpec) -> dict[str, str]:
+    return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "quantum-trader"}
+
+
+def _container(spec: ServiceSpec, image: str) -> Manifest:
+    live = {"httpGet": {"path": "/health/live", "port": "http"}, "periodSeconds": 10}
+    return {
+        "name": spec.name,
+        "image": image,
+        "command": ["quantum-trader", "serve", spec.name],
+        "ports": [{"name": "http", "containerPort": spec.port}],
+        "envFrom": [
+            {"configMapRef": {"name": "quantum-trader"}},
+            {"secretRef": {"name": "quantum-trader"}},
+        ],
+        "env": [{"name": "PORT", "value": str(spec.port)}],
+        "startupProbe": {**live, "failureThreshold": 30, "periodSeconds": 2},
+        "livenessProbe": live,
+        "readinessProbe": {
             "httpGet": {"path": "/health/ready", "port": "http"},
             "periodSeconds": 5,
             "failureThreshold": 3,
-        }
-        docs.append(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": name, "labels": labels},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-                    "template": {
-                        "metadata": {
-                            "labels": labels,
-                            "annotations": {
-                                "prometheus.io/scrape": "true",
-                                "prometheus.io/port": str(port),
-                                "prometheus.io/path": "/metrics",
-                            },
-                        },
-                        "spec": {
-                            "terminationGracePeriodSeconds": 30,
-                            "containers": [
-                                {
-                                    "name": name,
-                                    "image": image,
-                                    "command": ["python", f"microservices/{module}/main.py"],
-                                    "ports": [{"name": "http", "containerPort": port}],
-                                    "envFrom": [
-                                        {"configMapRef": {"name": "quantum-trader"}},
-                                        {"secretRef": {"name": "quantum-trader"}},
-                                    ],
-                                    "env": [{"name": "PORT", "value": str(port)}],
-                                    "startupProbe": {
-                                        **probe,
-                                        "failureThreshold": 30,
-                                        "periodSeconds": 2,
-                                    },
-                                    "livenessProbe": probe,
-                                    "readinessProbe": ready,
-                                    "resources": {
-                                        "requests": {"cpu": "250m", "memory": "256Mi"},
-                                        "limits": {"memory": "512Mi"},
-                                    },
-                                }
-                            ],
-                        },
+        },
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "256Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+    }
+
+
+def _deployment(spec: ServiceSpec, image: str) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": spec.name, "labels": _labels(spec)},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": spec.name}},
+            "template": {
+                "metadata": {
+                    "labels": _labels(spec),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(spec.port),
+                        "prometheus.io/path": "/metrics",
                     },
                 },
-            }
-        )
-        docs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": name, "labels": labels},
                 "spec": {
-                    "selector": {"app.kubernetes.io/name": name},
-                    "ports": [{"name": "http", "port": port, "targetPort": "http"}],
-                },
-            }
-        )
-    docs.append(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "quantum-trader"},
-            "data": {
-                "HOST": "0.0.0.0",
-                "ENVIRONMENT": "production",
-                "OTLP_ENDPOINT": "http://otel-collector:4317",
-                "TRACE_SAMPLE_RATE": "1.0",
-                "LOG_LEVEL": "INFO",
-                **{
-                    f"{s.upper().replace('-', '_')}_URL": f"http://{s}:{PORTS[s]}" for s in SERVICES
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [_container(spec, image)],
                 },
             },
-        }
-    )
-    return docs
+        },
+    }
+
+
+def _service(spec: ServiceSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": spec.name, "labels": _labels(spec)},
+        "spec": {
+            "selector": {"app.kubernetes.io/name": spec.name},
+            "ports": [{"name": "http", "port": spec.port, "targetPort": "http"}],
+        },
+    }
+
+
+def _config_map() -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "quantum-trader"},
+        "data": {
+            "HOST": "0.0.0.0",
+            "ENVIRONMENT": "production",
+            "OTLP_ENDPOINT": "http://otel-collector:4317",
+            "TRACE_SAMPLE_RATE": "1.0",
+            "LOG_LEVEL": "INFO",
+            **{s.url_variable: f"http://{s.name}:{s.port}" for s in BUILT_SERVICES},
+        },
+    }
+
+
+def manifests(image: str = IMAGE) -> list[Manifest]:
+    """Every manifest, in the catalogue's order, the ConfigMap last."""
+    docs: list[Manifest] = []
+    for spec in BUILT_SERVICES:
+        docs += [_deployment(spec, image), _service(spec)]
+    return [*docs, _config_map()]
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes repeated values out in full: no `&id001` anchors for a reader to chase."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
 
 def render() -> str:
-    header = "# Generated by deploy/k8s/render.py from the port table; do not edit by hand.\n"
-    header += "# Secret `quantum-trader` holds REDIS_URL, DATABASE_URL, RISK_APPROVAL_SECRET.\n"
-    return header + yaml.safe_dump_all(manifests(), sort_keys=False)
+    header = "# Generated by deploy/k8s/render.py from the service catalogue; do not edit.\n"
+    header += (
+        "# Secret `quantum-trader` holds REDIS_URL, DATABASE_URL, RISK_APPROVAL_SECRET and "
+        "QT_API_TOKEN.\n"
+    )
+    return header + yaml.dump_all(manifests(), Dumper=_PlainDumper, sort_keys=False)
 
 
 if __name__ == "__main__":

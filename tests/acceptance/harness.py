@@ -18,16 +18,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from backend.infra.eventbus import EmbeddedRedis
+from backend.infra.service import BUILT_SERVICES
 from tests.support.procs import Proc, free_port, http_ok, running
 
-PACKAGES = {
-    "ai-engine": "ai_engine",
-    "execution": "execution",
-    "risk-safety": "risk_safety",
-    "portfolio-intelligence": "portfolio_intelligence",
-    "trading-bot": "trading_bot",
-    "eventbus-bridge": "eventbus_bridge",
-}
+# Every built service of the catalogue, by name; tests start them by their seed script.
+SPECS = {spec.name: spec for spec in BUILT_SERVICES}
 
 
 @contextmanager
@@ -74,7 +69,7 @@ def service(
     child_env = {"PORT": str(port), **env}
     child_env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{tmp / 'db' / name}.db")
     with running(
-        [f"microservices/{PACKAGES[name]}/main.py"],
+        [SPECS[name].script],
         child_env,
         logs / f"{name}.log",
         port=port,
@@ -99,7 +94,7 @@ def services(
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     shared = dict(env)
     for name, url in urls.items():
-        shared[name.upper().replace("-", "_") + "_URL"] = url
+        shared[SPECS[name].url_variable] = url
     logs = tmp / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, Proc] = {}
@@ -107,9 +102,7 @@ def services(
         for name in names:
             child_env = {"PORT": str(ports[name]), **shared, **(per_service or {}).get(name, {})}
             child_env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{tmp / 'db' / name}.db")
-            procs[name] = Proc(
-                [f"microservices/{PACKAGES[name]}/main.py"], child_env, logs / f"{name}.log"
-            )
+            procs[name] = Proc([SPECS[name].script], child_env, logs / f"{name}.log")
         deadline = time.monotonic() + timeout_s
         for name, proc in procs.items():
             while not http_ok(ports[name], "/health/ready"):
@@ -181,7 +174,7 @@ class StubServer:
 
 
 __all__ = [
-    "PACKAGES",
+    "SPECS",
     "StubServer",
     "base_env",
     "json_lines",

@@ -22,18 +22,12 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from backend.infra.service import BUILT_SERVICES
 from tests.acceptance.harness import base_env, json_lines, poll, redis_url, services
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.procs import Proc
 
-SIX = [
-    "ai-engine",
-    "execution",
-    "risk-safety",
-    "portfolio-intelligence",
-    "trading-bot",
-    "eventbus-bridge",
-]
+SIX = [spec.name for spec in BUILT_SERVICES]
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
 ZERO = Decimal(0)
 

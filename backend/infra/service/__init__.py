@@ -13,17 +13,33 @@ Workers (`kind="worker"`) are the same, with their health and metrics on a side 
 
 from __future__ import annotations
 
+from ._catalogue import (
+    BUILT_SERVICES,
+    SERVICES,
+    ServiceKind,
+    ServiceSpec,
+    UnknownServiceError,
+    service_spec,
+    url_variable,
+)
 from ._service import Resources, Service, resources_of
 from ._settings import PORTS, ServiceSettings, service_url
 from ._wire import Price, Quantity
 
 __all__ = [
+    "BUILT_SERVICES",
     "PORTS",
+    "SERVICES",
     "Price",
     "Quantity",
     "Resources",
     "Service",
+    "ServiceKind",
     "ServiceSettings",
+    "ServiceSpec",
+    "UnknownServiceError",
     "resources_of",
+    "service_spec",
     "service_url",
+    "url_variable",
 ]

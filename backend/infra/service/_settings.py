@@ -7,30 +7,19 @@ import os
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The seed's ports for the HTTP services; workers get side ports for health and metrics.
-PORTS: dict[str, int] = {
-    "ai-engine": 8001,
-    "execution": 8002,
-    "risk-safety": 8003,
-    "portfolio-intelligence": 8004,
-    "rl-training": 8005,
-    "trading-bot": 8006,
-    "clm": 8011,
-    "eventbus-bridge": 8012,
-    "position-monitor": 8013,
-}
+from ._catalogue import SERVICES, service_spec
 
-
-def _env_name(service: str) -> str:
-    return service.upper().replace("-", "_")
+# Name -> port, for callers that only need the number (the catalogue is where it is written).
+PORTS: dict[str, int] = {spec.name: spec.port for spec in SERVICES}
 
 
 def service_url(service: str) -> str:
     """Base URL of another service: `<NAME>_URL` (e.g. `RISK_SAFETY_URL`) or localhost:port."""
-    explicit = os.environ.get(f"{_env_name(service)}_URL", "").strip()
+    spec = service_spec(service)
+    explicit = os.environ.get(spec.url_variable, "").strip()
     if explicit:
         return explicit.rstrip("/")
-    return f"http://127.0.0.1:{PORTS[service]}"
+    return f"http://127.0.0.1:{spec.port}"
 
 
 class ServiceSettings(BaseSettings):
@@ -44,4 +33,5 @@ class ServiceSettings(BaseSettings):
     http_timeout_s: float = Field(default=5.0, gt=0, validation_alias="HTTP_TIMEOUT_S")
 
     def port_for(self, service: str) -> int:
-        return self.port or PORTS[service]
+        """`PORT` when set, else the service's port in the catalogue."""
+        return self.port or service_spec(service).port

@@ -1,21 +1,16 @@
-"""`make run`: the trading pipeline's six services as processes on embedded defaults, Ctrl-C stops.
+"""`quantum-trader run`: every built service as a process on embedded defaults; Ctrl-C stops.
 
-    python -m backend.run
+Starts (or uses `REDIS_URL`) one Redis, then each built service of the catalogue in its start
+order as `python -m quantum_trader serve <name>`, on its port; waits until every
+`/health/ready` answers 200; prints where to look and a line per fill booked in
+portfolio-intelligence's ledger. State lives under the var directory (`./var`, or
+`RUN_VAR_DIR`): the services' SQLite files, the embedded Redis's data, the installation's
+secrets (`secrets.env`) and each service's JSON log (`log/<service>.log`). SIGINT or SIGTERM
+stops the services (SIGTERM, then SIGKILL after the stop timeout) and then the embedded Redis.
 
-Starts (or uses `REDIS_URL`) one Redis, then ai-engine, execution, risk-safety,
-portfolio-intelligence, trading-bot and eventbus-bridge as separate processes, each on its
-port; waits until every `/health/ready` answers 200; prints where to look and a line per
-fill. State lives under `./var` (SQLite files, Redis data); each service's
-JSON log goes to `./var/log/<service>.log`. SIGINT or SIGTERM stops the services (SIGTERM,
-then SIGKILL after `RUN_STOP_TIMEOUT_S`) and then the embedded Redis.
-
-Without `OTLP_ENDPOINT`, an embedded trace viewer (`backend.infra.traceview`) is started on
-port 16686 and the services export their spans to it; with `OTLP_ENDPOINT` set, spans go there
-instead (`RUN_TRACEVIEW=false` starts no viewer).
-
-Environment: `REDIS_URL`, `DATABASE_URL` and `OTLP_ENDPOINT` are passed through;
-`RUN_PORT_OFFSET` shifts every port (e.g. 10000 serves ai-engine on 18001);
-`RUN_READY_TIMEOUT_S` (default 120) and `RUN_STOP_TIMEOUT_S` (default 20).
+Without `OTLP_ENDPOINT`, an embedded trace viewer is started on port 16686 and the services
+export their spans to it; with `OTLP_ENDPOINT` set, spans go there instead.
+`REDIS_URL`, `DATABASE_URL` and `OTLP_ENDPOINT` are passed through to the services.
 """
 
 from __future__ import annotations
@@ -27,39 +22,54 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
+import httpx
+from pydantic import ValidationError
+
+from backend.infra.db import default_url
+from backend.infra.eventbus import EmbeddedRedis, EmbeddedRedisError
+from backend.infra.service import BUILT_SERVICES, ServiceSpec
+from microservices.portfolio_intelligence.api import FillPublic, FillsPublic
+
+from .local_secrets import LocalSecrets, SecretsError, load_or_create
+
+# The repository root, so children of a checkout that was not installed find its packages.
 ROOT = Path(__file__).resolve().parents[1]
-
-# Start order: what the others call first; every service also retries its dependencies.
-SERVICES: tuple[tuple[str, str, int], ...] = (
-    ("ai-engine", "ai_engine", 8001),
-    ("execution", "execution", 8002),
-    ("risk-safety", "risk_safety", 8003),
-    ("portfolio-intelligence", "portfolio_intelligence", 8004),
-    ("trading-bot", "trading_bot", 8006),
-    ("eventbus-bridge", "eventbus_bridge", 8012),
-)
 TRACEVIEW_PORT = 16686
+LEDGER = "portfolio-intelligence"
 
 
 class LaunchError(Exception):
     """A service could not be started or did not become ready."""
 
 
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How `run` starts the system (the command line fills these from options or variables)."""
+
+    var_dir: Path = Path("var")
+    port_offset: int = 0
+    ready_timeout_s: float = 120.0
+    stop_timeout_s: float = 20.0
+    traceview: bool = True
+    redis_port: int = 0
+
+
 @dataclass
 class Child:
-    """One service process and where its log goes."""
+    """One child process (a service, or the trace viewer) and where its log goes."""
 
     name: str
     args: list[str]
     port: int
     log_path: Path
+    spec: ServiceSpec | None = None
     ready_path: str = "/health/ready"
     process: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
@@ -67,10 +77,6 @@ class Child:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def env_name(self) -> str:
-        return self.name.upper().replace("-", "_") + "_URL"
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -81,6 +87,18 @@ class Child:
         except OSError:
             return "(no log)"
         return "\n".join("    " + _readable(line) for line in text.strip().splitlines()[-lines:])
+
+
+def describe_fill(fill: FillPublic) -> str:
+    """The one line `run` prints per booked fill."""
+    return (
+        f"  fill  {fill.side:<4} {fill.quantity} {fill.symbol} @ {fill.price}  "
+        f"fee {fill.fee}  order {fill.client_order_id}"
+    )
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _readable(line: str) -> str:
@@ -101,29 +119,6 @@ def _readable(line: str) -> str:
     return (f"{text}  {extra}" if extra else text)[:400]
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise LaunchError(f"{name}={raw!r} is not a number") from None
-
-
-def _get_json(url: str, timeout_s: float = 2.0) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"null")
-        except ValueError:
-            return exc.code, None
-    except (OSError, ValueError):
-        return 0, None
-
-
 def _say(message: str) -> None:
     print(message, flush=True)
 
@@ -131,57 +126,72 @@ def _say(message: str) -> None:
 class Launcher:
     """Starts the services, waits for them, reports fills, and stops everything on a signal."""
 
-    def __init__(self, var_dir: Path) -> None:
-        self.var_dir = var_dir
-        self.log_dir = var_dir / "log"
-        offset = int(_env_float("RUN_PORT_OFFSET", 0))
+    def __init__(self, options: LaunchOptions, environ: Mapping[str, str] | None = None) -> None:
+        self.options = options
+        self.environ = dict(os.environ if environ is None else environ)
+        self.var_dir = options.var_dir
+        self.log_dir = self.var_dir / "log"
+        offset = options.port_offset
         self.children = [
             Child(
-                name,
-                [str(ROOT / "microservices" / package / "main.py")],
-                port + offset,
-                self.log_dir / f"{name}.log",
+                spec.name,
+                ["-m", "quantum_trader", "serve", spec.name],
+                spec.port + offset,
+                self.log_dir / f"{spec.name}.log",
+                spec=spec,
             )
-            for name, package, port in SERVICES
+            for spec in BUILT_SERVICES
         ]
-        self.otlp_endpoint = os.environ.get("OTLP_ENDPOINT", "").strip()
+        self.otlp_endpoint = self.environ.get("OTLP_ENDPOINT", "").strip()
         self.traceview: Child | None = None
-        if not self.otlp_endpoint and os.environ.get("RUN_TRACEVIEW", "true").lower() != "false":
+        if not self.otlp_endpoint and options.traceview:
             port = TRACEVIEW_PORT + offset
             self.traceview = Child(
                 "traceview",
-                ["-m", "backend.infra.traceview", "--port", str(port)],
+                ["-m", "quantum_trader", "traceview", "--port", str(port)],
                 port,
                 self.log_dir / "traceview.log",
                 ready_path="/api/traces",
             )
             self.otlp_endpoint = self.traceview.url
-        too_high = [c.name for c in self.processes if not 0 < c.port < 65536]
-        if too_high:
+        out_of_range = [c.name for c in self.processes if not 0 < c.port < 65536]
+        if out_of_range:
             raise LaunchError(
-                f"RUN_PORT_OFFSET={offset} puts {', '.join(too_high)} past port 65535"
+                f"a port offset of {offset} puts {', '.join(out_of_range)} outside 1-65535"
             )
-        self.ready_timeout_s = _env_float("RUN_READY_TIMEOUT_S", 120.0)
-        self.stop_timeout_s = _env_float("RUN_STOP_TIMEOUT_S", 20.0)
         self.stopping = threading.Event()
-        self.redis: Any = None
+        self.secrets: LocalSecrets | None = None
+        self.http = httpx.Client(timeout=2.0)
+        self.redis: EmbeddedRedis | None = None
         self.redis_url = ""
+        self.started_at = datetime.now(UTC)
+        self._fills_seen: set[str] = set()
+        self._fills_problem: str | None = None
 
     # Start -------------------------------------------------------------------------------------
 
+    def load_secrets(self) -> LocalSecrets:
+        """Read (or on the first run generate) the installation's token and approval secret."""
+        try:
+            self.secrets = load_or_create(self.var_dir, self.environ)
+        except SecretsError as exc:
+            raise LaunchError(str(exc)) from exc
+        self.http.headers["Authorization"] = f"Bearer {self.secrets.api_token}"
+        return self.secrets
+
     def start_redis(self) -> None:
-        url = os.environ.get("REDIS_URL", "").strip()
+        url = self.environ.get("REDIS_URL", "").strip()
         if url:
             self.redis_url = url
             return
-        from backend.infra.eventbus import EmbeddedRedis
-
-        port = int(_env_float("EMBEDDED_REDIS_PORT", 0))
-        self.redis = EmbeddedRedis(self.var_dir / "redis", port=port)
-        self.redis_url = self.redis.start()
+        self.redis = EmbeddedRedis(self.var_dir / "redis", port=self.options.redis_port)
+        try:
+            self.redis_url = self.redis.start()
+        except EmbeddedRedisError as exc:
+            raise LaunchError(f"the embedded Redis did not start: {exc}") from exc
 
     def child_env(self, child: Child) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(self.environ)
         env.update(
             PORT=str(child.port),
             REDIS_URL=self.redis_url,
@@ -189,7 +199,15 @@ class Launcher:
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         )
         for other in self.children:
-            env[other.env_name] = other.url
+            if other.spec is not None:
+                env[other.spec.url_variable] = other.url
+        if child.spec is not None:
+            if self.secrets is None:
+                raise LaunchError("the secrets are loaded before any service starts")
+            env.update(self.secrets.environment())
+            if not self.environ.get("DATABASE_URL", "").strip():
+                # Each service's own SQLite file, under the var directory like the rest.
+                env["DATABASE_URL"] = default_url(child.name, self.var_dir.resolve())
         if self.traceview is not None:
             env.update(
                 OTLP_ENDPOINT=self.otlp_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"
@@ -216,8 +234,14 @@ class Launcher:
                 start_new_session=True,
             )
 
+    def _get(self, url: str, timeout_s: float = 2.0) -> httpx.Response | None:
+        try:
+            return self.http.get(url, timeout=timeout_s)
+        except httpx.HTTPError:
+            return None
+
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
+        deadline = time.monotonic() + self.options.ready_timeout_s
         pending = list(self.processes)
         while pending:
             if self.stopping.is_set():
@@ -229,16 +253,17 @@ class Launcher:
                         f"{child.process.returncode if child.process else '?'}); "
                         f"the end of {child.log_path}:\n{child.log_tail()}"
                     )
-                status, _ = _get_json(child.url + child.ready_path, timeout_s=1.0)
-                if status == 200:
+                response = self._get(child.url + child.ready_path, timeout_s=1.0)
+                if response is not None and response.status_code == 200:
                     pending.remove(child)
                     _say(f"  ready  {child.name:<24} {child.url}")
             if pending and time.monotonic() > deadline:
                 child = pending[0]
-                _, body = _get_json(child.url + child.ready_path, timeout_s=1.0)
+                response = self._get(child.url + child.ready_path, timeout_s=1.0)
+                answer = response.text if response is not None and response.text else "no answer"
                 raise LaunchError(
-                    f"{child.name} was not ready after {self.ready_timeout_s:g}s "
-                    f"({child.ready_path}: {json.dumps(body) if body else 'no answer'}); "
+                    f"{child.name} was not ready after {self.options.ready_timeout_s:g}s "
+                    f"({child.ready_path}: {answer}); "
                     f"the end of {child.log_path}:\n{child.log_tail()}"
                 )
             if pending:
@@ -255,8 +280,9 @@ class Launcher:
             "   (HTTP services: /docs for the API)",
             f"  trading-bot:   {self.child('trading-bot').url}/status  /decisions",
             f"  ai-engine:     {self.child('ai-engine').url}/models",
-            f"  portfolio:     {self.child('portfolio-intelligence').url}/portfolio",
+            f"  portfolio:     {self.child(LEDGER).url}/portfolio  /fills",
             f"  logs (JSON):   {self.log_dir}/<service>.log",
+            f"  databases:     {self._databases()}",
             f"  redis:         {self.redis_url}"
             + (f" (embedded, pid {self.redis.pid})" if self.redis else ""),
             "  traces:        "
@@ -266,10 +292,15 @@ class Launcher:
                 else (self.otlp_endpoint or "not exported (tracing off)")
             ),
             "",
-            "Fills appear below as they happen. Ctrl-C stops everything.",
+            "Fills appear below as they are booked. Ctrl-C stops everything.",
             "",
         ]
         _say("\n".join(lines))
+
+    def _databases(self) -> str:
+        if self.environ.get("DATABASE_URL", "").strip():
+            return "DATABASE_URL"
+        return f"{self.var_dir}/<service>.db (SQLite)"
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)
@@ -278,9 +309,6 @@ class Launcher:
 
     def watch(self) -> int:
         """Print each new fill until a signal arrives; a service that dies ends the run."""
-        seen: set[str] = set()
-        execution = self.child("execution").url
-        portfolio = self.child("portfolio-intelligence").url
         while not self.stopping.wait(1.0):
             for child in self.processes:
                 if not child.alive():
@@ -289,12 +317,31 @@ class Launcher:
                         f"{child.log_tail()}"
                     )
                     return 1
-            for fill in _fills(execution) or _fills(portfolio):
-                fill_id = str(fill.get("fill_id", ""))
-                if fill_id and fill_id not in seen:
-                    seen.add(fill_id)
-                    _say(_describe(fill))
+            for fill in self.new_fills():
+                _say(describe_fill(fill))
         return 0
+
+    def new_fills(self) -> list[FillPublic]:
+        """Fills booked since the last call, oldest first; none from before this run started."""
+        url = self.child(LEDGER).url + "/fills?limit=200"
+        response = self._get(url)
+        if response is None or response.status_code != 200:
+            return []
+        try:
+            page = FillsPublic.model_validate_json(response.content)
+        except ValidationError as exc:
+            # Said once: the shape will not change while this run lasts.
+            if self._fills_problem is None:
+                self._fills_problem = str(exc)
+                _say(f"  (cannot read the fills from {url}: {exc.errors()[0]['msg']})")
+            return []
+        fresh = [
+            f
+            for f in page.data
+            if f.fill_id not in self._fills_seen and _as_utc(f.filled_at) >= self.started_at
+        ]
+        self._fills_seen.update(f.fill_id for f in fresh)
+        return sorted(fresh, key=lambda f: (_as_utc(f.filled_at), f.fill_id))
 
     # Stop --------------------------------------------------------------------------------------
 
@@ -303,32 +350,29 @@ class Launcher:
         for child in reversed(self.children):
             if child.alive() and child.process is not None:
                 child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout_s
+        deadline = time.monotonic() + self.options.stop_timeout_s
         for child in self.children:
-            if child.process is None:
-                continue
+            self._reap(child, deadline)
+        if self.traceview is not None:
+            if self.traceview.alive() and self.traceview.process is not None:
+                self.traceview.process.send_signal(signal.SIGTERM)
+            self._reap(self.traceview, time.monotonic() + 5)
+        if self.redis is not None:
+            self.redis.stop()
+        self.http.close()
+        _say("Stopped.")
+
+    def _reap(self, child: Child, deadline: float) -> None:
+        """Wait for a child told to stop; SIGKILL it once `deadline` has passed."""
+        if child.process is not None:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _say(f"  {child.name} did not stop in {self.stop_timeout_s:g}s; killing it")
+                _say(f"  {child.name} did not stop in time; killing it")
                 child.process.kill()
                 child.process.wait()
-            if child.log_file is not None:
-                child.log_file.close()
-        if self.traceview is not None and self.traceview.process is not None:
-            viewer = self.traceview.process
-            if viewer.poll() is None:
-                viewer.send_signal(signal.SIGTERM)
-            try:
-                viewer.wait(5)
-            except subprocess.TimeoutExpired:
-                viewer.kill()
-                viewer.wait()
-            if self.traceview.log_file is not None:
-                self.traceview.log_file.close()
-        if self.redis is not None:
-            self.redis.stop()
-        _say("Stopped.")
+        if child.log_file is not None:
+            child.log_file.close()
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if not self.stopping.is_set():
@@ -336,28 +380,10 @@ class Launcher:
         self.stopping.set()
 
 
-def _fills(base_url: str) -> list[dict[str, Any]]:
-    status, body = _get_json(base_url + "/fills?limit=200")
-    if status != 200 or body is None:
-        return []
-    items = body if isinstance(body, list) else body.get("data") or body.get("fills") or []
-    return sorted(
-        (f for f in items if isinstance(f, dict)),
-        key=lambda f: (str(f.get("filled_at", f.get("ts_ms", ""))), str(f.get("fill_id", ""))),
-    )
-
-
-def _describe(fill: dict[str, Any]) -> str:
-    return (
-        f"  fill  {fill.get('side', '?'):<4} {fill.get('quantity', '?')} "
-        f"{fill.get('symbol', '?')} @ {fill.get('price', '?')}  fee {fill.get('fee', '?')}  "
-        f"order {fill.get('client_order_id', '?')}"
-    )
-
-
-def main() -> int:
+def run(options: LaunchOptions) -> int:
+    """Start everything, report fills until SIGINT/SIGTERM, stop; the process's exit status."""
     try:
-        launcher = Launcher(Path(os.environ.get("RUN_VAR_DIR", "var")))
+        launcher = Launcher(options)
     except LaunchError as exc:
         _say(f"Could not start: {exc}")
         return 2
@@ -366,6 +392,7 @@ def main() -> int:
     code = 0
     try:
         _say(f"Starting Quantum Trader (state in {launcher.var_dir}/, logs in {launcher.log_dir}/)")
+        _say(launcher.load_secrets().describe())
         launcher.start_redis()
         launcher.start_services()
         launcher.wait_ready()
@@ -377,7 +404,3 @@ def main() -> int:
     finally:
         launcher.stop()
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

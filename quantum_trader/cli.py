@@ -1,0 +1,299 @@
+"""`quantum-trader`, the one command: run the system, serve one service, migrate, view, bench.
+
+    quantum-trader run                    # the whole system on embedded defaults (`make run`)
+    quantum-trader serve risk-safety      # one service, as in production
+    quantum-trader db upgrade             # schema migrations (also: downgrade, current, heads)
+    quantum-trader traceview              # the embedded trace viewer on its own
+    quantum-trader bench                  # the benchmarks (from a source checkout)
+
+Each subcommand imports what it needs when it runs, so `--help` stays quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from backend.infra.service import BUILT_SERVICES, UnknownServiceError, service_spec
+
+if TYPE_CHECKING:
+    from backend.infra.db import DatabaseSettings
+    from backend.infra.service import Service
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_VAR_DIR = Path("var")
+_BUILT_NAMES = ", ".join(s.name for s in BUILT_SERVICES)
+F = TypeVar("F", bound=Callable[..., object])
+
+var_dir_option = click.option(
+    "--var-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_VAR_DIR,
+    envvar="RUN_VAR_DIR",
+    show_default=True,
+    show_envvar=True,
+    help="Where local state lives: SQLite files, Redis data, secrets, logs.",
+)
+
+
+class _Listed(click.Group):
+    """A group that lists its commands in the order they are declared, not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_Listed, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="quantum-trader")
+def main() -> None:
+    """Quantum Trader: an observable paper-trading platform.
+
+    `run` starts everything on one machine; `serve` runs one service the way a container does.
+    """
+
+
+# run ---------------------------------------------------------------------------------------------
+
+
+def _seconds_option(flag: str, variable: str, default: float, text: str) -> Callable[[F], F]:
+    """A positive number of seconds, from the flag or else its environment variable."""
+    return click.option(
+        flag,
+        flag.lstrip("-").replace("-", "_") + "_s",
+        type=click.FloatRange(min=0, min_open=True),
+        default=default,
+        envvar=variable,
+        show_default=True,
+        show_envvar=True,
+        help=text,
+    )
+
+
+@main.command()
+@var_dir_option
+@click.option(
+    "--port-offset",
+    type=int,
+    default=0,
+    envvar="RUN_PORT_OFFSET",
+    show_envvar=True,
+    help="Added to every port (10000 serves ai-engine on 18001).",
+)
+@_seconds_option(
+    "--ready-timeout", "RUN_READY_TIMEOUT_S", 120.0, "Seconds every service has to get ready."
+)
+@_seconds_option(
+    "--stop-timeout", "RUN_STOP_TIMEOUT_S", 20.0, "Seconds between SIGTERM and SIGKILL."
+)
+@click.option(
+    "--traceview/--no-traceview",
+    default=True,
+    envvar="RUN_TRACEVIEW",
+    show_default=True,
+    show_envvar=True,
+    help="Start the embedded trace viewer when OTLP_ENDPOINT is not set.",
+)
+@click.option(
+    "--redis-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    envvar="EMBEDDED_REDIS_PORT",
+    show_envvar=True,
+    help="Port of the embedded Redis when REDIS_URL is not set (0: a free one).",
+)
+def run(
+    var_dir: Path,
+    port_offset: int,
+    ready_timeout_s: float,
+    stop_timeout_s: float,
+    traceview: bool,
+    redis_port: int,
+) -> None:
+    """Start the whole system on embedded defaults; Ctrl-C stops it.
+
+    One Redis (or REDIS_URL), the trace viewer (or OTLP_ENDPOINT) and every built service
+    as its own process, each on its port; then one line per booked fill. The first run
+    generates an API token and an approval secret, kept in VAR_DIR/secrets.env.
+    """
+    from .launcher import LaunchOptions
+    from .launcher import run as launch
+
+    options = LaunchOptions(
+        var_dir=var_dir,
+        port_offset=port_offset,
+        ready_timeout_s=ready_timeout_s,
+        stop_timeout_s=stop_timeout_s,
+        traceview=traceview,
+        redis_port=redis_port,
+    )
+    sys.exit(launch(options))
+
+
+# serve -------------------------------------------------------------------------------------------
+
+
+@main.command(
+    help="Run one service in the foreground, as in production.\n\n"
+    f"SERVICE is one of: {_BUILT_NAMES}. It listens on PORT (default: its port in the "
+    "service catalogue) and reads the rest of its settings from the environment."
+)
+@click.argument("service")
+@click.option("--host", help="Interface to listen on (overrides HOST; default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on (overrides PORT).")
+def serve(service: str, host: str | None, port: int | None) -> None:
+    try:
+        spec = service_spec(service, built_only=True)
+    except UnknownServiceError as exc:
+        raise click.BadParameter(str(exc), param_hint="SERVICE") from None
+    # The service reads its settings from the environment, like a container does.
+    if host is not None:
+        os.environ["HOST"] = host
+    if port is not None:
+        os.environ["PORT"] = str(port)
+    create_service: Callable[[], Service] = importlib.import_module(spec.module).create_service
+    create_service().run()
+
+
+# db ----------------------------------------------------------------------------------------------
+
+
+@main.group(cls=_Listed)
+def db() -> None:
+    """Apply or revert the schema migrations.
+
+    The database is --url (or DATABASE_URL), else the SQLite file VAR_DIR/SERVICE.db that
+    `run` gives that service.
+    """
+
+
+def _database_options(command: F) -> F:
+    command = click.option("--url", envvar="DATABASE_URL", show_envvar=True, help="Database URL.")(
+        command
+    )
+    command = click.option(
+        "--service",
+        help="The service whose SQLite file to use (default: VAR_DIR/quantum-trader.db).",
+    )(command)
+    return var_dir_option(command)
+
+
+def _run_db(
+    work: Callable[[DatabaseSettings], Coroutine[Any, Any, str]],
+    url: str | None,
+    service: str | None,
+    var_dir: Path,
+) -> None:
+    """Run one migration step on the chosen database and print its answer."""
+    from backend.infra.db import DatabaseError, default_url, load_database_settings
+
+    if service is not None:
+        try:
+            service_spec(service)
+        except UnknownServiceError as exc:
+            raise click.BadParameter(str(exc), param_hint="--service") from None
+    name = service or "quantum-trader"
+    try:
+        settings = load_database_settings(name, url=url or default_url(name, var_dir))
+        click.echo(asyncio.run(work(settings)))
+    except DatabaseError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@db.command()
+@click.argument("revision", default="head")
+@_database_options
+def upgrade(revision: str, url: str | None, service: str | None, var_dir: Path) -> None:
+    """Migrate up to REVISION (default: the newest)."""
+    from backend.infra.db import migrate
+
+    async def work(settings: DatabaseSettings) -> str:
+        return f"at {await migrate(settings, revision) or 'base'}"
+
+    _run_db(work, url, service, var_dir)
+
+
+@db.command()
+@click.argument("revision")
+@_database_options
+def downgrade(revision: str, url: str | None, service: str | None, var_dir: Path) -> None:
+    """Migrate down to REVISION: a revision id, -1, or base."""
+    from backend.infra.db import downgrade as migrate_down
+
+    async def work(settings: DatabaseSettings) -> str:
+        return f"at {await migrate_down(settings, revision) or 'base'}"
+
+    _run_db(work, url, service, var_dir)
+
+
+@db.command()
+@_database_options
+def current(url: str | None, service: str | None, var_dir: Path) -> None:
+    """Print the revision the database is at ("base" when empty)."""
+    from backend.infra.db import current_revision
+
+    async def work(settings: DatabaseSettings) -> str:
+        return await current_revision(settings) or "base"
+
+    _run_db(work, url, service, var_dir)
+
+
+@db.command()
+def heads() -> None:
+    """Print the newest revision of the migration scripts."""
+    from backend.infra.db import head_revision
+
+    click.echo(head_revision())
+
+
+# traceview ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=16686, show_default=True, help="Port."
+)
+@click.option(
+    "--max-traces",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Traces kept in memory; the oldest are forgotten first.",
+)
+def traceview(host: str, port: int, max_traces: int) -> None:
+    """Run the embedded trace viewer on its own.
+
+    It takes OTLP/HTTP (point OTLP_ENDPOINT at http://HOST:PORT) and draws the traces.
+    """
+    import uvicorn
+
+    from backend.infra.traceview import TraceStore, create_app
+
+    app = create_app(TraceStore(max_traces))
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+# bench -------------------------------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("benchmarks", nargs=-1)
+def bench(benchmarks: tuple[str, ...]) -> None:
+    """Run the benchmarks: all, or the BENCHMARKS named (bench_http, bench_eventbus).
+
+    They print ratios against a bare baseline. The benchmarks are part of a source checkout,
+    not of the installed package.
+    """
+    if not (ROOT / "bench" / "__main__.py").is_file():
+        raise click.ClickException(f"no benchmarks here: {ROOT / 'bench'} is not a checkout's")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "bench", *benchmarks]
+    sys.exit(subprocess.call(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": path}))
