@@ -9,21 +9,27 @@
         service.run()                       # uvicorn on PORT (default from the port table)
 
 Workers (`kind="worker"`) are the same, with their health and metrics on a side port.
+Every route whose method is not GET/HEAD/OPTIONS needs `Authorization: Bearer $QT_API_TOKEN`
+(see `_auth.py`); `resources.http` sends it to the sibling services by itself.
 """
 
 from __future__ import annotations
 
+from ._auth import AUTH_FAILURES, AccessSettings, public
 from ._service import Resources, Service, resources_of
 from ._settings import PORTS, ServiceSettings, service_url
 from ._wire import Price, Quantity
 
 __all__ = [
+    "AUTH_FAILURES",
     "PORTS",
+    "AccessSettings",
     "Price",
     "Quantity",
     "Resources",
     "Service",
     "ServiceSettings",
+    "public",
     "resources_of",
     "service_url",
 ]
