@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
 import httpx
 import orjson
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from prometheus_client import Counter
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,9 +84,24 @@ def public(endpoint: F) -> F:
     return endpoint
 
 
-def is_public(route: BaseRoute) -> bool:
+def is_public(route: Any) -> bool:
     """True for a route whose endpoint was declared `public`."""
     return bool(getattr(getattr(route, "endpoint", None), _PUBLIC_ATTRIBUTE, False))
+
+
+def effective_routes(routes: Iterable[BaseRoute]) -> Iterator[Any]:
+    """Every route an app serves, included routers flattened.
+
+    Current FastAPI keeps an included router as one lazy entry of `app.routes`; its
+    `iter_route_contexts` yields each route as served (prefix applied), with `path_format`,
+    `methods`, `endpoint`, `matches()` and `original_route`.
+    """
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # FastAPI before lazy included routers: app.routes is already flat
+        yield from routes
+        return
+    yield from iter_route_contexts(list(routes))
 
 
 def is_open_path(path: str) -> bool:
@@ -213,13 +227,14 @@ class BearerAuthMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _matching_route(scope: Scope) -> BaseRoute | None:
+def _matching_route(scope: Scope) -> Any | None:
     app = scope.get("app")
     router = getattr(app, "router", None)
-    for route in getattr(router, "routes", ()):
-        match, _child = route.matches(scope)
+    for route in effective_routes(getattr(router, "routes", ())):
+        # `matches` only reads the scope (it returns the child scope rather than updating).
+        match, _child = route.matches(dict(scope))
         if match is Match.FULL:
-            return route  # type: ignore[no-any-return]
+            return getattr(route, "original_route", route)
     return None
 
 
@@ -239,8 +254,8 @@ def install_openapi_security(app: FastAPI, authenticator: Authenticator) -> None
         }
         open_operations = {
             (route.path_format, method.lower())
-            for route in app.routes
-            if isinstance(route, APIRoute) and is_public(route)
+            for route in effective_routes(app.routes)
+            if is_public(route)
             for method in route.methods or ()
         }
         for path, item in schema.get("paths", {}).items():
