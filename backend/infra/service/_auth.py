@@ -162,6 +162,11 @@ _REFUSALS: dict[str, tuple[int, str, list[tuple[bytes, bytes]]]] = {
 }
 
 
+# Every reason is exported from the start (at 0), so a dashboard's rate has a series to read.
+for _reason in _REFUSALS:
+    AUTH_FAILURES.labels(_reason)
+
+
 class BearerAuthMiddleware:
     """Refuses requests that need the token and do not carry it; lets everything else through.
 
