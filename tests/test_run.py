@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.acceptance.harness import poll
+from tests.acceptance.harness import API_TOKEN, poll
 from tests.support.procs import ROOT
 
 SERVICE_PORTS = (8001, 8002, 8003, 8004, 8006, 8012, 16686)
@@ -96,6 +96,8 @@ def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
         BOT_MIN_CONFIDENCE="0",
         BOT_DECISION_INTERVAL_MS="300",
         FEED_RATE_HZ="10",
+        # The launcher hands its environment down: every service shares this token.
+        QT_API_TOKEN=API_TOKEN,
     )
     env.update(overrides)
     return subprocess.Popen(
