@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from backend.infra.db import default_url
 from backend.infra.eventbus import EmbeddedRedis, EmbeddedRedisError
+from backend.infra.observability import redact_url
 from backend.infra.service import BUILT_SERVICES, ServiceSpec
 from microservices.portfolio_intelligence.api import FillPublic, FillsPublic
 
@@ -283,7 +284,7 @@ class Launcher:
             f"  portfolio:     {self.child(LEDGER).url}/portfolio  /fills",
             f"  logs (JSON):   {self.log_dir}/<service>.log",
             f"  databases:     {self._databases()}",
-            f"  redis:         {self.redis_url}"
+            f"  redis:         {redact_url(self.redis_url)}"
             + (f" (embedded, pid {self.redis.pid})" if self.redis else ""),
             "  traces:        "
             + (

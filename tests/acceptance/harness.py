@@ -1,9 +1,14 @@
-"""Real processes for service tests: Redis, per-service environments, start/stop, log reading."""
+"""Real processes for service tests: Redis, per-service environments, start/stop, log reading.
+
+Every child gets this run's random `QT_API_TOKEN` and `RISK_APPROVAL_SECRET`; `http` is the
+test's own client and sends the token, as an operator holding it would.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import threading
 import time
@@ -23,6 +28,13 @@ from tests.support.procs import Proc, free_port, http_ok, running
 
 # Every built service of the catalogue, by name; tests start them by their seed script.
 SPECS = {spec.name: spec for spec in BUILT_SERVICES}
+
+# Random per run and distinctive, so a test can search everything emitted for them.
+API_TOKEN = f"qt-run-token-{secrets.token_urlsafe(24)}"
+APPROVAL_SECRET = f"qt-run-approval-{secrets.token_urlsafe(32)}"
+
+http = httpx.Client(headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5.0)
+"""A client for the services under test that sends the run's bearer token."""
 
 
 @contextmanager
@@ -45,6 +57,8 @@ def base_env(redis: str, otlp_endpoint: str | None) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         "SHUTDOWN_TIMEOUT_S": "5",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "QT_API_TOKEN": API_TOKEN,
+        "RISK_APPROVAL_SECRET": APPROVAL_SECRET,
     }
     if otlp_endpoint:
         env.update(OTLP_ENDPOINT=otlp_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
@@ -174,9 +188,12 @@ class StubServer:
 
 
 __all__ = [
+    "API_TOKEN",
+    "APPROVAL_SECRET",
     "SPECS",
     "StubServer",
     "base_env",
+    "http",
     "json_lines",
     "poll",
     "redis_url",

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from backend.infra.service import BUILT_SERVICES
-from tests.acceptance.harness import base_env, json_lines, poll, redis_url, services
+from tests.acceptance.harness import base_env, http, json_lines, poll, redis_url, services
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.procs import Proc
 
@@ -227,11 +227,11 @@ def place_resting_buy(p: Pipeline, quote: dict[str, Any]) -> tuple[str, str]:
         "limit_price": str(limit),
         "reduce_only": False,
     }
-    verdict = httpx.post(
+    verdict = http.post(
         f"{p.url('risk-safety')}/check", json={**body, "price": quote["ask"]}, headers=headers
     ).json()
     assert verdict["approved"], verdict
-    placed = httpx.post(
+    placed = http.post(
         f"{p.url('execution')}/orders",
         json={**body, "approval": verdict["approval"]},
         headers=headers,
@@ -267,7 +267,7 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
             break
         except AssertionError:
             for other in resting:
-                httpx.post(f"{p.url('execution')}/orders/{other}/cancel")
+                http.post(f"{p.url('execution')}/orders/{other}/cancel")
     assert coid is not None, "no resting limit order filled in six rounds"
     # The order's trace, as execution logged it when the order was placed.
     (order_trace,) = [
@@ -296,7 +296,7 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
     }
     for other in orders:
         if other != coid:
-            httpx.post(f"{p.url('execution')}/orders/{other}/cancel")
+            http.post(f"{p.url('execution')}/orders/{other}/cancel")
 
 
 def close(a: Decimal, b: Decimal) -> bool:
@@ -332,8 +332,8 @@ def test_the_portfolio_equals_a_recomputation_from_the_fills(pipeline: Pipeline)
     p = pipeline
     execution, portfolio = p.url("execution"), p.url("portfolio-intelligence")
     # No new fills while the books are compared: no new orders, no resting ones left.
-    httpx.post(f"{p.url('trading-bot')}/stop")
-    httpx.post(f"{execution}/orders/cancel-all")
+    http.post(f"{p.url('trading-bot')}/stop")
+    http.post(f"{execution}/orders/cancel-all")
 
     def settled() -> list[dict[str, Any]] | None:
         orders = httpx.get(f"{execution}/orders", params={"limit": 1000}).json()["data"]

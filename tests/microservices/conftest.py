@@ -1,8 +1,13 @@
-"""Fixtures for service tests: a real Redis, a key prefix and a SQLite file per test, a harness."""
+"""Fixtures for service tests: a real Redis, a key prefix and a SQLite file per test, a harness.
+
+Services under test get `QT_API_TOKEN` and the harness client sends it, like a caller that
+holds the deployment's token.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,22 +29,37 @@ from backend.infra.eventbus import (
 from backend.infra.service import Service
 from tests.infra.eventbus.conftest import prefix, redis_url
 
-__all__ = ["ServiceHarness", "prefix", "redis_url"]
+__all__ = ["API_TOKEN", "ServiceHarness", "prefix", "redis_url"]
+
+# One token for the test run; distinctive, so a test can search output for it.
+API_TOKEN = f"qt-test-token-{secrets.token_urlsafe(24)}"
 
 
 class ServiceHarness:
     """Runs a service in-process (lifespan included) against this test's Redis prefix and DB."""
 
-    def __init__(self, redis_url: str, prefix: str, database_url: str) -> None:
+    def __init__(
+        self, redis_url: str, prefix: str, database_url: str, token: str = API_TOKEN
+    ) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
         self.database_url = database_url
+        self.token = token
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The `Authorization` header a caller holding the token sends."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     @contextmanager
     def run(self, factory: Callable[[], Service], timeout_s: float = 20.0) -> Iterator[TestClient]:
-        """Start the service built by `factory`, wait until /health/ready, stop it on exit."""
+        """Start the service built by `factory`, wait until /health/ready, stop it on exit.
+
+        The client sends the bearer token on every request (pass another `Authorization`
+        header, or none via `client.headers.pop("Authorization")`, to act as a stranger).
+        """
         service = factory()
-        with TestClient(service.app) as client:
+        with TestClient(service.app, headers=self.auth_headers) as client:
             wait_for(
                 lambda: client.get("/health/ready").status_code == 200,
                 timeout_s,
@@ -99,4 +119,5 @@ def harness(
     monkeypatch.setenv("EVENTBUS_PREFIX", prefix)
     monkeypatch.setenv("EVENTBUS_BLOCK_MS", "50")
     monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("QT_API_TOKEN", API_TOKEN)
     return ServiceHarness(redis_url, prefix, database_url)

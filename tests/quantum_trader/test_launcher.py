@@ -141,3 +141,14 @@ def test_a_ledger_answer_of_another_shape_is_reported_once_and_yields_no_fill(
     reported = [line for line in capsys.readouterr().out.splitlines() if "cannot read" in line]
     assert len(reported) == 1
     assert "/fills" in reported[0]
+
+
+def test_the_guide_names_the_redis_server_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    launcher = launcher_in(tmp_path)
+    launcher.redis_url = "redis://:s3cret-redis-pass@127.0.0.1:6399/0"
+    launcher.print_guide()
+    printed = capsys.readouterr().out
+    assert "s3cret-redis-pass" not in printed
+    assert "redis://:***@127.0.0.1:6399/0" in printed

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
 
+from backend.infra.observability import redact_text
+
 
 class DatabaseError(Exception):
     """Base class for every error the database layer raises."""
@@ -16,10 +18,12 @@ class DatabaseConfigError(DatabaseError, ValueError):
     """A database setting is invalid; the message names the variable and the value."""
 
     def __init__(self, variable: str, value: object, reason: str) -> None:
+        # DATABASE_URL carries the password: the message (and the value kept) never do.
+        shown = redact_text(value) if isinstance(value, str) else value
         self.variable = variable
-        self.value = value
-        self.reason = reason
-        super().__init__(f"invalid {variable}={value!r}: {reason}")
+        self.value = shown
+        self.reason = redact_text(reason)
+        super().__init__(f"invalid {variable}={shown!r}: {self.reason}")
 
 
 class DatabaseUnavailableError(DatabaseError):

@@ -32,8 +32,13 @@ class DatabaseSettings(BaseSettings):
     `DB_ECHO`, `DB_LOG_STATEMENTS`.
     """
 
+    # Inputs stay out of validation messages: DATABASE_URL holds the password.
     model_config = SettingsConfigDict(
-        env_prefix="DB_", frozen=True, populate_by_name=True, extra="ignore"
+        env_prefix="DB_",
+        frozen=True,
+        populate_by_name=True,
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
     url: str = Field(validation_alias=AliasChoices("DATABASE_URL", "url"))

@@ -31,7 +31,7 @@ from ._errors import (
 from ._idempotency import Idempotency
 from ._introspection import GroupBacklog, GroupMonitor
 from ._publisher import MESSAGING_SYSTEM, EventPublisher, Receipt
-from ._redis import create_redis_client, redis_readiness_check
+from ._redis import create_redis_client, describe_redis, redis_readiness_check
 from ._settings import EventBusSettings
 from .catalogue import (
     CATALOGUE,
@@ -94,6 +94,7 @@ __all__ = [
     "UnknownEventType",
     "create_redis_client",
     "decode_entry",
+    "describe_redis",
     "new_event_id",
     "redis_readiness_check",
     "resolve_redis_url",

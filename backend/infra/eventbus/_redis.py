@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from backend.infra.observability import ReadinessCheck, get_logger
+from backend.infra.observability import ReadinessCheck, get_logger, redact_url
 
 from ._errors import EventBusError, EventBusUnavailable, RedisCommandError
 from ._metrics import RECONNECT_WAITS
@@ -93,15 +93,25 @@ async def call_with_reconnect(
             raise translate_error(exc, what) from exc
 
 
+def describe_redis(url: str) -> str:
+    """A Redis URL fit for messages and logs: its password replaced by `***`."""
+    return redact_url(url)
+
+
 def redis_readiness_check(
-    client: Redis, name: str = "redis", timeout_s: float = 2.0
+    client: Redis, name: str = "redis", timeout_s: float = 2.0, *, target: str | None = None
 ) -> ReadinessCheck:
-    """A readiness check for `/health/ready`: Redis answers PING within `timeout_s`."""
+    """A readiness check for `/health/ready`: Redis answers PING within `timeout_s`.
+
+    `target` (the URL, redacted here) names the server in the error, so a 503 says which
+    Redis the service could not reach.
+    """
+    what = f"PING {describe_redis(target)}" if target else "PING"
 
     async def check() -> None:
         try:
             await client.ping()
         except redis_errors.RedisError as exc:
-            raise translate_error(exc, "PING") from exc
+            raise translate_error(exc, what) from exc
 
     return ReadinessCheck(name, check, timeout_s)

@@ -19,6 +19,7 @@ from ._errors import ObservabilityConfigError, ObservabilityError
 from ._health import ReadinessCheck, add_health_endpoints, add_readiness_check
 from ._logging import BoundLogger, get_logger, uvicorn_log_config
 from ._otel import SpanKind, Status, StatusCode
+from ._redact import redact_text, redact_url
 from ._setup import (
     add_metrics_middleware,
     init_observability,
@@ -56,6 +57,8 @@ __all__ = [
     "inject_trace_context",
     "instrument_fastapi",
     "links_from_traceparent",
+    "redact_text",
+    "redact_url",
     "shutdown_observability",
     "use_trace_context",
     "uvicorn_log_config",

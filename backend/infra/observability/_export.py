@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from ._metrics import EXPORT_QUEUE, EXPORT_SECONDS, SPANS_DROPPED, SPANS_EXPORTED
 from ._otel import SpanProcessor
+from ._redact import redact_text
 
 _log = logging.getLogger("backend.infra.observability.export")
 
@@ -58,7 +59,8 @@ def _str_field(tag: int, value: str) -> bytes:
 # AnyValue tags: string 1, bool 2, int 3, double 4, array 5 (field << 3 | wire type)
 def _any_value(value: Any) -> bytes:
     if isinstance(value, str):
-        return _str_field(0x0A, value)
+        # Attribute values and exception events can carry a URL with its password.
+        return _str_field(0x0A, redact_text(value))
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
@@ -158,7 +160,8 @@ def encode_span(span: Any) -> bytes:
         parts.append(_len_field(0x6A, body))
     status = span._status
     if status is not None and status.status_code.value:
-        body = (_str_field(0x12, status.description) if status.description else b"") + (
+        description = redact_text(status.description) if status.description else ""
+        body = (_str_field(0x12, description) if description else b"") + (
             b"\x18" + _varint(status.status_code.value)
         )
         parts.append(_len_field(0x7A, body))

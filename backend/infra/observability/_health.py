@@ -10,6 +10,8 @@ from typing import Any
 
 from prometheus_client import Gauge
 
+from ._redact import redact_text
+
 READY = Gauge(
     "service_ready", "1 when the last readiness check passed, per dependency.", ["dependency"]
 )
@@ -40,7 +42,8 @@ async def run_check(check: ReadinessCheck) -> CheckResult:
         error: str | None = f"timed out after {check.timeout_s:g}s"
     # Broad on purpose: any failure of a dependency check means "not ready", never a crash.
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        # The body is public: a dependency's message may name its URL, password included.
+        error = redact_text(f"{type(exc).__name__}: {exc}")
     else:
         error = None
     duration_ms = round((time.perf_counter() - started) * 1000.0, 2)

@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 from ._otel import HAS_API, otel_trace
+from ._redact import redact_bytes
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(
@@ -245,7 +246,9 @@ class SinkHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = encode_line(self.json_formatter.to_fields(record))
+            # Redacted as a whole line: a password can arrive in any field, an exception
+            # message or a third-party traceback alike.
+            line = redact_bytes(encode_line(self.json_formatter.to_fields(record)))
             # Written at once: uvicorn ends a SIGTERM by re-raising the signal, so atexit never
             # runs and a buffered line would be lost. Only access lines are batched, and the
             # middleware flushes them when the app shuts down.

@@ -9,10 +9,13 @@
         service.run()                       # uvicorn on PORT (default from the port table)
 
 Workers (`kind="worker"`) are the same, with their health and metrics on a side port.
+Every route whose method is not GET/HEAD/OPTIONS needs `Authorization: Bearer $QT_API_TOKEN`
+(see `_auth.py`); `resources.http` sends it to the sibling services by itself.
 """
 
 from __future__ import annotations
 
+from ._auth import AUTH_FAILURES, AccessSettings, public
 from ._catalogue import (
     BUILT_SERVICES,
     SERVICES,
@@ -27,9 +30,11 @@ from ._settings import PORTS, ServiceSettings, service_url
 from ._wire import Price, Quantity
 
 __all__ = [
+    "AUTH_FAILURES",
     "BUILT_SERVICES",
     "PORTS",
     "SERVICES",
+    "AccessSettings",
     "Price",
     "Quantity",
     "Resources",
@@ -38,6 +43,7 @@ __all__ = [
     "ServiceSettings",
     "ServiceSpec",
     "UnknownServiceError",
+    "public",
     "resources_of",
     "service_spec",
     "service_url",

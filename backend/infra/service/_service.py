@@ -26,6 +26,14 @@ from backend.infra.observability import (
     uvicorn_log_config,
 )
 
+from ._auth import (
+    TOKEN_VARIABLE,
+    AccessSettings,
+    Authenticator,
+    BearerAuthMiddleware,
+    SiblingBearerAuth,
+    install_openapi_security,
+)
 from ._settings import ServiceSettings
 from ._supervisor import Supervisor
 
@@ -44,6 +52,7 @@ class Resources:
     engine: Any = None
     sessions: Any = None
     http: httpx.AsyncClient | None = None
+    """Sends the service's bearer token to sibling services (never to other hosts)."""
     consumer: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +86,8 @@ class Service:
         self.logger = get_logger(f"microservices.{name}")
         self.tracer = get_tracer(f"microservices.{name}")
         self.settings = ServiceSettings()
+        self.access = AccessSettings()
+        self.authenticator = Authenticator(self.access)
         self.resources = Resources(name, self.settings)
         self._database = database
         self._eventbus = eventbus
@@ -94,6 +105,10 @@ class Service:
 
     def _build_app(self) -> FastAPI:
         app = FastAPI(title=self.name, lifespan=self._lifespan)
+        # Added first, so it runs inside the observability middleware: refusals are traced,
+        # logged and counted like any other response.
+        app.add_middleware(BearerAuthMiddleware, authenticator=self.authenticator)
+        install_openapi_security(app, self.authenticator)
         instrument_fastapi(app)
         add_metrics_middleware(app)
         add_health_endpoints(app, [ReadinessCheck("startup", self._check_started)])
@@ -135,18 +150,32 @@ class Service:
     @asynccontextmanager
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         r = self.resources
-        r.http = httpx.AsyncClient(timeout=self.settings.http_timeout_s)
+        r.http = httpx.AsyncClient(
+            timeout=self.settings.http_timeout_s, auth=SiblingBearerAuth(self.access.api_token)
+        )
+        if not self.authenticator.configured:
+            self.logger.warning(
+                f"{TOKEN_VARIABLE} is not set: every request that needs a token is refused "
+                f"(503); set {TOKEN_VARIABLE} to a random secret of at least 16 characters, "
+                "the same for every service, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+                variable=TOKEN_VARIABLE,
+            )
+        redis_target: str | None = None
         if self._eventbus:
             from backend.infra.eventbus import (
                 EventPublisher,
                 create_redis_client,
+                describe_redis,
                 redis_readiness_check,
                 resolve_redis_url,
             )
 
-            r.redis = create_redis_client(resolve_redis_url())
+            redis_url = resolve_redis_url()
+            redis_target = describe_redis(redis_url)
+            r.redis = create_redis_client(redis_url)
             r.publisher = EventPublisher(r.redis, source=self.name)
-            add_readiness_check(app, redis_readiness_check(r.redis))
+            add_readiness_check(app, redis_readiness_check(r.redis, target=redis_url))
         if self._database:
             from backend.infra.db import (
                 create_engine,
@@ -161,7 +190,12 @@ class Service:
         # Start-up work that needs the database or Redis runs in a task that retries, so the
         # process serves /health (503, naming what is missing) while a dependency is down.
         self._supervisor.start("startup", self._bootstrap, restart=True)
-        self.logger.info("service starting", kind=self.kind)
+        self.logger.info(
+            "service starting",
+            kind=self.kind,
+            redis=redis_target,
+            token_required_for="all requests" if self.access.auth_reads else "mutating requests",
+        )
         try:
             yield
         finally:

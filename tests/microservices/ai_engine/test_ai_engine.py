@@ -29,7 +29,7 @@ from backend.trading.model import (
     train_initial_model,
 )
 from microservices.ai_engine.registry import load_artifact, register
-from tests.acceptance.harness import base_env, json_lines, poll, redis_url, service
+from tests.acceptance.harness import base_env, http, json_lines, poll, redis_url, service
 from tests.support.otlp import OtlpReceiver
 from tests.support.postgres import scratch_database
 from tests.support.procs import Proc, free_port
@@ -84,7 +84,7 @@ async def test_the_first_model_is_trained_once_and_served_from_its_artifact_afte
         assert registry["serving"] == entry["version"]
         assert entry["metrics"]["training_steps"] == 3000
         assert "holdout_accuracy" in entry["metrics"]
-        first = httpx.post(f"{url}/predict", json={"symbol": "BTCUSDT", "prices": prices}).json()
+        first = http.post(f"{url}/predict", json={"symbol": "BTCUSDT", "prices": prices}).json()
         assert "initial model trained and registered" in messages(json_lines(proc))
 
     with service("ai-engine", tmp_path, env) as (proc, url):
@@ -92,7 +92,7 @@ async def test_the_first_model_is_trained_once_and_served_from_its_artifact_afte
         assert [m["version"] for m in registry["data"]] == [entry["version"]]
         assert httpx.get(f"{url}/models/{entry['version']}").json()["stage"] == "active"
         assert httpx.get(f"{url}/models/nope").status_code == 404
-        again = httpx.post(f"{url}/predict", json={"symbol": "BTCUSDT", "prices": prices}).json()
+        again = http.post(f"{url}/predict", json={"symbol": "BTCUSDT", "prices": prices}).json()
         logged = messages(json_lines(proc))
         assert "model loaded" in logged
         assert "no model registered; training the initial model" not in logged
@@ -120,10 +120,10 @@ def test_predictions_are_traced_counted_and_validated(redis_server: str, tmp_pat
         env = base_env(redis_server, otlp.http_endpoint) | {"AI_TRAIN_STEPS": "3000"}
         with service("ai-engine", tmp_path, env) as (proc, url):
             body = {"symbol": "ETHUSDT", "prices": prices, "source_id": "tick-1"}
-            signal = httpx.post(f"{url}/predict", json=body).json()
-            same = httpx.post(f"{url}/predict", json=body).json()
+            signal = http.post(f"{url}/predict", json=body).json()
+            same = http.post(f"{url}/predict", json=body).json()
             assert same["signal_id"] == signal["signal_id"], "same model, symbol, source: same id"
-            short = httpx.post(f"{url}/predict", json={"symbol": "ETHUSDT", "prices": ["1"] * 5})
+            short = http.post(f"{url}/predict", json={"symbol": "ETHUSDT", "prices": ["1"] * 5})
             assert short.status_code == 422
             metrics = httpx.get(f"{url}/metrics").text
             assert f'ai_predictions_total{{direction="{signal["direction"]}"}} 2.0' in metrics
@@ -207,9 +207,9 @@ async def test_a_second_replica_serves_the_registered_model_without_training_or_
         (second_dir / "models").mkdir(parents=True)
         with service("ai-engine", second_dir, env) as (second, second_url):
             assert httpx.get(f"{second_url}/models").json()["serving"] == version
-            from_second = httpx.post(f"{second_url}/predict", json=body).json()
+            from_second = http.post(f"{second_url}/predict", json=body).json()
             logged = messages(json_lines(second))
-        from_first = httpx.post(f"{first_url}/predict", json=body).json()
+        from_first = http.post(f"{first_url}/predict", json=body).json()
     assert "initial model trained and registered" in messages(json_lines(first))
     assert "model loaded" in logged
     assert "no model registered; training the initial model" not in logged
@@ -220,7 +220,7 @@ async def test_a_second_replica_serves_the_registered_model_without_training_or_
     # Without MODEL_DIR at all, the same.
     no_dir_env = env | {"MODEL_DIR": ""}
     with service("ai-engine", tmp_path / "third", no_dir_env) as (third, third_url):
-        assert httpx.post(f"{third_url}/predict", json=body).json() == from_first
+        assert http.post(f"{third_url}/predict", json=body).json() == from_first
         assert "no model registered; training the initial model" not in messages(json_lines(third))
 
 
@@ -262,7 +262,7 @@ async def test_a_tampered_artifact_is_refused_and_nothing_is_served(
             f"version {artifact['version']!r}: stored artifact does not match its sha256"
             in (ready.json()["checks"]["startup"]["error"])
         )
-        refused = httpx.post(
+        refused = http.post(
             f"http://127.0.0.1:{port}/predict",
             json={"symbol": "BTCUSDT", "prices": ["1"] * WINDOW},
         )
@@ -302,7 +302,7 @@ async def test_a_newly_promoted_model_is_served_without_a_restart(
             10,
             "the promoted model to serve",
         )
-        signal = httpx.post(f"{url}/predict", json={"symbol": "SOLUSDT", "prices": prices}).json()
+        signal = http.post(f"{url}/predict", json={"symbol": "SOLUSDT", "prices": prices}).json()
         stages = {m["version"]: m["stage"] for m in httpx.get(f"{url}/models").json()["data"]}
     assert signal["model_version"] == challenger["version"] != first
     assert stages == {first: "retired", challenger["version"]: "active"}

@@ -21,7 +21,7 @@ from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
 from backend.trading.sizing import size_order
 from microservices.trading_bot.settings import BotSettings
-from tests.acceptance.harness import poll
+from tests.acceptance.harness import http, poll
 from tests.support.otlp import OtlpReceiver
 
 from .conftest import Bot, Upstreams
@@ -220,7 +220,7 @@ async def test_a_retried_tick_never_submits_twice(bot: Bot, upstreams: Upstreams
 async def test_paused_entries_still_allow_exits_and_stop_stops_deciding(
     bot: Bot, upstreams: Upstreams
 ) -> None:
-    status = httpx.post(f"{bot.url}/pause-entries").json()
+    status = http.post(f"{bot.url}/pause-entries").json()
     assert status["running"] is True and status["entries_paused"] is True
     upstreams.signals.update(ENTUSDT=("BUY", 0.9), EXTUSDT=("SELL", 0.9))
     upstreams.positions["EXTUSDT"] = Decimal("0.5")
@@ -233,7 +233,7 @@ async def test_paused_entries_still_allow_exits_and_stop_stops_deciding(
     (order,) = upstreams.orders.values()
     assert order["reduce_only"] is True and Decimal(order["quantity"]) <= Decimal("0.5")
 
-    assert httpx.post(f"{bot.url}/stop").json()["running"] is False
+    assert http.post(f"{bot.url}/stop").json()["running"] is False
     await publish(bot, ticks("STPUSDT", WINDOW + 5))
     poll(
         lambda: httpx.get(f"{bot.url}/status").json()["symbols"]["STPUSDT"]["prices"] == WINDOW + 5,
@@ -241,5 +241,5 @@ async def test_paused_entries_still_allow_exits_and_stop_stops_deciding(
         "ticks after stop",
     )
     assert decisions(bot, "STPUSDT") == []
-    restarted = httpx.post(f"{bot.url}/start").json()
+    restarted = http.post(f"{bot.url}/start").json()
     assert restarted["running"] is True and restarted["entries_paused"] is False
