@@ -27,7 +27,7 @@ from backend.infra.eventbus._embedded import redis_server_executable
 from tests.acceptance.harness import (
     API_TOKEN,
     APPROVAL_SECRET,
-    PACKAGES,
+    SPECS,
     base_env,
     http,
     poll,
@@ -126,7 +126,7 @@ def _process(name: str, tmp: Path, env: dict[str, str], label: str) -> tuple[Pro
     logs = tmp / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     proc = Proc(
-        [f"microservices/{PACKAGES[name]}/main.py"],
+        [SPECS[name].script],
         {**env, "PORT": str(port)},
         logs / f"{label}.log",
     )
