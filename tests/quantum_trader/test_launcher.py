@@ -95,6 +95,7 @@ def fill(fill_id: str, at: datetime, side: str = "BUY") -> dict[str, Any]:
         "filled_at": at.isoformat(),
         "booked_at": at.isoformat(),
         "sequence": None,
+        "liquidity": "TAKER",
     }
 
 

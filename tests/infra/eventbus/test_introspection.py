@@ -62,7 +62,7 @@ async def test_lag_is_counted_when_redis_cannot_tell_it(
     # Deleting an undelivered entry leaves Redis without a lag for the group.
     await client.xdel(key, receipts[1].entry_id)
     groups = await client.xinfo_groups(key)
-    assert groups[0]["lag"] is None
+    assert groups[0].get("lag") is None  # Redis 7 says None here; Redis 6 has no lag field
     backlog = await GroupMonitor(client, "portfolio", "order.filled", settings).backlog()
     assert backlog.lag == 2
 
