@@ -425,6 +425,7 @@ class OrderDesk:
             raise InvalidState(
                 "state token is invalid: it was not issued by risk-safety for this state and epoch"
             )
+        self.gate.announce(signed)  # closes trading before the lock is ours
         async with self._lock:
             now_s = time.monotonic()
             outcome = self.gate.consider(signed, now_s=now_s)

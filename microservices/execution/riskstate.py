@@ -89,6 +89,8 @@ class RiskStateGate:
     def __init__(self, *, lease_ms: int) -> None:
         self.lease_ms = lease_ms
         self.adopted: Adopted | None = None
+        self.closing: SignedState | None = None
+        """A verified newer state that closes trading, waiting for the desk's lock."""
         self._verified_at_s: float | None = None
 
     @property
@@ -97,7 +99,22 @@ class RiskStateGate:
 
     @property
     def epoch(self) -> int | None:
-        return self.adopted.epoch if self.adopted else None
+        """The latest epoch known: approvals of any earlier one are revoked."""
+        epochs = [s.epoch for s in (self.adopted, self.closing) if s is not None]
+        return max(epochs) if epochs else None
+
+    def announce(self, signed: SignedState) -> None:
+        """Close trading at once for a verified newer state that is not ACTIVE.
+
+        Adopting a state waits for the desk's lock, behind submissions already queued for it;
+        each of them checks `blocker` once it holds the lock, so from this call on none of
+        them can increase exposure. A newer ACTIVE state opens nothing until adopted.
+        """
+        if signed.state == ACTIVE:
+            return
+        known = self.epoch
+        if known is None or signed.epoch > known:
+            self.closing = signed
 
     def consider(self, signed: SignedState, *, now_s: float) -> Outcome:
         """What `signed` (already verified) changes; the caller then calls `adopt` if ADOPTED.
@@ -117,6 +134,8 @@ class RiskStateGate:
     def adopt(self, adopted: Adopted, *, now_s: float) -> None:
         self.adopted = adopted
         self._verified_at_s = now_s
+        if self.closing is not None and self.closing.epoch <= adopted.epoch:
+            self.closing = None
 
     def lease_age_s(self, now_s: float) -> float | None:
         """Seconds since the last verified state (None before the first)."""
@@ -130,6 +149,12 @@ class RiskStateGate:
         """Why an exposure-increasing order may not be accepted or filled now; None if it may."""
         adopted = self.adopted
         age = self.lease_age_s(now_s)
+        closing = self.closing
+        if closing is not None:
+            return (
+                f"trading state is {closing.state} (epoch {closing.epoch}): "
+                "only reduce-only orders are accepted"
+            )
         if adopted is None or age is None:
             return (
                 "trading state UNKNOWN: no verified state from risk-safety yet; "
@@ -150,6 +175,8 @@ class RiskStateGate:
 
     def refusal_label(self, now_s: float) -> str:
         """The metric label of a refusal: the state, or UNKNOWN without a valid lease."""
+        if self.closing is not None:
+            return self.closing.state
         if self.adopted is None or self.lease_expired(now_s):
             return "UNKNOWN"
         return self.adopted.state
