@@ -216,7 +216,7 @@ class RiskStateIn(BaseModel):
     state: str = Field(min_length=1, max_length=16, pattern=r"^[A-Z_]+$", examples=["HALTED"])
     epoch: int = Field(ge=0, le=MAX_INT64)
     token: str = Field(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)
-    reason: str = Field(default="", max_length=1000)
+    reason: str = Field(default="", max_length=4000)
 
 
 class RiskStateUpdatePublic(BaseModel):
