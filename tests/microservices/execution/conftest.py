@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,9 +12,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from microservices.execution.service import create_service
 from tests.microservices.conftest import ServiceHarness, wait_for
+from tests.support.postgres import scratch_database
 from tests.support.riskstub import RiskStub, now_ms
 
-__all__ = ["RiskStub", "metric", "now_ms", "risk", "risk_state", "running"]
+__all__ = [
+    "RiskStub",
+    "any_database",
+    "metric",
+    "now_ms",
+    "push",
+    "risk",
+    "risk_state",
+    "running",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +35,28 @@ def risk(monkeypatch: pytest.MonkeyPatch) -> Iterator[RiskStub]:
     monkeypatch.setenv("EXECUTION_RISK_POLL_MS", "100")
     yield stub
     stub.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_database(
+    request: pytest.FixtureRequest, harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[ServiceHarness]:
+    """The harness on its SQLite file, or on a fresh PostgreSQL database (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield harness
+        return
+    async with scratch_database("qt_exectest") as url:
+        monkeypatch.setenv("DATABASE_URL", url)
+        yield ServiceHarness(harness.redis_url, harness.prefix, url)
+
+
+def push(client: TestClient, risk: RiskStub, state: str) -> Any:
+    """Change the state as risk-safety does: push the next epoch to execution, then commit it
+    (serve it on GET /state); the push's response."""
+    signed = risk.next(state)
+    response = client.post("/risk/state", json=risk.push_body(signed))
+    risk.serve(signed)
+    return response
 
 
 def risk_state(client: TestClient) -> dict[str, Any]:

@@ -10,7 +10,14 @@ from fastapi.testclient import TestClient
 
 from backend.trading.approval import sign_state
 from tests.microservices.conftest import ServiceHarness, wait_for
-from tests.microservices.execution.conftest import RiskStub, metric, now_ms, risk_state, running
+from tests.microservices.execution.conftest import (
+    RiskStub,
+    metric,
+    now_ms,
+    push,
+    risk_state,
+    running,
+)
 from tests.microservices.execution.test_execution import order, send_tick, tick
 
 
@@ -42,7 +49,7 @@ def test_an_approval_issued_before_a_pushed_halt_is_refused_as_revoked(
         send_tick(harness, client)
         before_halt = order("pre-halt-1", epoch=0)
 
-        pushed = client.post("/risk/state", json=risk.push_body(risk.change("HALTED")))
+        pushed = push(client, risk, "HALTED")
         assert pushed.status_code == 200, pushed.text
         assert pushed.json() == {"state": "HALTED", "epoch": 1, "canceled": []}
 
@@ -51,7 +58,7 @@ def test_an_approval_issued_before_a_pushed_halt_is_refused_as_revoked(
         assert "revokes" in refused.json()["detail"] and "epoch 0" in refused.json()["detail"]
 
         # A resume is a state change too: approvals of every earlier epoch stay void.
-        assert client.post("/risk/state", json=risk.push_body(risk.change("ACTIVE"))).json() == {
+        assert push(client, risk, "ACTIVE").json() == {
             "state": "ACTIVE",
             "epoch": 2,
             "canceled": [],
@@ -63,16 +70,16 @@ def test_an_approval_issued_before_a_pushed_halt_is_refused_as_revoked(
 
 
 def test_a_pushed_halt_cancels_a_resting_buy_which_later_ticks_never_fill(
-    harness: ServiceHarness, risk: RiskStub
+    any_database: ServiceHarness, risk: RiskStub
 ) -> None:
-    with running(harness) as client:
-        send_tick(harness, client)
+    with running(any_database) as client:
+        send_tick(any_database, client)
         resting = client.post(
             "/orders", json=order("rest-1", order_type="LIMIT", limit_price="99.00")
         )
         assert resting.json()["status"] == "ACCEPTED"
 
-        pushed = client.post("/risk/state", json=risk.push_body(risk.change("HALTED")))
+        pushed = push(client, risk, "HALTED")
         assert pushed.json() == {"state": "HALTED", "epoch": 1, "canceled": ["rest-1"]}
         canceled = status_of(client, "rest-1")
         assert canceled["status"] == "CANCELED"
@@ -80,14 +87,15 @@ def test_a_pushed_halt_cancels_a_resting_buy_which_later_ticks_never_fill(
         assert Decimal(client.get("/account").json()["reserved_cash"]) == 0
         wait_for(
             lambda: (
-                [e["client_order_id"] for e in harness.published("order.canceled")] == ["rest-1"]
+                [e["client_order_id"] for e in any_database.published("order.canceled")]
+                == ["rest-1"]
             ),
             what="order.canceled through the outbox",
         )
 
-        cross_then_sentinel(harness, client, ("98.00", "98.50"))
+        cross_then_sentinel(any_database, client, ("98.00", "98.50"))
         assert status_of(client, "rest-1")["fills"] == []
-        assert harness.published("order.filled") == []
+        assert any_database.published("order.filled") == []
 
         # Pushing the same state again changes nothing.
         again = client.post("/risk/state", json=risk.push_body())
@@ -110,7 +118,7 @@ def test_while_halted_only_reduce_only_sells_are_accepted_and_filled(
         assert client.post("/orders", json=exit_order).json()["status"] == "ACCEPTED"
 
         refusals = metric(client, "execution_risk_refusals_total", state="HALTED")
-        pushed = client.post("/risk/state", json=risk.push_body(risk.change("HALTED")))
+        pushed = push(client, risk, "HALTED")
         assert pushed.json()["canceled"] == []  # the reduce-only exit keeps working
 
         epoch = risk.epoch
@@ -224,7 +232,7 @@ def test_a_signed_state_is_adopted_only_with_a_higher_epoch(
         invalid = metric(
             client, "execution_risk_state_updates_total", source="push", outcome="invalid"
         )
-        forged = risk.push_body(risk.change("ACTIVE"))
+        forged = risk.push_body(risk.next("ACTIVE"))
         forged["token"] = "0" * 64
         assert client.post("/risk/state", json=forged).status_code == 403
 
@@ -238,7 +246,7 @@ def test_a_signed_state_is_adopted_only_with_a_higher_epoch(
             assert response.status_code == 409, (state, epoch)
             assert "execution enforces HALTED in epoch 5" in response.json()["detail"]
         assert risk_state(client)["state"] == "HALTED"
-        # The stub still serves epoch 1: polls are stale and renew nothing.
+        # The stub still serves epoch 0: polls are stale and renew nothing.
         wait_for(lambda: risk_state(client)["lease_expired"], 5, "the lease to lapse")
         updates = "execution_risk_state_updates_total"
         assert metric(client, updates, source="poll", outcome="stale") > 0
@@ -257,14 +265,14 @@ def test_a_signed_state_is_adopted_only_with_a_higher_epoch(
 
 
 def test_exposure_reads_holdings_working_orders_fills_and_received_ids_in_one_view(
-    harness: ServiceHarness, risk: RiskStub
+    any_database: ServiceHarness, risk: RiskStub
 ) -> None:
-    with running(harness) as client:
+    with running(any_database) as client:
         empty = client.get("/exposure").json()
         assert empty["fill_sequence"] == 0 and empty["holdings"] == {} and empty["working"] == []
         assert (empty["risk_state"], empty["risk_epoch"]) == ("ACTIVE", 0)
 
-        hold_btc(harness, client, quantity="2")
+        hold_btc(any_database, client, quantity="2")
         since = now_ms()
         client.post(
             "/orders",
@@ -309,7 +317,7 @@ def test_exposure_reads_holdings_working_orders_fills_and_received_ids_in_one_vi
         for bad in ("-1", "1e999999", "soon"):
             assert client.get("/exposure", params={"since_ms": bad}).status_code == 422
 
-        client.post("/risk/state", json=risk.push_body(risk.change("HALTED")))
+        push(client, risk, "HALTED")
         halted = client.get("/exposure").json()
         assert (halted["risk_state"], halted["risk_epoch"]) == ("HALTED", 1)
         assert halted["working"] == []  # both limits were canceled by the halt
