@@ -33,6 +33,8 @@ def risk(monkeypatch: pytest.MonkeyPatch) -> Iterator[RiskStub]:
     stub = RiskStub()
     monkeypatch.setenv("RISK_SAFETY_URL", stub.url)
     monkeypatch.setenv("EXECUTION_RISK_POLL_MS", "100")
+    # Long enough that a loaded machine never lapses it by accident; lease tests set their own.
+    monkeypatch.setenv("EXECUTION_RISK_LEASE_MS", "10000")
     yield stub
     stub.close()
 

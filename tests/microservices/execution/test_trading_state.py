@@ -167,7 +167,7 @@ def test_the_poller_alone_halts_execution_within_the_poll_interval(
 def test_without_risk_safety_the_lease_lapses_and_only_reduce_only_orders_trade(
     harness: ServiceHarness, risk: RiskStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EXECUTION_RISK_LEASE_MS", "600")
+    monkeypatch.setenv("EXECUTION_RISK_LEASE_MS", "1500")
     with running(harness) as client:
         hold_btc(harness, client)
         client.post("/orders", json=order("frozen-buy", order_type="LIMIT", limit_price="99.00"))
@@ -181,7 +181,7 @@ def test_without_risk_safety_the_lease_lapses_and_only_reduce_only_orders_trade(
             lambda: (s := risk_state(client))["lease_expired"] and s, what="the lease to lapse"
         )
         assert lapsed["state"] == "ACTIVE" and lapsed["accepts"] == "REDUCE_ONLY"
-        assert "past its 600 ms lease" in lapsed["blocker"]
+        assert "past its 1500 ms lease" in lapsed["blocker"]
 
         refused = client.post("/orders", json=order("no-lease"))
         assert refused.status_code == 403
@@ -226,8 +226,9 @@ def test_execution_fails_closed_until_risk_safety_signs_its_state(
 
 
 def test_a_signed_state_is_adopted_only_with_a_higher_epoch(
-    harness: ServiceHarness, risk: RiskStub
+    harness: ServiceHarness, risk: RiskStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("EXECUTION_RISK_LEASE_MS", "1000")
     with running(harness) as client:
         invalid = metric(
             client, "execution_risk_state_updates_total", source="push", outcome="invalid"
