@@ -1,4 +1,5 @@
-"""execution's HTTP API: place, read and cancel orders; the venue's quotes and balances."""
+"""execution's HTTP API: place, read and cancel orders; the venue's quotes and balances; the
+trading state it enforces (pushed by risk-safety) and its exposure view for risk-safety."""
 
 from __future__ import annotations
 
@@ -7,30 +8,49 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.infra.db.models import FillRecord
-from backend.infra.service import Resources, resources_of
-from backend.trading.approval import Approval, ApprovalError, verify_approval
+from backend.infra.service import Price, Quantity, Resources, resources_of
+from backend.trading.approval import Approval, ApprovalError, SignedState
+from backend.trading.orders import Order
 from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
 
 from . import metrics
-from .desk import OrderDesk, OrderNotFound, OrderNotOpen
+from .desk import (
+    InvalidState,
+    OrderConflict,
+    OrderDesk,
+    OrderNotFound,
+    OrderNotOpen,
+    TradingClosed,
+)
+from .riskstate import Outcome
 from .store import StoredOrder
 
 router = APIRouter()
 
-PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+MAX_INT64 = 2**63 - 1
+# Identifiers are printable ASCII without spaces: they go into SQL, logs and span attributes,
+# and a NUL byte, for one, is refused by PostgreSQL (a 500 if it got that far).
+IDENTIFIER_PATTERN = r"^[!-~]+$"
+ClientOrderIdIn = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN, examples=["bot-7f3a2c"])
+]
+SymbolIn = Annotated[
+    str, Field(min_length=1, max_length=32, pattern=IDENTIFIER_PATTERN, examples=["BTCUSDT"])
+]
+ClientOrderIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)]
 
 
 class ApprovalIn(BaseModel):
     """The approval risk-safety returned from POST /check."""
 
-    decision_id: str = Field(min_length=1, max_length=64)
-    token: str = Field(min_length=1, max_length=128)
-    expires_ms: int
-    epoch: int = Field(default=0, ge=0)
+    decision_id: str = Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)
+    token: str = Field(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)
+    expires_ms: int = Field(ge=0, le=MAX_INT64)
+    epoch: int = Field(default=0, ge=0, le=MAX_INT64)
 
 
 class OrderCreate(BaseModel):
@@ -38,12 +58,12 @@ class OrderCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    client_order_id: str = Field(min_length=1, max_length=64)
-    symbol: str = Field(min_length=1, max_length=32)
+    client_order_id: ClientOrderIdIn
+    symbol: SymbolIn
     side: Literal["BUY", "SELL"]
-    quantity: PositiveDecimal
+    quantity: Quantity
     order_type: Literal["MARKET", "LIMIT"] = "MARKET"
-    limit_price: PositiveDecimal | None = None
+    limit_price: Price | None = None
     time_in_force: Literal["GTC", "IOC"] = "GTC"
     reduce_only: bool = False
     approval: ApprovalIn | None = None
@@ -190,9 +210,77 @@ def desk_of(resources: Annotated[Resources, Depends(resources_of)]) -> OrderDesk
 Desk = Annotated[OrderDesk, Depends(desk_of)]
 
 
+class RiskStateIn(BaseModel):
+    """A trading state signed by risk-safety, pushed on every change."""
+
+    state: str = Field(min_length=1, max_length=16, pattern=r"^[A-Z_]+$", examples=["HALTED"])
+    epoch: int = Field(ge=0, le=MAX_INT64)
+    token: str = Field(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)
+    reason: str = Field(default="", max_length=4000)
+
+
+class RiskStateUpdatePublic(BaseModel):
+    """The state execution enforces after a push, and the orders the push canceled."""
+
+    state: str
+    epoch: int
+    canceled: list[str]
+
+
+class RiskStatePublic(BaseModel):
+    """The trading state execution enforces, how it arrived, and its lease."""
+
+    state: str | None
+    epoch: int | None
+    source: str | None
+    reason: str | None
+    adopted_at_ms: int | None
+    adopted_fill_sequence: int | None
+    """The highest venue fill sequence when the state was adopted."""
+    lease_ms: int
+    lease_age_ms: int | None
+    lease_expired: bool
+    accepts: Literal["ALL", "REDUCE_ONLY"]
+    blocker: str | None
+    """Why exposure-increasing orders are refused (and held), if they are."""
+
+
+class WorkingOrderPublic(BaseModel):
+    client_order_id: str
+    symbol: str
+    side: str
+    order_type: str
+    limit_price: str | None
+    remaining_quantity: str
+    reduce_only: bool
+
+
+class ExposurePublic(BaseModel):
+    """Execution's exposure as of one instant, for risk-safety's limits."""
+
+    as_of_ms: int
+    fill_sequence: int
+    risk_state: str | None
+    risk_epoch: int | None
+    holdings: dict[str, str]
+    working: list[WorkingOrderPublic]
+    client_order_ids_since: list[str]
+
+
+def _plain(value: Decimal) -> str:
+    return format(value, "f")
+
+
 @router.post("/orders", status_code=status.HTTP_201_CREATED)
 async def place_order(body: OrderCreate, response: Response, desk: Desk) -> OrderPublic:
-    """Place an order approved by risk-safety; a known client order id returns that order."""
+    """Place an order approved by risk-safety.
+
+    A known client order id with the same order returns that order (200); with a different
+    order it is a 409 naming the fields that differ. A new order needs an approval for exactly
+    this order, unexpired and of the current trading-state epoch (else 403); while trading is
+    not ACTIVE, or execution holds no fresh verified state, only reduce-only sells are accepted
+    (else 403 naming the state).
+    """
     violation = desk.venue.violation(body.to_request())
     if violation is not None and await desk.store.get(body.client_order_id) is None:
         # An order the venue's instrument rules refuse is a bad request: 422 naming the field
@@ -208,16 +296,21 @@ async def place_order(body: OrderCreate, response: Response, desk: Desk) -> Orde
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
     approval = body.approval
     try:
-        verify_approval(
-            desk.settings.approval_secret.get_secret_value(),
+        submission = await desk.place(
+            body.to_request(),
             Approval(approval.decision_id, approval.token, approval.expires_ms, approval.epoch)
             if approval
             else None,
-            order=body.to_request(),
-            now_ms=time.time_ns() // 1_000_000,
-            # A retry of an order already placed gets it back even after its approval lapsed.
-            check_expiry=await desk.store.get(body.client_order_id) is None,
         )
+    except OrderConflict as exc:
+        desk.log.warning(
+            "order refused: client order id reused",
+            client_order_id=body.client_order_id,
+            fields=list(exc.fields),
+        )
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, detail={"message": str(exc), "fields": list(exc.fields)}
+        ) from None
     except ApprovalError as exc:
         metrics.APPROVAL_REFUSALS.labels(exc.problem.value).inc()
         desk.log.warning(
@@ -228,17 +321,108 @@ async def place_order(body: OrderCreate, response: Response, desk: Desk) -> Orde
             reason=str(exc),
         )
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
-    assert approval is not None
-    submission = await desk.submit(body.to_request(), approval.decision_id)
+    except TradingClosed as exc:
+        desk.log.warning(
+            "order refused: trading closed",
+            client_order_id=body.client_order_id,
+            symbol=body.symbol,
+            state=exc.state,
+            reason=str(exc),
+        )
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
     if not submission.created:
         response.status_code = status.HTTP_200_OK
     return OrderPublic.of(submission.order)
 
 
+@router.post("/risk/state")
+async def push_risk_state(body: RiskStateIn, desk: Desk) -> RiskStateUpdatePublic:
+    """Adopt a trading state signed by risk-safety if its epoch is higher than the one enforced.
+
+    The same epoch again changes nothing (200); a lower epoch, or the same epoch with another
+    state, is ignored (409); a bad signature is 403. Adopting a state other than ACTIVE cancels
+    every working order that could increase exposure; their ids are in `canceled`.
+    """
+    try:
+        update = await desk.update_state(
+            SignedState(body.state, body.epoch, body.token), source="push", reason=body.reason
+        )
+    except InvalidState as exc:
+        desk.log.warning("trading state refused", state=body.state, epoch=body.epoch)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
+    adopted = update.adopted
+    if update.outcome in (Outcome.STALE, Outcome.CONFLICT):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=(
+                f"execution enforces {adopted.state} in epoch {adopted.epoch}; "
+                f"{body.state} in epoch {body.epoch} is not newer, so it is ignored"
+            ),
+        )
+    return RiskStateUpdatePublic(
+        state=adopted.state, epoch=adopted.epoch, canceled=list(update.canceled)
+    )
+
+
+@router.get("/risk/state")
+async def get_risk_state(desk: Desk) -> RiskStatePublic:
+    """The trading state execution enforces and the age of its lease."""
+    gate = desk.gate
+    now_s = time.monotonic()
+    adopted = gate.adopted
+    age_s = gate.lease_age_s(now_s)
+    blocker = gate.blocker(now_s)
+    return RiskStatePublic(
+        state=adopted.state if adopted else None,
+        epoch=adopted.epoch if adopted else None,
+        source=adopted.source if adopted else None,
+        reason=adopted.reason if adopted else None,
+        adopted_at_ms=adopted.adopted_at_ms if adopted else None,
+        adopted_fill_sequence=adopted.fill_sequence if adopted else None,
+        lease_ms=gate.lease_ms,
+        lease_age_ms=round(age_s * 1000) if age_s is not None else None,
+        lease_expired=gate.lease_expired(now_s),
+        accepts="ALL" if blocker is None else "REDUCE_ONLY",
+        blocker=blocker,
+    )
+
+
+@router.get("/exposure")
+async def get_exposure(
+    desk: Desk, since_ms: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0
+) -> ExposurePublic:
+    """Holdings (reserved included), working orders, the highest fill sequence, the enforced
+    state, and every client order id received at or after `since_ms`, read in one step."""
+    view = await desk.exposure(since_ms)
+    return ExposurePublic(
+        as_of_ms=view.as_of_ms,
+        fill_sequence=view.fill_sequence,
+        risk_state=view.risk_state,
+        risk_epoch=view.risk_epoch,
+        holdings={s: _plain(q) for s, q in view.holdings.items()},
+        working=[_working_public(o) for o in view.working],
+        client_order_ids_since=view.client_order_ids_since,
+    )
+
+
+def _working_public(order: Order) -> WorkingOrderPublic:
+    return WorkingOrderPublic(
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=order.side.value,
+        order_type=order.order_type.value,
+        limit_price=_plain(order.limit_price) if order.limit_price is not None else None,
+        remaining_quantity=_plain(order.remaining_quantity),
+        reduce_only=order.reduce_only,
+    )
+
+
 @router.get("/orders")
 async def list_orders(
     desk: Desk,
-    status_: Annotated[str | None, Query(alias="status")] = None,
+    status_: Annotated[
+        str | None, Query(alias="status", max_length=20, pattern=r"^[A-Za-z_]+$")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> OrdersPublic:
     """Newest orders first, optionally only those of one status (e.g. ACCEPTED)."""
@@ -248,7 +432,10 @@ async def list_orders(
 
 @router.post("/orders/cancel-all")
 async def cancel_all_orders(
-    desk: Desk, symbol: Annotated[str | None, Query()] = None
+    desk: Desk,
+    symbol: Annotated[
+        str | None, Query(min_length=1, max_length=32, pattern=IDENTIFIER_PATTERN)
+    ] = None,
 ) -> OrdersPublic:
     """Cancel every working order (of one symbol, if given)."""
     orders = await desk.cancel_all(symbol)
@@ -256,7 +443,7 @@ async def cancel_all_orders(
 
 
 @router.get("/orders/{client_order_id}")
-async def get_order(client_order_id: str, desk: Desk) -> OrderPublic:
+async def get_order(client_order_id: ClientOrderIdPath, desk: Desk) -> OrderPublic:
     stored = await desk.store.get(client_order_id)
     if stored is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {client_order_id}")
@@ -264,7 +451,7 @@ async def get_order(client_order_id: str, desk: Desk) -> OrderPublic:
 
 
 @router.get("/orders/{client_order_id}/events")
-async def get_order_events(client_order_id: str, desk: Desk) -> OrderEventsPublic:
+async def get_order_events(client_order_id: ClientOrderIdPath, desk: Desk) -> OrderEventsPublic:
     """Every transition of an order, as persisted."""
     rows = await desk.store.events(client_order_id)
     if not rows:
@@ -288,7 +475,7 @@ async def get_order_events(client_order_id: str, desk: Desk) -> OrderEventsPubli
 
 
 @router.post("/orders/{client_order_id}/cancel")
-async def cancel_order(client_order_id: str, desk: Desk) -> OrderPublic:
+async def cancel_order(client_order_id: ClientOrderIdPath, desk: Desk) -> OrderPublic:
     try:
         stored = await desk.cancel(client_order_id)
     except OrderNotFound:

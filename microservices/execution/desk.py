@@ -1,12 +1,23 @@
-"""The order desk: one paper venue, serialised; each change and its events commit together."""
+"""The order desk: one paper venue, serialised; each change and its events commit together.
+
+The desk also enforces the trading state (see riskstate.py): it adopts signed states pushed
+by risk-safety or polled from it, under the same lock as every submission and every tick, so
+nothing that increases exposure is accepted or filled after a halt has been adopted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
+
+import httpx
 
 from backend.infra.db import DatabaseError
 from backend.infra.db.models import FillRecord
@@ -27,7 +38,14 @@ from backend.infra.observability import (
     links_from_traceparent,
 )
 from backend.infra.outbox import Outbox
-from backend.infra.service import Resources
+from backend.infra.service import Resources, service_url
+from backend.trading.approval import (
+    Approval,
+    SignedState,
+    order_fields,
+    verify_approval,
+    verify_state,
+)
 from backend.trading.orders import Order, OrderEventKind, OrderStatus
 from backend.trading.types import (
     ClientOrderId,
@@ -44,8 +62,29 @@ from backend.trading.types import (
 from backend.trading.venue import PaperVenue, VenueReport, WorkingOrder
 
 from . import metrics
+from .riskstate import (
+    ACTIVE,
+    Adopted,
+    Outcome,
+    RiskStateGate,
+    order_reduces,
+    request_reduces,
+    signed_state_from,
+)
 from .settings import ExecutionSettings
 from .store import OrderStore, StoredOrder
+
+ORDER_FIELD_NAMES = (
+    "client_order_id",
+    "symbol",
+    "side",
+    "quantity",
+    "order_type",
+    "limit_price",
+    "time_in_force",
+    "reduce_only",
+)
+"""The names of `approval.order_fields`, in its order: what makes two submissions one order."""
 
 
 def now_ms() -> int:
@@ -62,6 +101,83 @@ class OrderNotFound(LookupError):
 
 class OrderNotOpen(ValueError):
     """The order is already filled, canceled, rejected or expired."""
+
+
+class OrderConflict(ValueError):
+    """A known client order id submitted again with a different order."""
+
+    def __init__(self, client_order_id: str, fields: Sequence[str]) -> None:
+        super().__init__(
+            f"client_order_id {client_order_id} is already used by an order that differs in "
+            f"{', '.join(fields)}; use a new client_order_id for a new order"
+        )
+        self.fields = tuple(fields)
+
+
+class TradingClosed(PermissionError):
+    """An exposure-increasing order while the enforced state does not allow it."""
+
+    def __init__(self, state: str, message: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class InvalidState(ValueError):
+    """A trading state whose signature does not verify."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """What one signed state did: the outcome, the state now enforced, the orders canceled."""
+
+    outcome: Outcome
+    adopted: Adopted
+    canceled: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """Execution's view for risk-safety, read under the desk's lock in one step."""
+
+    as_of_ms: int
+    fill_sequence: int
+    risk_state: str | None
+    risk_epoch: int | None
+    holdings: dict[Symbol, Decimal]
+    working: list[Order]
+    client_order_ids_since: list[str]
+
+
+class GatedVenue(PaperVenue):
+    """The paper venue, able to leave some working orders unmatched on a quote.
+
+    While trading is not open the desk holds back every working order that could increase
+    exposure (they keep their reservations, and match again on the first quote after trading
+    reopens), while reduce-only exits still fill against the same quote.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._hold: Callable[[Order], bool] | None = None
+
+    def on_quote(
+        self, quote: Quote, *, hold: Callable[[Order], bool] | None = None
+    ) -> list[VenueReport]:
+        """Take a new quote and fill the working orders it allows, except those `hold` keeps."""
+        self._hold = hold
+        try:
+            return super().on_quote(quote)
+        finally:
+            self._hold = None
+
+    def open_orders(self, symbol: Symbol | None = None) -> list[Order]:
+        orders = super().open_orders(symbol)
+        hold = self._hold
+        return orders if hold is None else [o for o in orders if not hold(o)]
+
+
+def _held_while_closed(order: Order) -> bool:
+    return not order_reduces(order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +211,16 @@ class OrderDesk:
         self._tracer = tracer
         self._lock = asyncio.Lock()
         self._config = settings.venue_config()
-        self.venue = PaperVenue(cash=settings.initial_cash, config=self._config, seed=settings.seed)
+        self.venue = GatedVenue(cash=settings.initial_cash, config=self._config, seed=settings.seed)
         self._quotes: dict[Symbol, Quote] = {}
         self._accepted_at: dict[ClientOrderId, float] = {}
         self._traceparents: dict[ClientOrderId, str | None] = {}
         self._traded: set[Symbol] = set()
         self._outbox: Outbox | None = None
+        self._fill_sequence = 0
+        self.gate = RiskStateGate(lease_ms=settings.risk_lease_ms)
+        self.risk_safety_url = service_url("risk-safety")
+        self._install_risk_gauges()
 
     @property
     def outbox(self) -> Outbox:
@@ -125,7 +245,7 @@ class OrderDesk:
 
     async def _restore(self) -> None:
         fills, open_orders = await self.store.load_for_restore()
-        self.venue = PaperVenue.restore(
+        venue = GatedVenue.restore(
             initial_cash=self.settings.initial_cash,
             fills=[_fill_of(f) for f in fills],
             open_orders=[WorkingOrder(_order_of(o), o.record.reserved_cash) for o in open_orders],
@@ -133,6 +253,9 @@ class OrderDesk:
             config=self._config,
             seed=self.settings.seed,
         )
+        assert isinstance(venue, GatedVenue)
+        self.venue = venue
+        self._fill_sequence = fills[-1].id if fills else 0
         self._traded = {Symbol(f.symbol) for f in fills}
         self._accepted_at = {
             ClientOrderId(o.record.client_order_id): o.record.created_at.timestamp()
@@ -152,12 +275,41 @@ class OrderDesk:
 
     # Orders -----------------------------------------------------------------------------------
 
-    async def submit(self, request: OrderRequest, risk_decision_id: str) -> Submission:
-        """Place an order once: a known client order id returns the existing order unchanged."""
+    async def place(self, request: OrderRequest, approval: Approval | None) -> Submission:
+        """Place an order risk-safety approved, once.
+
+        A known client order id with the same order returns that order, even after its
+        approval lapsed or was revoked (the retry changes nothing); with any field different
+        it raises OrderConflict. A new order needs an approval valid now and issued in the
+        enforced epoch (else ApprovalError), and, unless it only reduces a position, trading
+        open (else TradingClosed). All of it is decided under the desk's lock, so a state
+        adopted while this request waited applies to it.
+        """
         cid = request.client_order_id
+        secret = self.settings.approval_secret.get_secret_value()
         async with self._lock:
             existing = await self.store.get(cid)
-            stored = existing or await self._submit(request, risk_decision_id)
+            if existing is not None:
+                conflicts = conflicting_fields(_request_of(existing), request)
+                if conflicts:
+                    metrics.CONFLICTS.inc()
+                    raise OrderConflict(cid, conflicts)
+                # Still risk-safety's approval of this very order, if no longer a valid one.
+                verify_approval(
+                    secret, approval, order=request, now_ms=now_ms(), check_expiry=False
+                )
+                stored = existing
+            else:
+                verify_approval(
+                    secret,
+                    approval,
+                    order=request,
+                    now_ms=now_ms(),
+                    current_epoch=self.gate.epoch,
+                )
+                assert approval is not None
+                self._require_open(request)
+                stored = await self._submit(request, approval.decision_id)
         # Also for a duplicate: a retry is a good moment to publish what an outage held back.
         await self.outbox.publish_pending()
         if existing is not None:
@@ -165,6 +317,16 @@ class OrderDesk:
             self.log.info("duplicate order", client_order_id=cid)
             return Submission(existing, created=False)
         return Submission(stored, created=True)
+
+    def _require_open(self, request: OrderRequest) -> None:
+        if request_reduces(request):
+            return
+        now_s = time.monotonic()
+        blocker = self.gate.blocker(now_s)
+        if blocker is not None:
+            label = self.gate.refusal_label(now_s)
+            metrics.RISK_REFUSALS.labels(label).inc()
+            raise TradingClosed(label, blocker)
 
     async def _submit(self, request: OrderRequest, risk_decision_id: str) -> StoredOrder:
         cid = request.client_order_id
@@ -230,14 +392,190 @@ class OrderDesk:
         await self.outbox.publish_pending()
         return [o for o in result if o is not None]
 
-    async def _cancel(self, cid: ClientOrderId) -> None:
+    async def _cancel(self, cid: ClientOrderId, reason: str | None = None) -> None:
         with self._tracer.start_as_current_span(
             "order.cancel", kind=SpanKind.INTERNAL, attributes={"client_order_id": cid}
         ):
             report = self.venue.cancel(cid, now_ms())
+            if reason is not None:
+                report = _with_cancel_reason(report, reason)
             await self._settle(report, link=None)
             self._forget(cid)
-            self.log.info("order canceled", client_order_id=cid, symbol=report.order.symbol)
+            self.log.info(
+                "order canceled",
+                client_order_id=cid,
+                symbol=report.order.symbol,
+                reason=reason or "canceled by request",
+            )
+
+    # Trading state ----------------------------------------------------------------------------
+
+    async def update_state(
+        self, signed: SignedState, *, source: str, reason: str = ""
+    ) -> StateUpdate:
+        """Take a signed trading state from risk-safety (pushed or polled).
+
+        A higher epoch than the one enforced is adopted; the same epoch and state renews the
+        lease; anything else is ignored. While the enforced state is not ACTIVE, every working
+        order that could increase exposure is canceled (through the outbox, like any cancel).
+        Raises InvalidState if the signature does not verify.
+        """
+        if not verify_state(self.settings.approval_secret.get_secret_value(), signed):
+            metrics.RISK_STATE_UPDATES.labels(source, "invalid").inc()
+            raise InvalidState(
+                "state token is invalid: it was not issued by risk-safety for this state and epoch"
+            )
+        self.gate.announce(signed)  # closes trading before the lock is ours
+        async with self._lock:
+            now_s = time.monotonic()
+            outcome = self.gate.consider(signed, now_s=now_s)
+            previous = self.gate.adopted
+            if outcome is Outcome.ADOPTED:
+                self.gate.adopt(
+                    Adopted(
+                        state=signed.state,
+                        epoch=signed.epoch,
+                        source=source,
+                        reason=reason,
+                        adopted_at_ms=now_ms(),
+                        fill_sequence=self._fill_sequence,
+                    ),
+                    now_s=now_s,
+                )
+                self._watch_state_label(signed.state)  # also a state outside the usual three
+                self.log.warning(
+                    "trading state adopted",
+                    state=signed.state,
+                    epoch=signed.epoch,
+                    previous_state=previous.state if previous else None,
+                    previous_epoch=previous.epoch if previous else None,
+                    source=source,
+                    reason=reason,
+                    fill_sequence=self._fill_sequence,
+                )
+            elif outcome is not Outcome.CURRENT:
+                # A lower epoch is expected between a push and risk-safety's own commit.
+                self.log.log(
+                    logging.INFO if outcome is Outcome.STALE else logging.WARNING,
+                    "trading state ignored",
+                    outcome=outcome.value,
+                    state=signed.state,
+                    epoch=signed.epoch,
+                    enforced_state=previous.state if previous else None,
+                    enforced_epoch=previous.epoch if previous else None,
+                    source=source,
+                )
+            adopted = self.gate.adopted
+            assert adopted is not None
+            canceled: list[str] = []
+            if outcome in (Outcome.ADOPTED, Outcome.CURRENT) and adopted.state != ACTIVE:
+                canceled = await self._cancel_increasing(adopted)
+        metrics.RISK_STATE_UPDATES.labels(source, outcome.value).inc()
+        if canceled:
+            await self.outbox.publish_pending()
+        return StateUpdate(outcome, adopted, tuple(canceled))
+
+    async def _cancel_increasing(self, adopted: Adopted) -> list[str]:
+        """Cancel every working order that could increase exposure; the canceled ids."""
+        reason = f"trading state {adopted.state} (epoch {adopted.epoch})"
+        canceled: list[str] = []
+        for order in [o for o in self.venue.open_orders() if _held_while_closed(o)]:
+            try:
+                await self._cancel(order.client_order_id, reason)
+            except DatabaseError:
+                # The order stays working but held (never matched while the state holds); the
+                # next verified state cancels it again.
+                self.log.exception(
+                    "cancel on halt not persisted", client_order_id=order.client_order_id
+                )
+                break
+            metrics.RISK_CANCELS.inc()
+            canceled.append(order.client_order_id)
+        return canceled
+
+    async def poll_risk_state(self, _resources: Resources | None = None) -> None:
+        """Poll risk-safety's GET /state every `risk_poll_ms`, adopting what it vouches for.
+
+        The poll is the lease: push alone could be lost, and without a verified state for
+        `risk_lease_ms` the desk accepts and fills only reduce-only orders.
+        """
+        url = f"{self.risk_safety_url}/state"
+        interval_s = self.settings.risk_poll_ms / 1000
+        failing: str | None = None
+        while True:
+            started = time.monotonic()
+            error = await self._poll_once(url)
+            if error is not None and failing is None:
+                self.log.warning("trading state poll failed", url=url, error=error)
+            elif error is None and failing is not None:
+                self.log.info("trading state poll recovered", url=url, after_error=failing)
+            failing = error
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    async def _poll_once(self, url: str) -> str | None:
+        """One poll; None if it gave a verified state, else what went wrong."""
+        http = self._resources.http
+        if http is None:
+            raise RuntimeError("the service has no HTTP client yet")
+        try:
+            response = await http.get(url, timeout=self.settings.risk_poll_timeout_ms / 1000)
+            response.raise_for_status()
+            signed = signed_state_from(response.json())
+        except httpx.HTTPStatusError as exc:
+            return self._poll_failed(f"http_{exc.response.status_code}", str(exc))
+        except httpx.HTTPError as exc:
+            return self._poll_failed("unreachable", f"{type(exc).__name__}: {exc}")
+        except ValueError as exc:
+            return self._poll_failed("unverified", str(exc))
+        try:
+            await self.update_state(signed, source="poll", reason="polled")
+        except InvalidState as exc:
+            return self._poll_failed("invalid", str(exc))
+        return None
+
+    @staticmethod
+    def _poll_failed(kind: str, message: str) -> str:
+        metrics.RISK_POLL_FAILURES.labels(kind).inc()
+        return f"{kind}: {message}"
+
+    def _enforced_label(self) -> str:
+        return self.gate.refusal_label(time.monotonic())
+
+    def _install_risk_gauges(self) -> None:
+        # Read at scrape time: a lapsing lease changes them without any event.
+        for state in ("ACTIVE", "REDUCING", "HALTED", "UNKNOWN"):
+            self._watch_state_label(state)
+        metrics.RISK_EPOCH.set_function(
+            lambda: float(self.gate.epoch) if self.gate.epoch is not None else -1.0
+        )
+        metrics.RISK_LEASE_AGE.set_function(self._lease_age_or_inf)
+
+    def _watch_state_label(self, state: str) -> None:
+        metrics.RISK_STATE.labels(state).set_function(functools.partial(self._is_enforced, state))
+
+    def _is_enforced(self, state: str) -> float:
+        return 1.0 if self._enforced_label() == state else 0.0
+
+    def _lease_age_or_inf(self) -> float:
+        age = self.gate.lease_age_s(time.monotonic())
+        return math.inf if age is None else age
+
+    async def exposure(self, since_ms: int) -> Exposure:
+        """Holdings, working orders, the fill sequence, the enforced state, and every client
+        order id received since `since_ms`, as of one instant."""
+        async with self._lock:
+            received = await self.store.client_order_ids_since(since_ms)
+            venue = self.venue
+            holdings = {s: venue.holding(s) for s in self.symbols() if venue.holding(s) != 0}
+            return Exposure(
+                as_of_ms=now_ms(),
+                fill_sequence=self._fill_sequence,
+                risk_state=self.gate.state,
+                risk_epoch=self.gate.epoch,
+                holdings=holdings,
+                working=venue.open_orders(),
+                client_order_ids_since=received,
+            )
 
     # Market data ------------------------------------------------------------------------------
 
@@ -254,7 +592,9 @@ class OrderDesk:
             return
         async with self._lock:
             self._quotes[quote.symbol] = quote
-            reports = self.venue.on_quote(quote)
+            # While trading is not open, a tick may still fill reduce-only exits, nothing else.
+            closed = self.gate.blocker(time.monotonic()) is not None
+            reports = self.venue.on_quote(quote, hold=_held_while_closed if closed else None)
             for report in reports:
                 cid = report.order.client_order_id
                 await self._settle(report, link=self._traceparents.get(cid))
@@ -330,7 +670,7 @@ class OrderDesk:
         decision: str | None = None,
     ) -> None:
         try:
-            await self.store.record(
+            sequence = await self.store.record(
                 report,
                 outbox=self.outbox,
                 events=events,
@@ -348,6 +688,8 @@ class OrderDesk:
             except DatabaseError:
                 self.log.exception("venue rebuild failed; retrying on the next call")
             raise
+        if sequence is not None:
+            self._fill_sequence = max(self._fill_sequence, sequence)
         for record in report.events:
             metrics.ORDERS.labels(record.to_status.value).inc()
         self._update_gauges()
@@ -368,6 +710,38 @@ class OrderDesk:
         metrics.OPEN_ORDERS.set(len(self.venue.open_orders()))
         metrics.RESERVED_CASH.set(float(self.venue.reserved_cash))
         metrics.AVAILABLE_CASH.set(float(self.venue.available_cash))
+
+
+def conflicting_fields(known: OrderRequest, again: OrderRequest) -> list[str]:
+    """The fields in which `again` differs from the order `known`, canonically compared."""
+    return [
+        name
+        for name, a, b in zip(
+            ORDER_FIELD_NAMES, order_fields(known), order_fields(again), strict=True
+        )
+        if a != b
+    ]
+
+
+def _request_of(stored: StoredOrder) -> OrderRequest:
+    row = stored.record
+    return OrderRequest(
+        client_order_id=ClientOrderId(row.client_order_id),
+        symbol=Symbol(row.symbol),
+        side=Side(row.side),
+        quantity=row.quantity,
+        order_type=OrderType(row.order_type),
+        limit_price=row.limit_price,
+        time_in_force=TimeInForce(row.time_in_force),
+        reduce_only=row.reduce_only,
+    )
+
+
+def _with_cancel_reason(report: VenueReport, reason: str) -> VenueReport:
+    events = tuple(
+        replace(e, reason=reason) if e.kind is OrderEventKind.CANCEL else e for e in report.events
+    )
+    return replace(report, events=events, reason=reason)
 
 
 def _order_of(stored: StoredOrder) -> Order:

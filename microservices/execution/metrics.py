@@ -9,11 +9,15 @@ ORDERS = Counter(
 )
 APPROVAL_REFUSALS = Counter(
     "execution_approval_refusals_total",
-    "Orders refused for their risk approval, by problem (MISSING, INVALID, EXPIRED).",
+    "Orders refused for their risk approval, by problem (MISSING, INVALID, EXPIRED, REVOKED).",
     ["problem"],
 )
 DUPLICATES = Counter(
     "execution_duplicate_orders_total", "Submissions of a client order id already known."
+)
+CONFLICTS = Counter(
+    "execution_order_conflicts_total",
+    "Submissions reusing a known client order id with a different order (answered 409).",
 )
 FILLS = Counter(
     "execution_fills_total", "Fills on the paper venue.", ["symbol", "side", "liquidity"]
@@ -32,4 +36,37 @@ RESERVED_CASH = Gauge("execution_reserved_cash", "Cash reserved for open buy ord
 AVAILABLE_CASH = Gauge("execution_available_cash", "Cash free for new buy orders.")
 BAD_TICKS = Counter(
     "execution_bad_ticks_total", "Market ticks ignored as unusable, by symbol.", ["symbol"]
+)
+
+# The trading state execution enforces (see riskstate.py).
+RISK_STATE = Gauge(
+    "execution_risk_state",
+    "1 for the trading state execution enforces, by state; UNKNOWN before the first verified "
+    "state and while the lease has lapsed.",
+    ["state"],
+)
+RISK_EPOCH = Gauge("execution_risk_epoch", "Trading-state epoch execution enforces (-1: none).")
+RISK_LEASE_AGE = Gauge(
+    "execution_risk_lease_age_seconds",
+    "Seconds since the last verified trading state from risk-safety (+Inf before the first).",
+)
+RISK_STATE_UPDATES = Counter(
+    "execution_risk_state_updates_total",
+    "Signed trading states received, by source (push, poll) and outcome "
+    "(adopted, current, stale, conflict, invalid).",
+    ["source", "outcome"],
+)
+RISK_POLL_FAILURES = Counter(
+    "execution_risk_poll_failures_total",
+    "Polls of risk-safety's GET /state that gave no verified state, by error.",
+    ["error"],
+)
+RISK_REFUSALS = Counter(
+    "execution_risk_refusals_total",
+    "Exposure-increasing orders refused because trading is not open, by enforced state.",
+    ["state"],
+)
+RISK_CANCELS = Counter(
+    "execution_risk_cancels_total",
+    "Working orders canceled because the trading state stopped being ACTIVE.",
 )

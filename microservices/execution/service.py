@@ -14,7 +14,8 @@ NAME = "execution"
 
 
 def create_service(settings: ExecutionSettings | None = None) -> Service:
-    """The execution service (port 8002): orders on a paper venue, fills on the bus."""
+    """The execution service (port 8002): orders on a paper venue, fills on the bus, the
+    trading state risk-safety pushes (POST /risk/state) and execution polls (GET /state)."""
     service = Service(NAME, database=True, eventbus=True)
     settings = settings or ExecutionSettings()
     if settings.approval_secret.get_secret_value() == DEVELOPMENT_SECRET:
@@ -25,6 +26,7 @@ def create_service(settings: ExecutionSettings | None = None) -> Service:
     service.resources.extras["desk"] = desk
     service.on_startup(desk.restore)
     service.background("outbox-relay", desk.run_outbox_relay)
+    service.background("risk-state-poller", desk.poll_risk_state)
     service.subscribe(MarketTick, desk.on_tick)
     service.app.include_router(router)
     return service

@@ -1,12 +1,12 @@
-"""execution settings: starting balance, the paper venue's fee and fill model and instruments,
-approval secret."""
+"""execution settings: starting balance, the paper venue's fee and fill model and
+instruments, the approval secret, and how execution learns the trading state from risk-safety."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.trading.approval import DEVELOPMENT_SECRET
@@ -55,6 +55,27 @@ class ExecutionSettings(BaseSettings):
             except InstrumentError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    # The trading state: risk-safety pushes every change; execution also polls it, and without
+    # a verified state for the lease it accepts and fills only reduce-only orders.
+    risk_poll_ms: int = Field(
+        default=250, ge=10, le=60_000, validation_alias="EXECUTION_RISK_POLL_MS"
+    )
+    risk_lease_ms: int = Field(
+        default=2000, ge=50, le=600_000, validation_alias="EXECUTION_RISK_LEASE_MS"
+    )
+    risk_poll_timeout_ms: int = Field(
+        default=1000, ge=10, le=60_000, validation_alias="EXECUTION_RISK_POLL_TIMEOUT_MS"
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_poll(self) -> ExecutionSettings:
+        if self.risk_lease_ms <= self.risk_poll_ms:
+            raise ValueError(
+                f"EXECUTION_RISK_LEASE_MS ({self.risk_lease_ms}) must exceed "
+                f"EXECUTION_RISK_POLL_MS ({self.risk_poll_ms}), or the lease lapses between polls"
+            )
+        return self
 
     def venue_config(self) -> VenueConfig:
         return VenueConfig(

@@ -50,9 +50,11 @@ class OrderStore:
         reserved_cash: Decimal = Decimal(0),
         traceparent: str | None = None,
         risk_decision_id: str | None = None,
-    ) -> None:
+    ) -> int | None:
         """Persist what one venue call did: the order's state and reservation, its transitions
-        and fills, and the events announcing them (into the outbox, in the same commit)."""
+        and fills, and the events announcing them (into the outbox, in the same commit).
+
+        Returns the highest venue fill sequence written, None without fills."""
         order = report.order
         trace_id = traceparent.split("-")[1] if traceparent else None
         async with self._resources.session() as session:
@@ -116,6 +118,7 @@ class OrderStore:
             sequences = {f.fill_id: f.id for f in fill_rows}
             for announcement in events:
                 outbox.add(session, _with_sequence(announcement, sequences))
+        return max(sequences.values(), default=None)
 
     async def get(self, client_order_id: str) -> StoredOrder | None:
         """One order and its fills; None if unknown."""
@@ -140,6 +143,16 @@ class OrderStore:
             fills = await self._fills_of(session, ids)
             reasons = await self._reasons_of(session, ids)
             return [StoredOrder(r, tuple(fills.get(r.id, ())), reasons.get(r.id, "")) for r in rows]
+
+    async def client_order_ids_since(self, since_ms: int) -> list[str]:
+        """Every client order id received (persisted, in any status) at or after `since_ms`."""
+        async with self._resources.session() as session:
+            rows = await session.scalars(
+                select(OrderRecord.client_order_id)
+                .where(OrderRecord.created_at >= to_datetime(since_ms))
+                .order_by(OrderRecord.id)
+            )
+            return list(rows)
 
     async def events(self, client_order_id: str) -> list[OrderEventRow]:
         """Every persisted transition of one order, in sequence."""

@@ -10,9 +10,16 @@ from fastapi.testclient import TestClient
 
 from backend.infra.eventbus import MarketTick
 from backend.trading.approval import DEVELOPMENT_SECRET, sign_approval
-from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol
-from microservices.execution.service import create_service
+from backend.trading.types import (
+    ClientOrderId,
+    OrderRequest,
+    OrderType,
+    Side,
+    Symbol,
+    TimeInForce,
+)
 from tests.microservices.conftest import ServiceHarness, wait_for
+from tests.microservices.execution.conftest import running
 
 
 def now_ms() -> int:
@@ -40,9 +47,13 @@ def order(
     order_type: str = "MARKET",
     limit_price: str | None = None,
     symbol: str = "BTCUSDT",
+    time_in_force: str = "GTC",
+    reduce_only: bool = False,
     expires_in_ms: int = 30_000,
+    epoch: int = 0,
     approve: bool = True,
 ) -> dict[str, Any]:
+    """An order body with an approval risk-safety would sign for exactly this order."""
     body: dict[str, Any] = {
         "client_order_id": cid,
         "symbol": symbol,
@@ -50,7 +61,8 @@ def order(
         "quantity": quantity,
         "order_type": order_type,
         "limit_price": limit_price,
-        "reduce_only": False,
+        "time_in_force": time_in_force,
+        "reduce_only": reduce_only,
     }
     if approve:
         approval = sign_approval(
@@ -63,8 +75,10 @@ def order(
                 Decimal(quantity),
                 OrderType(order_type),
                 Decimal(limit_price) if limit_price is not None else None,
+                TimeInForce(time_in_force),
+                reduce_only,
             ),
-            epoch=0,
+            epoch=epoch,
             expires_ms=now_ms() + expires_in_ms,
         )
         body["approval"] = {
@@ -89,7 +103,7 @@ def send_tick(harness: ServiceHarness, client: TestClient, **kwargs: str) -> Non
 def test_market_order_fills_at_the_quote_and_is_persisted_and_published(
     harness: ServiceHarness,
 ) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         send_tick(harness, client)
         response = client.post("/orders", json=order("mkt-1", quantity="2"))
         assert response.status_code == 201, response.text
@@ -124,7 +138,7 @@ def test_market_order_fills_at_the_quote_and_is_persisted_and_published(
 
 
 def test_order_filled_carries_the_fill_sequence(harness: ServiceHarness) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         send_tick(harness, client)
         placed = [
             client.post("/orders", json=order("seq-1", quantity="2")).json(),
@@ -144,7 +158,7 @@ def test_order_filled_carries_the_fill_sequence(harness: ServiceHarness) -> None
 
 
 def test_a_duplicate_client_order_id_returns_the_existing_order(harness: ServiceHarness) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         send_tick(harness, client)
         body = order("dup-1")
         first = client.post("/orders", json=body)
@@ -157,7 +171,7 @@ def test_a_duplicate_client_order_id_returns_the_existing_order(harness: Service
 
 
 def test_orders_without_a_valid_approval_are_refused_and_say_why(harness: ServiceHarness) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         send_tick(harness, client)
 
         missing = client.post("/orders", json=order("a-1", approve=False))
@@ -190,7 +204,7 @@ def test_orders_without_a_valid_approval_are_refused_and_say_why(harness: Servic
 
 
 def test_a_malformed_order_is_422_naming_the_field(harness: ServiceHarness) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         body = order("bad-1")
         body["quantity"] = "-1"
         response = client.post("/orders", json=body)
@@ -206,7 +220,7 @@ def test_a_malformed_order_is_422_naming_the_field(harness: ServiceHarness) -> N
 def test_a_market_order_before_any_quote_is_rejected_with_the_reason(
     harness: ServiceHarness,
 ) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         response = client.post("/orders", json=order("noq-1", symbol="ETHUSDT"))
         assert response.status_code == 201
         assert response.json()["status"] == "REJECTED"
@@ -217,7 +231,7 @@ def test_a_market_order_before_any_quote_is_rejected_with_the_reason(
 def test_a_limit_order_rests_then_fills_on_a_crossing_tick_linked_to_the_order_trace(
     harness: ServiceHarness, span_exporter: Any
 ) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         send_tick(harness, client)
         body = order("lim-1", quantity="3", order_type="LIMIT", limit_price="99.00")
         placed = client.post("/orders", json=body).json()
@@ -249,7 +263,7 @@ def test_a_limit_order_rests_then_fills_on_a_crossing_tick_linked_to_the_order_t
 
 
 def test_cancel_releases_the_reservation(harness: ServiceHarness) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         send_tick(harness, client)
         client.post("/orders", json=order("c-1", order_type="LIMIT", limit_price="99.50"))
         client.post("/orders", json=order("c-2", order_type="LIMIT", limit_price="99.00"))
@@ -276,7 +290,7 @@ def test_cancel_releases_the_reservation(harness: ServiceHarness) -> None:
 def test_a_restart_rebuilds_balances_reservations_and_working_orders(
     harness: ServiceHarness,
 ) -> None:
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         send_tick(harness, client)
         client.post("/orders", json=order("r-1", quantity="2"))
         client.post("/orders", json=order("r-2", order_type="LIMIT", limit_price="99.00"))
@@ -292,7 +306,7 @@ def test_a_restart_rebuilds_balances_reservations_and_working_orders(
         assert partial["status"] == "PARTIALLY_FILLED"
         before = client.get("/account").json()
 
-    with harness.run(create_service) as client:
+    with running(harness) as client:
         after = client.get("/account").json()
         for key in ("cash", "reserved_cash", "available_cash"):
             assert Decimal(after[key]) == Decimal(before[key]), key

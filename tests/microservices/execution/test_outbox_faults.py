@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from backend.infra.eventbus import CATALOGUE, EmbeddedRedis, EventBusSettings
-from microservices.execution.service import create_service
 from tests.microservices.conftest import ServiceHarness, wait_for
+from tests.microservices.execution.conftest import running
 from tests.microservices.execution.test_execution import order, send_tick
 
 
@@ -39,7 +39,7 @@ def test_orders_placed_while_redis_is_down_publish_every_event_once_with_its_tra
     monkeypatch.setenv("OUTBOX_RETRY_BACKOFF_MAX_S", "0.5")
     own = ServiceHarness(server.url, harness.prefix, harness.database_url)
     try:
-        with own.run(create_service) as client:
+        with running(own) as client:
             send_tick(own, client)
             server.stop()  # from here every commit is followed by a failing publish
 

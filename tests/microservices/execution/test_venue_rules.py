@@ -48,12 +48,17 @@ def test_an_order_off_the_lot_size_is_422_naming_the_quantity_and_the_rule(
 ) -> None:
     with harness.run(create_service) as client:
         send_tick(harness, client)
-        response = client.post("/orders", json=order("lot-1", quantity="0.0123456789012345678"))
+        # The audit's 19-digit quantity is refused by the wire bounds already (12 places)...
+        too_long = client.post("/orders", json=order("lot-0", quantity="0.0123456789012345678"))
+        assert too_long.status_code == 422, too_long.text
+        assert too_long.json()["detail"][0]["loc"] == ["body", "quantity"]
+        # ...and one within them, but off the lot, by the instrument rule.
+        response = client.post("/orders", json=order("lot-1", quantity="0.0123456789"))
         assert response.status_code == 422, response.text
         (error,) = response.json()["detail"]
         assert error["loc"] == ["body", "quantity"]
         assert error["msg"] == (
-            "quantity 0.0123456789012345678 is not a multiple of lot size 0.0001 for BTCUSDT"
+            "quantity 0.0123456789 is not a multiple of lot size 0.0001 for BTCUSDT"
         )
         assert error["ctx"] == {"rule": "LOT_SIZE"}
         assert client.get("/orders").json()["count"] == 0
