@@ -1,7 +1,8 @@
-"""risk-safety assembly: the guard, its routes and its start-up restore."""
+"""risk-safety assembly: the guard, its market data, its routes and its start-up restore."""
 
 from __future__ import annotations
 
+from backend.infra.eventbus import MarketTick
 from backend.infra.service import Service
 from backend.trading.approval import DEVELOPMENT_SECRET
 
@@ -14,7 +15,8 @@ NAME = "risk-safety"
 
 def create_service(settings: RiskSettings | None = None) -> Service:
     """The risk-safety service (port 8003): pre-trade checks and the kill switch."""
-    service = Service(NAME, database=True, eventbus=True)
+    # Only quotes are consumed, and only fresh ones count: a new group starts at the end.
+    service = Service(NAME, database=True, eventbus=True, consume_from="latest")
     settings = settings or RiskSettings()
     if settings.approval_secret.get_secret_value() == DEVELOPMENT_SECRET:
         service.logger.warning(
@@ -23,5 +25,6 @@ def create_service(settings: RiskSettings | None = None) -> Service:
     guard = RiskGuard(settings, service.resources, service.logger, service.tracer)
     service.resources.extras["guard"] = guard
     service.on_startup(guard.restore)
+    service.subscribe(MarketTick, guard.on_tick)
     service.app.include_router(router)
     return service
