@@ -136,6 +136,10 @@ class PortfolioSnapshot:
     peak_equity: Decimal
     daily_pnl: Decimal
     fills: FillsFreshness | None = None
+    # What the portfolio itself reports; risk judges positions and exposure from execution's
+    # holdings and working orders instead (the portfolio only knows what has been booked).
+    gross_exposure: Decimal = ZERO
+    positions: Mapping[Symbol, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
