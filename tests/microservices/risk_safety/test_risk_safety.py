@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,6 +30,7 @@ from backend.trading.approval import (
 from backend.trading.types import ClientOrderId, OrderRequest, Side, Symbol
 from microservices.risk_safety.service import create_service
 from tests.microservices.conftest import ServiceHarness, wait_for
+from tests.support.postgres import scratch_database
 from tests.support.procs import free_port
 
 
@@ -192,6 +193,19 @@ def execution(monkeypatch: pytest.MonkeyPatch) -> Iterator[ExecutionStub]:
     yield stub
     stub.release.set()
     stub.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(
+    request: pytest.FixtureRequest, harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    """The harness's SQLite file, or a fresh PostgreSQL database on `TEST_DATABASE_URL`'s server."""
+    if request.param == "sqlite":
+        yield harness.database_url
+        return
+    async with scratch_database("qt_risktest") as url:
+        monkeypatch.setenv("DATABASE_URL", url)
+        yield url
 
 
 @pytest.fixture(autouse=True)
@@ -464,6 +478,7 @@ def test_an_expired_approval_no_longer_counts(
 
 def test_unexpired_approvals_still_count_after_a_restart(
     harness: ServiceHarness,
+    database: str,
     portfolio: PortfolioStub,
     execution: ExecutionStub,
     monkeypatch: pytest.MonkeyPatch,
@@ -748,7 +763,7 @@ def test_loss_limits_move_the_trading_state_and_push_it_to_execution(
 
 
 def test_the_trading_state_and_its_epoch_survive_a_restart(
-    harness: ServiceHarness, portfolio: PortfolioStub, execution: ExecutionStub
+    harness: ServiceHarness, database: str, portfolio: PortfolioStub, execution: ExecutionStub
 ) -> None:
     with harness.run(create_service) as client:
         client.post("/kill-switch", json={"operator": "alice", "reason": "lunch"})
