@@ -8,6 +8,7 @@ The portfolio stub answers `GET /portfolio` (contract C4), the execution stub an
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -376,6 +377,33 @@ def test_no_quote_and_a_stale_quote_deny_with_their_own_reasons(
         metrics = client.get("/metrics").text
         assert 'risk_denials_total{reason="NO_QUOTE"}' in metrics
         assert 'risk_denials_total{reason="STALE_QUOTE"}' in metrics
+
+
+def test_a_denial_is_in_the_response_the_span_the_log_and_the_metric(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    span_exporter: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with harness.run(create_service) as client:
+        before = metric(client, 'risk_denials_total{reason="NO_QUOTE"}')
+        with caplog.at_level(logging.WARNING, logger="microservices.risk-safety"):
+            denied = check(client, "obs-1", symbol="SOLUSDT")
+        assert (denied["approved"], denied["reason"]) == (False, "NO_QUOTE")
+        (span,) = [
+            s
+            for s in span_exporter.get_finished_spans()
+            if s.name == "risk.check" and s.attributes["client_order_id"] == "obs-1"
+        ]
+        assert (span.attributes["approved"], span.attributes["reason"]) == (False, "NO_QUOTE")
+        (logged,) = [
+            r._fields  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage() == "order denied"
+        ]
+        assert (logged["reason"], logged["client_order_id"]) == ("NO_QUOTE", "obs-1")
+        assert metric(client, 'risk_denials_total{reason="NO_QUOTE"}') == before + 1
 
 
 def test_each_limit_denies_with_its_reason(
