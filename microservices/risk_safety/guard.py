@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from backend.trading.types import OrderRequest, Side, Symbol
 from . import metrics
 from .settings import RiskSettings
 from .store import RiskStore
+
+CLOCK_MARGIN_MS = 5_000
+"""Asked-for client order ids start this much before the oldest approval: clocks differ."""
 
 
 def now_ms() -> int:
@@ -160,6 +164,9 @@ class RiskGuard:
         self._epoch = 0
         self._approvals: deque[int] = deque()
         self._ledger: dict[str, LedgerEntry] = {}
+        # When each check still to be decided started reading execution (see _prune_ledger).
+        self._reads_in_flight: dict[int, int] = {}
+        self._read_ids = itertools.count()
         self._quotes: dict[Symbol, MarketQuote] = {}
         self._fill_lag = FillLagTracker()
 
@@ -239,13 +246,22 @@ class RiskGuard:
                 "reduce_only": order.reduce_only,
             },
         ) as span:
-            since = min((e.issued_ms for e in self._ledger.values()), default=now_ms())
-            snapshot, execution = await asyncio.gather(
-                self._fetch_portfolio(), self._fetch_exposure(since)
-            )
+            read = next(self._read_ids)
+            self._reads_in_flight[read] = now_ms()
+            try:
+                # The clock margin only widens the set of ids asked for: harmless.
+                since = min((e.issued_ms for e in self._ledger.values()), default=now_ms())
+                snapshot, execution = await asyncio.gather(
+                    self._fetch_portfolio(), self._fetch_exposure(since - CLOCK_MARGIN_MS)
+                )
+            except BaseException:
+                del self._reads_in_flight[read]
+                raise
             async with self._lock:
                 now = now_ms()
+                del self._reads_in_flight[read]
                 self._trim_window(now)
+                self._prune_ledger(now)
                 exposure = self._exposure(execution, order)
                 fill_lag_ms = 0
                 if execution is not None and snapshot is not None and snapshot.fills is not None:
@@ -372,20 +388,31 @@ class RiskGuard:
         return detail
 
     def _exposure(self, execution: ExecutionView | None, order: OrderRequest) -> Exposure | None:
-        """Execution's holdings and working orders plus the approvals it has not received.
+        """Execution's holdings and working orders plus the approvals it had not received.
 
-        Called under the lock. An approval leaves the ledger once execution reports its
-        client order id (it is then a working order or a holding), or once it expired before
-        execution was read (execution refuses an expired approval).
+        Called under the lock. An approval counts unless this very read of execution reports
+        its client order id (it is then a working order or a holding there) or it had expired
+        before the read (execution refuses an expired approval). Reads answer out of order,
+        so an approval is judged against each read, never dropped because of a newer one.
         """
         if execution is None:
             return None
-        for cid, entry in list(self._ledger.items()):
-            if cid in execution.received or entry.expires_ms <= execution.read_at_ms:
-                del self._ledger[cid]
-        # A new check for the same client order id replaces its earlier approval.
-        approvals = [e.order for cid, e in self._ledger.items() if cid != order.client_order_id]
+        approvals = [
+            entry.order
+            for cid, entry in self._ledger.items()
+            if cid not in execution.received
+            and entry.expires_ms > execution.read_at_ms
+            # A new check for the same client order id replaces its earlier approval.
+            and cid != order.client_order_id
+        ]
         return Exposure(execution.holdings, [*execution.working, *approvals])
+
+    def _prune_ledger(self, now: int) -> None:
+        """Forget approvals that expired before every read of execution still to be judged."""
+        horizon = min(self._reads_in_flight.values(), default=now)
+        for cid, entry in list(self._ledger.items()):
+            if entry.expires_ms <= horizon:
+                del self._ledger[cid]
 
     async def _fetch_portfolio(self) -> PortfolioSnapshot | None:
         """The portfolio as risk needs it; None (and the error kept) when it cannot be read."""

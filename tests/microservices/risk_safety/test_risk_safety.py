@@ -135,21 +135,31 @@ class ExecutionStub(JsonStub):
         self.release = threading.Event()
         self.release.set()
         self.epoch = 0
+        # Set `hold_next_exposure` to make the next GET /exposure read its answer, then wait
+        # for `exposure_release` before sending it (an answer delayed in the network).
+        self.hold_next_exposure = False
+        self.exposure_held = threading.Event()
+        self.exposure_release = threading.Event()
         super().__init__()
 
     def answer(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         url = urlparse(path)
         if method == "GET" and url.path == "/exposure" and self.exposure_status == 200:
             self.since.append(int(parse_qs(url.query)["since_ms"][0]))
-            return 200, {
+            answer = {
                 "as_of_ms": now_ms(),
                 "fill_sequence": self.fill_sequence,
                 "risk_state": None,
                 "risk_epoch": None,
-                "holdings": self.holdings,
-                "working": self.working,
-                "client_order_ids_since": self.received,
+                "holdings": dict(self.holdings),
+                "working": list(self.working),
+                "client_order_ids_since": list(self.received),
             }
+            if self.hold_next_exposure:
+                self.hold_next_exposure = False
+                self.exposure_held.set()
+                self.exposure_release.wait(10)
+            return 200, answer
         if method == "POST" and url.path == "/risk/state":
             self.push_arrived_ns.append(time.monotonic_ns())
             self.pushes.append(body)
@@ -470,6 +480,33 @@ def test_audit_f3_of_two_approved_buys_the_second_breaches_the_position_limit(
         assert check(client, "f3-4", symbol="ETHUSDT", quantity="0.01")["reason"] == "MAX_POSITION"
         # Execution is asked for every order it received since the oldest open approval.
         assert execution.since[-1] <= execution.since[0] + 60_000
+
+
+def test_an_approval_counts_for_a_check_whose_exposure_was_read_before_execution_had_it(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RISK_POSITION_LIMITS", "ETHUSDT=1")
+    with harness.run(create_service) as client:
+        tick(harness, client, "ETHUSDT", bid="2000", ask="2000")
+        assert check(client, "race-x", symbol="ETHUSDT", quantity="0.9")["approved"] is True
+        # Check A reads execution's exposure before execution has order race-x ...
+        execution.hold_next_exposure = True
+        late: dict[str, Any] = {}
+        a = threading.Thread(
+            target=lambda: late.update(check(client, "race-a", symbol="ETHUSDT", quantity="0.1"))
+        )
+        a.start()
+        wait_for(execution.exposure_held.is_set, 10, "check A to read the exposure")
+        # ... then execution receives race-x, and check B (reading after that) is decided first.
+        execution.work("race-x", "BUY", "0.9", symbol="ETHUSDT")
+        assert check(client, "race-b", symbol="ETHUSDT", quantity="0.05")["approved"] is True
+        execution.exposure_release.set()
+        a.join(10)
+        # Holding 0, race-x 0.9 working, race-b 0.05 approved: A's 0.1 would make 1.05.
+        assert (late["approved"], late["reason"]) == (False, "MAX_POSITION"), late
 
 
 def test_a_recheck_of_the_same_client_order_id_replaces_its_earlier_approval(
