@@ -10,15 +10,7 @@ from hypothesis import strategies as st
 
 from microservices.risk_safety.service import create_service
 from tests.microservices.conftest import ServiceHarness
-from tests.microservices.risk_safety.test_risk_safety import (
-    ExecutionStub,
-    PortfolioStub,
-    execution,
-    portfolio,
-    tick,
-)
-
-__all__ = ["execution", "portfolio"]  # fixtures, used by name
+from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, tick
 
 GOOD: dict[str, Any] = {
     "client_order_id": "in-1",
