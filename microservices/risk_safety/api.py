@@ -9,29 +9,31 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.infra.service import Resources, resources_of
+from backend.infra.service import Price, Quantity, Resources, resources_of
 from backend.trading.risk import TradingState
 from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
 
-from .guard import RiskGuard, StateView
+from .guard import RiskGuard, StatePush, StateView, now_ms
 
 router = APIRouter()
 
-FiniteDecimal = Annotated[Decimal, Field(allow_inf_nan=False)]
-
 
 class CheckRequest(BaseModel):
-    """An order to check; `price` is the current reference (market) price of the symbol."""
+    """An order to check. It is judged at risk-safety's own quotes; `price` is only recorded.
+
+    `price` (the caller's idea of the market price) is still accepted so that older clients
+    keep working, and it is written to the decision for the audit trail.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     client_order_id: str = Field(min_length=1, max_length=64)
     symbol: str = Field(min_length=1, max_length=32)
     side: Literal["BUY", "SELL"]
-    quantity: FiniteDecimal
-    price: FiniteDecimal | None = None
+    quantity: Quantity
+    price: Price | None = None
     order_type: Literal["MARKET", "LIMIT"] = "MARKET"
-    limit_price: FiniteDecimal | None = None
+    limit_price: Price | None = None
     time_in_force: Literal["GTC", "IOC"] = "GTC"
     reduce_only: bool = False
 
@@ -84,12 +86,40 @@ class PortfolioStatus(BaseModel):
     error: str | None
 
 
+class ExposureStatus(BaseModel):
+    url: str
+    reachable: bool | None
+    checked_at_ms: int | None
+    fill_sequence: int | None
+    error: str | None
+
+
+class QuotePublic(BaseModel):
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    age_ms: int
+
+
+class ExecutionAck(BaseModel):
+    """Whether execution adopted the state pushed to it, and the orders it canceled."""
+
+    acknowledged: bool
+    canceled: list[str]
+    error: str | None
+
+
 class StatePublic(BaseModel):
     state: str
     reason: str
     changed_at: datetime | None
     changed: bool
+    epoch: int
+    state_token: str
+    execution: ExecutionAck | None = None
     portfolio: PortfolioStatus
+    exposure: ExposureStatus
+    quotes: list[QuotePublic]
     limits: dict[str, Any]
 
 
@@ -117,6 +147,11 @@ class DecisionPublic(BaseModel):
     reason: str
     detail: str
     state: str | None
+    epoch: int | None
+    reference_price: str | None
+    """The price risk judged the order at: its own ask (buy) or bid (sell)."""
+    caller_price: str | None
+    """The `price` the caller sent, for the audit trail only."""
     trace_id: str | None
     decided_at: datetime
 
@@ -134,14 +169,36 @@ def guard_of(resources: Annotated[Resources, Depends(resources_of)]) -> RiskGuar
 Guard = Annotated[RiskGuard, Depends(guard_of)]
 
 
+def _ack(push: StatePush | None) -> ExecutionAck | None:
+    if push is None:
+        return None
+    return ExecutionAck(acknowledged=push.acknowledged, canceled=push.canceled, error=push.error)
+
+
 def _state_public(guard: RiskGuard, view: StateView) -> StatePublic:
     fetch = guard.last_fetch
+    exposure = guard.last_exposure
     limits = guard.limits
+    now = now_ms()
     return StatePublic(
         state=view.state.value,
         reason=view.reason,
         changed_at=view.changed_at,
         changed=view.changed,
+        epoch=view.epoch,
+        state_token=guard.state_token(view.state, view.epoch),
+        execution=_ack(view.execution),
+        exposure=ExposureStatus(
+            url=guard.execution_url,
+            reachable=exposure.ok if exposure else None,
+            checked_at_ms=exposure.at_ms if exposure else None,
+            fill_sequence=exposure.fill_sequence if exposure else None,
+            error=exposure.error if exposure else None,
+        ),
+        quotes=[
+            QuotePublic(symbol=s, bid=q.bid, ask=q.ask, age_ms=now - q.as_of_ms)
+            for s, q in sorted(guard.quotes().items())
+        ],
         portfolio=PortfolioStatus(
             url=guard.portfolio_url,
             reachable=fetch.ok if fetch else None,
@@ -160,6 +217,11 @@ def _state_public(guard: RiskGuard, view: StateView) -> StatePublic:
             "order_window_ms": limits.order_window_ms,
             "price_band_bps": str(limits.price_band_bps),
             "max_portfolio_age_ms": limits.max_portfolio_age_ms,
+            "max_quote_age_ms": limits.max_quote_age_ms,
+            "max_fill_lag_ms": limits.max_fill_lag_ms,
+            "slippage_bps": str(limits.slippage_bps),
+            "taker_fee_bps": str(limits.taker_fee_bps),
+            "approval_ttl_ms": guard.settings.approval_ttl_ms,
         },
     )
 
@@ -213,7 +275,10 @@ async def get_state_changes(
 
 @router.post("/kill-switch")
 async def kill_switch(body: KillSwitchRequest, guard: Guard) -> StatePublic:
-    """Halt trading: from now on only orders that reduce a position pass."""
+    """Halt trading: from now on only orders that reduce a position pass.
+
+    Execution is told first (its answer is `execution`), then the halt is committed.
+    """
     view = await guard.set_state(TradingState.HALTED, actor=body.operator, reason=body.reason)
     return _state_public(guard, view)
 
@@ -247,6 +312,9 @@ async def get_decisions(
                 reason=reason.get("code", ""),
                 detail=reason.get("detail", ""),
                 state=reason.get("state"),
+                epoch=reason.get("epoch"),
+                reference_price=reason.get("reference_price"),
+                caller_price=reason.get("caller_price"),
                 trace_id=r.trace_id,
                 decided_at=r.decided_at,
             )

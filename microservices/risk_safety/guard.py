@@ -3,34 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from backend.infra.eventbus import Event, MarketTick, RiskStateChanged
 from backend.infra.eventbus import RiskDecision as RiskDecisionEvent
-from backend.infra.eventbus import RiskStateChanged
 from backend.infra.observability import BoundLogger, SpanKind, current_traceparent
 from backend.infra.service import Resources, service_url
-from backend.trading.approval import Approval, sign_approval
+from backend.trading.approval import Approval, sign_approval, sign_state
 from backend.trading.risk import (
+    Exposure,
+    FillLagTracker,
+    FillsFreshness,
+    InFlightOrder,
     PortfolioSnapshot,
     ReasonCode,
+    ReferenceQuote,
     TradingState,
     check_order,
     transition_state,
 )
-from backend.trading.types import OrderRequest, Symbol
+from backend.trading.types import OrderRequest, Side, Symbol
 
 from . import metrics
 from .settings import RiskSettings
 from .store import RiskStore
 
+CLOCK_MARGIN_MS = 5_000
+"""Asked-for client order ids start this much before the oldest approval: clocks differ."""
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +59,22 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class StatePush:
+    """What execution answered to a pushed trading state."""
+
+    acknowledged: bool
+    canceled: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StateView:
     state: TradingState
     reason: str
     changed_at: datetime | None
+    epoch: int
     changed: bool = False
+    execution: StatePush | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +87,57 @@ class PortfolioFetch:
     error: str | None = None
 
 
-class RiskGuard:
-    """Pre-trade checks against a fresh portfolio, with the state ACTIVE / REDUCING / HALTED.
+@dataclass(frozen=True, slots=True)
+class ExecutionView:
+    """Execution's `GET /exposure` answer, as risk uses it."""
 
-    Decisions are serialised (the order-rate window and state changes must see each other);
-    the portfolio is fetched before taking the lock. A decision that cannot be persisted is
-    never returned as an approval: the request fails instead.
+    read_at_ms: int
+    fill_sequence: int
+    holdings: dict[Symbol, Decimal]
+    working: list[InFlightOrder]
+    received: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ExposureFetch:
+    """The last attempt to read execution's exposure, for GET /state."""
+
+    ok: bool
+    at_ms: int
+    fill_sequence: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """An approval risk gave that execution has not reported receiving yet."""
+
+    order: InFlightOrder
+    issued_ms: int
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarketQuote:
+    bid: Decimal
+    ask: Decimal
+    ts_ms: int
+    received_ms: int
+
+    def reference(self) -> ReferenceQuote:
+        # A quote is as old as the older of its own time and its arrival: a lagging bus
+        # cannot make an old quote look fresh, and a simulator's clock running ahead
+        # cannot make it look younger than when it arrived.
+        return ReferenceQuote(self.bid, self.ask, min(self.ts_ms, self.received_ms))
+
+
+class RiskGuard:
+    """Pre-trade checks at risk's own prices against everything in flight; the trading state.
+
+    Decisions are serialised (the order-rate window, the approval ledger and state changes
+    must see each other); the portfolio and execution's exposure are fetched, concurrently,
+    before taking the lock. A decision that cannot be persisted is never returned as an
+    approval: the request fails instead.
     """
 
     def __init__(
@@ -83,32 +152,87 @@ class RiskGuard:
         self.store = RiskStore(resources)
         self.log = logger
         self.portfolio_url = service_url("portfolio-intelligence")
+        self.execution_url = service_url("execution")
         self.last_fetch: PortfolioFetch | None = None
+        self.last_exposure: ExposureFetch | None = None
         self._resources = resources
         self._tracer = tracer
         self._lock = asyncio.Lock()
         self._state = TradingState.ACTIVE
         self._state_reason = ""
         self._state_changed_at: datetime | None = None
+        self._epoch = 0
         self._approvals: deque[int] = deque()
+        self._ledger: dict[str, LedgerEntry] = {}
+        # When each check still to be decided started reading execution (see _prune_ledger).
+        self._reads_in_flight: dict[int, int] = {}
+        self._read_ids = itertools.count()
+        self._quotes: dict[Symbol, MarketQuote] = {}
+        self._fill_lag = FillLagTracker()
+
+    @property
+    def secret(self) -> str:
+        return self.settings.approval_secret.get_secret_value()
 
     async def restore(self, _resources: Resources | None = None) -> None:
-        """Load the persisted trading state and the approvals of the order-rate window."""
+        """Load the trading state and epoch, the order-rate window and the unexpired approvals."""
         row = await self.store.state()
         if row is not None:
             self._state = TradingState(row.mode)
             self._state_reason = row.reason
             self._state_changed_at = row.updated_at
+        self._epoch = await self.store.epoch()
         since = datetime.now(UTC) - timedelta(milliseconds=self.limits.order_window_ms)
-        times = sorted(int(t.timestamp() * 1000) for t in await self.store.approvals_since(since))
+        times = sorted(_epoch_ms(t) for t in await self.store.approvals_since(since))
         self._approvals = deque(times)
+        ttl = self.settings.approval_ttl_ms
+        recent = await self.store.approved_since(datetime.now(UTC) - timedelta(milliseconds=ttl))
+        for decision in recent:
+            detail = decision.reasons[0] if decision.reasons else {}
+            issued = _epoch_ms(decision.decided_at)
+            self._ledger[decision.client_order_id] = LedgerEntry(
+                InFlightOrder(
+                    Symbol(decision.symbol),
+                    Side(decision.side),
+                    Decimal(decision.quantity),
+                    bool(detail.get("reduce_only", False)),
+                    decision.client_order_id,
+                ),
+                issued,
+                issued + ttl,
+            )
         self._set_state_gauge()
-        self.log.info("risk state restored", state=self._state.value, reason=self._state_reason)
+        self.log.info(
+            "risk state restored",
+            state=self._state.value,
+            reason=self._state_reason,
+            epoch=self._epoch,
+            approvals_in_flight=len(self._ledger),
+        )
+
+    # Market data ------------------------------------------------------------------------------
+
+    async def on_tick(self, event: Event[MarketTick]) -> None:
+        """Keep the latest quote per symbol: the reference prices orders are judged at."""
+        tick = event.data
+        if tick.bid <= 0 or tick.ask < tick.bid:
+            return
+        symbol = Symbol(tick.symbol)
+        current = self._quotes.get(symbol)
+        if current is not None and tick.ts_ms < current.ts_ms:
+            return  # a redelivered or late tick must not replace a newer quote
+        self._quotes[symbol] = MarketQuote(tick.bid, tick.ask, tick.ts_ms, now_ms())
+
+    def quotes(self) -> dict[Symbol, ReferenceQuote]:
+        return {symbol: quote.reference() for symbol, quote in self._quotes.items()}
 
     # Decisions --------------------------------------------------------------------------------
 
-    async def check(self, order: OrderRequest, reference_price: Decimal | None) -> Verdict:
-        """Decide on `order`; persist and publish the decision; sign an approval if approved."""
+    async def check(self, order: OrderRequest, caller_price: Decimal | None = None) -> Verdict:
+        """Decide on `order`; persist and publish the decision; sign an approval if approved.
+
+        `caller_price` is what the caller believes the price is: recorded, never judged at.
+        """
         started = time.perf_counter()
         with self._tracer.start_as_current_span(
             "risk.check",
@@ -122,22 +246,48 @@ class RiskGuard:
                 "reduce_only": order.reduce_only,
             },
         ) as span:
-            snapshot = await self._fetch_portfolio()
+            read = next(self._read_ids)
+            self._reads_in_flight[read] = now_ms()
+            try:
+                # The clock margin only widens the set of ids asked for: harmless.
+                since = min((e.issued_ms for e in self._ledger.values()), default=now_ms())
+                snapshot, execution = await asyncio.gather(
+                    self._fetch_portfolio(), self._fetch_exposure(since - CLOCK_MARGIN_MS)
+                )
+            except BaseException:
+                del self._reads_in_flight[read]
+                raise
             async with self._lock:
                 now = now_ms()
+                del self._reads_in_flight[read]
                 self._trim_window(now)
+                self._prune_ledger(now)
+                exposure = self._exposure(execution, order)
+                fill_lag_ms = 0
+                if execution is not None and snapshot is not None and snapshot.fills is not None:
+                    fill_lag_ms = self._fill_lag.lag_ms(
+                        execution_sequence=execution.fill_sequence,
+                        booked_sequence=snapshot.fills.booked_sequence,
+                        now_ms=now,
+                    )
+                    metrics.FILL_LAG.set(fill_lag_ms / 1000)
+                quotes = self.quotes()
                 decision = check_order(
                     order,
-                    snapshot,
-                    self._state,
-                    self._approvals,
-                    now,
-                    self.limits,
-                    reference_price=reference_price,
+                    portfolio=snapshot,
+                    exposure=exposure,
+                    quotes=quotes,
+                    state=self._state,
+                    recent_order_times=self._approvals,
+                    now_ms=now,
+                    limits=self.limits,
+                    fill_lag_ms=fill_lag_ms,
                 )
-                detail = decision.detail
-                if snapshot is None and self.last_fetch is not None and self.last_fetch.error:
-                    detail = f"portfolio unavailable: {self.last_fetch.error}"
+                detail = self._explain(decision.reason, decision.detail, snapshot)
+                if order.symbol in quotes:
+                    metrics.QUOTE_AGE.labels(order.symbol).set(
+                        (now - quotes[order.symbol].as_of_ms) / 1000
+                    )
                 if decision.recommended_state is not None and snapshot is not None:
                     await self._change_state(
                         decision.recommended_state,
@@ -155,9 +305,13 @@ class RiskGuard:
                         "code": decision.reason.value,
                         "detail": detail,
                         "state": self._state.value,
-                        "reference_price": str(reference_price),
+                        "epoch": self._epoch,
+                        "reference_price": _text(decision.reference_price),
+                        "caller_price": _text(caller_price),
+                        "notional": _text(decision.notional),
                         "order_type": order.order_type.value,
-                        "limit_price": str(order.limit_price) if order.limit_price else None,
+                        "limit_price": _text(order.limit_price),
+                        "time_in_force": order.time_in_force.value,
                         "reduce_only": order.reduce_only,
                     },
                     trace_id=traceparent.split("-")[1] if traceparent else None,
@@ -166,12 +320,24 @@ class RiskGuard:
                 approval = None
                 if decision.approved:
                     self._approvals.append(now)
+                    expires = now + self.settings.approval_ttl_ms
                     approval = sign_approval(
-                        self.settings.approval_secret.get_secret_value(),
+                        self.secret,
                         decision_id=decision_id,
                         order=order,
-                        epoch=0,
-                        expires_ms=now + self.settings.approval_ttl_ms,
+                        epoch=self._epoch,
+                        expires_ms=expires,
+                    )
+                    self._ledger[order.client_order_id] = LedgerEntry(
+                        InFlightOrder(
+                            order.symbol,
+                            order.side,
+                            order.quantity,
+                            order.reduce_only,
+                            order.client_order_id,
+                        ),
+                        now,
+                        expires,
                     )
                 state = self._state
             span.set_attributes(
@@ -180,6 +346,7 @@ class RiskGuard:
                     "reason": decision.reason.value,
                     "decision_id": decision_id,
                     "trading_state": state.value,
+                    "reference_price": _text(decision.reference_price) or "",
                 }
             )
             log = self.log.info if decision.approved else self.log.warning
@@ -193,6 +360,8 @@ class RiskGuard:
                 detail=detail,
                 decision_id=decision_id,
                 state=state.value,
+                reference_price=_text(decision.reference_price),
+                caller_price=_text(caller_price),
             )
             metrics.DECISIONS.labels(str(decision.approved).lower(), decision.reason.value).inc()
             if not decision.approved:
@@ -209,6 +378,42 @@ class RiskGuard:
             )
         return Verdict(decision.approved, decision.reason, detail, decision_id, approval, state)
 
+    def _explain(self, reason: ReasonCode, detail: str, snapshot: PortfolioSnapshot | None) -> str:
+        """The denial's detail, with the fetch error when a dependency could not be read."""
+        fetch, exposure = self.last_fetch, self.last_exposure
+        if reason is ReasonCode.STALE_PORTFOLIO and snapshot is None and fetch and fetch.error:
+            return f"portfolio unavailable: {fetch.error}"
+        if reason is ReasonCode.EXPOSURE_UNAVAILABLE and exposure and exposure.error:
+            return f"execution exposure unavailable: {exposure.error}"
+        return detail
+
+    def _exposure(self, execution: ExecutionView | None, order: OrderRequest) -> Exposure | None:
+        """Execution's holdings and working orders plus the approvals it had not received.
+
+        Called under the lock. An approval counts unless this very read of execution reports
+        its client order id (it is then a working order or a holding there) or it had expired
+        before the read (execution refuses an expired approval). Reads answer out of order,
+        so an approval is judged against each read, never dropped because of a newer one.
+        """
+        if execution is None:
+            return None
+        approvals = [
+            entry.order
+            for cid, entry in self._ledger.items()
+            if cid not in execution.received
+            and entry.expires_ms > execution.read_at_ms
+            # A new check for the same client order id replaces its earlier approval.
+            and cid != order.client_order_id
+        ]
+        return Exposure(execution.holdings, [*execution.working, *approvals])
+
+    def _prune_ledger(self, now: int) -> None:
+        """Forget approvals that expired before every read of execution still to be judged."""
+        horizon = min(self._reads_in_flight.values(), default=now)
+        for cid, entry in list(self._ledger.items()):
+            if entry.expires_ms <= horizon:
+                del self._ledger[cid]
+
     async def _fetch_portfolio(self) -> PortfolioSnapshot | None:
         """The portfolio as risk needs it; None (and the error kept) when it cannot be read."""
         http = self._resources.http
@@ -218,17 +423,27 @@ class RiskGuard:
             response = await http.get(f"{self.portfolio_url}/portfolio")
             response.raise_for_status()
             body = response.json()
+            fills = body.get("fills")
             snapshot = PortfolioSnapshot(
                 as_of_ms=int(body["as_of_ms"]),
                 equity=Decimal(body["equity"]),
                 peak_equity=Decimal(body["peak_equity"]),
                 daily_pnl=Decimal(body["daily_pnl"]),
-                gross_exposure=Decimal(body["gross_exposure"]),
-                positions={Symbol(p["symbol"]): Decimal(p["quantity"]) for p in body["positions"]},
+                fills=FillsFreshness(
+                    booked_sequence=int(fills["booked_sequence"]),
+                    gaps=tuple(int(g) for g in fills.get("gaps") or ()),
+                    dead_letters=int(fills.get("dead_letters") or 0),
+                )
+                if isinstance(fills, dict)
+                else None,
             )
+            if not all(
+                v.is_finite() for v in (snapshot.equity, snapshot.peak_equity, snapshot.daily_pnl)
+            ):
+                raise ValueError("portfolio figures must be finite")
         # Anything that stops us reading the portfolio means "no portfolio": fail closed.
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = _error_text(exc)
             self.last_fetch = PortfolioFetch(False, fetched_ms, error=error)
             metrics.PORTFOLIO_REACHABLE.set(0)
             self.log.warning("portfolio unavailable", url=self.portfolio_url, error=error)
@@ -238,6 +453,44 @@ class RiskGuard:
         metrics.PORTFOLIO_REACHABLE.set(1)
         metrics.PORTFOLIO_AGE.set(age_ms / 1000)
         return snapshot
+
+    async def _fetch_exposure(self, since_ms: int) -> ExecutionView | None:
+        """Execution's holdings, working orders and received client order ids, in one read."""
+        http = self._resources.http
+        assert http is not None
+        read_at = now_ms()  # execution reads its state after this moment
+        try:
+            response = await http.get(
+                f"{self.execution_url}/exposure", params={"since_ms": since_ms}
+            )
+            response.raise_for_status()
+            body = response.json()
+            view = ExecutionView(
+                read_at_ms=read_at,
+                fill_sequence=int(body["fill_sequence"]),
+                holdings={Symbol(s): _finite(q) for s, q in body["holdings"].items()},
+                working=[
+                    InFlightOrder(
+                        Symbol(w["symbol"]),
+                        Side(w["side"]),
+                        _finite(w["remaining_quantity"]),
+                        bool(w["reduce_only"]),
+                        str(w["client_order_id"]),
+                    )
+                    for w in body["working"]
+                ],
+                received=frozenset(str(c) for c in body["client_order_ids_since"]),
+            )
+        # Anything that stops us reading execution means "exposure unknown": fail closed.
+        except Exception as exc:
+            error = _error_text(exc)
+            self.last_exposure = ExposureFetch(False, read_at, error=error)
+            metrics.EXPOSURE_REACHABLE.set(0)
+            self.log.warning("execution exposure unavailable", url=self.execution_url, error=error)
+            return None
+        self.last_exposure = ExposureFetch(True, read_at, fill_sequence=view.fill_sequence)
+        metrics.EXPOSURE_REACHABLE.set(1)
+        return view
 
     def _breach(self, target: TradingState, snapshot: PortfolioSnapshot) -> str:
         """Why a loss limit moved trading to `target`, for the audit trail."""
@@ -260,10 +513,17 @@ class RiskGuard:
     # Trading state ----------------------------------------------------------------------------
 
     def state(self) -> StateView:
-        return StateView(self._state, self._state_reason, self._state_changed_at)
+        return StateView(self._state, self._state_reason, self._state_changed_at, self._epoch)
+
+    def state_token(self, state: TradingState, epoch: int) -> str:
+        return sign_state(self.secret, state=state.value, epoch=epoch).token
 
     async def set_state(self, target: TradingState, *, actor: str, reason: str) -> StateView:
-        """Move to `target` on an operator's request (kill switch, resume); audited."""
+        """Move to `target` on an operator's request (kill switch, resume); audited.
+
+        Asking for the state already in force changes nothing, but pushes the current signed
+        state to execution again, in case it missed the change.
+        """
         with self._tracer.start_as_current_span(
             "risk.state_change",
             kind=SpanKind.INTERNAL,
@@ -271,17 +531,42 @@ class RiskGuard:
         ) as span:
             async with self._lock:
                 if target is self._state:
-                    span.set_attribute("changed", False)
-                    return self.state()
-                await self._change_state(target, actor=actor, reason=reason)
-                span.set_attribute("changed", True)
+                    push = await self._push_state(self._state, self._epoch, self._state_reason)
+                    span.set_attributes(
+                        {"changed": False, "execution_acknowledged": push.acknowledged}
+                    )
+                    view = self.state()
+                    return StateView(
+                        view.state, view.reason, view.changed_at, view.epoch, execution=push
+                    )
+                push = await self._change_state(target, actor=actor, reason=reason)
+                span.set_attributes(
+                    {
+                        "changed": True,
+                        "epoch": self._epoch,
+                        "execution_acknowledged": push.acknowledged,
+                    }
+                )
                 return StateView(
-                    self._state, self._state_reason, self._state_changed_at, changed=True
+                    self._state,
+                    self._state_reason,
+                    self._state_changed_at,
+                    self._epoch,
+                    changed=True,
+                    execution=push,
                 )
 
-    async def _change_state(self, target: TradingState, *, actor: str, reason: str) -> None:
+    async def _change_state(self, target: TradingState, *, actor: str, reason: str) -> StatePush:
+        """Called under the lock: tell execution first, then commit, then publish.
+
+        Execution hears of the new state before anyone can see it here, so no approval of
+        the old epoch can be issued after execution moved on, and a halt takes effect where
+        orders fill before the bus (which can lag) carries it.
+        """
         previous = self._state
         transition_state(previous, target)
+        epoch = self._epoch + 1
+        push = await self._push_state(target, epoch, reason)
         traceparent = current_traceparent()
         row = await self.store.change_state(
             from_mode=previous.value,
@@ -291,6 +576,7 @@ class RiskGuard:
             trace_id=traceparent.split("-")[1] if traceparent else None,
         )
         self._state = target
+        self._epoch = epoch
         self._state_reason = reason
         self._state_changed_at = row.updated_at
         self._set_state_gauge()
@@ -299,13 +585,73 @@ class RiskGuard:
             "trading state changed",
             previous_state=previous.value,
             state=target.value,
+            epoch=epoch,
             actor=actor,
             reason=reason,
+            execution_acknowledged=push.acknowledged,
+            execution_canceled=len(push.canceled),
         )
         await self._resources.publisher.publish(
             RiskStateChanged(previous_state=previous.value, state=target.value, reason=reason)
         )
+        return push
+
+    async def _push_state(self, state: TradingState, epoch: int, reason: str) -> StatePush:
+        """POST the signed state to execution, bounded in time; a failure is counted, not raised."""
+        http = self._resources.http
+        assert http is not None
+        signed = sign_state(self.secret, state=state.value, epoch=epoch)
+        started = time.perf_counter()
+        try:
+            response = await http.post(
+                f"{self.execution_url}/risk/state",
+                json={
+                    "state": signed.state,
+                    "epoch": epoch,
+                    "token": signed.token,
+                    "reason": reason,
+                },
+                timeout=self.settings.state_push_timeout_ms / 1000,
+            )
+            if response.status_code >= 300:
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+            body = response.json()
+            answered = (str(body["state"]), int(body["epoch"]))
+            if answered != (state.value, epoch):
+                raise RuntimeError(f"execution holds {answered[0]} epoch {answered[1]}")
+            push = StatePush(True, [str(c) for c in body.get("canceled") or []])
+        # Whatever went wrong, the state still changes: a halt must never wait on execution.
+        # Execution's lease (it polls GET /state) covers a push that did not arrive.
+        except Exception as exc:
+            push = StatePush(False, error=_error_text(exc))
+            metrics.STATE_PUSH_FAILURES.inc()
+            self.log.error(
+                "trading state push to execution failed",
+                url=self.execution_url,
+                state=state.value,
+                epoch=epoch,
+                error=push.error,
+            )
+        metrics.STATE_PUSH_DURATION.observe(time.perf_counter() - started)
+        return push
 
     def _set_state_gauge(self) -> None:
         for state in TradingState:
             metrics.TRADING_STATE.labels(state.value).set(1 if state is self._state else 0)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return int(aware.timestamp() * 1000)
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _finite(value: object) -> Decimal:
+    number = Decimal(str(value))
+    if not number.is_finite():
+        raise ValueError(f"not a finite number: {value!r}")
+    return number

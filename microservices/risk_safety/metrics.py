@@ -25,3 +25,22 @@ PORTFOLIO_REACHABLE = Gauge(
 PORTFOLIO_AGE = Gauge(
     "risk_portfolio_age_seconds", "Age of the last portfolio snapshot when it was fetched."
 )
+STATE_PUSH_FAILURES = Counter(
+    "risk_state_push_failures_total",
+    "Trading-state pushes to execution that were not acknowledged.",
+)
+STATE_PUSH_DURATION = Histogram(
+    "risk_state_push_duration_seconds",
+    "Time for execution to answer a pushed trading state (failures included).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+EXPOSURE_REACHABLE = Gauge(
+    "risk_execution_exposure_reachable", "1 when the last read of execution's exposure succeeded."
+)
+QUOTE_AGE = Gauge(
+    "risk_quote_age_seconds", "Age of the reference quote an order was judged at.", ["symbol"]
+)
+FILL_LAG = Gauge(
+    "risk_portfolio_fill_lag_seconds",
+    "How long the portfolio has been behind execution's fill sequence, at the last check.",
+)

@@ -1,4 +1,4 @@
-"""risk-safety settings: the limits, the approval secret and lifetime, where the portfolio is."""
+"""risk-safety settings: the limits, the venue costs it judges with, the approval secret."""
 
 from __future__ import annotations
 
@@ -45,6 +45,21 @@ class RiskSettings(BaseSettings):
     max_portfolio_age_ms: int = Field(
         default=15_000, gt=0, validation_alias="RISK_MAX_PORTFOLIO_AGE_MS"
     )
+    max_quote_age_ms: int = Field(default=5_000, gt=0, validation_alias="RISK_MAX_QUOTE_AGE_MS")
+    """Older market quotes (by the time risk received them, or their own if older) deny."""
+    max_fill_lag_ms: int = Field(default=2_000, gt=0, validation_alias="RISK_MAX_FILL_LAG_MS")
+    """How long the portfolio may stay behind execution's fill sequence before it is stale."""
+    # The venue's own variables and defaults, so risk prices a market order as execution fills it.
+    slippage_bps: Decimal = Field(
+        default=Decimal(25), ge=0, le=10_000, validation_alias="VENUE_MAX_SLIPPAGE_BPS"
+    )
+    taker_fee_bps: Decimal = Field(
+        default=Decimal(10), ge=0, le=10_000, validation_alias="VENUE_TAKER_FEE_BPS"
+    )
+    state_push_timeout_ms: int = Field(
+        default=1_000, gt=0, le=10_000, validation_alias="RISK_STATE_PUSH_TIMEOUT_MS"
+    )
+    """How long a state change waits for execution to acknowledge the new state."""
     approval_ttl_ms: int = Field(default=10_000, gt=0, validation_alias="RISK_APPROVAL_TTL_MS")
     approval_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_SECRET), validation_alias="RISK_APPROVAL_SECRET"
@@ -75,4 +90,8 @@ class RiskSettings(BaseSettings):
             price_band_bps=self.price_band_bps,
             max_portfolio_age_ms=self.max_portfolio_age_ms,
             position_quantity_overrides={Symbol(s): q for s, q in self.position_limits.items()},
+            max_quote_age_ms=self.max_quote_age_ms,
+            max_fill_lag_ms=self.max_fill_lag_ms,
+            slippage_bps=self.slippage_bps,
+            taker_fee_bps=self.taker_fee_bps,
         )

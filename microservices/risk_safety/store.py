@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from backend.infra.db.models import RiskDecision as DecisionRow
 from backend.infra.db.models import TradingState as StateRow
@@ -66,6 +66,26 @@ class RiskStore:
                 )
             )
             return list(rows)
+
+    async def approved_since(self, since: datetime) -> list[DecisionRow]:
+        """Approved decisions made after `since`, oldest first (to rebuild the approval ledger)."""
+        async with self._resources.session() as session:
+            rows = await session.scalars(
+                select(DecisionRow)
+                .where(DecisionRow.approved.is_(True), DecisionRow.decided_at > since)
+                .order_by(DecisionRow.id)
+            )
+            return list(rows)
+
+    async def epoch(self) -> int:
+        """The trading-state epoch: one per recorded state change, so it never goes back."""
+        async with self._resources.session() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(TradingStateChange)
+                .where(TradingStateChange.scope == SCOPE)
+            )
+            return int(count or 0)
 
     async def state(self) -> StateRow | None:
         async with self._resources.session() as session:
