@@ -1,12 +1,21 @@
-"""Suite-wide fixtures: in-process tracing with an in-memory exporter, and service URLs."""
+"""Suite-wide fixtures: in-process tracing captured in memory, and the real-service skip rule."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
+
+if TYPE_CHECKING:
+    from backend.infra.observability import ObservabilityConfig
+    from backend.infra.observability.testing import SpanCapture
+
+# The public `captured_spans` fixture, for tests that want it by that name. This module imports
+# the plugin only lazily, so that pytest is the first to import it (as a plugin).
+pytest_plugins = ("backend.infra.observability.testing",)
 
 # Property tests explore the same examples on every run (reproducible failures, stable CI);
 # HYPOTHESIS_PROFILE=explore searches new ones.
@@ -28,28 +37,25 @@ def require_service(available: bool, reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def _tracing_runtime() -> object:
-    from backend.infra.observability import _tracing, init_observability
+def _tracing_runtime() -> ObservabilityConfig:
+    """Tracing and metrics set up once for the whole run, with the SDK's tracer provider."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
 
-    init_observability("test-suite", "INFO", enable_tracing=True, enable_metrics=True)
-    rt = _tracing.runtime()
-    assert rt is not None, "the test suite needs the OpenTelemetry SDK installed"
-    return rt
+    from backend.infra.observability import init_observability
+
+    config = init_observability("test-suite", "INFO", enable_tracing=True, enable_metrics=True)
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider), (
+        f"the test suite needs the OpenTelemetry SDK's tracer provider, not {provider!r}"
+    )
+    return config
 
 
 @pytest.fixture
-def span_exporter(_tracing_runtime: object) -> Iterator[object]:
-    """An `InMemorySpanExporter` receiving every span finished in this process during a test."""
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+def span_exporter(_tracing_runtime: ObservabilityConfig) -> Iterator[SpanCapture]:
+    """Every span finished in this process during a test (`get_finished_spans()`)."""
+    from backend.infra.observability.testing import capture_spans
 
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    provider = _tracing_runtime.provider  # type: ignore[attr-defined]
-    multi = provider._active_span_processor
-    multi.add_span_processor(processor)
-    try:
-        yield exporter
-    finally:
-        with multi._lock:
-            multi._span_processors = tuple(p for p in multi._span_processors if p is not processor)
+    with capture_spans() as captured:
+        yield captured

@@ -3,6 +3,7 @@ a fill, state and secrets under the var directory, and a clean Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,9 +99,27 @@ def alive(pid: int) -> bool:
     return True
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a child re-parented to an init that does not reap shows as one)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+# Every process a test's launcher starts inherits this variable (the services, the viewer and
+# the embedded Redis each run in a session of their own, so no process group holds them all):
+# `finish` finds the whole tree by it, even after the launcher died and they were re-parented.
+TREE_MARKER = "QT_TEST_LAUNCH_ID"
+_LAUNCHES: dict[int, tuple[str, Path]] = {}  # launcher pid -> (its marker's value, its cwd)
+
+
 def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
+    marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k not in INHERITED_NOT}
     env.update(
+        {TREE_MARKER: marker},
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
         RUN_PORT_OFFSET=str(free_offset()),
@@ -111,7 +131,7 @@ def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
         FEED_RATE_HZ="10",
     )
     env.update(overrides)
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "run"],
         cwd=cwd,
         env=env,
@@ -119,10 +139,40 @@ def start(cwd: Path, **overrides: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _LAUNCHES[process.pid] = (marker, cwd.resolve())
+    return process
+
+
+def tree_of(process: subprocess.Popen[str]) -> list[int]:
+    """The live processes started by `process` (a launcher from `start`), wherever they are now.
+
+    Found by the marker in their environment or, for Redis (whose process-title rewrite
+    overwrites the environment /proc shows), by a working directory inside the launcher's own
+    (a directory private to the test).
+    """
+    value, home = _LAUNCHES[process.pid]
+    marker = f"{TREE_MARKER}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == process.pid:
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if marker in environ.split(b"\0") or cwd.is_relative_to(home):
+            found.append(int(entry.name))
+    return found
 
 
 def finish(process: subprocess.Popen[str]) -> None:
-    """Stop a launcher a test left running: Ctrl-C first, so it stops its services too."""
+    """Stop a launcher a test left running, and every process it started.
+
+    Ctrl-C first, so the launcher stops its services in order. Whatever is still alive after
+    that (the launcher hung and was killed, or died, leaving its children behind) is killed
+    too: a failing test must not leave services, Redis or the viewer running.
+    """
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
@@ -130,6 +180,10 @@ def finish(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    for pid in tree_of(process):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    poll(lambda: not tree_of(process), 20, "every process the launcher started gone")
 
 
 def environ_of(pid: int) -> dict[str, str]:
@@ -188,6 +242,29 @@ def test_make_run_trades_and_ctrl_c_stops_every_process(
     output.wait_for(r"^Stopped\.", 5)
     assert [pid for pid in pids if alive(pid)] == [], "no process outlives the launcher"
     assert not any("killing it" in line for line in output.lines), "all stopped on SIGTERM"
+
+
+def test_a_launcher_killed_outright_leaves_no_process_behind_once_the_fixture_cleans_up(
+    tmp_path: Path,
+) -> None:
+    process = start(tmp_path, RUN_VAR_DIR="state")  # as the `launcher` fixture starts it
+    try:
+        everyone = len(NAMES) + 2  # the services, the trace viewer and the embedded Redis
+        children = poll(
+            lambda: (found := tree_of(process)) and len(found) >= everyone and found,
+            60,
+            "every child of the launcher started",
+        )
+        process.kill()  # SIGKILL: the launcher cannot stop anything itself
+        process.wait()
+        assert any(running(pid) for pid in children), "the children outlive a killed launcher"
+    finally:
+        finish(process)
+    poll(
+        lambda: not [pid for pid in children if running(pid)],
+        20,
+        "no child of the launcher left running",
+    )
 
 
 def test_run_keeps_its_state_and_secrets_under_the_var_dir_and_reuses_them_on_the_next_run(

@@ -316,6 +316,10 @@ async def test_apply_once_applies_a_redis_effect_exactly_once(
     assert await idempotency.claim("e2") and not await idempotency.claim("e2")
 
 
+async def _nothing() -> None:
+    return None
+
+
 async def test_graceful_stop_lets_the_in_flight_handler_finish_and_acks_it(
     client: Redis, settings: EventBusSettings
 ) -> None:
@@ -335,8 +339,11 @@ async def test_graceful_stop_lets_the_in_flight_handler_finish_and_acks_it(
     await consumer.start()
     await asyncio.wait_for(entered.wait(), 10)
     stopping = asyncio.create_task(consumer.stop(), name="test-stop")
-    await asyncio.sleep(0.05)  # give stop() the chance to (wrongly) cancel the handler
-    assert not stopping.done()
+    # The sentinel: a task scheduled after stop()'s. The loop runs ready tasks in the order
+    # they were scheduled, so once it has run, stop() has taken its first step, in which it
+    # decides what to cancel, and has reached its wait.
+    await asyncio.create_task(_nothing(), name="test-sentinel")
+    assert not stopping.done(), "stop() waits for the in-flight handler"
     release.set()
     await asyncio.wait_for(stopping, 10)
     assert finished == ["F1"]  # the in-flight one finished; the next was not started
