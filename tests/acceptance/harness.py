@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -197,7 +197,7 @@ class ForwardingProxy:
     """A real HTTP proxy in front of one service, in a thread of the test process.
 
     It forwards every request to `target` as it came (headers and body) and answers with the
-    target's response, except what `dropping` says to refuse: while it returns True for a
+    target's response, after awaiting `before` if set. While `dropping` returns True for a
     request's (method, path) the proxy answers 503 without forwarding, as a lost connection
     would end the call. Point a caller's `<NAME>_URL` at `url` to cut that caller off from
     some of the target's routes and no others.
@@ -206,6 +206,9 @@ class ForwardingProxy:
     def __init__(self, target: str) -> None:
         self.target = target
         self.dropping: Callable[[str, str], bool] = lambda _method, _path: False
+        self.before: Callable[[str, str, bytes], Awaitable[None]] | None = None
+        """Awaited with (method, path, body) before a request is forwarded: a test holds a
+        request there while it changes something the request will then meet."""
         self.dropped: list[tuple[str, str]] = []
         app = FastAPI()
         app.add_api_route(
@@ -220,15 +223,22 @@ class ForwardingProxy:
         if self.dropping(request.method, "/" + path):
             self.dropped.append((request.method, "/" + path))
             return Response(status_code=503, content=b"dropped by the test proxy")
+        body = await request.body()
+        if self.before is not None:
+            await self.before(request.method, "/" + path, body)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            upstream = await client.request(
-                request.method,
-                f"{self.target}/{path}",
-                params=request.query_params,
-                headers=headers,
-                content=await request.body(),
-            )
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                upstream = await client.request(
+                    request.method,
+                    f"{self.target}/{path}",
+                    params=request.query_params,
+                    headers=headers,
+                    content=body,
+                )
+        except httpx.HTTPError as exc:
+            # The target is down (it stops before its callers at the end of a test).
+            return Response(status_code=502, content=f"{type(exc).__name__}: {exc}".encode())
         passed = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
         return Response(upstream.content, upstream.status_code, headers=passed)
 

@@ -13,6 +13,7 @@ the orders with their fills' venue `sequence`, and `GET /risk/state`'s `adopted_
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ from tests.acceptance.harness import (
     ForwardingProxy,
     base_env,
     http,
+    json_lines,
     poll,
     redis_url,
     services,
@@ -70,6 +72,9 @@ DEEP_LIMIT = "97.00"
 class Stack:
     running: dict[str, tuple[Proc, str]]
     proxy: ForwardingProxy
+    """risk-safety's way to execution."""
+    bot_proxy: ForwardingProxy
+    """trading-bot's way to execution."""
     redis: str
     prefix: str
     quotes: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -125,9 +130,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with (
         redis_url(tmp) as redis,
         ForwardingProxy(f"http://127.0.0.1:{execution_port}") as proxy,
+        ForwardingProxy(f"http://127.0.0.1:{execution_port}") as bot_proxy,
     ):
         env = base_env(redis, None) | KNOBS
-        per_service = {"risk-safety": {"EXECUTION_URL": proxy.url}}
+        per_service = {
+            "risk-safety": {"EXECUTION_URL": proxy.url},
+            "trading-bot": {"EXECUTION_URL": bot_proxy.url},
+        }
         with services(
             SIX,
             tmp,
@@ -136,7 +145,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ports={"execution": execution_port},
             timeout_s=90,
         ) as running:
-            s = Stack(running, proxy, redis, env["EVENTBUS_PREFIX"])
+            s = Stack(running, proxy, bot_proxy, redis, env["EVENTBUS_PREFIX"])
             poll(
                 lambda: http.get(f"{s.url('execution')}/risk/state").json()["accepts"] == "ALL",
                 20,
@@ -479,3 +488,114 @@ def test_a_halt_whose_push_is_lost_reaches_execution_by_its_poll_within_one_inte
         s.proxy.dropping = lambda _method, _path: False
     resume(s, "poll test done")
     trade_once_more(s)
+
+
+def bot_decisions(s: Stack, after_id: int) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = http.get(
+        f"{s.url('trading-bot')}/decisions", params={"limit": 1000}
+    ).json()["data"]
+    return sorted((d for d in data if d["id"] > after_id), key=lambda d: d["id"])
+
+
+def latest_decision_id(s: Stack) -> int:
+    return max((d["id"] for d in bot_decisions(s, 0)), default=0)
+
+
+def bot_bought(s: Stack, after_id: int) -> dict[str, Any] | None:
+    for d in bot_decisions(s, after_id):
+        if (d["outcome"], d["side"]) == ("ORDERED", "BUY"):
+            return d
+    return None
+
+
+def test_the_bot_records_each_halted_decision_without_spinning_and_trades_after_resume(
+    stack: Stack,
+) -> None:
+    s = stack
+    assert http.get(f"{s.url('risk-safety')}/state").json()["state"] == "ACTIVE"
+    poll(lambda: bot_bought(s, 0), 30, "the bot to buy")
+
+    # The bot's next buy reaches execution only after the halt: it carries a pre-halt approval.
+    held: list[tuple[str, httpx.Response]] = []
+    armed = [True]
+
+    async def halt_first(method: str, path: str, body: bytes) -> None:
+        if method != "POST" or path != "/orders" or not armed:
+            return
+        order = json.loads(body)
+        if order["side"] != "BUY":
+            return
+        armed.clear()  # before awaiting: only this one order is held
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_TOKEN}"}) as c:
+            answer = await c.post(
+                f"{s.url('risk-safety')}/kill-switch",
+                json={"operator": "acceptance", "reason": "halt under the bot's order"},
+            )
+        held.append((order["client_order_id"], answer))
+
+    mark = latest_decision_id(s)
+    s.bot_proxy.before = halt_first
+    try:
+        (coid, halted), *_ = poll(lambda: held, 30, "the bot to send a buy")
+    finally:
+        s.bot_proxy.before = None
+    halted_at = time.monotonic()
+    assert halted.status_code == 200 and halted.json()["state"] == "HALTED", halted.text
+
+    # Execution refused the revoked approval; the bot asked risk-safety again and recorded
+    # its answer, once.
+    (decision,) = poll(
+        lambda: [d for d in bot_decisions(s, mark) if d["client_order_id"] == coid],
+        10,
+        "the bot to record the refused buy",
+    )
+    assert (decision["outcome"], decision["reason"]) == ("DENIED", "HALTED"), decision
+    assert "execution refused the first approval" in decision["detail"], decision
+    assert "revokes it" in decision["detail"], decision
+    assert http.get(f"{s.url('execution')}/orders/{coid}").status_code == 404
+
+    # Every later buy is denied HALTED, one decision per symbol and interval at most.
+    poll(
+        lambda: (
+            sum(
+                1
+                for d in bot_decisions(s, mark)
+                if (d["outcome"], d["reason"]) == ("DENIED", "HALTED")
+            )
+            >= 4
+        ),
+        20,
+        "the bot to record later buys denied HALTED",
+    )
+    elapsed_ms = (time.monotonic() - halted_at) * 1000
+    during = bot_decisions(s, mark)
+    symbols = len(BOT_SYMBOLS.split(","))
+    bound = symbols * (elapsed_ms / DECISION_INTERVAL_MS + 2)
+    assert len(during) <= bound, (len(during), bound, elapsed_ms)
+    for d in during:
+        assert d["outcome"] in ("DENIED", "SKIPPED", "ORDERED"), d
+        if d["outcome"] == "DENIED":
+            assert d["reason"] == "HALTED", d
+        if d["outcome"] == "ORDERED" and d["side"] == "BUY":
+            # A buy decided before the halt, whose order execution took before it.
+            order = http.get(f"{s.url('execution')}/orders/{d['client_order_id']}").json()
+            assert ms(order["created_at"]) <= ms(halted.json()["changed_at"]), (d, order)
+    assert s.alive("trading-bot")
+    assert http.get(f"{s.url('trading-bot')}/status").json()["running"] is True
+    problems = [
+        line
+        for line in json_lines(s.running["trading-bot"][0])
+        if line.get("level") in ("ERROR", "CRITICAL")
+    ]
+    assert problems == [], problems[:3]
+    print(
+        f"\nbot while halted: {len(during)} decisions in {elapsed_ms:.0f} ms over {symbols} "
+        f"symbols (interval {DECISION_INTERVAL_MS} ms), "
+        f"{sum(1 for d in during if d['reason'] == 'HALTED')} denied HALTED"
+    )
+
+    mark = latest_decision_id(s)
+    resume(s, "bot test done")
+    bought = poll(lambda: bot_bought(s, mark), 30, "the bot to buy again after the resume")
+    placed = http.get(f"{s.url('execution')}/orders/{bought['client_order_id']}").json()
+    assert placed["status"] in ("FILLED", "ACCEPTED", "PARTIALLY_FILLED"), placed
