@@ -236,7 +236,8 @@ class TradingBot:
         if approval is None:
             d.detail = f"{d.detail} ({first})" if d.detail else first
             return
-        await self._submit(d, {**order, "approval": approval}, event)
+        if await self._submit(d, {**order, "approval": approval}, event) is None:
+            d.detail = first
 
     async def _already_ordered(self, coid: str) -> bool:
         async with self.resources.session() as session:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import httpx
@@ -508,12 +508,31 @@ def bot_bought(s: Stack, after_id: int) -> dict[str, Any] | None:
     return None
 
 
+def buy_for_the_bot(s: Stack, notional: Decimal) -> None:
+    """Market buys of the bot's symbols, so that it holds something to exit while halted
+    (its own buys are small, and its exits sell all it holds)."""
+    for quote in http.get(f"{s.url('execution')}/quotes").json():
+        if quote["symbol"] not in BOT_SYMBOLS.split(","):
+            continue
+        ask = Decimal(str(quote["ask"]))
+        body = {
+            **order_body(side="BUY", quantity="1"),
+            "symbol": quote["symbol"],
+            "quantity": str((notional / ask).quantize(Decimal("0.0001"), ROUND_FLOOR)),
+        }
+        verdict = check(http, s, body, str(ask))
+        assert verdict["approved"], verdict
+        placed = place(http, s, body, verdict["approval"])
+        assert placed.status_code == 201 and placed.json()["status"] == "FILLED", placed.text
+
+
 def test_the_bot_records_each_halted_decision_without_spinning_and_trades_after_resume(
     stack: Stack,
 ) -> None:
     s = stack
     assert http.get(f"{s.url('risk-safety')}/state").json()["state"] == "ACTIVE"
     poll(lambda: bot_bought(s, 0), 30, "the bot to buy")
+    buy_for_the_bot(s, Decimal(5000))
 
     # The bot's next buy reaches execution only after the halt: it carries a pre-halt approval.
     held: list[tuple[str, httpx.Response]] = []
@@ -594,8 +613,39 @@ def test_the_bot_records_each_halted_decision_without_spinning_and_trades_after_
         f"{sum(1 for d in during if d['reason'] == 'HALTED')} denied HALTED"
     )
 
+    # The bot's next exit reaches execution only after the resume, with an approval of the
+    # halted epoch: refused as revoked, checked again, placed.
+    resumed: list[tuple[str, httpx.Response]] = []
+    armed.append(True)
+
+    async def resume_first(method: str, path: str, body: bytes) -> None:
+        if method != "POST" or path != "/orders" or not armed:
+            return
+        armed.clear()
+        order = json.loads(body)
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_TOKEN}"}) as c:
+            answer = await c.post(
+                f"{s.url('risk-safety')}/resume",
+                json={"operator": "acceptance", "reason": "resume under the bot's exit"},
+            )
+        resumed.append((order["client_order_id"], answer))
+
+    s.bot_proxy.before = resume_first
+    try:
+        (coid, answer), *_ = poll(lambda: resumed, 30, "the bot to send an exit while halted")
+    finally:
+        s.bot_proxy.before = None
+    assert answer.status_code == 200 and answer.json()["state"] == "ACTIVE", answer.text
     mark = latest_decision_id(s)
-    resume(s, "bot test done")
+    (decision,) = poll(
+        lambda: [d for d in bot_decisions(s, 0) if d["client_order_id"] == coid],
+        10,
+        "the bot to record the exit",
+    )
+    assert (decision["outcome"], decision["side"]) == ("ORDERED", "SELL"), decision
+    assert "revokes it" in decision["detail"], decision
+    exit_order = http.get(f"{s.url('execution')}/orders/{coid}").json()
+    assert exit_order["reduce_only"] is True and exit_order["status"] == "FILLED", exit_order
     bought = poll(lambda: bot_bought(s, mark), 30, "the bot to buy again after the resume")
     placed = http.get(f"{s.url('execution')}/orders/{bought['client_order_id']}").json()
     assert placed["status"] in ("FILLED", "ACCEPTED", "PARTIALLY_FILLED"), placed
