@@ -219,7 +219,25 @@ class TradingBot:
         approval = await self._risk_check(d, order)
         if approval is None:
             return
-        await self._submit(d, {**order, "approval": approval}, event)
+        refused = await self._submit(d, {**order, "approval": approval}, event)
+        if refused is None or refused.status != 403:
+            return
+        # A trading-state change between the check and the order (a halt, a resume) revokes
+        # the approval, and an approval can lapse on the way: ask risk-safety once more for
+        # the same order. Its answer in the state now in force is the decision (DENIED
+        # HALTED, or a fresh approval); a second refusal is final, so this never loops.
+        self.log.info(
+            "approval refused by execution, checking again",
+            client_order_id=coid,
+            detail=refused.detail[:300],
+        )
+        first = f"execution refused the first approval: {refused.detail}"
+        approval = await self._risk_check(d, order)
+        if approval is None:
+            d.detail = f"{d.detail} ({first})" if d.detail else first
+            return
+        if await self._submit(d, {**order, "approval": approval}, event) is None:
+            d.detail = first
 
     async def _already_ordered(self, coid: str) -> bool:
         async with self.resources.session() as session:
@@ -295,7 +313,11 @@ class TradingBot:
                 return None
             return dict(approval)
 
-    async def _submit(self, d: Decision, order: dict[str, Any], event: Event[MarketTick]) -> None:
+    async def _submit(
+        self, d: Decision, order: dict[str, Any], event: Event[MarketTick]
+    ) -> clients.Refused | None:
+        """Send the approved order; execution's refusal, if it refused (the decision is then
+        REJECTED), else None."""
         http = self.resources.http
         assert http is not None
         with self.tracer.start_as_current_span("submit_order") as span:
@@ -305,7 +327,7 @@ class TradingBot:
             except clients.Refused as exc:
                 d.finish(Outcome.REJECTED, "EXECUTION_REJECTED", exc.detail)
                 span.set_attribute("reason", d.reason)
-                return
+                return exc
             # Unknown outcome (timeout, 5xx): raise, so the bus delivers the tick again and the
             # retry sends the same client order id, which execution answers with the order.
             latency_s = time.time() - event.time.timestamp()
@@ -314,6 +336,7 @@ class TradingBot:
             d.finish(Outcome.ORDERED, "APPROVED")
             span.set_attribute("order_status", d.order_status)
             span.set_attribute("tick_to_order_ms", round(latency_s * 1000.0, 3))
+            return None
 
     @staticmethod
     def _order_attributes(span: Any, d: Decision) -> None:

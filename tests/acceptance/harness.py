@@ -13,14 +13,14 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from backend.infra.eventbus import EmbeddedRedis
 from backend.infra.service import BUILT_SERVICES
@@ -101,10 +101,12 @@ def services(
     *,
     per_service: Mapping[str, Mapping[str, str]] | None = None,
     timeout_s: float = 60.0,
+    ports: Mapping[str, int] | None = None,
 ) -> Iterator[dict[str, tuple[Proc, str]]]:
     """Start several services at once (each knowing the others' URLs) and wait until all are
-    ready; yields name -> (process, URL). They are stopped together (SIGTERM, then waited)."""
-    ports = {name: free_port() for name in names}
+    ready; yields name -> (process, URL). They are stopped together (SIGTERM, then waited).
+    `ports` fixes some services' ports (a proxy in front of one must know it in advance)."""
+    ports = {name: (ports or {}).get(name) or free_port() for name in names}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     shared = dict(env)
     for name, url in urls.items():
@@ -187,10 +189,72 @@ class StubServer:
         self._thread.join(5)
 
 
+# Headers the proxy does not pass on: it re-frames the body it read (already decoded).
+HOP_HEADERS = {"content-length", "content-encoding", "transfer-encoding", "connection"}
+
+
+class ForwardingProxy:
+    """A real HTTP proxy in front of one service, in a thread of the test process.
+
+    It forwards every request to `target` as it came (headers and body) and answers with the
+    target's response, after awaiting `before` if set. While `dropping` returns True for a
+    request's (method, path) the proxy answers 503 without forwarding, as a lost connection
+    would end the call. Point a caller's `<NAME>_URL` at `url` to cut that caller off from
+    some of the target's routes and no others.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.dropping: Callable[[str, str], bool] = lambda _method, _path: False
+        self.before: Callable[[str, str, bytes], Awaitable[None]] | None = None
+        """Awaited with (method, path, body) before a request is forwarded: a test holds a
+        request there while it changes something the request will then meet."""
+        self.dropped: list[tuple[str, str]] = []
+        app = FastAPI()
+        app.add_api_route(
+            "/{path:path}",
+            self._forward,
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        )
+        self._stub = StubServer(app)
+        self.url = self._stub.url
+
+    async def _forward(self, request: Request, path: str) -> Response:
+        if self.dropping(request.method, "/" + path):
+            self.dropped.append((request.method, "/" + path))
+            return Response(status_code=503, content=b"dropped by the test proxy")
+        body = await request.body()
+        if self.before is not None:
+            await self.before(request.method, "/" + path, body)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                upstream = await client.request(
+                    request.method,
+                    f"{self.target}/{path}",
+                    params=request.query_params,
+                    headers=headers,
+                    content=body,
+                )
+        except httpx.HTTPError as exc:
+            # The target is down (it stops before its callers at the end of a test).
+            return Response(status_code=502, content=f"{type(exc).__name__}: {exc}".encode())
+        passed = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+        return Response(upstream.content, upstream.status_code, headers=passed)
+
+    def __enter__(self) -> ForwardingProxy:
+        self._stub.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stub.__exit__(*exc)
+
+
 __all__ = [
     "API_TOKEN",
     "APPROVAL_SECRET",
     "SPECS",
+    "ForwardingProxy",
     "StubServer",
     "base_env",
     "http",
