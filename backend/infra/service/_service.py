@@ -34,6 +34,7 @@ from ._auth import (
     SiblingBearerAuth,
     install_openapi_security,
 )
+from ._errors import install_validation_handler
 from ._settings import ServiceSettings
 from ._supervisor import Supervisor
 
@@ -109,6 +110,8 @@ class Service:
         # logged and counted like any other response.
         app.add_middleware(BearerAuthMiddleware, authenticator=self.authenticator)
         install_openapi_security(app, self.authenticator)
+        # A 422 that can always be written: FastAPI's own echoes inputs JSON cannot carry.
+        install_validation_handler(app)
         instrument_fastapi(app)
         add_metrics_middleware(app)
         add_health_endpoints(app, [ReadinessCheck("startup", self._check_started)])
