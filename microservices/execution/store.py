@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import FillRecord, OrderEventRow, OrderRecord
@@ -111,9 +111,16 @@ class OrderStore:
                 )
                 for fill in report.fills
             ]
-            session.add_all(fill_rows)
             if fill_rows:
                 # A fill row's id is the venue's fill sequence, which its order.filled carries.
+                # It is numbered here, inside the transaction that writes the fills, rather than
+                # by the database's autoincrement: a rolled-back transaction burns sequence
+                # values on PostgreSQL, and the portfolio would wait forever for the fill of a
+                # hole. The desk writes one order at a time, so max + 1 cannot race.
+                last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
+                for offset, fill_row in enumerate(fill_rows, start=1):
+                    fill_row.id = int(last or 0) + offset
+                session.add_all(fill_rows)
                 await session.flush()
             sequences = {f.fill_id: f.id for f in fill_rows}
             for announcement in events:

@@ -37,6 +37,7 @@ from ._auth import (
 from ._errors import install_validation_handler
 from ._settings import ServiceSettings
 from ._supervisor import Supervisor
+from ._unavailable import install_database_handler
 
 T = TypeVar("T")
 Hook = Callable[["Resources"], Awaitable[None]]
@@ -112,6 +113,7 @@ class Service:
         install_openapi_security(app, self.authenticator)
         # A 422 that can always be written: FastAPI's own echoes inputs JSON cannot carry.
         install_validation_handler(app)
+        install_database_handler(app)
         instrument_fastapi(app)
         add_metrics_middleware(app)
         add_health_endpoints(app, [ReadinessCheck("startup", self._check_started)])

@@ -1,0 +1,33 @@
+"""The 503 every service answers when its database fails a request: JSON, named, retryable.
+
+Without it a database that is down, or that refuses a write, surfaces from a route as a bare
+`500 Internal Server Error` in plain text, which tells the caller neither what failed nor
+whether to retry. The message names the database with any password redacted.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from backend.infra.db import DatabaseError, DatabaseUnavailableError
+from backend.infra.observability import redact_text
+
+RETRY_AFTER_S = 1
+
+
+def install_database_handler(app: FastAPI) -> None:
+    """Answer a `DatabaseError` escaping any route of `app` with a 503."""
+    app.add_exception_handler(DatabaseError, _handle)
+
+
+async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+    unavailable = isinstance(exc, DatabaseUnavailableError)
+    return JSONResponse(
+        status_code=503,
+        content={
+            "detail": redact_text(str(exc)),
+            "reason": "database_unavailable" if unavailable else "database_error",
+        },
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
