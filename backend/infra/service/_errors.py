@@ -6,7 +6,8 @@ response itself, and the 422 becomes a 500; a 1 MB input comes back as a 1 MB er
 handler keeps FastAPI's shape (`{"detail": [{"type", "loc", "msg", "input", "ctx"}]}`) and
 writes an input back only when it is short, finite and encodable, otherwise a short
 description of it ("a string of 1048576 characters"). Inputs of fields whose name says
-they hold a credential are never written back.
+they hold a credential are never written back. `NulRefusalMiddleware` refuses, with the same
+422 shape, the one character every field takes but PostgreSQL cannot store.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_ECHO_CHARS = 100
 """Longest input string written back as it is; longer ones are described."""
@@ -128,3 +131,61 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+class NulRefusalMiddleware:
+    """Refuses (422) a request whose path, query or body carries the NUL character (U+0000).
+
+    JSON and URLs can carry it and SQLite stores it, but PostgreSQL refuses it in text
+    (`invalid byte sequence for encoding "UTF8": 0x00`), so it reached a query and came back
+    a 500. No field of any service has a use for it. The body is read whole before the route
+    runs (FastAPI reads it whole too) and handed on unchanged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        where = _nul_in_url(scope)
+        messages: list[Message] = []
+        # Reads never take a body: only the methods that do have theirs read here.
+        if where is None and scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
+            body = bytearray()
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    break
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+            if b"\x00" in body or b"\\u0000" in body:
+                where = ["body"]
+        if where is not None:
+            error = {"type": "string_nul", "loc": where, "msg": NUL_MESSAGE}
+            response = JSONResponse(status_code=422, content=validation_error_body([error]))
+            await response(scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+NUL_MESSAGE = "text must not contain the NUL character (U+0000)"
+
+
+def _nul_in_url(scope: Scope) -> list[str | int] | None:
+    if "\x00" in scope.get("path", ""):
+        return ["path"]
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                return ["query", _text(name.replace("\x00", "\\x00"))]
+        return ["query"]
+    return None

@@ -34,7 +34,7 @@ from ._auth import (
     SiblingBearerAuth,
     install_openapi_security,
 )
-from ._errors import install_validation_handler
+from ._errors import NulRefusalMiddleware, install_validation_handler
 from ._settings import ServiceSettings
 from ._supervisor import Supervisor
 from ._unavailable import install_database_handler
@@ -107,6 +107,8 @@ class Service:
 
     def _build_app(self) -> FastAPI:
         app = FastAPI(title=self.name, lifespan=self._lifespan)
+        # Innermost: only an authenticated request has its body read here.
+        app.add_middleware(NulRefusalMiddleware)
         # Added first, so it runs inside the observability middleware: refusals are traced,
         # logged and counted like any other response.
         app.add_middleware(BearerAuthMiddleware, authenticator=self.authenticator)

@@ -14,6 +14,7 @@ echoes no huge input and holds no secret.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import re
@@ -40,6 +41,7 @@ from tests.microservices.conftest import (  # the harness and its fixtures
     redis_url,  # noqa: F401
     wait_for,
 )
+from tests.support.postgres import scratch_database
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICE_MODULES = sorted(
@@ -122,20 +124,35 @@ PATH_VALUES: dict[str, str] = {
 QUERY_VALUES: dict[str, str] = {**PATH_VALUES, "empty": ""}
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", "postgresql"])
 def walk(
+    request: pytest.FixtureRequest,
     harness: ServiceHarness,  # noqa: F811 (the fixture imported above)
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-) -> ServiceHarness:
-    """The harness, plus what lets every service start quickly and alone."""
+) -> Iterator[ServiceHarness]:
+    """The harness, on SQLite or a fresh PostgreSQL database (which refuses some text SQLite
+    stores), plus what lets every service start quickly and alone."""
     monkeypatch.setenv("RISK_APPROVAL_SECRET", APPROVAL_SECRET)
     monkeypatch.setenv("AI_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("AI_TRAIN_STEPS", "500")
     # Siblings are nowhere: a service that calls one gets a refused connection, at once.
     for spec in SERVICES:
         monkeypatch.setenv(spec.url_variable, "http://127.0.0.1:9")
-    return harness
+    if request.param == "sqlite":
+        yield harness
+        return
+    # One loop for both ends: asyncio.run would finalise the context (drop the database) early.
+    loop = asyncio.new_event_loop()
+    database = scratch_database("qt_hostile")
+    url = loop.run_until_complete(database.__aenter__())
+    monkeypatch.setenv("DATABASE_URL", url)
+    harness.database_url = url
+    try:
+        yield harness
+    finally:
+        loop.run_until_complete(database.__aexit__(None, None, None))
+        loop.close()
 
 
 class Route:
@@ -245,7 +262,7 @@ def check(response: httpx.Response, what: str) -> None:
     assert len(response.content) < 64 * 1024, f"{what}: a {len(response.content)}-byte answer"
     for secret in (API_TOKEN, APPROVAL_SECRET):
         assert secret not in response.text, f"{what}: the answer holds a secret"
-    if status < 400:
+    if status < 400 or response.request.method == "HEAD":
         return
     body = response.json()
     assert isinstance(body, dict) and body.get("detail"), f"{what}: {status} {body}"
