@@ -162,8 +162,8 @@ class NulRefusalMiddleware:
                 body += message.get("body", b"")
                 if not message.get("more_body", False):
                     break
-            if b"\x00" in body or b"\\u0000" in body:
-                where = ["body"]
+            if b"\\u0000" in body:
+                where = _nul_in_body(bytes(body))
         if where is not None:
             error = {"type": "string_nul", "loc": where, "msg": NUL_MESSAGE}
             response = JSONResponse(status_code=422, content=validation_error_body([error]))
@@ -177,6 +177,36 @@ class NulRefusalMiddleware:
 
 
 NUL_MESSAGE = "text must not contain the NUL character (U+0000)"
+
+
+def _nul_in_body(body: bytes) -> list[str | int] | None:
+    """Where in the JSON `body` the first NUL is (`["body", "reason"]`), or None.
+
+    A body that does not parse goes on to the route, which refuses it as invalid JSON.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    found = _nul_path(document)
+    return None if found is None else ["body", *found]
+
+
+def _nul_path(value: Any) -> list[str | int] | None:
+    pending: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return path
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if "\x00" in key:
+                    return [*path, _text(key.replace("\x00", "\\x00"))]
+                pending.append((sub, [*path, _text(key)]))
+        elif isinstance(item, list):
+            pending.extend((sub, [*path, index]) for index, sub in enumerate(item))
+    return None
 
 
 def _nul_in_url(scope: Scope) -> list[str | int] | None:
