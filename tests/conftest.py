@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -59,3 +60,19 @@ def span_exporter(_tracing_runtime: ObservabilityConfig) -> Iterator[SpanCapture
 
     with capture_spans() as captured:
         yield captured
+
+
+@pytest.fixture
+def log_lines(_tracing_runtime: object) -> Iterator[io.StringIO]:
+    """Capture what the log sink writes (the same bytes stdout gets)."""
+    from backend.infra.observability._logging import SINK
+
+    buffer = io.StringIO()
+    previous = SINK._stream_getter
+    SINK.flush()
+    SINK._stream_getter = lambda: buffer  # type: ignore[assignment,return-value]
+    try:
+        yield buffer
+    finally:
+        SINK.flush()
+        SINK._stream_getter = previous

@@ -5,26 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
-
-import pytest
 
 from backend.infra.observability import get_logger, get_tracer
 from backend.infra.observability._logging import SINK
-
-
-@pytest.fixture
-def log_lines(_tracing_runtime: object) -> Iterator[io.StringIO]:
-    """Capture what the sink writes (the same bytes stdout gets)."""
-    buffer = io.StringIO()
-    previous = SINK._stream_getter
-    SINK.flush()
-    SINK._stream_getter = lambda: buffer  # type: ignore[assignment,return-value]
-    try:
-        yield buffer
-    finally:
-        SINK.flush()
-        SINK._stream_getter = previous
 
 
 def parsed(buffer: io.StringIO) -> list[dict[str, object]]:

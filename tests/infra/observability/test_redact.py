@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -26,20 +25,6 @@ from backend.infra.observability._health import run_checks
 from backend.infra.observability._logging import SINK
 
 SECRET = "S3cr3t-pw-4f9a"
-
-
-@pytest.fixture
-def log_lines(_tracing_runtime: object) -> Iterator[io.StringIO]:
-    """Capture what the sink writes (the same bytes stdout gets)."""
-    buffer = io.StringIO()
-    previous = SINK._stream_getter
-    SINK.flush()
-    SINK._stream_getter = lambda: buffer  # type: ignore[assignment,return-value]
-    try:
-        yield buffer
-    finally:
-        SINK.flush()
-        SINK._stream_getter = previous
 
 
 @pytest.mark.parametrize(

@@ -69,20 +69,6 @@ def with_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QT_AUTH_READS", raising=False)
 
 
-@pytest.fixture
-def log_lines(_tracing_runtime: object) -> Iterator[io.StringIO]:
-    """Capture what the log sink writes (the same bytes stdout gets)."""
-    buffer = io.StringIO()
-    previous = SINK._stream_getter
-    SINK.flush()
-    SINK._stream_getter = lambda: buffer  # type: ignore[assignment,return-value]
-    try:
-        yield buffer
-    finally:
-        SINK.flush()
-        SINK._stream_getter = previous
-
-
 def failures(reason: str) -> float:
     return REGISTRY.get_sample_value("http_auth_failures_total", {"reason": reason}) or 0.0
 
