@@ -646,6 +646,12 @@ def test_the_bot_records_each_halted_decision_without_spinning_and_trades_after_
     assert "revokes it" in decision["detail"], decision
     exit_order = http.get(f"{s.url('execution')}/orders/{coid}").json()
     assert exit_order["reduce_only"] is True and exit_order["status"] == "FILLED", exit_order
-    bought = poll(lambda: bot_bought(s, mark), 30, "the bot to buy again after the resume")
+    try:
+        # A liveness wait: the bot buys on its model's next BUY signal, which a busy machine
+        # can delay; the decisions are printed if it never comes.
+        bought = poll(lambda: bot_bought(s, mark), 60, "the bot to buy again after the resume")
+    except AssertionError as exc:
+        since = [(d["side"], d["outcome"], d["reason"]) for d in bot_decisions(s, mark)]
+        raise AssertionError(f"{exc}; the bot's decisions since: {since[-12:]}") from None
     placed = http.get(f"{s.url('execution')}/orders/{bought['client_order_id']}").json()
     assert placed["status"] in ("FILLED", "ACCEPTED", "PARTIALLY_FILLED"), placed
