@@ -160,7 +160,14 @@ def test_the_poller_alone_halts_execution_within_the_poll_interval(
         assert seen["epoch"] == 1 and seen["source"] == "poll"
         # The design bound: the next poll, at most one interval later, plus its own timeout.
         assert seen["adopted_at_ms"] - risk.changed_at_ms <= poll_ms + poll_timeout_ms
-        assert status_of(client, "rest-p")["status"] == "CANCELED"
+        # The adoption closes trading at once; the cancel of the working buy follows under the
+        # desk's lock, so its status is read once that has run.
+        canceled = wait_for(
+            lambda: (s := status_of(client, "rest-p"))["status"] == "CANCELED" and s,
+            timeout_s=2.0,
+            what="the working buy to be canceled",
+        )
+        assert canceled["fills"] == []
         assert client.post("/orders", json=order("late", epoch=1)).status_code == 403
 
 
