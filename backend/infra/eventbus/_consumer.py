@@ -20,9 +20,11 @@ from redis.asyncio import Redis
 from backend.infra.observability import (
     SpanKind,
     StatusCode,
+    current_traceparent,
     extract_trace_context,
     get_logger,
     get_tracer,
+    use_trace_context,
 )
 
 from ._envelope import Event, decode_entry
@@ -450,6 +452,7 @@ class EventConsumer:
                     "max_deliveries_exceeded",
                     f"delivered {deliveries} times without being acknowledged",
                     event.id,
+                    event.traceparent,
                 )
                 continue
             events.append((sub, event, fields))
@@ -471,9 +474,9 @@ class EventConsumer:
             for sub, event, fields in events:
                 if self._stopping:
                     break  # the rest stays pending and is delivered again
-                error = await self._handle(sub, event)
+                failure = await self._handle(sub, event)
                 entry_id = event.entry_id or ""
-                if error is None:
+                if failure is None:
                     batch.ack(sub.key, entry_id)
                     batch.processed.append(event.id)
                     batch.handled[sub.key] = batch.handled.get(sub.key, 0) + 1
@@ -485,8 +488,9 @@ class EventConsumer:
                         fields,
                         event.deliveries,
                         "handler_error",
-                        error,
+                        failure[0],
                         event.id,
+                        failure[1],
                     )
                 else:
                     delay_ms = min(
@@ -507,8 +511,9 @@ class EventConsumer:
             # Whatever was handled is committed, even when the loop is being cancelled.
             await asyncio.shield(self._commit(batch))
 
-    async def _handle(self, sub: _Subscription, event: Event[Any]) -> str | None:
-        """Run the handler inside its CONSUMER span; the error text if it raised."""
+    async def _handle(self, sub: _Subscription, event: Event[Any]) -> tuple[str, str | None] | None:
+        """Run the handler inside its CONSUMER span; the error text and the span's
+        traceparent if it raised."""
         parent = None
         if event.traceparent is not None:
             carrier = {"traceparent": event.traceparent}
@@ -552,7 +557,7 @@ class EventConsumer:
                     error=f"{type(exc).__name__}: {exc}",
                 )
                 text = "".join(traceback.format_exception(exc))
-                return text[-_MAX_ERROR_CHARS:]
+                return text[-_MAX_ERROR_CHARS:], current_traceparent()
             metrics.handler_seconds.observe(time.perf_counter() - clock)
             return None
 
@@ -566,6 +571,7 @@ class EventConsumer:
         reason: str,
         error: str,
         event_id: str | None,
+        traceparent: str | None = None,
     ) -> None:
         record: dict[bytes, Any] = {
             b"stream": sub.spec.stream,
@@ -584,15 +590,17 @@ class EventConsumer:
         batch.dead.append((sub.dead_letter_key, record))
         batch.ack(sub.key, entry_id)
         sub.metrics.dead_letter(reason)
-        _log.warning(
-            "entry dead-lettered",
-            stream=sub.spec.stream,
-            group=self.group,
-            entry_id=entry_id,
-            reason=reason,
-            deliveries=deliveries,
-            error=error.splitlines()[-1] if error else "",
-        )
+        # In the trace of the span that failed (or of the producer), so the line leads to it.
+        with use_trace_context(traceparent):
+            _log.warning(
+                "entry dead-lettered",
+                stream=sub.spec.stream,
+                group=self.group,
+                entry_id=entry_id,
+                reason=reason,
+                deliveries=deliveries,
+                error=error.splitlines()[-1] if error else "",
+            )
 
     async def _commit(self, batch: _Batch) -> None:
         """Dead letters, processed marks and acks of a batch, in one MULTI/EXEC."""

@@ -9,6 +9,7 @@ uvicorn's and third-party loggers come out in the same format.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import sys
 import threading
@@ -177,6 +178,21 @@ def current_span_context() -> Any | None:
     return ctx if ctx.is_valid else None
 
 
+_EXCEPTION_CONTEXT = "__observability_span_context__"
+
+
+def tag_exception(exc: BaseException, span_context: Any) -> None:
+    """Remember on `exc` the span it escaped from, for lines logged after its context ended."""
+    if getattr(exc, _EXCEPTION_CONTEXT, None) is None:
+        with contextlib.suppress(AttributeError, TypeError):  # a type with __slots__
+            setattr(exc, _EXCEPTION_CONTEXT, span_context)
+
+
+def exception_span_context(exc: BaseException | None) -> Any | None:
+    """The span context `tag_exception` stored on `exc`, or None."""
+    return getattr(exc, _EXCEPTION_CONTEXT, None) if exc is not None else None
+
+
 def current_trace_ids() -> tuple[str | None, str | None]:
     """Hex trace id and span id of the active span, or (None, None)."""
     if not HAS_API:
@@ -205,6 +221,11 @@ class JsonFormatter(logging.Formatter):
 
     def to_fields(self, record: logging.LogRecord) -> dict[str, Any]:
         trace_id, span_id = current_trace_ids()
+        if trace_id is None and record.exc_info:
+            # An error logged outside its span (uvicorn's "Exception in ASGI application").
+            tagged = exception_span_context(record.exc_info[1])
+            if tagged is not None:
+                trace_id, span_id = f"{tagged.trace_id:032x}", f"{tagged.span_id:016x}"
         fields: dict[str, Any] = {
             "time": utc_timestamp(record.created),
             "level": record.levelname,

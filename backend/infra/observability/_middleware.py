@@ -11,7 +11,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import _state, _tracing
-from ._logging import SINK, current_span_context, utc_timestamp
+from ._logging import SINK, current_span_context, tag_exception, utc_timestamp
 from ._metrics import UNMATCHED_ROUTE, HttpMetrics
 from ._otel import HAS_SDK, StatusCode
 
@@ -105,6 +105,10 @@ class ObservabilityMiddleware:
             error = exc
             if not response_started:
                 status = 500
+            if span is not None:
+                # The server logs this exception after the context is gone; the formatter
+                # takes the request's ids from the exception itself.
+                tag_exception(exc, span.get_span_context())
             raise
         finally:
             metrics.in_flight -= 1

@@ -65,8 +65,27 @@ def _options(app: Any) -> MiddlewareOptions:
     if options is None:
         options = MiddlewareOptions()
         app.state.observability = options
-        app.add_middleware(ObservabilityMiddleware, options=options)
+        build = getattr(app, "build_middleware_stack", None)
+        if build is None or getattr(app, "middleware_stack", None) is not None:
+            # Not a Starlette app, or one already started (Starlette refuses, and says why).
+            app.add_middleware(ObservabilityMiddleware, options=options)
+        else:
+            app.build_middleware_stack = _outermost(build, options)
     return options
+
+
+def _outermost(build: Any, options: MiddlewareOptions) -> Any:
+    """`build_middleware_stack` with our middleware around the whole stack.
+
+    `add_middleware` would put it inside Starlette's `ServerErrorMiddleware`, so the app's
+    500 handler and the server's "Exception in ASGI application" line would run after the
+    request's span was detached, without its trace id.
+    """
+
+    def build_with_observability() -> Any:
+        return ObservabilityMiddleware(build(), options=options)
+
+    return build_with_observability
 
 
 def _disable_native_telemetry(app: Any) -> None:

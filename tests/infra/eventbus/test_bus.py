@@ -25,6 +25,7 @@ from backend.infra.eventbus import (
 from backend.infra.eventbus._embedded import free_port
 from backend.infra.observability import SpanKind, get_tracer
 from backend.infra.observability._health import run_check
+from backend.infra.observability._logging import SINK
 
 from .support import eventually, metric
 from .worker import fill
@@ -181,6 +182,28 @@ async def test_poison_message_lands_in_the_dead_letter_stream_with_error_and_fie
         reason="handler_error",
     )
     assert after - before == 1
+
+
+async def test_the_dead_letter_line_carries_the_trace_of_the_failed_delivery(
+    client: Redis, settings: EventBusSettings, span_exporter: Any, log_lines: Any
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    consumer = EventConsumer(client, "portfolio", settings)
+
+    async def handler(event: Event[OrderFilled]) -> None:
+        raise ValueError("cannot book")
+
+    consumer.subscribe(OrderFilled, handler)
+    await publisher.publish(fill(0))
+    dlq = settings.dead_letter_key("order.filled")
+    async with consumer:
+        await eventually(lambda: _xlen_is(client, dlq, 1), what="the dead letter")
+    last = span_exporter.named("process order.filled")[-1]
+    SINK.flush()
+    lines = [orjson.loads(x) for x in log_lines.getvalue().splitlines()]
+    (line,) = [x for x in lines if x["message"] == "entry dead-lettered"]
+    assert line["trace_id"] == f"{last.context.trace_id:032x}"
+    assert line["span_id"] == f"{last.context.span_id:016x}"
 
 
 async def _xlen_is(client: Redis, key: str, n: int) -> bool:
