@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionCon
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Select
 
-from backend.infra.observability import SpanKind, Status, StatusCode, get_logger, get_tracer
+from backend.infra.observability import SpanKind, get_logger, get_tracer, record_error
 
 from ._errors import _sqlstate, is_unavailable
 from ._metrics import POOLS, QUERY_DURATION, QUERY_ERRORS
@@ -153,12 +153,10 @@ class StatementTelemetry:
         error = ctx.sqlalchemy_exception or ctx.original_exception
         QUERY_DURATION.labels(self.target.system, operation).observe(time.perf_counter() - t0)
         QUERY_ERRORS.labels(self.target.system, operation, _error_kind(error)).inc()
-        span.set_attribute("error.type", type(ctx.original_exception).__name__)
         code = _sqlstate(ctx.original_exception)
         if code:
             span.set_attribute("db.response.status_code", code)
-        span.record_exception(ctx.original_exception)
-        span.set_status(Status(StatusCode.ERROR, str(ctx.original_exception).split("\n")[0]))
+        record_error(span, ctx.original_exception, type(ctx.original_exception).__name__)
         span.end()
 
 

@@ -19,11 +19,11 @@ from redis.asyncio import Redis
 
 from backend.infra.observability import (
     SpanKind,
-    StatusCode,
     current_traceparent,
     extract_trace_context,
     get_logger,
     get_tracer,
+    record_error,
     use_trace_context,
 )
 
@@ -544,9 +544,7 @@ class EventConsumer:
             except Exception as exc:
                 metrics.handler_seconds.observe(time.perf_counter() - clock)
                 metrics.failed.inc()
-                span.record_exception(exc)
-                span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
-                span.set_attribute("error.type", type(exc).__qualname__)
+                record_error(span, exc)
                 _log.warning(
                     "event handler failed",
                     stream=sub.spec.stream,

@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 
 from backend.infra.observability import (
     SpanKind,
-    StatusCode,
     get_tracer,
     inject_trace_context,
+    record_error,
 )
 
 from ._envelope import Event, encode_event, new_event_id
@@ -217,6 +217,5 @@ class _Route:
 
 def _end_spans_failed(spans: Sequence[Any], exc: BaseException) -> None:
     for span in spans:
-        span.set_attribute("error.type", type(exc).__qualname__)
-        span.set_status(StatusCode.ERROR, str(exc))
+        record_error(span, exc)
         span.end()

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from ._metrics import EXPORT_QUEUE, EXPORT_SECONDS, SPANS_DROPPED, SPANS_EXPORTED
 from ._otel import SpanProcessor
-from ._redact import redact_text
+from ._redact import redact_text, scrubber
 
 _log = logging.getLogger("backend.infra.observability.export")
 
@@ -83,6 +83,9 @@ _CACHEABLE = (str, int, bool)
 
 
 def _key_value(key: str, value: Any) -> bytes:
+    # Scrubbed here, the one place every span attribute passes on its way out (SDK spans,
+    # the instrumentations' and the lean server span alike); cached pairs are scrubbed already.
+    value = scrubber().value(key, value)
     return _str_field(0x0A, key) + _len_field(0x12, _any_value(value))
 
 
@@ -137,12 +140,18 @@ def encode_span(span: Any) -> bytes:
     parts.append(b"\x39" + _pack_q(span._start_time))
     parts.append(b"\x41" + _pack_q(span._end_time))
     parts.append(_attributes(0x4A, span._attributes))
+    exception_type = None
     for event in span._events:
+        attributes = event.attributes
+        if event.name == "exception" and attributes:
+            exception_type = attributes.get("exception.type")
+            if "exception.escaped" in attributes:  # deprecated; the SDK still writes it
+                attributes = {k: v for k, v in attributes.items() if k != "exception.escaped"}
         body = (
             b"\x09"
             + _pack_q(event.timestamp)
             + _str_field(0x12, event.name)
-            + _attributes(0x1A, event.attributes)
+            + _attributes(0x1A, attributes)
         )
         parts.append(_len_field(0x5A, body))
     for link in span._links:
@@ -160,7 +169,7 @@ def encode_span(span: Any) -> bytes:
         parts.append(_len_field(0x6A, body))
     status = span._status
     if status is not None and status.status_code.value:
-        description = redact_text(status.description) if status.description else ""
+        description = _status_description(status.description, exception_type)
         body = (_str_field(0x12, description) if description else b"") + (
             b"\x18" + _varint(status.status_code.value)
         )
@@ -171,6 +180,21 @@ def encode_span(span: Any) -> bytes:
         flags |= 0x200
     parts.append(b"\x85\x01" + _pack_i(flags))
     return b"".join(parts)
+
+
+def _status_description(description: str | None, exception_type: Any) -> str:
+    """The status description as it leaves: scrubbed, without a repeated exception type.
+
+    The SDK describes an escaping exception as `"{type}: {message}"`; the conventions say
+    not to repeat `error.type` there.
+    """
+    if not description:
+        return ""
+    if isinstance(exception_type, str):
+        prefix = exception_type.rpartition(".")[2] + ": "
+        if description.startswith(prefix):
+            description = description[len(prefix) :]
+    return scrubber().text(description)
 
 
 class _Encoder:

@@ -22,7 +22,7 @@ from typing import IO, Any
 import orjson
 
 from ._otel import HAS_API, otel_trace
-from ._redact import redact_bytes
+from ._redact import redact_bytes, scrubber
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(
@@ -243,11 +243,12 @@ class JsonFormatter(logging.Formatter):
                 fields[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             exc_type, exc, tb = record.exc_info
+            scrub = scrubber().text
             fields["exception"] = {
                 "type": exc_type.__qualname__,
                 "module": exc_type.__module__,
-                "message": str(exc),
-                "stacktrace": "".join(traceback.format_exception(exc_type, exc, tb)),
+                "message": scrub(str(exc)),
+                "stacktrace": scrub("".join(traceback.format_exception(exc_type, exc, tb))),
             }
         if record.stack_info:
             fields["stack"] = record.stack_info

@@ -182,9 +182,7 @@ def _end_span(
         span.set_attribute("http.route", route)
     span.set_attribute("http.response.status_code", status)
     if error is not None:
-        span.record_exception(error, escaped=True)
-        span.set_attribute("error.type", type(error).__qualname__)
-        span.set_status(StatusCode.ERROR, f"{type(error).__qualname__}: {error}")
+        _tracing.record_error(span, error)
     elif status >= 500:
         span.set_attribute("error.type", str(status))
         span.set_status(StatusCode.ERROR)

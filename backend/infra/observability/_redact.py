@@ -8,6 +8,8 @@ message still says which server was meant.
 from __future__ import annotations
 
 import re
+from typing import Any
+from urllib.parse import unquote_plus
 
 REDACTED = "***"
 
@@ -36,3 +38,135 @@ def redact_bytes(data: bytes) -> bytes:
     if b"@" not in data or b"://" not in data:
         return data
     return _CREDENTIALS_BYTES.sub(_REPLACEMENT.encode(), data)
+
+
+# --- Scrubbing: values of keys that look like secrets -------------------------------------------
+#
+# On by default, in the spirit of Logfire's scrubbing: a value whose key matches one of these
+# patterns is replaced by `REDACTED` in span attributes, log fields, exception messages and URL
+# query strings. `OBSERVABILITY_SCRUB_PATTERNS` adds patterns; `OBSERVABILITY_SCRUB=false`
+# switches scrubbing off (URL passwords above are always redacted).
+
+SCRUBBED = "REDACTED"
+
+DEFAULT_SCRUB_PATTERNS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    r"api[._ -]?key",
+    r"auth(?!ors?\b)",
+    "credential",
+    r"private[._ -]?key",
+    "cookie",
+    "session",
+    "jwt",
+    "csrf",
+    "xsrf",
+    "signature",
+    # A URL signature's usual parameter names (`sig`, `X-Amz-Signature`, `X-Goog-Signature`).
+    r"(?:^|[^a-z])sig(?:$|[^a-z])",
+)
+
+
+class Scrubber:
+    """Decides which keys are secret and removes their values from text and URLs."""
+
+    def __init__(self, patterns: tuple[str, ...] = DEFAULT_SCRUB_PATTERNS, enabled: bool = True):
+        self.enabled = enabled
+        self.patterns = patterns
+        self._key = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+        key = r"[\w.\-]*(?:" + "|".join(f"(?:{p})" for p in patterns) + r")[\w.\-]*"
+        # `key=value`, `key: value`, `"key": "value"`, `key='value'` inside free text.
+        self._pairs = re.compile(
+            r"(?P<key>" + key + r")(?P<sep>[\"']?\s*[=:]\s*)"
+            r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&\"'}\])]+)",
+            re.IGNORECASE,
+        )
+        self._bearer = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{4,}", re.IGNORECASE)
+        self._keys: dict[str, bool] = {}
+
+    def is_secret_key(self, key: str) -> bool:
+        """True when `key` (an attribute, field or parameter name) looks like a secret's."""
+        if not self.enabled:
+            return False
+        known = self._keys.get(key)
+        if known is None:
+            known = self._key.search(key) is not None
+            if len(self._keys) < 4096:
+                self._keys[key] = known
+        return known
+
+    def text(self, text: str) -> str:
+        """`text` with URL passwords, bearer tokens and `secret=value` pairs redacted."""
+        text = redact_text(text)
+        if not self.enabled or not text:
+            return text
+        if " " in text:
+            text = self._bearer.sub(r"\1 " + SCRUBBED, text)
+        if "=" in text or ":" in text:
+            text = self._pairs.sub(self._replace_pair, text)
+        return text
+
+    def query(self, query: str) -> str:
+        """A URL query string (`a=1&token=x`) with the values of secret parameters redacted."""
+        if not self.enabled or not query:
+            return query
+        parts = query.split("&")
+        changed = False
+        for i, part in enumerate(parts):
+            name, sep, value = part.partition("=")
+            if sep and value and self.is_secret_key(unquote_plus(name)):
+                parts[i] = f"{name}={SCRUBBED}"
+                changed = True
+        return "&".join(parts) if changed else query
+
+    def url(self, url: str) -> str:
+        """`url` with its password and the values of secret query parameters redacted."""
+        url = redact_text(url)
+        if not self.enabled or "?" not in url:
+            return url
+        base, _, rest = url.partition("?")
+        query, hash_, fragment = rest.partition("#")
+        return f"{base}?{self.query(query)}{hash_}{fragment}"
+
+    def value(self, key: str, value: Any) -> Any:
+        """An attribute or field value as it may leave the process."""
+        if self.is_secret_key(key) and value not in (None, "", True, False):
+            return SCRUBBED
+        if isinstance(value, str):
+            if key in _URL_KEYS:
+                return self.url(value)
+            if key == "url.query":
+                return self.query(value)
+            return self.text(value) if key in _TEXT_KEYS else redact_text(value)
+        return value
+
+    def _replace_pair(self, match: re.Match[str]) -> str:
+        value = match.group("value")
+        quote = value[0] if value[:1] in ("'", '"') else ""
+        return f"{match.group('key')}{match.group('sep')}{quote}{SCRUBBED}{quote}"
+
+
+# Attributes whose values are URLs (query strings are scrubbed) or free text (pairs scrubbed).
+_URL_KEYS = frozenset({"url.full", "http.url", "url.original", "http.target"})
+_TEXT_KEYS = frozenset({"exception.message", "exception.stacktrace", "message"})
+
+_SCRUBBER = [Scrubber()]
+
+
+def scrubber() -> Scrubber:
+    """The process's scrubber (configured by `init_observability`)."""
+    return _SCRUBBER[0]
+
+
+def configure_scrubbing(enabled: bool = True, extra_patterns: tuple[str, ...] = ()) -> Scrubber:
+    """Switch scrubbing on or off and add key patterns to the defaults."""
+    _SCRUBBER[0] = Scrubber(DEFAULT_SCRUB_PATTERNS + tuple(extra_patterns), enabled)
+    return _SCRUBBER[0]
+
+
+def scrub_text(text: str) -> str:
+    """`Scrubber.text` of the process's scrubber."""
+    return _SCRUBBER[0].text(text)

@@ -31,6 +31,7 @@ from ._otel import (
     otel_inject,
     otel_trace,
 )
+from ._redact import scrubber
 
 LIBRARY_SCOPE = "backend.infra.observability"
 _TRACE_ID_MASK = (1 << 64) - 1
@@ -210,6 +211,44 @@ def get_tracer(name: str, version: str | None = None) -> Any:
     if not HAS_API:
         return NoopTracer()
     return otel_trace.get_tracer(name, version)
+
+
+# --- Errors ------------------------------------------------------------------------------------
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """`exception.type` as the SDK writes it: the qualified name, with its module unless builtin."""
+    cls = type(exc)
+    module = cls.__module__
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def exception_event_attributes(exc: BaseException) -> dict[str, Any]:
+    """The `exception` event's attributes, scrubbed, without the deprecated `exception.escaped`."""
+    scrub = scrubber().text
+    return {
+        "exception.type": exception_type_name(exc),
+        "exception.message": scrub(str(exc)),
+        "exception.stacktrace": scrub("".join(traceback.format_exception(exc))),
+    }
+
+
+def record_error(span: Any, exc: BaseException, error_type: str | None = None) -> None:
+    """Record `exc` on `span` as the conventions ask: an `exception` event, `error.type`, and
+    the ERROR status described by the (scrubbed) message alone, not repeating the type.
+
+    `error_type` defaults to the exception's qualified name. No `exception.escaped`: the
+    attribute is deprecated.
+    """
+    if not span.is_recording():
+        return
+    attributes = exception_event_attributes(exc)
+    span.add_event("exception", attributes)
+    span.set_attribute("error.type", error_type or type(exc).__qualname__)
+    message = attributes["exception.message"]
+    span.set_status(Status(StatusCode.ERROR, message.split("\n", 1)[0] or None))
 
 
 # --- Propagation -------------------------------------------------------------------------------
@@ -398,14 +437,8 @@ if HAS_SDK:
             timestamp: int | None = None,
             escaped: bool = False,
         ) -> None:
-            attrs = {
-                "exception.type": type(exception).__qualname__,
-                "exception.message": str(exception),
-                "exception.stacktrace": "".join(
-                    traceback.format_exception(type(exception), exception, exception.__traceback__)
-                ),
-                "exception.escaped": escaped,
-            }
+            # `escaped` is accepted for the API's sake; `exception.escaped` is deprecated.
+            attrs = exception_event_attributes(exception)
             if attributes:
                 attrs.update(attributes)
             self.add_event("exception", attrs, timestamp)
