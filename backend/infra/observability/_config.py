@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 from ._errors import ObservabilityConfigError
 
 Protocol = Literal["grpc", "http/protobuf"]
+Compression = Literal["gzip", "none"]
 SamplerName = Literal[
     "always_on",
     "always_off",
@@ -49,10 +50,14 @@ class ObservabilityConfig:
     tracing_enabled: bool = True
     metrics_enabled: bool = True
     otlp_endpoint: str | None = None
-    otlp_protocol: Protocol = "grpc"
+    otlp_protocol: Protocol = "http/protobuf"
     otlp_insecure: bool = True
     otlp_headers: Mapping[str, str] = field(default_factory=dict)
     otlp_timeout_s: float = 10.0
+    otlp_compression: Compression = "none"
+    otlp_certificate: str | None = None
+    otlp_client_key: str | None = None
+    otlp_client_certificate: str | None = None
     sampler: SamplerName = "parentbased_traceidratio"
     sample_rate: float = 1.0
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
@@ -82,6 +87,11 @@ def _parse_bool(name: str, value: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ObservabilityConfigError(name, value, "expected true or false")
+
+
+def _first_set(env: Mapping[str, str], *names: str) -> str | None:
+    """The first of `names` (most specific first) that is set to a non-blank value."""
+    return next((name for name in names if _get(env, name)), None)
 
 
 def _parse_rate(name: str, value: str) -> float:
@@ -119,9 +129,13 @@ def _parse_key_values(name: str, value: str) -> dict[str, str]:
 
 
 def _parse_endpoint(name: str, value: str) -> str:
-    parts = urlsplit(value if "://" in value else f"http://{value}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ObservabilityConfigError(name, value, "expected a URL such as http://jaeger:4317")
+    # The specification's endpoints are URLs: a value without a scheme (`notaurl`,
+    # `collector:4317`) is refused at start-up rather than guessed at and failing later.
+    parts = urlsplit(value)
+    if "://" not in value or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ObservabilityConfigError(
+            name, value, "expected an http:// or https:// URL such as http://collector:4318"
+        )
     try:
         parts.port  # noqa: B018 - validates the port number
     except ValueError:
@@ -130,10 +144,12 @@ def _parse_endpoint(name: str, value: str) -> str:
 
 
 def _infer_protocol(endpoint: str) -> Protocol:
+    """`http/protobuf`, the specification's default, except for the port IANA assigned to
+    OTLP/gRPC (4317): the seed documents `OTLP_ENDPOINT=http://jaeger:4317` without a protocol."""
     parts = urlsplit(endpoint)
-    if parts.port == 4318 or parts.path.rstrip("/").endswith("/v1/traces"):
-        return "http/protobuf"
-    return "grpc"
+    if parts.port == 4317 and not parts.path.rstrip("/").endswith("/v1/traces"):
+        return "grpc"
+    return "http/protobuf"
 
 
 def load_config(
@@ -199,17 +215,20 @@ def load_config(
         endpoint = _parse_endpoint(endpoint_var, _get(env, endpoint_var) or "")
 
     protocol: Protocol
-    raw_protocol = _get(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or _get(
-        env, "OTEL_EXPORTER_OTLP_PROTOCOL"
+    protocol_var = _first_set(
+        env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
     )
-    if raw_protocol is not None:
+    if protocol_var is not None:
+        raw_protocol = _get(env, protocol_var) or ""
         if raw_protocol not in ("grpc", "http/protobuf"):
             raise ObservabilityConfigError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL", raw_protocol, "expected grpc or http/protobuf"
+                protocol_var,
+                raw_protocol,
+                "expected grpc or http/protobuf (http/json is not supported)",
             )
         protocol = raw_protocol  # type: ignore[assignment]
     else:
-        protocol = _infer_protocol(endpoint) if endpoint else "grpc"
+        protocol = _infer_protocol(endpoint) if endpoint else "http/protobuf"
 
     if endpoint and protocol == "http/protobuf":
         path = urlsplit(endpoint).path.rstrip("/")
@@ -224,15 +243,42 @@ def load_config(
         insecure_raw = _get(env, insecure_var)
     insecure = True if insecure_raw is None else _parse_bool(insecure_var, insecure_raw)
 
-    headers_raw = _get(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS") or _get(
-        env, "OTEL_EXPORTER_OTLP_HEADERS"
-    )
-    headers = _parse_key_values("OTEL_EXPORTER_OTLP_HEADERS", headers_raw) if headers_raw else {}
+    # Signal-specific variables win over the generic ones, as the specification orders them.
+    headers_var = _first_set(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+    headers = _parse_key_values(headers_var, _get(env, headers_var) or "") if headers_var else {}
 
     timeout_s = 10.0
-    timeout_raw = _get(env, "OTEL_EXPORTER_OTLP_TIMEOUT")
-    if timeout_raw is not None:
-        timeout_s = _parse_positive_int("OTEL_EXPORTER_OTLP_TIMEOUT", timeout_raw) / 1000.0
+    timeout_var = _first_set(env, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+    if timeout_var is not None:
+        timeout_s = _parse_positive_int(timeout_var, _get(env, timeout_var) or "") / 1000.0
+
+    compression: Compression = "none"
+    compression_var = _first_set(
+        env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"
+    )
+    if compression_var is not None:
+        raw_compression = (_get(env, compression_var) or "").lower()
+        if raw_compression not in ("gzip", "none"):
+            raise ObservabilityConfigError(
+                compression_var, raw_compression, "expected gzip or none"
+            )
+        compression = raw_compression  # type: ignore[assignment]
+
+    tls_files: dict[str, str | None] = {}
+    for setting in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
+        var = _first_set(
+            env, f"OTEL_EXPORTER_OTLP_TRACES_{setting}", f"OTEL_EXPORTER_OTLP_{setting}"
+        )
+        tls_file = _get(env, var) if var else None
+        if var is not None and tls_file is not None and not os.path.isfile(tls_file):
+            raise ObservabilityConfigError(var, tls_file, "no such file")
+        tls_files[setting] = tls_file
+    if (tls_files["CLIENT_KEY"] is None) != (tls_files["CLIENT_CERTIFICATE"] is None):
+        raise ObservabilityConfigError(
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            tls_files["CLIENT_KEY"],
+            "a client key and a client certificate go together; set both or neither",
+        )
 
     sampler: SamplerName = "parentbased_traceidratio"
     rate = 1.0
@@ -289,6 +335,10 @@ def load_config(
         otlp_insecure=insecure,
         otlp_headers=headers,
         otlp_timeout_s=timeout_s,
+        otlp_compression=compression,
+        otlp_certificate=tls_files["CERTIFICATE"],
+        otlp_client_key=tls_files["CLIENT_KEY"],
+        otlp_client_certificate=tls_files["CLIENT_CERTIFICATE"],
         sampler=sampler,
         sample_rate=rate,
         resource_attributes=extra_resource,

@@ -106,6 +106,53 @@ def test_protocol_is_inferred_from_the_port_when_not_given() -> None:
 
 
 @pytest.mark.parametrize(
+    "endpoint", ["http://c:24318", "http://c", "https://collector.example.com/otlp"]
+)
+def test_the_default_protocol_is_http_protobuf_as_the_specification_says(endpoint: str) -> None:
+    # gRPC only for the port IANA assigned to OTLP/gRPC (the seed's `http://jaeger:4317`).
+    config = load_config("s", env={"OTLP_ENDPOINT": endpoint})
+    assert config.otlp_protocol == "http/protobuf"
+    assert config.otlp_endpoint == endpoint.rstrip("/") + "/v1/traces"
+    assert load_config("s", env={}).otlp_protocol == "http/protobuf"
+
+
+@pytest.mark.parametrize("value", ["notaurl", "collector:4317", "localhost", "//host:4318"])
+def test_an_endpoint_that_is_not_a_url_is_a_start_up_error(value: str) -> None:
+    with pytest.raises(ObservabilityConfigError) as info:
+        load_config("s", env={"OTLP_ENDPOINT": value})
+    assert info.value.variable == "OTLP_ENDPOINT"
+
+
+def test_exporter_settings_follow_the_specification() -> None:
+    c = load_config(
+        "s",
+        env={
+            "OTLP_ENDPOINT": "http://c:4318",
+            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=generic",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "api-key=tr%20aces,tenant=t1",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "20000",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "3000",
+        },
+    )
+    assert c.otlp_compression == "gzip"
+    assert c.otlp_headers == {"api-key": "tr aces", "tenant": "t1"}
+    assert c.otlp_timeout_s == 3.0
+
+
+def test_tls_files_must_exist(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    c = load_config("s", env={"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": str(ca)})
+    assert c.otlp_certificate == str(ca)
+    with pytest.raises(ObservabilityConfigError) as info:
+        load_config("s", env={"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "none.pem")})
+    assert info.value.variable == "OTEL_EXPORTER_OTLP_CERTIFICATE"
+    with pytest.raises(ObservabilityConfigError):
+        load_config("s", env={"OTEL_EXPORTER_OTLP_CLIENT_KEY": str(ca)})
+
+
+@pytest.mark.parametrize(
     ("variable", "value"),
     [
         ("TRACE_SAMPLE_RATE", "1.5"),
@@ -115,6 +162,11 @@ def test_protocol_is_inferred_from_the_port_when_not_given() -> None:
         ("OTLP_ENDPOINT", "ftp://jaeger:4317"),
         ("OTLP_ENDPOINT", "http://jaeger:notaport"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "bar"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "api-key"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "-5"),
+        ("OTLP_ENDPOINT", "notaurl"),
         ("OTEL_TRACES_SAMPLER", "sometimes"),
         ("OTEL_TRACES_SAMPLER_ARG", "-1"),
         ("OTEL_RESOURCE_ATTRIBUTES", "no-equals-sign"),
