@@ -10,14 +10,20 @@ caller: when it is full the span is dropped and counted, as the OTel batch proce
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
+import gzip
 import http.client
 import logging
 import random
+import socket
+import ssl
 import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -251,37 +257,121 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
 
 
 class ExportFailed(Exception):
-    """The collector did not accept a batch."""
+    """The collector did not accept a batch; `retryable` when the specification says to retry,
+    `retry_after_s` when the collector said when (HTTP `Retry-After`)."""
+
+    def __init__(
+        self, message: str, retryable: bool = False, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 class Transport(Protocol):
-    def send(self, payload: bytes) -> None: ...
+    def send(self, payload: bytes, timeout_s: float) -> None: ...
+
+    def abort(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def user_agent() -> str:
+    """The exporter's `User-Agent`: exporter, language and version, as the specification asks."""
+    try:
+        from importlib.metadata import version
+
+        own = version("quantum-trader")
+    except Exception:  # not installed (a source tree): the name alone still identifies us
+        own = "0"
+    return f"QuantumTrader-OTLP-Exporter-Python/{own}"
+
+
+# OTLP/HTTP: the status codes the protocol specification calls retryable.
+RETRYABLE_HTTP_STATUS = frozenset({429, 502, 503, 504})
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delay-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """`OTEL_EXPORTER_OTLP_CERTIFICATE`, `_CLIENT_KEY` and `_CLIENT_CERTIFICATE` (PEM paths)."""
+
+    certificate: str | None = None
+    client_key: str | None = None
+    client_certificate: str | None = None
 
 
 class HttpTransport:
     """OTLP/HTTP with protobuf bodies over one kept-alive connection."""
 
-    def __init__(self, url: str, headers: Mapping[str, str], timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        timeout_s: float,
+        compression: str = "none",
+        tls: TlsFiles | None = None,
+    ) -> None:
         parts = urlsplit(url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (443 if self._https else 80)
         self._path = parts.path or "/v1/traces"
-        self._headers = {"Content-Type": "application/x-protobuf", **headers}
+        self._headers = {
+            "Content-Type": "application/x-protobuf",
+            "User-Agent": user_agent(),
+            **headers,
+        }
+        self._gzip = compression == "gzip"
+        if self._gzip:
+            self._headers["Content-Encoding"] = "gzip"
         self._timeout_s = timeout_s
+        self._ssl: ssl.SSLContext | None = None
+        if self._https:
+            tls = tls or TlsFiles()
+            self._ssl = ssl.create_default_context(cafile=tls.certificate)
+            if tls.client_certificate:
+                self._ssl.load_cert_chain(tls.client_certificate, tls.client_key)
         self._conn: http.client.HTTPConnection | None = None
+        self._aborted = False
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self._timeout_s)
-        return self._conn
+    def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        conn = self._conn
+        if conn is None:
+            if self._https:
+                conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=timeout_s, context=self._ssl
+                )
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s)
+            self._conn = conn
+        else:
+            conn.timeout = timeout_s
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout_s)
+        return conn
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: bytes, timeout_s: float | None = None) -> None:
+        timeout_s = self._timeout_s if timeout_s is None else timeout_s
+        if self._gzip:
+            payload = gzip.compress(payload, compresslevel=5)
         for attempt in (1, 2):
-            conn = self._connection()
+            conn = self._connection(timeout_s)
             try:
                 conn.request("POST", self._path, body=payload, headers=self._headers)
                 response = conn.getresponse()
@@ -289,12 +379,26 @@ class HttpTransport:
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 # A kept-alive connection the collector closed fails once; retry on a new one.
-                if attempt == 2:
-                    raise ExportFailed(f"{type(exc).__name__}: {exc}") from exc
+                if attempt == 2 or self._aborted:
+                    raise ExportFailed(f"{type(exc).__name__}: {exc}", retryable=True) from exc
                 continue
-            if 200 <= response.status < 300:
+            status = response.status
+            if 200 <= status < 300:
                 return
-            raise ExportFailed(f"HTTP {response.status} from {self._host}:{self._port}")
+            raise ExportFailed(
+                f"HTTP {status} from {self._host}:{self._port}",
+                retryable=status in RETRYABLE_HTTP_STATUS,
+                retry_after_s=parse_retry_after(response.getheader("Retry-After")),
+            )
+
+    def abort(self) -> None:
+        """Unblock a send waiting on a hung collector (called from another thread)."""
+        self._aborted = True
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -306,32 +410,68 @@ class GrpcTransport:
     """OTLP/gRPC: the encoded request sent as raw bytes to TraceService/Export."""
 
     METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    # The codes the OTLP specification lists as retryable (RESOURCE_EXHAUSTED only with
+    # RetryInfo, which this transport does not decode, so it is not retried).
+    RETRYABLE = frozenset(
+        {"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"}
+    )
 
     def __init__(
-        self, url: str, insecure: bool, headers: Mapping[str, str], timeout_s: float
+        self,
+        url: str,
+        insecure: bool,
+        headers: Mapping[str, str],
+        timeout_s: float,
+        compression: str = "none",
+        tls: TlsFiles | None = None,
     ) -> None:
         import grpc
 
         parts = urlsplit(url)
         target = f"{parts.hostname}:{parts.port or 4317}"
-        if parts.scheme == "https" and not insecure:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        options = [("grpc.primary_user_agent", user_agent())]
+        gzip_on = grpc.Compression.Gzip if compression == "gzip" else None
+        # The scheme decides, as the specification says; `OTLP_INSECURE=false` on an http://
+        # endpoint asks for TLS too (the seed's meaning of the variable).
+        if parts.scheme == "https" or not insecure:
+            tls = tls or TlsFiles()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls.certificate),
+                private_key=_read(tls.client_key),
+                certificate_chain=_read(tls.client_certificate),
+            )
+            self._channel = grpc.secure_channel(
+                target, credentials, options=options, compression=gzip_on
+            )
         else:
-            self._channel = grpc.insecure_channel(target)
+            self._channel = grpc.insecure_channel(target, options=options, compression=gzip_on)
         self._call = self._channel.unary_unary(self.METHOD)
         self._metadata = tuple((k.lower(), v) for k, v in headers.items())
         self._timeout_s = timeout_s
         self._grpc = grpc
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: bytes, timeout_s: float | None = None) -> None:
+        timeout_s = self._timeout_s if timeout_s is None else timeout_s
         try:
-            self._call(payload, timeout=self._timeout_s, metadata=self._metadata)
+            self._call(payload, timeout=timeout_s, metadata=self._metadata)
         except self._grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else "?"
-            raise ExportFailed(f"gRPC {code}") from exc
+            code = exc.code() if hasattr(exc, "code") else None
+            name = getattr(code, "name", "?")
+            raise ExportFailed(f"gRPC {name}", retryable=name in self.RETRYABLE) from exc
+
+    def abort(self) -> None:
+        """Cancel the RPC in flight (closing the channel cancels its calls)."""
+        self._channel.close()
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
 
 
 # --- The processor -----------------------------------------------------------------------------
@@ -341,10 +481,19 @@ class ExportQueue(SpanProcessor):
     """A span processor that queues sampled spans and exports them in batches on a thread.
 
     `on_end` costs one deque append. The queue is bounded: a span that finds it full is
-    dropped and counted (`otel_spans_dropped_total{reason="queue_full"}`); a batch the
-    collector refuses is dropped and counted as `export_failed` after one retry, and the
-    worker backs off (up to 5 s) so a dead collector costs no CPU to speak of.
+    dropped and counted (`otel_spans_dropped_total{reason="queue_full"}`). A transient
+    refusal (HTTP 429/502/503/504, a retryable gRPC code, a broken connection) is retried
+    with exponential back-off and jitter, honouring `Retry-After`, for at most `timeout_s`
+    per batch; then the batch is dropped and counted as `export_failed`, and the worker backs
+    off (up to 5 s) so a dead collector costs no CPU to speak of.
+
+    Shutdown has one deadline: the first `begin_shutdown`/`shutdown` call sets it, and every
+    later flush, the wait for the worker and any retry stop at it; a send still blocked on a
+    hung collector then is aborted.
     """
+
+    RETRY_INITIAL_S = 0.25
+    RETRY_MAX_S = 4.0
 
     def __init__(
         self,
@@ -353,17 +502,21 @@ class ExportQueue(SpanProcessor):
         max_batch_size: int = 512,
         delay_ms: int = 500,
         encoder: Callable[[Sequence[Any]], bytes] = encode_spans,
+        timeout_s: float = 10.0,
     ) -> None:
         self._transport = transport
         self._queue: deque[Any] = deque()
         self._max_queue = max_queue_size
         self._max_batch = max_batch_size
         self._delay_s = delay_ms / 1000.0
+        self._timeout_s = timeout_s
         self._encode = encoder
         self._wake = threading.Event()
+        self._abort = threading.Event()
         self._idle = threading.Condition()
         self._exporting = False
         self._stopped = False
+        self._shutdown_deadline: float | None = None
         self._failures = 0
         self._last_error_log = 0.0
         self._thread = threading.Thread(target=self._run, name="otlp-span-export", daemon=True)
@@ -390,6 +543,8 @@ class ExportQueue(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         deadline = time.monotonic() + timeout_millis / 1000.0
+        if self._shutdown_deadline is not None:
+            deadline = min(deadline, self._shutdown_deadline)
         with self._idle:
             while self._queue or self._exporting:
                 self._wake.set()
@@ -399,13 +554,25 @@ class ExportQueue(SpanProcessor):
                 self._idle.wait(min(remaining, 0.05))
         return True
 
+    def begin_shutdown(self, timeout_millis: int = 5000) -> float:
+        """Start the shutdown clock (once): the deadline every later step keeps to."""
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = time.monotonic() + timeout_millis / 1000.0
+        return self._shutdown_deadline
+
     def shutdown(self, timeout_millis: int = 5000) -> None:
         if self._stopped:
             return
+        deadline = self.begin_shutdown(timeout_millis)
         self.force_flush(timeout_millis)
         self._stopped = True
         self._wake.set()
-        self._thread.join(timeout=timeout_millis / 1000.0)
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            # A send is stuck on a collector that does not answer: the deadline wins.
+            self._abort.set()
+            self._transport.abort()
+            self._thread.join(timeout=0.5)
         left = len(self._queue)
         if left:
             SPANS_DROPPED.labels("shutdown").inc(left)
@@ -422,7 +589,7 @@ class ExportQueue(SpanProcessor):
         while not self._stopped:
             self._wake.wait(self._delay_s)
             self._wake.clear()
-            while self._queue:
+            while self._queue and not self._abort.is_set():
                 with self._idle:
                     self._exporting = True
                 batch = self._take_batch()
@@ -440,7 +607,7 @@ class ExportQueue(SpanProcessor):
         started = time.perf_counter()
         try:
             payload = self._encode(batch)
-            self._transport.send(payload)
+            self._send_with_retries(payload)
         # Broad on purpose: whatever the exporter or encoder raises, the service must go on.
         except Exception as exc:
             SPANS_DROPPED.labels("export_failed").inc(len(batch))
@@ -461,6 +628,34 @@ class ExportQueue(SpanProcessor):
         SPANS_EXPORTED.inc(len(batch))
         return True
 
+    def _send_with_retries(self, payload: bytes) -> None:
+        """Send, retrying transient refusals within the batch's time budget."""
+        deadline = time.monotonic() + self._timeout_s
+        attempt = 0
+        while True:
+            if self._shutdown_deadline is not None:
+                deadline = min(deadline, self._shutdown_deadline)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._abort.is_set():
+                raise ExportFailed("no time left to export the batch")
+            try:
+                self._transport.send(payload, remaining)
+                return
+            except ExportFailed as exc:
+                # Once shutdown has begun each batch gets one attempt: a collector that is
+                # down must not hold the process for the whole shutdown deadline.
+                if not exc.retryable or self._shutdown_deadline is not None:
+                    raise
+                attempt += 1
+                delay = exc.retry_after_s
+                if delay is None:
+                    backoff = min(self.RETRY_MAX_S, self.RETRY_INITIAL_S * 2 ** (attempt - 1))
+                    delay = backoff * random.uniform(0.5, 1.5)
+                if time.monotonic() + delay >= deadline:
+                    raise
+                if self._abort.wait(delay):
+                    raise
+
     def _back_off(self) -> None:
         delay = min(5.0, 0.1 * (2 ** min(self._failures, 6))) * random.uniform(0.8, 1.2)
         deadline = time.monotonic() + delay
@@ -471,8 +666,14 @@ class ExportQueue(SpanProcessor):
 
 
 def make_transport(
-    endpoint: str, protocol: str, insecure: bool, headers: Mapping[str, str], timeout_s: float
+    endpoint: str,
+    protocol: str,
+    insecure: bool,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    compression: str = "none",
+    tls: TlsFiles | None = None,
 ) -> Transport:
     if protocol == "http/protobuf":
-        return HttpTransport(endpoint, headers, timeout_s)
-    return GrpcTransport(endpoint, insecure, headers, timeout_s)
+        return HttpTransport(endpoint, headers, timeout_s, compression, tls)
+    return GrpcTransport(endpoint, insecure, headers, timeout_s, compression, tls)

@@ -263,7 +263,7 @@ def _flush_on_shutdown(send: Send) -> Send:
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "lifespan.shutdown.complete":
-            _tracing.force_flush(5000)
+            _tracing.flush_for_shutdown(5000)
             SINK.flush()
         await send(message)
 

@@ -121,12 +121,17 @@ def setup_tracing(config: ObservabilityConfig) -> TracingRuntime | None:
             config.otlp_insecure,
             config.otlp_headers,
             config.otlp_timeout_s,
+            config.otlp_compression,
+            _export.TlsFiles(
+                config.otlp_certificate, config.otlp_client_key, config.otlp_client_certificate
+            ),
         )
         processor = _export.ExportQueue(
             transport,
             max_queue_size=config.export_queue_size,
             max_batch_size=config.export_batch_size,
             delay_ms=config.export_delay_ms,
+            timeout_s=config.otlp_timeout_s,
         )
         provider.add_span_processor(processor)
     otel_trace.set_tracer_provider(provider)
@@ -152,6 +157,16 @@ def shutdown_tracing(timeout_ms: int = 5000) -> None:
     rt = _RUNTIME
     if rt is not None and rt.processor is not None:
         rt.processor.shutdown(timeout_ms)
+
+
+def flush_for_shutdown(timeout_ms: int = 5000) -> bool:
+    """Flush before the process stops, starting the one shutdown deadline that a later
+    `shutdown_tracing` keeps to as well (so flush + shutdown together take `timeout_ms`)."""
+    rt = _RUNTIME
+    if rt is None or rt.processor is None:
+        return True
+    rt.processor.begin_shutdown(timeout_ms)
+    return bool(rt.processor.force_flush(timeout_ms))
 
 
 def force_flush(timeout_ms: int = 5000) -> bool:
