@@ -65,6 +65,7 @@ class ObservabilityConfig:
     export_queue_size: int = 2048
     export_batch_size: int = 512
     export_delay_ms: int = 500
+    http_known_methods: frozenset[str] | None = None
 
     @property
     def exporting(self) -> bool:
@@ -312,6 +313,12 @@ def load_config(
         "OTEL_BSP_SCHEDULE_DELAY", _get(env, "OTEL_BSP_SCHEDULE_DELAY") or "500"
     )
 
+    known_methods = None
+    known_raw = _get(env, "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS")
+    if known_raw is not None:
+        # Case-sensitive, as the conventions define methods; the list replaces the default.
+        known_methods = frozenset(m.strip() for m in known_raw.split(",") if m.strip())
+
     extra_resource = {
         k: v
         for k, v in resource.items()
@@ -346,4 +353,5 @@ def load_config(
         export_queue_size=queue_size,
         export_batch_size=min(batch_size, queue_size),
         export_delay_ms=delay_ms,
+        http_known_methods=known_methods,
     )

@@ -50,9 +50,17 @@ EXPORT_SECONDS = Counter(
 for _reason in ("queue_full", "export_failed", "shutdown"):
     SPANS_DROPPED.labels(_reason)
 
-KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+# The HTTP methods the semantic conventions know (RFC 9110, PATCH, QUERY); any other method is
+# `_OTHER` on spans and metrics. `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS` replaces the list.
+DEFAULT_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
 )
+KNOWN_METHODS = DEFAULT_KNOWN_METHODS
+
+
+def set_known_methods(methods: frozenset[str]) -> None:
+    global KNOWN_METHODS
+    KNOWN_METHODS = methods
 _STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 

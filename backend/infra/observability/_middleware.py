@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import _state, _tracing
+from . import _metrics, _state, _tracing
 from ._logging import SINK, current_span_context, tag_exception, utc_timestamp
 from ._metrics import UNMATCHED_ROUTE, HttpMetrics
 from ._otel import HAS_SDK, StatusCode
+from ._redact import scrubber
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -117,7 +118,7 @@ class ObservabilityMiddleware:
             if options.metrics:
                 metrics.observe(method, route or UNMATCHED_ROUTE, status, elapsed)
             if span is not None:
-                _end_span(span, method, route, status, error)
+                _end_span(span, route, status, error)
                 _tracing.detach(token)  # type: ignore[arg-type]
             if options.access_log and not excluded and _state.ACCESS_LOG[0]:
                 _write_access_line(scope, method, path, route, status, elapsed, span)
@@ -134,6 +135,7 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
     parent = None
     tracestate = None
     baggage = None
+    host = forwarded_host = user_agent = None
     for name, value in scope["headers"]:
         if name == b"traceparent":
             parent = _tracing.parse_traceparent(value)
@@ -141,30 +143,54 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
             tracestate = value
         elif name == b"baggage":
             baggage = value
+        elif name == b"host":
+            host = value
+        elif name == b"user-agent":
+            user_agent = value
+        elif name == b"x-forwarded-host":
+            forwarded_host = value
     if parent is not None and tracestate:
         from opentelemetry.trace import SpanContext, TraceState
 
         state = TraceState.from_header([tracestate.decode("latin-1")])
         parent = SpanContext(parent.trace_id, parent.span_id, True, parent.trace_flags, state)
+    known = method in _metrics.KNOWN_METHODS
 
     def make_attributes() -> dict[str, Any]:
+        scheme = scope.get("scheme", "http")
         attributes: dict[str, Any] = {
-            "http.request.method": method,
+            "http.request.method": method if known else "_OTHER",
             "url.path": path,
-            "url.scheme": scope.get("scheme", "http"),
+            "url.scheme": scheme,
             "network.protocol.version": scope.get("http_version", "1.1"),
         }
-        server = scope.get("server")
-        if server:
-            attributes["server.address"] = server[0]
-            if server[1] is not None:
-                attributes["server.port"] = server[1]
+        if not known:
+            attributes["http.request.method_original"] = method
+        # server.* name the server the client meant (X-Forwarded-Host, then Host), not the
+        # socket this process listens on.
+        authority = forwarded_host or host
+        if authority:
+            address, port = _split_authority(authority.split(b",", 1)[0].strip(), scheme)
+            attributes["server.address"] = address
+            if port is not None:
+                attributes["server.port"] = port
+        else:
+            server = scope.get("server")
+            if server:
+                attributes["server.address"] = server[0]
+                if server[1] is not None:
+                    attributes["server.port"] = server[1]
+        query = scope.get("query_string")
+        if query:
+            attributes["url.query"] = scrubber().query(query.decode("latin-1"))
+        if user_agent:
+            attributes["user_agent.original"] = user_agent.decode("latin-1")
         client = scope.get("client")
         if client:
             attributes["client.address"] = client[0]
         return attributes
 
-    span = _tracing.start_server_span(rt, method, parent, make_attributes)
+    span = _tracing.start_server_span(rt, method if known else "HTTP", parent, make_attributes)
     base = None
     if baggage:
         base = _BAGGAGE.extract({"baggage": baggage.decode("latin-1")})
@@ -172,13 +198,28 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
     return span, token
 
 
-def _end_span(
-    span: Any, method: str, route: str | None, status: int, error: BaseException | None
-) -> None:
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _split_authority(authority: bytes, scheme: str) -> tuple[str, int | None]:
+    """`host`, `host:port` or `[v6]:port` -> (address, port); the scheme's port when absent."""
+    text = authority.decode("latin-1")
+    if text.startswith("["):
+        address, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        address, _, port_text = text.partition(":")
+    if port_text.isdigit():
+        return address, int(port_text)
+    return address, _DEFAULT_PORTS.get(scheme)
+
+
+def _end_span(span: Any, route: str | None, status: int, error: BaseException | None) -> None:
     if not span.is_recording():
         return
     if route is not None:
-        span.update_name(f"{method} {route}")
+        # The name's method is the one the span started with: `HTTP` for an unknown method.
+        span.update_name(f"{span._name} {route}")
         span.set_attribute("http.route", route)
     span.set_attribute("http.response.status_code", status)
     if error is not None:

@@ -7,7 +7,7 @@ import logging
 import threading
 from typing import Any
 
-from . import _state, _tracing
+from . import _metrics, _state, _tracing
 from ._config import ObservabilityConfig, load_config
 from ._logging import SINK, configure_logging
 from ._middleware import MiddlewareOptions, ObservabilityMiddleware
@@ -36,6 +36,8 @@ def init_observability(
         config = load_config(service_name, log_level, enable_tracing, enable_metrics)
         configure_logging(_state.log_resource_fields(config), config.log_level)
         _state.set_config(config)
+        if config.http_known_methods is not None:
+            _metrics.set_known_methods(config.http_known_methods)
         rt = _tracing.setup_tracing(config)
         if rt is not None:
             instrument_httpx()

@@ -206,3 +206,105 @@ def test_a_stored_context_becomes_the_parent_of_spans_started_inside(span_export
     for nothing in (None, "00-garbage"):
         with use_trace_context(nothing):
             assert current_traceparent() is None
+
+
+async def call_asgi(
+    app, method: str, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b""
+) -> int:  # type: ignore[no-untyped-def]
+    """One request straight through the ASGI interface: methods no HTTP client would send."""
+    status = 0
+    sent = False
+
+    async def receive() -> dict[str, object]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])  # type: ignore[call-overload]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": headers,
+        "server": ("127.0.0.1", 18081),
+        "client": ("203.0.113.9", 5555),
+    }
+    await app(scope, receive, send)
+    return status
+
+
+@pytest.mark.parametrize("method", ["FOO", "get", "PROPFIND"])
+async def test_an_unknown_method_is_other_and_the_span_is_named_http(
+    span_exporter, method: str
+) -> None:  # type: ignore[no-untyped-def]
+    assert await call_asgi(make_app(), method, "/orders/5", [(b"host", b"api")]) == 405
+    (span,) = server_spans(span_exporter)
+    assert span.name == "HTTP /orders/{order_id}"
+    assert span.attributes["http.request.method"] == "_OTHER"
+    assert span.attributes["http.request.method_original"] == method
+
+
+async def test_query_is_a_known_method(span_exporter) -> None:  # type: ignore[no-untyped-def]
+    await call_asgi(make_app(), "QUERY", "/orders/5", [])
+    (span,) = server_spans(span_exporter)
+    assert span.name == "QUERY /orders/{order_id}"
+    assert span.attributes["http.request.method"] == "QUERY"
+    assert "http.request.method_original" not in span.attributes
+
+
+async def test_server_address_comes_from_the_host_header_not_the_socket(span_exporter) -> None:  # type: ignore[no-untyped-def]
+    await call_asgi(make_app(), "GET", "/orders/5", [(b"host", b"api.example.com:8443")])
+    await call_asgi(make_app(), "GET", "/orders/6", [(b"host", b"api.example.com")])
+    await call_asgi(
+        make_app(),
+        "GET",
+        "/orders/7",
+        [(b"host", b"internal:8000"), (b"x-forwarded-host", b"[2001:db8::1]:9443")],
+    )
+    first, second, third = server_spans(span_exporter)
+    assert (first.attributes["server.address"], first.attributes["server.port"]) == (
+        "api.example.com",
+        8443,
+    )
+    assert (second.attributes["server.address"], second.attributes["server.port"]) == (
+        "api.example.com",
+        80,
+    )
+    assert (third.attributes["server.address"], third.attributes["server.port"]) == (
+        "2001:db8::1",
+        9443,
+    )
+
+
+async def test_query_and_user_agent_are_recorded_and_secrets_in_the_query_redacted(
+    span_exporter,
+) -> None:  # type: ignore[no-untyped-def]
+    await call_asgi(
+        make_app(),
+        "GET",
+        "/orders/5",
+        [(b"host", b"api"), (b"user-agent", b"audit-agent/1.0")],
+        query=b"q=1&sig=SECRETSIG&access_token=abc",
+    )
+    (span,) = server_spans(span_exporter)
+    assert span.attributes["url.query"] == "q=1&sig=REDACTED&access_token=REDACTED"
+    assert span.attributes["user_agent.original"] == "audit-agent/1.0"
+
+
+def test_known_methods_can_be_replaced_by_the_standard_variable() -> None:
+    from backend.infra.observability._config import load_config
+
+    config = load_config("s", env={"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": "GET,POST,PROPFIND"})
+    assert config.http_known_methods == frozenset({"GET", "POST", "PROPFIND"})
