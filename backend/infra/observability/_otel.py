@@ -8,6 +8,7 @@ instrumentations are the optional `otel` extra. Workers must run without even th
 from __future__ import annotations
 
 import enum
+import os
 from typing import Any
 
 INSTALL_HINT = "install the tracing extra: pip install 'quantum-trader[otel]'"
@@ -79,6 +80,39 @@ def has_grpc() -> bool:
     return True
 
 
+def opt_in_stable_conventions() -> None:
+    """Make the contrib instrumentations emit the stable HTTP and database conventions.
+
+    `OTEL_SEMCONV_STABILITY_OPT_IN` defaults to `http,database` unless the deployment set it;
+    without it, httpx CLIENT spans carry the pre-1.20 `http.method`/`http.url` attributes.
+    The contrib package reads the variable once, so a reading taken before ours is redone.
+    """
+    if os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN"):
+        return
+    os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http,database"
+    try:
+        from opentelemetry.instrumentation._semconv import (
+            _OpenTelemetrySemanticConventionStability as stability,
+        )
+    except ImportError:
+        return
+    with stability._lock:
+        stability._initialized = False
+    stability._initialize()  # type: ignore[no-untyped-call]
+
+
+def _scrub_request_url(span: Any, request: Any) -> None:
+    """httpx request hook: `url.full` without secret query values (`?token=...`)."""
+    from ._redact import scrubber
+
+    if span.is_recording():
+        span.set_attribute("url.full", scrubber().url(str(request.url)))
+
+
+async def _scrub_request_url_async(span: Any, request: Any) -> None:
+    _scrub_request_url(span, request)
+
+
 def instrument_httpx() -> bool:
     """Make every httpx client inject trace headers (and record a CLIENT span).
 
@@ -88,9 +122,12 @@ def instrument_httpx() -> bool:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     except ImportError:
         return False
+    opt_in_stable_conventions()
     instrumentor = HTTPXClientInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument()
+        instrumentor.instrument(
+            request_hook=_scrub_request_url, async_request_hook=_scrub_request_url_async
+        )
     return True
 
 
