@@ -17,11 +17,11 @@ from ._errors import _sqlstate, is_unavailable
 from ._metrics import POOLS, QUERY_DURATION, QUERY_ERRORS
 from ._sqlcomment import (
     append_comment,
-    collection_name,
     format_comment,
     operation_name,
     sanitize,
 )
+from ._summary import query_summary
 
 TRACER_NAME = "backend.infra.db"
 _SPAN_KEY = "_qt_db_span"
@@ -62,18 +62,44 @@ def traceparent_of(span: Any) -> tuple[str | None, str | None]:
     return traceparent, state or None
 
 
-def _collection(context: ExecutionContext | None, statement: str) -> str | None:
+def _operation_and_collection(context: ExecutionContext | None) -> tuple[str | None, str | None]:
+    """`db.operation.name` and `db.collection.name` from SQLAlchemy's compiled statement.
+
+    The SQL conventions say not to parse these out of the query text; a `text()` statement
+    has neither, and is described by `db.query.summary` alone.
+    """
     compiled = getattr(context, "compiled", None)
-    if compiled is not None:
-        stmt = compiled.statement
-        table = getattr(stmt, "table", None)  # INSERT / UPDATE / DELETE
-        if isinstance(table, Table):
-            return table.name
-        if isinstance(stmt, Select):
-            froms = stmt.get_final_froms()
-            # semconv: name the collection only when the statement targets exactly one.
-            return froms[0].name if len(froms) == 1 and isinstance(froms[0], Table) else None
-    return collection_name(statement)
+    if compiled is None:
+        return None, None
+    stmt = compiled.statement
+    table = getattr(stmt, "table", None)  # INSERT / UPDATE / DELETE
+    if isinstance(table, Table):
+        if compiled.isinsert:
+            return "INSERT", table.name
+        if compiled.isupdate:
+            return "UPDATE", table.name
+        if compiled.isdelete:
+            return "DELETE", table.name
+    if isinstance(stmt, Select):
+        froms = stmt.get_final_froms()
+        # semconv: name the collection only when the statement targets exactly one.
+        single = froms[0].name if len(froms) == 1 and isinstance(froms[0], Table) else None
+        return "SELECT", single
+    return None, None
+
+
+def _batch_size(parameters: Any, executemany: bool) -> int | None:
+    """Rows in a real batch (two or more parameter sets), else None.
+
+    An ORM insert can reach the driver as an "executemany" of one flat row; counting that
+    tuple would report its columns as the batch size.
+    """
+    if not executemany or not isinstance(parameters, (list, tuple)) or len(parameters) < 2:
+        return None
+    first = parameters[0]
+    if isinstance(first, (list, tuple, dict)) or hasattr(first, "keys"):
+        return len(parameters)
+    return None
 
 
 def _error_kind(error: BaseException) -> str:
@@ -101,17 +127,29 @@ class StatementTelemetry:
         context: ExecutionContext | None,
         executemany: bool,
     ) -> tuple[str, Any]:
+        # The metric's label: the leading keyword, bounded to a known set.
         operation = operation_name(statement)
-        collection = _collection(context, statement)
+        api_operation, collection = _operation_and_collection(context)
+        summary = query_summary(statement)
         attributes = dict(self._base)
-        attributes["db.operation.name"] = operation
+        if api_operation:
+            attributes["db.operation.name"] = api_operation
         if collection:
             attributes["db.collection.name"] = collection
         attributes["db.query.text"] = sanitize(statement)
-        if executemany and isinstance(parameters, (list, tuple)):
-            attributes["db.operation.batch.size"] = len(parameters)
-        target = collection or self.target.namespace
-        name = f"{operation} {target}" if target else operation
+        batch = _batch_size(parameters, executemany)
+        if batch is not None:
+            attributes["db.operation.batch.size"] = batch
+            summary = f"BATCH {summary}" if summary else "BATCH"
+        if summary:
+            attributes["db.query.summary"] = summary
+        # Span name: the summary; else the operation and target; else the system.
+        if summary:
+            name = summary
+        elif api_operation:
+            name = f"{api_operation} {collection}" if collection else api_operation
+        else:
+            name = self.target.system
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         if context is not None:
             setattr(context, _SPAN_KEY, (span, operation, time.perf_counter()))

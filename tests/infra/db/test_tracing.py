@@ -86,6 +86,44 @@ async def test_each_statement_is_a_client_span_with_db_attributes(
     assert by_name["SELECT orders"].attributes["db.operation.name"] == "SELECT"
 
 
+async def test_batch_size_only_for_real_batches_and_spans_named_by_the_query_summary(
+    engine: AsyncEngine, span_exporter: Any
+) -> None:
+    sessions = create_session_factory(engine)
+    async with session_scope(sessions) as session:
+        session.add(_order("qt-batch-1"))
+    async with engine.begin() as conn:
+        await conn.execute(
+            OrderRecord.__table__.insert(),  # type: ignore[attr-defined]
+            [
+                {
+                    "client_order_id": f"qt-batch-{n}",
+                    "symbol": "ETHUSDT",
+                    "side": "SELL",
+                    "order_type": "MARKET",
+                    "quantity": Decimal("1"),
+                    "time_in_force": "IOC",
+                    "status": "NEW",
+                }
+                for n in (2, 3, 4)
+            ],
+        )
+        await conn.execute(text("WITH t AS (SELECT 1 AS x) SELECT x FROM t"))
+    inserts = [s for s in _client_spans(span_exporter) if "orders" in s.name and "INSERT" in s.name]
+    single = [s for s in inserts if s.name == "INSERT orders"]
+    assert single, [s.name for s in inserts]
+    # One row inserted: no batch size, whatever the driver's parameter tuple holds.
+    assert all("db.operation.batch.size" not in s.attributes for s in single)
+    (batch,) = [s for s in inserts if "db.operation.batch.size" in s.attributes]
+    assert batch.attributes["db.operation.batch.size"] == 3
+    assert batch.name == batch.attributes["db.query.summary"] == "BATCH INSERT orders"
+    (cte,) = [s for s in _client_spans(span_exporter) if "WITH t" in s.attributes["db.query.text"]]
+    assert cte.name == cte.attributes["db.query.summary"] == "SELECT SELECT"
+    # Not parsed out of the text: a text() statement has no operation or collection name.
+    assert "db.operation.name" not in cte.attributes
+    assert "db.collection.name" not in cte.attributes
+
+
 async def test_failed_statement_span_records_the_error(
     engine: AsyncEngine, span_exporter: Any
 ) -> None:
