@@ -23,6 +23,7 @@ from backend.infra.observability import (
     extract_trace_context,
     get_logger,
     get_tracer,
+    links_from_traceparent,
     record_error,
     use_trace_context,
 )
@@ -151,6 +152,7 @@ class EventConsumer:
                 "messaging.system": MESSAGING_SYSTEM,
                 "messaging.destination.name": key,
                 "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
                 "messaging.consumer.group.name": self.group,
                 "messaging.client.id": self.name,
                 "cloudevents.event_type": spec.type,
@@ -515,6 +517,9 @@ class EventConsumer:
         """Run the handler inside its CONSUMER span; the error text and the span's
         traceparent if it raised."""
         parent = None
+        # The conventions ask a process span to link to the message's creation context (the
+        # parent is only a MAY); it is both here.
+        links = links_from_traceparent(event.traceparent)
         if event.traceparent is not None:
             carrier = {"traceparent": event.traceparent}
             if event.tracestate:
@@ -529,6 +534,7 @@ class EventConsumer:
             sub.span_name,
             context=parent,
             kind=SpanKind.CONSUMER,
+            links=links,
             attributes={
                 **sub.attributes,
                 "messaging.message.id": event.entry_id,

@@ -209,7 +209,7 @@ class _Route:
             "messaging.system": MESSAGING_SYSTEM,
             "messaging.destination.name": self.key,
             "messaging.operation.type": "send",
-            "messaging.operation.name": "xadd",
+            "messaging.operation.name": "send",
             "cloudevents.event_type": spec.type,
         }
         self.published: Any = PUBLISHED.labels(spec.stream)

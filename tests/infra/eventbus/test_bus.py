@@ -112,6 +112,16 @@ async def test_spans_carry_messaging_attributes_and_the_consumer_continues_the_t
     assert {send.context.trace_id, process.context.trace_id, book.context.trace_id} == {trace_id}
     assert process.parent.span_id == send.context.span_id
     assert book.parent.span_id == process.context.span_id
+    # The names are `{messaging.operation.name} {stream}`; operation names are required.
+    assert send.attributes["messaging.operation.name"] == "send"
+    assert process.attributes["messaging.operation.name"] == "process"
+    # The process span links to the message's creation context, as the conventions ask.
+    (link,) = process.links
+    assert link.context.span_id == send.context.span_id
+    assert link.context.trace_id == send.context.trace_id
+    for span in (send, process):
+        assert span.attributes["messaging.destination.name"] == key
+        assert span.attributes["messaging.message.id"] == receipt.entry_id
 
 
 async def test_failing_handler_is_retried_with_backoff_then_succeeds(
