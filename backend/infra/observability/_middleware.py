@@ -132,15 +132,17 @@ class ObservabilityMiddleware:
 
 
 def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any]:
-    parent = None
-    tracestate = None
+    traceparents: list[bytes] = []
+    tracestates: list[bytes] | None = None
     baggage = None
     host = forwarded_host = user_agent = None
     for name, value in scope["headers"]:
         if name == b"traceparent":
-            parent = _tracing.parse_traceparent(value)
+            traceparents.append(value)
         elif name == b"tracestate":
-            tracestate = value
+            if tracestates is None:
+                tracestates = []
+            tracestates.append(value)
         elif name == b"baggage":
             baggage = value
         elif name == b"host":
@@ -149,11 +151,7 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
             user_agent = value
         elif name == b"x-forwarded-host":
             forwarded_host = value
-    if parent is not None and tracestate:
-        from opentelemetry.trace import SpanContext, TraceState
-
-        state = TraceState.from_header([tracestate.decode("latin-1")])
-        parent = SpanContext(parent.trace_id, parent.span_id, True, parent.trace_flags, state)
+    parent = _tracing.remote_parent(traceparents, tracestates) if traceparents else None
     known = method in _metrics.KNOWN_METHODS
 
     def make_attributes() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ._otel import (
     otel_trace,
 )
 from ._redact import scrubber
+from ._tracecontext import parse_traceparent_value, parse_tracestate_values
 
 LIBRARY_SCOPE = "backend.infra.observability"
 _TRACE_ID_MASK = (1 << 64) - 1
@@ -332,31 +333,37 @@ def current_traceparent() -> str | None:
 
 # --- The per-request server span ----------------------------------------------------------------
 
-_HEX = frozenset(b"0123456789abcdef")
-
-
 def parse_traceparent(value: bytes) -> Any | None:
     """A remote `SpanContext` from a W3C `traceparent` header value, or None if invalid."""
-    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
+    parsed = parse_traceparent_value(value)
+    if parsed is None:
         return None
-    version = value[:2]
-    if (
-        version == b"ff"
-        or (version == b"00" and len(value) != 55)
-        or not _HEX.issuperset(value[:2])
-    ):
-        return None
-    trace_hex, span_hex, flags_hex = value[3:35], value[36:52], value[53:55]
-    if not (
-        _HEX.issuperset(trace_hex) and _HEX.issuperset(span_hex) and _HEX.issuperset(flags_hex)
-    ):
-        return None
-    trace_id = int(trace_hex, 16)
-    span_id = int(span_hex, 16)
-    if trace_id == 0 or span_id == 0:
-        return None
+    trace_id, span_id, flags = parsed
     return otel_trace.SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=otel_trace.TraceFlags(int(flags_hex, 16) & 1)
+        trace_id, span_id, is_remote=True, trace_flags=otel_trace.TraceFlags(flags)
+    )
+
+
+def remote_parent(traceparents: list[bytes], tracestates: list[bytes] | None) -> Any | None:
+    """The remote parent the W3C headers of a request name, or None to start a new trace.
+
+    More than one `traceparent` header is invalid; `tracestate` is only read for a valid
+    parent, and an invalid `tracestate` is dropped without losing the parent.
+    """
+    if len(traceparents) != 1:
+        return None
+    parent = parse_traceparent(traceparents[0])
+    if parent is None or not tracestates:
+        return parent
+    members = parse_tracestate_values(tracestates)
+    if members is None:
+        return parent
+    return otel_trace.SpanContext(
+        parent.trace_id,
+        parent.span_id,
+        is_remote=True,
+        trace_flags=parent.trace_flags,
+        trace_state=otel_trace.TraceState(members),
     )
 
 
@@ -480,8 +487,7 @@ if HAS_SDK:
                 )
             )
 
-    _SAMPLED = otel_trace.TraceFlags(1)
-    _NOT_SAMPLED = otel_trace.TraceFlags(0)
+    _FLAGS = tuple(otel_trace.TraceFlags(n) for n in range(4))
 
     def start_server_span(
         rt: TracingRuntime,
@@ -498,11 +504,13 @@ if HAS_SDK:
         span_id = random.getrandbits(64) or 1
         sampled = rt.should_sample(trace_id, parent)
         trace_state = parent.trace_state if parent is not None else None
+        # Level 2's random flag describes the trace id, so it stays with the trace.
+        random_flag = parent.trace_flags & 0x02 if parent is not None else 0
         ctx = otel_trace.SpanContext(
             trace_id,
             span_id,
             is_remote=False,
-            trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+            trace_flags=_FLAGS[random_flag | sampled],
             trace_state=trace_state,
         )
         if not sampled:
