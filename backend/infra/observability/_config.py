@@ -8,6 +8,7 @@ an explicit argument to `init_observability` > the seed's variable (`ENABLE_TRAC
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -66,6 +67,10 @@ class ObservabilityConfig:
     export_batch_size: int = 512
     export_delay_ms: int = 500
     http_known_methods: frozenset[str] | None = None
+    scrubbing: bool = True
+    scrub_patterns: tuple[str, ...] = ()
+    client_access_log: bool = True
+    baggage_log_keys: frozenset[str] = frozenset()
 
     @property
     def exporting(self) -> bool:
@@ -319,6 +324,26 @@ def load_config(
         # Case-sensitive, as the conventions define methods; the list replaces the default.
         known_methods = frozenset(m.strip() for m in known_raw.split(",") if m.strip())
 
+    scrub_raw = _get(env, "OBSERVABILITY_SCRUB")
+    scrubbing = True if scrub_raw is None else _parse_bool("OBSERVABILITY_SCRUB", scrub_raw)
+    patterns: tuple[str, ...] = ()
+    patterns_raw = _get(env, "OBSERVABILITY_SCRUB_PATTERNS")
+    if patterns_raw is not None:
+        patterns = tuple(p.strip() for p in patterns_raw.split(",") if p.strip())
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ObservabilityConfigError(
+                    "OBSERVABILITY_SCRUB_PATTERNS", pattern, f"not a regular expression: {exc}"
+                ) from None
+
+    client_raw = _get(env, "CLIENT_ACCESS_LOG")
+    client_access_log = True if client_raw is None else _parse_bool("CLIENT_ACCESS_LOG", client_raw)
+
+    baggage_raw = _get(env, "OBSERVABILITY_BAGGAGE_LOG_KEYS")
+    baggage_keys = frozenset(k.strip() for k in (baggage_raw or "").split(",") if k.strip())
+
     extra_resource = {
         k: v
         for k, v in resource.items()
@@ -354,4 +379,8 @@ def load_config(
         export_batch_size=min(batch_size, queue_size),
         export_delay_ms=delay_ms,
         http_known_methods=known_methods,
+        scrubbing=scrubbing,
+        scrub_patterns=patterns,
+        client_access_log=client_access_log,
+        baggage_log_keys=baggage_keys,
     )

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import orjson
 
-from ._otel import HAS_API, otel_trace
+from ._otel import HAS_API, otel_baggage, otel_trace
 from ._redact import redact_bytes, scrubber
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -195,12 +195,22 @@ def exception_span_context(exc: BaseException | None) -> Any | None:
 
 def current_trace_ids() -> tuple[str | None, str | None]:
     """Hex trace id and span id of the active span, or (None, None)."""
+    ids = _current_ids()
+    return ids[0], ids[1]
+
+
+_NO_IDS: tuple[str | None, str | None, str | None] = (None, None, None)
+_FLAGS_HEX = [f"{n:02x}" for n in range(256)]
+
+
+def _current_ids() -> tuple[str | None, str | None, str | None]:
+    """Hex trace id, span id and trace flags of the active span, or three Nones."""
     if not HAS_API:
-        return None, None
+        return _NO_IDS
     ctx = otel_trace.get_current_span().get_span_context()
     if not ctx.is_valid:
-        return None, None
-    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+        return _NO_IDS
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", _FLAGS_HEX[int(ctx.trace_flags)]
 
 
 def _default(value: object) -> str:
@@ -212,43 +222,63 @@ def encode_line(fields: Mapping[str, Any]) -> bytes:
     return orjson.dumps(fields, default=_default, option=orjson.OPT_APPEND_NEWLINE)
 
 
-class JsonFormatter(logging.Formatter):
-    """Formats a `LogRecord` as the project's JSON log object."""
+# `extra` keys that are not fields: uvicorn's copy of its message with ANSI colour codes.
+_DROPPED_EXTRA = frozenset({"color_message"})
 
-    def __init__(self, resource: Mapping[str, str]) -> None:
+
+class JsonFormatter(logging.Formatter):
+    """Formats a `LogRecord` as the project's JSON log object.
+
+    The message and every field are scrubbed (`Scrubber`): a field whose name looks like a
+    secret's is `REDACTED`, and `secret=value` pairs and URL passwords in text are removed.
+    Baggage is only written for the keys in `baggage_keys` (as `baggage.<key>`).
+    """
+
+    def __init__(
+        self, resource: Mapping[str, str], baggage_keys: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__()
         self.resource = dict(resource)
+        self.baggage_keys = baggage_keys
 
     def to_fields(self, record: logging.LogRecord) -> dict[str, Any]:
-        trace_id, span_id = current_trace_ids()
+        trace_id, span_id, trace_flags = _current_ids()
         if trace_id is None and record.exc_info:
             # An error logged outside its span (uvicorn's "Exception in ASGI application").
             tagged = exception_span_context(record.exc_info[1])
             if tagged is not None:
                 trace_id, span_id = f"{tagged.trace_id:032x}", f"{tagged.span_id:016x}"
+                trace_flags = _FLAGS_HEX[int(tagged.trace_flags)]
+        scrub = scrubber()
         fields: dict[str, Any] = {
             "time": utc_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": scrub.text(record.getMessage()),
             **self.resource,
             "trace_id": trace_id,
             "span_id": span_id,
+            # The W3C flags: "00" says the trace was not sampled, so there is none to look up.
+            "trace_flags": trace_flags,
         }
         bound = record.__dict__.get("_fields")
         if bound:
-            fields.update(bound)
+            for key, value in bound.items():
+                fields[key] = scrub.value(key, value)
         for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRS:
-                fields[key] = value
+            if key not in _RECORD_ATTRS and key not in _DROPPED_EXTRA:
+                fields[key] = scrub.value(key, value)
+        if self.baggage_keys and HAS_API:
+            for key, value in otel_baggage.get_all().items():
+                if key in self.baggage_keys:
+                    fields[f"baggage.{key}"] = scrub.value(key, value)
         if record.exc_info and record.exc_info[0] is not None:
             exc_type, exc, tb = record.exc_info
-            scrub = scrubber().text
             fields["exception"] = {
                 "type": exc_type.__qualname__,
                 "module": exc_type.__module__,
-                "message": scrub(str(exc)),
-                "stacktrace": scrub("".join(traceback.format_exception(exc_type, exc, tb))),
+                "message": scrub.text(str(exc)),
+                "stacktrace": scrub.text("".join(traceback.format_exception(exc_type, exc, tb))),
             }
         if record.stack_info:
             fields["stack"] = record.stack_info
@@ -356,9 +386,20 @@ def get_logger(name: str | None = None) -> BoundLogger:
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
-def configure_logging(resource: Mapping[str, str], level: str) -> SinkHandler:
-    """Route the root logger (and uvicorn's loggers) through one JSON handler on stdout."""
-    handler = SinkHandler(JsonFormatter(resource))
+def configure_logging(
+    resource: Mapping[str, str],
+    level: str,
+    client_access_log: bool = True,
+    baggage_keys: frozenset[str] = frozenset(),
+) -> SinkHandler:
+    """Route the root logger (and uvicorn's loggers) through one JSON handler on stdout.
+
+    One access line per request per side: the middleware's line on the server side (so
+    uvicorn's own `uvicorn.access` line is silenced, also under `uvicorn module:app`, where
+    uvicorn configured it before the app was imported), httpx's `HTTP Request` line on the
+    client side, at INFO, switched off with `CLIENT_ACCESS_LOG=false`.
+    """
+    handler = SinkHandler(JsonFormatter(resource, baggage_keys))
     root = logging.getLogger()
     for existing in list(root.handlers):
         if isinstance(existing, SinkHandler) or (
@@ -372,6 +413,11 @@ def configure_logging(resource: Mapping[str, str], level: str) -> SinkHandler:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    access = logging.getLogger("uvicorn.access")
+    access.propagate = False
+    access.setLevel(logging.WARNING)
+    access.addHandler(logging.NullHandler())
+    logging.getLogger("httpx").setLevel(logging.INFO if client_access_log else logging.WARNING)
     _adopt_uvicorn_default(level)
     return handler
 

@@ -61,6 +61,8 @@ KNOWN_METHODS = DEFAULT_KNOWN_METHODS
 def set_known_methods(methods: frozenset[str]) -> None:
     global KNOWN_METHODS
     KNOWN_METHODS = methods
+
+
 _STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 

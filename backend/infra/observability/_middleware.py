@@ -239,11 +239,11 @@ def _json(value: str | None) -> str:
 
 def _format_access_line(record: tuple[Any, ...]) -> str:
     """One JSON access line from a queued record (a dict + orjson costs twice as much)."""
-    ts, method, path, route, status, elapsed, trace_id, span_id, client = record
+    ts, method, path, route, status, elapsed, trace_id, span_id, flags, client = record
     ids = (
-        f'"trace_id":"{trace_id:032x}","span_id":"{span_id:016x}"'
+        f'"trace_id":"{trace_id:032x}","span_id":"{span_id:016x}","trace_flags":"{flags:02x}"'
         if trace_id
-        else '"trace_id":null,"span_id":null'
+        else '"trace_id":null,"span_id":null,"trace_flags":null'
     )
     return (
         f'{{"time":"{utc_timestamp(ts)}","level":"INFO","logger":"access",'
@@ -265,14 +265,24 @@ def _write_access_line(
     scope: Scope, method: str, path: str, route: str | None, status: int, elapsed: float, span: Any
 ) -> None:
     """Queue the request's access line; the log sink formats and writes it off the hot path."""
-    if span is not None:
-        ctx = span.get_span_context()
-        trace_id, span_id = ctx.trace_id, ctx.span_id
+    ctx = current_span_context() if span is None else span.get_span_context()
+    if ctx is not None:
+        trace_id, span_id, flags = ctx.trace_id, ctx.span_id, int(ctx.trace_flags)
     else:
-        ctx = current_span_context()
-        trace_id, span_id = (ctx.trace_id, ctx.span_id) if ctx is not None else (0, 0)
+        trace_id = span_id = flags = 0
     _ACCESS.add(
-        (time(), method, path, route, status, elapsed, trace_id, span_id, scope.get("client"))
+        (
+            time(),
+            method,
+            path,
+            route,
+            status,
+            elapsed,
+            trace_id,
+            span_id,
+            flags,
+            scope.get("client"),
+        )
     )
     if status >= 500:
         SINK.flush()

@@ -105,6 +105,8 @@ class Scrubber:
             return text
         if " " in text:
             text = self._bearer.sub(r"\1 " + SCRUBBED, text)
+        if "?" in text and "://" in text:
+            text = _URL_QUERY.sub(lambda m: m.group(1) + self.query(m.group(2)), text)
         if "=" in text or ":" in text:
             text = self._pairs.sub(self._replace_pair, text)
         return text
@@ -140,7 +142,7 @@ class Scrubber:
                 return self.url(value)
             if key == "url.query":
                 return self.query(value)
-            return self.text(value) if key in _TEXT_KEYS else redact_text(value)
+            return self.text(value)
         return value
 
     def _replace_pair(self, match: re.Match[str]) -> str:
@@ -149,9 +151,10 @@ class Scrubber:
         return f"{match.group('key')}{match.group('sep')}{quote}{SCRUBBED}{quote}"
 
 
-# Attributes whose values are URLs (query strings are scrubbed) or free text (pairs scrubbed).
+# Attributes whose values are URLs (query strings are scrubbed); any other text has its
+# `secret=value` pairs and the query strings of the URLs inside it scrubbed.
 _URL_KEYS = frozenset({"url.full", "http.url", "url.original", "http.target"})
-_TEXT_KEYS = frozenset({"exception.message", "exception.stacktrace", "message"})
+_URL_QUERY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s?#\"'<>]+\?)([^\s#\"'<>]+)")
 
 _SCRUBBER = [Scrubber()]
 

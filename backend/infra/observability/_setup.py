@@ -12,6 +12,7 @@ from ._config import ObservabilityConfig, load_config
 from ._logging import SINK, configure_logging
 from ._middleware import MiddlewareOptions, ObservabilityMiddleware
 from ._otel import HAS_SDK, instrument_httpx
+from ._redact import configure_scrubbing
 from ._tracing import shutdown_tracing
 
 _init_lock = threading.Lock()
@@ -34,7 +35,13 @@ def init_observability(
         if current is not None:
             return current
         config = load_config(service_name, log_level, enable_tracing, enable_metrics)
-        configure_logging(_state.log_resource_fields(config), config.log_level)
+        configure_scrubbing(config.scrubbing, config.scrub_patterns)
+        configure_logging(
+            _state.log_resource_fields(config),
+            config.log_level,
+            client_access_log=config.client_access_log,
+            baggage_keys=config.baggage_log_keys,
+        )
         _state.set_config(config)
         if config.http_known_methods is not None:
             _metrics.set_known_methods(config.http_known_methods)

@@ -333,6 +333,7 @@ def current_traceparent() -> str | None:
 
 # --- The per-request server span ----------------------------------------------------------------
 
+
 def parse_traceparent(value: bytes) -> Any | None:
     """A remote `SpanContext` from a W3C `traceparent` header value, or None if invalid."""
     parsed = parse_traceparent_value(value)
@@ -504,8 +505,9 @@ if HAS_SDK:
         span_id = random.getrandbits(64) or 1
         sampled = rt.should_sample(trace_id, parent)
         trace_state = parent.trace_state if parent is not None else None
-        # Level 2's random flag describes the trace id, so it stays with the trace.
-        random_flag = parent.trace_flags & 0x02 if parent is not None else 0
+        # Level 2's random flag says the trace id is random: set for the traces we start (as
+        # the SDK does), kept as received for the traces we continue.
+        random_flag = parent.trace_flags & 0x02 if parent is not None else 0x02
         ctx = otel_trace.SpanContext(
             trace_id,
             span_id,

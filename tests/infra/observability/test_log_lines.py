@@ -1,0 +1,134 @@
+"""Log lines per the specification and an SRE's needs: trace flags, one access line per request
+per side (also under `uvicorn module:app`), and no secrets in any field."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+from pathlib import Path
+
+from opentelemetry import baggage, context
+
+from backend.infra.observability import get_logger, get_tracer
+from backend.infra.observability._config import load_config
+from backend.infra.observability._logging import SINK, JsonFormatter
+from backend.infra.observability._redact import configure_scrubbing
+from tests.support.procs import free_port, running, wait_until
+
+
+def parsed(buffer: io.StringIO, logger: str) -> list[dict[str, object]]:
+    SINK.flush()
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    return [line for line in lines if line["logger"] == logger]
+
+
+def test_each_line_carries_the_trace_flags(log_lines) -> None:  # type: ignore[no-untyped-def]
+    log = get_logger("flags")
+    with get_tracer("t").start_as_current_span("sampled"):
+        log.info("inside")
+    log.info("outside")
+    inside, outside = parsed(log_lines, "flags")
+    assert int(str(inside["trace_flags"]), 16) & 0x01, "sampled"
+    assert outside["trace_flags"] is None
+
+
+def test_secret_fields_messages_and_urls_are_scrubbed(log_lines) -> None:  # type: ignore[no-untyped-def]
+    log = get_logger("scrub")
+    log.info(
+        "login with password=hunter2 at https://api.example.com/x?token=abc",
+        api_key="k-123",
+        user="bob",
+        target="https://h/cb?sig=s1&page=2",
+    )
+    logging_extra = get_logger("scrub").logger
+    logging_extra.warning("cookie set", extra={"session_cookie": "c-1", "attempt": 1})
+    SINK.flush()
+    output = log_lines.getvalue()
+    for secret in ("hunter2", "k-123", "abc", "s1", "c-1"):
+        assert secret not in output
+    first, second = parsed(log_lines, "scrub")
+    assert (
+        first["message"]
+        == "login with password=REDACTED at https://api.example.com/x?token=REDACTED"
+    )
+    assert first["api_key"] == "REDACTED" and first["user"] == "bob"
+    assert second["session_cookie"] == "REDACTED" and second["attempt"] == 1
+
+
+def test_scrubbing_can_be_extended_and_switched_off(log_lines) -> None:  # type: ignore[no-untyped-def]
+    try:
+        configure_scrubbing(True, ("account[._]?number",))
+        get_logger("scrub-ext").info("x", account_number="12345678")
+        configure_scrubbing(False)
+        get_logger("scrub-ext").info("y password=visible", api_key="visible")
+    finally:
+        configure_scrubbing(True)
+    extended, off = parsed(log_lines, "scrub-ext")
+    assert extended["account_number"] == "REDACTED"
+    assert off["api_key"] == "visible" and off["message"] == "y password=visible"
+    config = load_config(
+        "s", env={"OBSERVABILITY_SCRUB": "false", "OBSERVABILITY_SCRUB_PATTERNS": "iban,pin"}
+    )
+    assert config.scrubbing is False and config.scrub_patterns == ("iban", "pin")
+
+
+def test_baggage_reaches_log_lines_only_when_allow_listed(log_lines) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    token = context.attach(
+        baggage.set_baggage("user.email", "a@b.c", baggage.set_baggage("desk", "crypto"))
+    )
+    try:
+        get_logger("bag").info("no allow-list")
+        record = logging.LogRecord("bag", logging.INFO, __file__, 1, "allowed", None, None)
+        fields = JsonFormatter({}, frozenset({"desk"})).to_fields(record)
+    finally:
+        context.detach(token)
+    (line,) = parsed(log_lines, "bag")
+    assert not any("baggage" in key or value == "crypto" for key, value in line.items())
+    assert fields["baggage.desk"] == "crypto"
+    assert "baggage.user.email" not in fields
+
+
+def get(port: int, path: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return int(r.status)
+
+
+def test_one_access_line_per_request_per_side_under_the_uvicorn_cli(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["-m", "uvicorn", "tests.infra.observability.cli_app:app", "--port", str(port)]
+    with running(args, {}, tmp_path / "cli.log", port) as proc:
+        assert get(port, "/items/1?q=2") == 200
+        assert get(port, "/items/2") == 200
+        assert get(port, f"/call?port={port}") == 200
+
+        def access_lines() -> list[dict[str, object]]:
+            lines = [json.loads(x) for x in proc.lines() if x.startswith("{")]
+            return [x for x in lines if x["logger"] in ("access", "uvicorn.access")]
+
+        lines = wait_until(lambda: len(access_lines()) >= 4 and access_lines(), what="access")
+        output = proc.output()
+    assert {x["logger"] for x in lines} == {"access"}, "uvicorn's own access line is silenced"
+    assert sorted(str(x["url.path"]) for x in lines) == [
+        "/call",
+        "/items/1",
+        "/items/1",
+        "/items/2",
+    ]
+    assert all(int(str(x["trace_flags"]), 16) & 0x01 for x in lines)
+    # The client side: httpx's one line per call, with the query string scrubbed.
+    client = [
+        x
+        for x in (json.loads(line) for line in output.splitlines() if line.startswith("{"))
+        if x["logger"] == "httpx"
+    ]
+    assert len(client) == 1 and "token=REDACTED" in str(client[0]["message"])
+    assert "s3cr3t-t0ken" not in output
+    assert "color_message" not in output
+
+
+def test_client_access_lines_can_be_turned_down() -> None:
+    assert load_config("s", env={"CLIENT_ACCESS_LOG": "false"}).client_access_log is False
+    assert load_config("s", env={}).client_access_log is True
