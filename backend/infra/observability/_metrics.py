@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import (
-    CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 # Buckets for request latency in seconds: 1 ms .. 10 s.
@@ -63,20 +65,29 @@ def set_known_methods(methods: frozenset[str]) -> None:
     KNOWN_METHODS = methods
 
 
-_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
-
-
 class _Series:
-    __slots__ = ("buckets", "count", "sum")
+    __slots__ = ("buckets", "count", "exemplars", "sum")
 
     def __init__(self) -> None:
         self.count = 0
         self.sum = 0.0
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        # Per bucket, the latest sampled request in it: (trace id, span id, seconds, time).
+        self.exemplars: list[tuple[int, int, float, float] | None] = [None] * len(self.buckets)
+
+
+# (http.request.method, http.route, http.response.status_code, url.scheme, error.type)
+SeriesKey = tuple[str, str, int, str, str]
 
 
 class HttpMetrics:
-    """Request count, duration histogram and in-flight gauge of one app's middleware.
+    """`http.server.request.duration` and `http.server.active_requests` of one app's middleware.
+
+    Exposed as `http_server_request_duration_seconds` (labels `http_request_method`,
+    `http_route`, `http_response_status_code`, `url_scheme`, `error_type`) and
+    `http_server_active_requests`: the OpenTelemetry semantic-convention names in
+    Prometheus form. Cardinality stays bounded: routes are templates (no label for a request
+    that matched none), unknown methods are `_OTHER`.
 
     Why not prometheus_client's Counter and Histogram objects: their per-call label lookup,
     locks and bucket loop cost ~4 µs per request, a tenth of the whole observability budget on
@@ -89,28 +100,41 @@ class HttpMetrics:
     __slots__ = ("__weakref__", "in_flight", "series")
 
     def __init__(self) -> None:
-        self.series: dict[tuple[str, str, int], _Series] = {}
+        self.series: dict[SeriesKey, _Series] = {}
         self.in_flight = 0
         _COLLECTOR.sources.add(self)
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status // 100)
+    def observe(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        scheme: str = "http",
+        error_type: str = "",
+        trace_id: int = 0,
+        span_id: int = 0,
+    ) -> None:
+        """Count one request; `trace_id` (of a sampled span) becomes the bucket's exemplar."""
+        key = (method, route, status, scheme, error_type)
         series = self.series.get(key)
         if series is None:
             if method not in KNOWN_METHODS:
                 # Arbitrary methods must not create series.
-                key = ("_OTHER", route, status // 100)
+                key = ("_OTHER", route, status, scheme, error_type)
                 series = self.series.get(key)
             if series is None:
                 series = self.series[key] = _Series()
         series.count += 1
         series.sum += seconds
-        series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        index = bisect_left(LATENCY_BUCKETS, seconds)
+        series.buckets[index] += 1
+        if trace_id:
+            series.exemplars[index] = (trace_id, span_id, seconds, time.time())
 
 
 class HttpCollector(Collector):
-    """Exposes every `HttpMetrics` of the process as `http_requests_total`,
-    `http_request_duration_seconds` and `http_requests_in_flight`."""
+    """Exposes every `HttpMetrics` of the process (see `HttpMetrics` for the names)."""
 
     def __init__(self) -> None:
         self.sources: weakref.WeakSet[HttpMetrics] = weakref.WeakSet()
@@ -119,39 +143,62 @@ class HttpCollector(Collector):
         return self._families({})
 
     def collect(self) -> Iterable[Metric]:
-        merged: dict[tuple[str, str, int], _Series] = {}
+        merged: dict[SeriesKey, _Series] = {}
         for source in list(self.sources):
             for key, series in list(source.series.items()):
                 total = merged.setdefault(key, _Series())
                 total.count += series.count
                 total.sum += series.sum
                 total.buckets = [a + b for a, b in zip(total.buckets, series.buckets, strict=True)]
+                total.exemplars = [
+                    _latest(a, b) for a, b in zip(total.exemplars, series.exemplars, strict=True)
+                ]
         return self._families(merged)
 
-    def _families(self, merged: dict[tuple[str, str, int], _Series]) -> list[Metric]:
-        labels = ["method", "route", "status"]
-        requests = CounterMetricFamily(
-            "http_requests",
-            "HTTP requests served, by method, route template and status class.",
-            labels=labels,
-        )
+    def _families(self, merged: dict[SeriesKey, _Series]) -> list[Metric]:
         duration = HistogramMetricFamily(
-            "http_request_duration_seconds",
-            "Time to serve an HTTP request, by method, route template and status class.",
-            labels=labels,
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests (OpenTelemetry http.server.request.duration).",
+            labels=[
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+                "url_scheme",
+                "error_type",
+            ],
         )
-        for (method, route, status), series in sorted(merged.items()):
-            values = [method, route, _STATUS_CLASSES.get(status, "other")]
-            requests.add_metric(values, series.count)
+        for (method, route, status, scheme, error_type), series in sorted(merged.items()):
+            values = [method, "" if route == UNMATCHED_ROUTE else route, str(status), scheme]
+            values.append(error_type)
             cumulative = 0
-            buckets = []
-            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), series.buckets, strict=True):
+            buckets: list[Any] = []
+            for bound, n, exemplar in zip(
+                (*LATENCY_BUCKETS, float("inf")), series.buckets, series.exemplars, strict=True
+            ):
                 cumulative += n
-                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+                bucket: tuple[Any, ...] = (floatToGoString(bound), cumulative)  # type: ignore[no-untyped-call]
+                if exemplar is not None:
+                    trace_id, span_id, seconds, at = exemplar
+                    labels = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+                    bucket = (*bucket, Exemplar(labels, seconds, at))
+                buckets.append(bucket)
             duration.add_metric(values, buckets, series.sum)
-        in_flight = GaugeMetricFamily("http_requests_in_flight", "HTTP requests being served now.")
-        in_flight.add_metric([], sum(s.in_flight for s in self.sources))
-        return [requests, duration, in_flight]
+        active = GaugeMetricFamily(
+            "http_server_active_requests",
+            "HTTP server requests being served now (OpenTelemetry http.server.active_requests).",
+        )
+        active.add_metric([], sum(s.in_flight for s in self.sources))
+        return [duration, active]
+
+
+def _latest(
+    a: tuple[int, int, float, float] | None, b: tuple[int, int, float, float] | None
+) -> tuple[int, int, float, float] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a[3] >= b[3] else b
 
 
 _COLLECTOR = HttpCollector()

@@ -8,7 +8,8 @@ from time import perf_counter, time
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 
 from . import _metrics, _state, _tracing
 from ._logging import SINK, current_span_context, tag_exception, utc_timestamp
@@ -77,7 +78,7 @@ class ObservabilityMiddleware:
             and options.metrics
             and not self._has_metrics_route(scope)
         ):
-            await _serve_metrics(send)
+            await _serve_metrics(scope, send)
             return
         started = perf_counter()
         method = scope["method"]
@@ -116,7 +117,25 @@ class ObservabilityMiddleware:
             elapsed = perf_counter() - started
             route = route_template(scope)
             if options.metrics:
-                metrics.observe(method, route or UNMATCHED_ROUTE, status, elapsed)
+                if error is not None:
+                    error_type = type(error).__qualname__
+                else:
+                    error_type = str(status) if status >= 500 else ""
+                trace_id = span_id = 0
+                if span is not None:
+                    ctx = span.get_span_context()
+                    if ctx.trace_flags & 0x01:  # an exemplar must lead to a recorded trace
+                        trace_id, span_id = ctx.trace_id, ctx.span_id
+                metrics.observe(
+                    method,
+                    route or UNMATCHED_ROUTE,
+                    status,
+                    elapsed,
+                    scope.get("scheme", "http"),
+                    error_type,
+                    trace_id,
+                    span_id,
+                )
             if span is not None:
                 _end_span(span, route, status, error)
                 _tracing.detach(token)  # type: ignore[arg-type]
@@ -288,14 +307,21 @@ def _write_access_line(
         SINK.flush()
 
 
-async def _serve_metrics(send: Send) -> None:
-    body = generate_latest(REGISTRY)
+async def _serve_metrics(scope: Scope, send: Send) -> None:
+    """The default registry, in OpenMetrics (with exemplars) when the scraper asks for it."""
+    accept = ""
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            accept = value.decode("latin-1")
+            break
+    encoder, content_type = choose_encoder(accept)
+    body = encoder(REGISTRY)
     await send(
         {
             "type": "http.response.start",
             "status": 200,
             "headers": [
-                (b"content-type", CONTENT_TYPE_LATEST.encode("latin-1")),
+                (b"content-type", content_type.encode("latin-1")),
                 (b"content-length", str(len(body)).encode("latin-1")),
             ],
         }

@@ -42,38 +42,67 @@ def make_app(seed_metrics_route: bool = False) -> FastAPI:
     return app
 
 
+DURATION = "http_server_request_duration_seconds"
+
+
 def request_count(text: str, **labels: str) -> float:
     return sum(
         s.value
-        for s in samples(text, "http_requests_total")
+        for s in samples(text, f"{DURATION}_count")
         if all(s.labels.get(k) == v for k, v in labels.items())
     )
 
 
-def test_requests_are_counted_by_route_template_and_status_class() -> None:
+def test_requests_are_measured_under_the_semantic_convention_names() -> None:
     client = TestClient(make_app())
     before = client.get("/metrics").text
     for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
         client.get(f"/positions/{symbol}")
     client.post("/orders")
     text = client.get("/metrics").text
-    route = {"method": "GET", "route": "/positions/{symbol}", "status": "2xx"}
+    route = {
+        "http_request_method": "GET",
+        "http_route": "/positions/{symbol}",
+        "http_response_status_code": "200",
+        "url_scheme": "http",
+        "error_type": "",
+    }
     assert request_count(text, **route) - request_count(before, **route) == 3
-    post = {"method": "POST", "route": "/orders", "status": "2xx"}
+    post = {"http_request_method": "POST", "http_route": "/orders"}
     assert request_count(text, **post) - request_count(before, **post) == 1
-    assert not any("BTCUSDT" in str(s.labels) for s in samples(text, "http_requests_total"))
-    hist = [
-        s
-        for s in samples(text, "http_request_duration_seconds_count")
-        if s.labels.get("route") == "/positions/{symbol}"
-    ]
-    assert hist and hist[0].value >= 3
+    assert not any("BTCUSDT" in str(s.labels) for s in samples(text, f"{DURATION}_count"))
     buckets = [
         s
-        for s in samples(text, "http_request_duration_seconds_bucket")
-        if s.labels.get("route") == "/positions/{symbol}"
+        for s in samples(text, f"{DURATION}_bucket")
+        if s.labels.get("http_route") == "/positions/{symbol}"
     ]
-    assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == hist[0].value
+    count = request_count(text, http_route="/positions/{symbol}")
+    assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == count >= 3
+    assert "http_requests_total" not in text and "http_request_duration_seconds" not in text
+
+
+def test_the_status_code_is_exact_and_server_errors_carry_their_type() -> None:
+    app = make_app()
+
+    @app.get("/limited")
+    async def limited() -> Response:
+        return Response(status_code=429)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise KeyError("x")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    client.get("/limited")
+    client.get("/boom")
+    text = client.get("/metrics").text
+    assert request_count(text, http_route="/limited", http_response_status_code="429") >= 1
+    assert (
+        request_count(
+            text, http_route="/boom", http_response_status_code="500", error_type="KeyError"
+        )
+        >= 1
+    )
 
 
 def test_a_flood_of_random_urls_creates_no_new_series() -> None:
@@ -85,23 +114,58 @@ def test_a_flood_of_random_urls_creates_no_new_series() -> None:
     for method in methods:
         client.request(method, "/positions/BTC")
     text = client.get("/metrics").text
-    series = samples(text, "http_requests_total")
+    series = samples(text, f"{DURATION}_count")
     labels = [s.labels for s in series]
     assert not any(part in str(labels) for path in flood for part in path.split("/") if part)
     assert not any(method in str(labels) for method in methods)
-    unmatched = [x for x in labels if x["route"] == "__unmatched__"]
-    assert unmatched == [{"method": "GET", "route": "__unmatched__", "status": "4xx"}]
-    other = [x for x in labels if x["method"] == "_OTHER"]
-    assert other == [{"method": "_OTHER", "route": "/positions/{symbol}", "status": "4xx"}]
-    assert request_count(text, route="__unmatched__", status="4xx") >= 200
-    assert request_count(text, method="_OTHER") >= 20
+    # A request that matched no route has no route label (empty), as the conventions say.
+    unmatched = [x for x in labels if x["http_route"] == ""]
+    assert [(x["http_request_method"], x["http_response_status_code"]) for x in unmatched] == [
+        ("GET", "404")
+    ]
+    other = [x for x in labels if x["http_request_method"] == "_OTHER"]
+    assert [(x["http_route"], x["http_response_status_code"]) for x in other] == [
+        ("/positions/{symbol}", "405")
+    ]
+    assert request_count(text, http_route="", http_response_status_code="404") >= 200
+    assert request_count(text, http_request_method="_OTHER") >= 20
+
+
+def test_buckets_carry_trace_exemplars_in_openmetrics(span_exporter) -> None:  # type: ignore[no-untyped-def]
+    client = TestClient(make_app())
+    client.get("/positions/EXEMPLAR")
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name.startswith("GET /pos")]
+    response = client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    text = response.text
+    assert text.rstrip().endswith("# EOF")
+    trace_id = f"{span.context.trace_id:032x}"
+    exemplar_lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith(f"{DURATION}_bucket") and f'trace_id="{trace_id}"' in line
+    ]
+    assert len(exemplar_lines) == 1
+    assert f'span_id="{span.context.span_id:016x}"' in exemplar_lines[0]
+    # The classic text format stays as it was, without exemplars.
+    plain = client.get("/metrics")
+    assert plain.headers["content-type"].startswith("text/plain")
+    assert "trace_id" not in plain.text
+
+
+def test_unsampled_requests_leave_no_exemplar() -> None:
+    client = TestClient(make_app())
+    unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    client.get("/positions/UNSAMPLED", headers={"traceparent": unsampled})
+    text = client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
+    assert "0af7651916cd43dd8448eb211c80319c" not in text
 
 
 def test_in_flight_and_dropped_span_metrics_are_exposed() -> None:
     client = TestClient(make_app())
     text = client.get("/metrics").text
     names = families(text)
-    assert "http_requests_in_flight" in names
+    assert "http_server_active_requests" in names
     assert "otel_spans_dropped" in names
     reasons = {s.labels["reason"] for s in samples(text, "otel_spans_dropped_total")}
     assert {"queue_full", "export_failed"} <= reasons
@@ -111,7 +175,7 @@ def test_seed_metrics_route_shows_the_library_metrics() -> None:
     client = TestClient(make_app(seed_metrics_route=True))
     client.get("/positions/BTC")
     text = client.get("/metrics").text
-    assert request_count(text, route="/positions/{symbol}") >= 1
+    assert request_count(text, http_route="/positions/{symbol}") >= 1
     # The app's own /metrics handled the scrape, and the scrape itself is counted.
     client.get("/metrics")
-    assert request_count(client.get("/metrics").text, route="/metrics") >= 2
+    assert request_count(client.get("/metrics").text, http_route="/metrics") >= 2
