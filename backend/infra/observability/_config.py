@@ -71,6 +71,9 @@ class ObservabilityConfig:
     scrub_patterns: tuple[str, ...] = ()
     client_access_log: bool = True
     baggage_log_keys: frozenset[str] = frozenset()
+    otlp_metrics_endpoint: str | None = None
+    otlp_logs_endpoint: str | None = None
+    metric_export_interval_ms: int = 60000
 
     @property
     def exporting(self) -> bool:
@@ -158,6 +161,42 @@ def _infer_protocol(endpoint: str) -> Protocol:
     return "http/protobuf"
 
 
+def _signal_endpoint(
+    env: Mapping[str, str],
+    signal: str,
+    base: str | None,
+    base_var: str | None,
+    protocol: Protocol,
+) -> str | None:
+    """Where `signal` (metrics, logs) goes over OTLP, or None when it is not exported.
+
+    `OTEL_{SIGNAL}_EXPORTER` (default `otlp`; `none` or `prometheus` switch OTLP off) and
+    `OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT` (used as given); else the base endpoint (the
+    seed's `OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`) with `/v1/{signal}` for HTTP.
+    """
+    upper = signal.upper()
+    exporter_var = f"OTEL_{upper}_EXPORTER"
+    exporters = [e.strip() for e in (_get(env, exporter_var) or "otlp").split(",") if e.strip()]
+    allowed = {"otlp", "none", "prometheus"} if signal == "metrics" else {"otlp", "none"}
+    for name in exporters:
+        if name not in allowed:
+            raise ObservabilityConfigError(exporter_var, name, f"expected one of {sorted(allowed)}")
+    if "otlp" not in exporters:
+        return None
+    specific_var = f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"
+    specific = _get(env, specific_var)
+    if specific is not None:
+        return _parse_endpoint(specific_var, specific)
+    if base is None or base_var == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+        return None
+    if protocol == "http/protobuf":
+        base = base.rstrip("/")
+        if base.endswith("/v1/traces"):
+            base = base[: -len("/v1/traces")]
+        return f"{base}/v1/{signal}"
+    return base
+
+
 def load_config(
     service_name: str | None = None,
     log_level: str | None = None,
@@ -235,6 +274,14 @@ def load_config(
         protocol = raw_protocol  # type: ignore[assignment]
     else:
         protocol = _infer_protocol(endpoint) if endpoint else "http/protobuf"
+
+    signal_endpoints = {
+        signal: _signal_endpoint(env, signal, endpoint, endpoint_var, protocol)
+        for signal in ("metrics", "logs")
+    }
+    interval_ms = _parse_positive_int(
+        "OTEL_METRIC_EXPORT_INTERVAL", _get(env, "OTEL_METRIC_EXPORT_INTERVAL") or "60000"
+    )
 
     if endpoint and protocol == "http/protobuf":
         path = urlsplit(endpoint).path.rstrip("/")
@@ -383,4 +430,7 @@ def load_config(
         scrub_patterns=patterns,
         client_access_log=client_access_log,
         baggage_log_keys=baggage_keys,
+        otlp_metrics_endpoint=signal_endpoints["metrics"] if metrics else None,
+        otlp_logs_endpoint=signal_endpoints["logs"],
+        metric_export_interval_ms=interval_ms,
     )

@@ -407,9 +407,12 @@ class HttpTransport:
 
 
 class GrpcTransport:
-    """OTLP/gRPC: the encoded request sent as raw bytes to TraceService/Export."""
+    """OTLP/gRPC: the encoded request sent as raw bytes to TraceService/Export (or the
+    metrics or logs service's, by `method`)."""
 
     METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    METRICS_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+    LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
     # The codes the OTLP specification lists as retryable (RESOURCE_EXHAUSTED only with
     # RetryInfo, which this transport does not decode, so it is not retried).
     RETRYABLE = frozenset(
@@ -424,6 +427,7 @@ class GrpcTransport:
         timeout_s: float,
         compression: str = "none",
         tls: TlsFiles | None = None,
+        method: str = METHOD,
     ) -> None:
         import grpc
 
@@ -445,7 +449,7 @@ class GrpcTransport:
             )
         else:
             self._channel = grpc.insecure_channel(target, options=options, compression=gzip_on)
-        self._call = self._channel.unary_unary(self.METHOD)
+        self._call = self._channel.unary_unary(method)
         self._metadata = tuple((k.lower(), v) for k, v in headers.items())
         self._timeout_s = timeout_s
         self._grpc = grpc
@@ -503,7 +507,13 @@ class ExportQueue(SpanProcessor):
         delay_ms: int = 500,
         encoder: Callable[[Sequence[Any]], bytes] = encode_spans,
         timeout_s: float = 10.0,
+        dropped: Any = SPANS_DROPPED,
+        exported: Any = SPANS_EXPORTED,
+        queue_gauge: Any = EXPORT_QUEUE,
+        thread_name: str = "otlp-span-export",
     ) -> None:
+        self._dropped = dropped
+        self._exported = exported
         self._transport = transport
         self._queue: deque[Any] = deque()
         self._max_queue = max_queue_size
@@ -519,25 +529,28 @@ class ExportQueue(SpanProcessor):
         self._shutdown_deadline: float | None = None
         self._failures = 0
         self._last_error_log = 0.0
-        self._thread = threading.Thread(target=self._run, name="otlp-span-export", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         self._thread.start()
-        EXPORT_QUEUE.set_function(lambda: len(self._queue))
+        queue_gauge.set_function(lambda: len(self._queue))
 
     # SpanProcessor interface ------------------------------------------------------------------
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         return None
 
     def on_end(self, span: Any) -> None:
-        if not span._context.trace_flags.sampled:
-            return
+        if span._context.trace_flags.sampled:
+            self.add(span)
+
+    def add(self, item: Any) -> None:
+        """Queue one item for export; drop and count it when the queue is full."""
         if self._stopped:
-            SPANS_DROPPED.labels("shutdown").inc()
+            self._dropped.labels("shutdown").inc()
             return
         queue = self._queue
         if len(queue) >= self._max_queue:
-            SPANS_DROPPED.labels("queue_full").inc()
+            self._dropped.labels("queue_full").inc()
             return
-        queue.append(span)
+        queue.append(item)
         if len(queue) == self._max_batch:
             self._wake.set()
 
@@ -575,7 +588,7 @@ class ExportQueue(SpanProcessor):
             self._thread.join(timeout=0.5)
         left = len(self._queue)
         if left:
-            SPANS_DROPPED.labels("shutdown").inc(left)
+            self._dropped.labels("shutdown").inc(left)
             self._queue.clear()
         self._transport.close()
 
@@ -610,7 +623,7 @@ class ExportQueue(SpanProcessor):
             self._send_with_retries(payload)
         # Broad on purpose: whatever the exporter or encoder raises, the service must go on.
         except Exception as exc:
-            SPANS_DROPPED.labels("export_failed").inc(len(batch))
+            self._dropped.labels("export_failed").inc(len(batch))
             self._failures += 1
             now = time.monotonic()
             if now - self._last_error_log > 30.0:
@@ -625,7 +638,7 @@ class ExportQueue(SpanProcessor):
         finally:
             EXPORT_SECONDS.inc(time.perf_counter() - started)
         self._failures = 0
-        SPANS_EXPORTED.inc(len(batch))
+        self._exported.inc(len(batch))
         return True
 
     def _send_with_retries(self, payload: bytes) -> None:
@@ -673,7 +686,8 @@ def make_transport(
     timeout_s: float,
     compression: str = "none",
     tls: TlsFiles | None = None,
+    grpc_method: str = GrpcTransport.METHOD,
 ) -> Transport:
     if protocol == "http/protobuf":
         return HttpTransport(endpoint, headers, timeout_s, compression, tls)
-    return GrpcTransport(endpoint, insecure, headers, timeout_s, compression, tls)
+    return GrpcTransport(endpoint, insecure, headers, timeout_s, compression, tls, grpc_method)

@@ -295,12 +295,18 @@ class SinkHandler(logging.Handler):
         super().__init__()
         self.json_formatter = formatter
         self.sink = sink
+        # The OTLP log export queue (`add`), when logs also go to a collector.
+        self.otlp: Any | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            fields = self.json_formatter.to_fields(record)
+            otlp = self.otlp
+            if otlp is not None:
+                otlp.add((int(record.created * 1e9), record.levelno, record.levelname, fields))
             # Redacted as a whole line: a password can arrive in any field, an exception
             # message or a third-party traceback alike.
-            line = redact_bytes(encode_line(self.json_formatter.to_fields(record)))
+            line = redact_bytes(encode_line(fields))
             # Written at once: uvicorn ends a SIGTERM by re-raising the signal, so atexit never
             # runs and a buffered line would be lost. Only access lines are batched, and the
             # middleware flushes them when the app shuts down.

@@ -48,9 +48,21 @@ EXPORT_SECONDS = Counter(
     "otel_export_seconds_total", "Time the export thread spent encoding and sending spans."
 )
 
+LOGS_DROPPED = Counter(
+    "otel_logs_dropped_total",
+    "Log records the OTLP log exporter had to drop, by reason.",
+    ["reason"],
+)
+LOGS_EXPORTED = Counter("otel_logs_exported_total", "Log records delivered over OTLP.")
+LOGS_QUEUE = Gauge("otel_log_export_queue_records", "Log records waiting for OTLP export.")
+METRIC_EXPORTS = Counter(
+    "otel_metric_exports_total", "OTLP metric pushes, by result (ok, failed).", ["result"]
+)
+
 # Pre-create the label sets so the series exist (at zero) before the first drop.
 for _reason in ("queue_full", "export_failed", "shutdown"):
     SPANS_DROPPED.labels(_reason)
+    LOGS_DROPPED.labels(_reason)
 
 # The HTTP methods the semantic conventions know (RFC 9110, PATCH, QUERY); any other method is
 # `_OTHER` on spans and metrics. `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS` replaces the list.

@@ -11,7 +11,7 @@ from . import _metrics, _state, _tracing
 from ._config import ObservabilityConfig, load_config
 from ._logging import SINK, configure_logging
 from ._middleware import MiddlewareOptions, ObservabilityMiddleware
-from ._otel import HAS_SDK, instrument_httpx
+from ._otel import HAS_SDK, INSTALL_HINT, instrument_httpx
 from ._redact import configure_scrubbing
 from ._tracing import shutdown_tracing
 
@@ -36,7 +36,7 @@ def init_observability(
             return current
         config = load_config(service_name, log_level, enable_tracing, enable_metrics)
         configure_scrubbing(config.scrubbing, config.scrub_patterns)
-        configure_logging(
+        handler = configure_logging(
             _state.log_resource_fields(config),
             config.log_level,
             client_access_log=config.client_access_log,
@@ -49,6 +49,7 @@ def init_observability(
         if rt is not None:
             instrument_httpx()
             atexit.register(shutdown_tracing)
+        _start_signal_exports(config, handler)
         logging.getLogger(__name__).debug(
             "observability ready",
             extra={
@@ -63,9 +64,78 @@ def init_observability(
 
 
 def shutdown_observability(timeout_ms: int = 5000) -> None:
-    """Flush queued spans and log lines; call before a worker process exits."""
+    """Flush queued spans, log records and metrics; call before a worker process exits."""
     shutdown_tracing(timeout_ms)
+    _stop_signal_exports(timeout_ms)
     SINK.flush()
+
+
+# The OTLP metric pusher and log queue, when started.
+_SIGNAL_EXPORTS: list[Any] = []
+
+
+def _start_signal_exports(config: ObservabilityConfig, handler: Any) -> None:
+    """OTLP metrics and logs beside Prometheus and stdout, when an endpoint is configured."""
+    if config.otlp_metrics_endpoint is None and config.otlp_logs_endpoint is None:
+        return
+    try:
+        if not HAS_SDK:
+            raise ImportError("opentelemetry-sdk")
+        import opentelemetry.proto  # noqa: F401 - the encoders need it
+
+        from . import _export, _signals
+    except ImportError:  # the SDK and opentelemetry-proto are the tracing extra
+        logging.getLogger(__name__).warning(
+            "OTLP metrics and logs need the OpenTelemetry packages; %s", INSTALL_HINT
+        )
+        return
+    tls = _export.TlsFiles(
+        config.otlp_certificate, config.otlp_client_key, config.otlp_client_certificate
+    )
+    resource = _tracing.resource_attributes(config)
+    scope = (_tracing.LIBRARY_SCOPE, config.service_version)
+
+    def transport(endpoint: str, grpc_method: str) -> Any:
+        return _export.make_transport(
+            endpoint,
+            config.otlp_protocol,
+            config.otlp_insecure,
+            config.otlp_headers,
+            config.otlp_timeout_s,
+            config.otlp_compression,
+            tls,
+            grpc_method,
+        )
+
+    if config.otlp_metrics_endpoint is not None:
+        _SIGNAL_EXPORTS.append(
+            _signals.MetricsPusher(
+                transport(config.otlp_metrics_endpoint, _export.GrpcTransport.METRICS_METHOD),
+                resource,
+                scope,
+                config.metric_export_interval_ms / 1000.0,
+                config.otlp_timeout_s,
+            )
+        )
+    if config.otlp_logs_endpoint is not None:
+        queue = _signals.make_log_queue(
+            transport(config.otlp_logs_endpoint, _export.GrpcTransport.LOGS_METHOD),
+            resource,
+            scope,
+            config.otlp_timeout_s,
+        )
+        handler.otlp = queue
+        _SIGNAL_EXPORTS.append(queue)
+    atexit.register(_stop_signal_exports)
+
+
+def _stop_signal_exports(timeout_ms: int = 5000) -> None:
+    while _SIGNAL_EXPORTS:
+        exporter = _SIGNAL_EXPORTS.pop()
+        if hasattr(exporter, "begin_shutdown"):
+            exporter.shutdown(timeout_ms)
+        else:
+            exporter.shutdown(min(2.0, timeout_ms / 1000.0))
 
 
 def _options(app: Any) -> MiddlewareOptions:

@@ -34,12 +34,14 @@ class FakeCollector:
     def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
         self.script = list(script)
         self.requests: list[tuple[float, dict[str, str], bytes]] = []
+        self.paths: list[str] = []
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 collector.requests.append((time.monotonic(), dict(self.headers), body))
+                collector.paths.append(self.path)
                 status, headers = collector.script.pop(0) if collector.script else (200, {})
                 self.send_response(status)
                 for name, value in headers.items():
@@ -51,7 +53,8 @@ class FakeCollector:
                 return None
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.base_url}/v1/traces"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> FakeCollector:
