@@ -533,10 +533,7 @@ class ExportQueue(SpanProcessor):
         self._thread.start()
         queue_gauge.set_function(lambda: len(self._queue))
 
-    # SpanProcessor interface ------------------------------------------------------------------
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        return None
-
+    # SpanProcessor interface (on_start is the base class's no-op) ----------------------------
     def on_end(self, span: Any) -> None:
         if span._context.trace_flags.sampled:
             self.add(span)

@@ -170,7 +170,12 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
             user_agent = value
         elif name == b"x-forwarded-host":
             forwarded_host = value
-    parent = _tracing.remote_parent(traceparents, tracestates) if traceparents else None
+    base = None
+    if _tracing.CUSTOM_PROPAGATORS[0]:
+        parent, base = _tracing.extract_with_propagators(scope["headers"])
+        baggage = None  # read by the propagators, if they include baggage
+    else:
+        parent = _tracing.remote_parent(traceparents, tracestates) if traceparents else None
     known = method in _metrics.KNOWN_METHODS
 
     def make_attributes() -> dict[str, Any]:
@@ -208,7 +213,6 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
         return attributes
 
     span = _tracing.start_server_span(rt, method if known else "HTTP", parent, make_attributes)
-    base = None
     if baggage:
         base = _BAGGAGE.extract({"baggage": baggage.decode("latin-1")})
     token = _tracing.attach(_tracing.set_span_in_context(span, base))

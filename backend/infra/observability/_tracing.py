@@ -22,6 +22,7 @@ from ._otel import (
     ReadableSpan,
     Resource,
     SpanKind,
+    SpanProcessor,
     Status,
     StatusCode,
     TraceIdRatioBased,
@@ -48,10 +49,30 @@ class TracingRuntime:
     scope: Any
     sampled_bound: int
     parent_based: bool
+    # The SDK's span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, ..._VALUE_LENGTH_LIMIT).
+    max_attributes: int | None = None
+    max_attribute_length: int | None = None
+    # Processors seen by `start_processors`: (how many there were, those that need on_start).
+    _starters: tuple[int, tuple[Any, ...]] = (-1, ())
 
     def emit(self, span: Any) -> None:
         """Hand a finished span to the provider's processors, as an SDK span's `end()` does."""
         self.provider._active_span_processor.on_end(span)
+
+    def start_processors(self) -> tuple[Any, ...]:
+        """The registered processors that implement `on_start` (re-read when one is added).
+
+        The export queue and the test capture do nothing on start, so the common case costs
+        one length comparison per request.
+        """
+        processors = self.provider._active_span_processor._span_processors
+        count, starters = self._starters
+        if count != len(processors):
+            starters = tuple(
+                p for p in processors if type(p).on_start is not SpanProcessor.on_start
+            )
+            self._starters = (len(processors), starters)
+        return starters
 
     def should_sample(self, trace_id: int, parent: Any | None) -> bool:
         """The configured sampler's decision, inlined for the per-request server span."""
@@ -61,6 +82,10 @@ class TracingRuntime:
 
 
 _RUNTIME: TracingRuntime | None = None
+# True when OTEL_PROPAGATORS asks for something other than W3C trace context and baggage: the
+# request middleware then extracts incoming context with the configured propagators.
+CUSTOM_PROPAGATORS = [False]
+_DEFAULT_PROPAGATORS = ({"tracecontext", "baggage"}, {"tracecontext"})
 
 
 def runtime() -> TracingRuntime | None:
@@ -142,6 +167,11 @@ def setup_tracing(config: ObservabilityConfig) -> TracingRuntime | None:
         lib_version = version("quantum-trader")
     except PackageNotFoundError:  # running from a source tree that is not installed
         lib_version = "0"
+    import os
+
+    names = {p.strip() for p in os.environ.get("OTEL_PROPAGATORS", "").split(",") if p.strip()}
+    CUSTOM_PROPAGATORS[0] = bool(names) and names not in _DEFAULT_PROPAGATORS
+    limits = provider._span_limits
     _RUNTIME = TracingRuntime(
         provider=provider,
         processor=processor,
@@ -149,6 +179,8 @@ def setup_tracing(config: ObservabilityConfig) -> TracingRuntime | None:
         scope=InstrumentationScope(LIBRARY_SCOPE, lib_version),
         sampled_bound=TraceIdRatioBased.get_bound_for_rate(rate),
         parent_based=parent_based,
+        max_attributes=limits.max_span_attributes,
+        max_attribute_length=limits.max_span_attribute_length,
     )
     return _RUNTIME
 
@@ -345,6 +377,19 @@ def parse_traceparent(value: bytes) -> Any | None:
     )
 
 
+def extract_with_propagators(headers: list[tuple[bytes, bytes]]) -> tuple[Any | None, Any]:
+    """The remote parent and context that the configured `OTEL_PROPAGATORS` read from
+    `headers` (`none` reads nothing): the slower path, taken only for a custom setting."""
+    carrier: dict[str, str] = {}
+    for name, value in headers:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
+    context = otel_extract(carrier)
+    parent = otel_trace.get_current_span(context).get_span_context()
+    return (parent if parent.is_valid else None), context
+
+
 def remote_parent(traceparents: list[bytes], tracestates: list[bytes] | None) -> Any | None:
     """The remote parent the W3C headers of a request name, or None to start a new trace.
 
@@ -418,6 +463,39 @@ if HAS_SDK:
         def get_span_context(self) -> Any:
             return self._context
 
+        # What processors read in on_start, as on an SDK span.
+        @property
+        def name(self) -> str:
+            return self._name
+
+        @property
+        def attributes(self) -> Mapping[str, Any]:
+            return self._attributes
+
+        @property
+        def context(self) -> Any:
+            return self._context
+
+        @property
+        def parent(self) -> Any | None:
+            return self._parent
+
+        @property
+        def kind(self) -> Any:
+            return self._kind
+
+        @property
+        def start_time(self) -> int:
+            return self._start_time
+
+        @property
+        def resource(self) -> Any:
+            return self._runtime.resource
+
+        @property
+        def instrumentation_scope(self) -> Any:
+            return self._runtime.scope
+
         def set_attribute(self, key: str, value: Any) -> None:
             if self._end_time is None and value is not None:
                 self._attributes[key] = value
@@ -471,6 +549,10 @@ if HAS_SDK:
                 return
             self._end_time = end_time or time.time_ns()
             rt = self._runtime
+            if rt.max_attribute_length is not None or (
+                rt.max_attributes is not None and len(self._attributes) > rt.max_attributes
+            ):
+                self._attributes = _apply_limits(self._attributes, rt)
             rt.emit(
                 ReadableSpan(
                     name=self._name,
@@ -489,6 +571,18 @@ if HAS_SDK:
             )
 
     _FLAGS = tuple(otel_trace.TraceFlags(n) for n in range(4))
+
+    def _apply_limits(attributes: dict[str, Any], rt: TracingRuntime) -> dict[str, Any]:
+        """The SDK's attribute limits: the first `max_attributes` kept, strings truncated."""
+        if rt.max_attributes is not None and len(attributes) > rt.max_attributes:
+            attributes = dict(list(attributes.items())[: rt.max_attributes])
+        length = rt.max_attribute_length
+        if length is not None:
+            attributes = {
+                k: v[:length] if isinstance(v, str) and len(v) > length else v
+                for k, v in attributes.items()
+            }
+        return attributes
 
     def start_server_span(
         rt: TracingRuntime,
@@ -517,7 +611,17 @@ if HAS_SDK:
         )
         if not sampled:
             return otel_trace.NonRecordingSpan(ctx)
-        return ServerSpan(rt, name, ctx, parent, make_attributes(), time.time_ns())
+        span = ServerSpan(rt, name, ctx, parent, make_attributes(), time.time_ns())
+        starters = rt.start_processors()
+        if starters:
+            parent_context = (
+                otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(parent))
+                if parent is not None
+                else None
+            )
+            for processor in starters:
+                processor.on_start(span, parent_context=parent_context)
+        return span
 
     set_span_in_context = otel_trace.set_span_in_context
     attach = otel_context.attach
