@@ -60,6 +60,8 @@ class ObservabilityConfig:
     otlp_client_key: str | None = None
     otlp_client_certificate: str | None = None
     sampler: SamplerName = "parentbased_traceidratio"
+    # (name, OTEL_TRACES_SAMPLER_ARG) of a sampler loaded from the SDK's entry points.
+    custom_sampler: tuple[str, str | None] | None = None
     sample_rate: float = 1.0
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
     access_log: bool = True
@@ -96,6 +98,16 @@ def _parse_bool(name: str, value: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ObservabilityConfigError(name, value, "expected true or false")
+
+
+SAMPLER_ENTRY_POINTS = "opentelemetry_traces_sampler"
+
+
+def _sampler_entry_point(name: str) -> object | None:
+    """The installed entry point of a sampler named `name`, or None."""
+    from importlib.metadata import entry_points
+
+    return next(iter(entry_points(group=SAMPLER_ENTRY_POINTS, name=name)), None)
 
 
 def _first_set(env: Mapping[str, str], *names: str) -> str | None:
@@ -334,20 +346,29 @@ def load_config(
         )
 
     sampler: SamplerName = "parentbased_traceidratio"
+    custom_sampler: tuple[str, str | None] | None = None
     rate = 1.0
     rate_raw = _get(env, "TRACE_SAMPLE_RATE")
     if rate_raw is not None:
         rate = _parse_rate("TRACE_SAMPLE_RATE", rate_raw)
     else:
         sampler_raw = _get(env, "OTEL_TRACES_SAMPLER")
-        if sampler_raw is not None:
-            if sampler_raw not in _SAMPLERS:
-                raise ObservabilityConfigError(
-                    "OTEL_TRACES_SAMPLER", sampler_raw, f"expected one of {list(_SAMPLERS)}"
-                )
-            sampler = sampler_raw
         arg_raw = _get(env, "OTEL_TRACES_SAMPLER_ARG")
-        if arg_raw is not None and sampler.endswith("traceidratio"):
+        if sampler_raw is not None:
+            if sampler_raw in _SAMPLERS:
+                sampler = sampler_raw
+            elif _sampler_entry_point(sampler_raw) is not None:
+                # A sampler installed under the SDK's entry-point group (xray, ...): the
+                # server span asks it, the slower path.
+                custom_sampler = (sampler_raw, arg_raw)
+            else:
+                raise ObservabilityConfigError(
+                    "OTEL_TRACES_SAMPLER",
+                    sampler_raw,
+                    f"expected one of {list(_SAMPLERS)} or an installed sampler "
+                    f"(entry point group {SAMPLER_ENTRY_POINTS})",
+                )
+        if arg_raw is not None and sampler.endswith("traceidratio") and not custom_sampler:
             rate = _parse_rate("OTEL_TRACES_SAMPLER_ARG", arg_raw)
         elif sampler.endswith("always_off"):
             rate = 0.0
@@ -419,6 +440,7 @@ def load_config(
         otlp_client_key=tls_files["CLIENT_KEY"],
         otlp_client_certificate=tls_files["CLIENT_CERTIFICATE"],
         sampler=sampler,
+        custom_sampler=custom_sampler,
         sample_rate=rate,
         resource_attributes=extra_resource,
         access_log=access_log,

@@ -49,6 +49,8 @@ class TracingRuntime:
     scope: Any
     sampled_bound: int
     parent_based: bool
+    # A sampler other than the built-in ones, asked for every request (the slower path).
+    custom_sampler: Any | None = None
     # The SDK's span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, ..._VALUE_LENGTH_LIMIT).
     max_attributes: int | None = None
     max_attribute_length: int | None = None
@@ -93,6 +95,13 @@ def runtime() -> TracingRuntime | None:
 
 
 def _build_sampler(config: ObservabilityConfig) -> tuple[Any, bool, float]:
+    if config.custom_sampler is not None:
+        from ._config import _sampler_entry_point
+
+        name, arg = config.custom_sampler
+        entry_point: Any = _sampler_entry_point(name)
+        # The SDK's convention: the entry point is a factory taking OTEL_TRACES_SAMPLER_ARG.
+        return entry_point.load()(arg), False, 1.0
     name = config.sampler
     parent_based = name.startswith("parentbased_")
     root: Any
@@ -173,6 +182,7 @@ def setup_tracing(config: ObservabilityConfig) -> TracingRuntime | None:
     CUSTOM_PROPAGATORS[0] = bool(names) and names not in _DEFAULT_PROPAGATORS
     limits = provider._span_limits
     _RUNTIME = TracingRuntime(
+        custom_sampler=sampler if config.custom_sampler is not None else None,
         provider=provider,
         processor=processor,
         resource=resource,
@@ -597,8 +607,13 @@ if HAS_SDK:
         """
         trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
         span_id = random.getrandbits(64) or 1
-        sampled = rt.should_sample(trace_id, parent)
         trace_state = parent.trace_state if parent is not None else None
+        if rt.custom_sampler is not None:
+            started = _start_with_sampler(rt, name, parent, make_attributes, trace_id, span_id)
+            if isinstance(started, ServerSpan):
+                _notify_start(rt, started, parent)
+            return started
+        sampled = rt.should_sample(trace_id, parent)
         # Level 2's random flag says the trace id is random: set for the traces we start (as
         # the SDK does), kept as received for the traces we continue.
         random_flag = parent.trace_flags & 0x02 if parent is not None else 0x02
@@ -612,6 +627,11 @@ if HAS_SDK:
         if not sampled:
             return otel_trace.NonRecordingSpan(ctx)
         span = ServerSpan(rt, name, ctx, parent, make_attributes(), time.time_ns())
+        _notify_start(rt, span, parent)
+        return span
+
+    def _notify_start(rt: TracingRuntime, span: Any, parent: Any | None) -> None:
+        """`on_start` of the registered processors that implement it (usually none)."""
         starters = rt.start_processors()
         if starters:
             parent_context = (
@@ -621,7 +641,42 @@ if HAS_SDK:
             )
             for processor in starters:
                 processor.on_start(span, parent_context=parent_context)
-        return span
+
+    def _start_with_sampler(
+        rt: TracingRuntime,
+        name: str,
+        parent: Any | None,
+        make_attributes: Callable[[], dict[str, Any]],
+        trace_id: int,
+        span_id: int,
+    ) -> Any:
+        """`start_server_span` asking a custom sampler, with the arguments an SDK span gives."""
+        attributes = make_attributes()
+        parent_context = (
+            otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(parent))
+            if parent is not None
+            else None
+        )
+        result = rt.custom_sampler.should_sample(  # type: ignore[union-attr]
+            parent_context, trace_id, name, SpanKind.SERVER, attributes, None
+        )
+        sampled = result.decision.is_sampled()
+        random_flag = parent.trace_flags & 0x02 if parent is not None else 0x02
+        trace_state = result.trace_state
+        if trace_state is None and parent is not None:
+            trace_state = parent.trace_state
+        ctx = otel_trace.SpanContext(
+            trace_id,
+            span_id,
+            is_remote=False,
+            trace_flags=_FLAGS[random_flag | sampled],
+            trace_state=trace_state,
+        )
+        if not result.decision.is_recording():
+            return otel_trace.NonRecordingSpan(ctx)
+        if result.attributes:
+            attributes.update(result.attributes)
+        return ServerSpan(rt, name, ctx, parent, attributes, time.time_ns())
 
     set_span_in_context = otel_trace.set_span_in_context
     attach = otel_context.attach

@@ -1,5 +1,6 @@
 """The lean SERVER span keeps the SDK's contract where it matters: processors see it start,
-span limits apply, and OTEL_PROPAGATORS decides what an incoming request continues."""
+span limits apply, a custom sampler decides, and OTEL_PROPAGATORS decides what an incoming
+request continues."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from opentelemetry import propagate
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
 
 from backend.infra.observability import _tracing, instrument_fastapi
@@ -84,3 +86,51 @@ def test_otel_propagators_none_ignores_incoming_context(
     (span,) = [s for s in span_exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
     assert span.parent is None
     assert f"{span.context.trace_id:032x}" != TRACE_ID
+
+
+class KeepUnlessHealthy(Sampler):
+    """A custom sampler: drops `/items/7`, samples the rest and says so in an attribute."""
+
+    def should_sample(  # type: ignore[override]
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if attributes and attributes.get("url.path") == "/items/7":
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, {"sampler.rule": "keep"})
+
+    def get_description(self) -> str:
+        return "KeepUnlessHealthy"
+
+
+def test_a_custom_sampler_decides_for_the_server_span(
+    span_exporter, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    rt = _tracing.runtime()
+    assert rt is not None
+    monkeypatch.setattr(rt, "custom_sampler", KeepUnlessHealthy())
+    client = make_client()
+    client.get("/items/7")
+    client.get("/items/8")
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert span.attributes["url.path"] == "/items/8"
+    assert span.attributes["sampler.rule"] == "keep"
+
+
+def test_an_installed_sampler_is_accepted_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.infra.observability import ObservabilityConfigError, _config
+
+    with pytest.raises(ObservabilityConfigError) as info:
+        _config.load_config("s", env={"OTEL_TRACES_SAMPLER": "no_such_sampler"})
+    assert "entry point" in str(info.value)
+    monkeypatch.setattr(_config, "_sampler_entry_point", lambda name: object())
+    config = _config.load_config(
+        "s", env={"OTEL_TRACES_SAMPLER": "xray", "OTEL_TRACES_SAMPLER_ARG": "rules.json"}
+    )
+    assert config.custom_sampler == ("xray", "rules.json")
