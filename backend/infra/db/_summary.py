@@ -88,8 +88,26 @@ _CTE_NAME = re.compile(
 )
 
 
+# Summaries by statement text: an application runs the same few statements over and over.
+_CACHE: dict[str, str | None] = {}
+_CACHE_MAX = 1024
+_CACHEABLE_LEN = 4096
+
+
 def query_summary(statement: str) -> str | None:
     """The statement's `db.query.summary`, or None when it starts with no known operation."""
+    if len(statement) > _CACHEABLE_LEN:
+        return _summarise(statement)
+    try:
+        return _CACHE[statement]
+    except KeyError:
+        summary = _CACHE[statement] = _summarise(statement)
+        if len(_CACHE) > _CACHE_MAX:
+            _CACHE.clear()  # rare: more distinct statements than any service has
+        return summary
+
+
+def _summarise(statement: str) -> str | None:
     tokens = _tokens(statement)
     ctes = {_unquote(m.group(1)).lower() for m in _CTE_NAME.finditer(statement)}
     parts: list[str] = []

@@ -15,7 +15,10 @@ REDACTED = "***"
 
 # scheme "://" user ":" password "@": the password runs to the LAST "@" before the path (a
 # password with an unescaped "@" must not leak its tail), and never across a "/" or blank.
-_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s\"'<>]*):[^/\s\"'<>]*@")
+# (The scheme is bounded: an unbounded one made hostile text quadratic to scan.)
+_CREDENTIALS = re.compile(
+    r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]{0,30}://[^:/@\s\"'<>]*):[^/\s\"'<>]*@"
+)
 _CREDENTIALS_BYTES = re.compile(_CREDENTIALS.pattern.encode())
 _REPLACEMENT = r"\1:" + REDACTED + "@"
 
@@ -77,12 +80,12 @@ class Scrubber:
         self.enabled = enabled
         self.patterns = patterns
         self._key = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
-        key = r"[\w.\-]*(?:" + "|".join(f"(?:{p})" for p in patterns) + r")[\w.\-]*"
-        # `key=value`, `key: value`, `"key": "value"`, `key='value'` inside free text.
+        # `key=value`, `key: value`, `"key": "value"`, `key='value'` inside free text. Any
+        # key-like word is matched and then checked with `is_secret_key`: putting the
+        # patterns inside this expression made it backtrack quadratically on hostile text.
         self._pairs = re.compile(
-            r"(?P<key>" + key + r")(?P<sep>[\"']?\s*[=:]\s*)"
-            r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&\"'}\])]+)",
-            re.IGNORECASE,
+            r"(?<![\w.\-])(?P<key>[\w.\-]{1,128})(?P<sep>[\"']?[ \t]{0,8}[=:][ \t]{0,8})"
+            r"(?P<value>\"[^\"]{0,4096}\"|'[^']{0,4096}'|[^\s,;&\"'}\])]+)"
         )
         self._bearer = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{4,}", re.IGNORECASE)
         self._keys: dict[str, bool] = {}
@@ -146,6 +149,8 @@ class Scrubber:
         return value
 
     def _replace_pair(self, match: re.Match[str]) -> str:
+        if not self.is_secret_key(match.group("key")):
+            return match.group(0)
         value = match.group("value")
         quote = value[0] if value[:1] in ("'", '"') else ""
         return f"{match.group('key')}{match.group('sep')}{quote}{SCRUBBED}{quote}"
@@ -154,7 +159,9 @@ class Scrubber:
 # Attributes whose values are URLs (query strings are scrubbed); any other text has its
 # `secret=value` pairs and the query strings of the URLs inside it scrubbed.
 _URL_KEYS = frozenset({"url.full", "http.url", "url.original", "http.target"})
-_URL_QUERY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s?#\"'<>]+\?)([^\s#\"'<>]+)")
+_URL_QUERY = re.compile(
+    r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s?#\"'<>]+\?)([^\s#\"'<>]+)"
+)
 
 _SCRUBBER = [Scrubber()]
 
