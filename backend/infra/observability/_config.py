@@ -182,20 +182,27 @@ def _signal_endpoint(
 ) -> str | None:
     """Where `signal` (metrics, logs) goes over OTLP, or None when it is not exported.
 
-    `OTEL_{SIGNAL}_EXPORTER` (default `otlp`; `none` or `prometheus` switch OTLP off) and
-    `OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT` (used as given); else the base endpoint (the
-    seed's `OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`) with `/v1/{signal}` for HTTP.
+    `OTEL_{SIGNAL}_EXPORTER=otlp` sends it (to `OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT`, else the
+    base endpoint with `/v1/{signal}` for HTTP); `none` (or `prometheus` for metrics) keeps it
+    local. Unset, it is sent when a standard endpoint for all signals or for this one is set
+    (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT`), but not for the
+    seed's `OTLP_ENDPOINT` alone: the seed points that at Jaeger, which takes traces only.
     """
     upper = signal.upper()
     exporter_var = f"OTEL_{upper}_EXPORTER"
-    exporters = [e.strip() for e in (_get(env, exporter_var) or "otlp").split(",") if e.strip()]
+    specific_var = f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"
+    raw = _get(env, exporter_var)
+    if raw is None:
+        if not (_get(env, specific_var) or _get(env, "OTEL_EXPORTER_OTLP_ENDPOINT")):
+            return None
+        raw = "otlp"
+    exporters = [e.strip() for e in raw.split(",") if e.strip()]
     allowed = {"otlp", "none", "prometheus"} if signal == "metrics" else {"otlp", "none"}
     for name in exporters:
         if name not in allowed:
             raise ObservabilityConfigError(exporter_var, name, f"expected one of {sorted(allowed)}")
     if "otlp" not in exporters:
         return None
-    specific_var = f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"
     specific = _get(env, specific_var)
     if specific is not None:
         return _parse_endpoint(specific_var, specific)

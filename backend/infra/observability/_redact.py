@@ -84,9 +84,9 @@ class Scrubber:
         # key-like word is matched and then checked with `is_secret_key`: putting the
         # patterns inside this expression made it backtrack quadratically on hostile text.
         self._pairs = re.compile(
-            r"(?<![\w.\-])(?P<key>[\w.\-]{1,128})(?P<sep>[\"']?[ \t]{0,8}[=:][ \t]{0,8})"
-            r"(?P<value>\"[^\"]{0,4096}\"|'[^']{0,4096}'|[^\s,;&\"'}\])]+)"
+            r"(?<![\w.\-])(?P<key>[\w.\-]{1,128})[\"']?[ \t]{0,8}[=:][ \t]{0,8}"
         )
+        self._value = re.compile(r"\"[^\"]{0,4096}\"|'[^']{0,4096}'|[^\s,;&\"'}\])]+")
         self._bearer = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{4,}", re.IGNORECASE)
         self._keys: dict[str, bool] = {}
 
@@ -111,7 +111,7 @@ class Scrubber:
         if "?" in text and "://" in text:
             text = _URL_QUERY.sub(lambda m: m.group(1) + self.query(m.group(2)), text)
         if "=" in text or ":" in text:
-            text = self._pairs.sub(self._replace_pair, text)
+            text = self._scrub_pairs(text)
         return text
 
     def query(self, query: str) -> str:
@@ -148,12 +148,29 @@ class Scrubber:
             return self.text(value)
         return value
 
-    def _replace_pair(self, match: re.Match[str]) -> str:
-        if not self.is_secret_key(match.group("key")):
-            return match.group(0)
-        value = match.group("value")
-        quote = value[0] if value[:1] in ("'", '"') else ""
-        return f"{match.group('key')}{match.group('sep')}{quote}{SCRUBBED}{quote}"
+    def _scrub_pairs(self, text: str) -> str:
+        """Replace the values that follow secret keys (`key=`, `key: `, `"key": `).
+
+        Only `key` + separator is matched, so a key inside another pair's value (`refused:
+        api_key=x`) is still seen; the value is then matched from where its key ended.
+        """
+        out: list[str] = []
+        done = 0
+        for match in self._pairs.finditer(text):
+            start = match.end()
+            if start < done or not self.is_secret_key(match.group("key")):
+                continue
+            value = self._value.match(text, start)
+            if value is None:
+                continue
+            quote = value.group(0)[0] if value.group(0)[0] in "\"'" else ""
+            out.append(text[done:start])
+            out.append(f"{quote}{SCRUBBED}{quote}")
+            done = value.end()
+        if not out:
+            return text
+        out.append(text[done:])
+        return "".join(out)
 
 
 # Attributes whose values are URLs (query strings are scrubbed); any other text has its

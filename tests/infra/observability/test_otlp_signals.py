@@ -21,16 +21,30 @@ from .test_exporter_spec import FakeCollector
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_metrics_and_logs_go_where_the_traces_go_unless_switched_off() -> None:
-    http = load_config("s", env={"OTLP_ENDPOINT": "http://c:4318"})
+def test_metrics_and_logs_go_to_a_collector_for_all_signals_unless_switched_off() -> None:
+    http = load_config("s", env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
     assert http.otlp_metrics_endpoint == "http://c:4318/v1/metrics"
     assert http.otlp_logs_endpoint == "http://c:4318/v1/logs"
-    grpc = load_config("s", env={"OTLP_ENDPOINT": "http://c:4317"})
+    grpc = load_config("s", env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"})
     assert grpc.otlp_metrics_endpoint == grpc.otlp_logs_endpoint == "http://c:4317"
-    off = load_config(
+    # The seed's OTLP_ENDPOINT (Jaeger in the seed: traces only) sends traces alone, unless
+    # the exporters are asked for by name.
+    seed = load_config("s", env={"OTLP_ENDPOINT": "http://jaeger:4318"})
+    assert seed.otlp_metrics_endpoint is None and seed.otlp_logs_endpoint is None
+    asked = load_config(
         "s",
         env={
             "OTLP_ENDPOINT": "http://c:4318",
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_LOGS_EXPORTER": "otlp",
+        },
+    )
+    assert asked.otlp_metrics_endpoint == "http://c:4318/v1/metrics"
+    assert asked.otlp_logs_endpoint == "http://c:4318/v1/logs"
+    off = load_config(
+        "s",
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
             "OTEL_METRICS_EXPORTER": "prometheus",
             "OTEL_LOGS_EXPORTER": "none",
         },
@@ -63,7 +77,7 @@ def test_a_service_sends_its_metrics_and_logs_to_the_collector() -> None:
         env = {
             "PATH": "/usr/bin:/bin",
             "PYTHONPATH": str(ROOT),
-            "OTLP_ENDPOINT": collector.base_url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.base_url,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_METRIC_EXPORT_INTERVAL": "100000",
         }
