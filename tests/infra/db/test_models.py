@@ -50,13 +50,13 @@ def _order(client_order_id: str, quantity: Decimal) -> OrderRecord:
     )
 
 
-async def test_decimals_and_timestamps_round_trip(any_url: str) -> None:
-    engine = create_engine(DatabaseSettings(url=any_url))
+async def test_decimals_and_timestamps_round_trip(database_url: str) -> None:
+    engine = create_engine(DatabaseSettings(url=database_url))
     try:
         await migrate(engine)
         sessions = create_session_factory(engine)
         # PostgreSQL keeps every digit; SQLite's NUMERIC keeps 15 significant digits.
-        if any_url.startswith("sqlite"):
+        if database_url.startswith("sqlite"):
             precise = Decimal("123456789.123456")
         else:
             precise = Decimal("123456789.123456789012345678")
