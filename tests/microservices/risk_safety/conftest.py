@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 
 from backend.infra.eventbus import MarketTick
 from backend.trading.approval import DEVELOPMENT_SECRET, SignedState, verify_state
-from tests.microservices.conftest import ServiceHarness, wait_for
-from tests.support.postgres import scratch_database
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 
 def now_ms() -> int:
@@ -195,17 +195,10 @@ def execution(monkeypatch: pytest.MonkeyPatch) -> Iterator[ExecutionStub]:
     stub.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(
-    request: pytest.FixtureRequest, harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[str]:
-    """The harness's SQLite file, or a fresh PostgreSQL database on `TEST_DATABASE_URL`'s server."""
-    if request.param == "sqlite":
-        yield harness.database_url
-        return
-    async with scratch_database("qt_risktest") as url:
-        monkeypatch.setenv("DATABASE_URL", url)
-        yield url
+@pytest.fixture
+def database(harness_database: ServiceHarness) -> str:
+    """The harness's database: a SQLite file, then a fresh PostgreSQL database."""
+    return harness_database.database_url
 
 
 @pytest.fixture(autouse=True)
@@ -245,7 +238,7 @@ def tick(
             for q in quotes
         )
 
-    wait_for(held, 10, f"risk-safety to hold the {symbol} quote {bid}/{ask}")
+    wait_until(held, 10, f"risk-safety to hold the {symbol} quote {bid}/{ask}")
 
 
 def check(
