@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from decimal import Decimal
 
-from backend.infra.eventbus import OrderFilled
+from backend.infra.db.models import OrderRecord
+from backend.infra.eventbus import MarketTick, OrderFilled
 from backend.trading.types import (
     ClientOrderId,
     Fill,
@@ -107,15 +109,45 @@ def fill_event(
         liquidity=Liquidity(liquidity),
         ts_ms=time.time_ns() // 1_000_000 if ts_ms is None else ts_ms,
     )
-    return OrderFilled(
-        fill_id=domain.fill_id,
-        client_order_id=domain.client_order_id,
-        symbol=domain.symbol,
-        side=domain.side.value,
-        quantity=domain.quantity,
-        price=domain.price,
-        fee=domain.fee,
-        liquidity=domain.liquidity.value,
-        ts_ms=domain.ts_ms,
-        sequence=sequence,
+    return OrderFilled(**dataclasses.asdict(domain), sequence=sequence)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def market_tick(
+    bid: str, ask: str, symbol: str = "BTCUSDT", volume: str = "1000", ts_ms: int | None = None
+) -> MarketTick:
+    """A `MarketTick` as the market-data feed publishes it (last = bid), stamped now by default."""
+    return MarketTick(
+        symbol=symbol,
+        bid=Decimal(bid),
+        ask=Decimal(ask),
+        last=Decimal(bid),
+        volume=Decimal(volume),
+        ts_ms=now_ms() if ts_ms is None else ts_ms,
+    )
+
+
+def order_record(
+    client_order_id: str,
+    *,
+    symbol: str = "BTCUSDT",
+    side: str = "BUY",
+    order_type: str = "MARKET",
+    quantity: str | Decimal = "0.01",
+    limit_price: str | Decimal | None = None,
+    time_in_force: str = "GTC",
+) -> OrderRecord:
+    """A NEW order's database row."""
+    return OrderRecord(
+        client_order_id=client_order_id,
+        symbol=symbol,
+        side=side,
+        order_type=order_type,
+        quantity=Decimal(quantity),
+        limit_price=None if limit_price is None else Decimal(limit_price),
+        time_in_force=time_in_force,
+        status="NEW",
     )

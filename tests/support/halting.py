@@ -31,6 +31,7 @@ from backend.trading.types import (
     Symbol,
     TimeInForce,
 )
+from tests.support.factories import market_tick
 from tests.support.polling import wait_until
 from tests.support.riskstub import RiskStub, now_ms
 
@@ -39,17 +40,6 @@ CALM = ("100.00", "100.10")
 """A quote that leaves the resting buys (at 99.00) alone."""
 CROSSING = ("98.80", "98.90")
 """A quote whose ask is under the resting buys' limit: every one of them fills."""
-
-
-def market_tick(bid: str, ask: str, symbol: str = SYMBOL, volume: str = "1000") -> MarketTick:
-    return MarketTick(
-        symbol=symbol,
-        bid=Decimal(bid),
-        ask=Decimal(ask),
-        last=Decimal(bid),
-        volume=Decimal(volume),
-        ts_ms=now_ms(),
-    )
 
 
 class TickFeed(threading.Thread):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -23,6 +22,7 @@ from backend.infra.db import (
 )
 from backend.infra.db.models import OrderRecord
 from backend.infra.observability import add_health_endpoints
+from tests.support.factories import order_record
 from tests.support.polling import eventually
 from tests.support.postgres import PrivateCluster
 
@@ -30,15 +30,7 @@ UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
 
 
 def _order(client_order_id: str) -> OrderRecord:
-    return OrderRecord(
-        client_order_id=client_order_id,
-        symbol="BTCUSDT",
-        side="BUY",
-        order_type="MARKET",
-        quantity=Decimal("0.01"),
-        time_in_force="GTC",
-        status="NEW",
-    )
+    return order_record(client_order_id)
 
 
 async def _ready(app: FastAPI) -> tuple[int, dict[str, Any]]:

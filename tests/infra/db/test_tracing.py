@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -22,6 +21,7 @@ from backend.infra.db import (
 )
 from backend.infra.db.models import OrderRecord
 from backend.infra.observability import get_tracer
+from tests.support.factories import order_record
 from tests.support.polling import eventually
 from tests.support.postgres import PrivateCluster, asyncpg_dsn
 
@@ -30,14 +30,8 @@ tracer = get_tracer("tests.infra.db")
 
 
 def _order(client_order_id: str) -> OrderRecord:
-    return OrderRecord(
-        client_order_id=client_order_id,
-        symbol="ETHUSDT",
-        side="SELL",
-        order_type="MARKET",
-        quantity=Decimal("1.5"),
-        time_in_force="IOC",
-        status="NEW",
+    return order_record(
+        client_order_id, symbol="ETHUSDT", side="SELL", quantity="1.5", time_in_force="IOC"
     )
 
 

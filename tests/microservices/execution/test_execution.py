@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -19,25 +18,15 @@ from backend.trading.types import (
     TimeInForce,
 )
 from tests.microservices.execution.conftest import running
+from tests.support.factories import market_tick, now_ms
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def tick(
     symbol: str = "BTCUSDT", bid: str = "100.00", ask: str = "100.10", volume: str = "50"
 ) -> MarketTick:
-    return MarketTick(
-        symbol=symbol,
-        bid=Decimal(bid),
-        ask=Decimal(ask),
-        last=Decimal(bid),
-        volume=Decimal(volume),
-        ts_ms=now_ms(),
-    )
+    return market_tick(bid, ask, symbol, volume)
 
 
 def order(

@@ -7,7 +7,6 @@ only move `marks_as_of_ms`. Checks of the stream run every FILLS_CHECK_INTERVAL_
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -17,21 +16,17 @@ from prometheus_client import REGISTRY
 
 from backend.infra.db import DatabaseError
 from backend.infra.eventbus import GroupMonitor, MarketTick, create_redis_client
-from backend.infra.eventbus._embedded import free_port
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
 from microservices.portfolio_intelligence.store import LedgerStore
-from tests.support.factories import fill_event
+from tests.support.factories import fill_event, now_ms
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
+from tests.support.procs import free_port
 
 from .test_portfolio import booked, portfolio
 
 D = Decimal
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @pytest.fixture(autouse=True)

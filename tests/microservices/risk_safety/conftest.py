@@ -18,14 +18,10 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.infra.eventbus import MarketTick
 from backend.trading.approval import DEVELOPMENT_SECRET, SignedState, verify_state
+from tests.support.factories import market_tick, now_ms
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class JsonStub:
@@ -218,16 +214,7 @@ def tick(
     ts_ms: int | None = None,
 ) -> None:
     """Publish a quote and wait until risk-safety holds it."""
-    harness.publish(
-        MarketTick(
-            symbol=symbol,
-            bid=Decimal(bid),
-            ask=Decimal(ask),
-            last=Decimal(bid),
-            volume=Decimal(10),
-            ts_ms=now_ms() if ts_ms is None else ts_ms,
-        )
-    )
+    harness.publish(market_tick(bid, ask, symbol, volume="10", ts_ms=ts_ms))
 
     def held() -> bool:
         quotes = client.get("/state").json()["quotes"]
