@@ -1,8 +1,8 @@
 """Throw-away PostgreSQL databases on the server of `TEST_DATABASE_URL`.
 
 Every database is created here under a fresh name and dropped afterwards; nothing else on the
-server is touched. An unreachable server skips the test with the reason (fails it under
-`QT_REQUIRE_SERVICES=1`).
+server is touched. An unset variable or an unreachable server skips the test with the reason
+(fails it under `QT_REQUIRE_SERVICES=1`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,18 @@ from sqlalchemy.engine import make_url
 
 from tests.support.require import require_service
 
-DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 def admin_url() -> str:
-    return os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_URL)
+    """`TEST_DATABASE_URL`; skips the test (fails under `QT_REQUIRE_SERVICES=1`) when unset."""
+    url = os.environ.get("TEST_DATABASE_URL", "").strip()
+    require_service(
+        bool(url),
+        "PostgreSQL tests need TEST_DATABASE_URL "
+        "(e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test); it is not set",
+    )
+    return url
 
 
 def asyncpg_dsn(url: str) -> str:
