@@ -39,7 +39,7 @@ def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def database_url(admin: str, name: str) -> str:
+def _url_of(admin: str, name: str) -> str:
     """The SQLAlchemy URL of database `name` on `admin`'s server."""
     return make_url(admin).set(database=name).render_as_string(hide_password=False)
 
@@ -97,7 +97,7 @@ async def scratch_database(prefix: str = "qt_test", admin: str | None = None) ->
     names = _names(prefix, 1)
     await _create(admin, names)
     try:
-        yield database_url(admin, names[0])
+        yield _url_of(admin, names[0])
     finally:
         await _drop(admin, names)
 
@@ -111,7 +111,7 @@ def scratch_databases(
     names = _names(prefix, count)
     asyncio.run(_create(admin, names))
     try:
-        yield [database_url(admin, name) for name in names]
+        yield [_url_of(admin, name) for name in names]
     finally:
         asyncio.run(_drop(admin, names))
 
