@@ -104,7 +104,6 @@ def create_service(settings: AiEngineSettings | None = None) -> Service:
     service = Service(NAME, database=True, eventbus=True)
     log, tracer = service.logger, service.tracer
     model = ServingModel()
-    service.resources.extras["model"] = model
     service.add_readiness_check(ReadinessCheck("model", model.check_loaded))
 
     async def load_active(resources: Resources) -> bool:

@@ -133,7 +133,6 @@ def create_service(settings: BridgeSettings | None = None) -> Service:
     """The eventbus-bridge worker (health and metrics on its side port, 8012)."""
     service = Service(NAME, kind="worker", eventbus=True)
     feed = MarketFeed(settings or BridgeSettings(), service)
-    service.resources.extras["feed"] = feed
     service.background("feed", feed.run)
     service.background("stall-watch", feed.watch_stalls)
     service.add_readiness_check(ReadinessCheck("feed", feed.check_ready))

@@ -15,10 +15,11 @@ NAME = "portfolio-intelligence"
 def create_service(settings: PortfolioSettings | None = None) -> Service:
     """The portfolio-intelligence service (port 8004): the fill ledger and what follows from it."""
     service = Service(NAME, database=True, eventbus=True)
-    book = PortfolioBook(
-        settings or PortfolioSettings(), service.resources, service.logger, service.tracer
+    book = service.provide(
+        PortfolioBook(
+            settings or PortfolioSettings(), service.resources, service.logger, service.tracer
+        )
     )
-    service.resources.extras["book"] = book
     service.on_startup(book.restore)
     service.subscribe(OrderFilled, book.on_fill)
     service.subscribe(MarketTick, book.on_tick)

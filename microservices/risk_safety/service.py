@@ -22,8 +22,7 @@ def create_service(settings: RiskSettings | None = None) -> Service:
         service.logger.warning(
             "RISK_APPROVAL_SECRET is the development default; set it outside development"
         )
-    guard = RiskGuard(settings, service.resources, service.logger, service.tracer)
-    service.resources.extras["guard"] = guard
+    guard = service.provide(RiskGuard(settings, service.resources, service.logger, service.tracer))
     service.on_startup(guard.restore)
     service.subscribe(MarketTick, guard.on_tick)
     service.app.include_router(router)

@@ -47,7 +47,6 @@ def create_service(settings: BotSettings | None = None) -> Service:
     # Only ticks from now on: a backlog of old ticks is no reason to trade.
     service = Service(NAME, database=True, eventbus=True, consume_from="latest")
     bot = TradingBot(settings, service.resources)
-    service.resources.extras["bot"] = bot
     service.subscribe(MarketTick, bot.on_tick)
     app = service.app
 
