@@ -210,7 +210,7 @@ class OrderDesk:
         self.log = logger
         self._tracer = tracer
         self._lock = asyncio.Lock()
-        self._config = settings.venue_config()
+        self._config = settings.to_domain()
         self.venue = GatedVenue(cash=settings.initial_cash, config=self._config, seed=settings.seed)
         self._quotes: dict[Symbol, Quote] = {}
         self._accepted_at: dict[ClientOrderId, float] = {}

@@ -7,17 +7,20 @@ from backend.infra.service import Service
 
 from .api import router
 from .book import PortfolioBook
-from .settings import PortfolioSettings
+from .settings import PortfolioIntelligenceSettings
 
 NAME = "portfolio-intelligence"
 
 
-def create_service(settings: PortfolioSettings | None = None) -> Service:
+def create_service(settings: PortfolioIntelligenceSettings | None = None) -> Service:
     """The portfolio-intelligence service (port 8004): the fill ledger and what follows from it."""
     service = Service(NAME, database=True, eventbus=True)
     book = service.provide(
         PortfolioBook(
-            settings or PortfolioSettings(), service.resources, service.logger, service.tracer
+            settings or PortfolioIntelligenceSettings(),
+            service.resources,
+            service.logger,
+            service.tracer,
         )
     )
     service.on_startup(book.restore)

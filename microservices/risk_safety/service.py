@@ -8,16 +8,16 @@ from backend.trading.approval import DEVELOPMENT_SECRET
 
 from .api import router
 from .guard import RiskGuard
-from .settings import RiskSettings
+from .settings import RiskSafetySettings
 
 NAME = "risk-safety"
 
 
-def create_service(settings: RiskSettings | None = None) -> Service:
+def create_service(settings: RiskSafetySettings | None = None) -> Service:
     """The risk-safety service (port 8003): pre-trade checks and the kill switch."""
     # Only quotes are consumed, and only fresh ones count: a new group starts at the end.
     service = Service(NAME, database=True, eventbus=True, consume_from="latest")
-    settings = settings or RiskSettings()
+    settings = settings or RiskSafetySettings()
     if settings.approval_secret.get_secret_value() == DEVELOPMENT_SECRET:
         service.logger.warning(
             "RISK_APPROVAL_SECRET is the development default; set it outside development"
