@@ -91,10 +91,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class NoQuote(LookupError):
-    """A market order arrived before any quote of its symbol."""
-
-
 class OrderNotFound(LookupError):
     """No order has this client order id."""
 
