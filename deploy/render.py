@@ -641,6 +641,22 @@ def dashboards() -> dict[str, Manifest]:
         "s",
     )
     golden.timeseries(
+        "Calls and errors by operation (span metrics, all spans before sampling)",
+        [
+            (
+                "sum by (service_name, span_name) "
+                "(rate(traces_span_metrics_calls_total[$__rate_interval]))",
+                "{{service_name}} {{span_name}}",
+            ),
+            (
+                "sum by (service_name, span_name) (rate(traces_span_metrics_calls_total"
+                '{status_code="STATUS_CODE_ERROR"}[$__rate_interval]))',
+                "{{service_name}} {{span_name}} errors",
+            ),
+        ],
+        "ops",
+    )
+    golden.timeseries(
         "Latency by operation (span metrics, exemplars link to traces)",
         _quantiles("traces_span_metrics_duration_seconds", "service_name, span_name", ""),
         "s",

@@ -44,9 +44,9 @@ def test_every_bind_mounted_file_exists() -> None:
 
 def test_the_stack_has_the_services_their_dependencies_and_the_observability_back_ends() -> None:
     services = compose()["services"]
-    assert {"redis", "postgres", "migrate"} | OBSERVABILITY | {s.name for s in BUILT_SERVICES} == set(
-        services
-    )
+    assert {"redis", "postgres", "migrate"} | OBSERVABILITY | {
+        s.name for s in BUILT_SERVICES
+    } == set(services)
     redis = services["redis"]["command"]
     assert redis[redis.index("--appendonly") + 1] == "yes", "Redis keeps the streams on disk"
     assert services["migrate"]["command"] == ["db", "upgrade"]
@@ -93,13 +93,17 @@ def test_secrets_come_from_git_ignored_files_that_make_secrets_writes(tmp_path: 
     assert env["DATABASE_URL"] == f"postgresql+asyncpg://trader:{password}@postgres:5432/trader"
     assert len(env["QT_API_TOKEN"]) >= 32
     # A second run refuses to overwrite (rotation is deliberate: --force).
-    again = subprocess.run(["bash", str(copy / "make-secrets.sh")], capture_output=True, check=False)
+    again = subprocess.run(
+        ["bash", str(copy / "make-secrets.sh")], capture_output=True, check=False
+    )
     assert again.returncode != 0
 
 
 def test_the_example_env_file_names_the_same_variables() -> None:
     example = (DEPLOY / "secrets.env.example").read_text()
-    names = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line and line[0] != "#"}
+    names = {
+        line.split("=", 1)[0] for line in example.splitlines() if "=" in line and line[0] != "#"
+    }
     assert names == {"QT_API_TOKEN", "RISK_APPROVAL_SECRET", "DATABASE_URL"}
 
 

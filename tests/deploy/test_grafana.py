@@ -45,7 +45,7 @@ def test_every_dashboard_is_valid_json_with_unique_uid_and_panel_ids() -> None:
         assert all(p.get("targets") for p in board["panels"]), f"{path.name}: a panel shows nothing"
         for panel in board["panels"]:
             grid = panel["gridPos"]
-            assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, (path.name, panel["title"])
+            assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, (path.name, panel["title"])
 
 
 def test_every_panel_uses_a_data_source_the_provisioning_defines() -> None:

@@ -41,7 +41,7 @@ def test_the_final_stage_runs_as_a_numeric_non_root_user_with_a_healthcheck() ->
 
 def test_the_kubernetes_uid_is_the_image_s(render: object) -> None:
     uid = int(re.findall(r"(?m)^USER (\d+)", DOCKERFILE)[0])
-    assert render.UID == uid  # type: ignore[attr-defined]
+    assert uid == render.UID  # type: ignore[attr-defined]
 
 
 def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:

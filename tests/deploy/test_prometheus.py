@@ -1,4 +1,4 @@
-"""promtool accepts the Prometheus configurations and rules, and the alerts pass their unit tests."""
+"""promtool accepts the Prometheus configurations and rules; the alerts pass their unit tests."""
 
 from __future__ import annotations
 
