@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from backend.infra.db import TABLE_OWNERS
 from backend.infra.service import BUILT_SERVICES, SERVICES, ServiceSpec
 
 from .conftest import DEPLOY, ROOT
@@ -103,3 +104,7 @@ def test_only_the_replicated_services_get_more_than_one_replica_and_a_disruption
             # Two strategy loops, feeds or paper venues must never overlap, even in a roll-out.
             assert d["spec"]["replicas"] == 1
             assert d["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_every_table_owner_is_a_service_of_the_catalogue() -> None:
+    assert set(TABLE_OWNERS) <= {s.name for s in SERVICES}
