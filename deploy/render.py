@@ -29,7 +29,7 @@ IMAGE = f"quantum-trader:{VERSION}"
 IMAGES = {
     "redis": "redis:7.4.2-bookworm",
     "postgres": "postgres:16.6-bookworm",
-    "otel-collector": "otel/opentelemetry-collector-contrib:0.120.0",
+    "otel-collector": "otel/opentelemetry-collector-contrib:0.136.0",
     "tempo": "grafana/tempo:2.7.1",
     "prometheus": "prom/prometheus:v2.55.1",
     "loki": "grafana/loki:3.4.2",
@@ -173,6 +173,8 @@ def compose() -> Manifest:
             "image": IMAGES["otel-collector"],
             "command": ["--config=/etc/otelcol-contrib/config.yaml"],
             "restart": "unless-stopped",
+            # memory_limiter refuses data at 80 % of this.
+            "mem_limit": "512m",
             "volumes": ["./otel-collector.yaml:/etc/otelcol-contrib/config.yaml:ro"],
             "depends_on": ["tempo"],
         },

@@ -30,7 +30,7 @@ from tests.support.procs import Proc, free_port, http_ok, wait_until
 from .conftest import DEPLOY, ROOT
 
 # Metrics that come from elsewhere than the services, each with where it comes from. The
-# Collector's are those of the image compose.yaml pins (otelcol-contrib 0.120.0).
+# Collector's are those of the image compose.yaml pins (otelcol-contrib 0.136.0).
 EXTERNAL = {
     "up": "Prometheus, per scrape target",
     "traces_span_metrics_duration_seconds_bucket": "Collector, spanmetrics connector",
