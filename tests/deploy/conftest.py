@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +27,8 @@ def require_tool(name: str, install_hint: str) -> str:
     On CI (CI=true, or QT_REQUIRE_SERVICES=1 as .ci/run sets) a missing validator fails the
     test instead: a check that did not run must not pass.
     """
-    path = shutil.which(name)
+    # Validators from PyPI (the dev extra) sit beside the interpreter, on PATH or not.
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is not None:
         return path
     reason = f"{name} is not installed ({install_hint})"

