@@ -124,7 +124,8 @@ def _app_service(spec: ServiceSpec) -> Manifest:
         },
     }
     if spec.kind == "http":
-        service["ports"] = [f"{spec.port}:{spec.port}"]
+        # Published on the host's loopback only: put a TLS proxy in front to open them up.
+        service["ports"] = [f"127.0.0.1:{spec.port}:{spec.port}"]
     return service
 
 
@@ -199,7 +200,7 @@ def compose() -> Manifest:
                 "./prometheus/rules:/etc/prometheus/rules:ro",
                 "prometheus-data:/prometheus",
             ],
-            "ports": ["9090:9090"],
+            "ports": ["127.0.0.1:9090:9090"],
         },
         "loki": {
             "image": IMAGES["loki"],
@@ -237,7 +238,7 @@ def compose() -> Manifest:
                 "./grafana/dashboards:/var/lib/grafana/dashboards:ro",
                 "grafana-data:/var/lib/grafana",
             ],
-            "ports": ["3000:3000"],
+            "ports": ["127.0.0.1:3000:3000"],
             "depends_on": ["prometheus", "loki", "tempo"],
         },
     }

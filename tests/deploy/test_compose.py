@@ -8,9 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from backend.infra.service import BUILT_SERVICES
 
-from .conftest import DEPLOY, ROOT, load_yaml
+from .conftest import DEPLOY, ROOT, load_yaml, require_tool
 
 PINNED = re.compile(r"^[\w./-]+:(v?\d+(\.\d+){1,2}[\w.-]*)(@sha256:[0-9a-f]{64})?$")
 OBSERVABILITY = {"otel-collector", "tempo", "prometheus", "loki", "alloy", "grafana"}
@@ -18,6 +20,32 @@ OBSERVABILITY = {"otel-collector", "tempo", "prometheus", "loki", "alloy", "graf
 
 def compose() -> dict[str, Any]:
     return load_yaml("compose.yaml")  # type: ignore[no-any-return]
+
+
+def dclint(path: Path) -> subprocess.CompletedProcess[str]:
+    tool = require_tool("dclint", "npm install -g dclint@3.1.0")
+    return subprocess.run(
+        [tool, "--no-color", "-c", str(DEPLOY / "dclint.yaml"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_compose_passes_the_compose_schema_and_dclint() -> None:
+    result = dclint(DEPLOY / "compose.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dclint_rejects_what_the_compose_schema_forbids(tmp_path: Path) -> None:
+    broken = compose()
+    broken["services"]["redis"]["restart_policy"] = "always"  # not a Compose key
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    result = dclint(path)
+    assert result.returncode != 0
+    assert "invalid-schema" in result.stdout, result.stdout
 
 
 def test_every_image_is_pinned_to_an_exact_version() -> None:

@@ -50,7 +50,8 @@ def _check_everything_lists(render: ModuleType, specs: tuple[ServiceSpec, ...]) 
             "REDIS_URL": "redis://redis:6379/0",
             **_service_urls(specs),
         }
-        assert svc.get("ports") == ([f"{spec.port}:{spec.port}"] if spec.kind == "http" else None)
+        published = [f"127.0.0.1:{spec.port}:{spec.port}"] if spec.kind == "http" else None
+        assert svc.get("ports") == published
 
     (job,) = [j for j in render.prometheus()["scrape_configs"] if j["job_name"] == "quantum-trader"]
     assert [(c["targets"], c["labels"]) for c in job["static_configs"]] == [
