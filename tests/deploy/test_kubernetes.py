@@ -13,10 +13,16 @@ from backend.infra.service import BUILT_SERVICES
 from .conftest import DEPLOY, require_tool
 
 OVERLAYS = ("dev", "prod", "prod-ray")
+# Applied next to an overlay where the Prometheus Operator runs.
+MONITORING = "../monitoring"
 # The Kubernetes release whose schemas the manifests must satisfy (the oldest we support).
 KUBERNETES_VERSION = "1.30.0"
 # Custom resources, whose schemas come with their operator, are checked field by field below.
-CUSTOM_KINDS = {("ray.io/v1", "RayCluster")}
+CUSTOM_KINDS = {
+    ("ray.io/v1", "RayCluster"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 BUILT = {s.name: s for s in BUILT_SERVICES}
 
 _rendered: dict[str, list[dict[str, Any]]] = {}
@@ -41,7 +47,7 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [*OVERLAYS, MONITORING])
 def test_every_manifest_validates_against_the_kubernetes_schemas(overlay: str) -> None:
     import kubernetes_validate
 
@@ -52,7 +58,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(overlay: str) -
         # strict: a misspelt or misplaced field is an error, not silently ignored.
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         checked += 1
-    assert checked >= 2 * len(BUILT) + 3
+    assert checked >= (1 if overlay == MONITORING else 2 * len(BUILT) + 3)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -152,3 +158,37 @@ def test_the_ray_overlay_adds_a_hardened_raycluster_and_points_rl_training_at_it
     # Everything else is exactly prod.
     rest = [d for d in docs if d is not cluster and d["kind"] != "ConfigMap"]
     assert rest == [d for d in kustomize("prod") if d["kind"] != "ConfigMap"]
+
+
+def test_the_pod_monitor_scrapes_every_service_pod_as_job_quantum_trader() -> None:
+    monitoring = kustomize(MONITORING)
+    (monitor,) = by_kind(monitoring, "PodMonitor").values()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    endpoints = {e["port"]: e for e in monitor["spec"]["podMetricsEndpoints"]}
+    for deployment in by_kind(kustomize("prod"), "Deployment").values():
+        pod = deployment["spec"]["template"]
+        assert selector.items() <= pod["metadata"]["labels"].items()
+        (container,) = pod["spec"]["containers"]
+        (port,) = container["ports"]
+        endpoint = endpoints[port["name"]]
+        assert endpoint["path"] == pod["metadata"]["annotations"]["prometheus.io/path"]
+        relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+        assert relabel["job"]["replacement"] == "quantum-trader", "the rules select this job"
+        assert relabel["service"]["sourceLabels"] == [
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name"
+        ]
+
+
+def test_the_prometheus_rule_and_dashboards_are_the_committed_ones() -> None:
+    monitoring = kustomize(MONITORING)
+    (rule,) = by_kind(monitoring, "PrometheusRule").values()
+    rules_file = DEPLOY / "prometheus" / "rules" / "quantum-trader.rules.yml"
+    assert rule["spec"] == yaml.safe_load(rules_file.read_text())
+    (dashboards,) = [
+        d
+        for d in by_kind(monitoring, "ConfigMap").values()
+        if "grafana_dashboard" in d["metadata"]["labels"]
+    ]
+    assert dashboards["data"] == {
+        p.name: p.read_text() for p in (DEPLOY / "grafana" / "dashboards").glob("*.json")
+    }

@@ -18,7 +18,7 @@ def _service_urls(specs: tuple[ServiceSpec, ...]) -> dict[str, str]:
 
 
 def test_committed_files_are_what_render_produces(render: ModuleType) -> None:
-    for path, text in render.rendered().items():
+    for path, text in {**render.rendered(), **render.rendered_monitoring()}.items():
         assert path.is_file(), f"{path} is missing; run: python deploy/render.py"
         assert path.read_text() == text, (
             f"{path.relative_to(ROOT)} differs from its rendering; run: python deploy/render.py"
