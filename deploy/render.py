@@ -5,9 +5,9 @@
 
 Writes `compose.yaml`, `prometheus/prometheus.yml`, `k8s/base/services.yaml`, the Grafana
 dashboards under `grafana/dashboards/`, and `k8s/monitoring/monitoring.yaml` (the rules and
-dashboards packaged for the Prometheus Operator and Grafana's sidecar). A service joins all of them the moment the catalogue
-(`backend/infra/service/_catalogue.py`) marks it built and this script is run again;
-`tests/deploy` fails while a committed file lags behind the catalogue.
+dashboards packaged for the Prometheus Operator and Grafana's sidecar). A service joins all of
+them the moment the catalogue (`backend/infra/service/_catalogue.py`) marks it built and this
+script is run again; `tests/deploy` fails while a committed file lags behind the catalogue.
 """
 
 from __future__ import annotations

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.infra.eventbus.conftest import redis_url
-
-__all__ = ["DEPLOY", "ROOT", "load_yaml", "redis_url", "render_module", "require_tool"]
+__all__ = ["DEPLOY", "ROOT", "load_yaml", "render_module", "require_tool"]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -15,17 +15,16 @@ import secrets
 import subprocess
 import sys
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.infra.service import BUILT_SERVICES
-from tests.support.procs import Proc, free_port, http_ok, wait_until
+from tests.support.procs import Proc, free_port, wait_ready
+from tests.support.redis import delete_prefixed, new_prefix
 
 from .conftest import DEPLOY, ROOT
 
@@ -58,7 +57,7 @@ PROMQL_WORDS = {
 def scrapes(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """`/metrics` of every built service, started as its own process, once it is ready."""
     tmp = tmp_path_factory.mktemp("live-metrics")
-    prefix = f"qt-deploy-{uuid.uuid4().hex[:12]}"
+    prefix = new_prefix()
     ports = {spec.name: free_port() for spec in BUILT_SERVICES}
     common = {
         "REDIS_URL": redis_url,
@@ -69,6 +68,8 @@ def scrapes(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         **{spec.url_variable: f"http://127.0.0.1:{ports[spec.name]}" for spec in BUILT_SERVICES},
     }
     with ExitStack() as stack:
+        # Callbacks run last-in first-out: the processes stop before their keys go.
+        stack.callback(delete_prefixed, redis_url, prefix)
         procs: dict[str, Proc] = {}
         for spec in BUILT_SERVICES:
             env = {
@@ -80,13 +81,7 @@ def scrapes(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             stack.callback(proc.stop)
             procs[spec.name] = proc
         for name, proc in procs.items():
-
-            def ready(proc: Proc = proc, port: int = ports[name], name: str = name) -> bool:
-                if proc.popen.poll() is not None:
-                    raise AssertionError(f"{name} exited early:\n{proc.output()[-3000:]}")
-                return http_ok(port, "/health/ready")
-
-            wait_until(ready, 90.0, 0.1, f"{name} to be ready")
+            wait_ready(proc, ports[name], "/health/ready", 90.0, name=name, with_output=True)
         result = {}
         for name, port in ports.items():
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
@@ -100,13 +95,6 @@ def scrapes(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             )
             assert run.returncode == expected, run.stderr
         yield result
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
 
 
 def sample_names(exposition: str) -> set[str]:
