@@ -169,6 +169,8 @@ def compose() -> Manifest:
             "env_file": ["secrets.env"],
             "read_only": True,
             "tmpfs": ["/tmp"],
+            "security_opt": ["no-new-privileges:true"],
+            "cap_drop": ["ALL"],
             "depends_on": {"postgres": {"condition": "service_healthy"}},
         },
         "otel-collector": {

@@ -79,13 +79,16 @@ def test_the_stack_has_the_services_their_dependencies_and_the_observability_bac
     assert redis[redis.index("--appendonly") + 1] == "yes", "Redis keeps the streams on disk"
     assert services["migrate"]["command"] == ["db", "upgrade"]
     assert services["migrate"]["restart"] == "no"
+    for name in [s.name for s in BUILT_SERVICES] + ["migrate"]:
+        app = services[name]
+        assert app["read_only"] is True
+        assert app["cap_drop"] == ["ALL"]
+        assert app["security_opt"] == ["no-new-privileges:true"]
     for spec in BUILT_SERVICES:
         app = services[spec.name]
         assert app["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
         assert app["environment"]["OTLP_ENDPOINT"] == "http://otel-collector:4317"
         assert app["labels"]["io.quantum-trader.logs"] == "json", "Alloy ships its stdout"
-        assert app["read_only"] is True
-        assert app["cap_drop"] == ["ALL"]
 
 
 def test_secrets_come_from_git_ignored_files_that_make_secrets_writes(tmp_path: Path) -> None:
