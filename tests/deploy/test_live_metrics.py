@@ -122,6 +122,43 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+def labels_used(expr: str) -> dict[str, set[str]]:
+    """The label names an expression expects on each metric: its matchers, and the labels of
+    the `by (...)` clauses around it (attributed to every metric of the expression)."""
+    used: dict[str, set[str]] = {name: set() for name in metric_names(expr)}
+    for name, matchers in re.findall(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", expr):
+        if name in used:
+            used[name] |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+    grouped = {
+        label.strip()
+        for labels in re.findall(r"\bby\s*\(([^)]*)\)", expr)
+        for label in labels.split(",")
+        if label.strip()
+    }
+    for labels in used.values():
+        labels |= grouped
+    return used
+
+
+def sample_labels(exposition: str) -> dict[str, set[str]]:
+    """The label names each series name carries in a scrape (only names with samples)."""
+    found: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+    return found
+
+
+def queries() -> list[tuple[str, str]]:
+    """Every PromQL expression of the rules and dashboards, with where it is."""
+    found = [(rule["expr"], f"rule {rule.get('alert') or rule.get('record')}") for rule in rules()]
+    for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            if panel["datasource"]["type"] == "prometheus":
+                found += [(t["expr"], f"{path.name}: {panel['title']}") for t in panel["targets"]]
+    return found
+
+
 def rules() -> list[dict[str, str]]:
     return [
         rule
@@ -176,6 +213,30 @@ def test_every_metric_of_the_dashboards_and_rules_is_exported_by_a_running_servi
     assert not missing, "queried but exported by no service:\n" + "\n".join(
         f"  {name}: {', '.join(where)}" for name, where in sorted(missing.items())
     )
+
+
+def test_every_label_the_queries_use_is_on_the_series_the_services_export(
+    scrapes: dict[str, str],
+) -> None:
+    # Labels Prometheus adds to every scraped series (compose's static labels, Kubernetes
+    # relabelling), and the ones only a histogram bucket has.
+    target = {"job", "instance", "service", "namespace", "pod"}
+    exported: dict[str, set[str]] = {}
+    for text in scrapes.values():
+        for name, labels in sample_labels(text).items():
+            exported.setdefault(name, set()).update(labels)
+    wrong = []
+    for expr, where in queries():
+        for name, labels in labels_used(expr).items():
+            # A series with no sample yet (a counter never incremented) shows no labels.
+            if name in exported and not labels <= exported[name] | target:
+                wrong.append(f"{where}: {name} has no {sorted(labels - exported[name] - target)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_label_reader_finds_matchers_and_groupings() -> None:
+    expr = 'sum by (stream, group) (rate(eventbus_failed_total{service=~"$s", x!="1"}[5m]))'
+    assert labels_used(expr) == {"eventbus_failed_total": {"stream", "group", "service", "x"}}
 
 
 def test_each_trading_metric_comes_from_the_service_that_should_export_it(
