@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from typing import Any
 
@@ -192,3 +193,23 @@ def test_the_prometheus_rule_and_dashboards_are_the_committed_ones() -> None:
     assert dashboards["data"] == {
         p.name: p.read_text() for p in (DEPLOY / "grafana" / "dashboards").glob("*.json")
     }
+
+
+def _images(node: Any) -> list[str]:
+    """Every `image` value anywhere in a manifest."""
+    if isinstance(node, dict):
+        found = [node["image"]] if isinstance(node.get("image"), str) else []
+        return found + [image for value in node.values() for image in _images(value)]
+    if isinstance(node, list):
+        return [image for item in node for image in _images(item)]
+    return []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_pinned_to_an_exact_version(overlay: str) -> None:
+    images = [image for doc in kustomize(overlay) for image in _images(doc)]
+    assert images
+    for image in images:
+        assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+){1,2}[\w.-]*(@sha256:[0-9a-f]{64})?", image), (
+            f"{image} is not pinned to an exact version"
+        )
