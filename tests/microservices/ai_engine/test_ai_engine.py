@@ -27,8 +27,13 @@ from backend.trading.model import (
     simulate_prices,
     train_initial_model,
 )
+<<<<<<< HEAD
 from microservices.ai_engine.registry import load_artifact, register
 from tests.acceptance.harness import base_env, http, json_lines, poll, service
+=======
+from microservices.ai_engine.store import load_artifact, register
+from tests.acceptance.harness import base_env, http, json_lines, poll, redis_url, service
+>>>>>>> shape
 from tests.support.otlp import OtlpReceiver
 from tests.support.procs import Proc, free_port
 
