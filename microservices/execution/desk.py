@@ -17,8 +17,6 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-import httpx
-
 from backend.infra.db import DatabaseError
 from backend.infra.db.models import FillRecord
 from backend.infra.eventbus import (
@@ -60,6 +58,8 @@ from backend.trading.types import (
     TimeInForce,
 )
 from backend.trading.venue import PaperVenue, VenueReport, WorkingOrder
+from microservices.contracts import MalformedAnswer, Refused, UpstreamError
+from microservices.contracts.risk_safety import RiskSafetyClient
 
 from . import metrics
 from .riskstate import (
@@ -69,7 +69,6 @@ from .riskstate import (
     RiskStateGate,
     order_reduces,
     request_reduces,
-    signed_state_from,
 )
 from .settings import ExecutionSettings
 from .store import OrderStore, StoredOrder
@@ -504,7 +503,7 @@ class OrderDesk:
         failing: str | None = None
         while True:
             started = time.monotonic()
-            error = await self._poll_once(url)
+            error = await self._poll_once()
             if error is not None and failing is None:
                 self.log.warning("trading state poll failed", url=url, error=error)
             elif error is None and failing is not None:
@@ -512,21 +511,20 @@ class OrderDesk:
             failing = error
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
-    async def _poll_once(self, url: str) -> str | None:
+    async def _poll_once(self) -> str | None:
         """One poll; None if it gave a verified state, else what went wrong."""
         http = self._resources.http
         if http is None:
             raise RuntimeError("the service has no HTTP client yet")
         try:
-            response = await http.get(url, timeout=self.settings.risk_poll_timeout_ms / 1000)
-            response.raise_for_status()
-            signed = signed_state_from(response.json())
-        except httpx.HTTPStatusError as exc:
-            return self._poll_failed(f"http_{exc.response.status_code}", str(exc))
-        except httpx.HTTPError as exc:
-            return self._poll_failed("unreachable", f"{type(exc).__name__}: {exc}")
-        except ValueError as exc:
-            return self._poll_failed("unverified", str(exc))
+            signed = await RiskSafetyClient(http, self.risk_safety_url).signed_state(
+                timeout_s=self.settings.risk_poll_timeout_ms / 1000
+            )
+        except MalformedAnswer as exc:
+            return self._poll_failed("unverified", exc.detail)
+        except (Refused, UpstreamError) as exc:
+            kind = "unreachable" if exc.status is None else f"http_{exc.status}"
+            return self._poll_failed(kind, exc.detail)
         try:
             await self.update_state(signed, source="poll", reason="polled")
         except InvalidState as exc:
