@@ -22,6 +22,7 @@ from backend.infra.eventbus import MarketTick
 from backend.trading.approval import DEVELOPMENT_SECRET, SignedState, verify_state
 from tests.microservices.conftest import ServiceHarness, wait_for
 from tests.support.postgres import scratch_database
+from tests.support.wire import portfolio_answer
 
 
 def now_ms() -> int:
@@ -77,23 +78,8 @@ class PortfolioStub(JsonStub):
         super().__init__()
 
     def reset(self, **changes: Any) -> None:
-        self.body = {
-            "equity": "100000",
-            "peak_equity": "100000",
-            "daily_pnl": "0",
-            "gross_exposure": "0",
-            "positions": [],
-            "fills": {
-                "booked_sequence": 0,
-                "max_sequence": 0,
-                "gaps": [],
-                "pending": 0,
-                "lag": 0,
-                "dead_letters": 0,
-                "complete_as_of_ms": None,
-            },
-            **changes,
-        }
+        answer = portfolio_answer(Decimal(100_000), {}).model_dump(mode="json")
+        self.body = {**answer, **changes}
 
     def fills(self, **changes: Any) -> None:
         self.body["fills"] = {**self.body["fills"], **changes}
