@@ -124,6 +124,20 @@ class Order:
         """Quantity still to fill."""
         return self.quantity - self.filled_quantity
 
+    @property
+    def request(self) -> OrderRequest:
+        """The intent this order was created from."""
+        return OrderRequest(
+            client_order_id=self.client_order_id,
+            symbol=self.symbol,
+            side=self.side,
+            quantity=self.quantity,
+            order_type=self.order_type,
+            limit_price=self.limit_price,
+            time_in_force=self.time_in_force,
+            reduce_only=self.reduce_only,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class OrderEvent:

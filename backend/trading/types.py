@@ -117,3 +117,16 @@ class Fill:
     def notional(self) -> Decimal:
         """Quantity times price, before fees."""
         return self.quantity * self.price
+
+    def attributes(self) -> dict[str, str]:
+        """The fill as span attributes and log fields (amounts as exact decimal text)."""
+        return {
+            "client_order_id": self.client_order_id,
+            "fill_id": self.fill_id,
+            "symbol": self.symbol,
+            "side": self.side.value,
+            "quantity": str(self.quantity),
+            "price": str(self.price),
+            "fee": str(self.fee),
+            "liquidity": self.liquidity.value,
+        }

@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import Any
 
 from backend.infra.db import DatabaseError
-from backend.infra.db.models import FillRecord
 from backend.infra.eventbus import (
     Event,
     EventData,
@@ -48,8 +47,6 @@ from backend.trading.orders import Order, OrderEventKind, OrderStatus
 from backend.trading.types import (
     ClientOrderId,
     Fill,
-    FillId,
-    Liquidity,
     OrderRequest,
     OrderType,
     Quote,
@@ -71,7 +68,7 @@ from .riskstate import (
     request_reduces,
 )
 from .settings import ExecutionSettings
-from .store import OrderStore, StoredOrder
+from .store import OrderStore, StoredOrder, fill_of
 
 ORDER_FIELD_NAMES = (
     "client_order_id",
@@ -246,7 +243,7 @@ class OrderDesk:
         fills, open_orders = await self.store.load_for_restore()
         venue = GatedVenue.restore(
             initial_cash=self.settings.initial_cash,
-            fills=[_fill_of(f) for f in fills],
+            fills=[fill_of(f) for f in fills],
             open_orders=[WorkingOrder(_order_of(o), o.record.reserved_cash) for o in open_orders],
             quotes=self._quotes.values(),
             config=self._config,
@@ -289,7 +286,7 @@ class OrderDesk:
         async with self._lock:
             existing = await self.store.get(cid)
             if existing is not None:
-                conflicts = conflicting_fields(_request_of(existing), request)
+                conflicts = conflicting_fields(_order_of(existing).request, request)
                 if conflicts:
                     metrics.CONFLICTS.inc()
                     raise OrderConflict(cid, conflicts)
@@ -635,7 +632,7 @@ class OrderDesk:
                 kind=SpanKind.INTERNAL,
                 links=links_from_traceparent(link, {"link.reason": "order"}),
                 attributes={
-                    **_fill_attributes(fill),
+                    **fill.attributes(),
                     "leaves_quantity": str(leaves),
                     "resting": link is not None,
                 },
@@ -648,14 +645,7 @@ class OrderDesk:
             self._observe_fill(fill, order)
             self.log.info(
                 "order filled",
-                client_order_id=fill.client_order_id,
-                fill_id=fill.fill_id,
-                symbol=fill.symbol,
-                side=fill.side.value,
-                quantity=fill.quantity,
-                price=fill.price,
-                fee=fill.fee,
-                liquidity=fill.liquidity.value,
+                **fill.attributes(),
                 leaves_quantity=order.quantity - record.filled_quantity,
             )
 
@@ -721,20 +711,6 @@ def conflicting_fields(known: OrderRequest, again: OrderRequest) -> list[str]:
     ]
 
 
-def _request_of(stored: StoredOrder) -> OrderRequest:
-    row = stored.record
-    return OrderRequest(
-        client_order_id=ClientOrderId(row.client_order_id),
-        symbol=Symbol(row.symbol),
-        side=Side(row.side),
-        quantity=row.quantity,
-        order_type=OrderType(row.order_type),
-        limit_price=row.limit_price,
-        time_in_force=TimeInForce(row.time_in_force),
-        reduce_only=row.reduce_only,
-    )
-
-
 def _with_cancel_reason(report: VenueReport, reason: str) -> VenueReport:
     events = tuple(
         replace(e, reason=reason) if e.kind is OrderEventKind.CANCEL else e for e in report.events
@@ -778,19 +754,6 @@ def _order_attributes(request: OrderRequest) -> dict[str, Any]:
     if request.limit_price is not None:
         attributes["limit_price"] = str(request.limit_price)
     return attributes
-
-
-def _fill_attributes(fill: Fill) -> dict[str, Any]:
-    return {
-        "client_order_id": fill.client_order_id,
-        "fill_id": fill.fill_id,
-        "symbol": fill.symbol,
-        "side": fill.side.value,
-        "quantity": str(fill.quantity),
-        "price": str(fill.price),
-        "fee": str(fill.fee),
-        "liquidity": fill.liquidity.value,
-    }
 
 
 def _submitted_event(request: OrderRequest) -> OrderSubmitted:
@@ -847,18 +810,4 @@ def _filled_event(fill: Fill, leaves: Decimal) -> OrderFilled:
         liquidity=fill.liquidity.value,
         leaves_quantity=leaves,
         ts_ms=fill.ts_ms,
-    )
-
-
-def _fill_of(row: FillRecord) -> Fill:
-    return Fill(
-        FillId(row.fill_id),
-        ClientOrderId(row.client_order_id),
-        Symbol(row.symbol),
-        Side(row.side),
-        row.quantity,
-        row.price,
-        row.fee,
-        Liquidity(row.liquidity),
-        int(row.filled_at.timestamp() * 1000),
     )

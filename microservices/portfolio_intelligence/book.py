@@ -184,14 +184,7 @@ class PortfolioBook:
             with self._tracer.start_as_current_span(
                 "position.update",
                 kind=SpanKind.INTERNAL,
-                attributes={
-                    "client_order_id": fill.client_order_id,
-                    "fill_id": fill.fill_id,
-                    "symbol": fill.symbol,
-                    "side": fill.side.value,
-                    "quantity": str(fill.quantity),
-                    "price": str(fill.price),
-                },
+                attributes=fill.attributes(),
             ) as span:
                 try:
                     booked = await self._book(fill, data.sequence)
@@ -217,12 +210,7 @@ class PortfolioBook:
                 span.set_attribute("position.realized_pnl", str(position.realized_pnl))
                 self.log.info(
                     "position updated",
-                    client_order_id=fill.client_order_id,
-                    fill_id=fill.fill_id,
-                    symbol=fill.symbol,
-                    side=fill.side.value,
-                    quantity=fill.quantity,
-                    price=fill.price,
+                    **fill.attributes(),
                     position=position.quantity,
                     average_price=position.average_price,
                     realized_pnl=position.realized_pnl,

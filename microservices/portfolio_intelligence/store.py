@@ -47,6 +47,38 @@ def venue_order(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
     return sorted(entries, key=lambda e: -1 if e.sequence is None else e.sequence)
 
 
+def ledger_row(fill: Fill, sequence: int | None) -> LedgerFill:
+    """The ledger row of `fill`, booked with its venue `sequence`."""
+    return LedgerFill(
+        fill_id=fill.fill_id,
+        client_order_id=fill.client_order_id,
+        symbol=fill.symbol,
+        side=fill.side.value,
+        quantity=fill.quantity,
+        price=fill.price,
+        fee=fill.fee,
+        filled_at=to_datetime(fill.ts_ms),
+        sequence=sequence,
+        liquidity=fill.liquidity.value,
+    )
+
+
+def fill_of(row: LedgerFill) -> Fill:
+    """The domain fill a ledger row holds."""
+    return Fill(
+        FillId(row.fill_id),
+        ClientOrderId(row.client_order_id),
+        Symbol(row.symbol),
+        Side(row.side),
+        row.quantity,
+        row.price,
+        row.fee,
+        # Rows from before revision 0006 have none; it moves no number.
+        Liquidity(row.liquidity or Liquidity.TAKER),
+        to_ms(row.filled_at),
+    )
+
+
 class LedgerStore:
     """Reads and writes the portfolio tables through the service's unit of work."""
 
@@ -60,20 +92,7 @@ class LedgerStore:
         A fill id already in the ledger raises IntegrityViolationError (the unique key).
         """
         async with self._resources.session() as session:
-            session.add(
-                LedgerFill(
-                    fill_id=fill.fill_id,
-                    client_order_id=fill.client_order_id,
-                    symbol=fill.symbol,
-                    side=fill.side.value,
-                    quantity=fill.quantity,
-                    price=fill.price,
-                    fee=fill.fee,
-                    filled_at=to_datetime(fill.ts_ms),
-                    sequence=sequence,
-                    liquidity=fill.liquidity.value,
-                )
-            )
+            session.add(ledger_row(fill, sequence))
             row = await session.get(Position, position.symbol)
             if row is None:
                 row = Position(symbol=position.symbol)
@@ -89,25 +108,7 @@ class LedgerStore:
         rebuilt from (in venue order, see `venue_order`)."""
         async with self._resources.session() as session:
             rows = await session.scalars(select(LedgerFill).order_by(LedgerFill.id))
-            return [
-                LedgerEntry(
-                    Fill(
-                        FillId(r.fill_id),
-                        ClientOrderId(r.client_order_id),
-                        Symbol(r.symbol),
-                        Side(r.side),
-                        r.quantity,
-                        r.price,
-                        r.fee,
-                        # Rows from before revision 0006 have none; it moves no number.
-                        Liquidity(r.liquidity or Liquidity.TAKER),
-                        to_ms(r.filled_at),
-                    ),
-                    r.sequence,
-                    r.liquidity is not None,
-                )
-                for r in rows
-            ]
+            return [LedgerEntry(fill_of(r), r.sequence, r.liquidity is not None) for r in rows]
 
     async def fills(self, *, symbol: str | None, limit: int) -> list[LedgerFill]:
         """Newest booked fills first."""

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from backend.trading.approval import SignedState, sign_state
 from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
-from microservices.execution.desk import conflicting_fields
 from microservices.contracts.risk_safety import SignedStatePublic
+from microservices.execution.desk import conflicting_fields
 from microservices.execution.riskstate import Adopted, Outcome, RiskStateGate
 
 SECRET = "test-secret"
