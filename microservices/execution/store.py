@@ -101,7 +101,7 @@ class OrderStore:
                         occurred_at=to_datetime(event.ts_ms),
                     )
                 )
-            fill_rows = [fill_row(fill, row.id) for fill in report.fills]
+            fill_rows = [fill_record(fill, row.id) for fill in report.fills]
             if fill_rows:
                 # A fill row's id is the venue's fill sequence, which its order.filled carries.
                 # It is numbered here, inside the transaction that writes the fills, rather than
@@ -207,7 +207,7 @@ class OrderStore:
         return {order_id: reason for order_id, reason in rows}
 
 
-def fill_row(fill: Fill, order_id: int) -> FillRecord:
+def fill_record(fill: Fill, order_id: int) -> FillRecord:
     """The row of `fill` (its `id`, the venue sequence, is numbered when it is written)."""
     return FillRecord(
         fill_id=fill.fill_id,
