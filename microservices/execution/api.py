@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 
 from backend.infra.db.models import FillRecord
-from backend.infra.service import Resources, resources_of
+from backend.infra.service import provided
 from backend.trading.approval import ApprovalError
 from backend.trading.orders import Order
 from backend.trading.types import Symbol
@@ -82,12 +82,7 @@ def order_public(stored: StoredOrder) -> OrderPublic:
     )
 
 
-def desk_of(resources: Annotated[Resources, Depends(resources_of)]) -> OrderDesk:
-    desk: OrderDesk = resources.extras["desk"]
-    return desk
-
-
-Desk = Annotated[OrderDesk, Depends(desk_of)]
+Desk = Annotated[OrderDesk, Depends(provided(OrderDesk))]
 
 
 @router.post("/orders", status_code=status.HTTP_201_CREATED)

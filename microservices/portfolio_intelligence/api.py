@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from backend.infra.service import Resources, resources_of
+from backend.infra.service import provided
 from backend.trading.portfolio import EquityPoint, performance_report
 from microservices.contracts.portfolio_intelligence import (
     EquityCurvePublic,
@@ -39,12 +39,7 @@ def fills_status_public(status: FillsStatus) -> FillsStatusPublic:
     )
 
 
-def book_of(resources: Annotated[Resources, Depends(resources_of)]) -> PortfolioBook:
-    book: PortfolioBook = resources.extras["book"]
-    return book
-
-
-Book = Annotated[PortfolioBook, Depends(book_of)]
+Book = Annotated[PortfolioBook, Depends(provided(PortfolioBook))]
 Limit = Annotated[int, Query(ge=1, le=100_000)]
 
 

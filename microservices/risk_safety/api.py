@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from backend.infra.service import Resources, resources_of
+from backend.infra.service import provided
 from backend.trading.risk import TradingState
 from microservices.contracts.risk_safety import (
     ApprovalPublic,
@@ -30,12 +30,7 @@ from .guard import RiskGuard, StatePush, StateView, now_ms
 router = APIRouter()
 
 
-def guard_of(resources: Annotated[Resources, Depends(resources_of)]) -> RiskGuard:
-    guard: RiskGuard = resources.extras["guard"]
-    return guard
-
-
-Guard = Annotated[RiskGuard, Depends(guard_of)]
+Guard = Annotated[RiskGuard, Depends(provided(RiskGuard))]
 
 
 def _ack(push: StatePush | None) -> ExecutionAck | None:

@@ -33,7 +33,7 @@ from microservices.contracts.execution import ExecutionClient, RiskStateIn
 from microservices.contracts.portfolio_intelligence import PortfolioClient
 
 from . import metrics
-from .settings import RiskSettings
+from .settings import RiskSafetySettings
 from .store import RiskStore
 
 CLOCK_MARGIN_MS = 5_000
@@ -148,13 +148,13 @@ class RiskGuard:
 
     def __init__(
         self,
-        settings: RiskSettings,
+        settings: RiskSafetySettings,
         resources: Resources,
         logger: BoundLogger,
         tracer: Any,
     ) -> None:
         self.settings = settings
-        self.limits = settings.limits()
+        self.limits = settings.to_domain()
         self.store = RiskStore(resources)
         self.log = logger
         self.portfolio_url = service_url("portfolio-intelligence")

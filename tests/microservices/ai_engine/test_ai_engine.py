@@ -28,7 +28,7 @@ from backend.trading.model import (
     simulate_prices,
     train_initial_model,
 )
-from microservices.ai_engine.registry import load_artifact, register
+from microservices.ai_engine.store import load_artifact, register
 from tests.acceptance.harness import base_env, http, json_lines, poll, redis_url, service
 from tests.support.otlp import OtlpReceiver
 from tests.support.postgres import scratch_database

@@ -19,6 +19,7 @@ from backend.infra.db import DatabaseError
 from backend.infra.eventbus import GroupMonitor, MarketTick, create_redis_client
 from backend.infra.eventbus._embedded import free_port
 from backend.trading.types import Fill
+from microservices.portfolio_intelligence.book import PortfolioBook
 from microservices.portfolio_intelligence.service import create_service
 from microservices.portfolio_intelligence.store import LedgerStore
 from tests.microservices.conftest import ServiceHarness, wait_for
@@ -229,7 +230,8 @@ def test_a_fill_in_memory_after_a_failed_write_and_rebuild_still_reaches_the_led
 def test_a_backlog_that_cannot_be_read_stops_as_of_ms(harness: ServiceHarness) -> None:
     with harness.run(create_service) as client:
         complete(client)
-        book = client.app.state.resources.extras["book"]  # type: ignore[attr-defined]
+        resources = client.app.state.resources  # type: ignore[attr-defined]
+        book = resources.provided(PortfolioBook)
         # Point the check at a closed port: a real refused connection, as when Redis is down.
         unreachable = create_redis_client(f"redis://127.0.0.1:{free_port()}/0")
         book._monitor = GroupMonitor(unreachable, "portfolio-intelligence", "order.filled")

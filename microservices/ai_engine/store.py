@@ -1,4 +1,5 @@
-"""The model registry: versions, stage, metrics and the artifact itself in `model_registry`.
+"""ai-engine persistence, the model registry: versions, stage, metrics and the artifact itself
+in `model_registry`.
 
 The artifact is stored in its row as JSON text with its sha256, so every replica loads the same
 model from the database alone; loading it is parsing and validating data, never running code.
@@ -16,11 +17,36 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import ModelVersion
+from backend.infra.service import Resources
 from backend.trading.model import InvalidModelArtifact, artifact_from_json, artifact_to_json
 
 ACTIVE = "active"
 CANDIDATE = "candidate"
 RETIRED = "retired"
+
+
+class ModelStore:
+    """The registry rows of one model name, through the service's unit of work."""
+
+    def __init__(self, resources: Resources, name: str) -> None:
+        self._resources = resources
+        self.name = name
+
+    async def active(self) -> ModelVersion | None:
+        async with self._resources.session() as session:
+            return await active_model(session, self.name)
+
+    async def register(self, artifact: dict[str, Any], *, promote: bool) -> ModelVersion:
+        async with self._resources.session() as session:
+            return await register(session, self.name, artifact, promote=promote)
+
+    async def versions(self) -> list[ModelVersion]:
+        async with self._resources.session() as session:
+            return await list_models(session, self.name)
+
+    async def version(self, version: str) -> ModelVersion | None:
+        async with self._resources.session() as session:
+            return await get_model(session, self.name, version)
 
 
 def sha256_of(text: str) -> str:
