@@ -241,7 +241,8 @@ def test_make_run_trades_and_ctrl_c_stops_every_process(
     assert process.wait(40) == 0
     output.wait_for(r"^Stopped\.", 5)
     assert [pid for pid in pids if alive(pid)] == [], "no process outlives the launcher"
-    assert not any("killing it" in line for line in output.lines), "all stopped on SIGTERM"
+    killed = [line for line in output.lines if "killing it" in line]
+    assert killed == [], "every process stops on SIGTERM"
 
 
 def test_a_launcher_killed_outright_leaves_no_process_behind_once_the_fixture_cleans_up(

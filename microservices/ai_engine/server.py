@@ -13,7 +13,7 @@ from typing import Any
 
 from backend.infra.db import IntegrityViolationError
 from backend.infra.eventbus import SignalGenerated
-from backend.infra.observability import get_logger, get_tracer
+from backend.infra.observability import BoundLogger
 from backend.infra.service import Resources
 from backend.trading.features import (
     FEATURE_NAMES,
@@ -58,12 +58,14 @@ class ModelServer:
     """Serves the registry's active model; swapped atomically when another version becomes
     active (checked every `AI_MODEL_REFRESH_S`)."""
 
-    def __init__(self, settings: AiEngineSettings, resources: Resources) -> None:
+    def __init__(
+        self, settings: AiEngineSettings, resources: Resources, logger: BoundLogger, tracer: Any
+    ) -> None:
         self.settings = settings
         self.resources = resources
         self.store = ModelStore(resources, settings.model_name)
-        self.log = get_logger("microservices.ai-engine")
-        self.tracer = get_tracer("microservices.ai-engine")
+        self.log = logger
+        self.tracer = tracer
         self.artifact: dict[str, Any] | None = None
         self.version: str | None = None
 

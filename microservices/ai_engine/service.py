@@ -15,7 +15,11 @@ NAME = "ai-engine"
 def create_service(settings: AiEngineSettings | None = None) -> Service:
     """The ai-engine HTTP service (port 8001): direction signals from the registry's model."""
     service = Service(NAME, database=True, eventbus=True)
-    server = service.provide(ModelServer(settings or AiEngineSettings(), service.resources))
+    server = service.provide(
+        ModelServer(
+            settings or AiEngineSettings(), service.resources, service.logger, service.tracer
+        )
+    )
     service.add_readiness_check(ReadinessCheck("model", server.check_loaded))
     service.on_startup(server.ensure_model)
     service.background("model-refresh", server.refresh)

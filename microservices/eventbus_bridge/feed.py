@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from backend.infra.eventbus import FeedStalled, MarketTick
-from backend.infra.observability import get_logger
+from backend.infra.observability import BoundLogger
 from backend.infra.service import Resources
 from backend.trading.marketsim import StalledFeed, detect_stalled_feeds
 from backend.trading.types import Symbol
@@ -27,10 +28,17 @@ def _now_ms() -> int:
 class MarketFeed:
     """Publishes the configured feed's ticks, paced in wall-clock time, and watches for stalls."""
 
-    def __init__(self, settings: EventbusBridgeSettings, resources: Resources) -> None:
+    def __init__(
+        self,
+        settings: EventbusBridgeSettings,
+        resources: Resources,
+        logger: BoundLogger,
+        tracer: Any,
+    ) -> None:
         self.settings = settings
         self.resources = resources
-        self.log = get_logger("microservices.eventbus-bridge")
+        self.log = logger
+        self.tracer = tracer
         self.published = 0
         self.finished = False
         if settings.mode == "replay":

@@ -14,7 +14,9 @@ NAME = "eventbus-bridge"
 def create_service(settings: EventbusBridgeSettings | None = None) -> Service:
     """The eventbus-bridge worker (health and metrics on its side port, 8012)."""
     service = Service(NAME, kind="worker", eventbus=True)
-    feed = MarketFeed(settings or EventbusBridgeSettings(), service.resources)
+    feed = MarketFeed(
+        settings or EventbusBridgeSettings(), service.resources, service.logger, service.tracer
+    )
     service.background("feed", feed.run)
     service.background("stall-watch", feed.watch_stalls)
     service.add_readiness_check(ReadinessCheck("feed", feed.check_ready))

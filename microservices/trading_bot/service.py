@@ -16,7 +16,11 @@ def create_service(settings: TradingBotSettings | None = None) -> Service:
     """The trading-bot HTTP service (port 8006), consuming ticks in its own consumer group."""
     # Only ticks from now on: a backlog of old ticks is no reason to trade.
     service = Service(NAME, database=True, eventbus=True, consume_from="latest")
-    bot = service.provide(TradingBot(settings or TradingBotSettings(), service.resources))
+    bot = service.provide(
+        TradingBot(
+            settings or TradingBotSettings(), service.resources, service.logger, service.tracer
+        )
+    )
     service.subscribe(MarketTick, bot.on_tick)
     service.app.include_router(router)
     return service

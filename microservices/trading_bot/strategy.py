@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from backend.infra.db import IntegrityViolationError
 from backend.infra.db.models import BotDecision
 from backend.infra.eventbus import Event, MarketTick
-from backend.infra.observability import current_traceparent, get_logger, get_tracer
+from backend.infra.observability import BoundLogger, current_traceparent
 from backend.infra.service import Resources
 from backend.trading.approval import Approval
 from backend.trading.features import WINDOW
@@ -84,7 +84,13 @@ class SymbolState:
 class TradingBot:
     """Holds the per-symbol windows and the run state; `on_tick` is the bus handler."""
 
-    def __init__(self, settings: TradingBotSettings, resources: Resources) -> None:
+    def __init__(
+        self,
+        settings: TradingBotSettings,
+        resources: Resources,
+        logger: BoundLogger,
+        tracer: Any,
+    ) -> None:
         self.settings = settings
         self.resources = resources
         self.store = DecisionStore(resources)
@@ -92,8 +98,8 @@ class TradingBot:
         self.running = settings.autostart
         self.entries_paused = False
         self.symbols: dict[str, SymbolState] = {}
-        self.log = get_logger("microservices.trading-bot.strategy")
-        self.tracer = get_tracer("microservices.trading-bot")
+        self.log = logger
+        self.tracer = tracer
         self._publish_state()
 
     # Controls ----------------------------------------------------------------------------------
