@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import NewType
+from typing import Literal, NewType
 
 Symbol = NewType("Symbol", str)
 ClientOrderId = NewType("ClientOrderId", str)
 FillId = NewType("FillId", str)
 
 ZERO = Decimal(0)
+
+Direction = Literal["BUY", "SELL", "HOLD"]
+"""A model's view on a symbol: buy, sell, or do nothing."""
 
 
 class Side(StrEnum):

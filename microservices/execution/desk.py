@@ -18,16 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from backend.infra.db import DatabaseError
-from backend.infra.eventbus import (
-    Event,
-    EventData,
-    MarketTick,
-    OrderAccepted,
-    OrderCanceled,
-    OrderFilled,
-    OrderRejected,
-    OrderSubmitted,
-)
+from backend.infra.eventbus import Event, EventData
 from backend.infra.observability import (
     BoundLogger,
     SpanKind,
@@ -42,6 +33,14 @@ from backend.trading.approval import (
     order_fields,
     verify_approval,
     verify_state,
+)
+from backend.trading.events import (
+    MarketTick,
+    OrderAccepted,
+    OrderCanceled,
+    OrderFilled,
+    OrderRejected,
+    OrderSubmitted,
 )
 from backend.trading.orders import Order, OrderEventKind, OrderStatus
 from backend.trading.types import (
@@ -633,7 +632,7 @@ class OrderDesk:
                     "resting": link is not None,
                 },
             ):
-                events.append(self.outbox.event(_filled_event(fill, leaves)))
+                events.append(self.outbox.event(OrderFilled.of(fill, leaves)))
         # Every transition row carries the trace that caused it: the request's or the tick's.
         traceparent = traceparent or current_traceparent()
         await self._persist(report, events, traceparent=traceparent, decision=decision)
@@ -756,11 +755,11 @@ def _submitted_event(request: OrderRequest) -> OrderSubmitted:
     return OrderSubmitted(
         client_order_id=request.client_order_id,
         symbol=request.symbol,
-        side=request.side.value,
-        order_type=request.order_type.value,
+        side=request.side,
+        order_type=request.order_type,
         quantity=request.quantity,
         limit_price=request.limit_price,
-        time_in_force=request.time_in_force.value,
+        time_in_force=request.time_in_force,
         reduce_only=request.reduce_only,
     )
 
@@ -792,18 +791,3 @@ def _order_events(report: VenueReport, submitted: OrderRequest | None) -> list[E
                 )
             )
     return events
-
-
-def _filled_event(fill: Fill, leaves: Decimal) -> OrderFilled:
-    return OrderFilled(
-        fill_id=fill.fill_id,
-        client_order_id=fill.client_order_id,
-        symbol=fill.symbol,
-        side=fill.side.value,
-        quantity=fill.quantity,
-        price=fill.price,
-        fee=fill.fee,
-        liquidity=fill.liquidity.value,
-        leaves_quantity=leaves,
-        ts_ms=fill.ts_ms,
-    )

@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import FillRecord, OrderEventRow, OrderRecord
-from backend.infra.eventbus import Event, OrderFilled
+from backend.infra.eventbus import Event
 from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
+from backend.trading.events import OrderFilled
 from backend.trading.orders import Order, OrderStatus
 from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
 from backend.trading.venue import VenueReport

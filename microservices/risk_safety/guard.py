@@ -11,11 +11,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from backend.infra.eventbus import Event, MarketTick, RiskStateChanged
-from backend.infra.eventbus import RiskDecision as RiskDecisionEvent
+from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, SpanKind, current_traceparent
 from backend.infra.service import Resources, service_url
 from backend.trading.approval import Approval, sign_approval, sign_state
+from backend.trading.events import MarketTick, RiskStateChanged
+from backend.trading.events import RiskDecision as RiskDecisionEvent
 from backend.trading.risk import (
     Exposure,
     FillLagTracker,
@@ -576,7 +577,7 @@ class RiskGuard:
             execution_canceled=len(push.canceled),
         )
         await self._resources.publisher.publish(
-            RiskStateChanged(previous_state=previous.value, state=target.value, reason=reason)
+            RiskStateChanged(previous_state=previous, state=target, reason=reason)
         )
         return push
 

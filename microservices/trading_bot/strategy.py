@@ -13,10 +13,11 @@ from pydantic import ValidationError
 
 from backend.infra.db import IntegrityViolationError
 from backend.infra.db.models import BotDecision
-from backend.infra.eventbus import Event, MarketTick
+from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, current_traceparent
 from backend.infra.service import Resources
 from backend.trading.approval import Approval
+from backend.trading.events import MarketTick
 from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
 from backend.trading.sizing import size_order

@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 import httpx
 
-from backend.infra.eventbus import EventBusSettings, EventPublisher, MarketTick, create_redis_client
+from backend.infra.eventbus import EventBusSettings, EventPublisher, create_redis_client
 from backend.trading.approval import DEVELOPMENT_SECRET, sign_approval
+from backend.trading.events import MarketTick
 from backend.trading.types import (
     ClientOrderId,
     OrderRequest,

@@ -19,7 +19,6 @@ from backend.infra.eventbus import (
     EventConsumer,
     EventPublisher,
     Idempotency,
-    OrderFilled,
     create_redis_client,
 )
 from backend.infra.observability import (
@@ -27,6 +26,7 @@ from backend.infra.observability import (
     init_observability,
     shutdown_observability,
 )
+from backend.trading.events import OrderFilled
 
 
 def fill(n: int) -> OrderFilled:

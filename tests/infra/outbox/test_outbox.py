@@ -25,12 +25,11 @@ from backend.infra.eventbus import (
     EventConsumer,
     EventPublisher,
     Idempotency,
-    OrderAccepted,
-    OrderFilled,
     create_redis_client,
 )
 from backend.infra.observability import get_tracer
 from backend.infra.outbox import Outbox, OutboxConfigError, OutboxSettings
+from backend.trading.events import OrderAccepted, OrderFilled
 from tests.infra.eventbus.support import eventually
 
 FAST = OutboxSettings(publish_timeout_s=0.5, retry_backoff_s=0.05, retry_backoff_max_s=0.2)

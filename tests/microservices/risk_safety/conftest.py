@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.infra.eventbus import MarketTick
 from backend.trading.approval import DEVELOPMENT_SECRET, SignedState, verify_state
+from backend.trading.events import MarketTick
 from tests.microservices.conftest import ServiceHarness, wait_for
 from tests.support.postgres import scratch_database
 from tests.support.wire import portfolio_answer
