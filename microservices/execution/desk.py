@@ -67,7 +67,7 @@ from .riskstate import (
     request_reduces,
 )
 from .settings import ExecutionSettings
-from .store import OrderStore, StoredOrder, fill_of
+from .store import OrderStore, StoredOrder
 
 ORDER_FIELD_NAMES = (
     "client_order_id",
@@ -238,7 +238,7 @@ class OrderDesk:
         fills, open_orders = await self.store.load_for_restore()
         venue = GatedVenue.restore(
             initial_cash=self.settings.initial_cash,
-            fills=[fill_of(f) for f in fills],
+            fills=[Fill.from_stored(f) for f in fills],
             open_orders=[WorkingOrder(_order_of(o), o.record.reserved_cash) for o in open_orders],
             quotes=self._quotes.values(),
             config=self._config,

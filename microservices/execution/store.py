@@ -17,7 +17,7 @@ from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 from backend.trading.events import OrderFilled
 from backend.trading.orders import Order, OrderStatus
-from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
+from backend.trading.types import Fill
 from backend.trading.venue import VenueReport
 
 OPEN_STATUSES = (OrderStatus.ACCEPTED.value, OrderStatus.PARTIALLY_FILLED.value)
@@ -25,10 +25,6 @@ OPEN_STATUSES = (OrderStatus.ACCEPTED.value, OrderStatus.PARTIALLY_FILLED.value)
 
 def to_datetime(ts_ms: int) -> datetime:
     return datetime.fromtimestamp(ts_ms / 1000, UTC)
-
-
-def to_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,33 +206,7 @@ class OrderStore:
 
 def fill_record(fill: Fill, order_id: int) -> FillRecord:
     """The row of `fill` (its `id`, the venue sequence, is numbered when it is written)."""
-    return FillRecord(
-        fill_id=fill.fill_id,
-        order_id=order_id,
-        client_order_id=fill.client_order_id,
-        symbol=fill.symbol,
-        side=fill.side.value,
-        quantity=fill.quantity,
-        price=fill.price,
-        fee=fill.fee,
-        liquidity=fill.liquidity.value,
-        filled_at=to_datetime(fill.ts_ms),
-    )
-
-
-def fill_of(row: FillRecord) -> Fill:
-    """The domain fill a row holds."""
-    return Fill(
-        FillId(row.fill_id),
-        ClientOrderId(row.client_order_id),
-        Symbol(row.symbol),
-        Side(row.side),
-        row.quantity,
-        row.price,
-        row.fee,
-        Liquidity(row.liquidity),
-        to_ms(row.filled_at),
-    )
+    return FillRecord(**fill.columns(), order_id=order_id)
 
 
 def _with_sequence(event: Event[Any], sequences: Mapping[str, int]) -> Event[Any]:

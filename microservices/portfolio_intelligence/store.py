@@ -12,7 +12,7 @@ from sqlalchemy import select
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
 from backend.infra.service import Resources
 from backend.trading.portfolio import Position as DomainPosition
-from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
+from backend.trading.types import Fill, Liquidity
 
 ZERO = Decimal(0)
 
@@ -49,34 +49,7 @@ def venue_order(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
 
 def ledger_row(fill: Fill, sequence: int | None) -> LedgerFill:
     """The ledger row of `fill`, booked with its venue `sequence`."""
-    return LedgerFill(
-        fill_id=fill.fill_id,
-        client_order_id=fill.client_order_id,
-        symbol=fill.symbol,
-        side=fill.side.value,
-        quantity=fill.quantity,
-        price=fill.price,
-        fee=fill.fee,
-        filled_at=to_datetime(fill.ts_ms),
-        sequence=sequence,
-        liquidity=fill.liquidity.value,
-    )
-
-
-def fill_of(row: LedgerFill) -> Fill:
-    """The domain fill a ledger row holds."""
-    return Fill(
-        FillId(row.fill_id),
-        ClientOrderId(row.client_order_id),
-        Symbol(row.symbol),
-        Side(row.side),
-        row.quantity,
-        row.price,
-        row.fee,
-        # Rows from before revision 0006 have none; it moves no number.
-        Liquidity(row.liquidity or Liquidity.TAKER),
-        to_ms(row.filled_at),
-    )
+    return LedgerFill(**fill.columns(), sequence=sequence)
 
 
 class LedgerStore:
@@ -108,7 +81,15 @@ class LedgerStore:
         rebuilt from (in venue order, see `venue_order`)."""
         async with self._resources.session() as session:
             rows = await session.scalars(select(LedgerFill).order_by(LedgerFill.id))
-            return [LedgerEntry(fill_of(r), r.sequence, r.liquidity is not None) for r in rows]
+            # Rows from before revision 0006 kept no liquidity; it moves no number.
+            return [
+                LedgerEntry(
+                    Fill.from_stored(r, liquidity=Liquidity.TAKER),
+                    r.sequence,
+                    r.liquidity is not None,
+                )
+                for r in rows
+            ]
 
     async def fills(self, *, symbol: str | None, limit: int) -> list[LedgerFill]:
         """Newest booked fills first."""
