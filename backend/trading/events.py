@@ -11,6 +11,7 @@ dead-letters events whose version is newer than the one it knows.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
@@ -25,6 +26,7 @@ from backend.trading.types import (
     Fill,
     FillId,
     Liquidity,
+    OrderRequest,
     OrderType,
     Side,
     Symbol,
@@ -77,6 +79,11 @@ class OrderSubmitted(TradingEvent):
     reduce_only: bool = False
     signal_id: str | None = None
 
+    @classmethod
+    def of(cls, order: OrderRequest) -> OrderSubmitted:
+        """The announcement of `order`, sent to the venue."""
+        return cls(**asdict(order))
+
 
 class OrderAccepted(TradingEvent):
     """The venue accepted an order."""
@@ -123,18 +130,7 @@ class OrderFilled(TradingEvent):
     @classmethod
     def of(cls, fill: Fill, leaves_quantity: Decimal) -> OrderFilled:
         """The announcement of `fill`, with what is left of its order after it."""
-        return cls(
-            fill_id=fill.fill_id,
-            client_order_id=fill.client_order_id,
-            symbol=fill.symbol,
-            side=fill.side,
-            quantity=fill.quantity,
-            price=fill.price,
-            fee=fill.fee,
-            liquidity=fill.liquidity,
-            leaves_quantity=leaves_quantity,
-            ts_ms=fill.ts_ms,
-        )
+        return cls(**asdict(fill), leaves_quantity=leaves_quantity)
 
     def to_fill(self) -> Fill:
         """The fill this event announces."""

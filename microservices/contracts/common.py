@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from decimal import Decimal
 from typing import Annotated, Any, Self
 
@@ -52,14 +53,4 @@ class OrderFields(BaseModel):
     @classmethod
     def of(cls, order: OrderRequest, **extra: Any) -> Self:
         """The model of `order`; `extra` fills the fields the model adds (a price, an approval)."""
-        fields: dict[str, Any] = {
-            "client_order_id": order.client_order_id,
-            "symbol": order.symbol,
-            "side": order.side,
-            "quantity": order.quantity,
-            "order_type": order.order_type,
-            "limit_price": order.limit_price,
-            "time_in_force": order.time_in_force,
-            "reduce_only": order.reduce_only,
-        }
-        return cls(**fields, **extra)
+        return cls(**asdict(order), **extra)

@@ -751,26 +751,13 @@ def _order_attributes(request: OrderRequest) -> dict[str, Any]:
     return attributes
 
 
-def _submitted_event(request: OrderRequest) -> OrderSubmitted:
-    return OrderSubmitted(
-        client_order_id=request.client_order_id,
-        symbol=request.symbol,
-        side=request.side,
-        order_type=request.order_type,
-        quantity=request.quantity,
-        limit_price=request.limit_price,
-        time_in_force=request.time_in_force,
-        reduce_only=request.reduce_only,
-    )
-
-
 def _order_events(report: VenueReport, submitted: OrderRequest | None) -> list[EventData]:
     """The order.* events announcing one report's transitions (fills are announced apart)."""
     order = report.order
     events: list[EventData] = []
     for record in report.events:
         if record.kind is OrderEventKind.CREATED and submitted is not None:
-            events.append(_submitted_event(submitted))
+            events.append(OrderSubmitted.of(submitted))
         elif record.kind is OrderEventKind.ACCEPT:
             events.append(OrderAccepted(client_order_id=order.client_order_id, symbol=order.symbol))
         elif record.kind is OrderEventKind.REJECT:
