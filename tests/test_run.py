@@ -45,7 +45,9 @@ INHERITED_NOT = (
 def free_offset() -> int:
     """A port offset at which every service port (and the viewer's) is free."""
     for _ in range(50):
-        offset = random.randrange(20_000, 45_000, 100)
+        # Every port stays below the kernel's ephemeral range (32768 up by default), where an
+        # outgoing connection of any other process could take it between this check and the bind.
+        offset = random.randrange(1_000, 32_768 - max(SERVICE_PORTS), 100)
         try:
             for port in SERVICE_PORTS:
                 with socket.socket() as s:
