@@ -1,5 +1,7 @@
 """Event bus on Redis Streams: catalogued events, traced producer to consumer, at-least-once.
 
+    from backend.trading.events import OrderFilled   # the events live with the domain
+
     client = create_redis_client(resolve_redis_url())
     publisher = EventPublisher(client, source="execution")
     await publisher.publish(OrderFilled(...))
