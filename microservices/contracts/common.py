@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -24,17 +24,19 @@ class OrderFields(BaseModel):
     """An order as it travels to risk-safety (`POST /check`) and to execution (`POST /orders`).
 
     Each of them narrows what it accepts; both map it to the domain's `OrderRequest` here.
+    `side`, `order_type` and `time_in_force` are the domain enums' values spelled as literals,
+    so a bad value is refused with the same 422 body (`literal_error`) as ever.
     """
 
     model_config = ConfigDict(extra="ignore")
 
     client_order_id: str = Field(min_length=1, max_length=64)
     symbol: str = Field(min_length=1, max_length=32)
-    side: Side
+    side: Literal["BUY", "SELL"]
     quantity: Quantity
-    order_type: OrderType = OrderType.MARKET
+    order_type: Literal["MARKET", "LIMIT"] = "MARKET"
     limit_price: Price | None = None
-    time_in_force: TimeInForce = TimeInForce.GTC
+    time_in_force: Literal["GTC", "IOC"] = "GTC"
     reduce_only: bool = False
 
     def to_request(self) -> OrderRequest:
@@ -42,11 +44,11 @@ class OrderFields(BaseModel):
         return OrderRequest(
             client_order_id=ClientOrderId(self.client_order_id),
             symbol=Symbol(self.symbol),
-            side=self.side,
+            side=Side(self.side),
             quantity=self.quantity,
-            order_type=self.order_type,
+            order_type=OrderType(self.order_type),
             limit_price=self.limit_price,
-            time_in_force=self.time_in_force,
+            time_in_force=TimeInForce(self.time_in_force),
             reduce_only=self.reduce_only,
         )
 

@@ -38,9 +38,9 @@ class OrderCreate(OrderFields):
 
     @model_validator(mode="after")
     def _price_fits_type(self) -> OrderCreate:
-        if self.order_type is OrderType.LIMIT and self.limit_price is None:
+        if self.order_type == OrderType.LIMIT and self.limit_price is None:
             raise ValueError("limit_price is required for a LIMIT order")
-        if self.order_type is OrderType.MARKET and self.limit_price is not None:
+        if self.order_type == OrderType.MARKET and self.limit_price is not None:
             raise ValueError("limit_price must be null for a MARKET order")
         return self
 

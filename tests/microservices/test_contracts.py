@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from microservices.ai_engine import api as ai_engine_api
 from microservices.contracts import ai_engine, execution, portfolio_intelligence, risk_safety
@@ -99,3 +99,12 @@ def test_the_signed_state_execution_reads_is_part_of_risk_safetys_state() -> Non
         assert state[name].annotation is field.annotation, name
     answer = route(risk_safety_api.router, "GET", "/state")
     assert answer.response_model is risk_safety.StatePublic
+
+
+@pytest.mark.parametrize("model", [execution.OrderCreate, risk_safety.CheckRequest])
+def test_an_order_with_a_bad_side_is_refused_as_it_always_was(model: type[BaseModel]) -> None:
+    order = {"client_order_id": "c-1", "symbol": "BTCUSDT", "side": "HOLD", "quantity": "1"}
+    with pytest.raises(ValidationError) as refused:
+        model.model_validate(order)
+    (error,) = refused.value.errors()
+    assert (error["loc"], error["type"]) == (("side",), "literal_error")
