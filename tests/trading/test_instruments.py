@@ -17,7 +17,7 @@ from backend.trading.instruments import (
 )
 from backend.trading.types import OrderRequest, Side, Symbol
 from microservices.eventbus_bridge.sources import symbol_specs
-from tests.trading.factories import BTC, quote, request
+from tests.support.factories import BTC, quote, request
 
 D = Decimal
 

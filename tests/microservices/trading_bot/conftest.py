@@ -22,7 +22,7 @@ from microservices.contracts.ai_engine import PredictionPublic, PredictRequest
 from microservices.contracts.execution import OrderCreate, OrderPublic
 from microservices.contracts.portfolio_intelligence import PortfolioPublic
 from microservices.contracts.risk_safety import ApprovalPublic, CheckRequest, CheckResult
-from tests.acceptance.harness import StubServer, base_env, redis_url, service
+from tests.acceptance.harness import StubServer, base_env, service
 from tests.support.otlp import OtlpReceiver
 from tests.support.procs import Proc
 from tests.support.wire import portfolio_answer
@@ -135,12 +135,6 @@ def stub_app(state: Upstreams) -> FastAPI:
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_url(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def otlp() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as receiver:
         yield receiver
@@ -155,14 +149,14 @@ def stub_server() -> Iterator[tuple[Upstreams, StubServer]]:
 
 @pytest.fixture(scope="module")
 def bot(
-    redis: str,
+    redis_url: str,
     otlp: OtlpReceiver,
     stub_server: tuple[Upstreams, StubServer],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Bot]:
     """One trading-bot process for the module, wired to the stubs."""
     url = stub_server[1].url
-    env = base_env(redis, otlp.http_endpoint) | {
+    env = base_env(redis_url, otlp.http_endpoint) | {
         "AI_ENGINE_URL": url,
         "RISK_SAFETY_URL": url,
         "EXECUTION_URL": url,
@@ -172,7 +166,7 @@ def bot(
         "EVENTBUS_RETRY_BACKOFF_MS": "50",
     }
     with service("trading-bot", tmp_path_factory.mktemp("bot"), env) as (proc, base):
-        yield Bot(proc, base, env["EVENTBUS_PREFIX"], redis)
+        yield Bot(proc, base, env["EVENTBUS_PREFIX"], redis_url)
 
 
 @pytest.fixture
