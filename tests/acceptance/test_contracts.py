@@ -21,7 +21,7 @@ from microservices.contracts import Refused
 from microservices.contracts.execution import ExecutionClient, OrderCreate
 from microservices.contracts.portfolio_intelligence import PortfolioClient
 from microservices.contracts.risk_safety import CheckRequest, RiskSafetyClient
-from tests.acceptance.harness import API_TOKEN, base_env, http, poll, redis_url, services
+from tests.acceptance.harness import API_TOKEN, base_env, http, poll, services
 from tests.support.halting import market_tick, publish_ticks
 
 SYMBOL = "BTCUSDT"
@@ -34,28 +34,27 @@ class Trio:
 
 
 @pytest.fixture(scope="module")
-def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
+def trio(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Trio]:
     tmp = tmp_path_factory.mktemp("contracts")
-    with redis_url(tmp) as redis:
-        env = base_env(redis, None) | {"EXECUTION_RISK_POLL_MS": "250"}
-        names = ["execution", "risk-safety", "portfolio-intelligence"]
-        with services(names, tmp, env, timeout_s=60) as running:
-            urls = {name: url for name, (_, url) in running.items()}
-            poll(
-                lambda: http.get(f"{urls['execution']}/risk/state").json()["accepts"] == "ALL",
-                20,
-                "execution to adopt risk-safety's ACTIVE state",
-            )
-            publish_ticks(redis, env["EVENTBUS_PREFIX"], market_tick(BID, ASK))
-            poll(
-                lambda: (
-                    http.get(f"{urls['execution']}/quotes").json()
-                    and http.get(f"{urls['risk-safety']}/state").json()["quotes"]
-                ),
-                10,
-                f"execution and risk-safety to quote {SYMBOL}",
-            )
-            yield Trio(urls)
+    env = base_env(redis_url, None) | {"EXECUTION_RISK_POLL_MS": "250"}
+    names = ["execution", "risk-safety", "portfolio-intelligence"]
+    with services(names, tmp, env, timeout_s=60) as running:
+        urls = {name: url for name, (_, url) in running.items()}
+        poll(
+            lambda: http.get(f"{urls['execution']}/risk/state").json()["accepts"] == "ALL",
+            20,
+            "execution to adopt risk-safety's ACTIVE state",
+        )
+        publish_ticks(redis_url, env["EVENTBUS_PREFIX"], market_tick(BID, ASK))
+        poll(
+            lambda: (
+                http.get(f"{urls['execution']}/quotes").json()
+                and http.get(f"{urls['risk-safety']}/state").json()["quotes"]
+            ),
+            10,
+            f"execution and risk-safety to quote {SYMBOL}",
+        )
+        yield Trio(urls)
 
 
 def buy(quantity: str) -> OrderRequest:

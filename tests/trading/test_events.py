@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from backend.trading.events import EVENT_TYPES, OrderFilled, OrderSubmitted
 from backend.trading.orders import create_order
 from backend.trading.types import Fill, Liquidity, Side
-from tests.trading.factories import D, fill, request
+from tests.support.factories import D, fill, request
 
 
 def test_a_fill_and_its_announcement_map_to_each_other() -> None:
