@@ -15,10 +15,10 @@ from backend.infra.eventbus import (
     EventPublisher,
     GroupBacklog,
     GroupMonitor,
-    OrderFilled,
     create_redis_client,
 )
-from backend.infra.eventbus._embedded import free_port
+from backend.trading.events import OrderFilled
+from tests.support.procs import free_port
 
 from .support import eventually
 from .worker import fill
