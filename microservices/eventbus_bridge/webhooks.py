@@ -68,7 +68,7 @@ def backoff_delay_s(
     """Delay before retry number `retry` (1 for the first): `base x 2^(retry-1)`, capped, with
     "equal jitter" (between half and all of it), so receivers that come back are not hit by
     every sender in lock-step and no retry comes immediately."""
-    ceiling_ms = min(cap_ms, base_ms * 2 ** min(retry - 1, 30))
+    ceiling_ms: int = min(cap_ms, base_ms * 2 ** min(retry - 1, 30))
     return (ceiling_ms / 2 + rand() * ceiling_ms / 2) / 1000.0
 
 
@@ -281,15 +281,15 @@ class WebhookRelay:
         try:
             response = await client.post(delivery.url, content=delivery.body, headers=headers)
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}".replace(delivery.url, endpoint_of(delivery.url))
-            return Attempt("retryable", error=error[:_MAX_ERROR_CHARS])
+            text = f"{type(exc).__name__}: {exc}".replace(delivery.url, endpoint_of(delivery.url))
+            return Attempt("retryable", error=text[:_MAX_ERROR_CHARS])
         finally:
             metrics.WEBHOOK_ATTEMPT_SECONDS.labels(delivery.event_type).observe(
                 time.perf_counter() - started
             )
         result = classify(response.status_code)
-        error = None if result == "ok" else f"HTTP {response.status_code}"
-        return Attempt(result, status=response.status_code, error=error)
+        failure = None if result == "ok" else f"HTTP {response.status_code}"
+        return Attempt(result, status=response.status_code, error=failure)
 
     async def _dead_letter(
         self, delivery: Delivery, outcome: str, attempts: int, last: Attempt
