@@ -5,13 +5,8 @@ dead-lettered while the bus keeps flowing."""
 from __future__ import annotations
 
 import secrets
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,76 +30,11 @@ from microservices.contracts.webhooks import (
 from microservices.eventbus_bridge.webhooks import dead_letter_key
 from tests.acceptance.harness import base_env, json_lines, poll, service
 from tests.support.otlp import OtlpReceiver
+from tests.support.webhooks import receiver
 
 SECRET = f"whsec-{secrets.token_hex(16)}"
 CLIENT, CONSUMER = 3, 5
 GROUP = "eventbus-bridge"
-
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class Receiver:
-    """A webhook receiver on a free port, in a thread: records each request and answers 204,
-    or (while `hold` is set) keeps the request waiting until `release()`, then answers 503."""
-
-    def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self.held = threading.Event()
-        self.hold = False
-        self._stopped = False
-        self._release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.requests.append(
-                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                )
-                status = 204
-                if receiver.hold:
-                    receiver.held.set()
-                    receiver._release.wait(30)
-                    status = 503
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/quantum?k=abc"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def release(self) -> None:
-        self._release.set()
-
-    def stop(self) -> None:
-        """Stop listening (new connections are refused), then answer a held request."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._server.shutdown()
-        self._server.server_close()
-        self.release()
-        self._thread.join(5)
-
-
-@contextmanager
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def publish(redis_url: str, prefix: str, data: Any, traceparent: str) -> tuple[str, str]:
@@ -272,9 +202,12 @@ def test_a_hung_then_dead_receiver_is_retried_counted_and_dead_lettered_without_
         ticks = bus.stream_key("market.tick")
         with service("eventbus-bridge", tmp_path, env) as (proc, url):
             fill = a_fill()
-            fill_id, _ = publish(redis_url, prefix, fill, new_traceparent()[0])
+            traceparent, trace_id, _ = new_traceparent()
+            fill_id, _ = publish(redis_url, prefix, fill, traceparent)
             # The only delivery worker is now stuck in the receiver, which does not answer.
             assert hooks.held.wait(20), "the fill reached the receiver"
+            # Tracing is off in this process, and the receiver still gets the fill's trace.
+            assert hooks.requests[0].headers["traceparent"].split("-")[1] == trace_id
 
             ticks_then = count(redis_url, ticks)
             state_id, state_entry = publish(redis_url, prefix, halted(), new_traceparent()[0])
