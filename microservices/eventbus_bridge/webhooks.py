@@ -138,6 +138,8 @@ class WebhookRelay:
         self._bus = EventBusSettings.from_env()
         self.dead_letter_key = dead_letter_key(self._bus.prefix)
         self.endpoints = [endpoint_of(url) for url in settings.webhook_urls]
+        self._dropped = 0
+        """Deliveries dropped since the queue last accepted one."""
 
     # The consumer side: never blocks ----------------------------------------------------------
 
@@ -153,13 +155,20 @@ class WebhookRelay:
                 self.queue.put_nowait(delivery)
             except asyncio.QueueFull:
                 metrics.WEBHOOK_QUEUE_DROPS.labels(event.type).inc()
-                self.log.warning(
-                    "webhook queue full; delivery dropped",
-                    event_type=event.type,
-                    event_id=event.id,
-                    endpoint=endpoint_of(url),
-                    queue_size=self.settings.webhook_queue_size,
-                )
+                self._dropped += 1
+                if self._dropped == 1:
+                    # Once per overflow, not once per event: the counter has the numbers.
+                    self.log.warning(
+                        "webhook queue full; dropping deliveries",
+                        event_type=event.type,
+                        event_id=event.id,
+                        endpoint=endpoint_of(url),
+                        queue_size=self.settings.webhook_queue_size,
+                    )
+                continue
+            if self._dropped:
+                self.log.warning("webhook queue accepting again", dropped=self._dropped)
+                self._dropped = 0
         metrics.WEBHOOK_QUEUE_DEPTH.set(self.queue.qsize())
 
     # The delivery side ------------------------------------------------------------------------

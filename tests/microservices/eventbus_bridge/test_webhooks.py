@@ -3,6 +3,7 @@ and a queue that drops (and counts) instead of blocking the consumer."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import pytest
@@ -148,7 +149,9 @@ def test_the_body_is_the_event_with_its_data_as_the_bus_carries_it() -> None:
     assert body.data == {"previous_state": "ACTIVE", "state": "HALTED", "reason": "drawdown"}
 
 
-async def test_a_full_queue_drops_and_counts_instead_of_blocking_the_consumer() -> None:
+async def test_a_full_queue_drops_and_counts_instead_of_blocking_the_consumer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings = EventbusBridgeSettings(
         WEBHOOK_URLS="http://127.0.0.1:9/a,http://127.0.0.1:9/b",
         WEBHOOK_SECRET=SECRET,
@@ -157,12 +160,23 @@ async def test_a_full_queue_drops_and_counts_instead_of_blocking_the_consumer() 
     relay = WebhookRelay(
         settings,
         Resources("eventbus-bridge", ServiceSettings()),
-        get_logger("test"),
+        get_logger("test.webhooks"),
         get_tracer("test"),
     )
     before = metric("webhook_queue_dropped_total", event_type="risk.state_changed")
-    for n in range(4):  # no worker runs: nothing leaves the queue
-        await relay.enqueue(state_change(n))
+    with caplog.at_level(logging.WARNING, logger="test.webhooks"):
+        for n in range(4):  # no worker runs: nothing leaves the queue
+            await relay.enqueue(state_change(n))
+    assert [r.getMessage() for r in caplog.records] == ["webhook queue full; dropping deliveries"]
+    caplog.clear()
     assert relay.queue.qsize() == 3
     assert metric("webhook_queue_dropped_total", event_type="risk.state_changed") - before == 5
     assert metric("webhook_queue_depth") == 3
+    relay.queue.get_nowait()
+    with caplog.at_level(logging.WARNING, logger="test.webhooks"):
+        await relay.enqueue(state_change(5))  # one place, two receivers: one in, one dropped
+    assert [r.getMessage() for r in caplog.records] == [
+        "webhook queue accepting again",
+        "webhook queue full; dropping deliveries",
+    ]
+    assert caplog.records[0]._fields["dropped"] == 5  # type: ignore[attr-defined]
