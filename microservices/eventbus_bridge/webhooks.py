@@ -123,8 +123,6 @@ class WebhookRelay:
         resources: Resources,
         logger: BoundLogger,
         tracer: Any,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if settings.webhook_secret is None:
             raise ValueError("WEBHOOK_SECRET is required to sign webhooks")
@@ -133,7 +131,6 @@ class WebhookRelay:
         self.log = logger
         self.tracer = tracer
         self._secret = settings.webhook_secret
-        self._transport = transport
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=settings.webhook_queue_size)
         self._bus = EventBusSettings.from_env()
         self.dead_letter_key = dead_letter_key(self._bus.prefix)
@@ -178,7 +175,6 @@ class WebhookRelay:
         async with httpx.AsyncClient(
             timeout=self.settings.webhook_timeout_s,
             follow_redirects=False,
-            transport=self._transport,
         ) as client:
             self.log.info(
                 "webhooks started",
