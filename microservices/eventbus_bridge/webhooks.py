@@ -12,6 +12,7 @@ httpx CLIENT span under it belong to the event's trace, and the receiver gets th
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -79,6 +80,20 @@ def classify(status: int) -> str:
     if status in (408, 425, 429) or status >= 500:
         return "retryable"
     return "permanent"
+
+
+class HideWebhookUrls(logging.Filter):
+    """Shows httpx's request log lines for the receivers as `scheme://host:port` only."""
+
+    def __init__(self, urls: tuple[str, ...]) -> None:
+        super().__init__()
+        self._urls = frozenset(urls)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(str(a) in self._urls for a in args):
+            record.args = tuple(endpoint_of(str(a)) if str(a) in self._urls else a for a in args)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +187,14 @@ class WebhookRelay:
 
     async def run(self, _resources: Resources | None = None) -> None:
         """The delivery workers (`WEBHOOK_WORKERS` of them) over one HTTP client."""
+        hide = HideWebhookUrls(self.settings.webhook_urls)
+        logging.getLogger("httpx").addFilter(hide)
+        try:
+            await self._run_workers()
+        finally:
+            logging.getLogger("httpx").removeFilter(hide)
+
+    async def _run_workers(self) -> None:
         async with httpx.AsyncClient(
             timeout=self.settings.webhook_timeout_s,
             follow_redirects=False,
