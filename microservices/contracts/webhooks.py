@@ -30,7 +30,8 @@ ID_HEADER = "QT-Webhook-Id"
 EVENT_HEADER = "QT-Webhook-Event"
 """The event type, e.g. `order.filled`."""
 ATTEMPT_HEADER = "QT-Webhook-Attempt"
-"""1 on the first attempt, then 2, 3, ..."""
+"""1 on the first attempt, then 2, 3, ...; `redelivery` when an operator sends a dead letter
+again."""
 SCHEME = "v1"
 DEFAULT_TOLERANCE_S = 300
 """How old a signature a receiver accepts by default (and how far in the future)."""

@@ -129,6 +129,87 @@ def encode_body(event: Event[Any]) -> bytes:
     return orjson.dumps(body.model_dump(mode="json", exclude_none=True))
 
 
+async def post(
+    client: httpx.AsyncClient, secret: str, delivery: Delivery, number: int | str
+) -> Attempt:
+    """One signed POST of `delivery` (attempt `number`), in the active trace context."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        ID_HEADER: delivery.event_id,
+        EVENT_HEADER: delivery.event_type,
+        ATTEMPT_HEADER: str(number),
+        # Signed per attempt: a retry carries a fresh timestamp, as Stripe's do.
+        SIGNATURE_HEADER: sign(secret, delivery.body),
+    }
+    # Without the httpx instrumentation (no OpenTelemetry SDK) the headers still carry the
+    # trace; with it, its CLIENT span replaces them with its own context.
+    inject_trace_context(headers)
+    try:
+        response = await client.post(delivery.url, content=delivery.body, headers=headers)
+    except httpx.HTTPError as exc:
+        text = f"{type(exc).__name__}: {exc}".replace(delivery.url, endpoint_of(delivery.url))
+        return Attempt("retryable", error=text[:_MAX_ERROR_CHARS])
+    result = classify(response.status_code)
+    failure = None if result == "ok" else f"HTTP {response.status_code}"
+    return Attempt(result, status=response.status_code, error=failure)
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """What `redeliver_dead_letters` did: entries delivered (and removed), and kept."""
+
+    delivered: int
+    kept: int
+
+
+async def redeliver_dead_letters(
+    settings: EventbusBridgeSettings,
+    redis: Any,
+    prefix: str,
+    client: httpx.AsyncClient,
+    *,
+    limit: int | None = None,
+) -> Redelivery:
+    """Send dead-lettered webhooks again, oldest first, once each, to the configured URL with
+    the record's endpoint; a delivered entry is deleted, any other stays (with a receiver URL
+    no longer configured, too). Each request is signed now with the current secret and carries
+    the original trace."""
+    if settings.webhook_secret is None:
+        raise ValueError("WEBHOOK_SECRET is required to sign webhooks")
+    secret = settings.webhook_secret.get_secret_value()
+    urls = {endpoint_of(url): url for url in settings.webhook_urls}
+    key = dead_letter_key(prefix)
+    entries = await redis.xrange(key, "-", "+", count=limit)
+    delivered = kept = 0
+    for entry_id, raw in entries:
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        url = urls.get(fields.get("endpoint", ""))
+        if url is None:
+            kept += 1
+            continue
+        delivery = Delivery(
+            fields["event_id"],
+            fields["event_type"],
+            fields["body"].encode(),
+            url,
+            fields.get("traceparent") or None,
+            time.monotonic(),
+        )
+        with use_trace_context(delivery.traceparent):
+            attempt = await post(client, secret, delivery, "redelivery")
+        if attempt.result == "ok":
+            await redis.xdel(key, entry_id)
+            delivered += 1
+        else:
+            kept += 1
+    return Redelivery(delivered, kept)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class WebhookRelay:
     """Queues selected events for the configured receivers and delivers them in the background."""
 
@@ -293,31 +374,13 @@ class WebhookRelay:
             return False
 
     async def _attempt(self, client: httpx.AsyncClient, delivery: Delivery, number: int) -> Attempt:
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            ID_HEADER: delivery.event_id,
-            EVENT_HEADER: delivery.event_type,
-            ATTEMPT_HEADER: str(number),
-            # Signed per attempt: a retry carries a fresh timestamp, as Stripe's do.
-            SIGNATURE_HEADER: sign(self._secret.get_secret_value(), delivery.body),
-        }
-        # Without the httpx instrumentation (no OpenTelemetry SDK) the headers still carry the
-        # trace; with it, its CLIENT span replaces them with its own context.
-        inject_trace_context(headers)
         started = time.perf_counter()
         try:
-            response = await client.post(delivery.url, content=delivery.body, headers=headers)
-        except httpx.HTTPError as exc:
-            text = f"{type(exc).__name__}: {exc}".replace(delivery.url, endpoint_of(delivery.url))
-            return Attempt("retryable", error=text[:_MAX_ERROR_CHARS])
+            return await post(client, self._secret.get_secret_value(), delivery, number)
         finally:
             metrics.WEBHOOK_ATTEMPT_SECONDS.labels(delivery.event_type).observe(
                 time.perf_counter() - started
             )
-        result = classify(response.status_code)
-        failure = None if result == "ok" else f"HTTP {response.status_code}"
-        return Attempt(result, status=response.status_code, error=failure)
 
     async def _dead_letter(
         self, delivery: Delivery, outcome: str, attempts: int, last: Attempt

@@ -1,5 +1,6 @@
 """Webhook delivery in-process against a real receiver and a real Redis: a retryable answer is
-retried and then delivered, a permanent one is dead-lettered at once."""
+retried and then delivered, a permanent one is dead-lettered at once, and an operator sends
+dead letters again."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from decimal import Decimal
 
 import orjson
 import redis
+from click.testing import CliRunner
 
 from backend.trading.events import OrderFilled
 from backend.trading.types import Liquidity, Side
@@ -14,6 +16,7 @@ from microservices.contracts.webhooks import ATTEMPT_HEADER, SIGNATURE_HEADER, v
 from microservices.eventbus_bridge.service import create_service
 from microservices.eventbus_bridge.settings import EventbusBridgeSettings
 from microservices.eventbus_bridge.webhooks import dead_letter_key
+from quantum_trader import cli
 from tests.support.inprocess import ServiceHarness
 from tests.support.metrics import metric
 from tests.support.polling import wait_until
@@ -87,3 +90,41 @@ def test_a_permanent_refusal_is_dead_lettered_at_once(harness: ServiceHarness) -
     assert dead["error"] == "HTTP 400"
     assert orjson.loads(dead["body"])["data"]["fill_id"] == "fill-delivery-1"
     assert metric("webhook_deliveries_total", **rejected) == before + 1
+
+
+def test_an_operator_redelivers_dead_letters_once_each(redis_url: str, prefix: str) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    body = orjson.dumps({"id": "evt-9", "type": "order.filled", "data": {"fill_id": "f-9"}})
+    with receiver() as hooks:
+        endpoint = hooks.url.split("/hooks")[0]
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            key = dead_letter_key(prefix)
+            for event_id, where in (("evt-9", endpoint), ("evt-10", "https://gone.example")):
+                client.xadd(
+                    key,
+                    {
+                        "event_id": event_id,
+                        "event_type": "order.filled",
+                        "endpoint": where,
+                        "traceparent": traceparent,
+                        "body": body.decode(),
+                    },
+                )
+            env = {
+                "REDIS_URL": redis_url,
+                "EVENTBUS_PREFIX": prefix,
+                "WEBHOOK_URLS": hooks.url,
+                "WEBHOOK_SECRET": SECRET,
+            }
+            result = CliRunner().invoke(cli.main, ["webhooks", "redeliver"], env=env)
+            assert result.exit_code == 0, result.output
+            assert result.stdout.strip().splitlines()[-1] == "delivered 1, kept 1"
+            assert [e["event_id"] for _id, e in client.xrange(key)] == ["evt-10"]
+        finally:
+            client.close()
+    (got,) = hooks.requests
+    assert got.body == body
+    verify_signature(got.body, got.headers[SIGNATURE_HEADER.lower()], SECRET)
+    assert got.headers[ATTEMPT_HEADER.lower()] == "redelivery"
+    assert got.headers["traceparent"].split("-")[1] == traceparent.split("-")[1], "its trace"
