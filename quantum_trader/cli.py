@@ -5,6 +5,7 @@
     quantum-trader db upgrade             # schema migrations (also: downgrade, current, heads)
     quantum-trader traceview              # the embedded trace viewer on its own
     quantum-trader bench                  # the benchmarks (from a source checkout)
+    quantum-trader webhooks redeliver     # dead-lettered webhooks, sent again
 
 Each subcommand imports what it needs when it runs, so `--help` stays quick.
 """
@@ -297,3 +298,46 @@ def bench(benchmarks: tuple[str, ...]) -> None:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "bench", *benchmarks]
     sys.exit(subprocess.call(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": path}))
+
+
+# webhooks ----------------------------------------------------------------------------------------
+
+
+@main.group(cls=_Listed)
+def webhooks() -> None:
+    """eventbus-bridge's outgoing webhooks (docs/WEBHOOKS.md)."""
+
+
+@webhooks.command()
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+def redeliver(limit: int | None) -> None:
+    """Send dead-lettered webhooks again, once each, oldest first; delivered ones are removed.
+
+    Uses the bridge's variables (WEBHOOK_URLS, WEBHOOK_SECRET, REDIS_URL, EVENTBUS_PREFIX).
+    """
+    import httpx
+    from pydantic import ValidationError
+
+    from backend.infra.eventbus import EventBusSettings, create_redis_client, resolve_redis_url
+    from microservices.eventbus_bridge.settings import EventbusBridgeSettings
+    from microservices.eventbus_bridge.webhooks import redeliver_dead_letters
+
+    try:
+        settings = EventbusBridgeSettings()
+    except ValidationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not settings.webhook_urls:
+        raise click.ClickException("WEBHOOK_URLS is not set: no receiver to redeliver to")
+
+    async def work() -> str:
+        redis = create_redis_client(resolve_redis_url())
+        try:
+            async with httpx.AsyncClient(timeout=settings.webhook_timeout_s) as client:
+                done = await redeliver_dead_letters(
+                    settings, redis, EventBusSettings.from_env().prefix, client, limit=limit
+                )
+        finally:
+            await redis.aclose()
+        return f"delivered {done.delivered}, kept {done.kept}"
+
+    click.echo(asyncio.run(work()))
