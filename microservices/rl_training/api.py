@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from backend.infra.db.models import Policy, TrainingJob
 from backend.infra.service import provided
@@ -23,6 +23,7 @@ from .trainer import JobNotCancelable, JobRefused, Trainer, UnknownJob
 router = APIRouter()
 
 Training = Annotated[Trainer, Depends(provided(Trainer))]
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A job's id (64-bit).")]
 
 
 def _job(row: TrainingJob) -> JobPublic:
@@ -58,12 +59,12 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-async def get_job(job_id: int, trainer: Training) -> JobPublic:
+async def get_job(job_id: JobId, trainer: Training) -> JobPublic:
     return _job(await _job_or_404(trainer, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, status_code=202)
-async def cancel_job(job_id: int, trainer: Training) -> JobPublic:
+async def cancel_job(job_id: JobId, trainer: Training) -> JobPublic:
     try:
         await trainer.cancel(job_id)
     except UnknownJob as exc:
