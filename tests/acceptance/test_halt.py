@@ -60,6 +60,10 @@ KNOBS = {
     "RISK_MAX_ORDERS": "100000",
     "EXECUTION_RISK_POLL_MS": str(POLL_MS),
     "EXECUTION_RISK_POLL_TIMEOUT_MS": str(POLL_TIMEOUT_MS),
+    # The push waits for execution's desk lock behind the submissions already queued for it;
+    # on a loaded machine that can pass the 1 s default. What the push path guarantees is
+    # checked here; how long it takes is measured by bench.halt_window.
+    "RISK_STATE_PUSH_TIMEOUT_MS": "5000",
 }
 RESTING_LIMIT = "99.00"
 """Where the load's limit buys rest: the feed's crossing quote (ask 98.90) fills them."""
