@@ -4,11 +4,20 @@ same policy, byte for byte."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from backend.infra.db import (
+    DatabaseSettings,
+    create_engine,
+    create_session_factory,
+    migrate,
+    session_scope,
+)
+from backend.infra.db.models import TrainingJob
 from microservices.rl_training.service import create_service
 from tests.acceptance.harness import base_env, http, json_lines, service
 from tests.support.inprocess import ServiceHarness
@@ -134,3 +143,22 @@ def test_jobs_need_the_token_and_a_valid_request(harness: ServiceHarness) -> Non
         client.headers.pop("Authorization")
         assert client.post("/jobs", json={}).status_code == 401
         assert client.get("/jobs").json()["count"] == 0
+
+
+def test_a_job_left_open_by_a_stopped_process_is_marked_failed_at_the_next_start(
+    harness: ServiceHarness,
+) -> None:
+    async def leave_open() -> None:
+        await migrate(harness.database_url)
+        engine = create_engine(DatabaseSettings(url=harness.database_url))
+        try:
+            async with session_scope(create_session_factory(engine)) as session:
+                session.add(TrainingJob(algorithm="cem-linear", status="running", config={}))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(leave_open())
+    with harness.run(create_service) as client:
+        (job,) = client.get("/jobs").json()["data"]
+        assert job["status"] == "failed" and "interrupted" in job["error"]
+        assert client.post(f"/jobs/{job['id']}/cancel").status_code == 409
