@@ -23,3 +23,7 @@ HOLDOUT_RETURN = Gauge(
     ["policy"],
 )
 POLICIES = Counter("rl_policies_registered_total", "Policies registered (new versions only).")
+JOB_TASK_FAILURES = Counter(
+    "rl_job_task_failures_total",
+    "Job tasks that failed outside the training itself (e.g. the database was unreachable).",
+)

@@ -183,13 +183,18 @@ class Trainer:
         self._cancels[job_id] = threading.Event()
         task = asyncio.create_task(self._run(job_id, request), name=f"rl-job-{job_id}")
         self._tasks[job_id] = task
-        task.add_done_callback(lambda _t: self._forget(job_id))
+        task.add_done_callback(lambda t: self._forget(job_id, t))
         self.log.info("training job queued", job_id=job_id, seed=request.seed)
         return job_id
 
-    def _forget(self, job_id: int) -> None:
+    def _forget(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.pop(job_id, None)
         self._cancels.pop(job_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            # The job's own failures are recorded by `_train`; this is the bookkeeping around
+            # it failing (the database gone mid-job): the row stays open until a restart.
+            metrics.JOB_TASK_FAILURES.inc()
+            self.log.error("training job task failed", job_id=job_id, error=repr(task.exception()))
 
     async def cancel(self, job_id: int) -> None:
         """Ask a job to stop after its current generation. Raises `UnknownJob`,
