@@ -288,7 +288,8 @@ def traceview(host: str, port: int, max_traces: int) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("benchmarks", nargs=-1)
 def bench(benchmarks: tuple[str, ...]) -> None:
-    """Run the benchmarks: all, or the BENCHMARKS named (bench_http, bench_eventbus).
+    """Run the benchmarks: all, or the BENCHMARKS named (bench_http, bench_eventbus, halt_window,
+    rl_training).
 
     They print ratios against a bare baseline. The benchmarks are part of a source checkout,
     not of the installed package.

@@ -16,11 +16,18 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from microservices.ai_engine import api as ai_engine_api
-from microservices.contracts import ai_engine, execution, portfolio_intelligence, risk_safety
+from microservices.contracts import (
+    ai_engine,
+    execution,
+    portfolio_intelligence,
+    risk_safety,
+    rl_training,
+)
 from microservices.contracts import trading_bot as trading_bot_contract
 from microservices.execution import api as execution_api
 from microservices.portfolio_intelligence import api as portfolio_api
 from microservices.risk_safety import api as risk_safety_api
+from microservices.rl_training import api as rl_training_api
 from microservices.trading_bot import api as trading_bot_api
 
 ROUTERS: list[tuple[APIRouter, ModuleType]] = [
@@ -29,6 +36,7 @@ ROUTERS: list[tuple[APIRouter, ModuleType]] = [
     (portfolio_api.router, portfolio_intelligence),
     (ai_engine_api.router, ai_engine),
     (trading_bot_api.router, trading_bot_contract),
+    (rl_training_api.router, rl_training),
 ]
 
 CLIENT_CALLS = [
@@ -50,6 +58,16 @@ CLIENT_CALLS = [
         "/predict",
         ai_engine.PredictRequest,
         ai_engine.PredictionPublic,
+    ),
+    (rl_training_api.router, "POST", "/jobs", rl_training.JobCreate, rl_training.JobPublic),
+    (rl_training_api.router, "GET", "/jobs/{job_id}", None, rl_training.JobPublic),
+    (rl_training_api.router, "POST", "/jobs/{job_id}/cancel", None, rl_training.JobPublic),
+    (
+        rl_training_api.router,
+        "GET",
+        "/policies/{version}/artifact",
+        None,
+        rl_training.PolicyArtifactPublic,
     ),
 ]
 

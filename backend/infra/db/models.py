@@ -329,6 +329,9 @@ class TrainingJob(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     config: Mapped[Json] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # The latest generation's figures, and the held-out evaluation and the registered policy.
+    progress: Mapped[Json | None]
+    result: Mapped[Json | None]
     created_at: Mapped[Created]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -348,6 +351,9 @@ class Policy(Base):
     version: Mapped[str] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(16), default="candidate")
     artifact_uri: Mapped[str] = mapped_column(String(500))
+    # The artifact's JSON as text, byte for byte as digested (see `ModelVersion.artifact`).
+    artifact: Mapped[str | None] = mapped_column(Text)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[Json | None]
     created_at: Mapped[Created]
 

@@ -54,7 +54,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("execution", "http", 8002),
     ServiceSpec("risk-safety", "http", 8003),
     ServiceSpec("portfolio-intelligence", "http", 8004),
-    ServiceSpec("rl-training", "http", 8005, built=False),
+    ServiceSpec("rl-training", "http", 8005),
     ServiceSpec("trading-bot", "http", 8006),
     ServiceSpec("clm", "worker", 8011, built=False),
     ServiceSpec("eventbus-bridge", "worker", 8012),

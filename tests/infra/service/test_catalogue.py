@@ -28,7 +28,7 @@ def test_the_catalogue_holds_the_nine_services_of_the_design_with_their_seed_por
         ("execution", "http", 8002, True),
         ("risk-safety", "http", 8003, True),
         ("portfolio-intelligence", "http", 8004, True),
-        ("rl-training", "http", 8005, False),
+        ("rl-training", "http", 8005, True),
         ("trading-bot", "http", 8006, True),
         ("clm", "worker", 8011, False),
         ("eventbus-bridge", "worker", 8012, True),
@@ -74,10 +74,14 @@ def test_an_unknown_name_is_an_error_that_lists_the_services() -> None:
 
 
 def test_asking_for_a_built_service_names_one_that_is_not_built_yet_as_such() -> None:
-    assert service_spec("rl-training").built is False
-    with pytest.raises(UnknownServiceError, match="'rl-training' is not built yet") as caught:
-        service_spec("rl-training", built_only=True)
-    assert "position-monitor" not in str(caught.value), "only built services are offered"
+    unbuilt = [s.name for s in SERVICES if not s.built]
+    if not unbuilt:
+        pytest.skip("every service of the catalogue is built")
+    name, *others = unbuilt
+    assert service_spec(name).built is False
+    with pytest.raises(UnknownServiceError, match=f"'{name}' is not built yet") as caught:
+        service_spec(name, built_only=True)
+    assert not [n for n in others if n in str(caught.value)], "only built services are offered"
     assert service_spec("execution", built_only=True).name == "execution"
 
 

@@ -1,0 +1,1 @@
+"""rl-training: trains position-sizing policies on the paper venue as background jobs."""
