@@ -652,7 +652,21 @@ def test_the_bot_records_each_halted_decision_without_spinning_and_trades_after_
     try:
         # A liveness wait: the bot buys on its model's next BUY signal, which a busy machine
         # can delay; the decisions are printed if it never comes.
-        bought = poll(lambda: bot_bought(s, mark), 60, "the bot to buy again after the resume")
+        # Risk values every open position at a fresh quote: the earlier tests of this stack
+        # left positions in symbols the feed does not tick (their own test ticks), so their
+        # latest quotes are published again, restamped, while the bot is waited for.
+        stale = [
+            q
+            for q in http.get(f"{s.url('execution')}/quotes").json()
+            if q["symbol"] not in BOT_SYMBOLS.split(",")
+        ]
+
+        def bought_with_fresh_quotes() -> dict[str, Any] | None:
+            for q in stale:
+                publish_ticks(s.redis, s.prefix, market_tick(q["bid"], q["ask"], q["symbol"]))
+            return bot_bought(s, mark)
+
+        bought = poll(bought_with_fresh_quotes, 60, "the bot to buy again after the resume", 0.5)
     except AssertionError as exc:
         since = [(d["side"], d["outcome"], d["reason"]) for d in bot_decisions(s, mark)]
         raise AssertionError(f"{exc}; the bot's decisions since: {since[-12:]}") from None
