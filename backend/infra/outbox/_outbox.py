@@ -40,7 +40,7 @@ def retry_delay_s(settings: OutboxSettings, failures: int) -> float:
     The jitter only shortens the pause, so the cap is also how late the relay can notice that
     Redis is back.
     """
-    base = settings.retry_backoff_s * 2 ** min(failures - 1, 16)
+    base = settings.retry_backoff_s * 2.0 ** min(failures - 1, 16)
     return min(settings.retry_backoff_max_s, base) * random.uniform(0.5, 1.0)
 
 
