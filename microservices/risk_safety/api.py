@@ -117,6 +117,8 @@ class StatePublic(BaseModel):
     epoch: int
     state_token: str
     execution: ExecutionAck | None = None
+    event: str | None = None
+    """For a change: `published` on the bus, or `queued` in the outbox until Redis answers."""
     portfolio: PortfolioStatus
     exposure: ExposureStatus
     quotes: list[QuotePublic]
@@ -188,6 +190,7 @@ def _state_public(guard: RiskGuard, view: StateView) -> StatePublic:
         epoch=view.epoch,
         state_token=guard.state_token(view.state, view.epoch),
         execution=_ack(view.execution),
+        event=view.event,
         exposure=ExposureStatus(
             url=guard.execution_url,
             reachable=exposure.ok if exposure else None,
