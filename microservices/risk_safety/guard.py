@@ -79,7 +79,7 @@ class StateView:
     changed: bool = False
     execution: StatePush | None = None
     event: str | None = None
-    """`published`, or `queued` in the outbox (Redis slow or down): the change is made either way."""
+    """`published`, or `queued` in the outbox (Redis slow or down): changed either way."""
 
 
 @dataclass(frozen=True, slots=True)
