@@ -29,16 +29,22 @@ if TYPE_CHECKING:
     from backend.infra.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_VAR_DIR = Path("var")
+
+
+def _default_var_dir() -> Path:
+    from backend.infra.vardir import var_directory
+
+    return var_directory()
+
 _BUILT_NAMES = ", ".join(s.name for s in BUILT_SERVICES)
 F = TypeVar("F", bound=Callable[..., object])
 
 var_dir_option = click.option(
     "--var-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_VAR_DIR,
+    default=_default_var_dir,
     envvar="RUN_VAR_DIR",
-    show_default=True,
+    show_default="the checkout's var/ (installed: ~/.local/state/quantum-trader)",
     show_envvar=True,
     help="Where local state lives: SQLite files, Redis data, secrets, logs.",
 )
