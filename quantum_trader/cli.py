@@ -36,6 +36,7 @@ def _default_var_dir() -> Path:
 
     return var_directory()
 
+
 _BUILT_NAMES = ", ".join(s.name for s in BUILT_SERVICES)
 F = TypeVar("F", bound=Callable[..., object])
 
