@@ -222,7 +222,7 @@ class EmbeddedRedis:
 
 
 _users_lock = threading.Lock()
-_registered: Path | None = None
+_registered: set[Path] = set()
 _USERS_DIR = "users"
 _GUARDIAN_START_S = 20.0
 
@@ -277,23 +277,24 @@ def resolve_redis_url(env: Mapping[str, str] | None = None) -> str:
 
 
 def _register(data_dir: Path) -> None:
-    """Record this process as a user of the server in `data_dir` (once per process)."""
-    global _registered
+    """Record this process as a user of the server in `data_dir`."""
     users = data_dir / _USERS_DIR
     users.mkdir(parents=True, exist_ok=True)
     mark = users / str(os.getpid())
     mark.touch()
-    if _registered is None:
-        atexit.register(_unregister)
-    _registered = mark
+    if not _registered:
+        atexit.register(release_embedded_redis)
+    _registered.add(mark)
 
 
-def _unregister() -> None:
-    global _registered
-    if _registered is not None:
+def release_embedded_redis() -> None:
+    """Stop being a user of the embedded servers this process resolved (at exit, or earlier).
+
+    The last user gone, a server's guardian stops it within a second.
+    """
+    while _registered:
         with contextlib.suppress(OSError):
-            _registered.unlink()
-        _registered = None
+            _registered.pop().unlink()
 
 
 def _start_guardian(data_dir: Path, port: int) -> None:

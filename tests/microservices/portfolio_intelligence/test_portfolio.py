@@ -290,11 +290,11 @@ def test_a_fill_retried_after_a_failed_booking_is_booked_in_the_venue_order(
     book = LedgerStore.book
     failed: list[str] = []
 
-    async def fail_once(self: LedgerStore, f: Fill, sequence: int | None, position: Any) -> None:
+    async def fail_once(self: LedgerStore, f: Fill, *args: Any) -> None:
         if f.fill_id == fills[1].fill_id and not failed:
             failed.append(f.fill_id)
             raise DatabaseError("connection lost")
-        await book(self, f, sequence, position)
+        await book(self, f, *args)
 
     monkeypatch.setattr(LedgerStore, "book", fail_once)
     before = out_of_order_fills()
