@@ -164,7 +164,9 @@ async def test_a_sqlite_write_lock_held_elsewhere_makes_readiness_fail_then_pass
     sqlite_url: str,
 ) -> None:
     """WAL keeps `SELECT 1` working under another process's write lock; readiness must not."""
-    engine = create_engine(DatabaseSettings(url=sqlite_url, service_name="locked"))
+    engine = create_engine(
+        DatabaseSettings(url=sqlite_url, service_name="locked", sqlite_busy_timeout_ms=1000)
+    )
     sessions = create_session_factory(engine)
     app = FastAPI()
     add_health_endpoints(app, [database_readiness_check(engine, timeout_s=3)])
