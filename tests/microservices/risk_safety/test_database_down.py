@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -65,8 +66,10 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
                 ),
                 "/decisions": lambda c: c.get("/decisions"),
             }
-            for call in writes.values():
+            for name, call in writes.items():
+                started = time.monotonic()
                 assert_database_503(call(client))
+                print(f"{name}: 503 in {(time.monotonic() - started) * 1000:.0f} ms")
             # The halt was not recorded: the state risk answers with is the one in force.
             assert client.get("/state").json()["state"] == "ACTIVE"
         finally:
