@@ -404,3 +404,21 @@ def test_a_fill_with_a_booked_id_and_other_economics_is_a_conflict_after_a_resta
         p = wait_for(lambda: (p := portfolio(client))["fills"]["dead_letters"] == 1 and p)
         assert books(p) == before
         assert "dead_letters" in p["fills"]["problems"]
+
+
+def test_a_position_update_is_committed_with_its_ledger_row_and_published_from_the_outbox(
+    harness: ServiceHarness,
+) -> None:
+    with harness.run(create_service) as client:
+        harness.publish(fill("ob-1", "BUY", "2", "100", "0.2"))
+        wait_for(lambda: harness.published("position.updated"), what="the position update")
+        assert client.get("/fills").json()["count"] == 1
+    path = harness.database_url.split(":///", 1)[1]
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT event_type, published_at IS NOT NULL FROM outbox_events WHERE source = ?",
+            ("portfolio-intelligence",),
+        ).fetchall()
+    assert rows == [("position.updated", 1)]
+    (update,) = harness.published("position.updated")
+    assert D(update["quantity"]) == 2
