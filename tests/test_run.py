@@ -23,12 +23,12 @@ import pytest
 
 from backend.infra.db import TABLE_OWNERS
 from backend.infra.service import BUILT_SERVICES
-from quantum_trader.launcher import TRACEVIEW_PORT
+from quantum_trader.launcher import METRICS_PORT, TRACEVIEW_PORT
 from tests.acceptance.harness import poll
 from tests.support.procs import ROOT
 
 SCRIPT = Path(sys.executable).parent / "quantum-trader"
-SERVICE_PORTS = (*(spec.port for spec in BUILT_SERVICES), TRACEVIEW_PORT)
+SERVICE_PORTS = (*(spec.port for spec in BUILT_SERVICES), TRACEVIEW_PORT, METRICS_PORT)
 NAMES = [spec.name for spec in BUILT_SERVICES]
 # What a developer's shell may hold that would change what the launcher does.
 INHERITED_NOT = (
