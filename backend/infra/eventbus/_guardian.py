@@ -10,6 +10,7 @@ guardian does the same at once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from ._embedded import _STATE_FILE, EmbeddedRedis, live_users
+from ._embedded import _LOCK_FILE, _STATE_FILE, EmbeddedRedis, live_users
 
 POLL_S = 0.5
 MAX_RESTARTS = 5
@@ -46,7 +47,7 @@ def main(data_dir: Path, port: int) -> int:
     try:
         while not stopping.wait(POLL_S):
             # The user who started us registered first: none alive means the last one is gone.
-            if not live_users(data_dir):
+            if not live_users(data_dir) and _last_user_gone(data_dir, state_path):
                 print("no service uses the embedded redis any more; stopping it", flush=True)
                 break
             if not server.running:
@@ -58,10 +59,27 @@ def main(data_dir: Path, port: int) -> int:
                 server.start()
                 announce()
     finally:
-        with contextlib.suppress(OSError):
-            state_path.unlink()
+        _forget(state_path)
         server.stop()
     return 0
+
+
+def _forget(state_path: Path) -> None:
+    """Remove the state file if it is still ours (a newer guardian may have written its own)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if json.loads(state_path.read_text())["guardian"] == os.getpid():
+            state_path.unlink()
+
+
+def _last_user_gone(data_dir: Path, state_path: Path) -> bool:
+    """Under the resolvers' lock, no user yet again: then the state file goes, so a service
+    registering from now on starts a new server instead of attaching to this stopping one."""
+    with open(data_dir / _LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if live_users(data_dir):
+            return False
+        _forget(state_path)
+        return True
 
 
 if __name__ == "__main__":
