@@ -29,13 +29,7 @@ if TYPE_CHECKING:
     from backend.infra.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _default_var_dir() -> Path:
-    from backend.infra.vardir import var_directory
-
-    return var_directory()
-
+DEFAULT_VAR_DIR = Path("var")
 
 _BUILT_NAMES = ", ".join(s.name for s in BUILT_SERVICES)
 F = TypeVar("F", bound=Callable[..., object])
@@ -43,9 +37,9 @@ F = TypeVar("F", bound=Callable[..., object])
 var_dir_option = click.option(
     "--var-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=_default_var_dir,
+    default=DEFAULT_VAR_DIR,
     envvar="RUN_VAR_DIR",
-    show_default="the checkout's var/ (installed: ~/.local/state/quantum-trader)",
+    show_default=True,
     show_envvar=True,
     help="Where local state lives: SQLite files, Redis data, secrets, logs.",
 )
