@@ -274,6 +274,7 @@ class Launcher:
             self.redis_url = self.redis.start()
         except EmbeddedRedisError as exc:
             raise LaunchError(f"the embedded Redis did not start: {exc}") from exc
+        UP.labels(REDIS).set(1)
 
     def child_env(self, child: Child) -> dict[str, str]:
         env = dict(self.environ)
