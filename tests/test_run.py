@@ -361,3 +361,8 @@ def test_killed_processes_are_started_again_and_a_dead_viewer_never_stops_tradin
         45,
         "a fill after the restarts",
     )
+    # The restarted processes stop on Ctrl-C like the others.
+    process.send_signal(signal.SIGINT)
+    assert process.wait(40) == 0
+    killed = [line for line in output.lines if "killing it" in line]
+    assert killed == [], killed
