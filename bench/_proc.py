@@ -1,21 +1,19 @@
-"""Process helpers for the benchmarks: free ports, CPU pinning, waiting for a server."""
+"""Process helpers for the benchmarks: CPU pinning, spawning and waiting for a server.
+
+Free ports and polling with a deadline are the test suite's (`tests.support`).
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 
+from tests.support.polling import wait_until
+from tests.support.procs import http_ok
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpus() -> tuple[set[int], set[int]]:
@@ -46,18 +44,7 @@ def spawn(
 
 
 def wait_http(port: int, path: str = "/ping", timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(request)
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server on port {port} did not become ready")
+    wait_until(lambda: http_ok(port, path), timeout_s, f"the server on port {port}", 0.1)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -17,7 +17,9 @@ import tempfile
 import time
 import urllib.request
 
-from ._proc import cpus, free_port, spawn, stop, wait_http
+from tests.support.procs import free_port
+
+from ._proc import cpus, spawn, stop, wait_http
 
 CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "bare": ("bare", {}),

@@ -26,9 +26,10 @@ from typing import Literal
 
 import httpx
 
-from tests.acceptance.harness import redis_url
 from tests.support.halting import HaltResult, run_halt
-from tests.support.procs import free_port, running, wait_until
+from tests.support.polling import wait_until
+from tests.support.procs import free_port, running
+from tests.support.redis import redis_server
 from tests.support.riskstub import RiskStub
 
 
@@ -69,6 +70,7 @@ def one_run(redis: str, mode: Literal["push", "poll"], poll_ms: int, threads: in
             ):
                 wait_until(
                     lambda: client.get("/risk/state").json()["accepts"] == "ALL",
+                    timeout_s=20,
                     what="execution to adopt the ACTIVE state",
                 )
                 return run_halt(
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     late_total = 0
     with (
         tempfile.TemporaryDirectory(prefix="halt-window-redis-") as redis_tmp,
-        redis_url(Path(redis_tmp)) as redis,
+        redis_server(Path(redis_tmp)) as redis,
     ):
         for mode in modes:
             late_total += measure(redis, mode, args.runs, args.poll_ms, args.threads)

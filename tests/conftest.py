@@ -1,4 +1,4 @@
-"""Suite-wide fixtures: in-process tracing captured in memory, and the real-service skip rule."""
+"""Suite-wide set-up: the shared fixtures (`tests.support.plugin`), in-process tracing in memory."""
 
 from __future__ import annotations
 
@@ -14,27 +14,16 @@ if TYPE_CHECKING:
     from backend.infra.observability import ObservabilityConfig
     from backend.infra.observability.testing import SpanCapture
 
-# The public `captured_spans` fixture, for tests that want it by that name. This module imports
-# the plugin only lazily, so that pytest is the first to import it (as a plugin).
-pytest_plugins = ("backend.infra.observability.testing",)
+# The public `captured_spans` fixture, for tests that want it by that name (this module imports
+# that plugin only lazily, so that pytest is the first to import it), and the suite's own
+# fixtures: Redis, databases, the in-process service harness.
+pytest_plugins = ("backend.infra.observability.testing", "tests.support.plugin")
 
 # Property tests explore the same examples on every run (reproducible failures, stable CI);
 # HYPOTHESIS_PROFILE=explore searches new ones.
 settings.register_profile("default", derandomize=True)
 settings.register_profile("explore", derandomize=False, max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
-
-
-def require_service(available: bool, reason: str) -> None:
-    """Skip (printing why) when a real server is unreachable; fail instead on CI.
-
-    `.ci/run` sets QT_REQUIRE_SERVICES=1 so CI cannot pass by skipping.
-    """
-    if available:
-        return
-    if os.environ.get("QT_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"required service unavailable: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -250,7 +250,7 @@ def _instrument(
     )
 
 
-# The simulated feed's symbols (`microservices/eventbus_bridge/feed.py`): the tick is the
+# The simulated feed's symbols (`microservices/eventbus_bridge/sources.py`): the tick is the
 # feed's price increment, the lot its volume step (4 decimals), which is also the bot's
 # default lot size.
 DEFAULT_INSTRUMENTS = Instruments(

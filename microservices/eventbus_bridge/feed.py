@@ -1,106 +1,131 @@
-"""Feed sources (seeded simulator, CSV replay) as paced step schedules, and the stall watch."""
+"""The market feed, eventbus-bridge's core object: publishes a source's ticks on the bus, paced
+in wall-clock time, and watches each symbol for stalls."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
-from itertools import groupby
+from typing import Any
 
-from backend.trading.marketsim import (
-    MarketSimulator,
-    StalledFeed,
-    SymbolSpec,
-    detect_stalled_feeds,
-    load_sample_ticks,
-    load_ticks_csv,
-)
-from backend.trading.types import Quote, Symbol
+from backend.infra.eventbus import FeedStalled, MarketTick
+from backend.infra.observability import BoundLogger
+from backend.infra.service import Resources
+from backend.trading.marketsim import StalledFeed, detect_stalled_feeds
+from backend.trading.types import Symbol
 
-from .settings import BridgeSettings
+from . import metrics
+from .settings import EventbusBridgeSettings
+from .sources import Step, replay_quotes, replay_steps, simulated_steps
 
-# Start prices of the simulated instruments; other symbols start at 100.
-_INITIAL_PRICES: dict[str, tuple[Decimal, Decimal, Decimal]] = {
-    # symbol: (initial price, price increment, quantity at the touch)
-    "BTCUSDT": (Decimal(40_000), Decimal("0.01"), Decimal(2)),
-    "ETHUSDT": (Decimal(2_500), Decimal("0.01"), Decimal(20)),
-    "SOLUSDT": (Decimal(100), Decimal("0.001"), Decimal(300)),
-}
+FEED = "market-data"
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """Quotes to publish together, `delay_s` of wall-clock time after the previous step."""
-
-    delay_s: float
-    quotes: tuple[Quote, ...]
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
-def symbol_specs(symbols: Sequence[str]) -> list[SymbolSpec]:
-    specs = []
-    for symbol in symbols:
-        price, increment, volume = _INITIAL_PRICES.get(
-            symbol, (Decimal(100), Decimal("0.01"), Decimal(100))
-        )
-        specs.append(SymbolSpec(Symbol(symbol), price, increment, volume))
-    return specs
+class MarketFeed:
+    """Publishes the configured feed's ticks, paced in wall-clock time, and watches for stalls."""
 
+    def __init__(
+        self,
+        settings: EventbusBridgeSettings,
+        resources: Resources,
+        logger: BoundLogger,
+        tracer: Any,
+    ) -> None:
+        self.settings = settings
+        self.resources = resources
+        self.log = logger
+        self.tracer = tracer
+        self.published = 0
+        self.finished = False
+        if settings.mode == "replay":
+            quotes = replay_quotes(settings)
+            self.symbols: tuple[str, ...] = tuple(sorted({str(q.symbol) for q in quotes}))
+            self._steps: Iterator[Step] = replay_steps(
+                quotes, settings.speedup, settings.replay_loop
+            )
+        else:
+            self.symbols = settings.symbols
+            self._steps = simulated_steps(settings, start_ms=_now_ms())
+        self.watch = StallWatch(self.symbols, settings.stall_ms, started_ms=_now_ms())
 
-def simulated_steps(settings: BridgeSettings, start_ms: int) -> Iterator[Step]:
-    """One step per tick interval, forever; the same seed always gives the same prices.
+    async def run(self, _resources: Resources | None = None) -> None:
+        """The feed loop: each step's ticks are published together, each with its own span."""
+        publisher = self.resources.publisher
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        self.watch.restart(_now_ms())
+        self.log.info("feed started", mode=self.settings.mode, symbols=list(self.symbols))
+        for step in self._steps:
+            due += step.delay_s
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -1.0:
+                # Far behind (a paused process, a slow Redis): do not burst to catch up.
+                due = loop.time()
+            metrics.FEED_LAG.observe(max(0.0, loop.time() - due))
+            now_ms = _now_ms()
+            ticks = [
+                MarketTick(
+                    symbol=q.symbol,
+                    bid=q.bid,
+                    ask=q.ask,
+                    last=q.last,
+                    volume=q.volume,
+                    # A live simulated feed's event time is now; a replay keeps the file's time.
+                    ts_ms=now_ms if self.settings.mode == "sim" else q.ts_ms,
+                )
+                for q in step.quotes
+            ]
+            await publisher.publish_many(ticks)
+            for tick in ticks:
+                metrics.TICKS_PUBLISHED.labels(tick.symbol).inc()
+                self.watch.seen(tick.symbol, now_ms)
+            self.published += len(ticks)
+        # A replay that reached its end is done, not stalled.
+        self.finished = True
+        self.log.info("feed finished", published=self.published)
 
-    Each step advances the market by `tick interval x speed-up`, so a speed-up moves prices
-    faster without publishing more ticks than `FEED_RATE_HZ` asks for.
-    """
-    interval_ms = max(1, round(1000.0 * settings.tick_interval_s * settings.speedup))
-    simulator = MarketSimulator(
-        symbol_specs(settings.symbols),
-        seed=settings.seed,
-        start_ms=start_ms,
-        tick_interval_ms=interval_ms,
-    )
-    first = True
-    while True:
-        yield Step(0.0 if first else settings.tick_interval_s, tuple(simulator.step()))
-        first = False
+    async def watch_stalls(self, _resources: Resources | None = None) -> None:
+        """Every quarter of the threshold: report symbols that went silent, and recoveries."""
+        publisher = self.resources.publisher
+        interval_s = max(0.05, self.settings.stall_ms / 4000.0)
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.finished:
+                return
+            new, recovered = self.watch.check(_now_ms())
+            for stall in new:
+                metrics.FEED_STALLS.labels(stall.symbol).inc()
+                metrics.FEED_STALLED.labels(stall.symbol).set(1)
+                self.log.warning(
+                    "feed stalled",
+                    feed=FEED,
+                    symbol=stall.symbol,
+                    last_seen_ms=stall.last_ts_ms,
+                    silent_ms=stall.silent_ms,
+                )
+                await publisher.publish(
+                    FeedStalled(
+                        feed=FEED,
+                        symbol=stall.symbol,
+                        last_seen_ms=stall.last_ts_ms,
+                        silent_ms=stall.silent_ms,
+                    )
+                )
+            for symbol in recovered:
+                metrics.FEED_STALLED.labels(symbol).set(0)
+                self.log.info("feed recovered", feed=FEED, symbol=symbol)
 
-
-def replay_quotes(settings: BridgeSettings) -> list[Quote]:
-    """The replay file's quotes (the bundled sample unless `FEED_CSV` names one)."""
-    if settings.csv_path is not None:
-        return load_ticks_csv(settings.csv_path)
-    return load_sample_ticks()
-
-
-def replay_steps(quotes: Sequence[Quote], speedup: float, loop: bool) -> Iterator[Step]:
-    """The file's quotes grouped by timestamp, paced by their time gaps divided by `speedup`.
-
-    When looping, each pass is shifted by the file's span (plus one gap) so event time keeps
-    increasing.
-    """
-    if not quotes:
-        return
-    ordered = sorted(quotes, key=lambda q: q.ts_ms)
-    span_ms = ordered[-1].ts_ms - ordered[0].ts_ms
-    groups = [(ts, tuple(group)) for ts, group in groupby(ordered, key=lambda q: q.ts_ms)]
-    gap_ms = (span_ms // (len(groups) - 1)) if len(groups) > 1 else 1_000
-    offset = 0
-    previous: int | None = None
-    while True:
-        for ts, group in groups:
-            shifted = ts + offset
-            delay = 0.0 if previous is None else (shifted - previous) / 1000.0 / speedup
-            previous = shifted
-            yield Step(delay, tuple(_shift(q, offset) for q in group) if offset else group)
-        if not loop:
-            return
-        offset += span_ms + gap_ms
-
-
-def _shift(quote: Quote, offset_ms: int) -> Quote:
-    return Quote(
-        quote.symbol, quote.bid, quote.ask, quote.last, quote.volume, quote.ts_ms + offset_ms
-    )
+    async def check_ready(self) -> None:
+        stalled = [] if self.finished else self.watch.stalled
+        if stalled:
+            detail = ", ".join(f"{s.symbol} silent {s.silent_ms} ms" for s in stalled)
+            raise RuntimeError(f"feed stalled: {detail}")
 
 
 class StallWatch:

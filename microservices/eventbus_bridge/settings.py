@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-class BridgeSettings(BaseSettings):
+class EventbusBridgeSettings(BaseSettings):
     """How the market-data feed runs. Built once at start-up from `FEED_*` variables."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")

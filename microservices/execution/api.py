@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, st
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.infra.db.models import FillRecord
-from backend.infra.service import Price, Quantity, Resources, resources_of
+from backend.infra.service import Price, Quantity, provided
 from backend.trading.approval import Approval, ApprovalError, SignedState
 from backend.trading.orders import Order
 from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
@@ -202,12 +202,7 @@ class AccountPublic(BaseModel):
     open_orders: int
 
 
-def desk_of(resources: Annotated[Resources, Depends(resources_of)]) -> OrderDesk:
-    desk: OrderDesk = resources.extras["desk"]
-    return desk
-
-
-Desk = Annotated[OrderDesk, Depends(desk_of)]
+Desk = Annotated[OrderDesk, Depends(provided(OrderDesk))]
 
 
 class RiskStateIn(BaseModel):

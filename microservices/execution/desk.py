@@ -91,10 +91,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class NoQuote(LookupError):
-    """A market order arrived before any quote of its symbol."""
-
-
 class OrderNotFound(LookupError):
     """No order has this client order id."""
 
@@ -210,7 +206,7 @@ class OrderDesk:
         self.log = logger
         self._tracer = tracer
         self._lock = asyncio.Lock()
-        self._config = settings.venue_config()
+        self._config = settings.to_domain()
         self.venue = GatedVenue(cash=settings.initial_cash, config=self._config, seed=settings.seed)
         self._quotes: dict[Symbol, Quote] = {}
         self._accepted_at: dict[ClientOrderId, float] = {}

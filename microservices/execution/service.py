@@ -22,8 +22,7 @@ def create_service(settings: ExecutionSettings | None = None) -> Service:
         service.logger.warning(
             "RISK_APPROVAL_SECRET is the development default; set it outside development"
         )
-    desk = OrderDesk(settings, service.resources, service.logger, service.tracer)
-    service.resources.extras["desk"] = desk
+    desk = service.provide(OrderDesk(settings, service.resources, service.logger, service.tracer))
     service.on_startup(desk.restore)
     service.background("outbox-relay", desk.run_outbox_relay)
     service.background("risk-state-poller", desk.poll_risk_state)

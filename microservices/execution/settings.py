@@ -77,7 +77,8 @@ class ExecutionSettings(BaseSettings):
             )
         return self
 
-    def venue_config(self) -> VenueConfig:
+    def to_domain(self) -> VenueConfig:
+        """The paper venue's fee and fill model these settings describe."""
         return VenueConfig(
             taker_fee_bps=self.taker_fee_bps,
             maker_fee_bps=self.maker_fee_bps,

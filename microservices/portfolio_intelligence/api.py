@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from backend.infra.service import Resources, resources_of
+from backend.infra.service import provided
 from backend.trading.portfolio import EquityPoint, performance_report
 from backend.trading.portfolio import Position as DomainPosition
 
@@ -147,12 +147,7 @@ class PerformancePublic(BaseModel):
     sample_s: float
 
 
-def book_of(resources: Annotated[Resources, Depends(resources_of)]) -> PortfolioBook:
-    book: PortfolioBook = resources.extras["book"]
-    return book
-
-
-Book = Annotated[PortfolioBook, Depends(book_of)]
+Book = Annotated[PortfolioBook, Depends(provided(PortfolioBook))]
 Limit = Annotated[int, Query(ge=1, le=100_000)]
 
 

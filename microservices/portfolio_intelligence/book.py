@@ -28,7 +28,7 @@ from backend.trading.portfolio import Position as DomainPosition
 from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
 
 from . import metrics
-from .settings import PortfolioSettings
+from .settings import PortfolioIntelligenceSettings
 from .store import LedgerEntry, LedgerStore, venue_order
 
 ZERO = Decimal(0)
@@ -109,7 +109,7 @@ class PortfolioBook:
 
     def __init__(
         self,
-        settings: PortfolioSettings,
+        settings: PortfolioIntelligenceSettings,
         resources: Resources,
         logger: BoundLogger,
         tracer: Any,

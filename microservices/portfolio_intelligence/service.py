@@ -7,18 +7,22 @@ from backend.infra.service import Service
 
 from .api import router
 from .book import PortfolioBook
-from .settings import PortfolioSettings
+from .settings import PortfolioIntelligenceSettings
 
 NAME = "portfolio-intelligence"
 
 
-def create_service(settings: PortfolioSettings | None = None) -> Service:
+def create_service(settings: PortfolioIntelligenceSettings | None = None) -> Service:
     """The portfolio-intelligence service (port 8004): the fill ledger and what follows from it."""
     service = Service(NAME, database=True, eventbus=True)
-    book = PortfolioBook(
-        settings or PortfolioSettings(), service.resources, service.logger, service.tracer
+    book = service.provide(
+        PortfolioBook(
+            settings or PortfolioIntelligenceSettings(),
+            service.resources,
+            service.logger,
+            service.tracer,
+        )
     )
-    service.resources.extras["book"] = book
     service.on_startup(book.restore)
     service.subscribe(OrderFilled, book.on_fill)
     service.subscribe(MarketTick, book.on_tick)

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SECONDS_PER_YEAR = 365 * 24 * 3600
 
 
-class PortfolioSettings(BaseSettings):
+class PortfolioIntelligenceSettings(BaseSettings):
     """Built once at start-up from the environment; a bad value names its variable."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.infra.service import Price, Quantity, Resources, resources_of
+from backend.infra.service import Price, Quantity, provided
 from backend.trading.risk import TradingState
 from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
 
@@ -163,12 +163,7 @@ class DecisionsPublic(BaseModel):
     count: int
 
 
-def guard_of(resources: Annotated[Resources, Depends(resources_of)]) -> RiskGuard:
-    guard: RiskGuard = resources.extras["guard"]
-    return guard
-
-
-Guard = Annotated[RiskGuard, Depends(guard_of)]
+Guard = Annotated[RiskGuard, Depends(provided(RiskGuard))]
 
 
 def _ack(push: StatePush | None) -> ExecutionAck | None:

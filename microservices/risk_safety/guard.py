@@ -31,7 +31,7 @@ from backend.trading.risk import (
 from backend.trading.types import OrderRequest, Side, Symbol
 
 from . import metrics
-from .settings import RiskSettings
+from .settings import RiskSafetySettings
 from .store import RiskStore
 
 EVENT_WAIT_S = 0.5
@@ -147,13 +147,13 @@ class RiskGuard:
 
     def __init__(
         self,
-        settings: RiskSettings,
+        settings: RiskSafetySettings,
         resources: Resources,
         logger: BoundLogger,
         tracer: Any,
     ) -> None:
         self.settings = settings
-        self.limits = settings.limits()
+        self.limits = settings.to_domain()
         self.store = RiskStore(resources)
         self.log = logger
         self.portfolio_url = service_url("portfolio-intelligence")

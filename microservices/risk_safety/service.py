@@ -8,22 +8,21 @@ from backend.trading.approval import DEVELOPMENT_SECRET
 
 from .api import router
 from .guard import RiskGuard
-from .settings import RiskSettings
+from .settings import RiskSafetySettings
 
 NAME = "risk-safety"
 
 
-def create_service(settings: RiskSettings | None = None) -> Service:
+def create_service(settings: RiskSafetySettings | None = None) -> Service:
     """The risk-safety service (port 8003): pre-trade checks and the kill switch."""
     # Only quotes are consumed, and only fresh ones count: a new group starts at the end.
     service = Service(NAME, database=True, eventbus=True, consume_from="latest")
-    settings = settings or RiskSettings()
+    settings = settings or RiskSafetySettings()
     if settings.approval_secret.get_secret_value() == DEVELOPMENT_SECRET:
         service.logger.warning(
             "RISK_APPROVAL_SECRET is the development default; set it outside development"
         )
-    guard = RiskGuard(settings, service.resources, service.logger, service.tracer)
-    service.resources.extras["guard"] = guard
+    guard = service.provide(RiskGuard(settings, service.resources, service.logger, service.tracer))
     service.on_startup(guard.restore)
     # Decisions and state changes reach the bus through the outbox, even after an outage.
     service.background("outbox-relay", guard.run_outbox_relay)

@@ -13,7 +13,7 @@ from backend.trading.risk import RiskLimits
 from backend.trading.types import Symbol
 
 
-class RiskSettings(BaseSettings):
+class RiskSafetySettings(BaseSettings):
     """Built once at start-up from `RISK_*` variables; a bad value names its variable."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
@@ -78,7 +78,8 @@ class RiskSettings(BaseSettings):
             limits[symbol.strip().upper()] = quantity.strip()
         return limits
 
-    def limits(self) -> RiskLimits:
+    def to_domain(self) -> RiskLimits:
+        """The risk limits these settings describe."""
         return RiskLimits(
             max_order_notional=self.max_order_notional,
             max_position_quantity=self.max_position_quantity,

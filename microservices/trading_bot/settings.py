@@ -12,7 +12,7 @@ from backend.trading.features import WINDOW
 from backend.trading.sizing import SizingParams
 
 
-class BotSettings(BaseSettings):
+class TradingBotSettings(BaseSettings):
     """Built once at start-up from `BOT_*` variables."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
@@ -46,8 +46,8 @@ class BotSettings(BaseSettings):
             return tuple(s.strip().upper() for s in value.split(",") if s.strip())
         return value
 
-    @property
-    def sizing(self) -> SizingParams:
+    def to_domain(self) -> SizingParams:
+        """The sizing policy these settings describe."""
         return SizingParams(
             equity_fraction=self.equity_fraction,
             max_notional=self.max_notional,

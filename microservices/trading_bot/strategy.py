@@ -9,36 +9,19 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import select
-
 from backend.infra.db import IntegrityViolationError
 from backend.infra.db.models import BotDecision
 from backend.infra.eventbus import Event, MarketTick
-from backend.infra.observability import current_traceparent, get_logger, get_tracer
+from backend.infra.observability import BoundLogger, current_traceparent
 from backend.infra.service import Resources
 from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
 from backend.trading.sizing import size_order
 
 from . import clients
-from .settings import BotSettings
-
-DECISIONS = Counter(
-    "bot_decisions_total", "Strategy decisions, by outcome and reason.", ["outcome", "reason"]
-)
-CONFIDENCE = Histogram(
-    "bot_signal_confidence",
-    "Confidence of the signals the bot received.",
-    buckets=(0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0),
-)
-TICK_TO_ORDER = Histogram(
-    "bot_tick_to_order_seconds",
-    "From a tick's event time to execution accepting the order it caused.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
-RUNNING = Gauge("bot_running", "1 while the strategy loop trades.")
-ENTRIES_PAUSED = Gauge("bot_entries_paused", "1 while new entries are paused (exits allowed).")
+from .metrics import CONFIDENCE, DECISIONS, ENTRIES_PAUSED, RUNNING, TICK_TO_ORDER
+from .settings import TradingBotSettings
+from .store import DecisionStore
 
 MODEL_NAME = "ai-engine"
 REASON_MAX_LEN = 64  # bot_decisions.reason; a risk-safety reason could be longer
@@ -93,29 +76,43 @@ class SymbolState:
 class TradingBot:
     """Holds the per-symbol windows and the run state; `on_tick` is the bus handler."""
 
-    def __init__(self, settings: BotSettings, resources: Resources) -> None:
+    def __init__(
+        self,
+        settings: TradingBotSettings,
+        resources: Resources,
+        logger: BoundLogger,
+        tracer: Any,
+    ) -> None:
         self.settings = settings
         self.resources = resources
+        self.store = DecisionStore(resources)
+        self.sizing = settings.to_domain()
         self.running = settings.autostart
         self.entries_paused = False
         self.symbols: dict[str, SymbolState] = {}
-        self.log = get_logger("microservices.trading-bot.strategy")
-        self.tracer = get_tracer("microservices.trading-bot")
+        self.log = logger
+        self.tracer = tracer
         self._publish_state()
 
     # Controls ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Trade: decide on ticks, entries and exits."""
         self.running, self.entries_paused = True, False
         self._publish_state()
+        self.log.info("bot started")
 
     def stop(self) -> None:
+        """Stop deciding (windows keep filling, so a restart trades at once)."""
         self.running = False
         self._publish_state()
+        self.log.info("bot stopped")
 
     def pause_entries(self) -> None:
+        """No new entries (BUY); exits (SELL of a held position) still go through."""
         self.entries_paused = True
         self._publish_state()
+        self.log.info("bot entries paused")
 
     def _publish_state(self) -> None:
         RUNNING.set(1 if self.running else 0)
@@ -240,12 +237,7 @@ class TradingBot:
             d.detail = first
 
     async def _already_ordered(self, coid: str) -> bool:
-        async with self.resources.session() as session:
-            row = await session.execute(
-                select(BotDecision.action).where(BotDecision.client_order_id == coid)
-            )
-            action: str | None = row.scalar_one_or_none()
-            return action == Outcome.ORDERED
+        return await self.store.outcome_of(coid) == Outcome.ORDERED
 
     async def _size(self, d: Decision, tick: MarketTick) -> bool:
         http = self.resources.http
@@ -271,7 +263,7 @@ class TradingBot:
                 ZERO,
             )
             d.price = tick.ask if d.side == "BUY" else tick.bid
-            size = size_order(equity, d.price, d.confidence, self.settings.sizing)
+            size = size_order(equity, d.price, d.confidence, self.sizing)
             quantity = size.quantity
             if d.side == "SELL" and held <= ZERO:
                 # Spot: a SELL signal exits (part of) a long; it never opens a short.
@@ -378,8 +370,7 @@ class TradingBot:
             trace_id=trace_id,
         )
         try:
-            async with self.resources.session() as session:
-                session.add(row)
+            await self.store.add(row)
         except IntegrityViolationError:
             # A redelivered tick that ordered already: the first row stands.
             self.log.info("decision already recorded", client_order_id=d.client_order_id)

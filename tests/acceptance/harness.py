@@ -7,7 +7,6 @@ test's own client and sends the token, as an operator holding it would.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import threading
@@ -22,9 +21,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from backend.infra.eventbus import EmbeddedRedis
 from backend.infra.service import BUILT_SERVICES
-from tests.support.procs import Proc, free_port, http_ok, running
+from tests.support.polling import wait_until
+from tests.support.procs import Proc, free_port, running, wait_ready
 
 # Every built service of the catalogue, by name; tests start them by their seed script.
 SPECS = {spec.name: spec for spec in BUILT_SERVICES}
@@ -35,17 +34,6 @@ APPROVAL_SECRET = f"qt-run-approval-{secrets.token_urlsafe(32)}"
 
 http = httpx.Client(headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5.0)
 """A client for the services under test that sends the run's bearer token."""
-
-
-@contextmanager
-def redis_url(tmp: Path) -> Iterator[str]:
-    """`TEST_REDIS_URL` when set (CI), else an embedded Redis in `tmp` for the duration."""
-    url = os.environ.get("TEST_REDIS_URL", "").strip()
-    if url:
-        yield url
-        return
-    with EmbeddedRedis(tmp / "redis") as server:
-        yield server.url
 
 
 def base_env(redis: str, otlp_endpoint: str | None) -> dict[str, str]:
@@ -121,14 +109,8 @@ def services(
             procs[name] = Proc([SPECS[name].script], child_env, logs / f"{name}.log")
         deadline = time.monotonic() + timeout_s
         for name, proc in procs.items():
-            while not http_ok(ports[name], "/health/ready"):
-                if proc.popen.poll() is not None:
-                    raise AssertionError(f"{name} exited early:\n{proc.output()[-3000:]}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{name} not ready in {timeout_s:g}s:\n{proc.output()[-3000:]}"
-                    )
-                time.sleep(0.05)
+            left_s = max(0.0, deadline - time.monotonic())
+            wait_ready(proc, ports[name], "/health/ready", left_s, name=name, with_output=True)
         yield {name: (proc, urls[name]) for name, proc in procs.items()}
     finally:
         for proc in procs.values():
@@ -150,19 +132,13 @@ def json_lines(proc: Proc) -> list[dict[str, Any]]:
     return lines
 
 
+NOT_YET = (httpx.HTTPError, AssertionError, KeyError, ValueError)
+"""What a process that is still starting (or not there yet) makes a predicate raise."""
+
+
 def poll(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
-    """`predicate()`'s first truthy value within `timeout_s`, or an AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (httpx.HTTPError, AssertionError, KeyError, ValueError) as exc:
-            last_error, value = exc, None
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} ({last_error!r})")
+    """`wait_until` over processes: their errors while starting (`NOT_YET`) mean "not yet"."""
+    return wait_until(predicate, timeout_s, what, interval_s, ignoring=NOT_YET)
 
 
 class StubServer:
@@ -177,11 +153,7 @@ class StubServer:
 
     def __enter__(self) -> StubServer:
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise AssertionError("stub server did not start")
-            time.sleep(0.02)
+        wait_until(lambda: self._server.started, 10, "the stub server to start")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -260,7 +232,6 @@ __all__ = [
     "http",
     "json_lines",
     "poll",
-    "redis_url",
     "service",
     "services",
 ]

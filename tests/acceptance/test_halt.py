@@ -34,7 +34,6 @@ from tests.acceptance.harness import (
     http,
     json_lines,
     poll,
-    redis_url,
     services,
 )
 from tests.support.halting import TickFeed, market_tick, publish_ticks
@@ -124,11 +123,11 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("halt")
     execution_port = free_port()
+    redis = redis_url
     with (
-        redis_url(tmp) as redis,
         ForwardingProxy(f"http://127.0.0.1:{execution_port}") as proxy,
         ForwardingProxy(f"http://127.0.0.1:{execution_port}") as bot_proxy,
     ):

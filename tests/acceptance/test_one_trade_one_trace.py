@@ -7,7 +7,6 @@ embedded one) and real databases (SQLite files, or one PostgreSQL database per s
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import uuid
@@ -20,11 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from backend.infra.service import BUILT_SERVICES
-from tests.acceptance.harness import base_env, http, json_lines, poll, redis_url, services
-from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from backend.infra.traceview import OtlpSpan
+from tests.acceptance.harness import base_env, http, json_lines, poll, services
+from tests.support.otlp import OtlpReceiver
+from tests.support.postgres import scratch_databases
 from tests.support.procs import Proc
 
 SIX = [spec.name for spec in BUILT_SERVICES]
@@ -64,47 +64,28 @@ def databases(tmp: Path) -> Iterator[dict[str, dict[str, str]]]:
     if not admin:
         yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in SIX}
         return
-    import asyncpg
-
-    dsn = make_url(admin).set(drivername="postgresql").render_as_string(hide_password=False)
-    names = {name: f"qt_accept_{uuid.uuid4().hex[:10]}" for name in SIX}
-
-    async def run(statements: list[str]) -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run([f'CREATE DATABASE "{db}"' for db in names.values()]))
-    try:
-        yield {
-            name: {"DATABASE_URL": make_url(admin).set(database=db).render_as_string(False)}
-            for name, db in names.items()
-        }
-    finally:
-        asyncio.run(run([f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)' for db in names.values()]))
+    with scratch_databases(len(SIX), "qt_accept", admin) as urls:
+        yield {name: {"DATABASE_URL": url} for name, url in zip(SIX, urls, strict=True)}
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Pipeline]:
     tmp = tmp_path_factory.mktemp("pipeline")
-    with OtlpReceiver() as otlp, redis_url(tmp) as redis, databases(tmp) as dbs:
-        env = base_env(redis, otlp.http_endpoint) | KNOBS
+    with OtlpReceiver() as otlp, databases(tmp) as dbs:
+        env = base_env(redis_url, otlp.http_endpoint) | KNOBS
         with services(SIX, tmp, env, per_service=dbs, timeout_s=60) as running:
             yield Pipeline(otlp, running)
 
 
-def in_trace(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpan]:
+def in_trace(spans: list[OtlpSpan], trace_id: str) -> list[OtlpSpan]:
     return [s for s in spans if s.trace_id == trace_id]
 
 
-def service_of(span: ReceivedSpan) -> str:
+def service_of(span: OtlpSpan) -> str:
     return str(span.resource.get("service.name"))
 
 
-def http_joins(spans: list[ReceivedSpan]) -> set[tuple[str, str]]:
+def http_joins(spans: list[OtlpSpan]) -> set[tuple[str, str]]:
     """(client service, server service) of every SERVER span whose parent is a remote CLIENT."""
     by_id = {s.span_id: s for s in spans}
     joins = set()
@@ -116,7 +97,7 @@ def http_joins(spans: list[ReceivedSpan]) -> set[tuple[str, str]]:
     return joins
 
 
-def bus_joins(spans: list[ReceivedSpan]) -> set[tuple[str, str, str]]:
+def bus_joins(spans: list[OtlpSpan]) -> set[tuple[str, str, str]]:
     """(producer service, consumer service, span name) of CONSUMER spans under a PRODUCER."""
     by_id = {s.span_id: s for s in spans}
     joins = set()
@@ -157,7 +138,7 @@ def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
     coid = decision["client_order_id"]
     assert trace_id and order["client_order_id"] == coid
 
-    def complete(spans: list[ReceivedSpan]) -> bool:
+    def complete(spans: list[OtlpSpan]) -> bool:
         mine = in_trace(spans, trace_id)
         return (
             {service_of(s) for s in mine} >= set(SIX)
@@ -276,7 +257,7 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
         if line["message"] == "order placed" and line.get("client_order_id") == coid
     ]
 
-    def fill_span(spans: list[ReceivedSpan]) -> bool:
+    def fill_span(spans: list[OtlpSpan]) -> bool:
         return any(
             s.name == "order.fill" and s.attributes.get("client_order_id") == coid for s in spans
         ) and any(s.trace_id == order_trace and s.kind == SERVER for s in spans)

@@ -17,7 +17,7 @@ from backend.infra.db import head_revision
 from backend.infra.service import BUILT_SERVICES
 from quantum_trader import cli
 from quantum_trader.launcher import LaunchOptions
-from tests.acceptance.harness import base_env, redis_url
+from tests.acceptance.harness import base_env
 from tests.support.procs import ROOT, free_port, running
 
 SCRIPT = Path(sys.executable).parent / "quantum-trader"
@@ -92,22 +92,19 @@ def test_serve_a_service_that_is_not_built_yet_says_so() -> None:
 
 
 def test_serve_starts_one_service_that_answers_health_and_stops_on_sigterm(
-    tmp_path: Path,
+    tmp_path: Path, redis_url: str
 ) -> None:
     port = free_port()
-    with redis_url(tmp_path) as redis:
-        env = {
-            **base_env(redis, None),
-            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/execution.db",
-        }
-        args = [str(SCRIPT), "serve", "execution", "--port", str(port)]
-        with running(
-            args, env, tmp_path / "serve.log", port=port, ready_path="/health/ready"
-        ) as proc:
-            live = httpx.get(f"http://127.0.0.1:{port}/health/live")
-            assert live.status_code == 200
-            # uvicorn re-raises SIGTERM once it has shut down cleanly, so -15 is a clean exit.
-            assert proc.stop() in (0, -signal.SIGTERM), proc.output()[-2000:]
+    env = {
+        **base_env(redis_url, None),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/execution.db",
+    }
+    args = [str(SCRIPT), "serve", "execution", "--port", str(port)]
+    with running(args, env, tmp_path / "serve.log", port=port, ready_path="/health/ready") as proc:
+        live = httpx.get(f"http://127.0.0.1:{port}/health/live")
+        assert live.status_code == 200
+        # uvicorn re-raises SIGTERM once it has shut down cleanly, so -15 is a clean exit.
+        assert proc.stop() in (0, -signal.SIGTERM), proc.output()[-2000:]
     assert '"message":"service stopped"' in proc.output()
     assert (tmp_path / "execution.db").is_file()
 

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -32,6 +31,8 @@ from backend.trading.types import (
     Symbol,
     TimeInForce,
 )
+from tests.support.factories import market_tick
+from tests.support.polling import wait_until
 from tests.support.riskstub import RiskStub, now_ms
 
 SYMBOL = "BTCUSDT"
@@ -39,17 +40,6 @@ CALM = ("100.00", "100.10")
 """A quote that leaves the resting buys (at 99.00) alone."""
 CROSSING = ("98.80", "98.90")
 """A quote whose ask is under the resting buys' limit: every one of them fills."""
-
-
-def market_tick(bid: str, ask: str, symbol: str = SYMBOL, volume: str = "1000") -> MarketTick:
-    return MarketTick(
-        symbol=symbol,
-        bid=Decimal(bid),
-        ask=Decimal(ask),
-        last=Decimal(bid),
-        volume=Decimal(volume),
-        ts_ms=now_ms(),
-    )
 
 
 class TickFeed(threading.Thread):
@@ -183,17 +173,6 @@ def _ms(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
-def _poll(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(0.01)
-
-
 def run_halt(
     client: httpx.Client,
     risk: RiskStub,
@@ -209,7 +188,7 @@ def run_halt(
     """Halt `client`'s execution (open, ACTIVE, no orders yet) while orders are in flight."""
     start_epoch = risk.epoch
     publish_ticks(redis_url, prefix, market_tick(*CALM))
-    _poll(lambda: client.get("/quotes").json(), 10, "the first quote")
+    wait_until(lambda: client.get("/quotes").json(), 10, "the first quote", 0.01)
     stop = threading.Event()
     outcomes: list[tuple[str, bool, int, float]] = []  # cid, increasing, status, monotonic
     adopted_at_s: list[float] = []
@@ -265,10 +244,11 @@ def run_halt(
         else:
             risk.change("HALTED")
             halted_at_ms = risk.changed_at_ms
-        state = _poll(
+        state = wait_until(
             lambda: (s := client.get("/risk/state").json())["epoch"] == target and s,
             10,
             "execution to adopt the halt",
+            0.01,
         )
         adopted_at_s.append(time.monotonic())
         time.sleep(after_s)  # orders keep coming after the halt was adopted
@@ -280,8 +260,11 @@ def run_halt(
     # A sentinel tick behind the feed's last one: once it is quoted, every tick was handled.
     sentinel = str(now_ms() % 100_000 + 1)
     publish_ticks(redis_url, prefix, market_tick(sentinel, "1000000", symbol="SENTINEL"))
-    _poll(
-        lambda: any(q["bid"] == sentinel for q in client.get("/quotes").json()), 10, "the sentinel"
+    wait_until(
+        lambda: any(q["bid"] == sentinel for q in client.get("/quotes").json()),
+        10,
+        "the sentinel",
+        0.01,
     )
 
     orders = client.get("/orders", params={"limit": 1000}).json()["data"]

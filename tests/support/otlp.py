@@ -1,6 +1,7 @@
 """A real OTLP receiver for tests: OTLP/HTTP (protobuf) and OTLP/gRPC on free local ports.
 
-Spans are decoded with `opentelemetry-proto`, so a test sees exactly what left the process.
+Spans are decoded by the trace viewer's `decode_spans` (with `opentelemetry-proto`), so a test
+sees exactly what left the process, as the viewer would.
 """
 
 from __future__ import annotations
@@ -9,79 +10,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-
-@dataclass
-class ReceivedSpan:
-    """One span as the collector saw it, with its resource attributes."""
-
-    name: str
-    kind: int  # OTLP enum: 1 internal, 2 server, 3 client, 4 producer, 5 consumer
-    trace_id: str
-    span_id: str
-    parent_span_id: str
-    attributes: dict[str, Any]
-    resource: dict[str, Any]
-    scope: str
-    status_code: int
-    events: list[Any] = field(default_factory=list)
-    links: list[tuple[str, str]] = field(default_factory=list)
-    start_ns: int = 0
-    end_ns: int = 0
-
-
-def _value(v: Any) -> Any:
-    which = v.WhichOneof("value")
-    if which == "array_value":
-        return [_value(x) for x in v.array_value.values]
-    if which == "kvlist_value":
-        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
-    return getattr(v, which) if which else None
-
-
-def decode(payload: bytes) -> list[ReceivedSpan]:
-    request = ExportTraceServiceRequest.FromString(payload)
-    spans = []
-    for rs in request.resource_spans:
-        resource = {kv.key: _value(kv.value) for kv in rs.resource.attributes}
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                spans.append(
-                    ReceivedSpan(
-                        name=s.name,
-                        kind=s.kind,
-                        trace_id=s.trace_id.hex(),
-                        span_id=s.span_id.hex(),
-                        parent_span_id=s.parent_span_id.hex(),
-                        attributes={kv.key: _value(kv.value) for kv in s.attributes},
-                        resource=resource,
-                        scope=ss.scope.name,
-                        status_code=s.status.code,
-                        events=[
-                            (e.name, {kv.key: _value(kv.value) for kv in e.attributes})
-                            for e in s.events
-                        ],
-                        links=[(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links],
-                        start_ns=s.start_time_unix_nano,
-                        end_ns=s.end_time_unix_nano,
-                    )
-                )
-    return spans
+from backend.infra.traceview import OtlpSpan, decode_spans
 
 
 class OtlpReceiver:
     """Collects spans sent over OTLP/HTTP and OTLP/gRPC. Use as a context manager."""
 
     def __init__(self) -> None:
-        self.spans: list[ReceivedSpan] = []
+        self.spans: list[OtlpSpan] = []
         self.requests = 0
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -99,7 +40,7 @@ class OtlpReceiver:
         return f"http://127.0.0.1:{self.grpc_port}"
 
     def _add(self, payload: bytes) -> None:
-        decoded = decode(payload)
+        decoded = decode_spans(payload)
         with self._cond:
             self.requests += 1
             self.spans.extend(decoded)
@@ -160,8 +101,8 @@ class OtlpReceiver:
         self.stop()
 
     def wait_for(
-        self, predicate: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 15.0
-    ) -> list[ReceivedSpan]:
+        self, predicate: Callable[[list[OtlpSpan]], bool], timeout_s: float = 15.0
+    ) -> list[OtlpSpan]:
         """Block until `predicate(spans)` holds; return the spans, or fail with what arrived."""
         deadline = time.monotonic() + timeout_s
         with self._cond:

@@ -7,30 +7,20 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.support.polling import WaitTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment of asking."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(predicate, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = ""):  # type: ignore[no-untyped-def]
-    """Poll `predicate()` until it returns a truthy value; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what or predicate}")
-        time.sleep(interval_s)
 
 
 def http_ok(port: int, path: str = "/health/live") -> bool:
@@ -89,13 +79,28 @@ def running(
     proc = Proc(args, env, log_path)
     try:
         if port is not None:
-
-            def ready() -> bool:
-                if proc.popen.poll() is not None:
-                    raise AssertionError(f"process exited early:\n{proc.output()[-3000:]}")
-                return http_ok(port, ready_path)
-
-            wait_until(ready, timeout_s, what=f"{args} to serve {ready_path}")
+            wait_ready(proc, port, ready_path, timeout_s, name=str(args))
         yield proc
     finally:
         proc.stop()
+
+
+def wait_ready(
+    proc: Proc, port: int, path: str, timeout_s: float, *, name: str, with_output: bool = False
+) -> None:
+    """Wait until `proc` answers 200 on `path`; fail at once, with its output, if it exits.
+
+    With `with_output`, a timeout shows the end of the process's output too.
+    """
+
+    def ready() -> bool:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"{name} exited early:\n{proc.output()[-3000:]}")
+        return http_ok(port, path)
+
+    try:
+        wait_until(ready, timeout_s, f"{name} to serve {path}", 0.05)
+    except WaitTimeout as exc:
+        if not with_output:
+            raise
+        raise WaitTimeout(f"{name} not ready in {timeout_s:g}s:\n{proc.output()[-3000:]}") from exc

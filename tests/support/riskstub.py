@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from backend.trading.approval import DEVELOPMENT_SECRET, SignedState, sign_state
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+from tests.support.factories import now_ms
 
 
 class RiskStub:

@@ -16,8 +16,8 @@ from backend.trading.instruments import (
     parse_instruments,
 )
 from backend.trading.types import OrderRequest, Side, Symbol
-from microservices.eventbus_bridge.feed import symbol_specs
-from tests.trading.factories import BTC, quote, request
+from microservices.eventbus_bridge.sources import symbol_specs
+from tests.support.factories import BTC, quote, request
 
 D = Decimal
 

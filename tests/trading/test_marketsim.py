@@ -15,7 +15,7 @@ from backend.trading.marketsim import (
     ticks_to_csv,
 )
 from backend.trading.types import Quote, Symbol
-from tests.trading.factories import BTC, ETH
+from tests.support.factories import BTC, ETH
 
 SPECS = [SymbolSpec(BTC, Decimal("40000")), SymbolSpec(ETH, Decimal("2500"))]
 HEADER = "ts_ms,symbol,bid,ask,last,volume\n"

@@ -14,7 +14,7 @@ from backend.trading.orders import (
     transition,
 )
 from backend.trading.types import Side
-from tests.trading.factories import BTC, request
+from tests.support.factories import BTC, request
 
 S = OrderStatus
 D = Decimal

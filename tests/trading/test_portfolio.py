@@ -20,7 +20,7 @@ from backend.trading.portfolio import (
     win_rate,
 )
 from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
-from tests.trading.factories import BTC, ETH, fill
+from tests.support.factories import BTC, ETH, fill
 
 CASH = Decimal(100_000)
 D = Decimal

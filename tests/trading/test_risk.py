@@ -27,7 +27,7 @@ from backend.trading.risk import (
     transition_state,
 )
 from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol
-from tests.trading.factories import BTC, ETH, request
+from tests.support.factories import BTC, ETH, request
 
 NOW = 1_000_000
 PRICE = Decimal(100)

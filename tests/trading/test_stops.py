@@ -12,7 +12,7 @@ from backend.trading.stops import (
     evaluate_exits,
 )
 from backend.trading.types import ClientOrderId, OrderType, Side
-from tests.trading.factories import BTC, quote
+from tests.support.factories import BTC, quote
 
 D = Decimal
 LONG = OpenPosition(BTC, D(2), D(100))

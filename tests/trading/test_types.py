@@ -3,7 +3,7 @@ from decimal import Decimal
 import pytest
 
 from backend.trading.types import Quote, Side, Symbol
-from tests.trading.factories import BTC, quote, request
+from tests.support.factories import BTC, quote, request
 
 
 def test_side_sign_and_opposite() -> None:

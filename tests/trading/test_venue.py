@@ -6,7 +6,7 @@ from backend.trading.orders import InvalidTransition, OrderStatus
 from backend.trading.portfolio import Portfolio
 from backend.trading.types import ClientOrderId, Fill, Liquidity, Side, TimeInForce
 from backend.trading.venue import PaperVenue, UnknownOrder, VenueConfig, WorkingOrder
-from tests.trading.factories import BTC, ETH, quote, request
+from tests.support.factories import BTC, ETH, quote, request
 
 CASH = Decimal(10_000)
 

@@ -8,7 +8,7 @@ from backend.trading.instruments import parse_instruments
 from backend.trading.orders import Order, OrderStatus
 from backend.trading.types import ClientOrderId, Liquidity, OrderType, Side, Symbol, TimeInForce
 from backend.trading.venue import PaperVenue, VenueConfig, WorkingOrder
-from tests.trading.factories import BTC, quote, request
+from tests.support.factories import BTC, quote, request
 
 SOL = Symbol("SOLUSDT")
 D = Decimal

@@ -138,6 +138,7 @@ class RiskStateChanged(EventData):
     reason: str
 
 
+# Not published yet: position-monitor (the issue on the other three services) publishes it.
 class StopTriggered(EventData):
     """A protective exit fired for a position."""
 
@@ -148,6 +149,7 @@ class StopTriggered(EventData):
     quantity: Decimal
 
 
+# Not published yet: clm (the issue on the other three services) publishes it after retraining.
 class ModelTrained(EventData):
     """A model was trained and evaluated; not yet serving."""
 
@@ -157,6 +159,8 @@ class ModelTrained(EventData):
     trained_at: datetime
 
 
+# Not published yet: clm (the issue on the other three services) publishes a promotion, and
+# eventbus-bridge's webhooks forward it.
 class ModelPromoted(EventData):
     """A trained model now serves predictions."""
 
@@ -189,7 +193,8 @@ class EventSpec:
 
 
 class Catalogue:
-    """Look-ups over a set of `EventSpec`s, by type, by stream and by data model."""
+    """Look-ups over a set of `EventSpec`s, by type and by data model; each type, stream and
+    model is listed once."""
 
     def __init__(self, specs: list[EventSpec]) -> None:
         self._by_type: dict[str, EventSpec] = {}
@@ -221,13 +226,6 @@ class Catalogue:
             return self._by_type[event_type]
         except KeyError:
             raise UnknownEventType(f"unknown event type {event_type!r}") from None
-
-    def spec_for_stream(self, stream: str) -> EventSpec:
-        """The spec of the event type carried by `stream`."""
-        try:
-            return self._by_stream[stream]
-        except KeyError:
-            raise UnknownEventType(f"no event type is carried by stream {stream!r}") from None
 
     def spec_for_model(self, model: type[EventData]) -> EventSpec:
         """The spec whose data model is `model`."""

@@ -4,6 +4,7 @@
     app = service.app                       # FastAPI: observability, health, lifespan
     service.subscribe(OrderFilled, on_fill) # consumer group "risk-safety"
     service.background("refresh", loop)     # a named, supervised task
+    service.provide(guard)                  # routes: Depends(provided(RiskGuard))
 
     if __name__ == "__main__":
         service.run()                       # uvicorn on PORT (default from the port table)
@@ -25,7 +26,7 @@ from ._catalogue import (
     service_spec,
     url_variable,
 )
-from ._service import Resources, Service, resources_of
+from ._service import NotProvided, Resources, Service, provided, resources_of
 from ._settings import PORTS, ServiceSettings, service_url
 from ._wire import Price, Quantity
 
@@ -35,6 +36,7 @@ __all__ = [
     "PORTS",
     "SERVICES",
     "AccessSettings",
+    "NotProvided",
     "Price",
     "Quantity",
     "Resources",
@@ -43,6 +45,7 @@ __all__ = [
     "ServiceSettings",
     "ServiceSpec",
     "UnknownServiceError",
+    "provided",
     "public",
     "resources_of",
     "service_spec",

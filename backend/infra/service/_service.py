@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import httpx
 import uvicorn
@@ -40,32 +40,90 @@ from ._settings import ServiceSettings
 from ._supervisor import Supervisor
 from ._unavailable import install_database_handler
 
+if TYPE_CHECKING:
+    # Imported for their types only: a service built without the bus or the database never
+    # imports redis or SQLAlchemy's async machinery.
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from backend.infra.eventbus import Event, EventConsumer, EventData, EventPublisher
+
 T = TypeVar("T")
+DataT = TypeVar("DataT", bound="EventData")
 Hook = Callable[["Resources"], Awaitable[None]]
 
 
-@dataclass
+class NotProvided(LookupError):
+    """A route asked for an object its service never provided (an assembly mistake)."""
+
+
 class Resources:
-    """What a service's handlers use: its bus, its database and an HTTP client."""
+    """What a service's handlers use: its bus, its database, an HTTP client and the objects
+    the service provided (its core object), each with its own type."""
 
-    name: str
-    settings: ServiceSettings
-    redis: Any = None
-    publisher: Any = None
-    engine: Any = None
-    sessions: Any = None
-    http: httpx.AsyncClient | None = None
-    """Sends the service's bearer token to sibling services (never to other hosts)."""
-    consumer: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, name: str, settings: ServiceSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.http: httpx.AsyncClient | None = None
+        """Sends the service's bearer token to sibling services (never to other hosts)."""
+        self.consumer: EventConsumer | None = None
+        """The service's consumer group, once started (None before, or without handlers)."""
+        self._redis: Redis | None = None
+        self._publisher: EventPublisher | None = None
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._provided: dict[type[Any], object] = {}
 
-    def session(self) -> AbstractAsyncContextManager[Any]:
+    @property
+    def redis(self) -> Redis:
+        """The bus's Redis client (a service built with `eventbus=True`, once started)."""
+        return _present(self._redis, self.name, "the event bus")
+
+    @property
+    def publisher(self) -> EventPublisher:
+        """Publishes events as this service (a service built with `eventbus=True`)."""
+        return _present(self._publisher, self.name, "the event bus")
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The database engine (a service built with `database=True`, once started)."""
+        return _present(self._engine, self.name, "a database")
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """The database session factory (a service built with `database=True`)."""
+        return _present(self._sessions, self.name, "a database")
+
+    def session(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A unit of work: commit on success, roll back on error."""
         from backend.infra.db import session_scope
 
-        if self.sessions is None:
-            raise RuntimeError(f"{self.name} was built without a database")
         return session_scope(self.sessions)
+
+    def provide(self, obj: T, as_type: type[T] | None = None) -> T:
+        """Make `obj` what `provided(as_type)` hands to routes (by default, `provided` of its
+        own class); one object per type. Returns `obj`."""
+        kind: type[Any] = type(obj) if as_type is None else as_type
+        if not isinstance(obj, kind):
+            raise TypeError(f"{self.name}: a {type(obj).__name__} is not a {kind.__name__}")
+        if kind in self._provided:
+            raise ValueError(f"{self.name} already provides a {kind.__name__}")
+        self._provided[kind] = obj
+        return obj
+
+    def provided(self, kind: type[T]) -> T:
+        """The object provided as `kind`; `NotProvided` if the service provided none."""
+        try:
+            obj = self._provided[kind]
+        except KeyError:
+            raise NotProvided(f"{self.name} provides no {kind.__name__}") from None
+        return cast(T, obj)  # `provide` checked it is an instance of `kind`
+
+
+def _present(value: T | None, service: str, what: str) -> T:
+    if value is None:
+        raise RuntimeError(f"{service} was built without {what}, or is not started yet")
+    return value
 
 
 class Service:
@@ -95,7 +153,7 @@ class Service:
         self._database = database
         self._eventbus = eventbus
         self._consume_from = consume_from
-        self._subscriptions: list[tuple[type[Any], Callable[[Any], Awaitable[object]]]] = []
+        self._subscriptions: list[Callable[[EventConsumer], None]] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._background: list[tuple[str, Hook]] = []
@@ -130,11 +188,20 @@ class Service:
         if self._startup_error is not None:
             raise RuntimeError(self._startup_error)
 
-    def subscribe(self, model: type[T], handler: Callable[[Any], Awaitable[object]]) -> None:
+    def subscribe(
+        self, model: type[DataT], handler: Callable[[Event[DataT]], Awaitable[object]]
+    ) -> None:
         """Handle events of `model`'s type in this service's consumer group."""
         if not self._eventbus:
             raise RuntimeError(f"{self.name} was built without the event bus")
-        self._subscriptions.append((model, handler))
+        # Kept as a closure so the pairing of model and handler stays checked: the consumer
+        # does not exist until start-up.
+        self._subscriptions.append(lambda consumer: consumer.subscribe(model, handler))
+
+    def provide(self, obj: T, as_type: type[T] | None = None) -> T:
+        """Register the service's core object for its routes, which declare it with
+        `Annotated[OrderDesk, Depends(provided(OrderDesk))]`; returns `obj`."""
+        return self.resources.provide(obj, as_type)
 
     def on_startup(self, hook: Hook) -> Hook:
         """Run `hook(resources)` once the bus and database are up (decorator)."""
@@ -184,9 +251,9 @@ class Service:
 
             redis_url = resolve_redis_url()
             redis_target = describe_redis(redis_url)
-            r.redis = create_redis_client(redis_url)
-            r.publisher = EventPublisher(r.redis, source=self.name)
-            add_readiness_check(app, redis_readiness_check(r.redis, target=redis_url))
+            r._redis = create_redis_client(redis_url)
+            r._publisher = EventPublisher(r._redis, source=self.name)
+            add_readiness_check(app, redis_readiness_check(r._redis, target=redis_url))
         if self._database:
             from backend.infra.db import (
                 create_engine,
@@ -195,9 +262,9 @@ class Service:
                 load_database_settings,
             )
 
-            r.engine = create_engine(load_database_settings(self.name))
-            r.sessions = create_session_factory(r.engine)
-            add_readiness_check(app, database_readiness_check(r.engine))
+            r._engine = create_engine(load_database_settings(self.name))
+            r._sessions = create_session_factory(r._engine)
+            add_readiness_check(app, database_readiness_check(r._engine))
         # Start-up work that needs the database or Redis runs in a task that retries, so the
         # process serves /health (503, naming what is missing) while a dependency is down.
         self._supervisor.start("startup", self._bootstrap, restart=True)
@@ -217,12 +284,12 @@ class Service:
         attempt = 0
         while True:
             try:
-                if r.engine is not None:
+                if r._engine is not None:
                     from backend.infra.db import migrate
 
-                    await migrate(r.engine)
-                    if r.redis is not None:
-                        await check_database_matches_bus(self.name, r.engine, r.redis)
+                    await migrate(r._engine)
+                    if r._redis is not None:
+                        await check_database_matches_bus(self.name, r._engine, r._redis)
                 for hook in self._startup:
                     await hook(r)
                 break
@@ -247,8 +314,8 @@ class Service:
                 idempotency=Idempotency(r.redis, scope=self.name),
                 start_from=self._consume_from,
             )
-            for model, handler in self._subscriptions:
-                consumer.subscribe(model, handler)
+            for subscribe in self._subscriptions:
+                subscribe(consumer)
             r.consumer = consumer
             await consumer.start()
         for name, loop in self._background:
@@ -279,10 +346,10 @@ class Service:
                 self.logger.exception("shutdown hook failed", hook=getattr(hook, "__name__", "?"))
         if r.http is not None:
             await r.http.aclose()
-        if r.redis is not None:
-            await r.redis.aclose()
-        if r.engine is not None:
-            await r.engine.dispose()
+        if r._redis is not None:
+            await r._redis.aclose()
+        if r._engine is not None:
+            await r._engine.dispose()
         self.logger.info("service stopped")
         shutdown_observability()
 
@@ -319,3 +386,19 @@ def _bind(loop: Hook, resources: Resources) -> Callable[[], Awaitable[None]]:
 def resources_of(request: Request) -> Resources:
     """FastAPI dependency: the service's resources."""
     return request.app.state.resources  # type: ignore[no-any-return]
+
+
+@functools.cache
+def provided(kind: type[T]) -> Callable[[Request], T]:
+    """FastAPI dependency on the object the service provided as `kind` (`Service.provide`).
+
+        Desk = Annotated[OrderDesk, Depends(provided(OrderDesk))]
+
+    The same `kind` always gives the same dependency, so `app.dependency_overrides` works.
+    """
+
+    def dependency(request: Request) -> T:
+        return resources_of(request).provided(kind)
+
+    dependency.__name__ = f"provided_{kind.__name__}"
+    return dependency

@@ -7,6 +7,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from .otlp import OtlpSpan, decode_spans
+
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 
@@ -30,15 +32,6 @@ class StoredSpan:
         return (self.end_ns - self.start_ns) / 1e6
 
 
-def _value(v: Any) -> Any:
-    which = v.WhichOneof("value")
-    if which == "array_value":
-        return [_value(x) for x in v.array_value.values]
-    if which == "kvlist_value":
-        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
-    return getattr(v, which) if which else None
-
-
 class TraceStore:
     """Spans grouped by trace, the `max_traces` most recently updated kept."""
 
@@ -49,36 +42,7 @@ class TraceStore:
         self.received_spans = 0
 
     def add_otlp(self, payload: bytes) -> int:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-        )
-
-        request = ExportTraceServiceRequest.FromString(payload)
-        spans = []
-        for rs in request.resource_spans:
-            resource = {kv.key: _value(kv.value) for kv in rs.resource.attributes}
-            service = str(resource.get("service.name", "unknown"))
-            for ss in rs.scope_spans:
-                for s in ss.spans:
-                    spans.append(
-                        StoredSpan(
-                            trace_id=s.trace_id.hex(),
-                            span_id=s.span_id.hex(),
-                            parent_span_id=s.parent_span_id.hex(),
-                            name=s.name,
-                            kind=KINDS.get(s.kind, str(s.kind)),
-                            service=service,
-                            start_ns=s.start_time_unix_nano,
-                            end_ns=s.end_time_unix_nano,
-                            attributes={kv.key: _value(kv.value) for kv in s.attributes},
-                            error=s.status.code == 2,
-                            links=[(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links],
-                            events=[
-                                (e.name, {kv.key: _value(kv.value) for kv in e.attributes})
-                                for e in s.events
-                            ],
-                        )
-                    )
+        spans = [_stored(span) for span in decode_spans(payload)]
         self.add(spans)
         return len(spans)
 
@@ -111,6 +75,23 @@ class TraceStore:
             if len(out) >= limit:
                 break
         return out
+
+
+def _stored(span: OtlpSpan) -> StoredSpan:
+    return StoredSpan(
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent_span_id=span.parent_span_id,
+        name=span.name,
+        kind=KINDS.get(span.kind, str(span.kind)),
+        service=str(span.resource.get("service.name", "unknown")),
+        start_ns=span.start_ns,
+        end_ns=span.end_ns,
+        attributes=span.attributes,
+        error=span.status_code == 2,
+        links=span.links,
+        events=span.events,
+    )
 
 
 def _matches(span: StoredSpan, query: str) -> bool:

@@ -53,10 +53,10 @@ async def _fill_ids(conn: AsyncConnection) -> list[str]:
 
 
 async def test_liquidity_is_added_empty_for_old_rows_and_dropped_again_keeping_the_rows(
-    any_url: str,
+    database_url: str,
 ) -> None:
     assert head_revision() == REVISION
-    engine = create_engine(DatabaseSettings(url=any_url))
+    engine = create_engine(DatabaseSettings(url=database_url))
     try:
         assert await migrate(engine, BEFORE) == BEFORE
         async with engine.begin() as conn:

@@ -14,12 +14,12 @@ def _sample(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def test_statement_durations_are_counted_by_operation(any_url: str) -> None:
-    system = "sqlite" if any_url.startswith("sqlite") else "postgresql"
+async def test_statement_durations_are_counted_by_operation(database_url: str) -> None:
+    system = "sqlite" if database_url.startswith("sqlite") else "postgresql"
     labels = {"system": system, "operation": "SELECT"}
     before = _sample("db_client_operation_duration_seconds_count", labels)
     errors_before = _sample("db_client_operation_errors_total", {**labels, "error": "query"})
-    engine = create_engine(DatabaseSettings(url=any_url))
+    engine = create_engine(DatabaseSettings(url=database_url))
     try:
         async with engine.connect() as conn:
             for _ in range(3):
@@ -35,9 +35,9 @@ async def test_statement_durations_are_counted_by_operation(any_url: str) -> Non
     )
 
 
-async def test_pool_gauges_follow_checked_out_connections(any_url: str) -> None:
-    name = f"pool-test-{id(any_url)}"
-    engine = create_engine(DatabaseSettings(url=any_url, service_name=name, pool_size=3))
+async def test_pool_gauges_follow_checked_out_connections(database_url: str) -> None:
+    name = f"pool-test-{id(database_url)}"
+    engine = create_engine(DatabaseSettings(url=database_url, service_name=name, pool_size=3))
     pool = {"pool": name}
     try:
         async with engine.connect() as conn:

@@ -35,8 +35,8 @@ def _diff(conn: Connection) -> list[object]:
     return list(compare_metadata(context, Base.metadata))
 
 
-async def test_up_down_up_leaves_the_schema_the_models_describe(any_url: str) -> None:
-    engine = create_engine(DatabaseSettings(url=any_url))
+async def test_up_down_up_leaves_the_schema_the_models_describe(database_url: str) -> None:
+    engine = create_engine(DatabaseSettings(url=database_url))
     try:
         assert await current_revision(engine) is None
         assert await migrate(engine) == head_revision()
@@ -56,8 +56,8 @@ async def test_up_down_up_leaves_the_schema_the_models_describe(any_url: str) ->
         await engine.dispose()
 
 
-async def test_concurrent_starts_migrate_once(any_url: str) -> None:
-    engines = [create_engine(DatabaseSettings(url=any_url)) for _ in range(3)]
+async def test_concurrent_starts_migrate_once(database_url: str) -> None:
+    engines = [create_engine(DatabaseSettings(url=database_url)) for _ in range(3)]
     try:
         results = await asyncio.gather(*(migrate(engine) for engine in engines))
         assert results == [head_revision()] * 3

@@ -19,6 +19,7 @@ from backend.infra.db import (
     session_scope,
 )
 from backend.infra.db.models import EquityPoint, FillRecord, OrderRecord
+from tests.support.factories import order_record
 
 
 def test_every_table_has_exactly_one_owning_service() -> None:
@@ -38,25 +39,16 @@ def test_idempotency_keys_are_unique() -> None:
 
 
 def _order(client_order_id: str, quantity: Decimal) -> OrderRecord:
-    return OrderRecord(
-        client_order_id=client_order_id,
-        symbol="BTCUSDT",
-        side="BUY",
-        order_type="LIMIT",
-        quantity=quantity,
-        limit_price=Decimal("0.1"),
-        time_in_force="GTC",
-        status="NEW",
-    )
+    return order_record(client_order_id, order_type="LIMIT", quantity=quantity, limit_price="0.1")
 
 
-async def test_decimals_and_timestamps_round_trip(any_url: str) -> None:
-    engine = create_engine(DatabaseSettings(url=any_url))
+async def test_decimals_and_timestamps_round_trip(database_url: str) -> None:
+    engine = create_engine(DatabaseSettings(url=database_url))
     try:
         await migrate(engine)
         sessions = create_session_factory(engine)
         # PostgreSQL keeps every digit; SQLite's NUMERIC keeps 15 significant digits.
-        if any_url.startswith("sqlite"):
+        if database_url.startswith("sqlite"):
             precise = Decimal("123456789.123456")
         else:
             precise = Decimal("123456789.123456789012345678")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -25,22 +24,15 @@ from backend.infra.db import (
 )
 from backend.infra.db.models import OrderRecord
 from backend.infra.observability import add_health_endpoints
-
-from .conftest import PrivateCluster, wait_until
+from tests.support.factories import order_record
+from tests.support.polling import eventually
+from tests.support.postgres import PrivateCluster
 
 UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
 
 
 def _order(client_order_id: str) -> OrderRecord:
-    return OrderRecord(
-        client_order_id=client_order_id,
-        symbol="BTCUSDT",
-        side="BUY",
-        order_type="MARKET",
-        quantity=Decimal("0.01"),
-        time_in_force="GTC",
-        status="NEW",
-    )
+    return order_record(client_order_id)
 
 
 async def _ready(app: FastAPI) -> tuple[int, dict[str, Any]]:
@@ -77,8 +69,8 @@ async def test_write_to_an_unreachable_database_raises_a_translated_error() -> N
     assert caught.value.__cause__ is not None, "the driver's error is chained"
 
 
-async def test_duplicate_client_order_id_is_an_integrity_violation(any_url: str) -> None:
-    engine = create_engine(DatabaseSettings(url=any_url))
+async def test_duplicate_client_order_id_is_an_integrity_violation(database_url: str) -> None:
+    engine = create_engine(DatabaseSettings(url=database_url))
     sessions = create_session_factory(engine)
     try:
         await migrate(engine)
@@ -93,7 +85,7 @@ async def test_duplicate_client_order_id_is_an_integrity_violation(any_url: str)
         await engine.dispose()
     assert count == 1, "the failed unit of work was rolled back"
     assert "client_order_id" in str(caught.value)
-    if any_url.startswith("postgresql"):
+    if database_url.startswith("postgresql"):
         assert caught.value.constraint == "uq_orders_client_order_id"
 
 
@@ -140,7 +132,7 @@ async def test_service_recovers_when_the_database_returns(private_cluster: Priva
         async def ready_again() -> bool:
             return (await _ready(app))[0] == 200
 
-        await wait_until(ready_again, timeout_s=15, interval_s=0.2)
+        await eventually(ready_again, timeout_s=15, interval_s=0.2)
         async with session_scope(sessions) as session:
             session.add(_order("qt-after"))
         async with session_scope(sessions) as session:

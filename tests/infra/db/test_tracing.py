@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -22,22 +21,17 @@ from backend.infra.db import (
 )
 from backend.infra.db.models import OrderRecord
 from backend.infra.observability import get_tracer
-
-from .conftest import PrivateCluster, asyncpg_dsn, wait_until
+from tests.support.factories import order_record
+from tests.support.polling import eventually
+from tests.support.postgres import PrivateCluster, asyncpg_dsn
 
 TRACEPARENT = re.compile(r"/\*traceparent='00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})'\*/")
 tracer = get_tracer("tests.infra.db")
 
 
 def _order(client_order_id: str) -> OrderRecord:
-    return OrderRecord(
-        client_order_id=client_order_id,
-        symbol="ETHUSDT",
-        side="SELL",
-        order_type="MARKET",
-        quantity=Decimal("1.5"),
-        time_in_force="IOC",
-        status="NEW",
+    return order_record(
+        client_order_id, symbol="ETHUSDT", side="SELL", quantity="1.5", time_in_force="IOC"
     )
 
 
@@ -46,8 +40,8 @@ def _client_spans(exporter: Any) -> list[Any]:
 
 
 @pytest.fixture
-async def engine(any_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(url=any_url, service_name="db-tests"))
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(DatabaseSettings(url=database_url, service_name="db-tests"))
     await migrate(engine)
     yield engine
     await engine.dispose()
@@ -147,7 +141,7 @@ async def test_postgresql_sees_the_traceparent_in_pg_stat_activity(
         with tracer.start_as_current_span("slow work") as parent:
             async with engine.connect() as conn:
                 running = asyncio.create_task(conn.execute(text("SELECT pg_sleep(0.6)")))
-                await wait_until(statement_is_running, timeout_s=5)
+                await eventually(statement_is_running, timeout_s=5)
                 await running
     finally:
         await observer.close()

@@ -22,9 +22,9 @@ from backend.infra.eventbus import (
     create_redis_client,
     redis_readiness_check,
 )
-from backend.infra.eventbus._embedded import free_port
 from backend.infra.observability import SpanKind, get_tracer
 from backend.infra.observability._health import run_check
+from tests.support.procs import free_port
 
 from .support import eventually, metric
 from .worker import fill

@@ -18,7 +18,7 @@ from backend.infra.eventbus import (
     OrderFilled,
     create_redis_client,
 )
-from backend.infra.eventbus._embedded import free_port
+from tests.support.procs import free_port
 
 from .support import eventually
 from .worker import fill

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import sys
-from decimal import Decimal
 from typing import Any
 
 from backend.infra.eventbus import (
@@ -27,18 +26,19 @@ from backend.infra.observability import (
     init_observability,
     shutdown_observability,
 )
+from tests.support.factories import fill_event
 
 
 def fill(n: int) -> OrderFilled:
-    return OrderFilled(
-        fill_id=f"F{n}",
+    """The n-th of a run of fills, alike but for their ids and times."""
+    return fill_event(
+        f"F{n}",
+        "BUY",
+        "0.5",
+        "64000.10",
+        "3.20",
+        "BTC-USD",
         client_order_id=f"C{n}",
-        symbol="BTC-USD",
-        side="BUY",
-        quantity=Decimal("0.5"),
-        price=Decimal("64000.10"),
-        fee=Decimal("3.20"),
-        liquidity="TAKER",
         ts_ms=1_700_000_000_000 + n,
     )
 

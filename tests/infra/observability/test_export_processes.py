@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.otlp import OtlpReceiver, ReceivedSpan
-from tests.support.procs import free_port, running, wait_until
+from backend.infra.traceview import OtlpSpan
+from tests.support.otlp import OtlpReceiver
+from tests.support.polling import wait_until
+from tests.support.procs import free_port, running
 
 SERVER, CLIENT = 2, 3
 
@@ -43,7 +45,7 @@ def get(port: int, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def by_name(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
+def by_name(spans: list[OtlpSpan], name: str) -> OtlpSpan:
     matches = [s for s in spans if s.name == name]
     assert matches, f"no span {name!r} in {[s.name for s in spans]}"
     return matches[0]
@@ -83,7 +85,7 @@ def test_one_trace_across_two_processes_over_http(receiver: OtlpReceiver, tmp_pa
         status, body = get(port_a, "/hop/1")
         assert status == 200 and json.loads(body)["downstream"] == {"n": 0}
 
-        def both_servers(spans: list[ReceivedSpan]) -> bool:
+        def both_servers(spans: list[OtlpSpan]) -> bool:
             services = {s.resource["service.name"] for s in spans if s.kind == SERVER}
             return {f"echo-{port_a}", f"echo-{port_b}"} <= services
 
@@ -106,7 +108,7 @@ def test_one_trace_across_two_processes_over_http(receiver: OtlpReceiver, tmp_pa
             lines = [json.loads(x) for x in proc_b.lines() if x.startswith("{")]
             return [x for x in lines if x.get("message") == "hop"]
 
-        (hop_line,) = wait_until(b_logged, what="B's log line")
+        (hop_line,) = wait_until(b_logged, 20, "B's log line", 0.05)
         assert hop_line["trace_id"] == a_server.trace_id
 
 
@@ -140,7 +142,7 @@ def test_every_stdout_line_is_json_including_uvicorns(
     ) as proc:
         get(port, "/hop/0")
         get(port, "/boom")
-        wait_until(lambda: any('"logger":"access"' in x for x in proc.lines()), what="access")
+        wait_until(lambda: any('"logger":"access"' in x for x in proc.lines()), 20, "access", 0.05)
     lines = [json.loads(x) for x in proc.lines() if x.strip()]
     loggers = {x["logger"] for x in lines}
     assert {"uvicorn.error", "access"} <= loggers
@@ -177,4 +179,4 @@ def test_a_dead_collector_costs_dropped_spans_not_requests(tmp_path: Path) -> No
             return sum(v for (n, _), v in values.items() if n == "otel_spans_dropped_total")
 
         # 300 requests x 2 spans each: everything that was not still queued got dropped.
-        wait_until(lambda: dropped() >= 600 - 64, what="drops to be counted")
+        wait_until(lambda: dropped() >= 600 - 64, 20, "drops to be counted", 0.05)

@@ -6,13 +6,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -33,24 +31,17 @@ from backend.infra.eventbus import (
 from backend.infra.observability import get_tracer
 from backend.infra.outbox import Outbox, OutboxConfigError, OutboxSettings
 from backend.infra.outbox._outbox import retry_delay_s
-from tests.infra.eventbus.support import eventually
+from tests.support.factories import fill_event
+from tests.support.metrics import metric
+from tests.support.polling import eventually
 
 FAST = OutboxSettings(publish_timeout_s=0.5, retry_backoff_s=0.05, retry_backoff_max_s=0.2)
 tracer = get_tracer(__name__)
 
 
 def fill(n: int) -> OrderFilled:
-    return OrderFilled(
-        fill_id=f"o-{n}-1",
-        client_order_id=f"o-{n}",
-        symbol="BTCUSDT",
-        side="BUY",
-        quantity=Decimal("0.5"),
-        price=Decimal("64000.10"),
-        fee=Decimal("0.032"),
-        liquidity="TAKER",
-        ts_ms=1_700_000_000_000 + n,
-    )
+    """The n-th of a run of fills, alike but for their ids and times."""
+    return fill_event(f"o-{n}-1", "BUY", "0.5", "64000.10", "0.032", ts_ms=1_700_000_000_000 + n)
 
 
 async def entries(client: Redis, settings: EventBusSettings, stream: str) -> list[dict[str, Any]]:
@@ -73,11 +64,6 @@ async def commit_traced(
             for item in items:
                 outbox.add(session, item)
     return f"{span.get_span_context().trace_id:032x}"
-
-
-def metric(name: str, source: str) -> float:
-    value = REGISTRY.get_sample_value(name, {"source": source})
-    return value or 0.0
 
 
 @pytest.fixture
@@ -177,9 +163,9 @@ async def test_a_redis_outage_after_the_commit_delays_events_and_loses_none(
             )
             assert await outbox.publish_pending() == 0  # the relay owns it now
         assert outbox.failing
-        await eventually(lambda: metric("outbox_pending_events", source) == 10, 5, "gauge")
-        assert metric("outbox_oldest_pending_age_seconds", source) > 0
-        assert metric("outbox_publish_failures_total", source) >= 1
+        await eventually(lambda: metric("outbox_pending_events", source=source) == 10, 5, "gauge")
+        assert metric("outbox_oldest_pending_age_seconds", source=source) > 0
+        assert metric("outbox_publish_failures_total", source=source) >= 1
         assert any(r.last_error and r.attempts for r in await rows(sessions))
 
         own_redis.start()  # same port and data: what was published before is still there
@@ -189,8 +175,8 @@ async def test_a_redis_outage_after_the_commit_delays_events_and_loses_none(
 
         await eventually(all_published, 20, "the relay to publish the backlog")
         assert not outbox.failing
-        assert metric("outbox_pending_events", source) == 0
-        assert metric("outbox_oldest_pending_age_seconds", source) == 0
+        assert metric("outbox_pending_events", source=source) == 0
+        assert metric("outbox_oldest_pending_age_seconds", source=source) == 0
 
         fills = await entries(client, settings, "order.filled")
         accepted = await entries(client, settings, "order.accepted")

@@ -14,7 +14,6 @@ echoes no huge input and holds no secret.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import re
@@ -33,15 +32,8 @@ from hypothesis import strategies as st
 from backend.infra.service import SERVICES, Service
 from backend.infra.service._auth import effective_routes
 from backend.infra.service._errors import validation_error_body
-from tests.microservices.conftest import (  # the harness and its fixtures
-    API_TOKEN,
-    ServiceHarness,
-    harness,  # noqa: F401
-    prefix,  # noqa: F401
-    redis_url,  # noqa: F401
-    wait_for,
-)
-from tests.support.postgres import scratch_database
+from tests.support.inprocess import API_TOKEN, ServiceHarness
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICE_MODULES = sorted(
@@ -124,13 +116,12 @@ PATH_VALUES: dict[str, str] = {
 QUERY_VALUES: dict[str, str] = {**PATH_VALUES, "empty": ""}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def walk(
-    request: pytest.FixtureRequest,
-    harness: ServiceHarness,  # noqa: F811 (the fixture imported above)
+    harness_database: ServiceHarness,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-) -> Iterator[ServiceHarness]:
+) -> ServiceHarness:
     """The harness, on SQLite or a fresh PostgreSQL database (which refuses some text SQLite
     stores), plus what lets every service start quickly and alone."""
     monkeypatch.setenv("RISK_APPROVAL_SECRET", APPROVAL_SECRET)
@@ -139,20 +130,7 @@ def walk(
     # Siblings are nowhere: a service that calls one gets a refused connection, at once.
     for spec in SERVICES:
         monkeypatch.setenv(spec.url_variable, "http://127.0.0.1:9")
-    if request.param == "sqlite":
-        yield harness
-        return
-    # One loop for both ends: asyncio.run would finalise the context (drop the database) early.
-    loop = asyncio.new_event_loop()
-    database = scratch_database("qt_hostile")
-    url = loop.run_until_complete(database.__aenter__())
-    monkeypatch.setenv("DATABASE_URL", url)
-    harness.database_url = url
-    try:
-        yield harness
-    finally:
-        loop.run_until_complete(database.__aexit__(None, None, None))
-        loop.close()
+    return harness_database
 
 
 class Route:
@@ -279,7 +257,7 @@ def _start(module: str, walk: ServiceHarness) -> Iterator[tuple[Service, TestCli
     with TestClient(service.app, headers=walk.auth_headers) as client:
         # Started, not necessarily ready: ai-engine is not ready until its model is loaded,
         # and the routes must hold whatever state the service is in.
-        wait_for(
+        wait_until(
             lambda: client.get("/health/ready").json()["checks"]["startup"]["ok"],
             60,
             f"{service.name} to start",

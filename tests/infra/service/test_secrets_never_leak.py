@@ -11,10 +11,8 @@ each process's stdout and stderr, every OTLP export request as received (raw byt
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,9 +31,8 @@ from tests.acceptance.harness import (
     poll,
     services,
 )
-from tests.conftest import require_service
 from tests.support.otlp import OtlpReceiver
-from tests.support.postgres import admin_url, asyncpg_dsn
+from tests.support.postgres import scratch_databases
 from tests.support.procs import Proc, free_port
 
 REDIS_SECRET = f"redis-pw-{secrets.token_hex(12)}"
@@ -93,32 +90,11 @@ def redis_with_password(tmp: Path) -> Iterator[int]:
 @contextmanager
 def postgres_databases(count: int) -> Iterator[list[str]]:
     """Fresh PostgreSQL databases, as URLs carrying `PG_SECRET` (trust auth accepts any)."""
-    import asyncpg
-
-    admin = admin_url()
-    names = [f"qt_secrets_{uuid.uuid4().hex[:10]}" for _ in range(count)]
-
-    async def run(statements: list[str]) -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(admin), timeout=3)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    try:
-        asyncio.run(run([f'CREATE DATABASE "{name}"' for name in names]))
-    except (OSError, asyncpg.PostgresError) as exc:
-        require_service(False, f"PostgreSQL at {make_url(admin).host} unreachable: {exc!r}")
-    try:
+    with scratch_databases(count, "qt_secrets") as urls:
         yield [
-            make_url(admin)
-            .set(database=name, password=PG_SECRET)
-            .render_as_string(hide_password=False)
-            for name in names
+            make_url(url).set(password=PG_SECRET).render_as_string(hide_password=False)
+            for url in urls
         ]
-    finally:
-        asyncio.run(run([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in names]))
 
 
 def _process(name: str, tmp: Path, env: dict[str, str], label: str) -> tuple[Proc, str]:

@@ -18,10 +18,7 @@ from backend.infra.eventbus import (
     OrderFilled,
     create_redis_client,
 )
-from tests.infra.eventbus.conftest import prefix, redis_url
 from tests.support.procs import free_port
-
-__all__ = ["prefix", "redis_url"]
 
 ROOT = Path(__file__).resolve().parents[3]
 

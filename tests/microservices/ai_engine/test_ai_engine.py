@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +27,12 @@ from backend.trading.model import (
     simulate_prices,
     train_initial_model,
 )
-from microservices.ai_engine.registry import load_artifact, register
-from tests.acceptance.harness import base_env, http, json_lines, poll, redis_url, service
+from microservices.ai_engine.store import load_artifact, register
+from tests.acceptance.harness import base_env, http, json_lines, poll, service
 from tests.support.otlp import OtlpReceiver
-from tests.support.postgres import scratch_database
 from tests.support.procs import Proc, free_port
 
 SERVER = 2
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_url(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """One database several ai-engine processes share: a SQLite file, or a fresh PostgreSQL
-    database on `TEST_DATABASE_URL`'s server (dropped afterwards)."""
-    if request.param == "sqlite":
-        (tmp_path / "shared").mkdir()
-        yield f"sqlite+aiosqlite:///{tmp_path / 'shared' / 'registry.db'}"
-        return
-    async with scratch_database("qt_aitest") as url:
-        yield url
 
 
 async def stored_row(url: str, version: str) -> ModelVersion:
@@ -72,9 +52,9 @@ def messages(lines: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_the_first_model_is_trained_once_and_served_from_its_artifact_after_restart(
-    redis_server: str, tmp_path: Path
+    redis_url: str, tmp_path: Path
 ) -> None:
-    env = base_env(redis_server, None) | {"AI_TRAIN_STEPS": "3000", "AI_HOLD_BAND": "0"}
+    env = base_env(redis_url, None) | {"AI_TRAIN_STEPS": "3000", "AI_HOLD_BAND": "0"}
     prices = [f"{p:.2f}" for p in simulate_prices(seed=99, steps=40)]
 
     with service("ai-engine", tmp_path, env) as (proc, url):
@@ -114,10 +94,10 @@ async def test_the_first_model_is_trained_once_and_served_from_its_artifact_afte
     assert first["confidence"] == pytest.approx(expected.confidence, rel=1e-12)
 
 
-def test_predictions_are_traced_counted_and_validated(redis_server: str, tmp_path: Path) -> None:
+def test_predictions_are_traced_counted_and_validated(redis_url: str, tmp_path: Path) -> None:
     prices = [f"{p:.2f}" for p in simulate_prices(seed=5, steps=WINDOW)]
     with OtlpReceiver() as otlp:
-        env = base_env(redis_server, otlp.http_endpoint) | {"AI_TRAIN_STEPS": "3000"}
+        env = base_env(redis_url, otlp.http_endpoint) | {"AI_TRAIN_STEPS": "3000"}
         with service("ai-engine", tmp_path, env) as (proc, url):
             body = {"symbol": "ETHUSDT", "prices": prices, "source_id": "tick-1"}
             signal = http.post(f"{url}/predict", json=body).json()
@@ -194,9 +174,9 @@ def test_a_model_registered_before_stored_artifacts_loads_from_its_file(tmp_path
 
 
 async def test_a_second_replica_serves_the_registered_model_without_training_or_files(
-    redis_server: str, tmp_path: Path, database_url: str
+    redis_url: str, tmp_path: Path, database_url: str
 ) -> None:
-    env = base_env(redis_server, None) | {"AI_TRAIN_STEPS": "3000", "DATABASE_URL": database_url}
+    env = base_env(redis_url, None) | {"AI_TRAIN_STEPS": "3000", "DATABASE_URL": database_url}
     prices = [f"{p:.2f}" for p in simulate_prices(seed=11, steps=WINDOW)]
     body = {"symbol": "BTCUSDT", "prices": prices, "source_id": "tick-7"}
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
@@ -225,7 +205,7 @@ async def test_a_second_replica_serves_the_registered_model_without_training_or_
 
 
 async def test_a_tampered_artifact_is_refused_and_nothing_is_served(
-    redis_server: str, tmp_path: Path
+    redis_url: str, tmp_path: Path
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
     artifact = train_initial_model(3, steps=1_000)
@@ -244,7 +224,7 @@ async def test_a_tampered_artifact_is_refused_and_nothing_is_served(
         await engine.dispose()
 
     port = free_port()
-    env = base_env(redis_server, None) | {"DATABASE_URL": url, "PORT": str(port)}
+    env = base_env(redis_url, None) | {"DATABASE_URL": url, "PORT": str(port)}
     (tmp_path / "logs").mkdir()
     proc = Proc(["microservices/ai_engine/main.py"], env, tmp_path / "logs" / "ai-engine.log")
     try:
@@ -282,9 +262,9 @@ def _get(url: str) -> httpx.Response | None:
 
 
 async def test_a_newly_promoted_model_is_served_without_a_restart(
-    redis_server: str, tmp_path: Path
+    redis_url: str, tmp_path: Path
 ) -> None:
-    env = base_env(redis_server, None) | {"AI_TRAIN_STEPS": "3000", "AI_MODEL_REFRESH_S": "0.2"}
+    env = base_env(redis_url, None) | {"AI_TRAIN_STEPS": "3000", "AI_MODEL_REFRESH_S": "0.2"}
     prices = [f"{p:.2f}" for p in simulate_prices(seed=3, steps=WINDOW)]
     with service("ai-engine", tmp_path, env) as (_proc, url):
         first = httpx.get(f"{url}/models").json()["serving"]

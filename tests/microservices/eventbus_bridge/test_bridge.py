@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from backend.infra.eventbus import EventBusSettings, decode_entry
 from backend.trading.marketsim import load_sample_ticks, ticks_to_csv
-from tests.acceptance.harness import base_env, json_lines, poll, redis_url, service
+from tests.acceptance.harness import base_env, json_lines, poll, service
 from tests.support.otlp import OtlpReceiver
 
 PRODUCER = 4
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_url(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 def events(url: str, prefix: str, stream: str) -> list[Any]:
@@ -34,11 +26,11 @@ def events(url: str, prefix: str, stream: str) -> list[Any]:
 
 
 def test_replay_publishes_the_bundled_file_with_one_producer_span_per_tick(
-    redis_server: str, tmp_path: Path
+    redis_url: str, tmp_path: Path
 ) -> None:
     quotes = sorted(load_sample_ticks(), key=lambda q: q.ts_ms)
     with OtlpReceiver() as otlp:
-        env = base_env(redis_server, otlp.http_endpoint) | {
+        env = base_env(redis_url, otlp.http_endpoint) | {
             "FEED_MODE": "replay",
             "FEED_SPEEDUP": "200",
             "FEED_REPLAY_LOOP": "false",
@@ -47,14 +39,14 @@ def test_replay_publishes_the_bundled_file_with_one_producer_span_per_tick(
         prefix = env["EVENTBUS_PREFIX"]
         with service("eventbus-bridge", tmp_path, env) as (proc, url):
             ticks = poll(
-                lambda: (e := events(redis_server, prefix, "market.tick")) and len(e) >= 40 and e,
+                lambda: (e := events(redis_url, prefix, "market.tick")) and len(e) >= 40 and e,
                 20,
                 "replayed ticks",
             )
             got = [(t.data.symbol, t.data.last, t.data.ts_ms) for t in ticks[:40]]
             assert got == [(q.symbol, q.last, q.ts_ms) for q in quotes[:40]]
             assert all(t.source == "eventbus-bridge" and t.traceparent for t in ticks)
-            poll(lambda: len(events(redis_server, prefix, "market.tick")) == len(quotes), 10, "all")
+            poll(lambda: len(events(redis_url, prefix, "market.tick")) == len(quotes), 10, "all")
             # The sentinel: the feed logs that it finished after its last tick, and from then on
             # the stall watch checks nothing. A stall found at any earlier moment was counted in
             # the same step as it was found, so it shows in the metrics by now.
@@ -65,7 +57,7 @@ def test_replay_publishes_the_bundled_file_with_one_producer_span_per_tick(
             )
             metrics = httpx.get(f"{url}/metrics").text
             assert "feed_stalls_total{" not in metrics, "no stall was ever detected"
-            assert events(redis_server, prefix, "feed.stalled") == []
+            assert events(redis_url, prefix, "feed.stalled") == []
             assert httpx.get(f"{url}/health/ready").status_code == 200, "a finished replay is fine"
             assert 'feed_ticks_published_total{symbol="BTCUSDT"} 150.0' in metrics
             assert "feed_lag_seconds_count" in metrics
@@ -81,14 +73,14 @@ def test_replay_publishes_the_bundled_file_with_one_producer_span_per_tick(
     assert {s.name for s in producers} == {"send market.tick"}
 
 
-def test_a_silent_symbol_is_reported_as_a_stall(redis_server: str, tmp_path: Path) -> None:
+def test_a_silent_symbol_is_reported_as_a_stall(redis_url: str, tmp_path: Path) -> None:
     quotes = load_sample_ticks()
     first_eth = next(q for q in quotes if q.symbol == "ETHUSDT")
     # ETHUSDT ticks once, BTCUSDT keeps ticking.
     only_btc_after = [first_eth, *(q for q in quotes if q.symbol == "BTCUSDT")]
     csv = tmp_path / "ticks.csv"
     csv.write_text(ticks_to_csv(only_btc_after))
-    env = base_env(redis_server, None) | {
+    env = base_env(redis_url, None) | {
         "FEED_MODE": "replay",
         "FEED_CSV": str(csv),
         "FEED_SPEEDUP": "20",
@@ -96,7 +88,7 @@ def test_a_silent_symbol_is_reported_as_a_stall(redis_server: str, tmp_path: Pat
     }
     with service("eventbus-bridge", tmp_path, env) as (proc, url):
         (stall, *_) = poll(
-            lambda: events(redis_server, env["EVENTBUS_PREFIX"], "feed.stalled"), 15, "a stall"
+            lambda: events(redis_url, env["EVENTBUS_PREFIX"], "feed.stalled"), 15, "a stall"
         )
         assert stall.data.feed == "market-data" and stall.data.symbol == "ETHUSDT"
         assert stall.data.silent_ms > 1500
@@ -108,7 +100,7 @@ def test_a_silent_symbol_is_reported_as_a_stall(redis_server: str, tmp_path: Pat
         assert logged and logged[0]["symbol"] == "ETHUSDT"
     assert all(
         e.data.symbol == "ETHUSDT"
-        for e in events(redis_server, env["EVENTBUS_PREFIX"], "feed.stalled")
+        for e in events(redis_url, env["EVENTBUS_PREFIX"], "feed.stalled")
     )
 
 

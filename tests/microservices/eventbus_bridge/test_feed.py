@@ -5,15 +5,16 @@ from __future__ import annotations
 from itertools import islice
 
 from backend.trading.marketsim import load_sample_ticks
-from microservices.eventbus_bridge.feed import StallWatch, replay_steps, simulated_steps
-from microservices.eventbus_bridge.settings import BridgeSettings
+from microservices.eventbus_bridge.feed import StallWatch
+from microservices.eventbus_bridge.settings import EventbusBridgeSettings
+from microservices.eventbus_bridge.sources import replay_steps, simulated_steps
 
 
 def test_the_simulated_feed_is_deterministic_for_a_seed() -> None:
-    settings = BridgeSettings(FEED_SEED=3, FEED_RATE_HZ=4)
+    settings = EventbusBridgeSettings(FEED_SEED=3, FEED_RATE_HZ=4)
     first = list(islice(simulated_steps(settings, start_ms=0), 50))
     again = list(islice(simulated_steps(settings, start_ms=0), 50))
-    other = list(islice(simulated_steps(BridgeSettings(FEED_SEED=4), start_ms=0), 50))
+    other = list(islice(simulated_steps(EventbusBridgeSettings(FEED_SEED=4), start_ms=0), 50))
     assert first == again
     assert [s.quotes for s in first] != [s.quotes for s in other]
     assert all({q.symbol for q in s.quotes} == {"BTCUSDT", "ETHUSDT", "SOLUSDT"} for s in first)
@@ -21,8 +22,8 @@ def test_the_simulated_feed_is_deterministic_for_a_seed() -> None:
 
 
 def test_a_speed_up_moves_the_market_faster_not_the_tick_rate() -> None:
-    slow = list(islice(simulated_steps(BridgeSettings(FEED_SPEEDUP=1), start_ms=0), 3))
-    fast = list(islice(simulated_steps(BridgeSettings(FEED_SPEEDUP=60), start_ms=0), 3))
+    slow = list(islice(simulated_steps(EventbusBridgeSettings(FEED_SPEEDUP=1), start_ms=0), 3))
+    fast = list(islice(simulated_steps(EventbusBridgeSettings(FEED_SPEEDUP=60), start_ms=0), 3))
     assert [s.delay_s for s in slow] == [s.delay_s for s in fast]
     assert fast[1].quotes[0].ts_ms - fast[0].quotes[0].ts_ms == 60 * 500
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -11,13 +11,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from microservices.execution.service import create_service
-from tests.microservices.conftest import ServiceHarness, wait_for
-from tests.support.postgres import scratch_database
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 from tests.support.riskstub import RiskStub, now_ms
 
 __all__ = [
     "RiskStub",
-    "any_database",
     "metric",
     "now_ms",
     "push",
@@ -37,19 +36,6 @@ def risk(monkeypatch: pytest.MonkeyPatch) -> Iterator[RiskStub]:
     monkeypatch.setenv("EXECUTION_RISK_LEASE_MS", "10000")
     yield stub
     stub.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def any_database(
-    request: pytest.FixtureRequest, harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[ServiceHarness]:
-    """The harness on its SQLite file, or on a fresh PostgreSQL database (dropped afterwards)."""
-    if request.param == "sqlite":
-        yield harness
-        return
-    async with scratch_database("qt_exectest") as url:
-        monkeypatch.setenv("DATABASE_URL", url)
-        yield ServiceHarness(harness.redis_url, harness.prefix, url)
 
 
 def push(client: TestClient, risk: RiskStub, state: str) -> Any:
@@ -73,7 +59,7 @@ def running(harness: ServiceHarness, *, open_: bool = True) -> Iterator[TestClie
     """execution via the harness; with `open_`, once it enforces a verified ACTIVE state."""
     with harness.run(create_service) as client:
         if open_:
-            wait_for(
+            wait_until(
                 lambda: risk_state(client)["accepts"] == "ALL",
                 what="execution to adopt the stub's ACTIVE state",
             )

@@ -6,14 +6,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.infra.db.conftest import PrivateCluster, private_cluster
-from tests.microservices.conftest import ServiceHarness, wait_for
+from tests.infra.db.conftest import private_cluster
 from tests.microservices.execution.conftest import RiskStub, running
 from tests.microservices.execution.test_execution import order, send_tick
 from tests.microservices.risk_safety.test_database_down import assert_database_503
-from tests.support.postgres import scratch_database
-
-__all__ = ["private_cluster"]
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
+from tests.support.postgres import PrivateCluster, scratch_database
 
 
 @pytest.fixture
@@ -26,6 +25,9 @@ async def cluster_database(
         yield url
 
 
+__all__ = ["private_cluster"]
+
+
 def test_every_write_answers_503_naming_the_database_then_works_again(
     harness: ServiceHarness, risk: RiskStub, cluster_database: str, private_cluster: PrivateCluster
 ) -> None:
@@ -36,7 +38,7 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
         assert resting.status_code == 201, resting.text
         private_cluster.stop()
         try:
-            wait_for(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
             assert_database_503(client.post("/orders", json=order("down-1")))
             assert_database_503(client.post("/orders/rest-1/cancel"))
             assert_database_503(client.post("/orders/cancel-all"))
@@ -45,6 +47,6 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
             # memory whatever the database does (HALTED means halted).
         finally:
             private_cluster.start()
-        wait_for(lambda: client.get("/health/ready").status_code == 200, 20, "ready again")
+        wait_until(lambda: client.get("/health/ready").status_code == 200, 20, "ready again")
         retried = client.post("/orders", json=order("down-1"))
         assert retried.status_code == 201, retried.text

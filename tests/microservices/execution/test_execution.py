@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -18,25 +17,16 @@ from backend.trading.types import (
     Symbol,
     TimeInForce,
 )
-from tests.microservices.conftest import ServiceHarness, wait_for
 from tests.microservices.execution.conftest import running
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+from tests.support.factories import market_tick, now_ms
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 
 def tick(
     symbol: str = "BTCUSDT", bid: str = "100.00", ask: str = "100.10", volume: str = "50"
 ) -> MarketTick:
-    return MarketTick(
-        symbol=symbol,
-        bid=Decimal(bid),
-        ask=Decimal(ask),
-        last=Decimal(bid),
-        volume=Decimal(volume),
-        ts_ms=now_ms(),
-    )
+    return market_tick(bid, ask, symbol, volume)
 
 
 def order(
@@ -97,7 +87,7 @@ def quoted(client: TestClient, symbol: str, bid: str) -> bool:
 def send_tick(harness: ServiceHarness, client: TestClient, **kwargs: str) -> None:
     t = tick(**kwargs)
     harness.publish(t)
-    wait_for(lambda: quoted(client, t.symbol, str(t.bid)), what=f"quote {t.bid}")
+    wait_until(lambda: quoted(client, t.symbol, str(t.bid)), what=f"quote {t.bid}")
 
 
 def test_market_order_fills_at_the_quote_and_is_persisted_and_published(
@@ -148,7 +138,7 @@ def test_order_filled_carries_the_fill_sequence(harness: ServiceHarness) -> None
         sequences = [f["sequence"] for f in fills]
         assert sequences == sorted(sequences) and len(set(sequences)) == 2
 
-        filled = wait_for(
+        filled = wait_until(
             lambda: len(f := harness.published("order.filled")) == 2 and f,
             what="two order.filled events",
         )
@@ -243,7 +233,7 @@ def test_a_limit_order_rests_then_fills_on_a_crossing_tick_linked_to_the_order_t
         )
 
         harness.publish(tick(bid="98.50", ask="98.90"))
-        filled = wait_for(
+        filled = wait_until(
             lambda: (o := client.get("/orders/lim-1").json())["status"] == "FILLED" and o,
             what="the resting order to fill",
         )
@@ -318,7 +308,7 @@ def test_a_restart_rebuilds_balances_reservations_and_working_orders(
         assert Decimal(held["quantity"]) - Decimal(held["available"]) == 1
 
         harness.publish(tick(bid="101.50", ask="101.60"))
-        sold = wait_for(
+        sold = wait_until(
             lambda: (o := client.get("/orders/r-3").json())["status"] == "FILLED" and o,
             what="the restored sell order to fill",
         )

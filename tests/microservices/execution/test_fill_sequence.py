@@ -12,9 +12,10 @@ import asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.microservices.conftest import ServiceHarness
 from tests.microservices.execution.conftest import running
-from tests.microservices.execution.test_execution import order, send_tick, wait_for
+from tests.microservices.execution.test_execution import order, send_tick
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 POSTGRES_FAULT = (
     "CREATE FUNCTION qt_fail_fill() RETURNS trigger AS $$ BEGIN "
@@ -44,12 +45,12 @@ def execute(url: str, statements: tuple[str, ...]) -> None:
 
 
 def test_a_failed_fill_write_leaves_no_hole_in_the_fill_sequence(
-    any_database: ServiceHarness,
+    harness_database: ServiceHarness,
 ) -> None:
-    url = any_database.database_url
+    url = harness_database.database_url
     postgres = url.startswith("postgresql")
-    with running(any_database) as client:
-        send_tick(any_database, client)
+    with running(harness_database) as client:
+        send_tick(harness_database, client)
         first = client.post("/orders", json=order("gap-1", quantity="1"))
         assert first.status_code == 201, first.text
 
@@ -63,8 +64,8 @@ def test_a_failed_fill_write_leaves_no_hole_in_the_fill_sequence(
         sequences = [f["sequence"] for o in (first, third) for f in o.json()["fills"]]
         assert sequences == list(range(sequences[0], sequences[0] + len(sequences))), sequences
 
-        published = wait_for(
-            lambda: len(f := any_database.published("order.filled")) == len(sequences) and f,
+        published = wait_until(
+            lambda: len(f := harness_database.published("order.filled")) == len(sequences) and f,
             what="the order.filled events of the two written orders",
         )
         assert [e["sequence"] for e in published] == sequences

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.microservices.conftest import ServiceHarness
 from tests.microservices.execution.conftest import RiskStub, running
 from tests.support.halting import run_halt
+from tests.support.inprocess import ServiceHarness
 
 
 @pytest.mark.parametrize("mode", ["push", "poll"])

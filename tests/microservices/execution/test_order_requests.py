@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.microservices.conftest import ServiceHarness
 from tests.microservices.execution.conftest import running
 from tests.microservices.execution.test_execution import order, send_tick
+from tests.support.inprocess import ServiceHarness
 
 # Each field risk-safety judged, changed after the approval was signed for a MARKET BUY of 1.
 TAMPERED: list[tuple[str, dict[str, Any]]] = [
@@ -50,10 +50,10 @@ def test_a_limit_approval_does_not_cover_another_limit_price(harness: ServiceHar
 
 
 def test_a_reused_client_order_id_with_another_order_is_409_naming_the_fields(
-    any_database: ServiceHarness,
+    harness_database: ServiceHarness,
 ) -> None:
-    with running(any_database) as client:
-        send_tick(any_database, client)
+    with running(harness_database) as client:
+        send_tick(harness_database, client)
         first = client.post("/orders", json=order("idem-1"))
         assert first.status_code == 201
 
@@ -81,10 +81,10 @@ def test_a_reused_client_order_id_with_another_order_is_409_naming_the_fields(
 
 
 def test_the_same_order_again_returns_it_even_after_its_approval_expired(
-    any_database: ServiceHarness,
+    harness_database: ServiceHarness,
 ) -> None:
-    with running(any_database) as client:
-        send_tick(any_database, client)
+    with running(harness_database) as client:
+        send_tick(harness_database, client)
         body = order("idem-2", quantity="1.50", expires_in_ms=400)
         first = client.post("/orders", json=body)
         assert first.status_code == 201
@@ -95,7 +95,7 @@ def test_the_same_order_again_returns_it_even_after_its_approval_expired(
         # But not with a forged approval: the retry must still be risk-safety's order.
         forged = {**expired, "approval": {**expired["approval"], "token": "f" * 64}}
         assert client.post("/orders", json=forged).status_code == 403
-        assert len(any_database.published("order.submitted")) == 1
+        assert len(harness_database.published("order.submitted")) == 1
 
 
 HOSTILE: list[tuple[str, dict[str, Any]]] = [
@@ -132,10 +132,10 @@ HOSTILE: list[tuple[str, dict[str, Any]]] = [
 
 
 def test_hostile_order_bodies_are_422_naming_the_field_and_never_5xx(
-    any_database: ServiceHarness,
+    harness_database: ServiceHarness,
 ) -> None:
-    with running(any_database) as client:
-        send_tick(any_database, client)
+    with running(harness_database) as client:
+        send_tick(harness_database, client)
         for field, change in HOSTILE:
             body = {**order("hostile-1"), **change}
             response = client.post("/orders", json=body)

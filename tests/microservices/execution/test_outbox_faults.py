@@ -11,9 +11,10 @@ import pytest
 import redis
 
 from backend.infra.eventbus import CATALOGUE, EmbeddedRedis, EventBusSettings
-from tests.microservices.conftest import ServiceHarness, wait_for
 from tests.microservices.execution.conftest import running
 from tests.microservices.execution.test_execution import order, send_tick
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 
 def envelopes(harness: ServiceHarness, event_type: str) -> list[dict[str, Any]]:
@@ -55,7 +56,7 @@ def test_orders_placed_while_redis_is_down_publish_every_event_once_with_its_tra
             assert 'outbox_pending_events{source="execution"}' in client.get("/metrics").text
 
             server.start()
-            wait_for(
+            wait_until(
                 lambda: (
                     len(envelopes(own, "order.filled")) == 3
                     and len(envelopes(own, "order.canceled")) == 1

@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.trading.approval import sign_state
-from tests.microservices.conftest import ServiceHarness, wait_for
 from tests.microservices.execution.conftest import (
     RiskStub,
     metric,
@@ -19,6 +18,8 @@ from tests.microservices.execution.conftest import (
     running,
 )
 from tests.microservices.execution.test_execution import order, send_tick, tick
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 
 def status_of(client: TestClient, cid: str) -> dict[str, Any]:
@@ -70,10 +71,10 @@ def test_an_approval_issued_before_a_pushed_halt_is_refused_as_revoked(
 
 
 def test_a_pushed_halt_cancels_a_resting_buy_which_later_ticks_never_fill(
-    any_database: ServiceHarness, risk: RiskStub
+    harness_database: ServiceHarness, risk: RiskStub
 ) -> None:
-    with running(any_database) as client:
-        send_tick(any_database, client)
+    with running(harness_database) as client:
+        send_tick(harness_database, client)
         resting = client.post(
             "/orders", json=order("rest-1", order_type="LIMIT", limit_price="99.00")
         )
@@ -85,17 +86,17 @@ def test_a_pushed_halt_cancels_a_resting_buy_which_later_ticks_never_fill(
         assert canceled["status"] == "CANCELED"
         assert canceled["reason"] == "trading state HALTED (epoch 1)"
         assert Decimal(client.get("/account").json()["reserved_cash"]) == 0
-        wait_for(
+        wait_until(
             lambda: (
-                [e["client_order_id"] for e in any_database.published("order.canceled")]
+                [e["client_order_id"] for e in harness_database.published("order.canceled")]
                 == ["rest-1"]
             ),
             what="order.canceled through the outbox",
         )
 
-        cross_then_sentinel(any_database, client, ("98.00", "98.50"))
+        cross_then_sentinel(harness_database, client, ("98.00", "98.50"))
         assert status_of(client, "rest-1")["fills"] == []
-        assert any_database.published("order.filled") == []
+        assert harness_database.published("order.filled") == []
 
         # Pushing the same state again changes nothing.
         again = client.post("/risk/state", json=risk.push_body())
@@ -138,7 +139,7 @@ def test_while_halted_only_reduce_only_sells_are_accepted_and_filled(
         assert ro_sell.json()["status"] == "FILLED"
 
         send_tick(harness, client, bid="101.50", ask="101.60")
-        wait_for(lambda: status_of(client, "exit-1")["status"] == "FILLED", what="the exit")
+        wait_until(lambda: status_of(client, "exit-1")["status"] == "FILLED", what="the exit")
         assert client.get("/account").json()["holdings"][0]["quantity"] == "1"
         assert metric(client, "execution_risk_refusals_total", state="HALTED") == refusals + 3
         assert metric(client, "execution_risk_state", state="HALTED") == 1
@@ -154,7 +155,7 @@ def test_the_poller_alone_halts_execution_within_the_poll_interval(
         client.post("/orders", json=order("rest-p", order_type="LIMIT", limit_price="99.00"))
 
         risk.change("HALTED")  # no push: execution has to find out by itself
-        seen = wait_for(
+        seen = wait_until(
             lambda: (s := risk_state(client))["state"] == "HALTED" and s, what="the poll"
         )
         assert seen["epoch"] == 1 and seen["source"] == "poll"
@@ -162,7 +163,7 @@ def test_the_poller_alone_halts_execution_within_the_poll_interval(
         assert seen["adopted_at_ms"] - risk.changed_at_ms <= poll_ms + poll_timeout_ms
         # The adoption closes trading at once; the cancel of the working buy follows under the
         # desk's lock, so its status is read once that has run.
-        canceled = wait_for(
+        canceled = wait_until(
             lambda: (s := status_of(client, "rest-p"))["status"] == "CANCELED" and s,
             timeout_s=2.0,
             what="the working buy to be canceled",
@@ -184,7 +185,7 @@ def test_without_risk_safety_the_lease_lapses_and_only_reduce_only_orders_trade(
         client.post("/orders", json=exit_order)
 
         risk.failing = True  # risk-safety answers 503 from now on
-        lapsed = wait_for(
+        lapsed = wait_until(
             lambda: (s := risk_state(client))["lease_expired"] and s, what="the lease to lapse"
         )
         assert lapsed["state"] == "ACTIVE" and lapsed["accepts"] == "REDUCE_ONLY"
@@ -205,9 +206,9 @@ def test_without_risk_safety_the_lease_lapses_and_only_reduce_only_orders_trade(
 
         # Risk-safety back, still ACTIVE in the same epoch: the held buy matches again.
         risk.failing = False
-        wait_for(lambda: risk_state(client)["accepts"] == "ALL", what="the lease to renew")
+        wait_until(lambda: risk_state(client)["accepts"] == "ALL", what="the lease to renew")
         harness.publish(tick(bid="98.40", ask="98.50"))
-        wait_for(lambda: status_of(client, "frozen-buy")["status"] == "FILLED", what="the buy")
+        wait_until(lambda: status_of(client, "frozen-buy")["status"] == "FILLED", what="the buy")
 
 
 def test_execution_fails_closed_until_risk_safety_signs_its_state(
@@ -215,7 +216,7 @@ def test_execution_fails_closed_until_risk_safety_signs_its_state(
 ) -> None:
     risk.signed = False  # a risk-safety that serves no epoch or state_token
     with running(harness, open_=False) as client:
-        wait_for(lambda: risk.polls >= 2, what="two polls")
+        wait_until(lambda: risk.polls >= 2, what="two polls")
         state = risk_state(client)
         assert state["state"] is None and state["accepts"] == "REDUCE_ONLY"
         assert "no verified state" in state["blocker"]
@@ -228,7 +229,7 @@ def test_execution_fails_closed_until_risk_safety_signs_its_state(
         assert metric(client, "execution_risk_epoch") == -1
 
         risk.signed = True
-        wait_for(lambda: risk_state(client)["accepts"] == "ALL", what="the signed state")
+        wait_until(lambda: risk_state(client)["accepts"] == "ALL", what="the signed state")
         assert client.post("/orders", json=order("verified")).status_code == 201
 
 
@@ -255,7 +256,7 @@ def test_a_signed_state_is_adopted_only_with_a_higher_epoch(
             assert "execution enforces HALTED in epoch 5" in response.json()["detail"]
         assert risk_state(client)["state"] == "HALTED"
         # The stub still serves epoch 0: polls are stale and renew nothing.
-        wait_for(lambda: risk_state(client)["lease_expired"], 5, "the lease to lapse")
+        wait_until(lambda: risk_state(client)["lease_expired"], 5, "the lease to lapse")
         updates = "execution_risk_state_updates_total"
         assert metric(client, updates, source="poll", outcome="stale") > 0
         assert metric(client, updates, source="push", outcome="invalid") == invalid + 1
@@ -273,14 +274,14 @@ def test_a_signed_state_is_adopted_only_with_a_higher_epoch(
 
 
 def test_exposure_reads_holdings_working_orders_fills_and_received_ids_in_one_view(
-    any_database: ServiceHarness, risk: RiskStub
+    harness_database: ServiceHarness, risk: RiskStub
 ) -> None:
-    with running(any_database) as client:
+    with running(harness_database) as client:
         empty = client.get("/exposure").json()
         assert empty["fill_sequence"] == 0 and empty["holdings"] == {} and empty["working"] == []
         assert (empty["risk_state"], empty["risk_epoch"]) == ("ACTIVE", 0)
 
-        hold_btc(any_database, client, quantity="2")
+        hold_btc(harness_database, client, quantity="2")
         since = now_ms()
         client.post(
             "/orders",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -11,22 +10,15 @@ from pydantic import ValidationError
 
 from microservices.execution.service import create_service
 from microservices.execution.settings import ExecutionSettings
-from tests.microservices.conftest import ServiceHarness, wait_for
 from tests.microservices.execution.test_execution import order, send_tick
-from tests.support.postgres import scratch_database
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(
-    request: pytest.FixtureRequest, harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[str]:
-    """The harness's SQLite file, or a fresh PostgreSQL database on `TEST_DATABASE_URL`'s server."""
-    if request.param == "sqlite":
-        yield "sqlite"
-        return
-    async with scratch_database("qt_venuetest") as url:
-        monkeypatch.setenv("DATABASE_URL", url)
-        yield "postgresql"
+@pytest.fixture
+def database(harness_database: ServiceHarness) -> str:
+    """ "sqlite", then "postgresql": the harness on a SQLite file, then a fresh PostgreSQL one."""
+    return harness_database.database_url.split("+")[0]
 
 
 def numbers(value: Any) -> Any:
@@ -119,7 +111,7 @@ def test_persisted_fills_equal_the_venue_fills_exactly_and_survive_a_restart(
         assert [r.status_code for r in placed] == [201, 201, 201], [r.text for r in placed]
         stored = {f["fill_id"]: f for r in placed for f in r.json()["fills"]}
         # The published events carry the venue's in-memory fills; the API reads the database.
-        events = wait_for(
+        events = wait_until(
             lambda: len(e := harness.published("order.filled")) == 3 and e,
             what="three fills published",
         )

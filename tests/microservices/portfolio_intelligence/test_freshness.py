@@ -7,7 +7,6 @@ only move `marks_as_of_ms`. Checks of the stream run every FILLS_CHECK_INTERVAL_
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -17,19 +16,18 @@ from prometheus_client import REGISTRY
 
 from backend.infra.db import DatabaseError
 from backend.infra.eventbus import GroupMonitor, MarketTick, create_redis_client
-from backend.infra.eventbus._embedded import free_port
 from backend.trading.types import Fill
+from microservices.portfolio_intelligence.book import PortfolioBook
 from microservices.portfolio_intelligence.service import create_service
 from microservices.portfolio_intelligence.store import LedgerStore
-from tests.microservices.conftest import ServiceHarness, wait_for
+from tests.support.factories import fill_event, now_ms
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
+from tests.support.procs import free_port
 
-from .test_portfolio import booked, fill, portfolio
+from .test_portfolio import booked, portfolio
 
 D = Decimal
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @pytest.fixture(autouse=True)
@@ -54,12 +52,12 @@ def checked_since(since_ms: int) -> bool:
 def after_a_check(client: TestClient) -> dict[str, Any]:
     """GET /portfolio once a check has started after everything done so far was handled."""
     since = now_ms()
-    wait_for(lambda: checked_since(since), what="a check of the fill stream")
+    wait_until(lambda: checked_since(since), what="a check of the fill stream")
     return portfolio(client)
 
 
 def complete(client: TestClient) -> dict[str, Any]:
-    return wait_for(  # type: ignore[no-any-return]
+    return wait_until(  # type: ignore[no-any-return]
         lambda: not (p := portfolio(client))["fills"]["problems"] and p["as_of_ms"] > 0 and p,
         what="the portfolio to be known complete",
     )
@@ -74,8 +72,8 @@ def test_a_fill_whose_handler_fails_for_good_stops_as_of_ms_while_ticks_go_on(
     monkeypatch.setattr(LedgerStore, "book", always_fail)
     with harness.run(create_service) as client:
         complete(client)
-        harness.publish(fill("lost-1", "BUY", "1", "40000", "40", sequence=1))
-        stale = wait_for(
+        harness.publish(fill_event("lost-1", "BUY", "1", "40000", "40", sequence=1))
+        stale = wait_until(
             lambda: (p := portfolio(client))["fills"]["dead_letters"] >= 1 and p,
             what="the fill dead-lettered",
         )
@@ -85,7 +83,7 @@ def test_a_fill_whose_handler_fails_for_good_stops_as_of_ms_while_ticks_go_on(
         for n in range(5):
             harness.publish(tick(bid=str(40000 + n), ask=str(40001 + n)))
         last_tick_ms = now_ms()
-        wait_for(
+        wait_until(
             lambda: (
                 (portfolio(client)["marks_as_of_ms"] or 0) >= last_tick_ms - 1000
                 and portfolio(client)["positions"] == []
@@ -110,8 +108,8 @@ def test_a_venue_sequence_that_never_arrives_is_a_gap_and_the_portfolio_is_stale
 ) -> None:
     with harness.run(create_service) as client:
         complete(client)
-        harness.publish(fill("g-2", "BUY", "1", "100", "0.1", sequence=2))
-        wait_for(lambda: booked(client, 1), what="sequence 2 booked")
+        harness.publish(fill_event("g-2", "BUY", "1", "100", "0.1", sequence=2))
+        wait_until(lambda: booked(client, 1), what="sequence 2 booked")
         booked_ms = now_ms()
         p = after_a_check(client)
 
@@ -126,10 +124,10 @@ def test_a_venue_sequence_that_never_arrives_is_a_gap_and_the_portfolio_is_stale
         assert tuple(span.attributes["portfolio.fills.gaps"]) == (1,)
         assert tuple(span.attributes["portfolio.fills.problems"]) == ("gaps",)
 
-        harness.publish(fill("g-1", "BUY", "1", "100", "0.1", sequence=1))
-        wait_for(lambda: booked(client, 2), what="sequence 1 booked")
+        harness.publish(fill_event("g-1", "BUY", "1", "100", "0.1", sequence=1))
+        wait_until(lambda: booked(client, 2), what="sequence 1 booked")
         filled_ms = now_ms()
-        p = wait_for(
+        p = wait_until(
             lambda: (p := complete(client))["as_of_ms"] >= filled_ms and p,
             what="as_of_ms past the gap's repair",
         )
@@ -140,14 +138,16 @@ def test_with_every_fill_booked_as_of_ms_keeps_advancing_without_ticks(
     harness: ServiceHarness,
 ) -> None:
     with harness.run(create_service) as client:
-        harness.publish(*(fill(f"h{n}-1", "BUY", "1", "100", "0.1", sequence=n) for n in (1, 2, 3)))
-        wait_for(lambda: booked(client, 3), what="three fills booked")
+        harness.publish(
+            *(fill_event(f"h{n}-1", "BUY", "1", "100", "0.1", sequence=n) for n in (1, 2, 3))
+        )
+        wait_until(lambda: booked(client, 3), what="three fills booked")
         booked_ms = now_ms()
-        first = wait_for(
+        first = wait_until(
             lambda: (p := complete(client))["as_of_ms"] >= booked_ms and p,
             what="as_of_ms past the bookings",
         )
-        later = wait_for(
+        later = wait_until(
             lambda: (p := portfolio(client))["as_of_ms"] > first["as_of_ms"] and p,
             what="as_of_ms to advance",
         )
@@ -179,8 +179,8 @@ def test_a_fill_being_retried_is_pending_and_the_portfolio_is_fresh_once_it_is_b
     monkeypatch.setenv("EVENTBUS_MAX_DELIVERIES", "1000")
     monkeypatch.setattr(LedgerStore, "book", fail_until_released)
     with harness.run(create_service) as client:
-        harness.publish(fill("p-1", "BUY", "1", "100", "0.1", sequence=1))
-        stale = wait_for(
+        harness.publish(fill_event("p-1", "BUY", "1", "100", "0.1", sequence=1))
+        stale = wait_until(
             lambda: (p := portfolio(client))["fills"]["pending"] == 1 and p,
             what="the failing fill pending",
         )
@@ -212,8 +212,8 @@ def test_a_fill_in_memory_after_a_failed_write_and_rebuild_still_reaches_the_led
     monkeypatch.setattr(LedgerStore, "book", fail_first_booking)
     monkeypatch.setattr(LedgerStore, "ledger", fail_first_rebuild)
     with harness.run(create_service) as client:
-        harness.publish(fill("u-1", "BUY", "1", "100", "0.1", sequence=1))
-        wait_for(lambda: booked(client, 1), what="the fill in the ledger")
+        harness.publish(fill_event("u-1", "BUY", "1", "100", "0.1", sequence=1))
+        wait_until(lambda: booked(client, 1), what="the fill in the ledger")
         p = complete(client)
 
     assert calls["book"] == 2 and calls["ledger"] >= 3
@@ -225,11 +225,12 @@ def test_a_fill_in_memory_after_a_failed_write_and_rebuild_still_reaches_the_led
 def test_a_backlog_that_cannot_be_read_stops_as_of_ms(harness: ServiceHarness) -> None:
     with harness.run(create_service) as client:
         complete(client)
-        book = client.app.state.resources.extras["book"]  # type: ignore[attr-defined]
+        resources = client.app.state.resources  # type: ignore[attr-defined]
+        book = resources.provided(PortfolioBook)
         # Point the check at a closed port: a real refused connection, as when Redis is down.
         unreachable = create_redis_client(f"redis://127.0.0.1:{free_port()}/0")
         book._monitor = GroupMonitor(unreachable, "portfolio-intelligence", "order.filled")
-        p = wait_for(
+        p = wait_until(
             lambda: (p := portfolio(client))["fills"]["problems"] == ["backlog_unknown"] and p,
             what="the backlog unknown",
         )

@@ -17,34 +17,12 @@ from backend.infra.eventbus import EventBusSettings, MarketTick, OrderFilled
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
 from microservices.portfolio_intelligence.store import LedgerStore
-from tests.microservices.conftest import ServiceHarness, wait_for
+from tests.support.factories import fill_event
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 D = Decimal
 INITIAL = D(100_000)
-
-
-def fill(
-    fill_id: str,
-    side: str,
-    quantity: str,
-    price: str,
-    fee: str,
-    symbol: str = "BTCUSDT",
-    sequence: int | None = None,
-    liquidity: str = "TAKER",
-) -> OrderFilled:
-    return OrderFilled(
-        fill_id=fill_id,
-        client_order_id=fill_id.rsplit("-", 1)[0],
-        symbol=symbol,
-        side=side,  # type: ignore[arg-type]
-        quantity=D(quantity),
-        price=D(price),
-        fee=D(fee),
-        liquidity=liquidity,  # type: ignore[arg-type]
-        ts_ms=time.time_ns() // 1_000_000,
-        sequence=sequence,
-    )
 
 
 def booked(client: TestClient, count: int) -> bool:
@@ -57,15 +35,15 @@ def portfolio(client: TestClient) -> dict[str, Any]:
 
 def test_a_redelivered_fill_is_booked_once(harness: ServiceHarness) -> None:
     with harness.run(create_service) as client:
-        first = fill("o1-1", "BUY", "1", "100", "0.1")
+        first = fill_event("o1-1", "BUY", "1", "100", "0.1")
         harness.publish(first, event_id="evt-1")
         harness.publish(first, event_id="evt-1")  # the bus delivering the same event again
         harness.publish(first, event_id="evt-2")  # the producer publishing the fill twice
-        harness.publish(fill("o2-1", "BUY", "2", "100", "0.2"))
+        harness.publish(fill_event("o2-1", "BUY", "2", "100", "0.2"))
         # A sentinel on another symbol, published last: fills are handled one at a time in
         # stream order, so once its position update is out, every duplicate has been handled.
-        harness.publish(fill("s1-1", "BUY", "1", "2000", "0.2", symbol="ETHUSDT"))
-        wait_for(
+        harness.publish(fill_event("s1-1", "BUY", "1", "2000", "0.2", symbol="ETHUSDT"))
+        wait_until(
             lambda: any(u["symbol"] == "ETHUSDT" for u in harness.published("position.updated")),
             what="the sentinel's position update",
         )
@@ -82,9 +60,9 @@ def test_pnl_after_a_buy_and_a_partial_sell_matches_an_independent_computation(
 ) -> None:
     with harness.run(create_service) as client:
         harness.publish(
-            fill("b-1", "BUY", "2", "100.00", "0.20"),
-            fill("b-2", "BUY", "1", "106.00", "0.106"),
-            fill("s-1", "SELL", "1.5", "110.00", "0.165"),
+            fill_event("b-1", "BUY", "2", "100.00", "0.20"),
+            fill_event("b-2", "BUY", "1", "106.00", "0.106"),
+            fill_event("s-1", "SELL", "1.5", "110.00", "0.165"),
             MarketTick(
                 symbol="BTCUSDT",
                 bid=D("104.90"),
@@ -94,7 +72,7 @@ def test_pnl_after_a_buy_and_a_partial_sell_matches_an_independent_computation(
                 ts_ms=time.time_ns() // 1_000_000,
             ),
         )
-        wait_for(
+        wait_until(
             lambda: (
                 (p := portfolio(client))["positions"]
                 and p["positions"][0]["mark"] == "105.00"
@@ -125,7 +103,7 @@ def test_pnl_after_a_buy_and_a_partial_sell_matches_an_independent_computation(
 
 def test_the_portfolio_has_the_shape_risk_safety_reads(harness: ServiceHarness) -> None:
     with harness.run(create_service) as client:
-        p = wait_for(lambda: (p := portfolio(client))["as_of_ms"] > 0 and p, what="a first check")
+        p = wait_until(lambda: (p := portfolio(client))["as_of_ms"] > 0 and p, what="a first check")
     assert isinstance(p["as_of_ms"], int)
     assert abs(p["as_of_ms"] - time.time() * 1000) < 60_000
     assert p["marks_as_of_ms"] is None  # no tick and no fill yet
@@ -160,11 +138,11 @@ def test_the_portfolio_has_the_shape_risk_safety_reads(harness: ServiceHarness) 
 def test_a_restart_rebuilds_the_portfolio_from_the_ledger(harness: ServiceHarness) -> None:
     with harness.run(create_service) as client:
         harness.publish(
-            fill("r-1", "BUY", "2", "100", "0.2"),
-            fill("r-2", "SELL", "1", "120", "0.12", symbol="BTCUSDT"),
-            fill("r-3", "BUY", "5", "10", "0.05", symbol="ETHUSDT"),
+            fill_event("r-1", "BUY", "2", "100", "0.2"),
+            fill_event("r-2", "SELL", "1", "120", "0.12", symbol="BTCUSDT"),
+            fill_event("r-3", "BUY", "5", "10", "0.05", symbol="ETHUSDT"),
         )
-        wait_for(lambda: booked(client, 3), what="three fills booked")
+        wait_until(lambda: booked(client, 3), what="three fills booked")
         before = portfolio(client)
 
     with harness.run(create_service) as client:
@@ -176,8 +154,10 @@ def test_a_restart_rebuilds_the_portfolio_from_the_ledger(harness: ServiceHarnes
             ("ETHUSDT", D(5)),
         ]
         # The ledger still refuses the old fills after the restart.
-        harness.publish(fill("r-1", "BUY", "2", "100", "0.2"), fill("r-4", "SELL", "1", "121", "0"))
-        wait_for(lambda: booked(client, 4), what="the new fill booked")
+        harness.publish(
+            fill_event("r-1", "BUY", "2", "100", "0.2"), fill_event("r-4", "SELL", "1", "121", "0")
+        )
+        wait_until(lambda: booked(client, 4), what="the new fill booked")
         assert client.get("/fills").json()["count"] == 4
 
 
@@ -186,9 +166,11 @@ def test_the_equity_curve_and_performance_are_served(
 ) -> None:
     monkeypatch.setenv("EQUITY_SAMPLE_S", "0.05")
     with harness.run(create_service) as client:
-        harness.publish(fill("e-1", "BUY", "1", "100", "0"), fill("e-2", "SELL", "1", "101", "0"))
-        wait_for(lambda: booked(client, 2), what="fills booked")
-        curve = wait_for(
+        harness.publish(
+            fill_event("e-1", "BUY", "1", "100", "0"), fill_event("e-2", "SELL", "1", "101", "0")
+        )
+        wait_until(lambda: booked(client, 2), what="fills booked")
+        curve = wait_until(
             lambda: (c := client.get("/equity-curve").json())["count"] >= 3 and c,
             what="three equity points",
         )
@@ -214,7 +196,7 @@ VENUE_FILLS = [
 
 def venue_fills(symbol: str, first_sequence: int) -> list[OrderFilled]:
     return [
-        fill(f"{symbol}-{n}-1", side, qty, price, fee, symbol, sequence=first_sequence + n)
+        fill_event(f"{symbol}-{n}-1", side, qty, price, fee, symbol, sequence=first_sequence + n)
         for n, (side, qty, price, fee) in enumerate(VENUE_FILLS)
     ]
 
@@ -261,7 +243,7 @@ def test_fills_delivered_out_of_order_are_booked_in_the_venue_order(
     before = out_of_order_fills()
     with harness.run(create_service) as client:
         harness.publish(late[0], late[2], late[1], *in_order)  # sequence 2 after sequence 3
-        wait_for(lambda: booked(client, 6), what="six fills booked")
+        wait_until(lambda: booked(client, 6), what="six fills booked")
 
         assert position_of(client, "BTCUSDT") == expected
         assert position_of(client, "ETHUSDT") == expected
@@ -300,7 +282,7 @@ def test_a_fill_retried_after_a_failed_booking_is_booked_in_the_venue_order(
     before = out_of_order_fills()
     with harness.run(create_service) as client:
         harness.publish(*fills)
-        wait_for(lambda: booked(client, 3), what="three fills booked")
+        wait_until(lambda: booked(client, 3), what="three fills booked")
 
         assert failed == [fills[1].fill_id]
         booking_order = [f["sequence"] for f in client.get("/fills").json()["data"]][::-1]
@@ -340,10 +322,10 @@ def books(p: dict[str, Any]) -> tuple[object, ...]:
 
 
 def test_a_maker_fill_redelivered_after_a_restart_is_a_duplicate(harness: ServiceHarness) -> None:
-    maker = fill("m-1", "BUY", "1", "100", "0.05", sequence=1, liquidity="MAKER")
+    maker = fill_event("m-1", "BUY", "1", "100", "0.05", sequence=1, liquidity="MAKER")
     with harness.run(create_service) as client:
         harness.publish(maker, event_id="evt-1")
-        wait_for(lambda: booked(client, 1), what="the maker fill booked")
+        wait_until(lambda: booked(client, 1), what="the maker fill booked")
         assert client.get("/fills").json()["data"][0]["liquidity"] == "MAKER"
         before = books(portfolio(client))
 
@@ -351,12 +333,12 @@ def test_a_maker_fill_redelivered_after_a_restart_is_a_duplicate(harness: Servic
         dropped = duplicates()
         # The same fill under another event id: what a crash between commit and ack leaves.
         harness.publish(maker, event_id="evt-2")
-        wait_for(lambda: duplicates() == dropped + 1, what="the copy dropped as a duplicate")
+        wait_until(lambda: duplicates() == dropped + 1, what="the copy dropped as a duplicate")
         assert books(portfolio(client)) == before
         # A later fill is booked after it, and nothing went to the dead-letter stream.
-        harness.publish(fill("m-2", "SELL", "1", "101", "0.05", sequence=2), event_id="evt-3")
-        wait_for(lambda: booked(client, 2), what="the fill after it booked")
-        p = wait_for(lambda: not (p := portfolio(client))["fills"]["problems"] and p)
+        harness.publish(fill_event("m-2", "SELL", "1", "101", "0.05", sequence=2), event_id="evt-3")
+        wait_until(lambda: booked(client, 2), what="the fill after it booked")
+        p = wait_until(lambda: not (p := portfolio(client))["fills"]["problems"] and p)
         assert dead_letters(harness) == []
         assert p["fills"]["booked_sequence"] == 2 and p["fills"]["dead_letters"] == 0
 
@@ -368,10 +350,10 @@ def test_a_maker_fill_redelivered_after_a_restart_is_a_duplicate(harness: Servic
 def test_a_fill_booked_before_liquidity_was_kept_takes_a_copy_of_any_liquidity_as_a_duplicate(
     harness: ServiceHarness,
 ) -> None:
-    maker = fill("l-1", "BUY", "1", "100", "0.05", sequence=1, liquidity="MAKER")
+    maker = fill_event("l-1", "BUY", "1", "100", "0.05", sequence=1, liquidity="MAKER")
     with harness.run(create_service) as client:
         harness.publish(maker, event_id="evt-1")
-        wait_for(lambda: booked(client, 1), what="the fill booked")
+        wait_until(lambda: booked(client, 1), what="the fill booked")
     # What a row booked before revision 0006 looks like.
     with sqlite3.connect(harness.database_url.split("///", 1)[1]) as db:
         db.execute("UPDATE ledger_fills SET liquidity = NULL")
@@ -379,7 +361,7 @@ def test_a_fill_booked_before_liquidity_was_kept_takes_a_copy_of_any_liquidity_a
     with harness.run(create_service) as client:
         dropped = duplicates()
         harness.publish(maker, event_id="evt-2")
-        wait_for(lambda: duplicates() == dropped + 1, what="the copy dropped as a duplicate")
+        wait_until(lambda: duplicates() == dropped + 1, what="the copy dropped as a duplicate")
         assert client.get("/fills").json()["data"][0]["liquidity"] is None
         assert D(portfolio(client)["positions"][0]["quantity"]) == 1
 
@@ -390,18 +372,18 @@ def test_a_fill_with_a_booked_id_and_other_economics_is_a_conflict_after_a_resta
     monkeypatch.setenv("EVENTBUS_RETRY_BACKOFF_MS", "10")
     monkeypatch.setenv("EVENTBUS_RETRY_BACKOFF_MAX_MS", "40")
     with harness.run(create_service) as client:
-        harness.publish(fill("x-1", "BUY", "1", "100", "0.05", sequence=1), event_id="evt-1")
-        wait_for(lambda: booked(client, 1), what="the fill booked")
+        harness.publish(fill_event("x-1", "BUY", "1", "100", "0.05", sequence=1), event_id="evt-1")
+        wait_until(lambda: booked(client, 1), what="the fill booked")
         before = books(portfolio(client))
 
     with harness.run(create_service) as client:
         seen = conflicts()
-        harness.publish(fill("x-1", "BUY", "2", "100", "0.05", sequence=1), event_id="evt-2")
-        wait_for(lambda: len(dead_letters(harness)) == 1, what="the conflict dead-lettered")
+        harness.publish(fill_event("x-1", "BUY", "2", "100", "0.05", sequence=1), event_id="evt-2")
+        wait_until(lambda: len(dead_letters(harness)) == 1, what="the conflict dead-lettered")
         assert conflicts() > seen
         dead = dead_letters(harness)[0][1]
         assert b"ConflictingFill" in dead[b"error"] and b"quantity 1 != 2" in dead[b"error"]
-        p = wait_for(lambda: (p := portfolio(client))["fills"]["dead_letters"] == 1 and p)
+        p = wait_until(lambda: (p := portfolio(client))["fills"]["dead_letters"] == 1 and p)
         assert books(p) == before
         assert "dead_letters" in p["fills"]["problems"]
 
@@ -410,8 +392,8 @@ def test_a_position_update_is_committed_with_its_ledger_row_and_published_from_t
     harness: ServiceHarness,
 ) -> None:
     with harness.run(create_service) as client:
-        harness.publish(fill("ob-1", "BUY", "2", "100", "0.2"))
-        wait_for(lambda: harness.published("position.updated"), what="the position update")
+        harness.publish(fill_event("ob-1", "BUY", "2", "100", "0.2"))
+        wait_until(lambda: harness.published("position.updated"), what="the position update")
         assert client.get("/fills").json()["count"] == 1
     path = harness.database_url.split(":///", 1)[1]
     with sqlite3.connect(path) as db:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,14 +18,10 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.infra.eventbus import MarketTick
 from backend.trading.approval import DEVELOPMENT_SECRET, SignedState, verify_state
-from tests.microservices.conftest import ServiceHarness, wait_for
-from tests.support.postgres import scratch_database
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+from tests.support.factories import market_tick, now_ms
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 
 class JsonStub:
@@ -195,17 +191,10 @@ def execution(monkeypatch: pytest.MonkeyPatch) -> Iterator[ExecutionStub]:
     stub.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(
-    request: pytest.FixtureRequest, harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[str]:
-    """The harness's SQLite file, or a fresh PostgreSQL database on `TEST_DATABASE_URL`'s server."""
-    if request.param == "sqlite":
-        yield harness.database_url
-        return
-    async with scratch_database("qt_risktest") as url:
-        monkeypatch.setenv("DATABASE_URL", url)
-        yield url
+@pytest.fixture
+def database(harness_database: ServiceHarness) -> str:
+    """The harness's database: a SQLite file, then a fresh PostgreSQL database."""
+    return harness_database.database_url
 
 
 @pytest.fixture(autouse=True)
@@ -225,16 +214,7 @@ def tick(
     ts_ms: int | None = None,
 ) -> None:
     """Publish a quote and wait until risk-safety holds it."""
-    harness.publish(
-        MarketTick(
-            symbol=symbol,
-            bid=Decimal(bid),
-            ask=Decimal(ask),
-            last=Decimal(bid),
-            volume=Decimal(10),
-            ts_ms=now_ms() if ts_ms is None else ts_ms,
-        )
-    )
+    harness.publish(market_tick(bid, ask, symbol, volume="10", ts_ms=ts_ms))
 
     def held() -> bool:
         quotes = client.get("/state").json()["quotes"]
@@ -245,7 +225,7 @@ def tick(
             for q in quotes
         )
 
-    wait_for(held, 10, f"risk-safety to hold the {symbol} quote {bid}/{ask}")
+    wait_until(held, 10, f"risk-safety to hold the {symbol} quote {bid}/{ask}")
 
 
 def check(

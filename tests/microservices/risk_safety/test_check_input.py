@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microservices.risk_safety.service import create_service
-from tests.microservices.conftest import ServiceHarness
 from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, tick
+from tests.support.inprocess import ServiceHarness
 
 GOOD: dict[str, Any] = {
     "client_order_id": "in-1",

@@ -9,12 +9,11 @@ import pytest
 from httpx import Response
 
 from microservices.risk_safety.service import create_service
-from tests.infra.db.conftest import PrivateCluster, private_cluster
-from tests.microservices.conftest import ServiceHarness, wait_for
+from tests.infra.db.conftest import private_cluster
 from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, tick
-from tests.support.postgres import scratch_database
-
-__all__ = ["private_cluster"]
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
+from tests.support.postgres import PrivateCluster, scratch_database
 
 
 @pytest.fixture
@@ -25,6 +24,9 @@ async def cluster_database(
     async with scratch_database("qt_down", private_cluster.url) as url:
         monkeypatch.setenv("DATABASE_URL", url)
         yield url
+
+
+__all__ = ["private_cluster"]
 
 
 def assert_database_503(response: Response) -> None:
@@ -49,7 +51,7 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
         tick(harness, client)
         private_cluster.stop()
         try:
-            wait_for(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
             writes = {
                 "/check": lambda c: c.post(
                     "/check",
@@ -74,7 +76,7 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
             assert client.get("/state").json()["state"] == "ACTIVE"
         finally:
             private_cluster.start()
-        wait_for(lambda: client.get("/health/ready").status_code == 200, 20, "ready again")
+        wait_until(lambda: client.get("/health/ready").status_code == 200, 20, "ready again")
         assert (
             client.post("/kill-switch", json={"operator": "alice", "reason": "db back"}).json()[
                 "state"

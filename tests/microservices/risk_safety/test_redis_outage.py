@@ -10,13 +10,14 @@ import pytest
 
 from backend.infra.eventbus import EmbeddedRedis
 from microservices.risk_safety.service import create_service
-from tests.microservices.conftest import ServiceHarness, wait_for
 from tests.microservices.risk_safety.conftest import (
     ExecutionStub,
     PortfolioStub,
     check,
     tick,
 )
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 
 def test_a_kill_switch_during_a_redis_outage_answers_at_once_and_its_event_follows(
@@ -50,7 +51,7 @@ def test_a_kill_switch_during_a_redis_outage_answers_at_once_and_its_event_follo
             assert body["execution"]["acknowledged"]
             assert halt_s < 1.0, f"the kill switch took {halt_s:.2f} s"
             assert client.get("/state").json()["state"] == "HALTED"
-            wait_for(
+            wait_until(
                 lambda: (
                     'outbox_pending_events{source="risk-safety"} 2.0' in client.get("/metrics").text
                 ),
@@ -59,7 +60,7 @@ def test_a_kill_switch_during_a_redis_outage_answers_at_once_and_its_event_follo
             )
 
             server.start()  # same port and data
-            wait_for(
+            wait_until(
                 lambda: own.published("risk.state_changed") and own.published("risk.decision"),
                 10,
                 "the relay to publish the decision and the halt",

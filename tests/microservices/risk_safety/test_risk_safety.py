@@ -22,7 +22,6 @@ from backend.trading.approval import (
 )
 from backend.trading.types import ClientOrderId, OrderRequest, Side, Symbol
 from microservices.risk_safety.service import create_service
-from tests.microservices.conftest import ServiceHarness, wait_for
 from tests.microservices.risk_safety.conftest import (
     ExecutionStub,
     PortfolioStub,
@@ -31,6 +30,8 @@ from tests.microservices.risk_safety.conftest import (
     now_ms,
     tick,
 )
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 from tests.support.procs import free_port
 
 
@@ -237,7 +238,7 @@ def test_an_approval_counts_for_a_check_whose_exposure_was_read_before_execution
             target=lambda: late.update(check(client, "race-a", symbol="ETHUSDT", quantity="0.1"))
         )
         a.start()
-        wait_for(execution.exposure_held.is_set, 10, "check A to read the exposure")
+        wait_until(execution.exposure_held.is_set, 10, "check A to read the exposure")
         # ... then execution receives race-x, and check B (reading after that) is decided first.
         execution.work("race-x", "BUY", "0.9", symbol="ETHUSDT")
         assert check(client, "race-b", symbol="ETHUSDT", quantity="0.05")["approved"] is True
@@ -274,7 +275,7 @@ def test_an_expired_approval_no_longer_counts(
         first = check(client, "e-1", quantity="0.9")
         assert first["approved"] is True
         expires = first["approval"]["expires_ms"]
-        wait_for(lambda: now_ms() > expires, 5, "the approval to expire")
+        wait_until(lambda: now_ms() > expires, 5, "the approval to expire")
         tick(harness, client, bid="100", ask="100.01")
         assert check(client, "e-2", quantity="0.9")["approved"] is True
 
@@ -416,7 +417,7 @@ def test_a_portfolio_behind_executions_fills_for_longer_than_the_max_lag_is_stal
         # Behind, but not for long yet.
         assert check(client, "l-0", quantity="0.001")["approved"] is True
         n = iter(range(1, 10_000))
-        stale = wait_for(
+        stale = wait_until(
             lambda: (
                 (r := check(client, f"l-{next(n)}", quantity="0.001"))["reason"]
                 == "STALE_PORTFOLIO"
@@ -450,7 +451,7 @@ def test_the_kill_switch_reaches_execution_before_it_answers_and_before_the_stat
 
         halting = threading.Thread(target=halt)
         halting.start()
-        wait_for(lambda: execution.pushes, 10, "the push to reach execution")
+        wait_until(lambda: execution.pushes, 10, "the push to reach execution")
         # Execution is adopting HALTED; risk-safety does not show it yet.
         during = client.get("/state").json()
         assert (during["state"], during["epoch"]) == ("ACTIVE", 0)

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tests.acceptance.harness import StubServer, base_env, redis_url, service
+from tests.acceptance.harness import StubServer, base_env, service
 from tests.support.otlp import OtlpReceiver
 from tests.support.procs import Proc
 
@@ -107,12 +107,6 @@ def stub_app(state: Upstreams) -> FastAPI:
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_url(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def otlp() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as receiver:
         yield receiver
@@ -127,14 +121,14 @@ def stub_server() -> Iterator[tuple[Upstreams, StubServer]]:
 
 @pytest.fixture(scope="module")
 def bot(
-    redis: str,
+    redis_url: str,
     otlp: OtlpReceiver,
     stub_server: tuple[Upstreams, StubServer],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Bot]:
     """One trading-bot process for the module, wired to the stubs."""
     url = stub_server[1].url
-    env = base_env(redis, otlp.http_endpoint) | {
+    env = base_env(redis_url, otlp.http_endpoint) | {
         "AI_ENGINE_URL": url,
         "RISK_SAFETY_URL": url,
         "EXECUTION_URL": url,
@@ -144,7 +138,7 @@ def bot(
         "EVENTBUS_RETRY_BACKOFF_MS": "50",
     }
     with service("trading-bot", tmp_path_factory.mktemp("bot"), env) as (proc, base):
-        yield Bot(proc, base, env["EVENTBUS_PREFIX"], redis)
+        yield Bot(proc, base, env["EVENTBUS_PREFIX"], redis_url)
 
 
 @pytest.fixture

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from backend.infra.db import DatabaseSettings, create_engine, downgrade, migrate
 from backend.infra.db.models import BotDecision
-from tests.support.postgres import scratch_database
 
 BEFORE = "0003_outbox"
 # bot_decisions as revision 0003 left it: the reason and detail inside `features`.
 OLD_COLUMNS = ("symbol", "action", "confidence", "model_name", "model_version", "features")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A SQLite file, or a fresh PostgreSQL database on `TEST_DATABASE_URL`'s server."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
-        return
-    async with scratch_database("qt_bottest") as url:
-        yield url
 
 
 async def test_reason_and_detail_move_from_features_to_columns_and_back(database_url: str) -> None:

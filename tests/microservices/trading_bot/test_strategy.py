@@ -20,7 +20,7 @@ from backend.infra.eventbus import (
 from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
 from backend.trading.sizing import size_order
-from microservices.trading_bot.settings import BotSettings
+from microservices.trading_bot.settings import TradingBotSettings
 from tests.acceptance.harness import http, poll
 from tests.support.otlp import OtlpReceiver
 
@@ -85,7 +85,7 @@ async def test_an_approved_buy_becomes_one_order_with_a_deterministic_id(
     coid = client_order_id_for(signal_id("BTCUSDT", event_ids[-1]), "BTCUSDT")
     assert list(upstreams.orders) == [coid] == [decision["client_order_id"]]
     order = upstreams.orders[coid]
-    expected = size_order(Decimal(10_000), batch[-1].ask, 0.8, BotSettings().sizing)
+    expected = size_order(Decimal(10_000), batch[-1].ask, 0.8, TradingBotSettings().to_domain())
     assert Decimal(order["quantity"]) == expected.quantity > 0
     assert order["side"] == "BUY" and order["order_type"] == "MARKET"
     assert order["approval"]["decision_id"] == "d1"

@@ -1,21 +1,18 @@
-"""Fixtures for service tests: a real Redis, a key prefix and a SQLite file per test, a harness.
+"""A service run in-process (lifespan included) against one test's Redis prefix and database.
 
 Services under test get `QT_API_TOKEN` and the harness client sends it, like a caller that
-holds the deployment's token.
+holds the deployment's token. The `harness` fixture (in `tests.support.plugin`) builds one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import redis
 from fastapi.testclient import TestClient
 
@@ -27,9 +24,7 @@ from backend.infra.eventbus import (
     create_redis_client,
 )
 from backend.infra.service import Service
-from tests.infra.eventbus.conftest import prefix, redis_url
-
-__all__ = ["API_TOKEN", "ServiceHarness", "prefix", "redis_url"]
+from tests.support.polling import wait_until
 
 # One token for the test run; distinctive, so a test can search output for it.
 API_TOKEN = f"qt-test-token-{secrets.token_urlsafe(24)}"
@@ -60,7 +55,7 @@ class ServiceHarness:
         """
         service = factory()
         with TestClient(service.app, headers=self.auth_headers) as client:
-            wait_for(
+            wait_until(
                 lambda: client.get("/health/ready").status_code == 200,
                 timeout_s,
                 f"{service.name} to be ready",
@@ -95,29 +90,3 @@ class ServiceHarness:
         finally:
             client.close()
         return [orjson.loads(fields[b"event"])["data"] for _id, fields in entries]
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what or predicate}")
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def harness(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str, prefix: str, tmp_path: Path
-) -> ServiceHarness:
-    """Environment of one service test: its Redis prefix, its own SQLite file, fast polling."""
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
-    monkeypatch.setenv("REDIS_URL", redis_url)
-    monkeypatch.setenv("EVENTBUS_PREFIX", prefix)
-    monkeypatch.setenv("EVENTBUS_BLOCK_MS", "50")
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("QT_API_TOKEN", API_TOKEN)
-    return ServiceHarness(redis_url, prefix, database_url)

@@ -1,4 +1,5 @@
-"""The model registry: versions, stage, metrics and the artifact itself in `model_registry`.
+"""ai-engine persistence: the model registry (`model_registry`), each version with its stage,
+metrics and the artifact itself.
 
 The artifact is stored in its row as JSON text with its sha256, so every replica loads the same
 model from the database alone; loading it is parsing and validating data, never running code.
@@ -16,11 +17,49 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import ModelVersion
+from backend.infra.service import Resources
 from backend.trading.model import InvalidModelArtifact, artifact_from_json, artifact_to_json
 
 ACTIVE = "active"
 CANDIDATE = "candidate"
 RETIRED = "retired"
+
+
+class ModelStore:
+    """The registry rows of one model name, through the service's unit of work."""
+
+    def __init__(self, resources: Resources, name: str) -> None:
+        self._resources = resources
+        self.name = name
+
+    async def active(self) -> ModelVersion | None:
+        """The model currently serving (stage `active`), newest first if several claim it."""
+        query = (
+            select(ModelVersion)
+            .where(ModelVersion.name == self.name, ModelVersion.status == ACTIVE)
+            .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+            .limit(1)
+        )
+        async with self._resources.session() as session:
+            return (await session.execute(query)).scalar_one_or_none()
+
+    async def register(self, artifact: dict[str, Any], *, promote: bool) -> ModelVersion:
+        """`register` in a unit of work of its own."""
+        async with self._resources.session() as session:
+            return await register(session, self.name, artifact, promote=promote)
+
+    async def versions(self) -> list[ModelVersion]:
+        """Every registered version, oldest first."""
+        query = select(ModelVersion).where(ModelVersion.name == self.name).order_by(ModelVersion.id)
+        async with self._resources.session() as session:
+            return list((await session.execute(query)).scalars())
+
+    async def version(self, version: str) -> ModelVersion | None:
+        query = select(ModelVersion).where(
+            ModelVersion.name == self.name, ModelVersion.version == version
+        )
+        async with self._resources.session() as session:
+            return (await session.execute(query)).scalar_one_or_none()
 
 
 def sha256_of(text: str) -> str:
@@ -64,17 +103,6 @@ def read_artifact_file(uri: str) -> dict[str, Any]:
     return artifact_from_json(raw.decode("utf-8"))
 
 
-async def active_model(session: AsyncSession, name: str) -> ModelVersion | None:
-    """The model currently serving (stage `active`), newest first if several claim it."""
-    rows = await session.execute(
-        select(ModelVersion)
-        .where(ModelVersion.name == name, ModelVersion.status == ACTIVE)
-        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
-        .limit(1)
-    )
-    return rows.scalar_one_or_none()
-
-
 async def register(
     session: AsyncSession, name: str, artifact: dict[str, Any], *, promote: bool
 ) -> ModelVersion:
@@ -105,17 +133,3 @@ async def register(
 def _training_info(artifact: dict[str, Any]) -> dict[str, Any]:
     training = artifact.get("training")
     return {f"training_{k}": v for k, v in training.items()} if isinstance(training, dict) else {}
-
-
-async def list_models(session: AsyncSession, name: str) -> list[ModelVersion]:
-    rows = await session.execute(
-        select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.id)
-    )
-    return list(rows.scalars())
-
-
-async def get_model(session: AsyncSession, name: str, version: str) -> ModelVersion | None:
-    rows = await session.execute(
-        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
-    )
-    return rows.scalar_one_or_none()

@@ -1,0 +1,192 @@
+"""The model server, ai-engine's core object: which model version serves, how it is loaded or
+first trained, and one prediction from prices to an announced signal."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from backend.infra.db import IntegrityViolationError
+from backend.infra.eventbus import SignalGenerated
+from backend.infra.observability import BoundLogger
+from backend.infra.service import Resources
+from backend.trading.features import (
+    FEATURE_NAMES,
+    WINDOW,
+    InsufficientHistory,
+    compute_features,
+)
+from backend.trading.model import Signal, predict, train_initial_model
+
+from . import metrics
+from .settings import AiEngineSettings
+from .store import ModelStore, load_artifact
+
+SIGNAL_PUBLISH_TIMEOUT_S = 1.0
+
+
+class NoModelLoaded(RuntimeError):
+    """No model version serves yet (the first one is still loading or training)."""
+
+
+class UnusablePrices(ValueError):
+    """The prices give no features (too few of them, or not finite positive numbers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One served prediction: the model's signal, its id and the features it saw."""
+
+    symbol: str
+    signal: Signal
+    signal_id: str
+    features: dict[str, float]
+
+
+def signal_id_for(model_version: str, symbol: str, source: str) -> str:
+    """Same model, symbol and source: same id."""
+    encoded = json.dumps([model_version, symbol, source], separators=(",", ":")).encode()
+    return "sig-" + hashlib.sha256(encoded).hexdigest()[:24]
+
+
+class ModelServer:
+    """Serves the registry's active model; swapped atomically when another version becomes
+    active (checked every `AI_MODEL_REFRESH_S`)."""
+
+    def __init__(
+        self, settings: AiEngineSettings, resources: Resources, logger: BoundLogger, tracer: Any
+    ) -> None:
+        self.settings = settings
+        self.resources = resources
+        self.store = ModelStore(resources, settings.model_name)
+        self.log = logger
+        self.tracer = tracer
+        self.artifact: dict[str, Any] | None = None
+        self.version: str | None = None
+
+    # Which model serves ----------------------------------------------------------------------
+
+    def _swap(self, artifact: dict[str, Any]) -> None:
+        if self.version is not None:
+            metrics.MODEL_INFO.labels(self.version).set(0)
+        self.artifact, self.version = artifact, str(artifact["version"])
+        metrics.MODEL_INFO.labels(self.version).set(1)
+
+    async def check_loaded(self) -> None:
+        """Readiness: a model serves."""
+        if self.artifact is None:
+            raise RuntimeError("no model loaded yet")
+
+    async def load_active(self) -> bool:
+        """Serve the registry's active model; False when there is none."""
+        row = await self.store.active()
+        if row is None:
+            return False
+        if row.version != self.version:
+            self._swap(load_artifact(row))
+            self.log.info(
+                "model loaded", model_version=row.version, artifact_sha256=row.artifact_sha256
+            )
+        return True
+
+    async def ensure_model(self, _resources: Resources | None = None) -> None:
+        """Start-up: serve the active model, or train, register and serve the first one."""
+        if await self.load_active():
+            return
+        settings = self.settings
+        self.log.info("no model registered; training the initial model", steps=settings.train_steps)
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span("train_initial_model") as span:
+            artifact = await asyncio.to_thread(
+                train_initial_model, settings.train_seed, steps=settings.train_steps
+            )
+            span.set_attribute("model_version", artifact["version"])
+            try:
+                await self.store.register(artifact, promote=True)
+            except IntegrityViolationError:
+                # Another replica trained and registered the same version first: serve that.
+                if await self.load_active():
+                    return
+                raise
+        self._swap(artifact)
+        self.log.info(
+            "initial model trained and registered",
+            model_version=artifact["version"],
+            metrics=artifact["metrics"],
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    async def refresh(self, _resources: Resources | None = None) -> None:
+        """Background: pick up a newly promoted model without a restart."""
+        while True:
+            await asyncio.sleep(self.settings.refresh_s)
+            await self.load_active()
+
+    # Predictions -----------------------------------------------------------------------------
+
+    async def predict(
+        self, symbol: str, prices: list[Decimal], source_id: str | None
+    ) -> Prediction:
+        """The signal for `symbol` from its recent prices, announced on the bus.
+
+        Raises `NoModelLoaded`, or `UnusablePrices`."""
+        artifact = self.artifact
+        if artifact is None:
+            raise NoModelLoaded("no model loaded yet")
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span("signal") as span:
+            span.set_attribute("symbol", symbol)
+            try:
+                features = compute_features(prices)
+            except (InsufficientHistory, ValueError) as exc:
+                raise UnusablePrices(str(exc)) from exc
+            signal = predict(artifact, features, hold_band=self.settings.hold_band)
+            source = source_id or ",".join(str(p) for p in prices[-WINDOW:])
+            signal_id = signal_id_for(signal.model_version, symbol, source)
+            span.set_attribute("direction", signal.direction)
+            span.set_attribute("confidence", signal.confidence)
+            span.set_attribute("model_version", signal.model_version)
+            span.set_attribute("signal_id", signal_id)
+        metrics.LATENCY.observe(time.perf_counter() - started)
+        metrics.PREDICTIONS.labels(signal.direction).inc()
+        metrics.CONFIDENCE.observe(signal.confidence)
+        self.log.info(
+            "signal",
+            symbol=symbol,
+            direction=signal.direction,
+            confidence=round(signal.confidence, 4),
+            model_version=signal.model_version,
+            signal_id=signal_id,
+        )
+        await self._publish(
+            SignalGenerated(
+                signal_id=signal_id,
+                symbol=symbol,
+                direction=signal.direction,
+                confidence=signal.confidence,
+                probability_up=signal.probability_up,
+                model_version=signal.model_version,
+                reference_price=prices[-1],
+            )
+        )
+        return Prediction(
+            symbol=symbol,
+            signal=signal,
+            signal_id=signal_id,
+            features=dict(zip(FEATURE_NAMES, (float(v) for v in features), strict=True)),
+        )
+
+    async def _publish(self, signal: SignalGenerated) -> None:
+        """Announce the signal on the bus, but never hold a prediction up for it."""
+        try:
+            await asyncio.wait_for(
+                self.resources.publisher.publish(signal), SIGNAL_PUBLISH_TIMEOUT_S
+            )
+        except Exception as exc:  # the caller gets its prediction whatever the bus does
+            metrics.SIGNALS_UNPUBLISHED.inc()
+            self.log.warning("signal not published", signal_id=signal.signal_id, error=repr(exc))

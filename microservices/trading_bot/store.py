@@ -1,0 +1,43 @@
+"""trading-bot persistence: the decision history (`bot_decisions`), one row per decision."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from backend.infra.db.models import BotDecision
+from backend.infra.service import Resources
+
+
+class DecisionStore:
+    """Reads and writes `bot_decisions` through the service's unit of work."""
+
+    def __init__(self, resources: Resources) -> None:
+        self._resources = resources
+
+    async def outcome_of(self, client_order_id: str) -> str | None:
+        """What the decision that chose this client order id ended in; None if none did."""
+        async with self._resources.session() as session:
+            row = await session.execute(
+                select(BotDecision.action).where(BotDecision.client_order_id == client_order_id)
+            )
+            action: str | None = row.scalar_one_or_none()
+            return action
+
+    async def add(self, row: BotDecision) -> None:
+        """Record a decision; `IntegrityViolationError` if its client order id is recorded."""
+        async with self._resources.session() as session:
+            session.add(row)
+
+    async def recent(
+        self, *, symbol: str | None, outcome: str | None, reason: str | None, limit: int
+    ) -> list[BotDecision]:
+        """The most recent decisions first, filtered by whichever of the three are given."""
+        query = select(BotDecision).order_by(BotDecision.id.desc()).limit(limit)
+        if symbol:
+            query = query.where(BotDecision.symbol == symbol)
+        if outcome:
+            query = query.where(BotDecision.action == outcome)
+        if reason:
+            query = query.where(BotDecision.reason == reason)
+        async with self._resources.session() as session:
+            return list((await session.execute(query)).scalars())
