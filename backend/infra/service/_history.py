@@ -31,7 +31,7 @@ class StartRefusedError(RuntimeError):
 
 async def check_database_matches_bus(name: str, engine: AsyncEngine, redis: Redis) -> None:
     """Raise `StartRefusedError` when this service's tables are empty but the bus has its events."""
-    from backend.infra.eventbus import CATALOGUE, EventBusSettings
+    from backend.infra.eventbus import EventBusSettings, default_catalogue
     from backend.infra.eventbus._envelope import EVENT_FIELD
 
     tables = TABLE_OWNERS.get(name, ())
@@ -43,7 +43,7 @@ async def check_database_matches_bus(name: str, engine: AsyncEngine, redis: Redi
             if found.first() is not None:
                 return
     settings = EventBusSettings.from_env()
-    for spec in CATALOGUE:
+    for spec in default_catalogue():
         key = settings.stream_key(spec.stream)
         newest = await redis.xrevrange(key, "+", "-", count=1)
         for entry_id, fields in newest or ():

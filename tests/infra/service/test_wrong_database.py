@@ -12,12 +12,8 @@ from pathlib import Path
 import pytest
 
 from backend.infra.db import default_url
-from backend.infra.eventbus import (
-    EventBusSettings,
-    EventPublisher,
-    OrderFilled,
-    create_redis_client,
-)
+from backend.infra.eventbus import EventBusSettings, EventPublisher, create_redis_client
+from backend.trading.events import OrderFilled
 from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
