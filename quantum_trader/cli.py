@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VAR_DIR = Path("var")
+
 _BUILT_NAMES = ", ".join(s.name for s in BUILT_SERVICES)
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -110,6 +111,16 @@ def _seconds_option(flag: str, variable: str, default: float, text: str) -> Call
     show_envvar=True,
     help="Port of the embedded Redis when REDIS_URL is not set (0: a free one).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=8090,
+    envvar="RUN_METRICS_PORT",
+    show_default=True,
+    show_envvar=True,
+    help="Port (before the offset) of the launcher's own /metrics: restarts and crashes "
+    "of what it supervises (0: not served).",
+)
 def run(
     var_dir: Path,
     port_offset: int,
@@ -117,12 +128,15 @@ def run(
     stop_timeout_s: float,
     traceview: bool,
     redis_port: int,
+    metrics_port: int,
 ) -> None:
     """Start the whole system on embedded defaults; Ctrl-C stops it.
 
     One Redis (or REDIS_URL), the trace viewer (or OTLP_ENDPOINT) and every built service
     as its own process, each on its port; then one line per booked fill. The first run
     generates an API token and an approval secret, kept in VAR_DIR/secrets.env.
+    A service, the viewer or Redis that dies is started again after a back-off; a crash
+    loop (more than 5 crashes within 60 s) of a service or Redis stops everything.
     """
     from .launcher import LaunchOptions
     from .launcher import run as launch
@@ -134,6 +148,7 @@ def run(
         stop_timeout_s=stop_timeout_s,
         traceview=traceview,
         redis_port=redis_port,
+        metrics_port=metrics_port or None,
     )
     sys.exit(launch(options))
 

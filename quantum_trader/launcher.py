@@ -3,7 +3,12 @@
 Starts (or uses `REDIS_URL`) one Redis, then each built service of the catalogue in its start
 order as `python -m quantum_trader serve <name>`, on its port; waits until every
 `/health/ready` answers 200; prints where to look and a line per fill booked in
-portfolio-intelligence's ledger. State lives under the var directory (`./var`, or
+portfolio-intelligence's ledger. It supervises what it started: a service, the viewer or the
+embedded Redis that dies is started again after a back-off (0.5 s doubling to 10 s), said on
+the console and counted in `launcher_restarts_total{process}` on its own `/metrics` (port
+8090 + offset); more than 5 crashes of one process within 60 s is a crash loop: the launcher
+gives up on it and stops everything, except for the viewer, which it leaves stopped while
+trading goes on. State lives under the var directory (`./var`, or
 `RUN_VAR_DIR`): the services' SQLite files, the embedded Redis's data, the installation's
 secrets (`secrets.env`) and each service's JSON log (`log/<service>.log`). SIGINT or SIGTERM
 stops the services (SIGTERM, then SIGKILL after the stop timeout) and then the embedded Redis.
@@ -22,14 +27,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import ValidationError
 
 from backend.infra.db import default_url
@@ -43,7 +50,31 @@ from .local_secrets import LocalSecrets, SecretsError, load_or_create
 # The repository root, so children of a checkout that was not installed find its packages.
 ROOT = Path(__file__).resolve().parents[1]
 TRACEVIEW_PORT = 16686
+METRICS_PORT = 8090
 LEDGER = "portfolio-intelligence"
+REDIS = "redis"
+
+# The launcher's own metrics, apart from any service's (it is not a service).
+METRICS = CollectorRegistry(auto_describe=True)
+RESTARTS = Counter(
+    "launcher_restarts_total",
+    "Processes the launcher started again after they died.",
+    ["process"],
+    registry=METRICS,
+)
+CRASHES = Counter(
+    "launcher_crashes_total",
+    "Processes of the launcher that died without being asked to.",
+    ["process"],
+    registry=METRICS,
+)
+UP = Gauge("launcher_process_up", "1 while the process runs.", ["process"], registry=METRICS)
+GAVE_UP = Gauge(
+    "launcher_gave_up",
+    "1 once the launcher stopped restarting the process (a crash loop).",
+    ["process"],
+    registry=METRICS,
+)
 
 
 class LaunchError(Exception):
@@ -60,6 +91,49 @@ class LaunchOptions:
     stop_timeout_s: float = 20.0
     traceview: bool = True
     redis_port: int = 0
+    metrics_port: int | None = METRICS_PORT
+    """The launcher's `/metrics` port before the offset; None: not served."""
+    restart: RestartPolicy = field(default_factory=lambda: RestartPolicy())
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a process that died is started again, and when the launcher gives up on it."""
+
+    backoff_s: float = 0.5
+    """The pause before the first restart; doubles with each crash inside the window."""
+    backoff_max_s: float = 10.0
+    max_crashes: int = 5
+    """More crashes than this within `window_s` is a crash loop: no more restarts."""
+    window_s: float = 60.0
+
+
+@dataclass
+class Restarts:
+    """The recent crashes of one supervised process, and when it is due to start again."""
+
+    policy: RestartPolicy
+    crashes: deque[float] = field(default_factory=deque)
+    due_at: float | None = None
+    gave_up: bool = False
+    since: float = 0.0
+    """When the process died (monotonic), to say how long it was away."""
+
+    def crashed(self, now: float) -> float | None:
+        """Record a crash at `now`: the pause before the restart, or None for a crash loop."""
+        self.since = now
+        self.crashes.append(now)
+        while self.crashes and self.crashes[0] < now - self.policy.window_s:
+            self.crashes.popleft()
+        if len(self.crashes) > self.policy.max_crashes:
+            self.gave_up = True
+            self.due_at = None
+            return None
+        delay = min(
+            self.policy.backoff_max_s, self.policy.backoff_s * 2.0 ** (len(self.crashes) - 1)
+        )
+        self.due_at = now + delay
+        return delay
 
 
 @dataclass
@@ -74,6 +148,10 @@ class Child:
     ready_path: str = "/health/ready"
     process: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
+    essential: bool = True
+    """Trading stops without it: a crash loop of an essential child ends the run."""
+    restarts: Restarts | None = None
+    awaiting_ready: bool = False
 
     @property
     def url(self) -> str:
@@ -153,6 +231,7 @@ class Launcher:
                 port,
                 self.log_dir / "traceview.log",
                 ready_path="/api/traces",
+                essential=False,
             )
             self.otlp_endpoint = self.traceview.url
         out_of_range = [c.name for c in self.processes if not 0 < c.port < 65536]
@@ -168,6 +247,11 @@ class Launcher:
         self.started_at = datetime.now(UTC)
         self._fills_seen: set[str] = set()
         self._fills_problem: str | None = None
+        for child in self.processes:
+            child.restarts = Restarts(options.restart)
+        self.redis_restarts = Restarts(options.restart)
+        self.metrics_port = None if options.metrics_port is None else options.metrics_port + offset
+        self._metrics_server: Any = None
 
     # Start -------------------------------------------------------------------------------------
 
@@ -190,6 +274,7 @@ class Launcher:
             self.redis_url = self.redis.start()
         except EmbeddedRedisError as exc:
             raise LaunchError(f"the embedded Redis did not start: {exc}") from exc
+        UP.labels(REDIS).set(1)
 
     def child_env(self, child: Child) -> dict[str, str]:
         env = dict(self.environ)
@@ -223,17 +308,36 @@ class Launcher:
     def start_services(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for child in self.processes:
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        if child.log_file is None or child.log_file.closed:
             child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - closed in stop()
-            # A session of its own: the terminal's Ctrl-C reaches only this launcher, which
-            # then stops the services in order instead of all of them racing each other.
-            child.process = subprocess.Popen(
-                [sys.executable, *child.args],
-                env=self.child_env(child),
-                stdin=subprocess.DEVNULL,
-                stdout=child.log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+        # A session of its own: the terminal's Ctrl-C reaches only this launcher, which
+        # then stops the services in order instead of all of them racing each other.
+        child.process = subprocess.Popen(
+            [sys.executable, *child.args],
+            env=self.child_env(child),
+            stdin=subprocess.DEVNULL,
+            stdout=child.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        UP.labels(child.name).set(1)
+
+    def serve_metrics(self) -> None:
+        """The launcher's `/metrics` (restarts, crashes, up, gave up), if its port is free."""
+        if self.metrics_port is None:
+            return
+        try:
+            server, _thread = start_http_server(
+                self.metrics_port, addr="127.0.0.1", registry=METRICS
             )
+        except OSError as exc:
+            _say(f"  (the launcher's metrics are not served: port {self.metrics_port}: {exc})")
+            self.metrics_port = None
+            return
+        self._metrics_server = server
 
     def _get(self, url: str, timeout_s: float = 2.0) -> httpx.Response | None:
         try:
@@ -283,6 +387,12 @@ class Launcher:
             f"  ai-engine:     {self.child('ai-engine').url}/models",
             f"  portfolio:     {self.child(LEDGER).url}/portfolio  /fills",
             f"  logs (JSON):   {self.log_dir}/<service>.log",
+            "  supervisor:    "
+            + (
+                f"http://127.0.0.1:{self.metrics_port}/metrics  (restarts, crashes)"
+                if self.metrics_port
+                else "metrics not served"
+            ),
             f"  databases:     {self._databases()}",
             f"  redis:         {redact_url(self.redis_url)}"
             + (f" (embedded, pid {self.redis.pid})" if self.redis else ""),
@@ -309,18 +419,120 @@ class Launcher:
     # Run ---------------------------------------------------------------------------------------
 
     def watch(self) -> int:
-        """Print each new fill until a signal arrives; a service that dies ends the run."""
-        while not self.stopping.wait(1.0):
-            for child in self.processes:
-                if not child.alive():
-                    _say(
-                        f"\n{child.name} stopped unexpectedly; the end of {child.log_path}:\n"
-                        f"{child.log_tail()}"
-                    )
-                    return 1
-            for fill in self.new_fills():
-                _say(describe_fill(fill))
+        """Supervise and print each new fill until a signal arrives or a crash loop."""
+        next_fills = 0.0
+        while not self.stopping.wait(0.2):
+            code = self.supervise(time.monotonic())
+            if code is not None:
+                return code
+            if time.monotonic() >= next_fills and self.ledger_child() is not None:
+                next_fills = time.monotonic() + 1.0
+                for fill in self.new_fills():
+                    _say(describe_fill(fill))
         return 0
+
+    def supervise(self, now: float) -> int | None:
+        """One round: restart what died and is due; None, or the exit status on a crash loop."""
+        if self.redis is not None and not self._supervise_redis(now):
+            return 1
+        for child in self.processes:
+            restarts = child.restarts
+            assert restarts is not None
+            if restarts.gave_up:
+                continue
+            if restarts.due_at is not None:
+                if now >= restarts.due_at and not self.stopping.is_set():
+                    restarts.due_at = None
+                    self._spawn(child)
+                    child.awaiting_ready = True
+                    RESTARTS.labels(child.name).inc()
+                    pid = child.process.pid if child.process else "?"
+                    _say(f"  restart {child.name}: started again (pid {pid})")
+                continue
+            if child.alive():
+                if child.awaiting_ready and self._ready(child):
+                    child.awaiting_ready = False
+                    _say(
+                        f"  restart {child.name}: ready again "
+                        f"{now - restarts.since:.1f} s after it died"
+                    )
+                continue
+            code = child.process.returncode if child.process else None
+            UP.labels(child.name).set(0)
+            CRASHES.labels(child.name).inc()
+            child.awaiting_ready = False
+            delay = restarts.crashed(now)
+            if delay is None:
+                GAVE_UP.labels(child.name).set(1)
+                window = f"{restarts.policy.max_crashes + 1} crashes within "
+                window += f"{restarts.policy.window_s:g} s"
+                if not child.essential:
+                    _say(
+                        f"\n{child.name} keeps crashing ({window}; exit code {code}): giving "
+                        f"up on it. Trading goes on; spans are dropped and counted "
+                        f"(otel_spans_dropped_total). The end of {child.log_path}:\n"
+                        f"{child.log_tail(8)}"
+                    )
+                    continue
+                _say(
+                    f"\n{child.name} is in a crash loop ({window}; exit code {code}): giving "
+                    f"up and stopping everything. The end of {child.log_path}:\n"
+                    f"{child.log_tail()}"
+                )
+                return 1
+            _say(
+                f"\n  crash   {child.name} exited (code {code}); restarting it in {delay:g} s "
+                f"(crash {len(restarts.crashes)} of {restarts.policy.max_crashes} allowed "
+                f"within {restarts.policy.window_s:g} s). The end of {child.log_path}:\n"
+                f"{child.log_tail(5)}"
+            )
+        return None
+
+    def _supervise_redis(self, now: float) -> bool:
+        """Start the embedded Redis again (same port, same data) if it died; False: give up."""
+        redis, restarts = self.redis, self.redis_restarts
+        assert redis is not None
+        if redis.running or restarts.gave_up or self.stopping.is_set():
+            return not restarts.gave_up
+        if restarts.due_at is None:
+            UP.labels(REDIS).set(0)
+            CRASHES.labels(REDIS).inc()
+            delay = restarts.crashed(now)
+            if delay is None:
+                GAVE_UP.labels(REDIS).set(1)
+                _say(
+                    f"\nthe embedded Redis is in a crash loop ({restarts.policy.max_crashes + 1} "
+                    f"crashes within {restarts.policy.window_s:g} s): giving up and stopping "
+                    f"everything. Its log: {redis.data_dir / 'redis.log'}"
+                )
+                return False
+            _say(
+                f"\n  crash   the embedded Redis died; restarting it in {delay:g} s on port "
+                f"{redis.port} with its data (every service answers 503 meanwhile)"
+            )
+            return True
+        if now < restarts.due_at:
+            return True
+        restarts.due_at = None
+        try:
+            redis.start()
+        except EmbeddedRedisError as exc:
+            _say(f"  restart redis: did not start: {exc}")
+            return self._supervise_redis(time.monotonic())
+        RESTARTS.labels(REDIS).inc()
+        UP.labels(REDIS).set(1)
+        _say(
+            f"  restart redis: started again (pid {redis.pid}) "
+            f"{time.monotonic() - restarts.since:.1f} s after it died"
+        )
+        return True
+
+    def _ready(self, child: Child) -> bool:
+        response = self._get(child.url + child.ready_path, timeout_s=0.5)
+        return response is not None and response.status_code == 200
+
+    def ledger_child(self) -> Child | None:
+        return next((c for c in self.children if c.name == LEDGER), None)
 
     def new_fills(self) -> list[FillPublic]:
         """Fills booked since the last call, oldest first; none from before this run started."""
@@ -360,6 +572,9 @@ class Launcher:
             self._reap(self.traceview, time.monotonic() + 5)
         if self.redis is not None:
             self.redis.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self.http.close()
         _say("Stopped.")
 
@@ -395,6 +610,7 @@ def run(options: LaunchOptions) -> int:
         _say(f"Starting Quantum Trader (state in {launcher.var_dir}/, logs in {launcher.log_dir}/)")
         _say(launcher.load_secrets().describe())
         launcher.start_redis()
+        launcher.serve_metrics()
         launcher.start_services()
         launcher.wait_ready()
         launcher.print_guide()

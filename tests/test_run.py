@@ -23,12 +23,12 @@ import pytest
 
 from backend.infra.db import TABLE_OWNERS
 from backend.infra.service import BUILT_SERVICES
-from quantum_trader.launcher import TRACEVIEW_PORT
+from quantum_trader.launcher import METRICS_PORT, TRACEVIEW_PORT
 from tests.acceptance.harness import poll
 from tests.support.procs import ROOT
 
 SCRIPT = Path(sys.executable).parent / "quantum-trader"
-SERVICE_PORTS = (*(spec.port for spec in BUILT_SERVICES), TRACEVIEW_PORT)
+SERVICE_PORTS = (*(spec.port for spec in BUILT_SERVICES), TRACEVIEW_PORT, METRICS_PORT)
 NAMES = [spec.name for spec in BUILT_SERVICES]
 # What a developer's shell may hold that would change what the launcher does.
 INHERITED_NOT = (
@@ -329,3 +329,40 @@ def test_a_service_that_never_gets_ready_is_named_with_its_log(tmp_path: Path) -
         assert not any(alive(pid) for pid in pids)
     finally:
         finish(process)
+
+
+def test_killed_processes_are_started_again_and_a_dead_viewer_never_stops_trading(
+    launcher: tuple[subprocess.Popen[str], Output, Path],
+) -> None:
+    process, output, _cwd = launcher
+    output.wait_for(r"Quantum Trader is running", 75)
+    text = "\n".join(output.lines)
+    pid_of = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^\s+(\S+)\s+http://\S+\s+pid (\d+)", text, re.M)
+    }
+    redis_pid = int(re.search(r"embedded, pid (\d+)", text).group(1))  # type: ignore[union-attr]
+    metrics_url = output.wait_for(r"supervisor:\s+(http://\S+/metrics)", 1).group(1)
+    for name in ("traceview", "execution"):
+        os.kill(pid_of[name], signal.SIGKILL)
+    os.kill(redis_pid, signal.SIGKILL)
+
+    output.wait_for(r"restart redis: started again", 20)
+    output.wait_for(r"restart execution: ready again", 30)
+    output.wait_for(r"restart traceview: ready again", 30)
+    assert process.poll() is None, "the run goes on"
+    samples = httpx.get(metrics_url).text
+    for name in ("traceview", "execution", "redis"):
+        assert f'launcher_restarts_total{{process="{name}"}} 1.0' in samples
+    # Trading goes on: a fill booked after the restarts is printed.
+    seen = len(output.lines)
+    poll(
+        lambda: any(re.match(r"^\s+fill\s", line) for line in output.lines[seen:]),
+        45,
+        "a fill after the restarts",
+    )
+    # The restarted processes stop on Ctrl-C like the others.
+    process.send_signal(signal.SIGINT)
+    assert process.wait(40) == 0
+    killed = [line for line in output.lines if "killing it" in line]
+    assert killed == [], killed

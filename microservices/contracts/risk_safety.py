@@ -108,6 +108,8 @@ class StatePublic(BaseModel):
     epoch: int
     state_token: str
     execution: ExecutionAck | None = None
+    event: str | None = None
+    """For a change: `published` on the bus, or `queued` in the outbox until Redis answers."""
     portfolio: PortfolioStatus
     exposure: ExposureStatus
     quotes: list[QuotePublic]

@@ -136,6 +136,10 @@ class PortfolioBook:
 
     # Start-up ---------------------------------------------------------------------------------
 
+    async def run_outbox_relay(self, _resources: Resources | None = None) -> None:
+        """Publish the position updates the booking path left in the outbox."""
+        await self.store.outbox.run_relay()
+
     async def restore(self, _resources: Resources | None = None) -> None:
         """Rebuild positions and cash from the ledger, peak and day start from the curve."""
         async with self._lock:
@@ -192,8 +196,6 @@ class PortfolioBook:
                     return
                 self._marks_as_of_ms = max(self._marks_as_of_ms or 0, _event_ms(event))
                 position = self.portfolio.position(fill.symbol)
-                mark = self.portfolio.mark(fill.symbol)
-                unrealized = position.unrealized_pnl(mark) if mark else ZERO
                 span.set_attribute("position.quantity", str(position.quantity))
                 span.set_attribute("position.realized_pnl", str(position.realized_pnl))
                 self.log.info(
@@ -202,16 +204,6 @@ class PortfolioBook:
                     position=position.quantity,
                     average_price=position.average_price,
                     realized_pnl=position.realized_pnl,
-                )
-                await self._resources.publisher.publish(
-                    PositionUpdated(
-                        symbol=fill.symbol,
-                        quantity=position.quantity,
-                        average_price=position.average_price,
-                        realized_pnl=position.realized_pnl,
-                        unrealized_pnl=unrealized,
-                        mark_price=mark,
-                    )
                 )
 
     async def _book(self, fill: Fill, sequence: int | None) -> bool:
@@ -243,8 +235,19 @@ class PortfolioBook:
             position = self.portfolio.position(fill.symbol)
         elif sequence is not None:
             self._last_sequence[fill.symbol] = sequence
+        mark = self.portfolio.mark(fill.symbol)
+        # Committed with the ledger row (the outbox): published by the relay, never lost to
+        # a Redis outage, and never waited on here.
+        announce = PositionUpdated(
+            symbol=fill.symbol,
+            quantity=position.quantity,
+            average_price=position.average_price,
+            realized_pnl=position.realized_pnl,
+            unrealized_pnl=position.unrealized_pnl(mark) if mark else ZERO,
+            mark_price=mark,
+        )
         try:
-            await self.store.book(fill, sequence, position)
+            await self.store.book(fill, sequence, position, announce)
         except IntegrityViolationError:
             # Booked already (by another replica, or before memory was lost): the ledger wins,
             # and this copy must agree with what it holds (ConflictingFill if not).

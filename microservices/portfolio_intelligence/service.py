@@ -28,5 +28,6 @@ def create_service(settings: PortfolioIntelligenceSettings | None = None) -> Ser
     service.subscribe(MarketTick, book.on_tick)
     service.background("equity-sampler", book.sample_equity)
     service.background("fill-watch", book.watch_fills)
+    service.background("outbox-relay", book.run_outbox_relay)
     service.app.include_router(router)
     return service

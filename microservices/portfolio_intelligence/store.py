@@ -10,6 +10,8 @@ from typing import NamedTuple
 from sqlalchemy import select
 
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
+from backend.infra.eventbus import EventData
+from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 from backend.trading.portfolio import Position as DomainPosition
 from backend.trading.types import Fill, Liquidity
@@ -57,10 +59,25 @@ class LedgerStore:
 
     def __init__(self, resources: Resources) -> None:
         self._resources = resources
+        self._outbox: Outbox | None = None
 
-    async def book(self, fill: Fill, sequence: int | None, position: DomainPosition) -> None:
+    @property
+    def outbox(self) -> Outbox:
+        """Where the position updates wait for publication (created with the database)."""
+        if self._outbox is None:
+            r = self._resources
+            self._outbox = Outbox(r.sessions, r.publisher, source=r.name)
+        return self._outbox
+
+    async def book(
+        self,
+        fill: Fill,
+        sequence: int | None,
+        position: DomainPosition,
+        announce: EventData | None = None,
+    ) -> None:
         """Add `fill` (with its venue `sequence`) to the ledger and save its symbol's position,
-        in one transaction.
+        with the event `announce` (through the outbox), in one transaction.
 
         A fill id already in the ledger raises IntegrityViolationError (the unique key).
         """
@@ -75,6 +92,8 @@ class LedgerStore:
             row.realized_pnl = position.realized_pnl
             row.fees_paid = position.fees
             row.updated_at = datetime.now(UTC)
+            if announce is not None:
+                self.outbox.add(session, announce)
 
     async def ledger(self) -> list[LedgerEntry]:
         """Every booked fill with its venue sequence, in booking order: what the portfolio is

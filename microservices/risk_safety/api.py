@@ -52,6 +52,7 @@ def _state_public(guard: RiskGuard, view: StateView) -> StatePublic:
         epoch=view.epoch,
         state_token=guard.state_token(view.state, view.epoch),
         execution=_ack(view.execution),
+        event=view.event,
         exposure=ExposureStatus(
             url=guard.execution_url,
             reachable=exposure.ok if exposure else None,

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -36,6 +36,9 @@ from microservices.contracts.portfolio_intelligence import PortfolioClient
 from . import metrics
 from .settings import RiskSafetySettings
 from .store import RiskStore
+
+EVENT_WAIT_S = 0.5
+"""How long a kill switch or resume waits for its event to reach the bus before answering."""
 
 CLOCK_MARGIN_MS = 5_000
 """Asked-for client order ids start this much before the oldest approval: clocks differ."""
@@ -82,6 +85,8 @@ class StateView:
     epoch: int
     changed: bool = False
     execution: StatePush | None = None
+    event: str | None = None
+    """`published`, or `queued` in the outbox (Redis slow or down): changed either way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +185,10 @@ class RiskGuard:
     @property
     def secret(self) -> str:
         return self.settings.approval_secret.get_secret_value()
+
+    async def run_outbox_relay(self, _resources: Resources | None = None) -> None:
+        """Publish the decisions and state changes the request path left in the outbox."""
+        await self.store.outbox.run_relay()
 
     async def restore(self, _resources: Resources | None = None) -> None:
         """Load the trading state and epoch, the order-rate window and the unexpired approvals."""
@@ -323,6 +332,15 @@ class RiskGuard:
                     },
                     trace_id=traceparent.split("-")[1] if traceparent else None,
                     decided_at=datetime.fromtimestamp(now / 1000, UTC),
+                    # Through the outbox: the relay, woken by the commit, publishes it; the
+                    # check never waits on Redis.
+                    announce=RiskDecisionEvent(
+                        client_order_id=order.client_order_id,
+                        symbol=order.symbol,
+                        approved=decision.approved,
+                        reason_code=decision.reason.value,
+                        detail=detail,
+                    ),
                 )
                 approval = None
                 if decision.approved:
@@ -374,15 +392,6 @@ class RiskGuard:
             if not decision.approved:
                 metrics.DENIALS.labels(decision.reason.value).inc()
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
-            await self._resources.publisher.publish(
-                RiskDecisionEvent(
-                    client_order_id=order.client_order_id,
-                    symbol=order.symbol,
-                    approved=decision.approved,
-                    reason_code=decision.reason.value,
-                    detail=detail,
-                )
-            )
         return Verdict(decision.approved, decision.reason, detail, decision_id, approval, state)
 
     def _explain(self, reason: ReasonCode, detail: str, snapshot: PortfolioSnapshot | None) -> str:
@@ -525,14 +534,7 @@ class RiskGuard:
                         view.state, view.reason, view.changed_at, view.epoch, execution=push
                     )
                 push = await self._change_state(target, actor=actor, reason=reason)
-                span.set_attributes(
-                    {
-                        "changed": True,
-                        "epoch": self._epoch,
-                        "execution_acknowledged": push.acknowledged,
-                    }
-                )
-                return StateView(
+                view = StateView(
                     self._state,
                     self._state_reason,
                     self._state_changed_at,
@@ -540,6 +542,25 @@ class RiskGuard:
                     changed=True,
                     execution=push,
                 )
+            # Outside the lock: the change is committed, and its answer must not wait on Redis
+            # for more than a moment; a queued event goes out when the relay gets through.
+            published = await self.store.outbox.publish_within(EVENT_WAIT_S)
+            event = "published" if published else "queued"
+            span.set_attributes(
+                {
+                    "changed": True,
+                    "epoch": view.epoch,
+                    "execution_acknowledged": push.acknowledged,
+                    "event": event,
+                }
+            )
+            if not published:
+                self.log.warning(
+                    "trading state change queued for the bus; the outbox relay publishes it",
+                    state=view.state.value,
+                    epoch=view.epoch,
+                )
+            return replace(view, event=event)
 
     async def _change_state(self, target: TradingState, *, actor: str, reason: str) -> StatePush:
         """Called under the lock: tell execution first, then commit, then publish.
@@ -559,6 +580,7 @@ class RiskGuard:
             reason=reason,
             actor=actor,
             trace_id=traceparent.split("-")[1] if traceparent else None,
+            announce=RiskStateChanged(previous_state=previous, state=target, reason=reason),
         )
         self._state = target
         self._epoch = epoch
@@ -575,9 +597,6 @@ class RiskGuard:
             reason=reason,
             execution_acknowledged=push.acknowledged,
             execution_canceled=len(push.canceled),
-        )
-        await self._resources.publisher.publish(
-            RiskStateChanged(previous_state=previous, state=target, reason=reason)
         )
         return push
 

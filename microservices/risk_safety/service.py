@@ -24,6 +24,8 @@ def create_service(settings: RiskSafetySettings | None = None) -> Service:
         )
     guard = service.provide(RiskGuard(settings, service.resources, service.logger, service.tracer))
     service.on_startup(guard.restore)
+    # Decisions and state changes reach the bus through the outbox, even after an outage.
+    service.background("outbox-relay", guard.run_outbox_relay)
     service.subscribe(MarketTick, guard.on_tick)
     service.app.include_router(router)
     return service

@@ -10,16 +10,32 @@ from sqlalchemy import func, select
 from backend.infra.db.models import RiskDecision as DecisionRow
 from backend.infra.db.models import TradingState as StateRow
 from backend.infra.db.models import TradingStateChange
+from backend.infra.eventbus import EventData
+from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 
 SCOPE = "global"
 
 
 class RiskStore:
-    """Reads and writes the risk tables through the service's unit of work."""
+    """Reads and writes the risk tables through the service's unit of work.
+
+    Each write commits the event announcing it in the same transaction (the outbox), so a
+    decision or a state change is never announced without being stored, nor stored and lost
+    to the bus because Redis was down.
+    """
 
     def __init__(self, resources: Resources) -> None:
         self._resources = resources
+        self._outbox: Outbox | None = None
+
+    @property
+    def outbox(self) -> Outbox:
+        """Where risk's events wait for publication (created with the database, at start-up)."""
+        if self._outbox is None:
+            r = self._resources
+            self._outbox = Outbox(r.sessions, r.publisher, source=r.name)
+        return self._outbox
 
     async def record_decision(
         self,
@@ -32,8 +48,9 @@ class RiskStore:
         reason: dict[str, Any],
         trace_id: str | None,
         decided_at: datetime,
+        announce: EventData,
     ) -> str:
-        """Persist one decision; returns its id."""
+        """Persist one decision and, in the same transaction, the event `announce`; its id."""
         async with self._resources.session() as session:
             row = DecisionRow(
                 client_order_id=client_order_id,
@@ -46,6 +63,7 @@ class RiskStore:
                 decided_at=decided_at,
             )
             session.add(row)
+            self.outbox.add(session, announce)
             await session.flush()
             return str(row.id)
 
@@ -93,9 +111,16 @@ class RiskStore:
             return row
 
     async def change_state(
-        self, *, from_mode: str, to_mode: str, reason: str, actor: str, trace_id: str | None
+        self,
+        *,
+        from_mode: str,
+        to_mode: str,
+        reason: str,
+        actor: str,
+        trace_id: str | None,
+        announce: EventData,
     ) -> StateRow:
-        """Move the trading state and append the audit record, in one transaction."""
+        """Move the trading state, append the audit record and the event, in one transaction."""
         now = datetime.now(UTC)
         async with self._resources.session() as session:
             row: StateRow | None = await session.get(StateRow, SCOPE)
@@ -116,6 +141,7 @@ class RiskStore:
                     changed_at=now,
                 )
             )
+            self.outbox.add(session, announce)
             return row
 
     async def changes(self, *, limit: int) -> list[TradingStateChange]:

@@ -11,17 +11,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from backend.infra.vardir import var_directory
+
 from ._errors import DatabaseConfigError
 
-DEFAULT_DIRECTORY = Path("var")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
-def default_url(service_name: str, directory: Path = DEFAULT_DIRECTORY) -> str:
-    """`sqlite+aiosqlite:///./var/<service>.db`: the embedded database of one service."""
+def default_url(service_name: str, directory: Path | None = None) -> str:
+    """`sqlite+aiosqlite:////<var>/<service>.db`: the embedded database of one service.
+
+    `directory` defaults to the var directory (`RUN_VAR_DIR`, else the checkout's `var/`);
+    the path is always absolute, so it does not depend on the working directory.
+    """
     name = _SAFE_NAME.sub("-", service_name).strip("-.") or "quantum-trader"
-    return f"sqlite+aiosqlite:///{directory.as_posix().rstrip('/')}/{name}.db"
+    base = (directory if directory is not None else var_directory()).resolve()
+    return f"sqlite+aiosqlite:///{base.as_posix().rstrip('/')}/{name}.db"
 
 
 class DatabaseSettings(BaseSettings):
@@ -91,7 +97,7 @@ _VARIABLES = {
 
 
 def load_database_settings(service_name: str, **overrides: Any) -> DatabaseSettings:
-    """Read the settings from the environment; `DATABASE_URL` defaults to `./var/<service>.db`.
+    """Read the settings from the environment; `DATABASE_URL` defaults to `<var>/<service>.db`.
 
     Keyword overrides win over the environment (tests pass `url=`). A bad value raises
     `DatabaseConfigError` naming the variable.

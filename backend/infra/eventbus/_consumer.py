@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import os
 import socket
 import time
 import traceback
@@ -109,8 +108,10 @@ class EventConsumer:
     ) -> None:
         self._client = client
         self.group = group
-        self.name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self._settings = settings or EventBusSettings.from_env()
+        # Stable across restarts of the same replica (never the pid): a restarted consumer then
+        # finds what its previous life left pending under its name and handles it first.
+        self.name = consumer_name or self._settings.consumer_name or socket.gethostname()
         self._idempotency = idempotency
         self._start_id = "0" if start_from == "earliest" else "$"
         self._catalogue = catalogue if catalogue is not None else default_catalogue()
@@ -262,7 +263,9 @@ class EventConsumer:
                     error=f"{type(exc).__name__}: {exc}",
                     failures=failures + 1,
                 )
-                await asyncio.sleep(backoff_delay(failures, base_s=0.1, cap_s=5.0))
+                # Capped at a second: the loop failing is most often Redis gone for longer than
+                # `reconnect_timeout_s`, and its return must be noticed at once.
+                await asyncio.sleep(backoff_delay(failures, base_s=0.1, cap_s=0.8))
                 failures += 1
 
     async def _call(self, operation: Callable[[], Awaitable[Any]], what: str) -> Any:

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -18,12 +19,15 @@ from types import TracebackType
 from typing import Literal
 
 from backend.infra.observability import get_logger
+from backend.infra.vardir import var_directory
 
 from ._errors import EmbeddedRedisError
 
 _log = get_logger("backend.infra.eventbus")
 
 DEFAULT_DATA_DIR = Path("var/redis")
+"""Where an `EmbeddedRedis` built without a directory keeps its data (services resolving the
+embedded server use `<var directory>/redis` instead, see `resolve_redis_url`)."""
 _STATE_FILE = "embedded.json"
 _LOCK_FILE = ".lock"
 
@@ -217,34 +221,39 @@ class EmbeddedRedis:
         self.stop()
 
 
-_owned: EmbeddedRedis | None = None
-_owned_lock = threading.Lock()
+_users_lock = threading.Lock()
+_registered: set[Path] = set()
+_USERS_DIR = "users"
+_GUARDIAN_START_S = 20.0
 
 
 def resolve_redis_url(env: Mapping[str, str] | None = None) -> str:
     """`REDIS_URL` when set; otherwise the embedded Redis, attached to or started.
 
-    The embedded server keeps its data in `EMBEDDED_REDIS_DIR` (default `./var/redis`) on
-    `EMBEDDED_REDIS_PORT` (default: a free port). A server already running from that
-    directory (started by another process) is reused; otherwise one is started, owned by
-    this process and stopped when it exits. A supervisor starting several services should
-    resolve once and hand the URL to its children as `REDIS_URL`.
+    The embedded server keeps its data in `EMBEDDED_REDIS_DIR` (default `<var>/redis`, the var
+    directory being `RUN_VAR_DIR` or else the checkout's `var/`: never the working directory) on
+    `EMBEDDED_REDIS_PORT` (default: a free port). Services started on their own (the seed's
+    `python microservices/<service>/main.py`) share one server: the first starts it under a
+    small guardian process, and each registers itself as a user (a file named after its pid
+    in `<dir>/users/`). The guardian stops the server, and exits, once no registered process
+    is alive any more, however they ended (SIGKILL included): nothing outlives the services.
+    A supervisor starting several services should resolve once and hand the URL to its
+    children as `REDIS_URL`.
     """
-    global _owned
     env = os.environ if env is None else env
     url = (env.get("REDIS_URL") or "").strip()
     if url:
         return url
-    data_dir = Path(env.get("EMBEDDED_REDIS_DIR") or DEFAULT_DATA_DIR)
+    configured = (env.get("EMBEDDED_REDIS_DIR") or "").strip()
+    data_dir = Path(configured).resolve() if configured else var_directory(env) / "redis"
     raw_port = (env.get("EMBEDDED_REDIS_PORT") or "0").strip()
     try:
         port = int(raw_port)
     except ValueError:
         raise EmbeddedRedisError(f"EMBEDDED_REDIS_PORT={raw_port!r} is not a port") from None
-    with _owned_lock:
-        if _owned is not None and _owned.running:
-            return _owned.url
+    with _users_lock:
         data_dir.mkdir(parents=True, exist_ok=True)
+        _register(data_dir)
         # A file lock, so services starting together end up on one server.
         with open(data_dir / _LOCK_FILE, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -252,12 +261,90 @@ def resolve_redis_url(env: Mapping[str, str] | None = None) -> str:
             attached = _attach(state_path)
             if attached is not None:
                 return attached
-            server = EmbeddedRedis(data_dir, port=port)
-            server.start()
-            state_path.write_text(json.dumps({"pid": server.pid, "port": server.port}))
-            _owned = server
-            atexit.register(_stop_owned)
-            return server.url
+            with contextlib.suppress(OSError):
+                state_path.unlink()  # a dead server's
+            _start_guardian(data_dir, port)
+            deadline = time.monotonic() + _GUARDIAN_START_S
+            while time.monotonic() < deadline:
+                attached = _attach(state_path)
+                if attached is not None:
+                    return attached
+                time.sleep(0.05)
+            raise EmbeddedRedisError(
+                f"the embedded Redis in {data_dir} did not start within {_GUARDIAN_START_S:g}s; "
+                f"see {data_dir / 'guardian.log'} and {data_dir / 'redis.log'}"
+            )
+
+
+def _register(data_dir: Path) -> None:
+    """Record this process as a user of the server in `data_dir`."""
+    users = data_dir / _USERS_DIR
+    users.mkdir(parents=True, exist_ok=True)
+    mark = users / str(os.getpid())
+    mark.touch()
+    if not _registered:
+        atexit.register(release_embedded_redis)
+    _registered.add(mark)
+
+
+def release_embedded_redis() -> None:
+    """Stop being a user of the embedded servers this process resolved (at exit, or earlier).
+
+    The last user gone, a server's guardian stops it within a second.
+    """
+    while _registered:
+        with contextlib.suppress(OSError):
+            _registered.pop().unlink()
+
+
+def _start_guardian(data_dir: Path, port: int) -> None:
+    root = Path(__file__).resolve().parents[3]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    with open(data_dir / "guardian.log", "ab") as log:
+        # Its own session: a Ctrl-C or a kill of the service's group leaves it to stop Redis.
+        subprocess.Popen(
+            [sys.executable, "-m", "backend.infra.eventbus._guardian", str(data_dir), str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(data_dir),
+        )
+
+
+def live_users(data_dir: Path) -> list[int]:
+    """The pids registered as users of the server in `data_dir` that are still alive.
+
+    The marks of dead processes are removed on the way.
+    """
+    alive = []
+    users = data_dir / _USERS_DIR
+    for mark in users.iterdir() if users.is_dir() else ():
+        try:
+            pid = int(mark.name)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            with contextlib.suppress(OSError):
+                mark.unlink()
+            continue
+        except PermissionError:  # alive, another user's
+            pass
+        if _is_zombie(pid):
+            with contextlib.suppress(OSError):
+                mark.unlink()
+            continue
+        alive.append(pid)
+    return alive
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def _attach(state_path: Path) -> str | None:
@@ -273,13 +360,3 @@ def _attach(state_path: Path) -> str | None:
     if not ping("127.0.0.1", port):
         return None
     return f"redis://127.0.0.1:{port}/0"
-
-
-def _stop_owned() -> None:
-    global _owned
-    server = _owned
-    _owned = None
-    if server is not None:
-        with contextlib.suppress(OSError):
-            (server.data_dir / _STATE_FILE).unlink()
-        server.stop()

@@ -57,8 +57,12 @@ def translate_error(exc: BaseException, what: str) -> EventBusError:
     return EventBusError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def backoff_delay(attempt: int, base_s: float = 0.05, cap_s: float = 2.0) -> float:
-    """Exponential back-off with jitter, so many clients do not reconnect in lock-step."""
+def backoff_delay(attempt: int, base_s: float = 0.05, cap_s: float = 0.8) -> float:
+    """Exponential back-off with jitter, so many clients do not reconnect in lock-step.
+
+    Capped below a second: a client waiting out an outage notices within a second that Redis
+    is back (a reconnect attempt costs one refused connection).
+    """
     return float(min(cap_s, base_s * (2 ** min(attempt, 16))) * random.uniform(0.8, 1.2))
 
 

@@ -43,6 +43,10 @@ class EventBusSettings:
     """How long processed event ids are remembered by the idempotency helper."""
     metrics_interval_s: float = 5.0
     """How often a consumer refreshes its pending and lag gauges."""
+    consumer_name: str = ""
+    """This replica's consumer name in its groups; empty: the host name. It must not change
+    when the process restarts (a restarted consumer first handles what is pending under its
+    name) and must differ between replicas of one service."""
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):

@@ -34,6 +34,16 @@ _log = get_logger("backend.infra.outbox")
 _WATCHED = "outbox_watched"
 
 
+def retry_delay_s(settings: OutboxSettings, failures: int) -> float:
+    """The relay's pause after `failures` failed rounds in a row: doubling, never above the cap.
+
+    The jitter only shortens the pause, so the cap is also how late the relay can notice that
+    Redis is back.
+    """
+    base = settings.retry_backoff_s * 2.0 ** min(failures - 1, 16)
+    return min(settings.retry_backoff_max_s, base) * random.uniform(0.5, 1.0)
+
+
 class Outbox:
     """Events of one producing service (`source`), written in its transactions, then published.
 
@@ -71,6 +81,7 @@ class Outbox:
         self._failing = False
         self._oldest_pending: datetime | None = None
         self._last_purge = 0.0
+        self._in_flight: set[asyncio.Task[int]] = set()
         self._pending = PENDING.labels(source)
         self._published = PUBLISHED.labels(source)
         self._failures = PUBLISH_FAILURES.labels(source)
@@ -160,6 +171,19 @@ class Outbox:
         except Exception:
             return 0
 
+    async def publish_within(self, wait_s: float) -> bool:
+        """Publish what is pending, waiting at most `wait_s`; True when it was all published.
+
+        For a request that must answer quickly whatever Redis does (the kill switch): on False
+        the events are safe in the table, and the publish attempt (bounded by
+        `publish_timeout_s`) or else the relay sends them later.
+        """
+        task = asyncio.create_task(self.publish_pending(), name=f"outbox-publish-{self._source}")
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        done, _ = await asyncio.wait({task}, timeout=wait_s)
+        return bool(done) and not self._failing
+
     async def run_relay(self, _resources: object = None) -> None:
         """Publish what `publish_pending` did not, until cancelled (for `service.background`)."""
         failures = 0
@@ -172,9 +196,7 @@ class Outbox:
                 await self._drain()
             except Exception:  # recorded by _drain; back off and try again
                 failures += 1
-                base = self._settings.retry_backoff_s * 2 ** min(failures - 1, 16)
-                delay = min(self._settings.retry_backoff_max_s, base)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                await asyncio.sleep(retry_delay_s(self._settings, failures))
                 continue
             if failures:
                 _log.info("outbox publishing again", source=self._source, failed_rounds=failures)

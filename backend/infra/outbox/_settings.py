@@ -30,8 +30,8 @@ class OutboxSettings:
     """Upper bound of one publish attempt; the rows stay pending for the relay after it."""
     retry_backoff_s: float = 0.5
     """The relay's first delay after a failed round; doubles per failure."""
-    retry_backoff_max_s: float = 30.0
-    """Upper bound of the relay's delay."""
+    retry_backoff_max_s: float = 1.0
+    """Upper bound of the relay's delay, so also of how late it notices that Redis is back."""
     retention_s: float = 7 * 24 * 3600.0
     """How long published rows are kept (for audits) before the relay deletes them."""
 

@@ -35,6 +35,7 @@ from ._auth import (
     install_openapi_security,
 )
 from ._errors import NulRefusalMiddleware, install_validation_handler
+from ._history import StartRefusedError, check_database_matches_bus
 from ._settings import ServiceSettings
 from ._supervisor import Supervisor
 from ._unavailable import install_database_handler
@@ -159,6 +160,9 @@ class Service:
         self._supervisor = Supervisor()
         self._started = asyncio.Event()
         self._startup_error: str | None = "starting"
+        self._server: uvicorn.Server | None = None
+        self.refused: str | None = None
+        """Why the service refused to start (it then stops); None while all is well."""
         self.app = self._build_app()
 
     # Assembly ---------------------------------------------------------------------------------
@@ -284,9 +288,14 @@ class Service:
                     from backend.infra.db import migrate
 
                     await migrate(r._engine)
+                    if r._redis is not None:
+                        await check_database_matches_bus(self.name, r._engine, r._redis)
                 for hook in self._startup:
                     await hook(r)
                 break
+            except StartRefusedError as exc:
+                self._refuse(str(exc))
+                return
             except Exception as exc:
                 attempt += 1
                 self._startup_error = f"{type(exc).__name__}: {exc}"
@@ -315,6 +324,14 @@ class Service:
         self._started.set()
         self.logger.info("service started", kind=self.kind)
 
+    def _refuse(self, reason: str) -> None:
+        """Stay unready for good, saying why; a served process stops (`run` exits non-zero)."""
+        self.refused = reason
+        self._startup_error = reason
+        self.logger.critical(reason)
+        if self._server is not None:
+            self._server.should_exit = True  # a graceful stop; then `run` exits with the reason
+
     async def _stop(self) -> None:
         r = self.resources
         timeout = self.settings.shutdown_timeout_s
@@ -339,8 +356,11 @@ class Service:
     # Running ----------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve on HOST:PORT (PORT defaults to the service's port in the port table)."""
-        uvicorn.run(
+        """Serve on HOST:PORT (PORT defaults to the service's port in the port table).
+
+        Exits with status 1 and the reason when the service refused to start.
+        """
+        config = uvicorn.Config(
             self.app,
             host=self.settings.host,
             port=self.settings.port_for(self.name),
@@ -348,6 +368,12 @@ class Service:
             access_log=False,
             timeout_graceful_shutdown=int(self.settings.shutdown_timeout_s),
         )
+        self._server = uvicorn.Server(config)
+        self._server.run()
+        if self.refused is not None:
+            raise SystemExit(self.refused)
+        if not self._server.started:  # as `uvicorn.run`: the port was taken, or the like
+            raise SystemExit(3)
 
 
 def _bind(loop: Hook, resources: Resources) -> Callable[[], Awaitable[None]]:

@@ -28,6 +28,7 @@ async def _handle(_request: Request, exc: Exception) -> JSONResponse:
         content={
             "detail": redact_text(str(exc)),
             "reason": "database_unavailable" if unavailable else "database_error",
+            "dependency": "database",
         },
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -138,3 +140,57 @@ async def test_service_recovers_when_the_database_returns(private_cluster: Priva
     finally:
         await engine.dispose()
     assert ids == {"qt-before", "qt-after"}
+
+
+# Holds SQLite's write lock (as another process would) until its stdin closes.
+HOLD_LOCK = (
+    "import sqlite3, sys\n"
+    "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "c.execute('BEGIN EXCLUSIVE')\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+async def test_a_sqlite_write_lock_held_elsewhere_makes_readiness_fail_then_pass(
+    sqlite_url: str,
+) -> None:
+    """WAL keeps `SELECT 1` working under another process's write lock; readiness must not."""
+    engine = create_engine(
+        DatabaseSettings(url=sqlite_url, service_name="locked", sqlite_busy_timeout_ms=1000)
+    )
+    sessions = create_session_factory(engine)
+    app = FastAPI()
+    add_health_endpoints(app, [database_readiness_check(engine, timeout_s=3)])
+    holder = None
+    try:
+        await migrate(engine)
+        assert (await _ready(app))[0] == 200
+        path = sqlite_url.split(":///", 1)[1]
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        status, body = await _ready(app)
+        assert status == 503
+        error = body["checks"]["database"]["error"]
+        assert "DatabaseUnavailableError" in error and "database is locked" in error
+        # A write in the meantime fails as "unavailable" (the service answers 503), not a 500.
+        with pytest.raises(DatabaseUnavailableError):
+            async with session_scope(sessions) as session:
+                session.add(_order("qt-while-locked"))
+
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+        assert (await _ready(app))[0] == 200
+        async with session_scope(sessions) as session:
+            session.add(_order("qt-after"))
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        await engine.dispose()

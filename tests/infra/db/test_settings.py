@@ -27,8 +27,11 @@ def test_default_is_a_sqlite_file_named_after_the_service(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("RUN_VAR_DIR", raising=False)
     settings = load_database_settings("risk-safety")
-    assert settings.url == "sqlite+aiosqlite:///var/risk-safety.db"
+    # Absolute, under the checkout's var/: the working directory does not choose the database.
+    checkout = Path(__file__).resolve().parents[3]
+    assert settings.url == f"sqlite+aiosqlite:///{checkout}/var/risk-safety.db"
     assert settings.is_sqlite
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import redis
 
 from backend.infra.eventbus import EmbeddedRedis, resolve_redis_url
-from backend.infra.eventbus._embedded import _stop_owned
+from backend.infra.eventbus._embedded import release_embedded_redis
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -48,8 +50,13 @@ def test_embedded_server_persists_with_aof_and_is_attached_to_by_a_second_caller
             timeout=30,
         )
         assert out.stdout.strip() == url
+        state = json.loads((data_dir / "embedded.json").read_text())
     finally:
-        _stop_owned()
+        release_embedded_redis()  # the last user gone, the guardian stops the server
+    deadline = time.monotonic() + 10
+    while (data_dir / "embedded.json").exists() or Path(f"/proc/{state['pid']}").exists():
+        assert time.monotonic() < deadline, "the guardian did not stop the server"
+        time.sleep(0.05)
     # A restart on the same directory replays the append-only file.
     with EmbeddedRedis(data_dir) as server:
         assert redis.Redis.from_url(server.url).get("k") == b"v"

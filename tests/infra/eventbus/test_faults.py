@@ -6,8 +6,11 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +138,59 @@ async def test_killed_consumer_entry_is_reclaimed_and_takes_effect_exactly_once(
     # processed; F3 and F4 it handles on their second delivery.
     assert handled == {"F3": 2, "F4": 2}
     assert await idempotency.seen(receipts[2].event_id)
+
+
+async def test_a_restarted_consumer_handles_its_own_pending_entries_first_without_waiting(
+    redis_url: str, prefix: str, client: Redis, settings: EventBusSettings
+) -> None:
+    """The default consumer name is the host's, not the pid's: a replica killed mid-handler
+    and started again finds its entries under its name at once, long before another consumer
+    could reclaim them (`claim_idle_ms` is a minute here)."""
+    publisher = EventPublisher(client, "execution", settings)
+    await publisher.publish_many([fill(n) for n in range(4)])
+    doomed = _spawn(
+        "hang",
+        {
+            "REDIS_URL": redis_url,
+            "EVENTBUS_PREFIX": prefix,
+            "WORKER_HANG_AT": "F1",
+            "WORKER_CONSUMER_NAME": "",
+            "WORKER_CLAIM_IDLE_MS": "60000",
+        },
+    )
+    try:
+        await eventually(lambda: _exists(client, f"{prefix}:test:in-handler"), 20, "mid-handler")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+    finally:
+        doomed.kill()
+    key = settings.stream_key("order.filled")
+    pending = await client.xpending_range(key, "portfolio", "-", "+", 10)
+    assert {p["consumer"].decode() for p in pending} == {socket.gethostname()}
+
+    idempotency = Idempotency(client, "portfolio", settings)
+    restarted = EventConsumer(
+        client,
+        "portfolio",
+        replace(settings, claim_idle_ms=60_000),
+        idempotency=idempotency,
+    )
+    assert restarted.name == socket.gethostname()
+    counts_key = f"{prefix}:test:applied"
+
+    async def on_fill(event: Event[OrderFilled]) -> None:
+        def effect(pipe: Any) -> None:
+            pipe.hincrby(counts_key, event.data.fill_id, 1)
+
+        await idempotency.apply_once(event.id, effect)
+
+    restarted.subscribe(OrderFilled, on_fill)
+    started = time.monotonic()
+    async with restarted:
+        await eventually(lambda: _no_pending(client, key), 10, "the own pending entries")
+    print(f"own pending entries handled {time.monotonic() - started:.2f} s after the restart")
+    applied = {k.decode(): int(v) for k, v in (await client.hgetall(counts_key)).items()}
+    assert applied == {f"F{n}": 1 for n in range(4)}
 
 
 async def _exists(client: Redis, key: str) -> bool:

@@ -44,8 +44,9 @@ def fill(n: int) -> OrderFilled:
 
 
 def _settings() -> EventBusSettings:
+    claim_idle_ms = int(os.environ.get("WORKER_CLAIM_IDLE_MS", "1000"))
     return EventBusSettings.from_env(
-        block_ms=100, claim_idle_ms=1_000, claim_interval_ms=200, retry_backoff_max_ms=100
+        block_ms=100, claim_idle_ms=claim_idle_ms, claim_interval_ms=200, retry_backoff_max_ms=100
     )
 
 
@@ -87,8 +88,10 @@ async def consume_then_hang() -> None:
     client = create_redis_client(os.environ["REDIS_URL"])
     settings = _settings()
     idempotency = Idempotency(client, "portfolio", settings)
+    # WORKER_CONSUMER_NAME="" leaves the name to the consumer's default, as services do.
+    name = os.environ.get("WORKER_CONSUMER_NAME", "doomed") or None
     consumer = EventConsumer(
-        client, "portfolio", settings, consumer_name="doomed", idempotency=idempotency
+        client, "portfolio", settings, consumer_name=name, idempotency=idempotency
     )
     hang_at = os.environ["WORKER_HANG_AT"]
     counts_key = f"{settings.prefix}:test:applied"

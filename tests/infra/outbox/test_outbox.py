@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from backend.infra.eventbus import (
 )
 from backend.infra.observability import get_tracer
 from backend.infra.outbox import Outbox, OutboxConfigError, OutboxSettings
+from backend.infra.outbox._outbox import retry_delay_s
 from backend.trading.events import OrderAccepted, OrderFilled
 from tests.support.factories import fill_event
 from tests.support.metrics import metric
@@ -269,3 +271,51 @@ def test_settings_come_from_the_environment_and_bad_values_name_the_variable() -
         OutboxSettings.from_env({"OUTBOX_PUBLISH_TIMEOUT_S": "0"})
     with pytest.raises(OutboxConfigError, match="OUTBOX_BATCH_SIZE"):
         OutboxSettings.from_env({"OUTBOX_BATCH_SIZE": "many"})
+
+
+def test_the_relay_never_pauses_longer_than_its_cap() -> None:
+    """However long the outage, the relay tries again within `retry_backoff_max_s` (1 s)."""
+    defaults = OutboxSettings()
+    assert defaults.retry_backoff_max_s == 1.0
+    delays = [retry_delay_s(defaults, failures) for failures in range(1, 40)]
+    assert max(delays) <= 1.0
+    assert delays[0] <= defaults.retry_backoff_s
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_after_a_long_outage_the_backlog_goes_out_within_about_a_second(
+    sessions: async_sessionmaker[AsyncSession], own_redis: EmbeddedRedis, settings: EventBusSettings
+) -> None:
+    """Redis stopped for 6 s (an uncapped doubling back-off would be at 4 s and growing), then
+    started again: the relay notices at its next try, at most a second later."""
+    client = create_redis_client(own_redis.url)
+    source = f"svc-{settings.prefix[-12:]}"
+    outbox = Outbox(sessions, EventPublisher(client, source, settings), source=source)
+    relay = asyncio.create_task(outbox.run_relay(), name="test-outbox-relay")
+    try:
+        own_redis.stop()
+        await commit_traced(outbox, sessions, fill(1))
+        # A request that must answer fast is told "queued", not kept waiting on Redis.
+        started = time.monotonic()
+        assert await outbox.publish_within(0.3) is False
+        assert time.monotonic() - started < 1.0
+        await asyncio.sleep(6.0)
+        assert outbox.failing
+        own_redis.start()
+        back = time.monotonic()
+
+        async def all_published() -> bool:
+            return all(r.published_at is not None for r in await rows(sessions))
+
+        await eventually(all_published, 10, "the relay to publish the backlog")
+        took_s = time.monotonic() - back
+        print(f"backlog published {took_s:.2f} s after Redis came back")
+        # 1 s of back-off at most, plus a reconnect and the publish on a busy machine.
+        assert took_s < 3.0
+        assert [e["data"]["fill_id"] for e in await entries(client, settings, "order.filled")] == [
+            "o-1-1"
+        ]
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+        await client.aclose()

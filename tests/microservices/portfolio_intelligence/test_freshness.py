@@ -67,7 +67,7 @@ def complete(client: TestClient) -> dict[str, Any]:
 def test_a_fill_whose_handler_fails_for_good_stops_as_of_ms_while_ticks_go_on(
     harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def always_fail(self: LedgerStore, f: Fill, sequence: int | None, position: Any) -> None:
+    async def always_fail(self: LedgerStore, f: Fill, *_args: Any) -> None:
         raise DatabaseError("disk full")
 
     monkeypatch.setattr(LedgerStore, "book", always_fail)
@@ -172,12 +172,10 @@ def test_a_fill_being_retried_is_pending_and_the_portfolio_is_fresh_once_it_is_b
     book = LedgerStore.book
     release: list[bool] = []
 
-    async def fail_until_released(
-        self: LedgerStore, f: Fill, sequence: int | None, position: Any
-    ) -> None:
+    async def fail_until_released(self: LedgerStore, f: Fill, *args: Any) -> None:
         if not release:
             raise DatabaseError("connection lost")
-        await book(self, f, sequence, position)
+        await book(self, f, *args)
 
     monkeypatch.setenv("EVENTBUS_MAX_DELIVERIES", "1000")
     monkeypatch.setattr(LedgerStore, "book", fail_until_released)
@@ -200,13 +198,11 @@ def test_a_fill_in_memory_after_a_failed_write_and_rebuild_still_reaches_the_led
     book, ledger = LedgerStore.book, LedgerStore.ledger
     calls = {"book": 0, "ledger": 0}
 
-    async def fail_first_booking(
-        self: LedgerStore, f: Fill, sequence: int | None, position: Any
-    ) -> None:
+    async def fail_first_booking(self: LedgerStore, f: Fill, *args: Any) -> None:
         calls["book"] += 1
         if calls["book"] == 1:
             raise DatabaseError("connection lost")
-        await book(self, f, sequence, position)
+        await book(self, f, *args)
 
     async def fail_first_rebuild(self: LedgerStore) -> Any:
         calls["ledger"] += 1

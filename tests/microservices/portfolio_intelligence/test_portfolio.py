@@ -273,11 +273,11 @@ def test_a_fill_retried_after_a_failed_booking_is_booked_in_the_venue_order(
     book = LedgerStore.book
     failed: list[str] = []
 
-    async def fail_once(self: LedgerStore, f: Fill, sequence: int | None, position: Any) -> None:
+    async def fail_once(self: LedgerStore, f: Fill, *args: Any) -> None:
         if f.fill_id == fills[1].fill_id and not failed:
             failed.append(f.fill_id)
             raise DatabaseError("connection lost")
-        await book(self, f, sequence, position)
+        await book(self, f, *args)
 
     monkeypatch.setattr(LedgerStore, "book", fail_once)
     before = out_of_order_fills()
@@ -387,3 +387,21 @@ def test_a_fill_with_a_booked_id_and_other_economics_is_a_conflict_after_a_resta
         p = wait_until(lambda: (p := portfolio(client))["fills"]["dead_letters"] == 1 and p)
         assert books(p) == before
         assert "dead_letters" in p["fills"]["problems"]
+
+
+def test_a_position_update_is_committed_with_its_ledger_row_and_published_from_the_outbox(
+    harness: ServiceHarness,
+) -> None:
+    with harness.run(create_service) as client:
+        harness.publish(fill_event("ob-1", "BUY", "2", "100", "0.2"))
+        wait_until(lambda: harness.published("position.updated"), what="the position update")
+        assert client.get("/fills").json()["count"] == 1
+    path = harness.database_url.split(":///", 1)[1]
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT event_type, published_at IS NOT NULL FROM outbox_events WHERE source = ?",
+            ("portfolio-intelligence",),
+        ).fetchall()
+    assert rows == [("position.updated", 1)]
+    (update,) = harness.published("position.updated")
+    assert D(update["quantity"]) == 2
