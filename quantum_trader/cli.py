@@ -93,7 +93,7 @@ def _seconds_option(flag: str, variable: str, default: float, text: str) -> Call
     "--ready-timeout", "RUN_READY_TIMEOUT_S", 120.0, "Seconds every service has to get ready."
 )
 @_seconds_option(
-    "--stop-timeout", "RUN_STOP_TIMEOUT_S", 20.0, "Seconds between SIGTERM and SIGKILL."
+    "--stop-timeout", "RUN_STOP_TIMEOUT_S", 30.0, "Seconds between SIGTERM and SIGKILL."
 )
 @click.option(
     "--traceview/--no-traceview",

@@ -88,7 +88,9 @@ class LaunchOptions:
     var_dir: Path = Path("var")
     port_offset: int = 0
     ready_timeout_s: float = 120.0
-    stop_timeout_s: float = 20.0
+    stop_timeout_s: float = 30.0
+    """Longer than a service's own stop: its SHUTDOWN_TIMEOUT_S (20 s) for background tasks,
+    then the telemetry flush's deadline (5 s); a child is killed only past both."""
     traceview: bool = True
     redis_port: int = 0
     metrics_port: int | None = METRICS_PORT

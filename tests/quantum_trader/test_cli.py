@@ -133,7 +133,7 @@ def test_run_reads_its_options_and_their_environment_variables(
             var_dir=tmp_path,
             port_offset=100,
             ready_timeout_s=7.5,
-            stop_timeout_s=20.0,
+            stop_timeout_s=30.0,
             traceview=False,
             redis_port=0,
         )
