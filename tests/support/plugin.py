@@ -16,6 +16,11 @@ Helpers that are not fixtures live in the other `tests.support` modules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,7 +28,15 @@ import pytest
 
 from backend.infra.eventbus import EventBusSettings, create_redis_client
 from tests.support.inprocess import API_TOKEN, ServiceHarness
-from tests.support.postgres import admin_url, require_postgres, scratch_database, unreachable
+from tests.support.postgres import (
+    PG_BIN,
+    PrivateCluster,
+    admin_url,
+    require_postgres,
+    scratch_database,
+    unreachable,
+)
+from tests.support.procs import free_port
 from tests.support.redis import RedisUnavailable, delete_prefixed, new_prefix, redis_server
 from tests.support.require import require_service
 
@@ -128,3 +141,51 @@ def harness_database(
     monkeypatch.setenv("DATABASE_URL", database_url)
     harness.database_url = database_url
     return harness
+
+
+@pytest.fixture(scope="session")
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A running private cluster; the server refuses to run as root, so it runs as `postgres`."""
+    require_service((PG_BIN / "initdb").exists(), f"PostgreSQL binaries not found in {PG_BIN}")
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        require_service(shutil.which("runuser") is not None, "runuser is needed to run as postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    directory = Path(tempfile.mkdtemp(prefix="qt-pg-"))
+    if run_as:
+        shutil.chown(directory, "postgres")
+    cluster = PrivateCluster(directory, free_port(), run_as)
+    subprocess.run(
+        [
+            *run_as,
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(directory / "data"),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        # It may already be stopped by a test that failed half-way.
+        with contextlib.suppress(subprocess.CalledProcessError):
+            cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def cluster_database(
+    private_cluster: PrivateCluster, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    """A database of this test on the private cluster (which the test may stop), as DATABASE_URL."""
+    async with scratch_database("qt_down", private_cluster.url) as url:
+        monkeypatch.setenv("DATABASE_URL", url)
+        yield url

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from tests.infra.db.conftest import private_cluster
 from tests.microservices.execution.conftest import RiskStub, running
 from tests.microservices.execution.test_execution import order, send_tick
 from tests.microservices.risk_safety.test_database_down import assert_database_503
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
-from tests.support.postgres import PrivateCluster, scratch_database
-
-
-@pytest.fixture
-async def cluster_database(
-    private_cluster: PrivateCluster, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[str]:
-    """A database of this test on a PostgreSQL cluster the test may stop (never the shared one)."""
-    async with scratch_database("qt_down", private_cluster.url) as url:
-        monkeypatch.setenv("DATABASE_URL", url)
-        yield url
-
-
-__all__ = ["private_cluster"]
+from tests.support.postgres import PrivateCluster
 
 
 def test_every_write_answers_503_naming_the_database_then_works_again(

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from httpx import Response
 
 from microservices.risk_safety.service import create_service
-from tests.infra.db.conftest import private_cluster
 from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, tick
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
-from tests.support.postgres import PrivateCluster, scratch_database
-
-
-@pytest.fixture
-async def cluster_database(
-    private_cluster: PrivateCluster, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[str]:
-    """A database of this test on a PostgreSQL cluster the test may stop (never the shared one)."""
-    async with scratch_database("qt_down", private_cluster.url) as url:
-        monkeypatch.setenv("DATABASE_URL", url)
-        yield url
-
-
-__all__ = ["private_cluster"]
+from tests.support.postgres import PrivateCluster
 
 
 def assert_database_503(response: Response) -> None:
