@@ -27,7 +27,9 @@ from tests.support.otlp import OtlpReceiver
 from tests.support.postgres import scratch_databases
 from tests.support.procs import Proc
 
-SIX = [spec.name for spec in BUILT_SERVICES]
+OFF_THE_TRADE_PATH = {"rl-training", "clm"}
+"""Services that learn from trades after the fact: no tick or order passes through them."""
+SIX = [spec.name for spec in BUILT_SERVICES if spec.name not in OFF_THE_TRADE_PATH]
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
 ZERO = Decimal(0)
 
