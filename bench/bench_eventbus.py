@@ -29,7 +29,7 @@ BATCH = 500
 
 
 def _tick(n: int) -> Any:
-    from backend.infra.eventbus import MarketTick
+    from backend.trading.events import MarketTick
 
     return MarketTick(
         symbol="BTC-USD",
@@ -79,12 +79,8 @@ async def _produce(count: int) -> dict[str, float]:
 
 
 async def _consume(count: int) -> dict[str, float]:
-    from backend.infra.eventbus import (
-        EventConsumer,
-        Idempotency,
-        MarketTick,
-        create_redis_client,
-    )
+    from backend.infra.eventbus import EventConsumer, Idempotency, create_redis_client
+    from backend.trading.events import MarketTick
 
     client = create_redis_client(os.environ["REDIS_URL"])
     settings = _settings()

@@ -14,7 +14,7 @@ import time
 
 async def _worker(
     host: str, port: int, path: str, stop_at: float, warm_until: float, lat: list[float]
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     reader, writer = await asyncio.open_connection(host, port)
     request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     done = errors = sent = 0
@@ -45,7 +45,9 @@ async def _worker(
     return done, errors, sent
 
 
-async def run(host: str, port: int, path: str, seconds: float, warmup: float, conns: int) -> dict:
+async def run(
+    host: str, port: int, path: str, seconds: float, warmup: float, conns: int
+) -> dict[str, float]:
     start = time.perf_counter()
     warm_until = start + warmup
     stop_at = warm_until + seconds

@@ -36,7 +36,7 @@ from backend.infra.db import default_url
 from backend.infra.eventbus import EmbeddedRedis, EmbeddedRedisError
 from backend.infra.observability import redact_url
 from backend.infra.service import BUILT_SERVICES, ServiceSpec
-from microservices.portfolio_intelligence.api import FillPublic, FillsPublic
+from microservices.contracts.portfolio_intelligence import FillPublic, FillsPublic
 
 from .local_secrets import LocalSecrets, SecretsError, load_or_create
 

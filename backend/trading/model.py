@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,13 +18,11 @@ from sklearn.preprocessing import StandardScaler
 
 from backend.trading.features import FEATURE_NAMES, FloatArray, make_training_set
 from backend.trading.marketsim import MarketSimulator, SymbolSpec
-from backend.trading.types import Symbol
+from backend.trading.types import Direction, Symbol
 
 ARTIFACT_FORMAT = "qt-logreg/1"
 CLASSES = (-1, 1)
 DEFAULT_HOLD_BAND = 0.05
-
-Direction = Literal["BUY", "SELL", "HOLD"]
 
 
 class InvalidModelArtifact(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from decimal import Decimal
 from enum import StrEnum
 
@@ -124,6 +124,11 @@ class Order:
         """Quantity still to fill."""
         return self.quantity - self.filled_quantity
 
+    @property
+    def request(self) -> OrderRequest:
+        """The intent this order was created from."""
+        return OrderRequest(**{f.name: getattr(self, f.name) for f in fields(OrderRequest)})
+
 
 @dataclass(frozen=True, slots=True)
 class OrderEvent:
@@ -155,14 +160,7 @@ class OrderEventRecord:
 def create_order(request: OrderRequest, ts_ms: int) -> tuple[Order, OrderEventRecord]:
     """A NEW order for `request`, and the record of its creation."""
     order = Order(
-        client_order_id=request.client_order_id,
-        symbol=request.symbol,
-        side=request.side,
-        order_type=request.order_type,
-        quantity=request.quantity,
-        limit_price=request.limit_price,
-        time_in_force=request.time_in_force,
-        reduce_only=request.reduce_only,
+        **asdict(request),
         status=OrderStatus.NEW,
         filled_quantity=ZERO,
         average_fill_price=None,

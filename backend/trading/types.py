@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import NewType
+from typing import Any, Literal, NewType, Protocol
 
 Symbol = NewType("Symbol", str)
 ClientOrderId = NewType("ClientOrderId", str)
 FillId = NewType("FillId", str)
 
 ZERO = Decimal(0)
+
+Direction = Literal["BUY", "SELL", "HOLD"]
+"""A model's view on a symbol: buy, sell, or do nothing."""
 
 
 class Side(StrEnum):
@@ -99,6 +103,30 @@ class OrderRequest:
         return self.quantity * self.side.sign
 
 
+class StoredFill(Protocol):
+    """A fill as a table keeps it: the fill's fields as text and numbers, its time as
+    `filled_at` (a table may have kept no liquidity for old fills)."""
+
+    @property
+    def fill_id(self) -> str: ...
+    @property
+    def client_order_id(self) -> str: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def side(self) -> str: ...
+    @property
+    def quantity(self) -> Decimal: ...
+    @property
+    def price(self) -> Decimal: ...
+    @property
+    def fee(self) -> Decimal: ...
+    @property
+    def liquidity(self) -> str | None: ...
+    @property
+    def filled_at(self) -> datetime: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Fill:
     """One execution of (part of) an order. `fee` is in the quote currency and always >= 0."""
@@ -117,3 +145,48 @@ class Fill:
     def notional(self) -> Decimal:
         """Quantity times price, before fees."""
         return self.quantity * self.price
+
+    @classmethod
+    def from_stored(cls, row: StoredFill, *, liquidity: Liquidity | None = None) -> Fill:
+        """The fill a table row holds; `liquidity` stands in where the row kept none."""
+        known = row.liquidity or liquidity
+        if known is None:
+            raise ValueError(f"fill {row.fill_id}: the row keeps no liquidity")
+        return cls(
+            FillId(row.fill_id),
+            ClientOrderId(row.client_order_id),
+            Symbol(row.symbol),
+            Side(row.side),
+            row.quantity,
+            row.price,
+            row.fee,
+            Liquidity(known),
+            int(row.filled_at.timestamp() * 1000),
+        )
+
+    def columns(self) -> dict[str, Any]:
+        """The fill as a table's columns (the inverse of `from_stored`)."""
+        return {
+            "fill_id": self.fill_id,
+            "client_order_id": self.client_order_id,
+            "symbol": self.symbol,
+            "side": self.side.value,
+            "quantity": self.quantity,
+            "price": self.price,
+            "fee": self.fee,
+            "liquidity": self.liquidity.value,
+            "filled_at": datetime.fromtimestamp(self.ts_ms / 1000, UTC),
+        }
+
+    def attributes(self) -> dict[str, str]:
+        """The fill as span attributes and log fields (amounts as exact decimal text)."""
+        return {
+            "client_order_id": self.client_order_id,
+            "fill_id": self.fill_id,
+            "symbol": self.symbol,
+            "side": self.side.value,
+            "quantity": str(self.quantity),
+            "price": str(self.price),
+            "fee": str(self.fee),
+            "liquidity": self.liquidity.value,
+        }

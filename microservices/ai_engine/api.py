@@ -2,64 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
 
 from backend.infra.db.models import ModelVersion
 from backend.infra.service import provided
-from backend.trading.features import WINDOW
+from microservices.contracts.ai_engine import (
+    ModelPublic,
+    ModelsPublic,
+    PredictionPublic,
+    PredictRequest,
+)
 
 from .server import ModelServer, NoModelLoaded, UnusablePrices
 
 router = APIRouter()
-
-
-class PredictRequest(BaseModel):
-    """Recent prices of one symbol, oldest first; the last WINDOW of them are used."""
-
-    symbol: str = Field(min_length=1, max_length=32)
-    prices: list[Decimal] = Field(min_length=WINDOW, max_length=10_000)
-    source_id: str | None = Field(
-        default=None,
-        max_length=128,
-        description="What the prediction is for (e.g. the tick's event id). The same model, "
-        "symbol and source give the same signal id, so a retried decision is recognisable.",
-    )
-
-
-class PredictionPublic(BaseModel):
-    symbol: str
-    direction: Literal["BUY", "SELL", "HOLD"]
-    confidence: float
-    probability_up: float
-    model_version: str
-    signal_id: str
-    features: dict[str, float]
-
-
-class ModelPublic(BaseModel):
-    name: str
-    version: str
-    stage: str
-    serving: bool
-    metrics: dict[str, Any] | None
-    artifact_sha256: str | None
-    artifact_uri: str | None = Field(
-        description="A file holding a copy of the artifact; only for models registered before "
-        "artifacts were stored in the registry."
-    )
-    created_at: datetime
-    promoted_at: datetime | None
-
-
-class ModelsPublic(BaseModel):
-    data: list[ModelPublic]
-    count: int
-    serving: str | None
 
 
 Server = Annotated[ModelServer, Depends(provided(ModelServer))]

@@ -12,9 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 from backend.infra.db import IntegrityViolationError
-from backend.infra.eventbus import SignalGenerated
 from backend.infra.observability import BoundLogger
 from backend.infra.service import Resources
+from backend.trading.events import SignalGenerated
 from backend.trading.features import (
     FEATURE_NAMES,
     WINDOW,

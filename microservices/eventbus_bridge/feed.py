@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from backend.infra.eventbus import FeedStalled, MarketTick
 from backend.infra.observability import BoundLogger
 from backend.infra.service import Resources
+from backend.trading.events import FeedStalled, MarketTick
 from backend.trading.marketsim import StalledFeed, detect_stalled_feeds
 from backend.trading.types import Symbol
 

@@ -4,18 +4,32 @@ trading state it enforces (pushed by risk-safety) and its exposure view for risk
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.infra.db.models import FillRecord
-from backend.infra.service import Price, Quantity, provided
-from backend.trading.approval import Approval, ApprovalError, SignedState
+from backend.infra.service import provided
+from backend.trading.approval import ApprovalError
 from backend.trading.orders import Order
-from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
+from backend.trading.types import Symbol
+from microservices.contracts.common import IDENTIFIER_PATTERN, MAX_INT64
+from microservices.contracts.execution import (
+    AccountPublic,
+    ExposurePublic,
+    FillPublic,
+    HoldingPublic,
+    OrderCreate,
+    OrderEventPublic,
+    OrderEventsPublic,
+    OrderPublic,
+    OrdersPublic,
+    QuotePublic,
+    RiskStateIn,
+    RiskStatePublic,
+    RiskStateUpdatePublic,
+    WorkingOrderPublic,
+)
 
 from . import metrics
 from .desk import (
@@ -31,239 +45,44 @@ from .store import StoredOrder
 
 router = APIRouter()
 
-MAX_INT64 = 2**63 - 1
-# Identifiers are printable ASCII without spaces: they go into SQL, logs and span attributes,
-# and a NUL byte, for one, is refused by PostgreSQL (a 500 if it got that far).
-IDENTIFIER_PATTERN = r"^[!-~]+$"
-ClientOrderIdIn = Annotated[
-    str, Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN, examples=["bot-7f3a2c"])
-]
-SymbolIn = Annotated[
-    str, Field(min_length=1, max_length=32, pattern=IDENTIFIER_PATTERN, examples=["BTCUSDT"])
-]
 ClientOrderIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)]
 
 
-class ApprovalIn(BaseModel):
-    """The approval risk-safety returned from POST /check."""
-
-    decision_id: str = Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)
-    token: str = Field(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)
-    expires_ms: int = Field(ge=0, le=MAX_INT64)
-    epoch: int = Field(default=0, ge=0, le=MAX_INT64)
-
-
-class OrderCreate(BaseModel):
-    """An order to place; `client_order_id` makes the request idempotent."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    client_order_id: ClientOrderIdIn
-    symbol: SymbolIn
-    side: Literal["BUY", "SELL"]
-    quantity: Quantity
-    order_type: Literal["MARKET", "LIMIT"] = "MARKET"
-    limit_price: Price | None = None
-    time_in_force: Literal["GTC", "IOC"] = "GTC"
-    reduce_only: bool = False
-    approval: ApprovalIn | None = None
-
-    @model_validator(mode="after")
-    def _price_fits_type(self) -> OrderCreate:
-        if self.order_type == "LIMIT" and self.limit_price is None:
-            raise ValueError("limit_price is required for a LIMIT order")
-        if self.order_type == "MARKET" and self.limit_price is not None:
-            raise ValueError("limit_price must be null for a MARKET order")
-        return self
-
-    def to_request(self) -> OrderRequest:
-        return OrderRequest(
-            client_order_id=ClientOrderId(self.client_order_id),
-            symbol=Symbol(self.symbol),
-            side=Side(self.side),
-            quantity=self.quantity,
-            order_type=OrderType(self.order_type),
-            limit_price=self.limit_price,
-            time_in_force=TimeInForce(self.time_in_force),
-            reduce_only=self.reduce_only,
-        )
+def fill_public(fill: FillRecord) -> FillPublic:
+    return FillPublic(
+        fill_id=fill.fill_id,
+        sequence=fill.id,
+        quantity=fill.quantity,
+        price=fill.price,
+        fee=fill.fee,
+        liquidity=fill.liquidity,
+        filled_at=fill.filled_at,
+    )
 
 
-class FillPublic(BaseModel):
-    fill_id: str
-    # The venue's order of fills (fill timestamps mix quote time and wall time, so they cannot
-    # order fills of resting and market orders against each other).
-    sequence: int
-    quantity: Decimal
-    price: Decimal
-    fee: Decimal
-    liquidity: str
-    filled_at: datetime
-
-    @classmethod
-    def of(cls, fill: FillRecord) -> FillPublic:
-        return cls(
-            fill_id=fill.fill_id,
-            sequence=fill.id,
-            quantity=fill.quantity,
-            price=fill.price,
-            fee=fill.fee,
-            liquidity=fill.liquidity,
-            filled_at=fill.filled_at,
-        )
-
-
-class OrderPublic(BaseModel):
-    client_order_id: str
-    status: str
-    symbol: str
-    side: str
-    quantity: Decimal
-    filled_quantity: Decimal
-    avg_fill_price: Decimal | None
-    order_type: str
-    limit_price: Decimal | None
-    time_in_force: str
-    reduce_only: bool
-    reason: str
-    risk_decision_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    fills: list[FillPublic]
-
-    @classmethod
-    def of(cls, stored: StoredOrder) -> OrderPublic:
-        row = stored.record
-        return cls(
-            client_order_id=row.client_order_id,
-            status=row.status,
-            symbol=row.symbol,
-            side=row.side,
-            quantity=row.quantity,
-            filled_quantity=row.filled_quantity,
-            avg_fill_price=row.average_fill_price,
-            order_type=row.order_type,
-            limit_price=row.limit_price,
-            time_in_force=row.time_in_force,
-            reduce_only=row.reduce_only,
-            reason=stored.reason,
-            risk_decision_id=row.risk_decision_id,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            fills=[FillPublic.of(f) for f in stored.fills],
-        )
-
-
-class OrdersPublic(BaseModel):
-    data: list[OrderPublic]
-    count: int
-
-
-class OrderEventPublic(BaseModel):
-    sequence: int
-    kind: str
-    from_status: str | None
-    to_status: str
-    filled_quantity: Decimal
-    fill_quantity: Decimal | None
-    fill_price: Decimal | None
-    reason: str
-    trace_id: str | None
-    occurred_at: datetime
-
-
-class OrderEventsPublic(BaseModel):
-    data: list[OrderEventPublic]
-    count: int
-
-
-class QuotePublic(BaseModel):
-    symbol: str
-    bid: Decimal
-    ask: Decimal
-    last: Decimal
-    volume: Decimal
-    ts_ms: int
-
-
-class HoldingPublic(BaseModel):
-    symbol: str
-    quantity: Decimal
-    available: Decimal
-
-
-class AccountPublic(BaseModel):
-    """The venue's balances: reserved amounts back the open orders."""
-
-    cash: Decimal
-    reserved_cash: Decimal
-    available_cash: Decimal
-    holdings: list[HoldingPublic]
-    open_orders: int
+def order_public(stored: StoredOrder) -> OrderPublic:
+    row = stored.record
+    return OrderPublic(
+        client_order_id=row.client_order_id,
+        status=row.status,
+        symbol=row.symbol,
+        side=row.side,
+        quantity=row.quantity,
+        filled_quantity=row.filled_quantity,
+        avg_fill_price=row.average_fill_price,
+        order_type=row.order_type,
+        limit_price=row.limit_price,
+        time_in_force=row.time_in_force,
+        reduce_only=row.reduce_only,
+        reason=stored.reason,
+        risk_decision_id=row.risk_decision_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        fills=[fill_public(f) for f in stored.fills],
+    )
 
 
 Desk = Annotated[OrderDesk, Depends(provided(OrderDesk))]
-
-
-class RiskStateIn(BaseModel):
-    """A trading state signed by risk-safety, pushed on every change."""
-
-    state: str = Field(min_length=1, max_length=16, pattern=r"^[A-Z_]+$", examples=["HALTED"])
-    epoch: int = Field(ge=0, le=MAX_INT64)
-    token: str = Field(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)
-    reason: str = Field(default="", max_length=4000)
-
-
-class RiskStateUpdatePublic(BaseModel):
-    """The state execution enforces after a push, and the orders the push canceled."""
-
-    state: str
-    epoch: int
-    canceled: list[str]
-
-
-class RiskStatePublic(BaseModel):
-    """The trading state execution enforces, how it arrived, and its lease."""
-
-    state: str | None
-    epoch: int | None
-    source: str | None
-    reason: str | None
-    adopted_at_ms: int | None
-    adopted_fill_sequence: int | None
-    """The highest venue fill sequence when the state was adopted."""
-    lease_ms: int
-    lease_age_ms: int | None
-    lease_expired: bool
-    accepts: Literal["ALL", "REDUCE_ONLY"]
-    blocker: str | None
-    """Why exposure-increasing orders are refused (and held), if they are."""
-
-
-class WorkingOrderPublic(BaseModel):
-    client_order_id: str
-    symbol: str
-    side: str
-    order_type: str
-    limit_price: str | None
-    remaining_quantity: str
-    reduce_only: bool
-
-
-class ExposurePublic(BaseModel):
-    """Execution's exposure as of one instant, for risk-safety's limits."""
-
-    as_of_ms: int
-    fill_sequence: int
-    risk_state: str | None
-    risk_epoch: int | None
-    holdings: dict[str, str]
-    working: list[WorkingOrderPublic]
-    client_order_ids_since: list[str]
-
-
-def _plain(value: Decimal) -> str:
-    return format(value, "f")
 
 
 @router.post("/orders", status_code=status.HTTP_201_CREATED)
@@ -293,9 +112,7 @@ async def place_order(body: OrderCreate, response: Response, desk: Desk) -> Orde
     try:
         submission = await desk.place(
             body.to_request(),
-            Approval(approval.decision_id, approval.token, approval.expires_ms, approval.epoch)
-            if approval
-            else None,
+            approval.to_approval() if approval else None,
         )
     except OrderConflict as exc:
         desk.log.warning(
@@ -327,7 +144,7 @@ async def place_order(body: OrderCreate, response: Response, desk: Desk) -> Orde
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
     if not submission.created:
         response.status_code = status.HTTP_200_OK
-    return OrderPublic.of(submission.order)
+    return order_public(submission.order)
 
 
 @router.post("/risk/state")
@@ -339,9 +156,7 @@ async def push_risk_state(body: RiskStateIn, desk: Desk) -> RiskStateUpdatePubli
     every working order that could increase exposure; their ids are in `canceled`.
     """
     try:
-        update = await desk.update_state(
-            SignedState(body.state, body.epoch, body.token), source="push", reason=body.reason
-        )
+        update = await desk.update_state(body.to_signed_state(), source="push", reason=body.reason)
     except InvalidState as exc:
         desk.log.warning("trading state refused", state=body.state, epoch=body.epoch)
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
@@ -394,7 +209,7 @@ async def get_exposure(
         fill_sequence=view.fill_sequence,
         risk_state=view.risk_state,
         risk_epoch=view.risk_epoch,
-        holdings={s: _plain(q) for s, q in view.holdings.items()},
+        holdings={str(s): q for s, q in view.holdings.items()},
         working=[_working_public(o) for o in view.working],
         client_order_ids_since=view.client_order_ids_since,
     )
@@ -406,8 +221,8 @@ def _working_public(order: Order) -> WorkingOrderPublic:
         symbol=order.symbol,
         side=order.side.value,
         order_type=order.order_type.value,
-        limit_price=_plain(order.limit_price) if order.limit_price is not None else None,
-        remaining_quantity=_plain(order.remaining_quantity),
+        limit_price=order.limit_price,
+        remaining_quantity=order.remaining_quantity,
         reduce_only=order.reduce_only,
     )
 
@@ -422,7 +237,7 @@ async def list_orders(
 ) -> OrdersPublic:
     """Newest orders first, optionally only those of one status (e.g. ACCEPTED)."""
     orders = await desk.store.recent(status=status_.upper() if status_ else None, limit=limit)
-    return OrdersPublic(data=[OrderPublic.of(o) for o in orders], count=len(orders))
+    return OrdersPublic(data=[order_public(o) for o in orders], count=len(orders))
 
 
 @router.post("/orders/cancel-all")
@@ -434,7 +249,7 @@ async def cancel_all_orders(
 ) -> OrdersPublic:
     """Cancel every working order (of one symbol, if given)."""
     orders = await desk.cancel_all(symbol)
-    return OrdersPublic(data=[OrderPublic.of(o) for o in orders], count=len(orders))
+    return OrdersPublic(data=[order_public(o) for o in orders], count=len(orders))
 
 
 @router.get("/orders/{client_order_id}")
@@ -442,7 +257,7 @@ async def get_order(client_order_id: ClientOrderIdPath, desk: Desk) -> OrderPubl
     stored = await desk.store.get(client_order_id)
     if stored is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {client_order_id}")
-    return OrderPublic.of(stored)
+    return order_public(stored)
 
 
 @router.get("/orders/{client_order_id}/events")
@@ -451,21 +266,7 @@ async def get_order_events(client_order_id: ClientOrderIdPath, desk: Desk) -> Or
     rows = await desk.store.events(client_order_id)
     if not rows:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {client_order_id}")
-    data = [
-        OrderEventPublic(
-            sequence=r.sequence,
-            kind=r.kind,
-            from_status=r.from_status,
-            to_status=r.to_status,
-            filled_quantity=r.filled_quantity,
-            fill_quantity=r.fill_quantity,
-            fill_price=r.fill_price,
-            reason=r.reason,
-            trace_id=r.trace_id,
-            occurred_at=r.occurred_at,
-        )
-        for r in rows
-    ]
+    data = [OrderEventPublic.model_validate(r) for r in rows]
     return OrderEventsPublic(data=data, count=len(data))
 
 
@@ -477,7 +278,7 @@ async def cancel_order(client_order_id: ClientOrderIdPath, desk: Desk) -> OrderP
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {client_order_id}") from None
     except OrderNotOpen as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return OrderPublic.of(stored)
+    return order_public(stored)
 
 
 @router.get("/quotes")

@@ -17,20 +17,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-import httpx
-
 from backend.infra.db import DatabaseError
-from backend.infra.db.models import FillRecord
-from backend.infra.eventbus import (
-    Event,
-    EventData,
-    MarketTick,
-    OrderAccepted,
-    OrderCanceled,
-    OrderFilled,
-    OrderRejected,
-    OrderSubmitted,
-)
+from backend.infra.eventbus import Event, EventData
 from backend.infra.observability import (
     BoundLogger,
     SpanKind,
@@ -46,12 +34,18 @@ from backend.trading.approval import (
     verify_approval,
     verify_state,
 )
+from backend.trading.events import (
+    MarketTick,
+    OrderAccepted,
+    OrderCanceled,
+    OrderFilled,
+    OrderRejected,
+    OrderSubmitted,
+)
 from backend.trading.orders import Order, OrderEventKind, OrderStatus
 from backend.trading.types import (
     ClientOrderId,
     Fill,
-    FillId,
-    Liquidity,
     OrderRequest,
     OrderType,
     Quote,
@@ -60,6 +54,8 @@ from backend.trading.types import (
     TimeInForce,
 )
 from backend.trading.venue import PaperVenue, VenueReport, WorkingOrder
+from microservices.contracts import MalformedAnswer, Refused, UpstreamError
+from microservices.contracts.risk_safety import RiskSafetyClient
 
 from . import metrics
 from .riskstate import (
@@ -69,7 +65,6 @@ from .riskstate import (
     RiskStateGate,
     order_reduces,
     request_reduces,
-    signed_state_from,
 )
 from .settings import ExecutionSettings
 from .store import OrderStore, StoredOrder
@@ -243,7 +238,7 @@ class OrderDesk:
         fills, open_orders = await self.store.load_for_restore()
         venue = GatedVenue.restore(
             initial_cash=self.settings.initial_cash,
-            fills=[_fill_of(f) for f in fills],
+            fills=[Fill.from_stored(f) for f in fills],
             open_orders=[WorkingOrder(_order_of(o), o.record.reserved_cash) for o in open_orders],
             quotes=self._quotes.values(),
             config=self._config,
@@ -286,7 +281,7 @@ class OrderDesk:
         async with self._lock:
             existing = await self.store.get(cid)
             if existing is not None:
-                conflicts = conflicting_fields(_request_of(existing), request)
+                conflicts = conflicting_fields(_order_of(existing).request, request)
                 if conflicts:
                     metrics.CONFLICTS.inc()
                     raise OrderConflict(cid, conflicts)
@@ -500,7 +495,7 @@ class OrderDesk:
         failing: str | None = None
         while True:
             started = time.monotonic()
-            error = await self._poll_once(url)
+            error = await self._poll_once()
             if error is not None and failing is None:
                 self.log.warning("trading state poll failed", url=url, error=error)
             elif error is None and failing is not None:
@@ -508,21 +503,20 @@ class OrderDesk:
             failing = error
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
-    async def _poll_once(self, url: str) -> str | None:
+    async def _poll_once(self) -> str | None:
         """One poll; None if it gave a verified state, else what went wrong."""
         http = self._resources.http
         if http is None:
             raise RuntimeError("the service has no HTTP client yet")
         try:
-            response = await http.get(url, timeout=self.settings.risk_poll_timeout_ms / 1000)
-            response.raise_for_status()
-            signed = signed_state_from(response.json())
-        except httpx.HTTPStatusError as exc:
-            return self._poll_failed(f"http_{exc.response.status_code}", str(exc))
-        except httpx.HTTPError as exc:
-            return self._poll_failed("unreachable", f"{type(exc).__name__}: {exc}")
-        except ValueError as exc:
-            return self._poll_failed("unverified", str(exc))
+            signed = await RiskSafetyClient(http, self.risk_safety_url).signed_state(
+                timeout_s=self.settings.risk_poll_timeout_ms / 1000
+            )
+        except MalformedAnswer as exc:
+            return self._poll_failed("unverified", exc.detail)
+        except (Refused, UpstreamError) as exc:
+            kind = "unreachable" if exc.status is None else f"http_{exc.status}"
+            return self._poll_failed(kind, exc.detail)
         try:
             await self.update_state(signed, source="poll", reason="polled")
         except InvalidState as exc:
@@ -633,12 +627,12 @@ class OrderDesk:
                 kind=SpanKind.INTERNAL,
                 links=links_from_traceparent(link, {"link.reason": "order"}),
                 attributes={
-                    **_fill_attributes(fill),
+                    **fill.attributes(),
                     "leaves_quantity": str(leaves),
                     "resting": link is not None,
                 },
             ):
-                events.append(self.outbox.event(_filled_event(fill, leaves)))
+                events.append(self.outbox.event(OrderFilled.of(fill, leaves)))
         # Every transition row carries the trace that caused it: the request's or the tick's.
         traceparent = traceparent or current_traceparent()
         await self._persist(report, events, traceparent=traceparent, decision=decision)
@@ -646,14 +640,7 @@ class OrderDesk:
             self._observe_fill(fill, order)
             self.log.info(
                 "order filled",
-                client_order_id=fill.client_order_id,
-                fill_id=fill.fill_id,
-                symbol=fill.symbol,
-                side=fill.side.value,
-                quantity=fill.quantity,
-                price=fill.price,
-                fee=fill.fee,
-                liquidity=fill.liquidity.value,
+                **fill.attributes(),
                 leaves_quantity=order.quantity - record.filled_quantity,
             )
 
@@ -719,20 +706,6 @@ def conflicting_fields(known: OrderRequest, again: OrderRequest) -> list[str]:
     ]
 
 
-def _request_of(stored: StoredOrder) -> OrderRequest:
-    row = stored.record
-    return OrderRequest(
-        client_order_id=ClientOrderId(row.client_order_id),
-        symbol=Symbol(row.symbol),
-        side=Side(row.side),
-        quantity=row.quantity,
-        order_type=OrderType(row.order_type),
-        limit_price=row.limit_price,
-        time_in_force=TimeInForce(row.time_in_force),
-        reduce_only=row.reduce_only,
-    )
-
-
 def _with_cancel_reason(report: VenueReport, reason: str) -> VenueReport:
     events = tuple(
         replace(e, reason=reason) if e.kind is OrderEventKind.CANCEL else e for e in report.events
@@ -778,39 +751,13 @@ def _order_attributes(request: OrderRequest) -> dict[str, Any]:
     return attributes
 
 
-def _fill_attributes(fill: Fill) -> dict[str, Any]:
-    return {
-        "client_order_id": fill.client_order_id,
-        "fill_id": fill.fill_id,
-        "symbol": fill.symbol,
-        "side": fill.side.value,
-        "quantity": str(fill.quantity),
-        "price": str(fill.price),
-        "fee": str(fill.fee),
-        "liquidity": fill.liquidity.value,
-    }
-
-
-def _submitted_event(request: OrderRequest) -> OrderSubmitted:
-    return OrderSubmitted(
-        client_order_id=request.client_order_id,
-        symbol=request.symbol,
-        side=request.side.value,
-        order_type=request.order_type.value,
-        quantity=request.quantity,
-        limit_price=request.limit_price,
-        time_in_force=request.time_in_force.value,
-        reduce_only=request.reduce_only,
-    )
-
-
 def _order_events(report: VenueReport, submitted: OrderRequest | None) -> list[EventData]:
     """The order.* events announcing one report's transitions (fills are announced apart)."""
     order = report.order
     events: list[EventData] = []
     for record in report.events:
         if record.kind is OrderEventKind.CREATED and submitted is not None:
-            events.append(_submitted_event(submitted))
+            events.append(OrderSubmitted.of(submitted))
         elif record.kind is OrderEventKind.ACCEPT:
             events.append(OrderAccepted(client_order_id=order.client_order_id, symbol=order.symbol))
         elif record.kind is OrderEventKind.REJECT:
@@ -831,32 +778,3 @@ def _order_events(report: VenueReport, submitted: OrderRequest | None) -> list[E
                 )
             )
     return events
-
-
-def _filled_event(fill: Fill, leaves: Decimal) -> OrderFilled:
-    return OrderFilled(
-        fill_id=fill.fill_id,
-        client_order_id=fill.client_order_id,
-        symbol=fill.symbol,
-        side=fill.side.value,
-        quantity=fill.quantity,
-        price=fill.price,
-        fee=fill.fee,
-        liquidity=fill.liquidity.value,
-        leaves_quantity=leaves,
-        ts_ms=fill.ts_ms,
-    )
-
-
-def _fill_of(row: FillRecord) -> Fill:
-    return Fill(
-        FillId(row.fill_id),
-        ClientOrderId(row.client_order_id),
-        Symbol(row.symbol),
-        Side(row.side),
-        row.quantity,
-        row.price,
-        row.fee,
-        Liquidity(row.liquidity),
-        int(row.filled_at.timestamp() * 1000),
-    )

@@ -65,24 +65,6 @@ def order_reduces(order: Order) -> bool:
     return reduces_exposure(order.side, order.reduce_only)
 
 
-def signed_state_from(body: object) -> SignedState:
-    """The signed state in a GET /state answer of risk-safety; ValueError if it has none.
-
-    An answer without `epoch` and `state_token` (a risk-safety that does not sign its state)
-    is no verified state: execution stays closed rather than trusting it.
-    """
-    if not isinstance(body, dict):
-        raise ValueError("GET /state did not answer a JSON object")
-    state, epoch, token = body.get("state"), body.get("epoch"), body.get("state_token")
-    if not isinstance(state, str) or not state:
-        raise ValueError("GET /state has no state")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        raise ValueError("GET /state has no epoch: the state is not verifiable")
-    if not isinstance(token, str) or not token:
-        raise ValueError("GET /state has no state_token: the state is not verifiable")
-    return SignedState(state, epoch, token)
-
-
 class RiskStateGate:
     """The adopted trading state, its epoch and the lease that keeps it valid."""
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from backend.infra.eventbus import MarketTick
 from backend.infra.service import Service
 from backend.trading.approval import DEVELOPMENT_SECRET
+from backend.trading.events import MarketTick
 
 from .api import router
 from .desk import OrderDesk

@@ -12,10 +12,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import FillRecord, OrderEventRow, OrderRecord
-from backend.infra.eventbus import Event, OrderFilled
+from backend.infra.eventbus import Event
 from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
+from backend.trading.events import OrderFilled
 from backend.trading.orders import Order, OrderStatus
+from backend.trading.types import Fill
 from backend.trading.venue import VenueReport
 
 OPEN_STATUSES = (OrderStatus.ACCEPTED.value, OrderStatus.PARTIALLY_FILLED.value)
@@ -96,21 +98,7 @@ class OrderStore:
                         occurred_at=to_datetime(event.ts_ms),
                     )
                 )
-            fill_rows = [
-                FillRecord(
-                    fill_id=fill.fill_id,
-                    order_id=row.id,
-                    client_order_id=fill.client_order_id,
-                    symbol=fill.symbol,
-                    side=fill.side.value,
-                    quantity=fill.quantity,
-                    price=fill.price,
-                    fee=fill.fee,
-                    liquidity=fill.liquidity.value,
-                    filled_at=to_datetime(fill.ts_ms),
-                )
-                for fill in report.fills
-            ]
+            fill_rows = [fill_record(fill, row.id) for fill in report.fills]
             if fill_rows:
                 # A fill row's id is the venue's fill sequence, which its order.filled carries.
                 # It is numbered here, inside the transaction that writes the fills, rather than
@@ -214,6 +202,11 @@ class OrderStore:
             .order_by(OrderEventRow.sequence)
         )
         return {order_id: reason for order_id, reason in rows}
+
+
+def fill_record(fill: Fill, order_id: int) -> FillRecord:
+    """The row of `fill` (its `id`, the venue sequence, is numbered when it is written)."""
+    return FillRecord(**fill.columns(), order_id=order_id)
 
 
 def _with_sequence(event: Event[Any], sequences: Mapping[str, int]) -> Event[Any]:

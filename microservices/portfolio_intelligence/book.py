@@ -12,27 +12,25 @@ from typing import Any
 
 from backend.infra.db import DatabaseError, IntegrityViolationError
 from backend.infra.eventbus import (
-    CATALOGUE,
     Event,
     EventBusError,
     GroupBacklog,
     GroupMonitor,
-    MarketTick,
-    OrderFilled,
-    PositionUpdated,
+    default_catalogue,
 )
 from backend.infra.observability import BoundLogger, SpanKind
 from backend.infra.service import Resources
+from backend.trading.events import MarketTick, OrderFilled, PositionUpdated
 from backend.trading.portfolio import ConflictingFill, FillSequences, Portfolio
 from backend.trading.portfolio import Position as DomainPosition
-from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
+from backend.trading.types import Fill, FillId, Symbol
 
 from . import metrics
 from .settings import PortfolioIntelligenceSettings
 from .store import LedgerEntry, LedgerStore, venue_order
 
 ZERO = Decimal(0)
-FILLS_STREAM = CATALOGUE.spec_for_model(OrderFilled).stream
+FILLS_STREAM = default_catalogue().spec_for_model(OrderFilled).stream
 # A backlog read slower than this counts as unknown: the answer is wanted now, not later.
 BACKLOG_TIMEOUT_S = 1.0
 
@@ -165,17 +163,7 @@ class PortfolioBook:
         """Book a fill once (by fill id) in the venue's order, then publish the symbol's
         position."""
         data = event.data
-        fill = Fill(
-            FillId(data.fill_id),
-            ClientOrderId(data.client_order_id),
-            Symbol(data.symbol),
-            Side(data.side),
-            data.quantity,
-            data.price,
-            data.fee,
-            Liquidity(data.liquidity),
-            data.ts_ms,
-        )
+        fill = data.to_fill()
         if data.sequence is not None and data.sequence < 1:
             raise ValueError(f"fill {data.fill_id}: venue sequence {data.sequence} is below 1")
         async with self._lock:
@@ -184,14 +172,7 @@ class PortfolioBook:
             with self._tracer.start_as_current_span(
                 "position.update",
                 kind=SpanKind.INTERNAL,
-                attributes={
-                    "client_order_id": fill.client_order_id,
-                    "fill_id": fill.fill_id,
-                    "symbol": fill.symbol,
-                    "side": fill.side.value,
-                    "quantity": str(fill.quantity),
-                    "price": str(fill.price),
-                },
+                attributes=fill.attributes(),
             ) as span:
                 try:
                     booked = await self._book(fill, data.sequence)
@@ -217,12 +198,7 @@ class PortfolioBook:
                 span.set_attribute("position.realized_pnl", str(position.realized_pnl))
                 self.log.info(
                     "position updated",
-                    client_order_id=fill.client_order_id,
-                    fill_id=fill.fill_id,
-                    symbol=fill.symbol,
-                    side=fill.side.value,
-                    quantity=fill.quantity,
-                    price=fill.price,
+                    **fill.attributes(),
                     position=position.quantity,
                     average_price=position.average_price,
                     realized_pnl=position.realized_pnl,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from backend.infra.eventbus import MarketTick, OrderFilled
 from backend.infra.service import Service
+from backend.trading.events import MarketTick, OrderFilled
 
 from .api import router
 from .book import PortfolioBook

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
 from backend.infra.service import Resources
 from backend.trading.portfolio import Position as DomainPosition
-from backend.trading.types import ClientOrderId, Fill, FillId, Liquidity, Side, Symbol
+from backend.trading.types import Fill, Liquidity
 
 ZERO = Decimal(0)
 
@@ -47,6 +47,11 @@ def venue_order(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
     return sorted(entries, key=lambda e: -1 if e.sequence is None else e.sequence)
 
 
+def ledger_row(fill: Fill, sequence: int | None) -> LedgerFill:
+    """The ledger row of `fill`, booked with its venue `sequence`."""
+    return LedgerFill(**fill.columns(), sequence=sequence)
+
+
 class LedgerStore:
     """Reads and writes the portfolio tables through the service's unit of work."""
 
@@ -60,20 +65,7 @@ class LedgerStore:
         A fill id already in the ledger raises IntegrityViolationError (the unique key).
         """
         async with self._resources.session() as session:
-            session.add(
-                LedgerFill(
-                    fill_id=fill.fill_id,
-                    client_order_id=fill.client_order_id,
-                    symbol=fill.symbol,
-                    side=fill.side.value,
-                    quantity=fill.quantity,
-                    price=fill.price,
-                    fee=fill.fee,
-                    filled_at=to_datetime(fill.ts_ms),
-                    sequence=sequence,
-                    liquidity=fill.liquidity.value,
-                )
-            )
+            session.add(ledger_row(fill, sequence))
             row = await session.get(Position, position.symbol)
             if row is None:
                 row = Position(symbol=position.symbol)
@@ -89,20 +81,10 @@ class LedgerStore:
         rebuilt from (in venue order, see `venue_order`)."""
         async with self._resources.session() as session:
             rows = await session.scalars(select(LedgerFill).order_by(LedgerFill.id))
+            # Rows from before revision 0006 kept no liquidity; it moves no number.
             return [
                 LedgerEntry(
-                    Fill(
-                        FillId(r.fill_id),
-                        ClientOrderId(r.client_order_id),
-                        Symbol(r.symbol),
-                        Side(r.side),
-                        r.quantity,
-                        r.price,
-                        r.fee,
-                        # Rows from before revision 0006 have none; it moves no number.
-                        Liquidity(r.liquidity or Liquidity.TAKER),
-                        to_ms(r.filled_at),
-                    ),
+                    Fill.from_stored(r, liquidity=Liquidity.TAKER),
                     r.sequence,
                     r.liquidity is not None,
                 )

@@ -2,163 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
 
-from backend.infra.service import Price, Quantity, provided
+from backend.infra.service import provided
 from backend.trading.risk import TradingState
-from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
+from microservices.contracts.risk_safety import (
+    ApprovalPublic,
+    CheckRequest,
+    CheckResult,
+    DecisionPublic,
+    DecisionsPublic,
+    ExecutionAck,
+    ExposureStatus,
+    KillSwitchRequest,
+    OperatorRequest,
+    PortfolioStatus,
+    QuotePublic,
+    StateChangePublic,
+    StateChangesPublic,
+    StatePublic,
+)
 
 from .guard import RiskGuard, StatePush, StateView, now_ms
 
 router = APIRouter()
-
-
-class CheckRequest(BaseModel):
-    """An order to check. It is judged at risk-safety's own quotes; `price` is only recorded.
-
-    `price` (the caller's idea of the market price) is still accepted so that older clients
-    keep working, and it is written to the decision for the audit trail.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    client_order_id: str = Field(min_length=1, max_length=64)
-    symbol: str = Field(min_length=1, max_length=32)
-    side: Literal["BUY", "SELL"]
-    quantity: Quantity
-    price: Price | None = None
-    order_type: Literal["MARKET", "LIMIT"] = "MARKET"
-    limit_price: Price | None = None
-    time_in_force: Literal["GTC", "IOC"] = "GTC"
-    reduce_only: bool = False
-
-    def to_request(self) -> OrderRequest:
-        return OrderRequest(
-            client_order_id=ClientOrderId(self.client_order_id),
-            symbol=Symbol(self.symbol),
-            side=Side(self.side),
-            quantity=self.quantity,
-            order_type=OrderType(self.order_type),
-            limit_price=self.limit_price,
-            time_in_force=TimeInForce(self.time_in_force),
-            reduce_only=self.reduce_only,
-        )
-
-
-class ApprovalPublic(BaseModel):
-    decision_id: str
-    token: str
-    expires_ms: int
-    epoch: int
-
-
-class CheckResult(BaseModel):
-    approved: bool
-    reason: str
-    detail: str
-    decision_id: str
-    approval: ApprovalPublic | None
-    state: str
-
-
-class OperatorRequest(BaseModel):
-    """Who asks for a state change, and why: both go to the audit trail."""
-
-    operator: str = Field(min_length=1, max_length=100)
-    reason: str = Field(min_length=1, max_length=1000)
-
-
-class KillSwitchRequest(BaseModel):
-    operator: str = Field(default="unspecified", min_length=1, max_length=100)
-    reason: str = Field(min_length=1, max_length=1000)
-
-
-class PortfolioStatus(BaseModel):
-    url: str
-    reachable: bool | None
-    checked_at_ms: int | None
-    age_ms: int | None
-    error: str | None
-
-
-class ExposureStatus(BaseModel):
-    url: str
-    reachable: bool | None
-    checked_at_ms: int | None
-    fill_sequence: int | None
-    error: str | None
-
-
-class QuotePublic(BaseModel):
-    symbol: str
-    bid: Decimal
-    ask: Decimal
-    age_ms: int
-
-
-class ExecutionAck(BaseModel):
-    """Whether execution adopted the state pushed to it, and the orders it canceled."""
-
-    acknowledged: bool
-    canceled: list[str]
-    error: str | None
-
-
-class StatePublic(BaseModel):
-    state: str
-    reason: str
-    changed_at: datetime | None
-    changed: bool
-    epoch: int
-    state_token: str
-    execution: ExecutionAck | None = None
-    portfolio: PortfolioStatus
-    exposure: ExposureStatus
-    quotes: list[QuotePublic]
-    limits: dict[str, Any]
-
-
-class StateChangePublic(BaseModel):
-    from_state: str | None
-    state: str
-    reason: str
-    actor: str
-    trace_id: str | None
-    changed_at: datetime
-
-
-class StateChangesPublic(BaseModel):
-    data: list[StateChangePublic]
-    count: int
-
-
-class DecisionPublic(BaseModel):
-    decision_id: str
-    client_order_id: str
-    symbol: str
-    side: str
-    quantity: Decimal
-    approved: bool
-    reason: str
-    detail: str
-    state: str | None
-    epoch: int | None
-    reference_price: str | None
-    """The price risk judged the order at: its own ask (buy) or bid (sell)."""
-    caller_price: str | None
-    """The `price` the caller sent, for the audit trail only."""
-    trace_id: str | None
-    decided_at: datetime
-
-
-class DecisionsPublic(BaseModel):
-    data: list[DecisionPublic]
-    count: int
 
 
 Guard = Annotated[RiskGuard, Depends(provided(RiskGuard))]
@@ -231,14 +100,7 @@ async def check_order(body: CheckRequest, guard: Guard) -> CheckResult:
         reason=verdict.reason.value,
         detail=verdict.detail,
         decision_id=verdict.decision_id,
-        approval=ApprovalPublic(
-            decision_id=approval.decision_id,
-            token=approval.token,
-            expires_ms=approval.expires_ms,
-            epoch=approval.epoch,
-        )
-        if approval
-        else None,
+        approval=ApprovalPublic.of(approval) if approval else None,
         state=verdict.state.value,
     )
 

@@ -11,15 +11,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from backend.infra.eventbus import Event, MarketTick, RiskStateChanged
-from backend.infra.eventbus import RiskDecision as RiskDecisionEvent
+from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, SpanKind, current_traceparent
 from backend.infra.service import Resources, service_url
 from backend.trading.approval import Approval, sign_approval, sign_state
+from backend.trading.events import MarketTick, RiskStateChanged
+from backend.trading.events import RiskDecision as RiskDecisionEvent
 from backend.trading.risk import (
     Exposure,
     FillLagTracker,
-    FillsFreshness,
     InFlightOrder,
     PortfolioSnapshot,
     ReasonCode,
@@ -29,6 +29,9 @@ from backend.trading.risk import (
     transition_state,
 )
 from backend.trading.types import OrderRequest, Side, Symbol
+from microservices.contracts import Refused, UpstreamError
+from microservices.contracts.execution import ExecutionClient, RiskStateIn
+from microservices.contracts.portfolio_intelligence import PortfolioClient
 
 from . import metrics
 from .settings import RiskSafetySettings
@@ -43,6 +46,10 @@ def now_ms() -> int:
 
 
 def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, Refused):
+        return f"HTTP {exc.status}: {exc.detail[:200]}"
+    if isinstance(exc, UpstreamError):
+        return exc.detail
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -420,27 +427,9 @@ class RiskGuard:
         assert http is not None
         fetched_ms = now_ms()
         try:
-            response = await http.get(f"{self.portfolio_url}/portfolio")
-            response.raise_for_status()
-            body = response.json()
-            fills = body.get("fills")
-            snapshot = PortfolioSnapshot(
-                as_of_ms=int(body["as_of_ms"]),
-                equity=Decimal(body["equity"]),
-                peak_equity=Decimal(body["peak_equity"]),
-                daily_pnl=Decimal(body["daily_pnl"]),
-                fills=FillsFreshness(
-                    booked_sequence=int(fills["booked_sequence"]),
-                    gaps=tuple(int(g) for g in fills.get("gaps") or ()),
-                    dead_letters=int(fills.get("dead_letters") or 0),
-                )
-                if isinstance(fills, dict)
-                else None,
-            )
-            if not all(
-                v.is_finite() for v in (snapshot.equity, snapshot.peak_equity, snapshot.daily_pnl)
-            ):
-                raise ValueError("portfolio figures must be finite")
+            # The contract refuses non-finite figures and a portfolio without `fills`.
+            book = await PortfolioClient(http, self.portfolio_url).portfolio()
+            snapshot = book.to_snapshot()
         # Anything that stops us reading the portfolio means "no portfolio": fail closed.
         except Exception as exc:
             error = _error_text(exc)
@@ -460,26 +449,22 @@ class RiskGuard:
         assert http is not None
         read_at = now_ms()  # execution reads its state after this moment
         try:
-            response = await http.get(
-                f"{self.execution_url}/exposure", params={"since_ms": since_ms}
-            )
-            response.raise_for_status()
-            body = response.json()
+            answer = await ExecutionClient(http, self.execution_url).exposure(since_ms)
             view = ExecutionView(
                 read_at_ms=read_at,
-                fill_sequence=int(body["fill_sequence"]),
-                holdings={Symbol(s): _finite(q) for s, q in body["holdings"].items()},
+                fill_sequence=answer.fill_sequence,
+                holdings={Symbol(s): q for s, q in answer.holdings.items()},
                 working=[
                     InFlightOrder(
-                        Symbol(w["symbol"]),
-                        Side(w["side"]),
-                        _finite(w["remaining_quantity"]),
-                        bool(w["reduce_only"]),
-                        str(w["client_order_id"]),
+                        Symbol(w.symbol),
+                        Side(w.side),
+                        w.remaining_quantity,
+                        w.reduce_only,
+                        w.client_order_id,
                     )
-                    for w in body["working"]
+                    for w in answer.working
                 ],
-                received=frozenset(str(c) for c in body["client_order_ids_since"]),
+                received=frozenset(answer.client_order_ids_since),
             )
         # Anything that stops us reading execution means "exposure unknown": fail closed.
         except Exception as exc:
@@ -592,7 +577,7 @@ class RiskGuard:
             execution_canceled=len(push.canceled),
         )
         await self._resources.publisher.publish(
-            RiskStateChanged(previous_state=previous.value, state=target.value, reason=reason)
+            RiskStateChanged(previous_state=previous, state=target, reason=reason)
         )
         return push
 
@@ -603,23 +588,13 @@ class RiskGuard:
         signed = sign_state(self.secret, state=state.value, epoch=epoch)
         started = time.perf_counter()
         try:
-            response = await http.post(
-                f"{self.execution_url}/risk/state",
-                json={
-                    "state": signed.state,
-                    "epoch": epoch,
-                    "token": signed.token,
-                    "reason": reason,
-                },
-                timeout=self.settings.state_push_timeout_ms / 1000,
+            answer = await ExecutionClient(http, self.execution_url).push_risk_state(
+                RiskStateIn.of(signed, reason),
+                timeout_s=self.settings.state_push_timeout_ms / 1000,
             )
-            if response.status_code >= 300:
-                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-            body = response.json()
-            answered = (str(body["state"]), int(body["epoch"]))
-            if answered != (state.value, epoch):
-                raise RuntimeError(f"execution holds {answered[0]} epoch {answered[1]}")
-            push = StatePush(True, [str(c) for c in body.get("canceled") or []])
+            if (answer.state, answer.epoch) != (state.value, epoch):
+                raise RuntimeError(f"execution holds {answer.state} epoch {answer.epoch}")
+            push = StatePush(True, list(answer.canceled))
         # Whatever went wrong, the state still changes: a halt must never wait on execution.
         # Execution's lease (it polls GET /state) covers a push that did not arrive.
         except Exception as exc:
@@ -648,10 +623,3 @@ def _epoch_ms(moment: datetime) -> int:
 
 def _text(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
-
-
-def _finite(value: object) -> Decimal:
-    number = Decimal(str(value))
-    if not number.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    return number

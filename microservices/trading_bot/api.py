@@ -2,55 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
 
 from backend.infra.db.models import BotDecision
 from backend.infra.service import provided
+from microservices.contracts.trading_bot import (
+    BotStatus,
+    DecisionPublic,
+    DecisionsPublic,
+    SymbolStatus,
+)
 
 from .strategy import TradingBot
 
 router = APIRouter()
-
-
-class SymbolStatus(BaseModel):
-    prices: int
-    last_price: Decimal | None
-    last_tick_ms: int
-
-
-class BotStatus(BaseModel):
-    running: bool
-    entries_paused: bool
-    symbols: dict[str, SymbolStatus]
-    decision_interval_ms: int
-    min_confidence: float
-
-
-class DecisionPublic(BaseModel):
-    id: int
-    decided_at: datetime
-    symbol: str
-    outcome: str
-    reason: str
-    detail: str
-    direction: str | None
-    side: str | None
-    quantity: Decimal | None
-    confidence: Decimal
-    model_version: str
-    signal_id: str | None
-    client_order_id: str | None
-    trace_id: str | None
-
-
-class DecisionsPublic(BaseModel):
-    data: list[DecisionPublic]
-    count: int
 
 
 Bot = Annotated[TradingBot, Depends(provided(TradingBot))]

@@ -9,16 +9,25 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from backend.infra.db import IntegrityViolationError
 from backend.infra.db.models import BotDecision
-from backend.infra.eventbus import Event, MarketTick
+from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, current_traceparent
 from backend.infra.service import Resources
+from backend.trading.approval import Approval
+from backend.trading.events import MarketTick
 from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
 from backend.trading.sizing import size_order
+from backend.trading.types import ClientOrderId, OrderRequest, Side, Symbol
+from microservices.contracts import Refused, UpstreamError
+from microservices.contracts.ai_engine import AiEngineClient
+from microservices.contracts.execution import ExecutionClient, OrderCreate
+from microservices.contracts.portfolio_intelligence import PortfolioClient
+from microservices.contracts.risk_safety import ApprovalPublic, CheckRequest, RiskSafetyClient
 
-from . import clients
 from .metrics import CONFIDENCE, DECISIONS, ENTRIES_PAUSED, RUNNING, TICK_TO_ORDER
 from .settings import TradingBotSettings
 from .store import DecisionStore
@@ -176,13 +185,13 @@ class TradingBot:
         http = self.resources.http
         assert http is not None
         try:
-            signal = await clients.predict(http, tick.symbol, prices, source_id=event.id)
-        except (clients.UpstreamError, clients.Refused) as exc:
+            signal = await AiEngineClient(http).predict(tick.symbol, prices, source_id=event.id)
+        except (UpstreamError, Refused) as exc:
             d.finish(Outcome.ERROR, "AI_UNAVAILABLE", str(exc))
             return
-        d.direction, d.confidence = signal["direction"], float(signal["confidence"])
-        d.model_version, d.signal_id = signal["model_version"], signal["signal_id"]
-        d.features = dict(signal.get("features") or {})
+        d.direction, d.confidence = signal.direction, signal.confidence
+        d.model_version, d.signal_id = signal.model_version, signal.signal_id
+        d.features = dict(signal.features)
         CONFIDENCE.observe(d.confidence)
         if d.direction == "HOLD":
             d.finish(Outcome.SKIPPED, "HOLD")
@@ -204,19 +213,18 @@ class TradingBot:
         if not await self._size(d, tick):
             return
         d.client_order_id = coid
-        order: dict[str, Any] = {
-            "client_order_id": coid,
-            "symbol": tick.symbol,
-            "side": d.side,
-            "quantity": str(d.quantity),
-            "order_type": "MARKET",
-            "limit_price": None,
-            "reduce_only": d.side == "SELL",
-        }
+        assert d.quantity is not None
+        order = OrderRequest(
+            client_order_id=ClientOrderId(coid),
+            symbol=Symbol(tick.symbol),
+            side=Side(d.side),
+            quantity=d.quantity,
+            reduce_only=d.side == Side.SELL,
+        )
         approval = await self._risk_check(d, order)
         if approval is None:
             return
-        refused = await self._submit(d, {**order, "approval": approval}, event)
+        refused = await self._submit(d, order, approval, event)
         if refused is None or refused.status != 403:
             return
         # A trading-state change between the check and the order (a halt, a resume) revokes
@@ -233,7 +241,7 @@ class TradingBot:
         if approval is None:
             d.detail = f"{d.detail} ({first})" if d.detail else first
             return
-        if await self._submit(d, {**order, "approval": approval}, event) is None:
+        if await self._submit(d, order, approval, event) is None:
             d.detail = first
 
     async def _already_ordered(self, coid: str) -> bool:
@@ -248,20 +256,12 @@ class TradingBot:
             span.set_attribute("confidence", d.confidence)
             span.set_attribute("model_version", d.model_version)
             try:
-                book = await clients.portfolio(http)
-            except (clients.UpstreamError, clients.Refused) as exc:
+                book = await PortfolioClient(http).portfolio()
+            except (UpstreamError, Refused) as exc:
                 d.finish(Outcome.ERROR, "PORTFOLIO_UNAVAILABLE", str(exc))
                 span.set_attribute("reason", d.reason)
                 return False
-            equity = Decimal(str(book["equity"]))
-            held = sum(
-                (
-                    Decimal(str(p["quantity"]))
-                    for p in book.get("positions", [])
-                    if p.get("symbol") == tick.symbol
-                ),
-                ZERO,
-            )
+            equity, held = book.equity, book.quantity_of(tick.symbol)
             d.price = tick.ask if d.side == "BUY" else tick.bid
             size = size_order(equity, d.price, d.confidence, self.sizing)
             quantity = size.quantity
@@ -282,32 +282,29 @@ class TradingBot:
                 return False
             return True
 
-    async def _risk_check(self, d: Decision, order: dict[str, Any]) -> dict[str, Any] | None:
+    async def _risk_check(self, d: Decision, order: OrderRequest) -> Approval | None:
         http = self.resources.http
         assert http is not None
         with self.tracer.start_as_current_span("risk_check") as span:
             self._order_attributes(span, d)
             try:
-                verdict = await clients.check_order(http, {**order, "price": str(d.price)})
-            except (clients.UpstreamError, clients.Refused) as exc:
+                verdict = await RiskSafetyClient(http).check(CheckRequest.of(order, price=d.price))
+            # An order outside the contract (say, a lot size finer than it allows) is refused
+            # before it is sent, as risk-safety would refuse it.
+            except (UpstreamError, Refused, ValidationError) as exc:
                 d.finish(Outcome.ERROR, "RISK_UNAVAILABLE", str(exc))
                 span.set_attribute("reason", d.reason)
                 return None
-            span.set_attribute("approved", bool(verdict.get("approved")))
-            span.set_attribute("reason", str(verdict.get("reason", "")))
-            approval = verdict.get("approval")
-            if not verdict.get("approved") or not approval:
-                d.finish(
-                    Outcome.DENIED,
-                    str(verdict.get("reason") or "DENIED"),
-                    verdict.get("detail", ""),
-                )
+            span.set_attribute("approved", verdict.approved)
+            span.set_attribute("reason", verdict.reason)
+            if not verdict.approved or verdict.approval is None:
+                d.finish(Outcome.DENIED, verdict.reason or "DENIED", verdict.detail)
                 return None
-            return dict(approval)
+            return verdict.approval.to_approval()
 
     async def _submit(
-        self, d: Decision, order: dict[str, Any], event: Event[MarketTick]
-    ) -> clients.Refused | None:
+        self, d: Decision, order: OrderRequest, approval: Approval, event: Event[MarketTick]
+    ) -> Refused | None:
         """Send the approved order; execution's refusal, if it refused (the decision is then
         REJECTED), else None."""
         http = self.resources.http
@@ -315,8 +312,10 @@ class TradingBot:
         with self.tracer.start_as_current_span("submit_order") as span:
             self._order_attributes(span, d)
             try:
-                placed = await clients.submit_order(http, order)
-            except clients.Refused as exc:
+                placed = await ExecutionClient(http).place_order(
+                    OrderCreate.of(order, approval=ApprovalPublic.of(approval))
+                )
+            except Refused as exc:
                 d.finish(Outcome.REJECTED, "EXECUTION_REJECTED", exc.detail)
                 span.set_attribute("reason", d.reason)
                 return exc
@@ -324,7 +323,7 @@ class TradingBot:
             # retry sends the same client order id, which execution answers with the order.
             latency_s = time.time() - event.time.timestamp()
             TICK_TO_ORDER.observe(max(0.0, latency_s))
-            d.order_status = str(placed.get("status", ""))
+            d.order_status = placed.status
             d.finish(Outcome.ORDERED, "APPROVED")
             span.set_attribute("order_status", d.order_status)
             span.set_attribute("tick_to_order_ms", round(latency_s * 1000.0, 3))

@@ -7,7 +7,7 @@ import time
 from decimal import Decimal
 
 from backend.infra.db.models import OrderRecord
-from backend.infra.eventbus import MarketTick, OrderFilled
+from backend.trading.events import MarketTick, OrderFilled
 from backend.trading.types import (
     ClientOrderId,
     Fill,

@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 import httpx
 
-from backend.infra.eventbus import EventBusSettings, EventPublisher, MarketTick, create_redis_client
+from backend.infra.eventbus import EventBusSettings, EventPublisher, create_redis_client
 from backend.trading.approval import DEVELOPMENT_SECRET, sign_approval
+from backend.trading.events import MarketTick
 from backend.trading.types import (
     ClientOrderId,
     OrderRequest,
@@ -31,9 +32,9 @@ from backend.trading.types import (
     Symbol,
     TimeInForce,
 )
-from tests.support.factories import market_tick
+from tests.support.factories import market_tick, now_ms
 from tests.support.polling import wait_until
-from tests.support.riskstub import RiskStub, now_ms
+from tests.support.riskstub import RiskStub
 
 SYMBOL = "BTCUSDT"
 CALM = ("100.00", "100.10")

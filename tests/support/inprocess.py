@@ -17,11 +17,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from backend.infra.eventbus import (
-    CATALOGUE,
     EventBusSettings,
     EventData,
     EventPublisher,
     create_redis_client,
+    default_catalogue,
 )
 from backend.infra.service import Service
 from tests.support.polling import wait_until
@@ -82,7 +82,7 @@ class ServiceHarness:
     def published(self, event_type: str) -> list[dict[str, Any]]:
         """The `data` of every event of `event_type` on this test's stream, oldest first."""
         key = EventBusSettings(prefix=self.prefix).stream_key(
-            CATALOGUE.spec_for_type(event_type).stream
+            default_catalogue().spec_for_type(event_type).stream
         )
         client = redis.Redis.from_url(self.redis_url)
         try:

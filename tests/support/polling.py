@@ -54,7 +54,7 @@ def wait_until(
         try:
             value = predicate()
         except ignoring as exc:
-            deadline.last_error, value = exc, None  # type: ignore[assignment]
+            deadline.last_error, value = exc, None
         if value:
             return value
         if deadline.expired():

@@ -1,5 +1,7 @@
 """Event bus on Redis Streams: catalogued events, traced producer to consumer, at-least-once.
 
+    from backend.trading.events import OrderFilled   # the events live with the domain
+
     client = create_redis_client(resolve_redis_url())
     publisher = EventPublisher(client, source="execution")
     await publisher.publish(OrderFilled(...))
@@ -34,28 +36,16 @@ from ._publisher import MESSAGING_SYSTEM, EventPublisher, Receipt
 from ._redis import create_redis_client, describe_redis, redis_readiness_check
 from ._settings import EventBusSettings
 from .catalogue import (
-    CATALOGUE,
+    DEFAULT_CATALOGUE,
     Catalogue,
     EventData,
     EventSpec,
-    FeedStalled,
-    MarketTick,
-    ModelPromoted,
-    ModelTrained,
-    OrderAccepted,
-    OrderCanceled,
-    OrderFilled,
-    OrderRejected,
-    OrderSubmitted,
-    PositionUpdated,
-    RiskDecision,
-    RiskStateChanged,
-    SignalGenerated,
-    StopTriggered,
+    default_catalogue,
+    use_catalogue,
 )
 
 __all__ = [
-    "CATALOGUE",
+    "DEFAULT_CATALOGUE",
     "MESSAGING_SYSTEM",
     "Catalogue",
     "EmbeddedRedis",
@@ -69,34 +59,22 @@ __all__ = [
     "EventData",
     "EventPublisher",
     "EventSpec",
-    "FeedStalled",
     "GroupBacklog",
     "GroupMonitor",
     "Handler",
     "Idempotency",
     "MalformedEvent",
-    "MarketTick",
-    "ModelPromoted",
-    "ModelTrained",
-    "OrderAccepted",
-    "OrderCanceled",
-    "OrderFilled",
-    "OrderRejected",
-    "OrderSubmitted",
-    "PositionUpdated",
     "PublishError",
     "Receipt",
     "RedisCommandError",
-    "RiskDecision",
-    "RiskStateChanged",
-    "SignalGenerated",
-    "StopTriggered",
     "UnknownEventType",
     "create_redis_client",
     "decode_entry",
+    "default_catalogue",
     "describe_redis",
     "new_event_id",
     "redis_readiness_check",
     "resolve_redis_url",
+    "use_catalogue",
     "valid_traceparent",
 ]

@@ -32,7 +32,7 @@ from ._metrics import TASK_FAILURES, ConsumerMetrics
 from ._publisher import MESSAGING_SYSTEM
 from ._redis import backoff_delay, call_with_reconnect
 from ._settings import EventBusSettings
-from .catalogue import CATALOGUE, Catalogue, EventData, EventSpec
+from .catalogue import Catalogue, EventData, EventSpec, default_catalogue
 
 DataT = TypeVar("DataT", bound=EventData)
 Handler = Callable[[Event[Any]], Awaitable[object]]
@@ -102,7 +102,7 @@ class EventConsumer:
         consumer_name: str | None = None,
         idempotency: Idempotency | None = None,
         start_from: Literal["earliest", "latest"] = "earliest",
-        catalogue: Catalogue = CATALOGUE,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self._client = client
         self.group = group
@@ -110,7 +110,7 @@ class EventConsumer:
         self._settings = settings or EventBusSettings.from_env()
         self._idempotency = idempotency
         self._start_id = "0" if start_from == "earliest" else "$"
-        self._catalogue = catalogue
+        self._catalogue = catalogue if catalogue is not None else default_catalogue()
         self._tracer = get_tracer("backend.infra.eventbus")
         self._subs: dict[str, _Subscription] = {}
         self._read_streams: dict[str, str] = {}

@@ -20,7 +20,7 @@ import orjson
 from pydantic import ValidationError
 
 from ._errors import MalformedEvent
-from .catalogue import CATALOGUE, Catalogue, EventData, EventSpec
+from .catalogue import Catalogue, EventData, EventSpec, default_catalogue
 
 DataT = TypeVar("DataT", bound=EventData)
 
@@ -119,7 +119,7 @@ def decode_entry(
     stream: str | None = None,
     entry_id: str | None = None,
     deliveries: int = 0,
-    catalogue: Catalogue = CATALOGUE,
+    catalogue: Catalogue | None = None,
 ) -> Event[Any]:
     """Decode and validate one stream entry; `MalformedEvent` (with a reason code) if it is bad.
 
@@ -145,7 +145,7 @@ def decode_entry(
         raise MalformedEvent(
             "unsupported_specversion", f"specversion {doc['specversion']!r} is not {SPEC_VERSION}"
         )
-    spec = catalogue.by_type.get(doc["type"])
+    spec = (catalogue or default_catalogue()).by_type.get(doc["type"])
     if spec is None:
         raise MalformedEvent("unknown_type", f"unknown event type {doc['type']!r}")
     if stream is not None and spec.stream != stream:

@@ -21,7 +21,7 @@ from ._errors import EventBusError, PublishError
 from ._metrics import PUBLISH_FAILURES, PUBLISHED
 from ._redis import call_with_reconnect
 from ._settings import EventBusSettings
-from .catalogue import CATALOGUE, Catalogue, EventData, EventSpec
+from .catalogue import Catalogue, EventData, EventSpec, default_catalogue
 
 _XADD_SCRIPT = """
 local ids = {}
@@ -61,12 +61,12 @@ class EventPublisher:
         source: str,
         settings: EventBusSettings | None = None,
         *,
-        catalogue: Catalogue = CATALOGUE,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self._client = client
         self._source = source
         self._settings = settings or EventBusSettings.from_env()
-        self._catalogue = catalogue
+        self._catalogue = catalogue if catalogue is not None else default_catalogue()
         self._tracer = get_tracer("backend.infra.eventbus")
         self._routes: dict[type[EventData], _Route] = {}
 

@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session
 from backend.infra.db import session_scope
 from backend.infra.db.models import OutboxEvent
 from backend.infra.eventbus import (
-    CATALOGUE,
     Catalogue,
     Event,
     EventData,
     EventPublisher,
+    default_catalogue,
     new_event_id,
 )
 from backend.infra.observability import get_logger, inject_trace_context, use_trace_context
@@ -55,13 +55,13 @@ class Outbox:
         *,
         source: str,
         settings: OutboxSettings | None = None,
-        catalogue: Catalogue = CATALOGUE,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
         self._source = source
         self._settings = settings or OutboxSettings.from_env()
-        self._catalogue = catalogue
+        self._catalogue = catalogue if catalogue is not None else default_catalogue()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         # Commits seen versus commits a completed round covered: the relay only queries the

@@ -17,13 +17,12 @@ from backend.infra.eventbus import (
     EventConsumer,
     EventPublisher,
     Idempotency,
-    MarketTick,
-    OrderFilled,
     create_redis_client,
     redis_readiness_check,
 )
 from backend.infra.observability import SpanKind, get_tracer
 from backend.infra.observability._health import run_check
+from backend.trading.events import MarketTick, OrderFilled
 from tests.support.procs import free_port
 
 from .support import eventually, metric

@@ -62,7 +62,8 @@ def test_the_bus_publishes_and_consumes_without_opentelemetry(redis_url: str, pr
         sys.modules["opentelemetry"] = None  # as if the package were not installed
         import asyncio
         from backend.infra.eventbus import (
-            EventBusSettings, EventConsumer, EventPublisher, create_redis_client, OrderFilled)
+            EventBusSettings, EventConsumer, EventPublisher, create_redis_client)
+        from backend.trading.events import OrderFilled
         from tests.infra.eventbus.worker import fill
 
         async def main():

@@ -21,9 +21,9 @@ from backend.infra.eventbus import (
     EventConsumer,
     EventPublisher,
     Idempotency,
-    OrderFilled,
     create_redis_client,
 )
+from backend.trading.events import OrderFilled
 from tests.support.otlp import OtlpReceiver
 
 from .support import eventually

@@ -15,9 +15,9 @@ from backend.infra.eventbus import (
     EventPublisher,
     GroupBacklog,
     GroupMonitor,
-    OrderFilled,
     create_redis_client,
 )
+from backend.trading.events import OrderFilled
 from tests.support.procs import free_port
 
 from .support import eventually

@@ -18,7 +18,6 @@ from backend.infra.eventbus import (
     EventConsumer,
     EventPublisher,
     Idempotency,
-    OrderFilled,
     create_redis_client,
 )
 from backend.infra.observability import (
@@ -26,6 +25,7 @@ from backend.infra.observability import (
     init_observability,
     shutdown_observability,
 )
+from backend.trading.events import OrderFilled
 from tests.support.factories import fill_event
 
 

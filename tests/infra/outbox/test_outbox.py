@@ -23,12 +23,11 @@ from backend.infra.eventbus import (
     EventConsumer,
     EventPublisher,
     Idempotency,
-    OrderAccepted,
-    OrderFilled,
     create_redis_client,
 )
 from backend.infra.observability import get_tracer
 from backend.infra.outbox import Outbox, OutboxConfigError, OutboxSettings
+from backend.trading.events import OrderAccepted, OrderFilled
 from tests.support.factories import fill_event
 from tests.support.metrics import metric
 from tests.support.polling import eventually

@@ -8,8 +8,9 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.infra.eventbus import Event, MarketTick
+from backend.infra.eventbus import Event
 from backend.infra.service import Resources, Service
+from backend.trading.events import MarketTick
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
 from tests.support.procs import free_port

@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from backend.infra.eventbus import MarketTick
 from backend.trading.approval import DEVELOPMENT_SECRET, sign_approval
+from backend.trading.events import MarketTick
 from backend.trading.types import (
     ClientOrderId,
     OrderRequest,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import redis
 
-from backend.infra.eventbus import CATALOGUE, EmbeddedRedis, EventBusSettings
+from backend.infra.eventbus import EmbeddedRedis, EventBusSettings, default_catalogue
 from tests.microservices.execution.conftest import running
 from tests.microservices.execution.test_execution import order, send_tick
 from tests.support.inprocess import ServiceHarness
@@ -20,7 +20,7 @@ from tests.support.polling import wait_until
 def envelopes(harness: ServiceHarness, event_type: str) -> list[dict[str, Any]]:
     """Every envelope of `event_type` on this test's stream, oldest first."""
     key = EventBusSettings(prefix=harness.prefix).stream_key(
-        CATALOGUE.spec_for_type(event_type).stream
+        default_catalogue().spec_for_type(event_type).stream
     )
     client = redis.Redis.from_url(harness.redis_url)
     try:

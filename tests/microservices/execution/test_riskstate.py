@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from backend.trading.approval import SignedState, sign_state
 from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
+from microservices.contracts.risk_safety import SignedStatePublic
 from microservices.execution.desk import conflicting_fields
-from microservices.execution.riskstate import Adopted, Outcome, RiskStateGate, signed_state_from
+from microservices.execution.riskstate import Adopted, Outcome, RiskStateGate
 
 SECRET = "test-secret"
 
@@ -69,11 +70,12 @@ def test_a_state_without_epoch_or_token_is_not_verifiable() -> None:
         [],
     ):
         try:
-            signed_state_from(body)
+            SignedStatePublic.model_validate(body)
         except ValueError:
             continue
         raise AssertionError(f"accepted {body}")
-    assert signed_state_from({"state": "HALTED", "epoch": 2, "state_token": "t"}) == SignedState(
+    answer = {"state": "HALTED", "epoch": 2, "state_token": "t", "reason": ""}
+    assert SignedStatePublic.model_validate(answer).to_signed_state() == SignedState(
         "HALTED", 2, "t"
     )
 

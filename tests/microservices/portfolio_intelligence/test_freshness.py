@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from backend.infra.db import DatabaseError
-from backend.infra.eventbus import GroupMonitor, MarketTick, create_redis_client
+from backend.infra.eventbus import GroupMonitor, create_redis_client
+from backend.trading.events import MarketTick
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.book import PortfolioBook
 from microservices.portfolio_intelligence.service import create_service

@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from backend.infra.db import DatabaseError
-from backend.infra.eventbus import EventBusSettings, MarketTick, OrderFilled
+from backend.infra.eventbus import EventBusSettings
+from backend.trading.events import MarketTick, OrderFilled
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
 from microservices.portfolio_intelligence.store import LedgerStore

@@ -22,6 +22,7 @@ from backend.trading.approval import DEVELOPMENT_SECRET, SignedState, verify_sta
 from tests.support.factories import market_tick, now_ms
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
+from tests.support.wire import portfolio_answer
 
 
 class JsonStub:
@@ -73,23 +74,8 @@ class PortfolioStub(JsonStub):
         super().__init__()
 
     def reset(self, **changes: Any) -> None:
-        self.body = {
-            "equity": "100000",
-            "peak_equity": "100000",
-            "daily_pnl": "0",
-            "gross_exposure": "0",
-            "positions": [],
-            "fills": {
-                "booked_sequence": 0,
-                "max_sequence": 0,
-                "gaps": [],
-                "pending": 0,
-                "lag": 0,
-                "dead_letters": 0,
-                "complete_as_of_ms": None,
-            },
-            **changes,
-        }
+        answer = portfolio_answer(Decimal(100_000), {}).model_dump(mode="json")
+        self.body = {**answer, **changes}
 
     def fills(self, **changes: Any) -> None:
         self.body["fills"] = {**self.body["fills"], **changes}

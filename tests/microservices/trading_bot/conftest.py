@@ -1,10 +1,15 @@
-"""Fixtures for the trading-bot tests: Redis, an OTLP receiver and stubs of the four upstreams."""
+"""Fixtures for the trading-bot tests: Redis, an OTLP receiver and stubs of the four upstreams.
+
+The stubs read and answer with the services' own contract models, so a contract change the
+bot does not follow fails these tests.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -12,9 +17,15 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from backend.trading.types import ZERO
+from microservices.contracts.ai_engine import PredictionPublic, PredictRequest
+from microservices.contracts.execution import OrderCreate, OrderPublic
+from microservices.contracts.portfolio_intelligence import PortfolioPublic
+from microservices.contracts.risk_safety import ApprovalPublic, CheckRequest, CheckResult
 from tests.acceptance.harness import StubServer, base_env, service
 from tests.support.otlp import OtlpReceiver
 from tests.support.procs import Proc
+from tests.support.wire import portfolio_answer
 
 
 @dataclass
@@ -40,6 +51,29 @@ class Upstreams:
     traceparents: dict[str, list[str]] = field(default_factory=dict)
 
 
+def stub_order(order: OrderCreate, status: str) -> OrderPublic:
+    """`order` as execution answers it once it is in `status`."""
+    now = datetime.now(UTC)
+    return OrderPublic(
+        client_order_id=order.client_order_id,
+        status=status,
+        symbol=order.symbol,
+        side=order.side,
+        quantity=order.quantity,
+        filled_quantity=ZERO,
+        avg_fill_price=None,
+        order_type=order.order_type,
+        limit_price=order.limit_price,
+        time_in_force=order.time_in_force,
+        reduce_only=order.reduce_only,
+        reason="",
+        risk_decision_id=order.approval.decision_id if order.approval else None,
+        created_at=now,
+        updated_at=now,
+        fills=[],
+    )
+
+
 def stub_app(state: Upstreams) -> FastAPI:
     app = FastAPI()
 
@@ -47,61 +81,55 @@ def stub_app(state: Upstreams) -> FastAPI:
         state.traceparents.setdefault(what, []).append(request.headers.get("traceparent", ""))
 
     @app.post("/predict")
-    async def predict(body: dict[str, Any], request: Request) -> dict[str, Any]:
+    async def predict(body: PredictRequest, request: Request) -> PredictionPublic:
         seen(request, "predict")
-        direction, confidence = state.signals.get(body["symbol"], ("HOLD", 0.5))
-        digest = hashlib.sha256(f"{body['symbol']}|{body['source_id']}".encode()).hexdigest()
-        return {
-            "symbol": body["symbol"],
-            "direction": direction,
-            "confidence": confidence,
-            "probability_up": confidence if direction == "BUY" else 1 - confidence,
-            "model_version": "stub-1",
-            "signal_id": f"sig-{digest[:24]}",
-            "features": {"ret_1": 0.001},
-        }
+        direction, confidence = state.signals.get(body.symbol, ("HOLD", 0.5))
+        digest = hashlib.sha256(f"{body.symbol}|{body.source_id}".encode()).hexdigest()
+        return PredictionPublic(
+            symbol=body.symbol,
+            direction=direction,
+            confidence=confidence,
+            probability_up=confidence if direction == "BUY" else 1 - confidence,
+            model_version="stub-1",
+            signal_id=f"sig-{digest[:24]}",
+            features={"ret_1": 0.001},
+        )
 
     @app.get("/portfolio")
-    async def portfolio(request: Request) -> dict[str, Any]:
+    async def portfolio(request: Request) -> PortfolioPublic:
         seen(request, "portfolio")
-        return {
-            "as_of_ms": 0,
-            "cash": str(state.equity),
-            "equity": str(state.equity),
-            "positions": [
-                {"symbol": s, "quantity": str(q), "avg_price": "100"}
-                for s, q in state.positions.items()
-            ],
-        }
+        return portfolio_answer(state.equity, state.positions)
 
     @app.post("/check")
-    async def check(body: dict[str, Any], request: Request) -> dict[str, Any]:
+    async def check(body: dict[str, Any], request: Request) -> CheckResult:
         seen(request, "check")
+        order = CheckRequest.model_validate(body)
         state.checks.append(body)
-        reason = state.deny.get(body["symbol"])
-        approval = None if reason else {"decision_id": "d1", "token": "t", "expires_ms": 0}
-        return {
-            "approved": reason is None,
-            "reason": reason or "APPROVED",
-            "detail": "stub",
-            "decision_id": "d1",
-            "approval": approval,
-            "state": "ACTIVE",
-        }
+        reason = state.deny.get(order.symbol)
+        approval = None if reason else ApprovalPublic(decision_id="d1", token="t", expires_ms=0)
+        return CheckResult(
+            approved=reason is None,
+            reason=reason or "APPROVED",
+            detail="stub",
+            decision_id="d1",
+            approval=approval,
+            state="ACTIVE",
+        )
 
     @app.post("/orders")
     async def orders(body: dict[str, Any], request: Request) -> JSONResponse:
         seen(request, "orders")
+        order = OrderCreate.model_validate(body)
         state.order_posts.append(body)
-        coid = body["client_order_id"]
-        existing = state.orders.get(coid)
+        existing = state.orders.get(order.client_order_id)
         if existing is None:
-            state.orders[coid] = {**body, "status": "FILLED"}
+            state.orders[order.client_order_id] = body
         if state.lose_next_order_replies > 0:
             # The order is taken, but the reply is lost on the way back.
             state.lose_next_order_replies -= 1
             return JSONResponse({"detail": "upstream timeout"}, status_code=503)
-        return JSONResponse(state.orders[coid], status_code=200 if existing else 201)
+        reply = stub_order(order, "FILLED").model_dump(mode="json")
+        return JSONResponse(reply, status_code=200 if existing else 201)
 
     return app
 

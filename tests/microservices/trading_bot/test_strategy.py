@@ -10,13 +10,8 @@ from typing import Any
 
 import httpx
 
-from backend.infra.eventbus import (
-    Event,
-    EventBusSettings,
-    EventPublisher,
-    MarketTick,
-    create_redis_client,
-)
+from backend.infra.eventbus import Event, EventBusSettings, EventPublisher, create_redis_client
+from backend.trading.events import MarketTick
 from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
 from backend.trading.sizing import size_order
