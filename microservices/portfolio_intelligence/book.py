@@ -211,6 +211,8 @@ class PortfolioBook:
                         realized_pnl=position.realized_pnl,
                         unrealized_pnl=unrealized,
                         mark_price=mark,
+                        sequence=self._last_sequence.get(fill.symbol),
+                        client_order_id=fill.client_order_id,
                     )
                 )
 

@@ -13,7 +13,6 @@ from backend.infra.db import (
     create_engine,
     current_revision,
     downgrade,
-    head_revision,
     migrate,
 )
 
@@ -55,7 +54,6 @@ async def _fill_ids(conn: AsyncConnection) -> list[str]:
 async def test_liquidity_is_added_empty_for_old_rows_and_dropped_again_keeping_the_rows(
     database_url: str,
 ) -> None:
-    assert head_revision() == REVISION
     engine = create_engine(DatabaseSettings(url=database_url))
     try:
         assert await migrate(engine, BEFORE) == BEFORE
@@ -63,7 +61,7 @@ async def test_liquidity_is_added_empty_for_old_rows_and_dropped_again_keeping_t
             assert "liquidity" not in await conn.run_sync(_columns)
             await _insert(conn, "booked-before-0006")
 
-        assert await migrate(engine) == REVISION
+        assert await migrate(engine, REVISION) == REVISION
         async with engine.begin() as conn:
             assert "liquidity" in await conn.run_sync(_columns)
             await _insert(conn, "maker", "MAKER")
@@ -74,7 +72,7 @@ async def test_liquidity_is_added_empty_for_old_rows_and_dropped_again_keeping_t
             assert "liquidity" not in await conn.run_sync(_columns)
             assert await _fill_ids(conn) == ["booked-before-0006", "maker"]
 
-        assert await migrate(engine) == REVISION
+        assert await migrate(engine, REVISION) == REVISION
         assert await current_revision(engine) == REVISION
         async with engine.begin() as conn:
             assert await _liquidity(conn) == {"booked-before-0006": None, "maker": None}
