@@ -31,6 +31,10 @@ TRAILING_LEVEL = Gauge(
     ["symbol"],
 )
 CLOSED = Counter("position_monitor_closed_total", "Positions seen closed.")
+RECONCILED = Gauge(
+    "position_monitor_reconciled_timestamp_seconds",
+    "When the positions last matched portfolio-intelligence's `GET /portfolio` (0: never).",
+)
 RECONCILE_FAILURES = Counter(
     "position_monitor_reconcile_failures_total",
     "Comparisons with portfolio-intelligence's positions that could not be made.",

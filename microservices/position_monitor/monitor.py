@@ -263,6 +263,7 @@ class PositionMonitor:
                 average = position.avg_price if position else None
                 await self._apply(symbol, quantity, average, snapshot or None, now)
         self.reconciled_ms, self.reconcile_error = now, None
+        metrics.RECONCILED.set(now / 1000)
 
     async def run_reconcile(self, _resources: Resources | None = None) -> None:
         """The reconcile loop: at once, then every `MONITOR_RECONCILE_INTERVAL_MS`."""
@@ -278,10 +279,6 @@ class PositionMonitor:
             if self.reconciled_ms is None:
                 delay_ms = min(delay_ms, 250)  # until the first success, try again soon
             await asyncio.sleep(delay_ms / 1000)
-
-    async def check_ready(self) -> None:
-        if self.reconciled_ms is None:
-            raise RuntimeError(f"positions unknown: {self.reconcile_error}")
 
     # Ticks ------------------------------------------------------------------------------------
 

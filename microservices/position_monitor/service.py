@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from backend.infra.observability import ReadinessCheck
 from backend.infra.service import Service
 from backend.trading.events import MarketTick, PositionUpdated
 
@@ -29,6 +28,5 @@ def create_service(settings: PositionMonitorSettings | None = None) -> Service:
     service.background("outbox-relay", monitor.run_outbox_relay)
     service.background("reconcile", monitor.run_reconcile)
     service.background("supervise", monitor.supervise)
-    service.add_readiness_check(ReadinessCheck("positions", monitor.check_ready))
     service.app.include_router(router)
     return service
