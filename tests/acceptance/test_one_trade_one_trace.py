@@ -1,8 +1,9 @@
 """Acceptance: seven real services, one trade, one trace — HTTP, bus and SQL joined, logs, PnL.
 
-The seven services (every built one) run as separate processes against a real Redis (`TEST_REDIS_URL`, else an
-embedded one) and real databases (SQLite files, or one PostgreSQL database per service when
-`TEST_DATABASE_URL` is set). Their spans arrive over OTLP/HTTP at a receiver in this test.
+The seven services (every built one) run as separate processes against a real Redis
+(`TEST_REDIS_URL`, else an embedded one) and real databases (SQLite files, or one PostgreSQL
+database per service when `TEST_DATABASE_URL` is set). Their spans arrive over OTLP/HTTP at
+a receiver in this test.
 """
 
 from __future__ import annotations
