@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from backend.trading.stops import ExitReason
+
 POSITIONS = Gauge(
     "position_monitor_positions", "Positions position-monitor holds, by status.", ["status"]
 )
@@ -39,3 +41,8 @@ RECONCILE_FAILURES = Counter(
     "position_monitor_reconcile_failures_total",
     "Comparisons with portfolio-intelligence's positions that could not be made.",
 )
+
+# Every reason's series exists from the start, at 0: an alert on its increase sees the first one.
+for _reason in ExitReason:
+    ALERTS.labels(_reason.value)
+    TRIGGERS.labels(_reason.value)
