@@ -143,6 +143,11 @@ class Stack:
             timeout_s=15,
         )
 
+    def decimal(self, name: str) -> Decimal | None:
+        """A decimal field of the position (None while it is null: no tick judged yet)."""
+        value = self.position()[name]
+        return None if value is None else Decimal(value)
+
     def position(self) -> dict[str, Any]:
         (found,) = http.get(f"{self.url(MONITOR)}/positions").json()["data"]
         return dict(found)
@@ -269,8 +274,15 @@ def buy(s: Stack) -> dict[str, Any]:
         "order_type": "MARKET",
         "reduce_only": False,
     }
-    verdict = http.post(f"{s.url('risk-safety')}/check", json=body).json()
-    assert verdict["approved"], verdict
+
+    def approved() -> dict[str, Any] | None:
+        # Right after start the portfolio may not have found its books complete yet
+        # (STALE_PORTFOLIO): a trader asks again.
+        verdict = http.post(f"{s.url('risk-safety')}/check", json=body).json()
+        assert verdict["approved"] or verdict["reason"] == "STALE_PORTFOLIO", verdict
+        return verdict if verdict["approved"] else None
+
+    verdict = poll(approved, 15, "risk-safety to approve the entry")
     placed = http.post(
         f"{s.url('execution')}/orders", json={**body, "approval": verdict["approval"]}
     )
@@ -307,7 +319,7 @@ def test_a_trailing_stop_exits_once_across_restarts_in_one_trace(stack: Stack) -
         s.tick(bid)
     top = level_at(UP[-1])
     poll(
-        lambda: Decimal(s.position()["trailing_level"]) == top,
+        lambda: s.decimal("trailing_level") == top,
         15,
         f"the trailing level to ratchet up to {top}",
     )
@@ -325,7 +337,7 @@ def test_a_trailing_stop_exits_once_across_restarts_in_one_trace(stack: Stack) -
         s.tick(bid)
     higher = level_at(UP_AGAIN[0])
     poll(
-        lambda: Decimal(s.position()["trailing_level"]) == higher,
+        lambda: s.decimal("trailing_level") == higher,
         15,
         f"the trailing level to ratchet up to {higher}",
     )
