@@ -16,10 +16,17 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from microservices.ai_engine import api as ai_engine_api
-from microservices.contracts import ai_engine, execution, portfolio_intelligence, risk_safety
+from microservices.contracts import (
+    ai_engine,
+    execution,
+    portfolio_intelligence,
+    position_monitor,
+    risk_safety,
+)
 from microservices.contracts import trading_bot as trading_bot_contract
 from microservices.execution import api as execution_api
 from microservices.portfolio_intelligence import api as portfolio_api
+from microservices.position_monitor import api as position_monitor_api
 from microservices.risk_safety import api as risk_safety_api
 from microservices.trading_bot import api as trading_bot_api
 
@@ -29,6 +36,7 @@ ROUTERS: list[tuple[APIRouter, ModuleType]] = [
     (portfolio_api.router, portfolio_intelligence),
     (ai_engine_api.router, ai_engine),
     (trading_bot_api.router, trading_bot_contract),
+    (position_monitor_api.router, position_monitor),
 ]
 
 CLIENT_CALLS = [
@@ -50,6 +58,20 @@ CLIENT_CALLS = [
         "/predict",
         ai_engine.PredictRequest,
         ai_engine.PredictionPublic,
+    ),
+    (
+        position_monitor_api.router,
+        "GET",
+        "/positions",
+        None,
+        position_monitor.MonitoredPositionsPublic,
+    ),
+    (
+        position_monitor_api.router,
+        "PUT",
+        "/positions/{position_id}/stops",
+        position_monitor.Stops,
+        position_monitor.MonitoredPositionPublic,
     ),
 ]
 
