@@ -1,8 +1,9 @@
-"""Acceptance: six real services, one trade, one trace — HTTP, bus and SQL joined, logs, PnL.
+"""Acceptance: seven real services, one trade, one trace — HTTP, bus and SQL joined, logs, PnL.
 
-The six services run as separate processes against a real Redis (`TEST_REDIS_URL`, else an
-embedded one) and real databases (SQLite files, or one PostgreSQL database per service when
-`TEST_DATABASE_URL` is set). Their spans arrive over OTLP/HTTP at a receiver in this test.
+The seven services (every built one) run as separate processes against a real Redis
+(`TEST_REDIS_URL`, else an embedded one) and real databases (SQLite files, or one PostgreSQL
+database per service when `TEST_DATABASE_URL` is set). Their spans arrive over OTLP/HTTP at
+a receiver in this test.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.support.otlp import OtlpReceiver
 from tests.support.postgres import scratch_databases
 from tests.support.procs import Proc
 
-SIX = [spec.name for spec in BUILT_SERVICES]
+ALL = [spec.name for spec in BUILT_SERVICES]
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
 ZERO = Decimal(0)
 
@@ -62,10 +63,10 @@ def databases(tmp: Path) -> Iterator[dict[str, dict[str, str]]]:
     """Per-service `DATABASE_URL`s: fresh PostgreSQL databases if `TEST_DATABASE_URL` is set."""
     admin = os.environ.get("TEST_DATABASE_URL", "").strip()
     if not admin:
-        yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in SIX}
+        yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in ALL}
         return
-    with scratch_databases(len(SIX), "qt_accept", admin) as urls:
-        yield {name: {"DATABASE_URL": url} for name, url in zip(SIX, urls, strict=True)}
+    with scratch_databases(len(ALL), "qt_accept", admin) as urls:
+        yield {name: {"DATABASE_URL": url} for name, url in zip(ALL, urls, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
     tmp = tmp_path_factory.mktemp("pipeline")
     with OtlpReceiver() as otlp, databases(tmp) as dbs:
         env = base_env(redis_url, otlp.http_endpoint) | KNOBS
-        with services(SIX, tmp, env, per_service=dbs, timeout_s=60) as running:
+        with services(ALL, tmp, env, per_service=dbs, timeout_s=60) as running:
             yield Pipeline(otlp, running)
 
 
@@ -117,6 +118,8 @@ EXPECTED_HTTP = {
 EXPECTED_BUS = {
     ("eventbus-bridge", "trading-bot", "process market.tick"),
     ("execution", "portfolio-intelligence", "process order.filled"),
+    # position-monitor follows the position the fill moved, in the same trace.
+    ("portfolio-intelligence", "position-monitor", "process position.updated"),
 }
 
 
@@ -131,7 +134,7 @@ def first_filled_bot_order(p: Pipeline) -> tuple[dict[str, Any], dict[str, Any]]
     return None
 
 
-def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
+def test_one_trade_is_one_trace_across_every_service(pipeline: Pipeline) -> None:
     p = pipeline
     decision, order = poll(lambda: first_filled_bot_order(p), 45, "a bot order to fill")
     trace_id = decision["trace_id"]
@@ -141,7 +144,7 @@ def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
     def complete(spans: list[OtlpSpan]) -> bool:
         mine = in_trace(spans, trace_id)
         return (
-            {service_of(s) for s in mine} >= set(SIX)
+            {service_of(s) for s in mine} >= set(ALL)
             and http_joins(mine) >= EXPECTED_HTTP
             and bus_joins(mine) >= EXPECTED_BUS
         )
@@ -149,7 +152,7 @@ def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
     spans = in_trace(p.otlp.wait_for(complete, timeout_s=30), trace_id)
 
     # One trace, started by the tick's PRODUCER span in the bridge.
-    assert {service_of(s) for s in spans} == set(SIX)
+    assert {service_of(s) for s in spans} == set(ALL)
     (root,) = [s for s in spans if not s.parent_span_id]
     assert (service_of(root), root.kind, root.name) == (
         "eventbus-bridge",
@@ -183,7 +186,7 @@ def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
 
     # Logs of the services that handled the trade carry its trace id. (The bridge only opens
     # the trace: it logs feed events, not each tick.)
-    for name in SIX[:-1]:
+    for name in [n for n in ALL if n != "eventbus-bridge"]:
         assert any(line.get("trace_id") == trace_id for line in p.logs(name)), name
     (logged,) = [
         line
