@@ -20,9 +20,9 @@ from microservices.contracts import (
     ai_engine,
     execution,
     portfolio_intelligence,
+    position_monitor,
     risk_safety,
     rl_training,
-    position_monitor,
 )
 from microservices.contracts import trading_bot as trading_bot_contract
 from microservices.execution import api as execution_api
