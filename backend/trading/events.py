@@ -148,7 +148,12 @@ class OrderFilled(TradingEvent):
 
 
 class PositionUpdated(TradingEvent):
-    """A position after a fill or a mark-to-market; `quantity` is signed (negative = short)."""
+    """A position after a fill or a mark-to-market; `quantity` is signed (negative = short).
+
+    `sequence` is the highest venue fill sequence booked for the symbol when the position was
+    published: a consumer keeps the update with the highest one (a redelivered or late update
+    carries a lower or equal one). `client_order_id` is the order whose fill moved it.
+    """
 
     symbol: str
     quantity: Decimal
@@ -156,6 +161,8 @@ class PositionUpdated(TradingEvent):
     realized_pnl: Decimal
     unrealized_pnl: Decimal
     mark_price: Decimal | None = None
+    sequence: int | None = None
+    client_order_id: str | None = None
 
 
 class RiskDecision(TradingEvent):
@@ -176,15 +183,31 @@ class RiskStateChanged(TradingEvent):
     reason: str
 
 
-# Not published yet: position-monitor (the issue on the other three services) publishes it.
 class StopTriggered(TradingEvent):
-    """A protective exit fired for a position."""
+    """A protective exit fired for a position (position-monitor, before it sends the exit).
+
+    `mark_price` is the price the rule was judged at (its price source's price in the tick).
+    """
 
     symbol: str
     reason: ExitReason
     trigger_price: Decimal
     mark_price: Decimal
     quantity: Decimal
+    position_id: str | None = None
+    client_order_id: str | None = None
+
+
+class StopFailed(TradingEvent):
+    """An alert: a triggered exit and its emergency exit were both refused or left unfilled,
+    and the position is still open (position-monitor). An operator has to act."""
+
+    symbol: str
+    position_id: str
+    reason: ExitReason
+    quantity: Decimal
+    client_order_id: str
+    detail: str = ""
 
 
 # Not published yet: clm (the issue on the other three services) publishes it after retraining.
@@ -228,6 +251,7 @@ EVENT_TYPES: Mapping[str, type[TradingEvent]] = {
     "risk.decision": RiskDecision,
     "risk.state_changed": RiskStateChanged,
     "stop.triggered": StopTriggered,
+    "stop.failed": StopFailed,
     "model.trained": ModelTrained,
     "model.promoted": ModelPromoted,
     "feed.stalled": FeedStalled,

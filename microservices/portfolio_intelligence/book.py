@@ -245,6 +245,8 @@ class PortfolioBook:
             realized_pnl=position.realized_pnl,
             unrealized_pnl=position.unrealized_pnl(mark) if mark else ZERO,
             mark_price=mark,
+            sequence=self._last_sequence.get(fill.symbol),
+            client_order_id=fill.client_order_id,
         )
         try:
             await self.store.book(fill, sequence, position, announce)

@@ -1,8 +1,9 @@
-"""Acceptance: six real services, one trade, one trace — HTTP, bus and SQL joined, logs, PnL.
+"""Acceptance: seven real services, one trade, one trace — HTTP, bus and SQL joined, logs, PnL.
 
-The six services run as separate processes against a real Redis (`TEST_REDIS_URL`, else an
-embedded one) and real databases (SQLite files, or one PostgreSQL database per service when
-`TEST_DATABASE_URL` is set). Their spans arrive over OTLP/HTTP at a receiver in this test.
+The seven services (every built one) run as separate processes against a real Redis
+(`TEST_REDIS_URL`, else an embedded one) and real databases (SQLite files, or one PostgreSQL
+database per service when `TEST_DATABASE_URL` is set). Their spans arrive over OTLP/HTTP at
+a receiver in this test.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.support.procs import Proc
 
 OFF_THE_TRADE_PATH = {"rl-training", "clm"}
 """Services that learn from trades after the fact: no tick or order passes through them."""
-SIX = [spec.name for spec in BUILT_SERVICES if spec.name not in OFF_THE_TRADE_PATH]
+ALL = [spec.name for spec in BUILT_SERVICES if spec.name not in OFF_THE_TRADE_PATH]
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
 ZERO = Decimal(0)
 
@@ -64,10 +65,10 @@ def databases(tmp: Path) -> Iterator[dict[str, dict[str, str]]]:
     """Per-service `DATABASE_URL`s: fresh PostgreSQL databases if `TEST_DATABASE_URL` is set."""
     admin = os.environ.get("TEST_DATABASE_URL", "").strip()
     if not admin:
-        yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in SIX}
+        yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in ALL}
         return
-    with scratch_databases(len(SIX), "qt_accept", admin) as urls:
-        yield {name: {"DATABASE_URL": url} for name, url in zip(SIX, urls, strict=True)}
+    with scratch_databases(len(ALL), "qt_accept", admin) as urls:
+        yield {name: {"DATABASE_URL": url} for name, url in zip(ALL, urls, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
     tmp = tmp_path_factory.mktemp("pipeline")
     with OtlpReceiver() as otlp, databases(tmp) as dbs:
         env = base_env(redis_url, otlp.http_endpoint) | KNOBS
-        with services(SIX, tmp, env, per_service=dbs, timeout_s=60) as running:
+        with services(ALL, tmp, env, per_service=dbs, timeout_s=60) as running:
             yield Pipeline(otlp, running)
 
 
@@ -119,6 +120,8 @@ EXPECTED_HTTP = {
 EXPECTED_BUS = {
     ("eventbus-bridge", "trading-bot", "process market.tick"),
     ("execution", "portfolio-intelligence", "process order.filled"),
+    # position-monitor follows the position the fill moved, in the same trace.
+    ("portfolio-intelligence", "position-monitor", "process position.updated"),
 }
 
 
@@ -133,7 +136,7 @@ def first_filled_bot_order(p: Pipeline) -> tuple[dict[str, Any], dict[str, Any]]
     return None
 
 
-def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
+def test_one_trade_is_one_trace_across_every_service_on_its_path(pipeline: Pipeline) -> None:
     p = pipeline
     decision, order = poll(lambda: first_filled_bot_order(p), 45, "a bot order to fill")
     trace_id = decision["trace_id"]
@@ -143,7 +146,7 @@ def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
     def complete(spans: list[OtlpSpan]) -> bool:
         mine = in_trace(spans, trace_id)
         return (
-            {service_of(s) for s in mine} >= set(SIX)
+            {service_of(s) for s in mine} >= set(ALL)
             and http_joins(mine) >= EXPECTED_HTTP
             and bus_joins(mine) >= EXPECTED_BUS
         )
@@ -151,7 +154,7 @@ def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
     spans = in_trace(p.otlp.wait_for(complete, timeout_s=30), trace_id)
 
     # One trace, started by the tick's PRODUCER span in the bridge.
-    assert {service_of(s) for s in spans} == set(SIX)
+    assert {service_of(s) for s in spans} == set(ALL)
     (root,) = [s for s in spans if not s.parent_span_id]
     assert (service_of(root), root.kind, root.name) == (
         "eventbus-bridge",
@@ -185,7 +188,7 @@ def test_one_trade_is_one_trace_across_six_services(pipeline: Pipeline) -> None:
 
     # Logs of the services that handled the trade carry its trace id. (The bridge only opens
     # the trace: it logs feed events, not each tick.)
-    for name in SIX[:-1]:
+    for name in [n for n in ALL if n != "eventbus-bridge"]:
         assert any(line.get("trace_id") == trace_id for line in p.logs(name)), name
     (logged,) = [
         line
@@ -282,32 +285,43 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
             http.post(f"{p.url('execution')}/orders/{other}/cancel")
 
 
-def close(a: Decimal, b: Decimal) -> bool:
-    """Equal but for the last digits of an average price's division (28 significant digits)."""
-    return abs(a - b) <= Decimal("1e-12") * max(Decimal(1), abs(b))
+COST_QUANTUM = Decimal("1e-12")
+"""The ledger's convention (docs/DATABASE.md): the cost a partial close takes off a position
+is rounded to twelve decimal places (`backend/trading/portfolio.py`, `COST_PLACES`), so the
+rest keeps an exact, storable cost basis."""
 
 
 def recompute(fills: list[dict[str, Any]], initial_cash: Decimal) -> dict[str, Any]:
-    """Average-cost positions, realized PnL (before fees), fees and cash, in plain Decimal."""
+    """Average-cost positions (cost basis), realized PnL (before fees), fees and cash."""
     positions: dict[str, dict[str, Decimal]] = {}
     cash = initial_cash
     for f in fills:
         qty, price, fee = Decimal(f["quantity"]), Decimal(f["price"]), Decimal(f["fee"])
         signed = qty if f["side"] == "BUY" else -qty
         pos = positions.setdefault(
-            f["symbol"], {"quantity": ZERO, "avg": ZERO, "realized": ZERO, "fees": ZERO}
+            f["symbol"], {"quantity": ZERO, "cost": ZERO, "realized": ZERO, "fees": ZERO}
         )
         held = pos["quantity"]
         if held == 0 or (held > 0) == (signed > 0):
-            pos["avg"] = (abs(held) * pos["avg"] + qty * price) / (abs(held) + qty)
+            pos["quantity"] = held + signed
+            pos["cost"] += signed * price
         else:
             closed = min(qty, abs(held))
-            pos["realized"] += closed * (price - pos["avg"]) * (1 if held > 0 else -1)
-            if qty > abs(held):
-                pos["avg"] = price
-        pos["quantity"] = held + signed
+            if closed == abs(held):
+                removed = pos["cost"]
+            else:
+                removed = (pos["cost"] * closed / abs(held)).quantize(COST_QUANTUM)
+            direction = 1 if held > 0 else -1
+            pos["realized"] += direction * price * closed - removed
+            pos["quantity"] = held - direction * closed
+            pos["cost"] -= removed
+            if qty > closed:  # through zero: the rest opens at the fill price
+                pos["quantity"] = (qty - closed) * (1 if signed > 0 else -1)
+                pos["cost"] = pos["quantity"] * price
         pos["fees"] += fee
         cash -= signed * price + fee
+    for pos in positions.values():
+        pos["avg"] = pos["cost"] / pos["quantity"] if pos["quantity"] else ZERO
     return {"positions": positions, "cash": cash}
 
 
@@ -358,14 +372,13 @@ def test_the_portfolio_equals_a_recomputation_from_the_fills(pipeline: Pipeline)
     for symbol, pos in expected["positions"].items():
         got = reported[symbol]
         assert Decimal(got["quantity"]) == pos["quantity"], symbol
-        assert close(Decimal(got["realized_pnl"]), pos["realized"]), symbol
+        assert Decimal(got["realized_pnl"]) == pos["realized"], symbol
         realized += pos["realized"]
         if pos["quantity"] != 0:
-            assert abs(Decimal(got["avg_price"]) - pos["avg"]) <= Decimal("1e-12") * pos["avg"]
-            mark = Decimal(got["mark"])
-            upnl = (mark - pos["avg"]) * pos["quantity"]
-            assert abs(Decimal(got["unrealized_pnl"]) - upnl) <= Decimal("1e-9")
+            assert Decimal(got["avg_price"]) == pos["avg"], symbol
+            upnl = pos["quantity"] * Decimal(got["mark"]) - pos["cost"]
+            assert Decimal(got["unrealized_pnl"]) == upnl, symbol
             unrealized += upnl
     assert any(pos["quantity"] > 0 for pos in expected["positions"].values()), "a position is held"
-    assert close(Decimal(book["realized_pnl"]), realized)
-    assert abs(Decimal(book["unrealized_pnl"]) - unrealized) <= Decimal("1e-9")
+    assert Decimal(book["realized_pnl"]) == realized
+    assert Decimal(book["unrealized_pnl"]) == unrealized

@@ -20,12 +20,14 @@ from microservices.contracts import (
     ai_engine,
     execution,
     portfolio_intelligence,
+    position_monitor,
     risk_safety,
     rl_training,
 )
 from microservices.contracts import trading_bot as trading_bot_contract
 from microservices.execution import api as execution_api
 from microservices.portfolio_intelligence import api as portfolio_api
+from microservices.position_monitor import api as position_monitor_api
 from microservices.risk_safety import api as risk_safety_api
 from microservices.rl_training import api as rl_training_api
 from microservices.trading_bot import api as trading_bot_api
@@ -37,6 +39,7 @@ ROUTERS: list[tuple[APIRouter, ModuleType]] = [
     (ai_engine_api.router, ai_engine),
     (trading_bot_api.router, trading_bot_contract),
     (rl_training_api.router, rl_training),
+    (position_monitor_api.router, position_monitor),
 ]
 
 CLIENT_CALLS = [
@@ -68,6 +71,20 @@ CLIENT_CALLS = [
         "/policies/{version}/artifact",
         None,
         rl_training.PolicyArtifactPublic,
+    ),
+    (
+        position_monitor_api.router,
+        "GET",
+        "/positions",
+        None,
+        position_monitor.MonitoredPositionsPublic,
+    ),
+    (
+        position_monitor_api.router,
+        "PUT",
+        "/positions/{position_id}/stops",
+        position_monitor.Stops,
+        position_monitor.MonitoredPositionPublic,
     ),
 ]
 

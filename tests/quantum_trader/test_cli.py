@@ -86,9 +86,9 @@ def test_serve_an_unknown_service_is_a_usage_error_listing_the_services() -> Non
 
 
 def test_serve_a_service_that_is_not_built_yet_says_so() -> None:
-    result = invoke("serve", "position-monitor")
+    result = invoke("serve", "clm")
     assert result.exit_code == 2
-    assert "'position-monitor' is not built yet" in result.output
+    assert "'clm' is not built yet" in result.output
 
 
 def test_serve_starts_one_service_that_answers_health_and_stops_on_sigterm(

@@ -33,14 +33,15 @@ from ._types import DecimalNumeric, UtcDateTime
 # Which service owns which tables: the one place this is written down.
 TABLE_OWNERS: Mapping[str, tuple[str, ...]] = {
     "ai-engine": ("model_registry",),
-    # outbox_events holds each producing service's rows under its own `source`; execution is
-    # the only producer so far.
+    # outbox_events holds each producing service's rows under its own `source`; execution owns
+    # its schema, position-monitor writes its own rows too (in its own database by default).
     "execution": ("orders", "order_events", "fills", "outbox_events"),
     "risk-safety": ("risk_decisions", "trading_state", "trading_state_changes"),
     "portfolio-intelligence": ("ledger_fills", "positions", "equity_points"),
     "rl-training": ("training_jobs", "policies"),
     "clm": ("prediction_scores", "drift_measurements"),
     "trading-bot": ("bot_decisions",),
+    "position-monitor": ("monitored_positions",),
 }
 
 
@@ -419,3 +420,42 @@ class BotDecision(Base):
     features: Mapped[Json | None]
     trace_id: Mapped[TraceId]
     decided_at: Mapped[Created]
+
+
+# --- position-monitor ----------------------------------------------------------------------------
+
+
+class MonitoredPosition(Base):
+    """A position position-monitor protects: its stops, its trailing state and its exit.
+
+    The trailing state is written before anything acts on it, and an exit's client order id is
+    written before the exit is sent, so a restart resumes both as they were.
+    """
+
+    __tablename__ = "monitored_positions"
+
+    position_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[Symbol] = mapped_column(index=True)
+    status: Mapped[str] = mapped_column(String(8), index=True)
+    quantity: Mapped[Amount]
+    entry_price: Mapped[Amount]
+    opened_ms: Mapped[int] = mapped_column(BigInteger)
+    # The portfolio's fill sequence of the latest update applied (None: not known).
+    sequence: Mapped[int | None] = mapped_column(BigInteger)
+    stops: Mapped[Json]
+    best_price: Mapped[Decimal | None]
+    trailing_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    trailing_level: Mapped[Decimal | None]
+    exit_round: Mapped[int] = mapped_column(Integer, default=1)
+    exit_reason: Mapped[str | None] = mapped_column(String(16))
+    exit_stage: Mapped[str | None] = mapped_column(String(16))
+    exit_client_order_id: Mapped[str | None] = mapped_column(String(64))
+    exit_trigger_price: Mapped[Decimal | None]
+    exit_observed_price: Mapped[Decimal | None]
+    exit_quantity: Mapped[Decimal | None]
+    exit_started_ms: Mapped[int | None] = mapped_column(BigInteger)
+    exit_outcome: Mapped[str | None] = mapped_column(String(16))
+    exit_detail: Mapped[str] = mapped_column(Text, default="")
+    trace_id: Mapped[TraceId]
+    closed_ms: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[Created]

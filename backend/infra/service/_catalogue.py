@@ -58,7 +58,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("trading-bot", "http", 8006),
     ServiceSpec("clm", "worker", 8011, built=False),
     ServiceSpec("eventbus-bridge", "worker", 8012),
-    ServiceSpec("position-monitor", "worker", 8013, built=False),
+    ServiceSpec("position-monitor", "worker", 8013),
 )
 
 BUILT_SERVICES: tuple[ServiceSpec, ...] = tuple(s for s in SERVICES if s.built)

@@ -36,6 +36,7 @@ REQUIRED_TYPES = {
     "risk.decision",
     "risk.state_changed",
     "stop.triggered",
+    "stop.failed",
     "model.trained",
     "model.promoted",
     "feed.stalled",

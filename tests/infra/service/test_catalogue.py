@@ -32,7 +32,7 @@ def test_the_catalogue_holds_the_nine_services_of_the_design_with_their_seed_por
         ("trading-bot", "http", 8006, True),
         ("clm", "worker", 8011, False),
         ("eventbus-bridge", "worker", 8012, True),
-        ("position-monitor", "worker", 8013, False),
+        ("position-monitor", "worker", 8013, True),
     ]
     assert len({s.port for s in SERVICES}) == len(SERVICES), "no two services share a port"
 

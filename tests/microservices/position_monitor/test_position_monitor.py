@@ -1,0 +1,332 @@
+"""position-monitor in-process, against a real Redis and database, with risk-safety, execution
+and portfolio-intelligence stubbed by one server that answers with their contract models.
+
+The stub keeps orders by client order id as execution does (the same id again answers the
+order it has), and can deny checks, refuse orders or lose their answers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from backend.trading.events import MarketTick, PositionUpdated
+from backend.trading.types import ZERO
+from microservices.contracts.execution import FillPublic, OrderCreate, OrderPublic
+from microservices.contracts.portfolio_intelligence import PortfolioPublic
+from microservices.contracts.risk_safety import ApprovalPublic, CheckRequest, CheckResult
+from microservices.position_monitor.service import create_service
+from tests.acceptance.harness import StubServer
+from tests.support.factories import market_tick
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
+from tests.support.wire import portfolio_answer
+
+D = Decimal
+SYMBOL = "BTCUSDT"
+
+
+@dataclass
+class Upstreams:
+    """What the stubs answer, and what they were sent."""
+
+    held: dict[str, Decimal] = field(default_factory=dict)
+    deny: bool = False
+    refuse_orders: set[str] = field(default_factory=set)
+    lose_answers: int = 0
+    checks: list[str] = field(default_factory=list)
+    posts: list[str] = field(default_factory=list)
+    orders: dict[str, OrderPublic] = field(default_factory=dict)
+
+
+def filled(order: OrderCreate, price: Decimal) -> OrderPublic:
+    now = datetime.now(UTC)
+    return OrderPublic(
+        client_order_id=order.client_order_id,
+        status="FILLED",
+        symbol=order.symbol,
+        side=order.side,
+        quantity=order.quantity,
+        filled_quantity=order.quantity,
+        avg_fill_price=price,
+        order_type=order.order_type,
+        limit_price=None,
+        time_in_force=order.time_in_force,
+        reduce_only=order.reduce_only,
+        reason="",
+        risk_decision_id=order.approval.decision_id if order.approval else None,
+        created_at=now,
+        updated_at=now,
+        fills=[
+            FillPublic(
+                fill_id=f"f-{order.client_order_id}",
+                sequence=len(now.isoformat()),
+                quantity=order.quantity,
+                price=price,
+                fee=ZERO,
+                liquidity="TAKER",
+                filled_at=now,
+            )
+        ],
+    )
+
+
+def stub_app(state: Upstreams) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/portfolio")
+    async def portfolio() -> PortfolioPublic:
+        return portfolio_answer(D(100_000), {s: q for s, q in state.held.items() if q})
+
+    @app.post("/check")
+    async def check(body: CheckRequest) -> CheckResult:
+        state.checks.append(body.client_order_id)
+        if state.deny:
+            return CheckResult(
+                approved=False,
+                reason="STALE_PORTFOLIO",
+                detail="stub",
+                decision_id="d",
+                approval=None,
+                state="HALTED",
+            )
+        approval = ApprovalPublic(decision_id=f"d-{len(state.checks)}", token="t", expires_ms=1)
+        return CheckResult(
+            approved=True, reason="", detail="", decision_id="d", approval=approval, state="ACTIVE"
+        )
+
+    @app.post("/orders", response_model=None)
+    async def orders(body: OrderCreate) -> Any:
+        state.posts.append(body.client_order_id)
+        assert body.reduce_only and body.order_type == "MARKET" and body.approval is not None
+        if body.client_order_id in state.refuse_orders:
+            return JSONResponse({"detail": "trading state is HALTED"}, status_code=403)
+        known = state.orders.get(body.client_order_id)
+        if known is None:
+            known = state.orders[body.client_order_id] = filled(body, D(98))
+            state.held[body.symbol] = state.held.get(body.symbol, ZERO) - body.quantity
+        if state.lose_answers:
+            state.lose_answers -= 1
+            return JSONResponse({"detail": "lost"}, status_code=502)
+        return known
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[tuple[Upstreams, StubServer]]:
+    state = Upstreams()
+    with StubServer(stub_app(state)) as server:
+        yield state, server
+
+
+@pytest.fixture
+def upstreams(
+    stub: tuple[Upstreams, StubServer], harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
+) -> Upstreams:
+    state, server = stub
+    state.__init__()  # type: ignore[misc]
+    for name in ("RISK_SAFETY_URL", "EXECUTION_URL", "PORTFOLIO_INTELLIGENCE_URL"):
+        monkeypatch.setenv(name, server.url)
+    monkeypatch.setenv("MONITOR_CHECK_INTERVAL_MS", "50")
+    monkeypatch.setenv("MONITOR_RECONCILE_INTERVAL_MS", "60000")
+    return state
+
+
+def position(client: TestClient) -> dict[str, Any]:
+    (found,) = client.get("/positions").json()["data"]
+    return dict(found)
+
+
+def watching(
+    client: TestClient, harness: ServiceHarness, upstreams: Upstreams, quantity: str = "2"
+) -> dict[str, Any]:
+    harness.publish(
+        PositionUpdated(
+            symbol=SYMBOL,
+            quantity=D(quantity),
+            average_price=D(100),
+            realized_pnl=ZERO,
+            unrealized_pnl=ZERO,
+            sequence=7,
+        )
+    )
+    wait_until(lambda: client.get("/positions").json()["count"] == 1, 10, "the position")
+    # What the portfolio answers from now on (not before: its first answer, at start, is flat).
+    upstreams.held[SYMBOL] = D(quantity)
+    return position(client)
+
+
+def closed_by_portfolio(harness: ServiceHarness) -> None:
+    harness.publish(
+        PositionUpdated(
+            symbol=SYMBOL,
+            quantity=ZERO,
+            average_price=None,
+            realized_pnl=ZERO,
+            unrealized_pnl=ZERO,
+            sequence=8,
+        )
+    )
+
+
+def tick(bid: str) -> MarketTick:
+    return market_tick(bid, str(D(bid) + D("0.1")))
+
+
+def test_a_stop_loss_exits_once_whatever_ticks_come_after(
+    harness: ServiceHarness, upstreams: Upstreams
+) -> None:
+    with harness.run(create_service) as client:
+        watched = watching(client, harness, upstreams)
+        assert watched["position_id"] == "BTCUSDT-7"
+        assert Decimal(watched["stop_loss_level"]) == D(98)
+        harness.publish(tick("99"))
+        harness.publish(tick("97.9"))
+        wait_until(lambda: position(client)["status"] == "EXITING", 10, "the stop to trigger")
+        wait_until(lambda: upstreams.posts, 10, "the exit order")
+        # The same tick again (a redelivery: same event id) and ticks further down.
+        harness.publish(tick("97.9"), event_id="the-tick")
+        harness.publish(tick("97.9"), event_id="the-tick")
+        harness.publish(tick("90"))
+        closed_by_portfolio(harness)
+        wait_until(lambda: position(client)["status"] == "CLOSED", 10, "the position to close")
+        assert upstreams.posts == ["pm-BTCUSDT-7-SL"] == upstreams.checks
+        exit_ = position(client)["exit"]
+        assert (exit_["reason"], exit_["outcome"], Decimal(exit_["quantity"])) == (
+            "STOP_LOSS",
+            "FILLED",
+            D(2),
+        )
+    (announced,) = harness.published("stop.triggered")
+    assert (announced["reason"], announced["client_order_id"]) == ("STOP_LOSS", "pm-BTCUSDT-7-SL")
+
+
+def test_an_exit_whose_answer_was_lost_is_sent_again_under_the_same_client_order_id(
+    harness: ServiceHarness, upstreams: Upstreams
+) -> None:
+    upstreams.lose_answers = 1
+    with harness.run(create_service) as client:
+        watching(client, harness, upstreams)
+        harness.publish(tick("97"))
+        wait_until(
+            lambda: (position(client)["exit"] or {}).get("outcome") == "FILLED",
+            10,
+            "the exit's outcome to be learnt",
+        )
+    assert upstreams.posts == ["pm-BTCUSDT-7-SL", "pm-BTCUSDT-7-SL"]
+    assert list(upstreams.orders) == ["pm-BTCUSDT-7-SL"], "one order at execution"
+
+
+def test_a_refused_exit_escalates_to_an_emergency_exit(
+    harness: ServiceHarness, upstreams: Upstreams
+) -> None:
+    upstreams.refuse_orders = {"pm-BTCUSDT-7-SL"}
+    with harness.run(create_service) as client:
+        watching(client, harness, upstreams)
+        harness.publish(tick("97"))
+        wait_until(
+            lambda: (
+                (position(client)["exit"] or {}).get("stage") == "EMERGENCY"
+                and position(client)["exit"]["outcome"] == "FILLED"
+            ),
+            10,
+            "the emergency exit to fill",
+        )
+        closed_by_portfolio(harness)
+        wait_until(lambda: position(client)["status"] == "CLOSED", 10, "the position to close")
+    assert upstreams.posts == ["pm-BTCUSDT-7-SL", "pm-BTCUSDT-7-SL-EM"]
+    assert harness.published("stop.failed") == []
+
+
+def test_an_exit_denied_twice_alerts_and_a_new_set_of_stops_rearms_it(
+    harness: ServiceHarness, upstreams: Upstreams
+) -> None:
+    upstreams.deny = True
+    with harness.run(create_service) as client:
+        watching(client, harness, upstreams)
+        harness.publish(tick("97"))
+        wait_until(lambda: position(client)["status"] == "ALERTED", 10, "the alert")
+        assert upstreams.checks == ["pm-BTCUSDT-7-SL", "pm-BTCUSDT-7-SL-EM"]
+        assert upstreams.posts == []
+        (alert,) = harness.published("stop.failed")
+        assert (alert["position_id"], alert["client_order_id"]) == (
+            "BTCUSDT-7",
+            "pm-BTCUSDT-7-SL-EM",
+        )
+        assert (
+            'position_monitor_alerts_total{reason="STOP_LOSS"} 1.0' in client.get("/metrics").text
+        )
+        # An operator re-arms it: a new round, with client order ids of its own.
+        upstreams.deny = False
+        stops = position(client)["stops"]
+        rearmed = client.put("/positions/BTCUSDT-7/stops", json=stops)
+        assert rearmed.status_code == 200, rearmed.text
+        assert (rearmed.json()["status"], rearmed.json()["exit_round"]) == ("OPEN", 2)
+        harness.publish(tick("96"))
+        wait_until(lambda: "pm-BTCUSDT-7-SL-r2" in upstreams.posts, 10, "the second round's exit")
+
+
+def test_stops_change_over_http_with_the_token_and_never_loosen_the_trailing_level(
+    harness: ServiceHarness, upstreams: Upstreams
+) -> None:
+    with harness.run(create_service) as client:
+        watching(client, harness, upstreams)
+        tight = {"trailing_stop": {"value": "1", "kind": "PERCENT"}, "trailing_price": "MARK"}
+        path = "/positions/BTCUSDT-7/stops"
+        stranger = client.put(path, json=tight, headers={"Authorization": "Bearer nope"})
+        assert stranger.status_code == 403
+        assert client.put("/positions/BTCUSDT-7/stops", json={"stop_loss": 5}).status_code == 422
+        assert client.put("/positions/nope/stops", json=tight).status_code == 404
+        changed = client.put(path, json=tight).json()
+        assert (
+            changed["stops"]["stop_loss"] is None and changed["stops"]["trailing_price"] == "MARK"
+        )
+        harness.publish(market_tick("109.9", "110.1"))
+        wait_until(
+            lambda: position(client)["trailing_level"] == "108.9", 10, "the level at 110 x 0.99"
+        )
+        wide = {**tight, "trailing_stop": {"value": "10", "kind": "PERCENT"}}
+        assert client.put(path, json=wide).status_code == 200
+        harness.publish(market_tick("109.4", "109.6"))
+        wait_until(lambda: position(client)["best_price"] == "110", 10, "the tick")
+        assert position(client)["trailing_level"] == "108.9", "a wider offset loosens nothing"
+        assert client.get("/stops/defaults").json()["stop_loss"] == {
+            "value": "2",
+            "kind": "PERCENT",
+        }
+
+
+def test_a_restart_sends_the_exit_stored_before_the_crash_under_its_own_id(
+    harness: ServiceHarness, upstreams: Upstreams
+) -> None:
+    with harness.run(create_service) as client:
+        watching(client, harness, upstreams)
+    # What a crash between storing the exit and sending it leaves behind.
+    db = sqlite3.connect(harness.database_url.split("///", 1)[1])
+    with db:
+        db.execute(
+            "UPDATE monitored_positions SET status='EXITING', exit_reason='STOP_LOSS',"
+            " exit_stage='EXIT', exit_client_order_id='pm-BTCUSDT-7-SL', exit_quantity=2,"
+            f" exit_trigger_price=98, exit_observed_price=97, exit_started_ms={now_ms()}"
+        )
+    db.close()
+    with harness.run(create_service) as client:
+        wait_until(lambda: upstreams.posts, 10, "the stored exit to be sent")
+        wait_until(
+            lambda: position(client)["exit"]["outcome"] == "FILLED", 10, "the exit's outcome"
+        )
+    assert upstreams.posts == ["pm-BTCUSDT-7-SL"]
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
