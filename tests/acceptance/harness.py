@@ -7,6 +7,7 @@ test's own client and sends the token, as an operator holding it would.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import threading
@@ -22,7 +23,9 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from backend.infra.service import BUILT_SERVICES
+from backend.infra.traceview import OtlpSpan
 from tests.support.polling import wait_until
+from tests.support.postgres import scratch_databases
 from tests.support.procs import Proc, free_port, running, wait_ready
 
 # Every built service of the catalogue, by name; tests start them by their seed script.
@@ -235,3 +238,34 @@ __all__ = [
     "service",
     "services",
 ]
+
+
+PRODUCER_KIND, CONSUMER_KIND = 4, 5
+"""OTLP span kinds."""
+
+
+@contextmanager
+def databases(tmp: Path, names: list[str], label: str) -> Iterator[dict[str, dict[str, str]]]:
+    """Per-service `DATABASE_URL`s: fresh PostgreSQL databases (named after `label`) if
+    `TEST_DATABASE_URL` is set, else SQLite files under `tmp/db`."""
+    admin = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if not admin:
+        yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in names}
+        return
+    with scratch_databases(len(names), label, admin) as urls:
+        yield {name: {"DATABASE_URL": url} for name, url in zip(names, urls, strict=True)}
+
+
+def service_of(span: OtlpSpan) -> str:
+    return str(span.resource.get("service.name"))
+
+
+def bus_joins(spans: list[OtlpSpan]) -> set[tuple[str, str, str]]:
+    """(producer service, consumer service, span name) of CONSUMER spans under a PRODUCER."""
+    by_id = {s.span_id: s for s in spans}
+    joins = set()
+    for span in spans:
+        parent = by_id.get(span.parent_span_id)
+        if span.kind == CONSUMER_KIND and parent is not None and parent.kind == PRODUCER_KIND:
+            joins.add((service_of(parent), service_of(span), span.name))
+    return joins

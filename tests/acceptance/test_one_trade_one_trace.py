@@ -8,14 +8,11 @@ a receiver in this test.
 
 from __future__ import annotations
 
-import os
 import secrets
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,9 +20,17 @@ import pytest
 
 from backend.infra.service import BUILT_SERVICES
 from backend.infra.traceview import OtlpSpan
-from tests.acceptance.harness import base_env, http, json_lines, poll, services
+from tests.acceptance.harness import (
+    base_env,
+    bus_joins,
+    databases,
+    http,
+    json_lines,
+    poll,
+    service_of,
+    services,
+)
 from tests.support.otlp import OtlpReceiver
-from tests.support.postgres import scratch_databases
 from tests.support.procs import Proc
 
 OFF_THE_TRADE_PATH = {"rl-training", "clm"}
@@ -60,21 +65,10 @@ class Pipeline:
         return json_lines(self.running[name][0])
 
 
-@contextmanager
-def databases(tmp: Path) -> Iterator[dict[str, dict[str, str]]]:
-    """Per-service `DATABASE_URL`s: fresh PostgreSQL databases if `TEST_DATABASE_URL` is set."""
-    admin = os.environ.get("TEST_DATABASE_URL", "").strip()
-    if not admin:
-        yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in ALL}
-        return
-    with scratch_databases(len(ALL), "qt_accept", admin) as urls:
-        yield {name: {"DATABASE_URL": url} for name, url in zip(ALL, urls, strict=True)}
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Pipeline]:
     tmp = tmp_path_factory.mktemp("pipeline")
-    with OtlpReceiver() as otlp, databases(tmp) as dbs:
+    with OtlpReceiver() as otlp, databases(tmp, ALL, "qt_accept") as dbs:
         env = base_env(redis_url, otlp.http_endpoint) | KNOBS
         with services(ALL, tmp, env, per_service=dbs, timeout_s=60) as running:
             yield Pipeline(otlp, running)
@@ -82,10 +76,6 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
 
 def in_trace(spans: list[OtlpSpan], trace_id: str) -> list[OtlpSpan]:
     return [s for s in spans if s.trace_id == trace_id]
-
-
-def service_of(span: OtlpSpan) -> str:
-    return str(span.resource.get("service.name"))
 
 
 def http_joins(spans: list[OtlpSpan]) -> set[tuple[str, str]]:
@@ -97,17 +87,6 @@ def http_joins(spans: list[OtlpSpan]) -> set[tuple[str, str]]:
         remote = parent is not None and service_of(parent) != service_of(span)
         if span.kind == SERVER and parent is not None and parent.kind == CLIENT and remote:
             joins.add((service_of(parent), service_of(span)))
-    return joins
-
-
-def bus_joins(spans: list[OtlpSpan]) -> set[tuple[str, str, str]]:
-    """(producer service, consumer service, span name) of CONSUMER spans under a PRODUCER."""
-    by_id = {s.span_id: s for s in spans}
-    joins = set()
-    for span in spans:
-        parent = by_id.get(span.parent_span_id)
-        if span.kind == CONSUMER and parent is not None and parent.kind == PRODUCER:
-            joins.add((service_of(parent), service_of(span), span.name))
     return joins
 
 

@@ -14,12 +14,10 @@ restart after the exit, and more ticks under the level, send nothing more.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -30,10 +28,18 @@ import pytest
 
 from backend.infra.eventbus import EventBusSettings, EventPublisher, create_redis_client
 from backend.infra.traceview import OtlpSpan
-from tests.acceptance.harness import SPECS, base_env, http, poll, services
+from tests.acceptance.harness import (
+    SPECS,
+    base_env,
+    bus_joins,
+    databases,
+    http,
+    poll,
+    service_of,
+    services,
+)
 from tests.support.factories import market_tick
 from tests.support.otlp import OtlpReceiver
-from tests.support.postgres import scratch_databases
 from tests.support.procs import Proc, free_port, wait_ready
 
 SYMBOL = "BTCUSDT"
@@ -185,22 +191,11 @@ def publish_in_trace(redis_url: str, prefix: str, trace_id: str, *ticks: Any) ->
     asyncio.run(send())
 
 
-@contextmanager
-def databases(tmp: Path, names: list[str]) -> Iterator[dict[str, dict[str, str]]]:
-    """Per-service `DATABASE_URL`s: fresh PostgreSQL databases if `TEST_DATABASE_URL` is set."""
-    admin = os.environ.get("TEST_DATABASE_URL", "").strip()
-    if not admin:
-        yield {name: {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/db/{name}.db"} for name in names}
-        return
-    with scratch_databases(len(names), "qt_posmon", admin) as urls:
-        yield {name: {"DATABASE_URL": url} for name, url in zip(names, urls, strict=True)}
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("posmon")
     (tmp / "db").mkdir()
-    with OtlpReceiver() as otlp, databases(tmp, [*BACKEND, MONITOR]) as dbs:
+    with OtlpReceiver() as otlp, databases(tmp, [*BACKEND, MONITOR], "qt_posmon") as dbs:
         env = base_env(redis_url, otlp.http_endpoint) | KNOBS
         with services(BACKEND, tmp, env, per_service=dbs, timeout_s=60) as running:
             s = Stack(tmp, redis_url, env | dbs[MONITOR], otlp, running)
@@ -215,10 +210,6 @@ def in_trace(spans: list[OtlpSpan], trace_id: str) -> list[OtlpSpan]:
     return [s for s in spans if s.trace_id == trace_id]
 
 
-def service_of(span: OtlpSpan) -> str:
-    return str(span.resource.get("service.name"))
-
-
 def http_joins(spans: list[OtlpSpan]) -> set[tuple[str, str, str]]:
     """(client service, server service, route) of SERVER spans under a remote CLIENT span."""
     by_id = {s.span_id: s for s in spans}
@@ -229,16 +220,6 @@ def http_joins(spans: list[OtlpSpan]) -> set[tuple[str, str, str]]:
         if parent is not None and joined and service_of(parent) != service_of(span):
             route = str(span.attributes.get("http.route", ""))
             joins.add((service_of(parent), service_of(span), route))
-    return joins
-
-
-def bus_joins(spans: list[OtlpSpan]) -> set[tuple[str, str, str]]:
-    by_id = {s.span_id: s for s in spans}
-    joins = set()
-    for span in spans:
-        parent = by_id.get(span.parent_span_id)
-        if span.kind == CONSUMER and parent is not None and parent.kind == PRODUCER:
-            joins.add((service_of(parent), service_of(span), span.name))
     return joins
 
 
