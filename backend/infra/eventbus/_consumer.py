@@ -23,6 +23,7 @@ from backend.infra.observability import (
     get_logger,
     get_tracer,
     links_from_traceparent,
+    new_trace_context,
     record_error,
     use_trace_context,
 )
@@ -295,6 +296,7 @@ class EventConsumer:
             if self._retries:
                 wait_s = min(wait_s, self._retries[0].due - now)
             block_ms = max(1, min(settings.block_ms, int(wait_s * 1000) + 1))
+            read_started_ns = time.time_ns()
             response = await self._read(block_ms)
             if response:
                 await self._process(
@@ -302,7 +304,8 @@ class EventConsumer:
                         (self._subs[_text(stream)], _text(entry_id), fields, 1)
                         for stream, entries in response
                         for entry_id, fields in entries
-                    ]
+                    ],
+                    received=(read_started_ns, time.time_ns()),
                 )
 
     async def _read(self, block_ms: int) -> Any:
@@ -415,16 +418,58 @@ class EventConsumer:
     # Processing ------------------------------------------------------------------------------
 
     async def _process(
-        self, items: Sequence[tuple[_Subscription, str, Mapping[bytes, bytes] | None, int]]
+        self,
+        items: Sequence[tuple[_Subscription, str, Mapping[bytes, bytes] | None, int]],
+        received: tuple[int, int] | None = None,
     ) -> None:
         self._busy = True
         try:
-            await self._process_batch(items)
+            await self._process_batch(items, received)
         finally:
             self._busy = False
 
+    def _receive_span(
+        self,
+        received: tuple[int, int],
+        items: Sequence[tuple[_Subscription, str, Mapping[bytes, bytes] | None, int]],
+        events: Sequence[tuple[_Subscription, Event[Any], Mapping[bytes, bytes]]],
+    ) -> None:
+        """The CLIENT span `receive {stream}` of one batch read (XREADGROUP), from its start to
+        its return, linking to the creation context of every message it returned, as the
+        messaging conventions ask of a batch receive."""
+        keys = {sub.key for sub, *_ in items}
+        key = next(iter(keys)) if len(keys) == 1 else None
+        attributes: dict[str, Any] = {
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.type": "receive",
+            "messaging.operation.name": "receive",
+            "messaging.consumer.group.name": self.group,
+            "messaging.client.id": self.name,
+            "messaging.batch.message_count": len(items),
+        }
+        if key is not None:
+            attributes["messaging.destination.name"] = key
+        links = [
+            link
+            for _sub, event, _fields in events
+            for link in links_from_traceparent(
+                event.traceparent, {"messaging.message.id": event.entry_id or ""}
+            )
+        ]
+        span = self._tracer.start_span(
+            f"receive {key}" if key is not None else "receive",
+            context=new_trace_context(),  # the poll loop is in no trace
+            kind=SpanKind.CLIENT,
+            links=links,
+            attributes=attributes,
+            start_time=received[0],
+        )
+        span.end(end_time=received[1])
+
     async def _process_batch(
-        self, items: Sequence[tuple[_Subscription, str, Mapping[bytes, bytes] | None, int]]
+        self,
+        items: Sequence[tuple[_Subscription, str, Mapping[bytes, bytes] | None, int]],
+        received: tuple[int, int] | None = None,
     ) -> None:
         batch = _Batch()
         max_deliveries = self._settings.max_deliveries
@@ -461,6 +506,8 @@ class EventConsumer:
                 )
                 continue
             events.append((sub, event, fields))
+        if received is not None:
+            self._receive_span(received, items, events)
 
         if events and self._idempotency is not None:
             seen = await self._idempotency.seen_many([event.id for _s, event, _f in events])

@@ -33,6 +33,7 @@ from ._tracing import (
     get_tracer,
     inject_trace_context,
     links_from_traceparent,
+    new_trace_context,
     record_error,
     use_trace_context,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "inject_trace_context",
     "instrument_fastapi",
     "links_from_traceparent",
+    "new_trace_context",
     "record_error",
     "redact_text",
     "redact_url",

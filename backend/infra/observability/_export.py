@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -413,8 +413,8 @@ class GrpcTransport:
     METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
     METRICS_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
     LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
-    # The codes the OTLP specification lists as retryable (RESOURCE_EXHAUSTED only with
-    # RetryInfo, which this transport does not decode, so it is not retried).
+    # The codes the OTLP specification lists as retryable; RESOURCE_EXHAUSTED only when the
+    # server sent a RetryInfo (it is then recovering and said when to come back).
     RETRYABLE = frozenset(
         {"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"}
     )
@@ -461,7 +461,11 @@ class GrpcTransport:
         except self._grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             name = getattr(code, "name", "?")
-            raise ExportFailed(f"gRPC {name}", retryable=name in self.RETRYABLE) from exc
+            delay = grpc_retry_delay(exc)
+            retryable = name in self.RETRYABLE or (
+                name == "RESOURCE_EXHAUSTED" and delay is not None
+            )
+            raise ExportFailed(f"gRPC {name}", retryable=retryable, retry_after_s=delay) from exc
 
     def abort(self) -> None:
         """Cancel the RPC in flight (closing the channel cancels its calls)."""
@@ -469,6 +473,76 @@ class GrpcTransport:
 
     def close(self) -> None:
         self._channel.close()
+
+
+_RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+def grpc_retry_delay(error: Any) -> float | None:
+    """The delay of the `google.rpc.RetryInfo` in a failed call's `grpc-status-details-bin`
+    trailer, in seconds; None when the server sent none (or something unreadable)."""
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            # google.rpc.Status: 3 = repeated Any details; Any: 1 = type_url, 2 = value;
+            # RetryInfo: 1 = retry_delay (Duration: 1 = seconds, 2 = nanos).
+            for field, detail in _proto_fields(value):
+                if field != 3 or not isinstance(detail, bytes):
+                    continue
+                any_fields = dict(_proto_fields(detail))
+                if any_fields.get(1) != _RETRY_INFO_TYPE.encode():
+                    continue
+                info = dict(_proto_fields(_as_bytes(any_fields.get(2, b""))))
+                duration = dict(_proto_fields(_as_bytes(info.get(1, b""))))
+                seconds = int(duration.get(1, 0)) + int(duration.get(2, 0)) / 1e9
+                return max(0.0, seconds)
+        except (ValueError, IndexError):
+            return None
+    return None
+
+
+def _as_bytes(value: int | bytes) -> bytes:
+    if not isinstance(value, bytes):
+        raise ValueError("expected a length-delimited field")
+    return value
+
+
+def _proto_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) of a protobuf message: varints as int, length-delimited as bytes."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            number, pos = _read_varint(data, pos)
+            yield field, number
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            if pos + size > len(data):
+                raise ValueError("truncated field")
+            yield field, data[pos : pos + size]
+            pos += size
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
 
 
 def _read(path: str | None) -> bytes | None:

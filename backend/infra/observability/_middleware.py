@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from time import perf_counter, time
@@ -263,6 +264,9 @@ def _json(value: str | None) -> str:
 def _format_access_line(record: tuple[Any, ...]) -> str:
     """One JSON access line from a queued record (a dict + orjson costs twice as much)."""
     ts, method, path, route, status, elapsed, trace_id, span_id, flags, client = record
+    otlp = _state.OTLP_LOGS[0]
+    if otlp is not None:
+        otlp.add(_access_log_record(record))
     ids = (
         f'"trace_id":"{trace_id:032x}","span_id":"{span_id:016x}","trace_flags":"{flags:02x}"'
         if trace_id
@@ -279,6 +283,26 @@ def _format_access_line(record: tuple[Any, ...]) -> str:
         f'"duration_ms":{elapsed * 1000.0:.3f},'
         f'"client.address":{_json(client[0] if client else None)}}}\n'
     )
+
+
+def _access_log_record(record: tuple[Any, ...]) -> tuple[int, int, str, dict[str, Any]]:
+    """The access line as an OTLP log record (time ns, level, level name, line fields)."""
+    ts, method, path, route, status, elapsed, trace_id, span_id, flags, client = record
+    fields: dict[str, Any] = {
+        "logger": "access",
+        "message": f"{method} {path} {status}",
+        "http.request.method": method,
+        "url.path": path,
+        "http.route": route,
+        "http.response.status_code": status,
+        "duration_ms": round(elapsed * 1000.0, 3),
+        "client.address": client[0] if client else None,
+    }
+    if trace_id:
+        fields["trace_id"] = f"{trace_id:032x}"
+        fields["span_id"] = f"{span_id:016x}"
+        fields["trace_flags"] = f"{flags:02x}"
+    return int(ts * 1e9), logging.INFO, "INFO", fields
 
 
 _ACCESS = SINK.defer(_format_access_line)

@@ -125,11 +125,14 @@ def _start_signal_exports(config: ObservabilityConfig, handler: Any) -> None:
             config.otlp_timeout_s,
         )
         handler.otlp = queue
+        _state.OTLP_LOGS[0] = queue
         _SIGNAL_EXPORTS.append(queue)
     atexit.register(_stop_signal_exports)
 
 
 def _stop_signal_exports(timeout_ms: int = 5000) -> None:
+    SINK.flush()  # access lines still waiting go to the log queue before it stops
+    _state.OTLP_LOGS[0] = None
     while _SIGNAL_EXPORTS:
         exporter = _SIGNAL_EXPORTS.pop()
         if hasattr(exporter, "begin_shutdown"):

@@ -58,7 +58,7 @@ _LINE_FIELDS = frozenset(
         "trace_flags",
         "service.name",
         "service.version",
-        "deployment.environment",
+        "deployment.environment.name",
         "exception",
     }
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 
@@ -13,6 +14,8 @@ _RESOURCE_FIELDS: dict[str, str] = {}
 # One-element lists so the hot path reads them without a function call or a global rebind.
 ACCESS_LOG = [False]
 RESOURCE_JSON = ['"service.name":null']
+# The OTLP log export queue, when logs also go to a collector: access lines are sent there too.
+OTLP_LOGS: list[Any | None] = [None]
 
 
 def config() -> ObservabilityConfig | None:
@@ -31,7 +34,7 @@ def log_resource_fields(config: ObservabilityConfig) -> dict[str, str]:
     return {
         "service.name": config.service_name,
         "service.version": config.service_version,
-        "deployment.environment": config.environment,
+        "deployment.environment.name": config.environment,
     }
 
 

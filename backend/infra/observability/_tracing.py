@@ -122,7 +122,6 @@ def resource_attributes(config: ObservabilityConfig) -> dict[str, str]:
         **config.resource_attributes,
         "service.name": config.service_name,
         "service.version": config.service_version,
-        "deployment.environment": config.environment,
         "deployment.environment.name": config.environment,
     }
 
@@ -325,6 +324,14 @@ def extract_trace_context(carrier: Mapping[str, str]) -> Any:
     if not HAS_API:
         return None
     return otel_extract(carrier)
+
+
+def new_trace_context() -> Any:
+    """An empty context (pass it as `context=` when starting a span): the span starts a trace
+    of its own whatever span is current. None without OpenTelemetry."""
+    if not HAS_API:
+        return None
+    return otel_context.Context()
 
 
 def links_from_traceparent(

@@ -193,6 +193,49 @@ async def test_poison_message_lands_in_the_dead_letter_stream_with_error_and_fie
     assert after - before == 1
 
 
+async def test_a_batch_read_is_one_receive_span_linking_every_message_it_returned(
+    client: Redis, settings: EventBusSettings, span_exporter: Any
+) -> None:
+    publisher = EventPublisher(client, "execution", settings)
+    consumer = EventConsumer(client, "portfolio", settings, consumer_name="c1")
+    got: list[str] = []
+
+    async def on_fill(event: Event[OrderFilled]) -> None:
+        got.append(event.id)
+
+    consumer.subscribe(OrderFilled, on_fill)
+    sends = []
+    for n in range(3):  # three producer traces, read by one XREADGROUP
+        with get_tracer("test").start_as_current_span(f"place order {n}"):
+            sends.append(await publisher.publish(fill(n + 1)))
+    async with consumer:
+        await eventually(lambda: len(got) == 3, what="three fills")
+    key = settings.stream_key("order.filled")
+    send_spans = span_exporter.named("send order.filled")
+    (receive,) = span_exporter.named(f"receive {key}")
+    assert receive.kind == SpanKind.CLIENT
+    assert receive.parent is None
+    assert receive.attributes["messaging.operation.type"] == "receive"
+    assert receive.attributes["messaging.operation.name"] == "receive"
+    assert receive.attributes["messaging.destination.name"] == key
+    assert receive.attributes["messaging.consumer.group.name"] == "portfolio"
+    assert receive.attributes["messaging.batch.message_count"] == 3
+    assert receive.attributes["messaging.system"] == MESSAGING_SYSTEM
+    assert [(link.context.trace_id, link.context.span_id) for link in receive.links] == [
+        (s.context.trace_id, s.context.span_id) for s in send_spans
+    ]
+    assert [link.attributes["messaging.message.id"] for link in receive.links] == [
+        r.entry_id for r in sends
+    ]
+    # Each process span keeps its producer as parent (and link): three traces, not one.
+    processes = span_exporter.named("process order.filled")
+    assert sorted(p.parent.span_id for p in processes) == sorted(
+        s.context.span_id for s in send_spans
+    )
+    assert receive.context.trace_id not in {p.context.trace_id for p in processes}
+    assert receive.start_time <= receive.end_time <= min(p.start_time for p in processes)
+
+
 async def test_the_dead_letter_line_carries_the_trace_of_the_failed_delivery(
     client: Redis, settings: EventBusSettings, span_exporter: Any, log_lines: Any
 ) -> None:

@@ -61,6 +61,27 @@ def test_standard_otel_variables_are_honoured() -> None:
     assert c.resource_attributes == {"k8s.pod.name": "pod-1"}
 
 
+def test_the_deprecated_deployment_environment_attribute_is_still_read() -> None:
+    old = load_config("svc", env={"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod"})
+    assert old.environment == "prod" and old.resource_attributes == {}
+    both = load_config(
+        "svc",
+        env={
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,"
+            "deployment.environment.name=staging"
+        },
+    )
+    assert both.environment == "staging" and both.resource_attributes == {}
+
+
+def test_the_resource_names_the_environment_by_the_current_convention() -> None:
+    from backend.infra.observability._tracing import resource_attributes
+
+    attrs = resource_attributes(load_config("svc", env={"ENVIRONMENT": "prod"}))
+    assert attrs["deployment.environment.name"] == "prod"
+    assert "deployment.environment" not in attrs
+
+
 def test_seed_variable_wins_over_its_otel_equivalent() -> None:
     c = load_config(
         "svc",

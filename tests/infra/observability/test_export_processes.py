@@ -64,7 +64,8 @@ def test_spans_reach_the_collector_with_resource_attributes(
     assert server.kind == SERVER
     assert server.resource["service.name"] == f"echo-{port}"
     assert server.resource["service.version"] == "7.7.7"
-    assert server.resource["deployment.environment"] == "test"
+    assert server.resource["deployment.environment.name"] == "test"
+    assert "deployment.environment" not in server.resource
     assert server.resource["k8s.namespace.name"] == "trading"
     assert server.attributes["http.route"] == "/hop/{n}"
     assert server.attributes["http.response.status_code"] == 200

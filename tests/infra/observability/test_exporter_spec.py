@@ -9,7 +9,9 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from typing import Any
 
 import grpc
@@ -166,6 +168,85 @@ def test_grpc_unavailable_is_retried(spans, flaky_grpc) -> None:  # type: ignore
     assert export(GrpcTransport(url, True, {}, 5.0), spans)
     assert len(seen) == 2
     assert "QuantumTrader-OTLP-Exporter-Python/" in seen[0]
+
+
+def retry_info_status(code: int, delay_s: float) -> bytes:
+    """A google.rpc.Status with one RetryInfo detail, encoded as a collector would send it."""
+    from google.protobuf import any_pb2, duration_pb2
+    from google.rpc import error_details_pb2, status_pb2
+
+    info = error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=int(delay_s), nanos=int(delay_s % 1 * 1e9))
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return status_pb2.Status(code=code, message="slow down", details=[detail]).SerializeToString()
+
+
+@contextmanager
+def refusing_grpc(
+    code: grpc.StatusCode, retry_delay_s: float | None, refusals: int = 1
+) -> Iterator[tuple[str, list[float]]]:
+    """A gRPC TraceService refusing `refusals` calls with `code` (and a RetryInfo of
+    `retry_delay_s`, if given), then accepting; yields (url, the time of each call)."""
+    calls: list[float] = []
+
+    def export_rpc(request: bytes, context: Any) -> bytes:
+        calls.append(time.monotonic())
+        if len(calls) <= refusals:
+            if retry_delay_s is not None:
+                status = retry_info_status(code.value[0], retry_delay_s)
+                context.set_trailing_metadata((("grpc-status-details-bin", status),))
+            context.abort(code, "slow down")
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export_rpc)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", calls
+    finally:
+        server.stop(0)
+
+
+def test_grpc_resource_exhausted_with_retry_info_is_retried_after_its_delay(spans) -> None:  # type: ignore[no-untyped-def]
+    with refusing_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, 0.8) as (url, calls):
+        failed = dropped("export_failed")
+        assert export(GrpcTransport(url, True, {}, 5.0), spans)
+    assert len(calls) == 2
+    assert calls[1] - calls[0] >= 0.75
+    assert dropped("export_failed") == failed
+
+
+def test_grpc_resource_exhausted_without_retry_info_is_dropped_and_counted(spans) -> None:  # type: ignore[no-untyped-def]
+    with refusing_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, None) as (url, calls):
+        failed = dropped("export_failed")
+        export(GrpcTransport(url, True, {}, 5.0), spans)
+    assert len(calls) == 1
+    assert dropped("export_failed") == failed + len(spans)
+
+
+def test_grpc_retry_info_beyond_the_export_timeout_drops_the_batch_at_once(spans) -> None:  # type: ignore[no-untyped-def]
+    with refusing_grpc(grpc.StatusCode.UNAVAILABLE, 30.0) as (url, calls):
+        failed = dropped("export_failed")
+        started = time.monotonic()
+        export(GrpcTransport(url, True, {}, 1.0), spans, timeout_s=1.0)
+        assert time.monotonic() - started < 5
+    assert len(calls) == 1
+    assert dropped("export_failed") == failed + len(spans)
+
+
+def test_grpc_unavailable_keeps_being_retried_with_back_off_within_the_budget(spans) -> None:  # type: ignore[no-untyped-def]
+    with refusing_grpc(grpc.StatusCode.UNAVAILABLE, None, refusals=3) as (url, calls):
+        assert export(GrpcTransport(url, True, {}, 10.0), spans)
+    assert len(calls) == 4
+    gaps = [b - a for a, b in pairwise(calls)]
+    assert all(gap >= 0.1 for gap in gaps)
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:

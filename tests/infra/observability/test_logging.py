@@ -28,7 +28,8 @@ def test_a_line_carries_the_active_span_ids_and_bound_fields(log_lines) -> None:
     assert line["client_order_id"] == "qt-1" and line["quantity"] == 3
     assert line["desk"] == "crypto"
     assert line["service.name"] == "test-suite"
-    assert {"service.version", "deployment.environment"} <= line.keys()
+    assert {"service.version", "deployment.environment.name"} <= line.keys()
+    assert "deployment.environment" not in line
     assert str(line["time"]).endswith("Z") and "T" in str(line["time"])
 
 

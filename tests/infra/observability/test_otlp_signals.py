@@ -12,6 +12,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from backend.infra.observability import ObservabilityConfigError
 from backend.infra.observability._config import load_config
@@ -113,3 +114,81 @@ def test_a_service_sends_its_metrics_and_logs_to_the_collector() -> None:
     attributes = {kv.key: kv.value.string_value for kv in filled.attributes}
     assert attributes["order_id"] == "o-1"
     assert attributes["api_key"] == "REDACTED"
+
+
+def test_access_lines_go_to_the_collector_too_one_per_request() -> None:
+    script = textwrap.dedent(
+        """
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+        from backend.infra.observability import (
+            init_observability, instrument_fastapi, shutdown_observability,
+        )
+        init_observability("access-otlp", "INFO")
+        app = FastAPI()
+        @app.get("/orders/{order_id}")
+        def order(order_id: str) -> dict[str, str]:
+            return {"id": order_id}
+        instrument_fastapi(app)
+        with TestClient(app) as client:
+            for n in range(3):
+                assert client.get(f"/orders/o-{n}").status_code == 200
+        shutdown_observability(3000)
+        """
+    )
+    with FakeCollector([]) as collector:
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(ROOT),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.base_url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_METRICS_EXPORTER": "none",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        log_bodies = [
+            r[2]
+            for path, r in zip(collector.paths, collector.requests, strict=True)
+            if path == "/v1/logs"
+        ]
+        traces = [
+            r[2]
+            for path, r in zip(collector.paths, collector.requests, strict=True)
+            if path == "/v1/traces"
+        ]
+    records = [
+        r
+        for body in log_bodies
+        for rl in ExportLogsServiceRequest.FromString(body).resource_logs
+        for sl in rl.scope_logs
+        for r in sl.log_records
+    ]
+    access = [
+        r
+        for r in records
+        if {kv.key: kv.value for kv in r.attributes}["logger"].string_value == "access"
+    ]
+    assert sorted(r.body.string_value for r in access) == [
+        f"GET /orders/o-{n} 200" for n in range(3)
+    ]
+    stdout_access = [
+        line for line in done.stdout.decode().splitlines() if '"logger":"access"' in line
+    ]
+    assert len(stdout_access) == 3
+    span_ids = {
+        s.span_id
+        for body in traces
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    }
+    for record in access:
+        attributes = {kv.key: kv.value for kv in record.attributes}
+        assert record.severity_text == "INFO" and record.severity_number == 9
+        assert attributes["http.route"].string_value == "/orders/{order_id}"
+        assert attributes["http.response.status_code"].int_value == 200
+        assert attributes["duration_ms"].double_value >= 0
+        assert len(record.trace_id) == 16 and record.span_id in span_ids
+        assert record.flags & 1 == 1  # sampled
