@@ -26,6 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 500
+TRACED_RATIO_TARGET = 0.6
 
 
 def _tick(n: int) -> Any:
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     assert sink.stdout is not None
     sink_port = int(sink.stdout.readline())
     results: dict[bool, list[float]] = {True: [], False: []}
+    traced_spans: list[tuple[float, float]] = []
     fsync = os.environ.get("BENCH_APPENDFSYNC", "always")
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
                     if r["handled"] != args.events:
                         raise RuntimeError(f"handled {r['handled']} of {args.events}")
                     results[traced].append(r["msg_s"])
+                    if traced:
+                        traced_spans.append((r["spans"], r["dropped"]))
                     print(
                         f"{n + 1:>5}  {'traced' if traced else 'untraced':<8} "
                         f"{r['msg_s']:>10,.0f} {r['publish_msg_s']:>14,.0f} "
@@ -237,7 +241,20 @@ def main(argv: list[str] | None = None) -> None:
     untraced_rate = statistics.median(results[False])
     print(f"median  traced   {traced_rate:>10,.0f} msg/s   (target >= 5,000)")
     print(f"median  untraced {untraced_rate:>10,.0f} msg/s   (target >= 15,000)")
-    print(f"ratio   traced/untraced = {traced_rate / untraced_rate:.2f}")
+    ratio = traced_rate / untraced_rate
+    print(
+        f"ratio   traced/untraced = {ratio:.2f}   (target >= {TRACED_RATIO_TARGET:.2f} "
+        f"{'ok' if ratio >= TRACED_RATIO_TARGET else 'MISSED'})"
+    )
+    # Every message has a send and a process span; each batch read adds one receive span.
+    complete = all(dropped == 0 and spans >= 2 * args.events for spans, dropped in traced_spans)
+    print(
+        f"spans   exported per traced round {[int(s) for s, _ in traced_spans]}, dropped "
+        f"{[int(d) for _, d in traced_spans]} (at least {2 * args.events:,} = send + process "
+        f"per event, plus one receive per batch read): {'all' if complete else 'NOT ALL'} "
+        "exported"
+    )
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
