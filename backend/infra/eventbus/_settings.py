@@ -43,6 +43,9 @@ class EventBusSettings:
     """How long processed event ids are remembered by the idempotency helper."""
     metrics_interval_s: float = 5.0
     """How often a consumer refreshes its pending and lag gauges."""
+    trim_interval_s: float = 5.0
+    """How often a consumer trims its streams to what every group still needs (XTRIM MINID
+    below the oldest entry a group has not acknowledged); 0 disables it (MAXLEN still applies)."""
     consumer_name: str = ""
     """This replica's consumer name in its groups; empty: the host name. It must not change
     when the process restarts (a restarted consumer first handles what is pending under its
@@ -67,6 +70,8 @@ class EventBusSettings:
                 raise EventBusConfigError(f"{_env_name(name)} must be positive")
         if self.block_ms < 0:
             raise EventBusConfigError("EVENTBUS_BLOCK_MS must not be negative")
+        if self.trim_interval_s < 0:
+            raise EventBusConfigError("EVENTBUS_TRIM_INTERVAL_S must not be negative")
         if self.reconnect_timeout_s <= 0 or self.metrics_interval_s <= 0:
             raise EventBusConfigError(
                 "EVENTBUS_RECONNECT_TIMEOUT_S and EVENTBUS_METRICS_INTERVAL_S must be positive"
