@@ -9,7 +9,12 @@ from dataclasses import dataclass, fields
 
 from ._errors import EventBusConfigError
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# A name, or a name in braces: a Redis Cluster hash tag, which puts every key of the bus in one
+# hash slot so that multi-key commands (one read over several streams, the idempotency marks
+# with the acknowledgements in one MULTI) work on a cluster.
+_PREFIX_RE = re.compile(
+    r"^(?:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}|\{[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\})$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +25,8 @@ class EventBusSettings:
     """
 
     prefix: str = "qt"
-    """Namespace of every key the bus writes (`{prefix}:events:{type}`, ...)."""
+    """Namespace of every key the bus writes (`{prefix}:events:{type}`, ...). On a Redis
+    Cluster it must be a hash tag (`{qt}`), so that every key of the bus is in one slot."""
     max_len: int = 100_000
     """Approximate MAXLEN of each stream: older entries are trimmed past it."""
     batch_size: int = 256
@@ -54,7 +60,8 @@ class EventBusSettings:
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
             raise EventBusConfigError(
-                f"EVENTBUS_PREFIX={self.prefix!r}: use 1-64 letters, digits, '_', '.' or '-'"
+                f"EVENTBUS_PREFIX={self.prefix!r}: use 1-64 letters, digits, '_', '.' or '-', "
+                "optionally in braces (a Redis Cluster hash tag: '{qt}')"
             )
         for name in (
             "max_len",
