@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from redis.asyncio import Redis
 
-from backend.infra.eventbus import Event, EventBusSettings, EventConsumer, EventPublisher
+from backend.infra.eventbus import (
+    Event,
+    EventBusConfigError,
+    EventBusSettings,
+    EventConsumer,
+    EventPublisher,
+)
 from backend.infra.eventbus._trim import acknowledged_bound, trim_acknowledged
 from backend.trading.events import OrderFilled
 
@@ -90,3 +97,9 @@ async def test_running_consumers_trim_their_streams_once_every_group_acknowledge
             # Both groups acknowledged everything: only the last delivered entry stays.
             await eventually(trimmed, what="the trim by the running consumers")
     assert len(booked) == 50 and len(audited) == 50
+
+
+def test_trim_interval_is_read_from_the_environment_and_checked() -> None:
+    assert EventBusSettings.from_env({"EVENTBUS_TRIM_INTERVAL_S": "0"}).trim_interval_s == 0
+    with pytest.raises(EventBusConfigError, match="EVENTBUS_TRIM_INTERVAL_S"):
+        EventBusSettings.from_env({"EVENTBUS_TRIM_INTERVAL_S": "-1"})
