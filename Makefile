@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench lint format clean
+.PHONY: help install run test bench soak lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: $(STAMP) ## Run the whole test suite
 
 bench: $(STAMP) ## Run the benchmarks (prints ratios against a bare baseline)
 	$(BIN)/quantum-trader bench
+
+soak: $(STAMP) ## Run the whole system under load for SOAK_SECONDS (1800) and judge boundedness
+	$(BIN)/python -m bench.soak --orders-per-s $${SOAK_ORDERS_PER_S:-5}
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

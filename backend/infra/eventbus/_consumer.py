@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import socket
 import time
 import traceback
@@ -35,6 +36,7 @@ from ._metrics import TASK_FAILURES, ConsumerMetrics
 from ._publisher import MESSAGING_SYSTEM
 from ._redis import backoff_delay, call_with_reconnect
 from ._settings import EventBusSettings
+from ._trim import trim_acknowledged
 from .catalogue import Catalogue, EventData, EventSpec, default_catalogue
 
 DataT = TypeVar("DataT", bound=EventData)
@@ -680,9 +682,32 @@ class EventConsumer:
     # Gauges ----------------------------------------------------------------------------------
 
     async def _gauges_loop(self) -> None:
+        interval = self._settings.trim_interval_s
+        next_trim = time.monotonic()
         while not self._stopping:
             await self.refresh_gauges()
-            await asyncio.sleep(self._settings.metrics_interval_s)
+            if interval > 0 and time.monotonic() >= next_trim:
+                await self.trim_streams()
+                next_trim = time.monotonic() + interval
+            await asyncio.sleep(min(self._settings.metrics_interval_s, interval or math.inf))
+
+    async def trim_streams(self) -> int:
+        """Trim every subscribed stream to what its groups still need; returns entries removed.
+
+        Every consumer of a stream does it; it is idempotent, and an entry goes only once every
+        group (not only this one) has acknowledged it (see `_trim.py`).
+        """
+        removed = 0
+        for key in self._subs:
+
+            async def trim(key: str = key) -> int:
+                return await trim_acknowledged(self._client, key)
+
+            try:
+                removed += await self._call(trim, "XTRIM MINID")
+            except RedisCommandError as exc:  # e.g. the stream was deleted meanwhile
+                _log.warning("stream not trimmed", stream=key, error=str(exc))
+        return removed
 
     async def refresh_gauges(self) -> None:
         """Set the pending and lag gauges of every subscribed stream from Redis."""

@@ -6,10 +6,11 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis.exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -31,14 +32,34 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""URL schemes that name a Redis Cluster (any of its nodes): `redis+cluster://host:port`."""
+
+
 def create_redis_client(url: str, *, socket_timeout_s: float | None = 10.0) -> Redis:
     """A redis-py asyncio client set up the way the bus expects (bytes replies).
+
+    A `redis+cluster://` (or `rediss+cluster://`) URL gives a cluster client (redis-py's
+    `RedisCluster`, which finds the other nodes from the one named); the bus then needs a
+    hash-tag prefix (`EVENTBUS_PREFIX={qt}`, see docs/EVENTBUS.md). The cluster client has
+    the commands the bus uses under the same names, so it is returned as a `Redis`.
 
     redis-py's own retry is reduced to one immediate retry, which replaces a pooled connection
     that a restarted server closed; longer outages are handled by the bus's deadline-bound
     retries, which log and count them. `socket_timeout_s` must exceed the consumer's
     `block_ms`, or a blocking read would time out while waiting normally.
     """
+    scheme, _, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        return cast(
+            Redis,
+            RedisCluster.from_url(
+                f"{CLUSTER_SCHEMES[scheme]}://{rest}",
+                decode_responses=False,
+                socket_connect_timeout=2.0,
+                socket_timeout=socket_timeout_s,
+            ),
+        )
     return Redis.from_url(
         url,
         decode_responses=False,

@@ -9,7 +9,12 @@ from dataclasses import dataclass, fields
 
 from ._errors import EventBusConfigError
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# A name, or a name in braces: a Redis Cluster hash tag, which puts every key of the bus in one
+# hash slot so that multi-key commands (one read over several streams, the idempotency marks
+# with the acknowledgements in one MULTI) work on a cluster.
+_PREFIX_RE = re.compile(
+    r"^(?:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}|\{[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\})$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +25,8 @@ class EventBusSettings:
     """
 
     prefix: str = "qt"
-    """Namespace of every key the bus writes (`{prefix}:events:{type}`, ...)."""
+    """Namespace of every key the bus writes (`{prefix}:events:{type}`, ...). On a Redis
+    Cluster it must be a hash tag (`{qt}`), so that every key of the bus is in one slot."""
     max_len: int = 100_000
     """Approximate MAXLEN of each stream: older entries are trimmed past it."""
     batch_size: int = 256
@@ -43,6 +49,9 @@ class EventBusSettings:
     """How long processed event ids are remembered by the idempotency helper."""
     metrics_interval_s: float = 5.0
     """How often a consumer refreshes its pending and lag gauges."""
+    trim_interval_s: float = 5.0
+    """How often a consumer trims its streams to what every group still needs (XTRIM MINID
+    below the oldest entry a group has not acknowledged); 0 disables it (MAXLEN still applies)."""
     consumer_name: str = ""
     """This replica's consumer name in its groups; empty: the host name. It must not change
     when the process restarts (a restarted consumer first handles what is pending under its
@@ -51,7 +60,8 @@ class EventBusSettings:
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
             raise EventBusConfigError(
-                f"EVENTBUS_PREFIX={self.prefix!r}: use 1-64 letters, digits, '_', '.' or '-'"
+                f"EVENTBUS_PREFIX={self.prefix!r}: use 1-64 letters, digits, '_', '.' or '-', "
+                "optionally in braces (a Redis Cluster hash tag: '{qt}')"
             )
         for name in (
             "max_len",
@@ -67,6 +77,8 @@ class EventBusSettings:
                 raise EventBusConfigError(f"{_env_name(name)} must be positive")
         if self.block_ms < 0:
             raise EventBusConfigError("EVENTBUS_BLOCK_MS must not be negative")
+        if self.trim_interval_s < 0:
+            raise EventBusConfigError("EVENTBUS_TRIM_INTERVAL_S must not be negative")
         if self.reconnect_timeout_s <= 0 or self.metrics_interval_s <= 0:
             raise EventBusConfigError(
                 "EVENTBUS_RECONNECT_TIMEOUT_S and EVENTBUS_METRICS_INTERVAL_S must be positive"
