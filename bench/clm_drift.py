@@ -24,14 +24,13 @@ from decimal import Decimal
 from typing import Any, cast
 
 import numpy as np
-from river.drift import ADWIN
 
 from backend.infra.observability import get_logger, get_tracer
 from backend.trading.features import FEATURE_NAMES, WINDOW, feature_matrix, make_training_set
 from backend.trading.marketsim import MarketSimulator, SymbolSpec
 from backend.trading.model import train_initial_model
 from backend.trading.types import Symbol
-from microservices.clm.drift import input_drift
+from microservices.clm.drift import ConceptDetector, input_drift
 from microservices.clm.manager import LearningManager, Tracked
 from microservices.clm.settings import ClmSettings
 
@@ -67,10 +66,9 @@ def drift_check(
     p_up = 1.0 / (1.0 + np.exp(-(z @ np.asarray(artifact["coefficients"]) + artifact["intercept"])))
     up = np.diff(prices)[WINDOW - 1 :] > 0
     wrong = ((p_up[: up.size] >= 0.5) != up).astype(np.float64)
-    adwin, alarms = ADWIN(delta=0.002), 0
+    adwin, alarms = ConceptDetector(0.002), 0
     for value in wrong.tolist():
-        adwin.update(value)
-        alarms += adwin.drift_detected
+        alarms += adwin.update(value)
     return time.perf_counter() - started, len(report.drifted), alarms
 
 

@@ -186,3 +186,23 @@ def promotion_verdict(
         f"challenger Brier {challenger.brier:.4f} vs champion {champion.brier:.4f}: "
         f"gain {gain:.4f} < margin {margin}",
     )
+
+
+class ConceptDetector:
+    """river's ADWIN on a 0/1 error stream (1: the prediction was wrong), typed for clm."""
+
+    def __init__(self, delta: float) -> None:
+        from river.drift import ADWIN
+
+        self.delta = delta
+        self._adwin = ADWIN(delta=delta)  # type: ignore[no-untyped-call]
+
+    def update(self, error: float) -> bool:
+        """Add one observation; True when ADWIN detects a change of the error rate."""
+        self._adwin.update(error)  # type: ignore[no-untyped-call]
+        return bool(self._adwin.drift_detected)
+
+    @property
+    def estimation(self) -> float:
+        """The error rate of ADWIN's current window."""
+        return float(self._adwin.estimation)

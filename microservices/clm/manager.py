@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from river.drift import ADWIN
 
 from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, current_traceparent, links_from_traceparent
@@ -39,7 +38,7 @@ from backend.trading.model import probability_up, train_model
 from microservices.contracts.ai_engine import AiEngineClient, ModelPublic
 
 from . import metrics
-from .drift import DriftReport, FloatArray, Score, input_drift, promotion_verdict
+from .drift import ConceptDetector, DriftReport, FloatArray, Score, input_drift, promotion_verdict
 from .settings import ClmSettings
 
 REFERENCE_KEY = "reference"
@@ -116,7 +115,7 @@ class LearningManager:
         """Champion and challenger scored on the same ticks since the challenger started."""
         self.live = np.zeros((settings.drift_window, len(FEATURE_NAMES)), dtype=np.float64)
         self.live_rows = 0
-        self.adwin = ADWIN(delta=settings.adwin_delta)
+        self.adwin = ConceptDetector(settings.adwin_delta)
         self.request: RetrainRequest | None = None
         self.last_trained = time.time()
         self.last_report: DriftReport | None = None
@@ -159,7 +158,7 @@ class LearningManager:
         tracked = Tracked.of(loaded.artifact, row.created_at.timestamp())
         self.log.info("model followed", model_version=row.version, alias=row.alias)
         if row.alias == "champion":
-            self.adwin = ADWIN(delta=self.settings.adwin_delta)
+            self.adwin = ConceptDetector(self.settings.adwin_delta)
         else:
             self.duel = (Score(), Score())
         return tracked
@@ -212,8 +211,7 @@ class LearningManager:
         if role == "champion" and champion is not None and version == champion.version:
             if challenger is not None:
                 self.duel[0].add(p_up, up)
-            self.adwin.update(0.0 if hit else 1.0)
-            if self.adwin.drift_detected:
+            if self.adwin.update(0.0 if hit else 1.0):
                 self._concept_alarm(score)
         elif role == "challenger" and challenger is not None and version == challenger.version:
             self.duel[1].add(p_up, up)
@@ -446,7 +444,7 @@ class LearningManager:
             span.set_attribute("duel.predictions", challenger_score.n)
             moved = await self.ai.move_alias("champion", challenger.version, reason)
             self.champion, self.challenger = challenger, None
-            self.adwin = ADWIN(delta=self.settings.adwin_delta)
+            self.adwin = ConceptDetector(self.settings.adwin_delta)
             metrics.PROMOTIONS.labels("forced" if forced else "beat").inc()
             self._decide("promoted", reason, challenger.version)
             await self.resources.publisher.publish(

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,7 +77,9 @@ class Feed:
         async def send() -> None:
             client = create_redis_client(self.redis)
             try:
-                publisher = EventPublisher(client, "test-feed", EventBusSettings(prefix=self.prefix))
+                publisher = EventPublisher(
+                    client, "test-feed", EventBusSettings(prefix=self.prefix)
+                )
                 await publisher.publish_many(ticks)
             finally:
                 await client.aclose()
@@ -199,7 +200,9 @@ def test_drift_retrain_shadow_promote_and_rollback(stack: Stack) -> None:
     stack.otlp.wait_for(lambda spans: any(s.name == "clm.retrain" for s in spans))
     alarms = {(s.trace_id, s.span_id) for s in spans_named(stack, "clm.drift_alarm")}
     retrain = next(
-        s for s in spans_named(stack, "clm.retrain") if s.attributes.get("model_version") == promoted
+        s
+        for s in spans_named(stack, "clm.retrain")
+        if s.attributes.get("model_version") == promoted
     )
     assert set(retrain.links) & alarms, (retrain.links, alarms)
     assert retrain.trace_id not in {t for t, _ in alarms}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from river.drift import ADWIN
 
 from microservices.clm.drift import (
+    ConceptDetector,
     Score,
     input_drift,
     ks_pvalue,
@@ -21,7 +21,7 @@ def test_psi_is_small_for_the_same_distribution_and_large_for_a_shift() -> None:
     same = psi(reference, rng.normal(0, 1, 2_000))
     shifted = psi(reference, rng.normal(0.3, 1.2, 2_000))
     assert same < 0.02
-    assert 0.1 < shifted
+    assert shifted > 0.1
     assert psi(reference, reference) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -65,10 +65,9 @@ def test_a_feature_drifts_only_when_psi_and_ks_both_say_so() -> None:
 def test_adwin_sees_the_correctness_stream_drop_and_not_before() -> None:
     rng = np.random.default_rng(4)
     correct = np.concatenate([rng.random(5_000) < 0.60, rng.random(3_000) < 0.40])
-    adwin, alarms = ADWIN(delta=0.002), []
+    adwin, alarms = ConceptDetector(0.002), []
     for t, ok in enumerate(correct):
-        adwin.update(0.0 if ok else 1.0)
-        if adwin.drift_detected:
+        if adwin.update(0.0 if ok else 1.0):
             alarms.append(t)
     assert alarms, "ADWIN never fired"
     assert alarms[0] >= 5_000, f"false alarm at {alarms[0]}"
