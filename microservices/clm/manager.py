@@ -337,7 +337,9 @@ class LearningManager:
                 await self.step()
             except Exception as exc:  # the next round tries again; the error is logged
                 self.log.error("clm round failed", error=repr(exc))
-            await asyncio.sleep(self.settings.check_interval_s)
+            # Until ai-engine's registry is read, try again every second, not every round.
+            interval = self.settings.check_interval_s
+            await asyncio.sleep(min(interval, 1.0) if self.sync_error else interval)
 
     async def step(self) -> None:
         await self.sync()
