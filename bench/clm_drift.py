@@ -5,7 +5,8 @@ same run on the same machine:
 - the baseline: the day's feature rows alone (`feature_matrix` over every 21-price window),
   the work any model needs before drift can even be asked about;
 - the drift check: those features, then PSI and the KS test of all nine features of the day
-  against a 20,000-row training reference (`drift.input_drift`, what clm runs), plus ADWIN
+  against a training reference from 20,000 simulated ticks (`drift.input_drift`, what clm
+  runs; rows with no price move are left out, as in training), plus ADWIN
   over the day's 86,400-long correctness stream. This is the figure against the target;
 - for information, clm's per-tick path over the same day (`LearningManager.observe`: one
   feature row and a champion prediction per tick), which the live service spreads over 24 h;
