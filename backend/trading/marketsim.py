@@ -110,6 +110,19 @@ class MarketSimulator:
                 return state.regime
         raise KeyError(symbol)
 
+    def set_regime(self, symbol: Symbol, regime: Regime, *, trend_sign: float = 1.0) -> None:
+        """Put a symbol in `regime` now (a regime change on demand, e.g. a drift scenario); in
+        TRENDING, `trend_sign` (+1 or -1) is the trend's direction. The Markov chain carries
+        on from there with the regime's mean duration."""
+        if trend_sign not in (1.0, -1.0):
+            raise ValueError(f"trend_sign must be +1 or -1, got {trend_sign}")
+        for state in self._states:
+            if state.spec.symbol == symbol:
+                state.regime = Regime(regime)
+                state.trend_sign = trend_sign
+                return
+        raise KeyError(f"no simulated symbol {symbol!r}")
+
     def step(self) -> list[Quote]:
         """Advance one tick interval and return one quote per symbol."""
         self._now_ms += self._interval_ms

@@ -19,3 +19,10 @@ MODEL_INFO = Gauge("ai_model_serving", "1 for the model version being served.", 
 SIGNALS_UNPUBLISHED = Counter(
     "ai_signals_unpublished_total", "Signals served but not announced on the bus (bus down)."
 )
+SWAPS = Counter(
+    "ai_model_swaps_total", "Times another model version started serving without a restart."
+)
+EXPIRED = Counter(
+    "ai_predictions_refused_expired_total",
+    "Predictions refused because the serving model is older than AI_MODEL_MAX_AGE_S.",
+)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -22,16 +23,21 @@ from backend.trading.features import (
     compute_features,
 )
 from backend.trading.model import Signal, predict, train_initial_model
+from microservices.contracts.ai_engine import AliasMoved
 
 from . import metrics
 from .settings import AiEngineSettings
-from .store import ModelStore, load_artifact
+from .store import ModelStore, NothingToRollBack, load_artifact
 
 SIGNAL_PUBLISH_TIMEOUT_S = 1.0
 
 
 class NoModelLoaded(RuntimeError):
     """No model version serves yet (the first one is still loading or training)."""
+
+
+class ModelExpired(NoModelLoaded):
+    """The serving model is older than `AI_MODEL_MAX_AGE_S`: refused rather than served stale."""
 
 
 class UnusablePrices(ValueError):
@@ -68,13 +74,17 @@ class ModelServer:
         self.tracer = tracer
         self.artifact: dict[str, Any] | None = None
         self.version: str | None = None
+        self.trained_at: float | None = None
+        """Unix time the serving model was registered (its age counts from there)."""
 
     # Which model serves ----------------------------------------------------------------------
 
-    def _swap(self, artifact: dict[str, Any]) -> None:
+    def _swap(self, artifact: dict[str, Any], trained_at: float | None = None) -> None:
         if self.version is not None:
             metrics.MODEL_INFO.labels(self.version).set(0)
+            metrics.SWAPS.inc()
         self.artifact, self.version = artifact, str(artifact["version"])
+        self.trained_at = trained_at if trained_at is not None else time.time()
         metrics.MODEL_INFO.labels(self.version).set(1)
 
     async def check_loaded(self) -> None:
@@ -88,7 +98,13 @@ class ModelServer:
         if row is None:
             return False
         if row.version != self.version:
-            self._swap(load_artifact(row))
+            created = row.created_at
+            self._swap(
+                load_artifact(row),
+                None
+                if created is None
+                else created.replace(tzinfo=created.tzinfo or UTC).timestamp(),
+            )
             self.log.info(
                 "model loaded", model_version=row.version, artifact_sha256=row.artifact_sha256
             )
@@ -121,6 +137,35 @@ class ModelServer:
             seconds=round(time.perf_counter() - started, 3),
         )
 
+    async def move_alias(self, alias: str, version: str, reason: str = "") -> AliasMoved:
+        """Move a registry alias; for `champion`, load (sha256 checked) and serve it now."""
+        with self.tracer.start_as_current_span("model.alias_move") as span:
+            span.set_attribute("alias", alias)
+            span.set_attribute("model_version", version)
+            row = await self.store.version(version)
+            if row is not None and alias == "champion":
+                load_artifact(row)  # refuse a corrupt artifact before the alias moves
+            _row, previous = await self.store.move_alias(alias, version)
+            span.set_attribute("previous_version", previous or "")
+            if alias == "champion":
+                await self.load_active()
+            self.log.info(
+                "alias moved",
+                alias=alias,
+                model_version=version,
+                previous_version=previous,
+                reason=reason,
+            )
+        await self.store.prune(self.settings.registry_keep)
+        return AliasMoved(alias=alias, version=version, previous=previous, serving=self.version)  # type: ignore[arg-type]
+
+    async def rollback(self) -> AliasMoved:
+        """The previous champion serves again (one alias move)."""
+        target = await self.store.previous_champion()
+        if target is None:
+            raise NothingToRollBack(f"model {self.store.name!r} has no earlier champion")
+        return await self.move_alias("champion", target.version, "rollback")
+
     async def refresh(self, _resources: Resources | None = None) -> None:
         """Background: pick up a newly promoted model without a restart."""
         while True:
@@ -138,6 +183,16 @@ class ModelServer:
         artifact = self.artifact
         if artifact is None:
             raise NoModelLoaded("no model loaded yet")
+        max_age = self.settings.max_age_s
+        if max_age and self.trained_at is not None:
+            age = time.time() - self.trained_at
+            if age > max_age:
+                metrics.EXPIRED.inc()
+                raise ModelExpired(
+                    f"model {self.version} is {age:.0f} s old, older than "
+                    f"AI_MODEL_MAX_AGE_S={max_age:g}; refusing to serve it until a newer one "
+                    "is promoted"
+                )
         started = time.perf_counter()
         with self.tracer.start_as_current_span("signal") as span:
             span.set_attribute("symbol", symbol)

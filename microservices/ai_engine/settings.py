@@ -18,3 +18,8 @@ class AiEngineSettings(BaseSettings):
     """P(up) within 0.5 ± this is HOLD."""
     refresh_s: float = Field(default=15.0, gt=0, validation_alias="AI_MODEL_REFRESH_S")
     """How often the registry is checked for a newly promoted model."""
+    max_age_s: float = Field(default=0.0, ge=0, validation_alias="AI_MODEL_MAX_AGE_S")
+    """A champion trained longer ago than this is refused (503) rather than served stale, as
+    FreqAI's `expiration_hours` does; clm retrains before then. 0: never expires."""
+    registry_keep: int = Field(default=5, ge=2, validation_alias="AI_REGISTRY_KEEP")
+    """Versions kept in the registry (aliased versions and rollback's target always stay)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import ModelVersion
@@ -21,8 +21,22 @@ from backend.infra.service import Resources
 from backend.trading.model import InvalidModelArtifact, artifact_from_json, artifact_to_json
 
 ACTIVE = "active"
+"""The stage of the version holding the `champion` alias: the one that serves."""
+CHALLENGER = "challenger"
+"""The stage of the version holding the `challenger` alias: scored in shadow by clm."""
 CANDIDATE = "candidate"
 RETIRED = "retired"
+ALIASES = {"champion": ACTIVE, "challenger": CHALLENGER}
+"""Alias -> the stage that carries it (at most one version of a model name holds each)."""
+STAGE_ALIAS = {stage: alias for alias, stage in ALIASES.items()}
+
+
+class UnknownVersion(LookupError):
+    """No registered version of that name."""
+
+
+class NothingToRollBack(LookupError):
+    """No earlier champion to go back to."""
 
 
 class ModelStore:
@@ -43,16 +57,84 @@ class ModelStore:
         async with self._resources.session() as session:
             return (await session.execute(query)).scalar_one_or_none()
 
-    async def register(self, artifact: dict[str, Any], *, promote: bool) -> ModelVersion:
+    async def register(
+        self, artifact: dict[str, Any], *, promote: bool, stage: str | None = None
+    ) -> ModelVersion:
         """`register` in a unit of work of its own."""
         async with self._resources.session() as session:
-            return await register(session, self.name, artifact, promote=promote)
+            return await register(session, self.name, artifact, promote=promote, stage=stage)
 
     async def versions(self) -> list[ModelVersion]:
         """Every registered version, oldest first."""
         query = select(ModelVersion).where(ModelVersion.name == self.name).order_by(ModelVersion.id)
         async with self._resources.session() as session:
             return list((await session.execute(query)).scalars())
+
+    async def move_alias(self, alias: str, version: str) -> tuple[ModelVersion, str | None]:
+        """Point `alias` at `version` in one unit of work; returns the row and the version that
+        held the alias before. Moving `champion` retires the old champion (and clears the
+        challenger alias if the new champion held it)."""
+        stage = ALIASES[alias]
+        async with self._resources.session() as session:
+            row = (
+                await session.execute(
+                    select(ModelVersion).where(
+                        ModelVersion.name == self.name, ModelVersion.version == version
+                    )
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                raise UnknownVersion(f"no version {version!r} of model {self.name!r}")
+            holders = (
+                await session.execute(
+                    select(ModelVersion).where(
+                        ModelVersion.name == self.name, ModelVersion.status == stage
+                    )
+                )
+            ).scalars()
+            previous = None
+            for holder in holders:
+                if holder.version == version:
+                    continue
+                previous = holder.version
+                holder.status = RETIRED if stage == ACTIVE else CANDIDATE
+            row.status = stage
+            if stage == ACTIVE:
+                row.promoted_at = datetime.now(UTC)
+            await session.flush()
+            return row, previous
+
+    async def previous_champion(self) -> ModelVersion | None:
+        """The most recently promoted version that no longer serves (what rollback restores)."""
+        query = (
+            select(ModelVersion)
+            .where(
+                ModelVersion.name == self.name,
+                ModelVersion.status != ACTIVE,
+                ModelVersion.promoted_at.is_not(None),
+            )
+            .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+            .limit(1)
+        )
+        async with self._resources.session() as session:
+            return (await session.execute(query)).scalar_one_or_none()
+
+    async def prune(self, keep: int) -> list[str]:
+        """Delete the oldest versions beyond the newest `keep`, never one holding an alias nor
+        the previous champion (rollback's target); returns the versions deleted."""
+        rows = await self.versions()
+        protected = {r.version for r in rows if r.status in STAGE_ALIAS}
+        previous = await self.previous_champion()
+        if previous is not None:
+            protected.add(previous.version)
+        excess = [r for r in rows if r.version not in protected][: max(0, len(rows) - keep)]
+        if not excess:
+            return []
+        async with self._resources.session() as session:
+            await session.execute(
+                delete(ModelVersion).where(ModelVersion.id.in_([r.id for r in excess]))
+            )
+        return [r.version for r in excess]
 
     async def version(self, version: str) -> ModelVersion | None:
         query = select(ModelVersion).where(
@@ -104,12 +186,23 @@ def read_artifact_file(uri: str) -> dict[str, Any]:
 
 
 async def register(
-    session: AsyncSession, name: str, artifact: dict[str, Any], *, promote: bool
+    session: AsyncSession,
+    name: str,
+    artifact: dict[str, Any],
+    *,
+    promote: bool,
+    stage: str | None = None,
 ) -> ModelVersion:
     """Add a version with its artifact; with `promote`, it becomes the active one and the
-    previous is retired."""
+    previous is retired. `stage` (e.g. `challenger`) is the stage of a version not promoted."""
     text = artifact_to_json(artifact)
     now = datetime.now(UTC)
+    if stage == CHALLENGER:
+        await session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.name == name, ModelVersion.status == CHALLENGER)
+            .values(status=CANDIDATE)
+        )
     if promote:
         await session.execute(
             update(ModelVersion)
@@ -119,7 +212,7 @@ async def register(
     row = ModelVersion(
         name=name,
         version=str(artifact["version"]),
-        status=ACTIVE if promote else CANDIDATE,
+        status=ACTIVE if promote else (stage or CANDIDATE),
         artifact=text,
         artifact_sha256=sha256_of(text),
         metrics={**artifact["metrics"], **_training_info(artifact)},

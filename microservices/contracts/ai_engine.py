@@ -52,11 +52,48 @@ class ModelPublic(BaseModel):
     )
     created_at: datetime
     promoted_at: datetime | None
+    alias: Literal["champion", "challenger"] | None = Field(
+        default=None,
+        description="The registry alias the version holds: `champion` serves (stage `active`), "
+        "`challenger` runs in shadow, scored by clm but not traded.",
+    )
 
 
 class ModelsPublic(BaseModel):
     data: list[ModelPublic]
     count: int
+    serving: str | None
+
+
+Alias = Literal["champion", "challenger"]
+
+
+class ModelRegister(BaseModel):
+    """A trained artifact to add to the registry (`POST /models`), optionally under an alias."""
+
+    artifact: dict[str, Any]
+    alias: Alias | None = None
+
+
+class AliasMove(BaseModel):
+    """`POST /models/aliases/{alias}`: the version the alias moves to."""
+
+    version: str = Field(min_length=1, max_length=50)
+    reason: str = Field(default="", max_length=500)
+
+
+class ArtifactPublic(BaseModel):
+    """A version's artifact (data: loading it never runs code), checked against its sha256."""
+
+    version: str
+    sha256: str
+    artifact: dict[str, Any]
+
+
+class AliasMoved(BaseModel):
+    alias: Alias
+    version: str
+    previous: str | None
     serving: str | None
 
 
@@ -71,3 +108,25 @@ class AiEngineClient(ServiceClient):
         """`POST /predict`: the model's signal for `symbol` after `prices` (oldest first)."""
         body = PredictRequest(symbol=symbol, prices=list(prices), source_id=source_id)
         return await self._call("POST", "/predict", PredictionPublic, body=body)
+
+    async def models(self) -> ModelsPublic:
+        """`GET /models`: every version in the registry, and which one serves."""
+        return await self._call("GET", "/models", ModelsPublic)
+
+    async def artifact(self, version: str) -> ArtifactPublic:
+        """`GET /models/{version}/artifact`: the version's artifact, checked against its sha256."""
+        return await self._call("GET", f"/models/{version}/artifact", ArtifactPublic)
+
+    async def register(self, artifact: dict[str, Any], alias: Alias | None) -> ModelPublic:
+        """`POST /models`: add a trained version, optionally as `challenger` (or `champion`)."""
+        body = ModelRegister(artifact=artifact, alias=alias)
+        return await self._call("POST", "/models", ModelPublic, body=body)
+
+    async def move_alias(self, alias: Alias, version: str, reason: str = "") -> AliasMoved:
+        """`POST /models/aliases/{alias}`: point `alias` at `version`; `champion` serves at once."""
+        body = AliasMove(version=version, reason=reason)
+        return await self._call("POST", f"/models/aliases/{alias}", AliasMoved, body=body)
+
+    async def rollback(self) -> AliasMoved:
+        """`POST /models/aliases/champion/rollback`: the previous champion serves again."""
+        return await self._call("POST", "/models/aliases/champion/rollback", AliasMoved)

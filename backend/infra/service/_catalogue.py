@@ -56,7 +56,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("portfolio-intelligence", "http", 8004),
     ServiceSpec("rl-training", "http", 8005),
     ServiceSpec("trading-bot", "http", 8006),
-    ServiceSpec("clm", "worker", 8011, built=False),
+    ServiceSpec("clm", "worker", 8011),
     ServiceSpec("eventbus-bridge", "worker", 8012),
     ServiceSpec("position-monitor", "worker", 8013),
 )

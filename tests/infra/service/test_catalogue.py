@@ -30,7 +30,7 @@ def test_the_catalogue_holds_the_nine_services_of_the_design_with_their_seed_por
         ("portfolio-intelligence", "http", 8004, True),
         ("rl-training", "http", 8005, True),
         ("trading-bot", "http", 8006, True),
-        ("clm", "worker", 8011, False),
+        ("clm", "worker", 8011, True),
         ("eventbus-bridge", "worker", 8012, True),
         ("position-monitor", "worker", 8013, True),
     ]

@@ -1,0 +1,1 @@
+"""clm: the continuous-learning manager (async worker, side port 8011)."""

@@ -1,0 +1,30 @@
+"""clm assembly: ticks and ai-engine's signals from the bus, the learning loop, its routes."""
+
+from __future__ import annotations
+
+from backend.infra.observability import ReadinessCheck
+from backend.infra.service import Service
+from backend.trading.events import MarketTick, SignalGenerated
+
+from .api import router
+from .manager import LearningManager
+from .settings import ClmSettings
+
+NAME = "clm"
+
+
+def create_service(settings: ClmSettings | None = None) -> Service:
+    """The clm worker (health, metrics and its API on its side port, 8011)."""
+    # From the latest entry: clm learns from the market as it is now, not from a backlog.
+    service = Service(NAME, kind="worker", eventbus=True, consume_from="latest")
+    manager = service.provide(
+        LearningManager(
+            settings or ClmSettings(), service.resources, service.logger, service.tracer
+        )
+    )
+    service.add_readiness_check(ReadinessCheck("ai-engine registry", manager.check_synced))
+    service.subscribe(MarketTick, manager.on_tick)
+    service.subscribe(SignalGenerated, manager.on_signal)
+    service.background("learn", manager.run)
+    service.app.include_router(router)
+    return service
