@@ -166,3 +166,11 @@ class RlTrainingClient(ServiceClient):
     async def policy(self, version: str) -> PolicyArtifactPublic:
         """`GET /policies/{version}/artifact`: the policy's checked artifact."""
         return await self._call("GET", f"/policies/{version}/artifact", PolicyArtifactPublic)
+
+    async def champion(self) -> PolicyArtifactPublic:
+        """`GET /policies/champion`: the champion's checked artifact (`Refused` 404: none yet)."""
+        return await self._call("GET", "/policies/champion", PolicyArtifactPublic)
+
+    async def promote(self, version: str) -> PolicyPublic:
+        """`POST /policies/{version}/promote`: make it the champion."""
+        return await self._call("POST", f"/policies/{version}/promote", PolicyPublic)
