@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -42,10 +42,11 @@ class LinearPolicy:
         return int(np.argmax(obs.astype(np.float64) @ self.weights + self.bias))
 
 
-def observation(prices: Sequence[Decimal | float], window: int, exposure: float) -> np.ndarray:
+def observation(prices: Iterable[Decimal | float], window: int, exposure: float) -> np.ndarray:
     """What a policy observes at the last price: the last `window` log-returns in percent,
     clipped to ±50, then the exposure (held value / equity, clipped to 0..2), as the training
     environment builds it. Raises ValueError with fewer than `window + 1` prices."""
+    prices = list(prices)  # a deque does not slice
     if len(prices) < window + 1:
         raise ValueError(f"need {window + 1} prices for a window of {window}, got {len(prices)}")
     last = np.array([float(p) for p in prices[-(window + 1) :]], dtype=np.float64)

@@ -169,9 +169,10 @@ class ChampionPolicy:
         exposure = float(held * price / equity) if equity > 0 else 0.0
         try:
             obs = observation(prices, loaded.window, exposure)
-        except ValueError as exc:
-            return Sizing(rules, "rules", loaded.version, fallback_reason=str(exc))
-        target = loaded.levels[loaded.policy.act(obs)]
+            target = loaded.levels[loaded.policy.act(obs)]
+        except Exception as exc:  # the policy is advice: a failure of it never stops a trade
+            reason = f"policy {loaded.version} not applied: {type(exc).__name__}: {exc}"
+            return Sizing(rules, "rules", loaded.version, fallback_reason=reason)
         decision = size_order_for_exposure(
             equity, price, confidence, params, side=side, target_exposure=target
         )
