@@ -15,6 +15,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from types import ModuleType
 from typing import Any
 
@@ -226,6 +227,16 @@ def _tune_trial(config: dict[str, Any]) -> None:
     tune.report(result.as_metrics())
 
 
+def cluster_runtime_env() -> dict[str, Any]:
+    """What a trial needs on a cluster's stock Ray image: this code (uploaded by Ray from this
+    process) and the distribution's own dependencies, installed by Ray once per cluster."""
+    import backend
+    import microservices
+
+    requirements = [r for r in (metadata.requires("quantum-trader") or []) if "extra ==" not in r]
+    return {"py_modules": [backend, microservices], "pip": requirements}
+
+
 class RayCluster:
     """The Ray cluster of `RAY_ADDRESS`, joined on the first sweep; `local` starts a private
     one in this process with `num_cpus` CPUs."""
@@ -249,7 +260,11 @@ class RayCluster:
                             configure_logging=False,
                         )
                     else:
-                        ray.init(address=self.address, log_to_driver=False)
+                        ray.init(
+                            address=self.address,
+                            log_to_driver=False,
+                            runtime_env=cluster_runtime_env(),
+                        )
                 except Exception as exc:  # ray raises several kinds; all mean "no cluster"
                     raise RayUnavailable(
                         f"cannot join the Ray cluster at RAY_ADDRESS={self.address}: {exc}"
