@@ -105,11 +105,13 @@ class JobPublic(BaseModel):
     config: dict[str, Any]
     progress: dict[str, Any] | None = Field(
         description="The latest generation: generation, generations, env_steps, total_steps, "
-        "best_return, mean_return, fraction (0 to 1)."
+        "best_return, mean_return, fraction (0 to 1). A sweep: trials, trials_done, "
+        "trials_failed, env_steps, best_validation_return, best_trial, fraction."
     )
     result: dict[str, Any] | None = Field(
         description="On success: the held-out evaluation of the policy and of each baseline "
-        "(return, sharpe, max_drawdown, turnover) and the registered policy's version and sha256."
+        "(return, sharpe, max_drawdown, turnover) and the registered policy's version and sha256; "
+        "a sweep adds `sweep` (backend, every trial's validation figures, the best trial)."
     )
     error: str | None
     created_at: datetime
