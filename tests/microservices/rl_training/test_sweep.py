@@ -99,3 +99,18 @@ def test_a_sweep_can_be_canceled(harness: ServiceHarness) -> None:
         done, _ = follow(client, job["id"])
         assert done["status"] == "canceled" and "canceled after 0 of 2 trials" in done["error"]
         assert client.get("/policies").json()["count"] == 0
+
+
+def test_one_champion_at_a_time_on_either_database(harness_database: ServiceHarness) -> None:
+    runs = [{**TINY, "seed": seed} for seed in (5, 6)]
+    with harness_database.run(create_service) as client:
+        a, b = (follow(client, client.post("/jobs", json=r).json()["id"])[0] for r in runs)
+        va, vb = (job["result"]["policy"]["version"] for job in (a, b))
+        assert client.post(f"/policies/{va}/promote").json()["status"] == "champion"
+        assert client.post(f"/policies/{vb}/promote").json()["status"] == "champion"
+        assert client.post(f"/policies/{vb}/promote").json()["status"] == "champion"
+        statuses = {p["version"]: p["status"] for p in client.get("/policies").json()["data"]}
+        assert statuses == {va: "candidate", vb: "champion"}
+        champion = client.get("/policies/champion").json()
+        assert champion["version"] == vb
+        assert champion["artifact_sha256"] == b["result"]["policy"]["artifact_sha256"]
