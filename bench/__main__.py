@@ -11,6 +11,7 @@ BENCHMARKS = (
     "bench.halt_window",
     "bench.rl_training",
     "bench.clm_drift",
+    "bench.startup",
 )
 NAMES = tuple(module.rsplit(".", 1)[1] for module in BENCHMARKS)
 

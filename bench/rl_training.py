@@ -27,7 +27,8 @@ from backend.infra.observability import get_tracer
 from backend.trading.rlenv import EnvConfig, TradingEnv, simulate_quotes
 from backend.trading.venue import VenueConfig
 from microservices.contracts.rl_training import JobCreate
-from microservices.rl_training.trainer import BAR_MS, train_and_evaluate
+from microservices.rl_training.data import BAR_MS
+from microservices.rl_training.trainer import train_and_evaluate
 from tests.support.polling import wait_until
 from tests.support.procs import free_port, running
 

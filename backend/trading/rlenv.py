@@ -19,15 +19,12 @@ import numpy as np
 from gymnasium import spaces
 
 from backend.trading.marketsim import MarketSimulator, SymbolSpec
+from backend.trading.rlartifact import RETURN_CAP, RETURN_SCALE
 from backend.trading.types import ClientOrderId, OrderRequest, Quote, Side, Symbol
 from backend.trading.venue import BPS, PaperVenue, VenueConfig
 
 ZERO = Decimal(0)
 DEFAULT_LEVELS: tuple[float, ...] = (0.0, 0.5, 1.0)
-RETURN_SCALE = 100.0
-"""Observed returns are in percent, so a linear policy's weights stay near 1."""
-RETURN_CAP = 50.0
-"""Observed returns are clipped to ±50 %: the observation space is bounded."""
 
 
 def simulate_quotes(

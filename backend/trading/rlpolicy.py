@@ -10,7 +10,6 @@ random comes from one seed, so the same seed and data give the same policy, bit 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,17 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from backend.trading.rlartifact import (
+    ARTIFACT_FORMAT,
+    InvalidPolicyArtifact,
+    LinearPolicy,
+    artifact_sha256,
+    artifact_to_json,
+    canonical_json,
+    policy_from_json,
+)
 from backend.trading.rlenv import EnvConfig, TradingEnv
 from backend.trading.types import Quote
 
-ARTIFACT_FORMAT = "rl-linear-v1"
 MS_PER_YEAR = 365 * 24 * 3600 * 1000
 
 Action = Callable[[np.ndarray], int]
-
-
-class InvalidPolicyArtifact(ValueError):
-    """Policy artifact text that is not a valid policy, or does not match its sha256."""
 
 
 class TrainingCanceled(Exception):
@@ -78,22 +81,6 @@ class Progress:
             "mean_return": self.mean_return,
             "fraction": self.fraction,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class LinearPolicy:
-    """Action = argmax(obs @ weights + bias); weights are (observation size, actions)."""
-
-    weights: np.ndarray
-    bias: np.ndarray
-
-    @classmethod
-    def from_vector(cls, vector: np.ndarray, obs_size: int, actions: int) -> LinearPolicy:
-        split = obs_size * actions
-        return cls(vector[:split].reshape(obs_size, actions), vector[split:])
-
-    def act(self, obs: np.ndarray) -> int:
-        return int(np.argmax(obs.astype(np.float64) @ self.weights + self.bias))
 
 
 # Episodes and evaluation ------------------------------------------------------------------------
@@ -248,39 +235,15 @@ def policy_artifact(
         "bias": policy.bias.tolist(),
         "training": training,
     }
-    digest = hashlib.sha256(_canonical(body).encode()).hexdigest()
+    digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
     return {**body, "version": f"rl-{digest[:16]}"}
 
 
-def artifact_to_json(artifact: dict[str, Any]) -> str:
-    return _canonical(artifact)
-
-
-def artifact_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def policy_from_json(text: str, sha256: str) -> tuple[LinearPolicy, dict[str, Any]]:
-    """Parse an artifact after checking its digest; raises `InvalidPolicyArtifact`."""
-    actual = artifact_sha256(text)
-    if actual != sha256:
-        raise InvalidPolicyArtifact(
-            f"artifact does not match its sha256 (recorded {sha256}, computed {actual})"
-        )
-    try:
-        artifact = json.loads(text)
-        if artifact["format"] != ARTIFACT_FORMAT:
-            raise InvalidPolicyArtifact(f"unknown artifact format {artifact['format']!r}")
-        weights = np.array(artifact["weights"], dtype=np.float64)
-        bias = np.array(artifact["bias"], dtype=np.float64)
-        window = int(artifact["observation"]["window"])
-        actions = len(artifact["levels"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidPolicyArtifact(f"not a policy artifact: {exc}") from exc
-    if weights.shape != (window + 1, actions) or bias.shape != (actions,):
-        raise InvalidPolicyArtifact(f"weights {weights.shape} do not fit window {window}")
-    return LinearPolicy(weights, bias), artifact
-
-
-def _canonical(data: dict[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "InvalidPolicyArtifact",
+    "LinearPolicy",
+    "artifact_sha256",
+    "artifact_to_json",
+    "policy_from_json",
+]

@@ -17,6 +17,8 @@ class SizeConstraint(StrEnum):
     MAX_QUANTITY = "MAX_QUANTITY"
     BELOW_MIN_NOTIONAL = "BELOW_MIN_NOTIONAL"
     NO_EQUITY = "NO_EQUITY"
+    POLICY = "POLICY"
+    """A sizing policy wants no more exposure in the order's direction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +75,35 @@ def size_order(
     if quantity <= ZERO or notional < params.min_notional:
         return SizeDecision(ZERO, ZERO, SizeConstraint.BELOW_MIN_NOTIONAL)
     return SizeDecision(quantity, notional, constraint)
+
+
+def policy_scale(side: str, target_exposure: float) -> Decimal:
+    """The share of the rule-based size a policy's target exposure (0 to 1 of equity) lets
+    through: a BUY scaled by how much exposure the policy wants, a SELL by how much it wants
+    out (a policy that wants to be fully in lets no SELL through, one that wants out all of it)."""
+    if not 0.0 <= target_exposure <= 1.0:
+        raise ValueError("target_exposure must be in [0, 1]")
+    level = Decimal(repr(target_exposure))
+    if side == "BUY":
+        return level
+    if side == "SELL":
+        return 1 - level
+    raise ValueError(f"side must be BUY or SELL, not {side!r}")
+
+
+def size_order_for_exposure(
+    equity: Decimal,
+    price: Decimal,
+    confidence: float | Decimal,
+    params: SizingParams,
+    *,
+    side: str,
+    target_exposure: float,
+) -> SizeDecision:
+    """`size_order` with the confidence scaled by `policy_scale`: the caps, lot rounding and
+    minimum notional apply as ever; a policy that lets nothing through is `POLICY`."""
+    scale = policy_scale(side, target_exposure)
+    if scale <= ZERO:
+        return SizeDecision(ZERO, ZERO, SizeConstraint.POLICY)
+    conf = confidence if isinstance(confidence, Decimal) else Decimal(str(confidence))
+    return size_order(equity, price, conf * scale, params)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from backend.infra.db.models import Policy, TrainingJob
 from backend.infra.service import provided
-from backend.trading.rlpolicy import InvalidPolicyArtifact, policy_from_json
+from backend.trading.rlartifact import InvalidPolicyArtifact, policy_from_json
 from microservices.contracts.rl_training import (
     JobCreate,
     JobPublic,
@@ -80,6 +80,30 @@ async def list_policies(trainer: Training) -> PoliciesPublic:
     return PoliciesPublic(data=[_policy(r) for r in rows], count=len(rows))
 
 
+@router.get("/policies/champion", response_model=PolicyArtifactPublic)
+async def get_champion(trainer: Training) -> PolicyArtifactPublic:
+    """The champion's artifact (what trading-bot sizes with), checked against its sha256; 404
+    while no policy has been promoted."""
+    row = await trainer.store.champion()
+    if row is None:
+        raise HTTPException(404, f"no champion {trainer.store.policy_name!r} policy yet")
+    return _artifact(row)
+
+
+@router.post("/policies/{version}/promote", response_model=PolicyPublic)
+async def promote_policy(version: str, trainer: Training) -> PolicyPublic:
+    """Make a registered policy the champion (the previous one becomes a candidate again)."""
+    row = await trainer.store.policy(version)
+    if row is None:
+        raise HTTPException(404, f"no policy version {version!r}")
+    _artifact(row)  # a policy whose artifact does not check out is never promoted
+    promoted = await trainer.store.promote(version)
+    if promoted is None:
+        raise HTTPException(404, f"no policy version {version!r}")
+    trainer.log.info("policy promoted to champion", policy_version=version)
+    return _policy(promoted)
+
+
 @router.get("/policies/{version}", response_model=PolicyPublic)
 async def get_policy(version: str, trainer: Training) -> PolicyPublic:
     row = await trainer.store.policy(version)
@@ -94,12 +118,16 @@ async def get_policy_artifact(version: str, trainer: Training) -> PolicyArtifact
     row = await trainer.store.policy(version)
     if row is None:
         raise HTTPException(404, f"no policy version {version!r}")
+    return _artifact(row)
+
+
+def _artifact(row: Policy) -> PolicyArtifactPublic:
     if row.artifact is None or row.artifact_sha256 is None:
-        raise HTTPException(409, f"policy {version!r} has no stored artifact")
+        raise HTTPException(409, f"policy {row.version!r} has no stored artifact")
     try:
         _, artifact = policy_from_json(row.artifact, row.artifact_sha256)
     except InvalidPolicyArtifact as exc:
-        raise HTTPException(409, f"policy {version!r}: {exc}") from exc
+        raise HTTPException(409, f"policy {row.version!r}: {exc}") from exc
     return PolicyArtifactPublic(
         version=row.version, artifact_sha256=row.artifact_sha256, artifact=artifact
     )

@@ -27,3 +27,6 @@ JOB_TASK_FAILURES = Counter(
     "rl_job_task_failures_total",
     "Job tasks that failed outside the training itself (e.g. the database was unreachable).",
 )
+SWEEP_TRIALS = Counter(
+    "rl_sweep_trials_total", "Trials of sweep jobs finished, by outcome.", ["status"]
+)

@@ -26,6 +26,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = (
 )
 OPEN = (QUEUED, RUNNING)
 CANDIDATE = "candidate"
+CHAMPION = "champion"
 
 
 class TrainingStore:
@@ -132,3 +133,35 @@ class TrainingStore:
         query = select(Policy).where(Policy.name == self.policy_name, Policy.version == version)
         async with self._resources.session() as session:
             return (await session.execute(query)).scalar_one_or_none()
+
+    async def champion(self) -> Policy | None:
+        """The policy trading-bot sizes with, if one was promoted."""
+        query = select(Policy).where(Policy.name == self.policy_name, Policy.status == CHAMPION)
+        async with self._resources.session() as session:
+            return (await session.execute(query.order_by(Policy.id.desc()))).scalars().first()
+
+    async def promote(self, version: str) -> Policy | None:
+        """Make `version` the champion and the previous champion a candidate again, in one
+        transaction; None if there is no such policy. Promoting the champion changes nothing."""
+        async with self._resources.session() as session:
+            # Every row of the name locked first (PostgreSQL), so two promotions at once end
+            # with one champion, not two.
+            rows = (
+                await session.execute(
+                    select(Policy)
+                    .where(Policy.name == self.policy_name)
+                    .order_by(Policy.id)
+                    .with_for_update()
+                )
+            ).scalars()
+            target = None
+            for row in rows:
+                if row.version == version:
+                    target = row
+                elif row.status == CHAMPION:
+                    row.status = CANDIDATE
+            if target is None:
+                return None
+            target.status = CHAMPION
+            await session.flush()
+            return target

@@ -10,12 +10,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from backend.infra.db import IntegrityViolationError
 from backend.infra.observability import BoundLogger
 from backend.infra.service import Resources
-from backend.trading.rlenv import EnvConfig, TradingEnv, simulate_quotes, split_window
+from backend.trading.rlenv import TradingEnv
 from backend.trading.rlpolicy import (
-    CemConfig,
+    LinearPolicy,
     Progress,
     TrainingCanceled,
     bars_per_year,
@@ -24,15 +26,24 @@ from backend.trading.rlpolicy import (
     policy_artifact,
     train_cem,
 )
-from backend.trading.types import Symbol
+from backend.trading.types import Quote, Symbol
 from backend.trading.venue import VenueConfig
 from microservices.contracts.rl_training import JobCreate
 
 from . import metrics
+from .data import BAR_MS, job_configs, job_windows
 from .settings import RlTrainingSettings
 from .store import CANCELED, FAILED, OPEN, SUCCEEDED, TrainingStore
+from .sweep import (
+    RayCluster,
+    RayUnavailable,
+    SweepCanceled,
+    SweepProgress,
+    TrialResult,
+    import_ray,
+    sweep_in_process,
+)
 
-BAR_MS = 60_000
 PROGRESS_WRITE_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 30.0
 
@@ -63,17 +74,36 @@ def train_and_evaluate(
     request: JobCreate, on_progress: Any, tracer: Any, venue: VenueConfig
 ) -> TrainingOutcome:
     """The whole job, blocking: simulated prices, CEM training, held-out evaluation."""
-    quotes = simulate_quotes(
-        request.symbol, seed=request.data_seed, bars=request.bars, bar_ms=BAR_MS
-    )
-    train_quotes, holdout = split_window(quotes, request.holdout_fraction)
-    env_config = EnvConfig(window=request.window, episode_steps=request.episode_steps)
-    cem = CemConfig(
-        total_steps=request.total_steps, population=request.population, elite=request.elite
-    )
+    train_quotes, holdout = job_windows(request)
+    env_config, cem = job_configs(request)
     policy, history = train_cem(
         TradingEnv(train_quotes, env_config, venue), cem, seed=request.seed, on_progress=on_progress
     )
+    last = history[-1]
+    return evaluate_on_holdout(
+        request,
+        policy,
+        holdout,
+        tracer,
+        venue,
+        generations=last.generations,
+        env_steps=last.env_steps,
+    )
+
+
+def evaluate_on_holdout(
+    request: JobCreate,
+    policy: LinearPolicy,
+    holdout: list[Quote],
+    tracer: Any,
+    venue: VenueConfig,
+    *,
+    generations: int,
+    env_steps: int,
+    sweep: dict[str, Any] | None = None,
+) -> TrainingOutcome:
+    """The policy and the baselines over the held-out window, and the policy's artifact."""
+    env_config, cem = job_configs(request)
     with tracer.start_as_current_span("evaluation") as span:
         env = TradingEnv(holdout, env_config, venue)
         per_year = bars_per_year(holdout)
@@ -86,7 +116,7 @@ def train_and_evaluate(
         span.set_attribute("holdout_bars", len(holdout))
         span.set_attribute("policy_return", result["return"])
         span.set_attribute("baselines_beaten", ",".join(beaten))
-    training = {
+    training: dict[str, Any] = {
         "algorithm": "cem-linear",
         "seed": request.seed,
         "data": {
@@ -110,6 +140,8 @@ def train_and_evaluate(
             "max_slippage_bps": str(venue.max_slippage_bps),
         },
     }
+    if sweep is not None:
+        training["sweep"] = sweep
     evaluation = {
         "window": {
             "bars": len(holdout),
@@ -120,12 +152,36 @@ def train_and_evaluate(
         "baselines": compared,
         "beats": beaten,
     }
-    last = history[-1]
     return TrainingOutcome(
         policy_artifact(policy, env_config, training=training),
         evaluation,
-        last.generations,
-        last.env_steps,
+        generations,
+        env_steps,
+    )
+
+
+def evaluate_best(
+    request: JobCreate, progress: SweepProgress, tracer: Any, venue: VenueConfig
+) -> TrainingOutcome:
+    """The sweep's best trial on the held-out window, as a single job's policy would be."""
+    best: TrialResult | None = progress.best
+    assert request.sweep is not None and best is not None
+    trial = JobCreate.model_validate(best.request)
+    _, holdout = job_windows(trial)
+    return evaluate_on_holdout(
+        trial,
+        best.policy(),
+        holdout,
+        tracer,
+        venue,
+        generations=best.generations,
+        env_steps=progress.env_steps,
+        sweep={
+            "trials": progress.trials,
+            "trial": best.index,
+            "validation_fraction": request.sweep.validation_fraction,
+            "validation": best.validation,
+        },
     )
 
 
@@ -149,6 +205,11 @@ class Trainer:
         self._slots = asyncio.Semaphore(settings.workers)
         self._cancels: dict[int, threading.Event] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.ray = (
+            RayCluster(settings.ray_address, settings.ray_num_cpus)
+            if (settings.ray_address)
+            else None
+        )
 
     # Lifecycle -------------------------------------------------------------------------------
 
@@ -165,6 +226,8 @@ class Trainer:
         tasks = list(self._tasks.values())
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+        if self.ray is not None:
+            await asyncio.to_thread(self.ray.shutdown)
 
     # Jobs ------------------------------------------------------------------------------------
 
@@ -178,6 +241,8 @@ class Trainer:
         if self.venue.instruments.get(Symbol(request.symbol)) is None:
             known = ", ".join(self.venue.instruments.symbols)
             raise JobRefused(f"the paper venue does not trade {request.symbol}; it trades {known}")
+        if request.sweep is not None:
+            self._check_sweep(request)
         row = await self.store.create_job(request.model_dump())
         job_id = row.id
         self._cancels[job_id] = threading.Event()
@@ -186,6 +251,30 @@ class Trainer:
         task.add_done_callback(lambda t: self._forget(job_id, t))
         self.log.info("training job queued", job_id=job_id, seed=request.seed)
         return job_id
+
+    def _check_sweep(self, request: JobCreate) -> None:
+        assert request.sweep is not None
+        trials = request.sweep.trials
+        if trials > self.settings.max_sweep_trials:
+            raise JobRefused(
+                f"the sweep has {trials} trials, above RL_MAX_SWEEP_TRIALS "
+                f"({self.settings.max_sweep_trials})"
+            )
+        try:
+            configs = request.trial_configs()
+        except ValidationError as exc:
+            raise JobRefused(f"a trial of the sweep is not a valid job: {exc}") from exc
+        biggest = max(c.total_steps for c in configs)
+        if biggest > self.settings.max_total_steps:
+            raise JobRefused(
+                f"a trial of the sweep asks for total_steps {biggest}, above "
+                f"RL_MAX_TOTAL_STEPS ({self.settings.max_total_steps})"
+            )
+        if self.ray is not None:
+            try:
+                import_ray()
+            except RayUnavailable as exc:
+                raise JobRefused(f"RAY_ADDRESS is set but {exc}") from exc
 
     def _forget(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.pop(job_id, None)
@@ -217,7 +306,10 @@ class Trainer:
                 await self.store.finish_job(job_id, CANCELED, error="canceled before it started")
                 metrics.JOBS.labels(CANCELED).inc()
                 return
-            await self._train(job_id, request, cancel)
+            if request.sweep is not None:
+                await self._sweep(job_id, request, cancel)
+            else:
+                await self._train(job_id, request, cancel)
 
     async def _train(self, job_id: int, request: JobCreate, cancel: threading.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -288,6 +380,111 @@ class Trainer:
             policy_version=result["policy"]["version"],
             holdout_return=outcome.evaluation["policy"]["return"],
             beats=outcome.evaluation["beats"],
+            seconds=round(seconds, 3),
+        )
+
+    async def _sweep(self, job_id: int, request: JobCreate, cancel: threading.Event) -> None:
+        assert request.sweep is not None
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        backend = "ray" if self.ray is not None else "in-process"
+        with self.tracer.start_as_current_span("sweep") as span:
+            span.set_attribute("job_id", job_id)
+            span.set_attribute("algorithm", "cem-linear")
+            span.set_attribute("backend", backend)
+            span.set_attribute("trials", request.sweep.trials)
+            span.set_attribute("symbol", request.symbol)
+            await self.store.start_job(job_id)
+            self.log.info(
+                "sweep job started", job_id=job_id, trials=request.sweep.trials, backend=backend
+            )
+            counted = [0, 0]  # trials done, failed: what the counters have seen
+
+            def on_trial(progress: SweepProgress) -> None:
+                # In a worker thread, as `on_progress` of a single job.
+                figures = progress.as_dict()
+                metrics.PROGRESS.set(figures["fraction"])
+                metrics.SWEEP_TRIALS.labels("failed").inc(progress.failed - counted[1])
+                metrics.SWEEP_TRIALS.labels("succeeded").inc(
+                    (progress.done - progress.failed) - (counted[0] - counted[1])
+                )
+                counted[:] = [progress.done, progress.failed]
+                metrics.ENV_STEPS.inc(max(0, progress.env_steps - steps_seen[0]))
+                steps_seen[0] = progress.env_steps
+                event = {k: v for k, v in figures.items() if isinstance(v, int | float)}
+                if progress.best is not None:
+                    event["best_trial"] = progress.best.index
+                span.add_event("trial", event)
+                write = asyncio.run_coroutine_threadsafe(
+                    self.store.update_job(job_id, progress=figures), loop
+                )
+                try:
+                    write.result(PROGRESS_WRITE_TIMEOUT_S)
+                except Exception as exc:  # progress is advisory: the sweep goes on without it
+                    self.log.warning("progress not stored", job_id=job_id, error=repr(exc))
+
+            steps_seen = [0]
+            metrics.JOBS_RUNNING.inc()
+            try:
+                if self.ray is not None:
+                    progress = await asyncio.to_thread(
+                        self.ray.sweep, request, job_id, on_trial, cancel
+                    )
+                else:
+                    progress = await asyncio.to_thread(
+                        sweep_in_process, request, self.venue, on_trial, cancel
+                    )
+                if progress.best is None:
+                    raise RuntimeError(f"all {progress.trials} trials of the sweep failed")
+                outcome = await asyncio.to_thread(
+                    evaluate_best, request, progress, self.tracer, self.venue
+                )
+            except SweepCanceled as exc:
+                span.set_attribute("status", CANCELED)
+                await self.store.finish_job(job_id, CANCELED, error=str(exc))
+                metrics.JOBS.labels(CANCELED).inc()
+                self.log.info("sweep job canceled", job_id=job_id)
+                return
+            except Exception as exc:  # a failed job is recorded, never takes the service down
+                span.record_exception(exc)
+                span.set_attribute("status", FAILED)
+                await self.store.finish_job(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
+                metrics.JOBS.labels(FAILED).inc()
+                self.log.exception("sweep job failed", job_id=job_id)
+                return
+            finally:
+                metrics.JOBS_RUNNING.dec()
+            best = progress.best
+            result = await self._register(job_id, outcome)
+            seconds = time.perf_counter() - started
+            result["training"] = {
+                "trials": progress.trials,
+                "env_steps": progress.env_steps,
+                "seconds": round(seconds, 3),
+            }
+            ranked = sorted(progress.results, key=lambda r: r.index)
+            result["sweep"] = {
+                "backend": backend,
+                "trials": progress.trials,
+                "trials_failed": progress.failed,
+                "validation_fraction": request.sweep.validation_fraction,
+                "best_trial": best.summary(),
+                "trial_results": [r.summary() for r in ranked],
+            }
+            await self.store.finish_job(job_id, SUCCEEDED, result=result)
+            span.set_attribute("status", SUCCEEDED)
+            span.set_attribute("best_trial", best.index)
+            span.set_attribute("policy_version", result["policy"]["version"])
+        metrics.JOBS.labels(SUCCEEDED).inc()
+        metrics.DURATION.observe(seconds)
+        self.log.info(
+            "sweep job succeeded",
+            job_id=job_id,
+            backend=backend,
+            trials=progress.trials,
+            best_trial=best.index,
+            policy_version=result["policy"]["version"],
+            holdout_return=outcome.evaluation["policy"]["return"],
             seconds=round(seconds, 3),
         )
 

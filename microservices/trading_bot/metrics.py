@@ -19,3 +19,8 @@ TICK_TO_ORDER = Histogram(
 )
 RUNNING = Gauge("bot_running", "1 while the strategy loop trades.")
 ENTRIES_PAUSED = Gauge("bot_entries_paused", "1 while new entries are paused (exits allowed).")
+SIZING = Counter(
+    "bot_sizing_decisions_total",
+    "Orders sized, by what sized them (policy: the champion RL policy; rules: rule-based).",
+    ["source"],
+)

@@ -22,5 +22,7 @@ def create_service(settings: TradingBotSettings | None = None) -> Service:
         )
     )
     service.subscribe(MarketTick, bot.on_tick)
+    if bot.policy.enabled:
+        service.background("champion-policy", bot.policy.refresh_loop)
     service.app.include_router(router)
     return service

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,15 @@ class TradingBotSettings(BaseSettings):
     max_quantity: Decimal = Field(default=Decimal(1_000), gt=0, validation_alias="BOT_MAX_QUANTITY")
     lot_size: Decimal = Field(default=Decimal("0.0001"), gt=0, validation_alias="BOT_LOT_SIZE")
     min_notional: Decimal = Field(default=Decimal(10), ge=0, validation_alias="BOT_MIN_NOTIONAL")
+    sizing_policy: Literal["rules", "rl-champion"] = Field(
+        default="rules", validation_alias="BOT_SIZING_POLICY"
+    )
+    """`rl-champion`: scale each order by rl-training's champion policy (rule-based sizing,
+    with the reason logged, while there is none); `rules`: the rule-based sizing alone."""
+    policy_refresh_s: float = Field(
+        default=30.0, gt=0, le=3_600, validation_alias="BOT_POLICY_REFRESH_S"
+    )
+    """How often the champion is asked for (a new one is loaded when its sha256 changes)."""
 
     @field_validator("symbols", mode="before")
     @classmethod

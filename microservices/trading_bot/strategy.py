@@ -20,7 +20,6 @@ from backend.trading.approval import Approval
 from backend.trading.events import MarketTick
 from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
-from backend.trading.sizing import size_order
 from backend.trading.types import ClientOrderId, OrderRequest, Side, Symbol
 from microservices.contracts import Refused, UpstreamError
 from microservices.contracts.ai_engine import AiEngineClient
@@ -29,6 +28,7 @@ from microservices.contracts.portfolio_intelligence import PortfolioClient
 from microservices.contracts.risk_safety import ApprovalPublic, CheckRequest, RiskSafetyClient
 
 from .metrics import CONFIDENCE, DECISIONS, ENTRIES_PAUSED, RUNNING, TICK_TO_ORDER
+from .policy import ChampionPolicy
 from .settings import TradingBotSettings
 from .store import DecisionStore
 
@@ -96,6 +96,9 @@ class TradingBot:
         self.resources = resources
         self.store = DecisionStore(resources)
         self.sizing = settings.to_domain()
+        self.policy = ChampionPolicy(
+            settings.sizing_policy == "rl-champion", settings.policy_refresh_s, logger
+        )
         self.running = settings.autostart
         self.entries_paused = False
         self.symbols: dict[str, SymbolState] = {}
@@ -263,7 +266,17 @@ class TradingBot:
                 return False
             equity, held = book.equity, book.quantity_of(tick.symbol)
             d.price = tick.ask if d.side == "BUY" else tick.bid
-            size = size_order(equity, d.price, d.confidence, self.sizing)
+            sized = self.policy.size(
+                equity=equity,
+                held=held,
+                price=d.price,
+                confidence=d.confidence,
+                side=d.side,
+                prices=self.symbols[tick.symbol].prices,
+                params=self.sizing,
+            )
+            sized.annotate(span)
+            size = sized.decision
             quantity = size.quantity
             if d.side == "SELL" and held <= ZERO:
                 # Spot: a SELL signal exits (part of) a long; it never opens a short.

@@ -137,6 +137,9 @@ def test_jobs_need_the_token_and_a_valid_request(harness: ServiceHarness) -> Non
     with harness.run(create_service) as client:
         stranger = client.post("/jobs", json={}, headers={"Authorization": "Bearer wrong"})
         assert stranger.status_code == 403
+        wrong = {"Authorization": "Bearer wrong"}
+        assert client.post("/policies/rl-x/promote", headers=wrong).status_code == 403
+        assert client.get("/policies/champion").status_code == 404
         assert client.post("/jobs", json={"symbol": "DOGEUSDT"}).status_code == 422
         assert client.post("/jobs", json={"population": 4, "elite": 4}).status_code == 422
         assert client.get("/jobs").json()["count"] == 0
