@@ -3,10 +3,14 @@
 The SQLite store (`_sqlstore.SqliteSpanStore`) implements it; the pages, the JSON API, the CLI
 and the analyses (`_analysis`) use nothing else, so a store can be swapped without touching them.
 Every method returns plain data (`StoredSpan`, `TraceSummary`, ...), never a cursor.
+
+Added since the first version (nothing renamed or removed): `stage_quantiles` and
+`StageQuantiles`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,6 +80,16 @@ class StoreStats:
     """Plain tick traces not kept by importance-aware retention."""
 
 
+@dataclass(frozen=True)
+class StageQuantiles:
+    """Duration quantiles of one `service: operation` over a window."""
+
+    count: int
+    """Spans received in the window (before sampling)."""
+    quantiles_ms: dict[float, float]
+    """Quantile (0.5, 0.99, ...) to milliseconds, within 1 % of the exact value."""
+
+
 class SpanQueries(Protocol):
     def trace(self, trace_id: str) -> list[StoredSpan]:
         """Every span of one trace, by start time; [] when unknown."""
@@ -99,5 +113,12 @@ class SpanQueries(Protocol):
 
     def logs_for_span(self, trace_id: str, span_id: str) -> list[LogRecord]:
         """Log records (received over OTLP logs) carrying this span id."""
+
+    def stage_quantiles(
+        self, since_ns: int, until_ns: int, quantiles: Iterable[float] = (0.5, 0.99, 0.999)
+    ) -> dict[str, StageQuantiles]:
+        """Per `service: operation`, duration quantiles of every span RECEIVED in the window
+        (whole minutes, counted before sampling) from a pre-aggregated histogram: fast over
+        millions of spans, unlike `stage_durations`, which reads stored spans one by one."""
 
     def stats(self) -> StoreStats: ...
