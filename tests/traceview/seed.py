@@ -13,7 +13,7 @@ MS = 1_000_000
 FAST, SLOW, FILL = "a" * 32, "b" * 32, "c" * 32
 LOW, STALE, NOISE = "d" * 32, "e" * 32, "f" * 32
 FAST_ORDER, SLOW_ORDER = "qt-fast-0001", "qt-slow-0002"
-SUBMIT_SPAN = "a000000000000011"
+SUBMIT_SPAN = "a0000000000000ff"
 """execution's order.submit span of the fast trade: the later fill links to it."""
 
 
