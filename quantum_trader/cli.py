@@ -6,6 +6,9 @@
     quantum-trader traceview              # the embedded trace viewer on its own
     quantum-trader bench                  # the benchmarks (from a source checkout)
     quantum-trader webhooks redeliver     # dead-lettered webhooks, sent again
+    quantum-trader traces --service execution --min-ms 50   # recent traces, as in the viewer
+    quantum-trader trace qt-ae85d3ec0c850c562ecc3c0a        # a trace or an order, in the terminal
+    quantum-trader status                 # every service's health, risk state, portfolio
 
 Each subcommand imports what it needs when it runs, so `--help` stays quick.
 """
@@ -295,6 +298,194 @@ def traceview(host: str, port: int, max_traces: int) -> None:
 
     app = create_app(TraceStore(max_traces))
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+# traces, trace, status ---------------------------------------------------------------------------
+
+viewer_option = click.option(
+    "--viewer",
+    default="http://127.0.0.1:16686",
+    envvar="TRACEVIEW_URL",
+    show_default=True,
+    show_envvar=True,
+    help="The trace viewer's URL.",
+)
+
+
+def _viewer_get(viewer: str, path: str, params: dict[str, Any] | None = None) -> Any:
+    """GET one of the viewer's JSON routes; None on 404, a clear error for anything else."""
+    import httpx
+
+    url = viewer.rstrip("/") + path
+    try:
+        response = httpx.get(url, params=params, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(
+            f"no answer from the trace viewer at {viewer} ({type(exc).__name__}); start it with "
+            "`quantum-trader run` or `quantum-trader traceview`, or pass --viewer"
+        ) from None
+    if response.status_code == 404:
+        return None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("error", response.text)
+        except ValueError:
+            detail = response.text[:300]
+        raise click.ClickException(f"the viewer refused {path}: {detail}")
+    return response.json()
+
+
+@main.command()
+@viewer_option
+@click.option("--service", help="A span of this service.")
+@click.option("--operation", help="A span of this name (e.g. 'POST /orders').")
+@click.option("--min-ms", type=click.FloatRange(min=0), help="A span at least this long.")
+@click.option("--max-ms", type=click.FloatRange(min=0), help="A span at most this long.")
+@click.option("--error/--no-error", default=None, help="Only traces with (or without) an error.")
+@click.option("--attr", multiple=True, metavar="KEY=VALUE", help="A span attribute (repeatable).")
+@click.option("--key", help="A business key: client order id, order id, symbol, model version.")
+@click.option("--lookback", help="Only traces that started this long ago at most (15m, 2h).")
+@click.option("--noise", is_flag=True, help="Include health checks, scrapes and idle polling.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+def traces(
+    viewer: str,
+    service: str | None,
+    operation: str | None,
+    min_ms: float | None,
+    max_ms: float | None,
+    error: bool | None,
+    attr: tuple[str, ...],
+    key: str | None,
+    lookback: str | None,
+    noise: bool,
+    limit: int,
+) -> None:
+    """Recent traces, newest first, with the viewer's search filters."""
+    for item in attr:
+        if "=" not in item or item.startswith("="):
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--attr")
+    params = {
+        "service": service,
+        "operation": operation,
+        "min_ms": min_ms,
+        "max_ms": max_ms,
+        "error": None if error is None else str(error).lower(),
+        "attr": " ".join(attr) or None,
+        "key": key,
+        "lookback": lookback,
+        "noise": "1" if noise else None,
+        "limit": limit,
+    }
+    answer = _viewer_get(viewer, "/api/traces", {k: v for k, v in params.items() if v is not None})
+    found = (answer or {}).get("data", [])
+    if not found:
+        click.echo("no traces match")
+        return
+    import time
+
+    for t in found:
+        when = time.strftime("%H:%M:%S", time.localtime(t["start_ns"] / 1e9))
+        errors = f"  {t['errors']} errors" if t["errors"] else ""
+        click.echo(
+            f"{when}  {t['trace_id']}  {t['duration_ms']:9.1f} ms  {t['spans']:4d} spans  "
+            f"{t['root']}{errors}"
+        )
+
+
+@main.command()
+@click.argument("ident", metavar="TRACE_ID|ORDER_ID")
+@viewer_option
+@click.option("--width", type=click.IntRange(10, 200), default=40, show_default=True)
+def trace(ident: str, viewer: str, width: int) -> None:
+    """One trace as a waterfall in the terminal, or every trace of an order (a client order id
+    or an order id) on one time axis. `*` marks the critical path."""
+    from backend.infra.traceview._analysis import critical_path, tree_order
+    from backend.infra.traceview._store import StoredSpan
+
+    answer = None
+    if len(ident) == 32 and all(c in "0123456789abcdefABCDEF" for c in ident):
+        answer = _viewer_get(viewer, f"/api/traces/{ident.lower()}")
+    states: list[str] = []
+    if answer is None:
+        answer = _viewer_get(viewer, f"/api/order/{ident}")
+        if answer is None:
+            raise click.ClickException(f"no trace and no order {ident!r} in the viewer")
+        states = answer["states"]
+    spans = [
+        StoredSpan(
+            **{
+                k: v
+                for k, v in raw.items()
+                if k in StoredSpan.__dataclass_fields__ and k not in ("links", "events")
+            },
+            links=[(t, s) for t, s in raw["links"]],
+            events=[(n, a) for n, a in raw["events"]],
+        )
+        for raw in answer["data"]
+    ]
+    start = min(s.start_ns for s in spans)
+    total = max(max(s.end_ns for s in spans) - start, 1)
+    by_trace: dict[str, list[StoredSpan]] = {}
+    for s in spans:
+        by_trace.setdefault(s.trace_id, []).append(s)
+    services = sorted({s.service for s in spans})
+    click.echo(
+        f"{len(spans)} spans, {len(services)} services, {len(by_trace)} trace(s), "
+        f"{total / 1e6:.1f} ms" + (f"; states: {' → '.join(states)}" if states else "")
+    )
+    for trace_id, mine in sorted(by_trace.items(), key=lambda kv: min(s.start_ns for s in kv[1])):
+        critical = {g.span_id for g in critical_path(mine)}
+        click.echo(f"\ntrace {trace_id}")
+        for s, depth in tree_order(mine):
+            left = int((s.start_ns - start) / total * width)
+            length = max(1, round((s.end_ns - s.start_ns) / total * width))
+            bar = (" " * left + "█" * length)[:width].ljust(width)
+            mark = "*" if s.span_id in critical else " "
+            error = " ERROR" if s.error else ""
+            link = f" → {len(s.links)} link(s)" if s.links else ""
+            name = f"{'  ' * depth}{s.service}: {s.name}"
+            click.echo(f"{mark} |{bar}| {s.duration_ms:9.3f} ms  {name}{error}{link}")
+
+
+@main.command()
+def status() -> None:
+    """Every service's health, the risk state and the portfolio, in a few lines.
+
+    The services are found at their `<NAME>_URL` (e.g. RISK_SAFETY_URL), else their catalogue
+    ports; QT_API_TOKEN is sent when set. Exits 1 when a service is not ready.
+    """
+    import httpx
+
+    from backend.infra.service import AccessSettings
+
+    from .dashboard import gather, service_urls
+
+    token = AccessSettings().api_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
+    async def work() -> Any:
+        async with httpx.AsyncClient(headers=headers, timeout=3.0) as http:
+            return await gather(http, service_urls(), orders=5, equity=2)
+
+    board = asyncio.run(work())
+    for h in board.health:
+        click.echo(f"{h.service:24s} {'ready' if h.ready else 'NOT READY':10s} {h.detail[:60]}")
+    if board.risk is not None:
+        r = board.risk
+        click.echo(f"risk: {r.state} (epoch {r.epoch}) {r.reason}")
+    else:
+        click.echo(f"risk: unknown ({board.errors.get('risk', '')[:120]})")
+    p = board.portfolio
+    if p is not None:
+        held = ", ".join(f"{x.symbol} {x.quantity}" for x in p.positions if x.quantity) or "none"
+        click.echo(
+            f"portfolio: equity {p.equity}, cash {p.cash}, PnL {p.total_pnl} "
+            f"(fees {p.fees}); positions: {held}"
+        )
+    else:
+        click.echo(f"portfolio: unknown ({board.errors.get('portfolio', '')[:120]})")
+    if not all(h.ready for h in board.health):
+        sys.exit(1)
 
 
 # bench -------------------------------------------------------------------------------------------

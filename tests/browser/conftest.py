@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from tests.support.polling import wait_until
-from tests.support.procs import ROOT, free_port
+from tests.support.procs import ROOT
 
 CHROMIUM = Path(os.environ.get("QT_CHROMIUM", "/usr/bin/chromium"))
 
@@ -65,27 +62,3 @@ def page(browser: Any, artifacts: Path) -> Iterator[Any]:
     tab.screenshot(path=str(artifacts / "last.png"), full_page=True)
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
-
-
-def shot(page: Any, artifacts: Path, name: str) -> None:
-    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
-
-
-class ServedApp:
-    """An ASGI app served by uvicorn on a free port, in a thread of the test process."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> ServedApp:
-        self._thread.start()
-        wait_until(lambda: self._server.started, 10, "the viewer to start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from quantum_trader.dashboard import create_viewer
-from tests.browser.conftest import ServedApp, shot
+from tests.browser.shots import shot
 from tests.support.procs import free_port
 from tests.traceview import seed
 from tests.traceview.listqueries import ListQueries
+from tests.traceview.served import ServedApp
 
 
 @pytest.fixture(scope="module")
