@@ -305,6 +305,12 @@ class SqliteSpanStore:
         """`TraceStore`'s ingest call: the spans accepted."""
         return self.ingest_otlp(payload)[0]
 
+    def ingest_routes(self) -> list[Any]:
+        """The OTLP/HTTP routes into this store (`POST /v1/traces`, `POST /v1/logs`)."""
+        from ._collector import ingest_routes
+
+        return ingest_routes(self)
+
     @property
     def received_spans(self) -> int:
         return self._counters["received_spans"]
