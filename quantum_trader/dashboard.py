@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import httpx
 from starlette.applications import Starlette
@@ -138,7 +138,8 @@ def dashboard_routes(
         return page("dashboard", _dashboard_body(board, request), here="/dashboard")
 
     async def trading_switch(request: Request) -> Response:
-        form = await request.form()
+        # An HTML form posts urlencoded; read it without a multipart parser.
+        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
         action = str(form.get("action", ""))
         token = str(form.get("token", "")).strip()
         auth = request.headers.get("authorization", "")
@@ -192,7 +193,7 @@ def _dashboard_body(board: Dashboard, request: Request) -> str:
     health = "".join(
         f"<tr class='health'><td>{esc(h.service)}</td><td class='{'ok' if h.ready else 'err'}'>"
         f"{'ready' if h.ready else 'NOT READY'}</td><td class='muted'>{esc(h.url)}</td>"
-        f"<td class='muted'>{esc(h.detail)}</td></tr>"
+        f"<td class='muted'>{esc(h.detail[:3] if h.ready else h.detail)}</td></tr>"
         for h in board.health
     )
     errors = board.errors

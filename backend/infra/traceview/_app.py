@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import _analysis as analysis
-from ._queries import SearchQuery, SpanQueries
+from ._queries import BUSINESS_KEYS, SearchQuery, SpanQueries
 from ._store import StoredSpan
 
 STATIC = Path(__file__).with_name("static")
@@ -183,6 +183,35 @@ def _attribute_table(attributes: Mapping[str, Any]) -> str:
     return f"<table class='attrs'>{rows}</table>"
 
 
+def search_matches(spans: Sequence[StoredSpan], params: QueryParams) -> set[str]:
+    """The spans a search matched, to highlight in its trace: those the store named
+    (`highlight`), those carrying the business key (`key`), and those with every attribute
+    asked for (`attr`)."""
+    found = set(filter(None, params.get("highlight", "").split(",")))
+    key = params.get("key", "").strip()
+    if key:
+        found |= {
+            s.span_id
+            for s in spans
+            if any(
+                str(v) == key
+                for k, v in s.attributes.items()
+                if k.rsplit(".", 1)[-1] in BUSINESS_KEYS
+            )
+        }
+    try:
+        wanted = parse_attributes(params.get("attr", ""))
+    except BadQuery:
+        wanted = {}
+    if wanted:
+        found |= {
+            s.span_id
+            for s in spans
+            if all(str(s.attributes.get(k)) == v for k, v in wanted.items())
+        }
+    return found
+
+
 class _Waterfall:
     """Rows of spans on one time axis: a trace, or every trace of an order."""
 
@@ -335,11 +364,10 @@ def create_app(
         rows = []
         for t in found:
             err = f"<span class='err'>{t.errors} errors</span>" if t.errors else ""
-            highlight = (
-                f"?{urlencode({'highlight': ','.join(t.matched_span_ids)})}"
-                if t.matched_span_ids
-                else ""
-            )
+            carried = {"highlight": ",".join(t.matched_span_ids)} | {
+                k: p[k] for k in ("key", "attr") if p.get(k, "").strip()
+            }
+            highlight = f"?{urlencode(carried)}" if any(carried.values()) else ""
             rows.append(
                 f"<tr class='result'><td>{_when(t.start_ns)}</td><td><a class='trace-link' "
                 f"href='/trace/{esc(t.trace_id)}{esc(highlight)}'>{esc(t.root)}</a><br>"
@@ -416,7 +444,7 @@ def create_app(
         spans = store.trace(trace_id)
         if not spans:
             return error_page("Trace not found", f"no trace {trace_id} in the store", status=404)
-        highlight = set(filter(None, request.query_params.get("highlight", "").split(",")))
+        highlight = search_matches(spans, request.query_params)
         critical = analysis.critical_path(spans)
         wf = _Waterfall(spans)
         rows = wf.rows(
