@@ -59,6 +59,18 @@ def test_waterfall_marks_the_critical_path_links_logs_and_highlighted_matches(
     assert client.get("/trace/" + "0" * 32).status_code == 404
 
 
+def test_a_search_carries_its_key_and_attributes_into_the_trace_it_found(
+    client: TestClient,
+) -> None:
+    found = client.get("/", params={"key": seed.FAST_ORDER, "attr": "approved=True"}).text
+    assert f"/trace/{seed.FAST}?highlight=" in found and "key=qt-fast-0001" in found
+    # The five spans carrying the client order id are highlighted, and no other.
+    page = client.get(f"/trace/{seed.FAST}", params={"key": seed.FAST_ORDER}).text
+    assert page.count(" match'") == 5 and "5 search match(es)" in page
+    page = client.get(f"/trace/{seed.FAST}", params={"attr": "reason=OK approved=True"}).text
+    assert page.count(" match'") == 1 and "id='span-a00000000000000d'" in page
+
+
 def test_trace_statistics_list_self_time_by_service_and_operation(client: TestClient) -> None:
     page = client.get(f"/trace/{seed.SLOW}/stats").text
     assert "<td>risk-safety</td><td>INSERT risk_decisions</td><td class='num'>1</td>" in page
