@@ -39,6 +39,10 @@ KNOBS = {
     "FEED_RATE_HZ": "20",
     "FEED_SPEEDUP": "30",
     "RISK_MAX_ORDERS": "1000",
+    # Logs too go to the viewer over OTLP, so a span shows the lines written inside it.
+    "OTEL_LOGS_EXPORTER": "otlp",
+    "OTEL_BLRP_SCHEDULE_DELAY": "100",
+    "OTEL_METRICS_EXPORTER": "none",
 }
 
 
@@ -109,6 +113,12 @@ def test_an_order_across_services_compare_stages_and_the_kill_switch(
     page.locator("a.trace-link").first.click()
     page.wait_for_selector(".wf .row.match")
     assert page.locator(".wf .row.crit").count() >= 3
+    # The order's span in execution, with the log line written inside it (once exported).
+    poll(lambda: "order placed" in httpx.get(page.url).text, 20, "the order's log line")
+    page.reload()
+    submit = page.locator(".wf .row[data-service=execution]", has_text="order.submit").first
+    submit.locator("summary").click()
+    assert "order placed" in submit.locator("details").inner_text()
     shot(page, artifacts, "trace")
 
     # Two trades compared, stage by stage.

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 from starlette.applications import Starlette
@@ -317,10 +317,14 @@ class _Waterfall:
 
 def _ingest_routes(store: object) -> list[BaseRoute]:
     """OTLP/HTTP on the viewer's own port, so `OTLP_ENDPOINT=http://host:16686` works: the
-    collector's routes when the store comes with them, else a route into `store.add_otlp`."""
-    routes = getattr(store, "ingest_routes", None)
-    if callable(routes):
-        return list(routes())
+    collector's `/v1/traces` and `/v1/logs` when the store ingests OTLP, else a `/v1/traces`
+    into `store.add_otlp` (an in-memory store), else none."""
+    if callable(getattr(store, "ingest_otlp", None)) and callable(
+        getattr(store, "ingest_otlp_logs", None)
+    ):
+        from ._collector import Ingest, ingest_routes
+
+        return ingest_routes(cast(Ingest, store))
     add = getattr(store, "add_otlp", None)
     if not callable(add):
         return []
