@@ -6,12 +6,15 @@ against the same docstrings in its own tests.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Iterable
 
 from backend.infra.traceview._queries import (
     BUSINESS_KEYS,
     LogRecord,
     SearchQuery,
+    StageQuantiles,
     StoreStats,
     TraceSummary,
 )
@@ -121,6 +124,16 @@ class ListQueries:
         for s in self.spans_between(since_ns, until_ns, len(self.spans)):
             out[f"{s.service}: {s.name}"].append(s.duration_ms)
         return dict(out)
+
+    def stage_quantiles(
+        self, since_ns: int, until_ns: int, quantiles: Iterable[float] = (0.5, 0.99, 0.999)
+    ) -> dict[str, StageQuantiles]:
+        out = {}
+        for stage, values in self.stage_durations(since_ns, until_ns).items():
+            ordered = sorted(values)
+            at = {q: ordered[max(1, math.ceil(q * len(ordered))) - 1] for q in quantiles}
+            out[stage] = StageQuantiles(len(ordered), at)
+        return out
 
     def logs_for_span(self, trace_id: str, span_id: str) -> list[LogRecord]:
         return [r for r in self.logs if r.trace_id == trace_id and r.span_id == span_id]

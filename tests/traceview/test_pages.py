@@ -116,6 +116,8 @@ def test_stages_table_links_each_quantile_to_an_example_trace(client: TestClient
     assert "tick → order accepted" in page
     row = page.split("data-stage='risk-safety: POST /check'>")[1].split("</tr>")[0]
     assert f"/trace/{seed.SLOW}" in row  # p99 of SQL is the slow trade
+    received = page.split("<table id='received'>")[1]
+    assert "<td>risk-safety: INSERT risk_decisions</td><td class='num'>2</td>" in received
     api = client.get("/api/stages", params={"window": "5m"}).json()["data"]
     stage = next(b for b in api if b["stage"] == "trading-bot: process market.tick")
     assert stage["count"] == 4 and stage["wait"]["0.5"]["value_ms"] > 0
@@ -129,6 +131,7 @@ def test_decisions_page_lists_every_decision_and_the_funnel(client: TestClient) 
     btc = next(r for r in funnel if r.startswith("<td>BTCUSDT</td>"))
     # 2 signals, both approved, one filled (the fast trade's resting order).
     assert "<td class='num'>2</td><td class='num'>2</td><td class='num'>1</td>" in btc
+    assert "4 decisions made in the window (counted before sampling), 4 kept" in page
     found = client.get("/api/decisions", params={"window": "5m", "q": "stale"}).json()["data"]
     assert [d["reason"] for d in found] == ["STALE_TICK"]
 

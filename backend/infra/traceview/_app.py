@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import _analysis as analysis
-from ._queries import BUSINESS_KEYS, SearchQuery, SpanQueries
+from ._queries import BUSINESS_KEYS, SearchQuery, SpanQueries, StageQuantiles
 from ._store import StoredSpan
 
 STATIC = Path(__file__).with_name("static")
@@ -626,6 +626,11 @@ def create_app(
         text, since, until = window_ns(request)
         return text, (until - since) / 1e9, store.spans_between(since, until, MAX_WINDOW_SPANS)
 
+    def received(request: Request) -> dict[str, StageQuantiles]:
+        """Per stage, every span received in the window, counted before sampling."""
+        _text, since, until = window_ns(request)
+        return store.stage_quantiles(since, until, analysis.QUANTILES)
+
     def window_form(text: str, extra: str = "") -> str:
         return (
             f"<form class='filters'><label>window<input name='window' size='6' "
@@ -667,6 +672,23 @@ def create_app(
             "links to an example trace at that quantile.</p>"
             f"<table id='stages'><tr><th rowspan='2'>stage</th><th rowspan='2' class='num'>"
             f"count</th>{head}</tr><tr>{levels}</tr>{rows}</table>"
+            "<h3>Every span received, before sampling</h3><p class='muted'>The table above reads "
+            "the spans kept, and retention samples plain ticks down; these durations come from "
+            "the store's histograms of every span received (within 1 %).</p>"
+            "<table id='received'><tr><th>stage</th><th class='num'>received</th>"
+            f"<th class='num'>p50</th><th class='num'>p99</th><th class='num'>p99.9</th></tr>"
+            + "".join(
+                f"<tr><td>{esc(stage)}</td><td class='num'>{q.count}</td>"
+                + "".join(
+                    f"<td class='num'>{_ms(q.quantiles_ms[level])}</td>"
+                    if level in q.quantiles_ms
+                    else "<td class='num muted'>-</td>"
+                    for level in analysis.QUANTILES
+                )
+                + "</tr>"
+                for stage, q in sorted(received(request).items())
+            )
+            + "</table>"
         )
         return page("tick-to-trade", body, here="/stages")
 
@@ -679,6 +701,14 @@ def create_app(
             return error_page("Decisions", str(exc), here="/decisions")
         q = request.query_params.get("q", "")
         decided = analysis.decisions(spans)
+        made = received(request).get("trading-bot: decide")
+        kept = (
+            f"{made.count} decisions made in the window (counted before sampling), "
+            f"{len(decided)} kept with their traces: retention keeps every order, denial, "
+            "rejection and error, and a sample of the skips."
+            if made is not None
+            else ""
+        )
         shown = [d for d in decided if analysis.match_decision(d, q)]
         funnel = "".join(
             f"<tr class='funnel'><td>{esc(r.symbol)}</td><td>{esc(r.model_version or '-')}</td>"
@@ -715,8 +745,9 @@ def create_app(
             "</th><th>model version</th><th class='num'>signals</th><th class='num'>approved"
             "</th><th class='num'>filled</th><th>not ordered, by reason</th></tr>"
             + funnel
-            + f"</table><h3>Decisions</h3><p class='muted'>{len(shown)} of {len(decided)} "
-            "decisions in the window, newest first.</p><table id='decisions'><tr><th>time</th>"
+            + f"</table><h3>Decisions</h3><p class='muted' id='kept'>{esc(kept)}</p>"
+            f"<p class='muted'>{len(shown)} of {len(decided)} decisions shown, newest first.</p>"
+            "<table id='decisions'><tr><th>time</th>"
             "<th>symbol</th><th>outcome</th><th>reason</th><th>detail</th><th>signal</th>"
             "<th>model</th><th>order</th><th>inputs</th><th></th></tr>" + rows + "</table>"
         )
@@ -796,6 +827,14 @@ def create_app(
             return JSONResponse({"error": str(exc)}, status_code=400)
         q = request.query_params.get("q", "")
         decided = analysis.decisions(spans)
+        made = received(request).get("trading-bot: decide")
+        kept = (
+            f"{made.count} decisions made in the window (counted before sampling), "
+            f"{len(decided)} kept with their traces: retention keeps every order, denial, "
+            "rejection and error, and a sample of the skips."
+            if made is not None
+            else ""
+        )
         return JSONResponse(
             {
                 "data": [asdict(d) for d in decided if analysis.match_decision(d, q)],
