@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any
 
 from ._store import StoredSpan
 
@@ -26,51 +27,97 @@ IMPORTANT_NAME_PREFIXES = ("order", "fill", "stop.", "risk.", "kill", "exit", "e
 ORDER_KEYS = ("client_order_id", "order_id")
 KEPT_OUTCOMES = frozenset({"ORDERED", "DENIED", "REJECTED", "ERROR"})
 NOISE_PATHS = ("/health", "/ready", "/live", "/metrics")
-_PATH_KEYS = ("url.path", "http.route", "http.target")
+_PATH_KEYS = frozenset({"url.path", "http.route", "http.target"})
+_STATEMENT_KEYS = frozenset({"db.query.text", "db.statement"})
 _PROBE_STATEMENTS = frozenset({"select 1", "ping"})
+CLIENT = 3
+"""The OTLP span kind of a client call."""
+
+# What an attribute key can say (cached per key: a process sees few distinct keys).
+_NOTHING, _ORDER, _APPROVED, _OUTCOME, _PATH, _STATEMENT = range(6)
+_key_roles: dict[str, int] = {}
+_name_levels: dict[str, Importance] = {}
 
 
 def has_order_key(key: str) -> bool:
     return any(key == k or key.endswith("." + k) for k in ORDER_KEYS)
 
 
-def span_importance(span: StoredSpan) -> Importance:
-    """What one span alone says about its trace."""
-    if span.error:
+def _key_role(key: str) -> int:
+    if has_order_key(key):
+        return _ORDER
+    if key == "approved":
+        return _APPROVED
+    if key == "outcome":
+        return _OUTCOME
+    if key in _PATH_KEYS:
+        return _PATH
+    if key in _STATEMENT_KEYS:
+        return _STATEMENT
+    return _NOTHING
+
+
+def _name_level(name: str) -> Importance:
+    lower = name.lower()
+    if lower.startswith(IMPORTANT_NAME_PREFIXES):
         return Importance.IMPORTANT
-    name = span.name.lower()
-    if name.startswith(IMPORTANT_NAME_PREFIXES):
-        return Importance.IMPORTANT
-    attributes = span.attributes
-    for key, value in attributes.items():
-        if has_order_key(key) and value not in ("", None):
-            return Importance.IMPORTANT
-    if attributes.get("approved") is False:
-        return Importance.IMPORTANT
-    if attributes.get("outcome") in KEPT_OUTCOMES:
-        return Importance.IMPORTANT
-    for key in _PATH_KEYS:
-        path = attributes.get(key)
-        if isinstance(path, str) and path.startswith(NOISE_PATHS):
-            return Importance.NOISE
-    if " " in name and name.split(" ", 1)[1].startswith(NOISE_PATHS):
-        return Importance.NOISE
-    statement = attributes.get("db.query.text", attributes.get("db.statement"))
-    if isinstance(statement, str) and statement.strip().lower() in _PROBE_STATEMENTS:
+    if " " in lower and lower.split(" ", 1)[1].startswith(NOISE_PATHS):
         return Importance.NOISE
     return Importance.PLAIN
 
 
-def trace_importance(spans: Iterable[StoredSpan]) -> Importance:
-    """The trace's class from all its spans seen so far (see the module docstring)."""
+def level_of(name: str, attributes: dict[str, Any], error: bool) -> Importance:
+    """What one span alone says about its trace."""
+    if error:
+        return Importance.IMPORTANT
+    level = _name_levels.get(name)
+    if level is None:
+        level = _name_levels[name] = _name_level(name)
+        if len(_name_levels) > 100_000:
+            _name_levels.clear()
+    if level is Importance.IMPORTANT:
+        return level
+    for key, value in attributes.items():
+        role = _key_roles.get(key)
+        if role is None:
+            role = _key_roles[key] = _key_role(key)
+            if len(_key_roles) > 100_000:
+                _key_roles.clear()
+        if not role:
+            continue
+        if role == _ORDER:
+            if value not in ("", None):
+                return Importance.IMPORTANT
+        elif role == _APPROVED:
+            if value is False:
+                return Importance.IMPORTANT
+        elif role == _OUTCOME:
+            if value in KEPT_OUTCOMES:
+                return Importance.IMPORTANT
+        elif role == _PATH:
+            if isinstance(value, str) and value.startswith(NOISE_PATHS):
+                level = Importance.NOISE
+        elif isinstance(value, str) and value.strip().lower() in _PROBE_STATEMENTS:
+            level = Importance.NOISE
+    return level
+
+
+def span_importance(span: StoredSpan) -> Importance:
+    return level_of(span.name, span.attributes, span.error)
+
+
+def trace_level(levels_and_kinds: Iterable[tuple[Importance, int]]) -> Importance:
+    """The trace's class from its spans' own levels and OTLP kinds (see the module docstring)."""
     verdict = Importance.PLAIN
     only_client = True
-    for span in spans:
-        level = span_importance(span)
+    for level, kind in levels_and_kinds:
         if level is Importance.IMPORTANT:
             return level
         verdict = max(verdict, level)
-        only_client = only_client and span.kind == "client"
-    if only_client:
-        return Importance.NOISE
-    return verdict
+        only_client = only_client and kind == CLIENT
+    return Importance.NOISE if only_client else verdict
+
+
+def trace_importance(spans: Iterable[StoredSpan]) -> Importance:
+    """The trace's class from all its spans seen so far."""
+    return trace_level((span_importance(s), 3 if s.kind == "client" else 0) for s in spans)

@@ -51,7 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._importance import Importance, span_importance, trace_importance
+import orjson
+
+from ._importance import Importance, level_of, trace_level
 from ._queries import (
     BUSINESS_KEYS,
     LogRecord,
@@ -60,15 +62,20 @@ from ._queries import (
     StoreStats,
     TraceSummary,
 )
-from ._store import KINDS, StoredSpan, _stored
-from .otlp import decode_logs, decode_spans
+from ._store import KINDS, StoredSpan
+from .otlp import _value, decode_logs
 
 __all__ = ["MalformedPayload", "SqliteSpanStore"]
 
 _KIND_CODES = {name: code for code, name in KINDS.items()}
-_SERVICE, _OPERATION, _KEY = 0, 1, 2
+_SERVICE, _OPERATION, _KEY, _SHAPE = 0, 1, 2, 3
 _SPAN_ERROR = 1
 _TRACE_ERROR, _TRACE_NOISE, _TRACE_IMPORTANT = 1, 2, 4
+_TRACE_LEVEL_FLAGS = {
+    Importance.PLAIN: 0,
+    Importance.NOISE: _TRACE_NOISE,
+    Importance.IMPORTANT: _TRACE_IMPORTANT,
+}
 _BUCKET_BASE = math.log(1.02)
 _MINUTE_NS = 60_000_000_000
 _COUNTERS = ("received_spans", "dropped_spans", "evicted_spans", "sampled_out_spans")
@@ -83,10 +90,10 @@ CREATE TABLE IF NOT EXISTS traces(
     flags INTEGER NOT NULL, root_svc INTEGER, root_op INTEGER);
 CREATE INDEX IF NOT EXISTS traces_start ON traces(start);
 CREATE TABLE IF NOT EXISTS spans(
-    id INTEGER PRIMARY KEY, trace INTEGER NOT NULL, sid BLOB NOT NULL, parent BLOB,
+    trace INTEGER NOT NULL, sid BLOB NOT NULL, parent BLOB,
     svc INTEGER NOT NULL, op INTEGER NOT NULL, start INTEGER NOT NULL, dur INTEGER NOT NULL,
-    flags INTEGER NOT NULL, res INTEGER, attrs TEXT, extra TEXT);
-CREATE INDEX IF NOT EXISTS spans_trace ON spans(trace);
+    flags INTEGER NOT NULL, res INTEGER, attrs BLOB, extra BLOB,
+    PRIMARY KEY(trace, sid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS spans_svc ON spans(svc, start, dur, op);
 CREATE TABLE IF NOT EXISTS keys(
     value TEXT NOT NULL, trace INTEGER NOT NULL, PRIMARY KEY(value, trace)) WITHOUT ROWID;
@@ -110,7 +117,10 @@ _SPAN_COLUMNS = (
 )
 
 
-_Out = tuple[StoredSpan, Importance]
+_Rec = tuple[Any, ...]
+"""A span on its way to the file: (trace id, span id, parent id or None, service, name,
+OTLP kind, start ns, end ns, error, attributes, extra JSON or None, linked trace ids,
+resource, importance). Tuples: the writer handles tens of thousands a second."""
 
 
 class MalformedPayload(ValueError):
@@ -120,7 +130,111 @@ class MalformedPayload(ValueError):
 @dataclass
 class _Held:
     first_seen: float
-    spans: list[StoredSpan] = field(default_factory=list)
+    spans: list[_Rec] = field(default_factory=list)
+
+
+def _extra(
+    events: list[tuple[str, dict[str, Any]]], links: list[tuple[str, str]], message: str
+) -> bytes | None:
+    """Events, links and the status message (most spans have none) as one JSON text."""
+    if not (events or links or message):
+        return None
+    extra: dict[str, Any] = {}
+    if events:
+        extra["e"] = events
+    if links:
+        extra["l"] = links
+    if message:
+        extra["m"] = message
+    return _dumpb(extra)
+
+
+def _record(span: StoredSpan) -> _Rec:
+    links = span.links
+    return (
+        bytes.fromhex(span.trace_id),
+        bytes.fromhex(span.span_id),
+        bytes.fromhex(span.parent_span_id) if span.parent_span_id else None,
+        span.service,
+        span.name,
+        _KIND_CODES.get(span.kind, 0),
+        span.start_ns,
+        span.end_ns,
+        span.error,
+        span.attributes,
+        _extra(span.events, links, span.status_message),
+        tuple({bytes.fromhex(t) for t, _ in links}),
+        span.resource,
+        level_of(span.name, span.attributes, span.error),
+    )
+
+
+def _parse(payload: bytes) -> tuple[Any, int]:
+    """Parse an `ExportTraceServiceRequest` (protobuf's C code, fast) and check its ids; the
+    request and its number of spans. The Python-level work waits for the writer thread."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    request = ExportTraceServiceRequest.FromString(payload)
+    count = 0
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                if len(s.trace_id) != 16 or len(s.span_id) != 8:
+                    raise ValueError(
+                        f"span {s.name!r} has a {len(s.trace_id)}-byte trace id and a "
+                        f"{len(s.span_id)}-byte span id; OTLP wants 16 and 8"
+                    )
+            count += len(ss.spans)
+    return request, count
+
+
+def _records(request: Any) -> list[_Rec]:
+    """The spans of a parsed `ExportTraceServiceRequest`, as records."""
+    out: list[_Rec] = []
+    append = out.append
+    value_of = _value
+    for rs in request.resource_spans:
+        resource = {kv.key: value_of(kv.value) for kv in rs.resource.attributes}
+        service = str(resource.get("service.name", "unknown"))
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                attrs = {kv.key: value_of(kv.value) for kv in s.attributes}
+                error = s.status.code == 2
+                name = s.name
+                if s.events or s.links or s.status.message:
+                    links = [(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links]
+                    extra = _extra(
+                        [
+                            (e.name, {kv.key: value_of(kv.value) for kv in e.attributes})
+                            for e in s.events
+                        ],
+                        links,
+                        s.status.message,
+                    )
+                    linked = tuple({lk.trace_id for lk in s.links})
+                else:
+                    extra, linked = None, ()
+                append(
+                    (
+                        s.trace_id,
+                        s.span_id,
+                        s.parent_span_id or None,
+                        service,
+                        name,
+                        s.kind,
+                        s.start_time_unix_nano,
+                        s.end_time_unix_nano,
+                        error,
+                        attrs,
+                        extra,
+                        linked,
+                        resource,
+                        level_of(name, attrs, error),
+                    )
+                )
+    return out
 
 
 def _bucket(duration_ns: int) -> int:
@@ -138,20 +252,33 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
+_json_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, default=_json_default
+).encode
 
 
-def _sampled(trace_id: str, rate: float) -> bool:
+def _dumpb(value: object) -> bytes:
+    """Compact JSON as bytes (stored as a BLOB): orjson, or the standard library for what
+    orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return _json_encode(value).encode()
+
+
+def _dumps(value: object) -> str:
+    return _dumpb(value).decode()
+
+
+def _sampled(trace_id: bytes, rate: float) -> bool:
     """Keep a trace with probability `rate`, the same answer for every span of it."""
     if rate >= 1.0:
         return True
     if rate <= 0.0:
         return False
-    try:
-        # Multiplicative hashing spreads ids that are not random (sequential ones, say).
-        return (int(trace_id[-8:], 16) * 2654435761) % 0x1_0000_0000 < rate * 0x1_0000_0000
-    except ValueError:
-        return True
+    # Multiplicative hashing spreads ids that are not random (sequential ones, say).
+    low = int.from_bytes(trace_id[-4:], "big")
+    return (low * 2654435761) % 0x1_0000_0000 < rate * 0x1_0000_0000
 
 
 def business_keys(attributes: dict[str, Any]) -> set[str]:
@@ -223,18 +350,36 @@ class SqliteSpanStore:
 
         self._names: dict[tuple[int, str], int] = {}
         self._names_by_id: dict[int, str] = {}
+        self._service_ids: dict[str, int] = {}
+        self._operation_ids: dict[str, int] = {}
+        self._shape_ids: dict[tuple[str, ...], int] = {}
+        self._shapes_by_id: dict[int, tuple[str, ...]] = {}
+        self._business_slots: dict[int, tuple[int, ...]] = {}
         for id_, kind, name in self._db.execute("SELECT id, kind, name FROM names"):
             self._names[(kind, name)] = id_
             self._names_by_id[id_] = name
+            if kind == _SERVICE:
+                self._service_ids[name] = id_
+            elif kind == _OPERATION:
+                self._operation_ids[name] = id_
+            elif kind == _SHAPE:
+                keys = tuple(orjson.loads(name))
+                self._shape_ids[keys] = id_
+                self._shapes_by_id[id_] = keys
+                self._business_slots[id_] = tuple(
+                    i for i, key in enumerate(keys) if key.rsplit(".", 1)[-1] in BUSINESS_KEYS
+                )
+        self._refs: dict[bytes, int] = {}
+        self._next_ref = 1 + (self._db.execute("SELECT max(id) FROM traces").fetchone()[0] or 0)
         self._resource_ids: dict[str, int] = {}
         self._resources_by_id: dict[int, dict[str, Any]] = {}
 
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._queued = 0
         self._queue_lock = threading.Lock()
-        self._held: OrderedDict[str, _Held] = OrderedDict()
-        self._kept: OrderedDict[str, Importance] = OrderedDict()
-        self._dropped: OrderedDict[str, None] = OrderedDict()
+        self._held: OrderedDict[bytes, _Held] = OrderedDict()
+        self._kept: OrderedDict[bytes, Importance] = OrderedDict()
+        self._dropped: OrderedDict[bytes, None] = OrderedDict()
         self._local = threading.local()
         self._last_retention = 0.0
         self._closed = False
@@ -264,7 +409,7 @@ class SqliteSpanStore:
 
     def ingest(self, spans: Sequence[StoredSpan]) -> int:
         """Queue spans for writing; the number refused (all of them when the queue is full)."""
-        return self._offer("spans", list(spans), len(spans))
+        return self._offer("spans", [_record(s) for s in spans], len(spans))
 
     def ingest_logs(self, records: Sequence[LogRecord]) -> int:
         """Queue log records for writing; the number refused."""
@@ -273,12 +418,11 @@ class SqliteSpanStore:
     def ingest_otlp(self, payload: bytes) -> tuple[int, int]:
         """Decode an `ExportTraceServiceRequest` and queue its spans: (accepted, refused)."""
         try:
-            decoded = decode_spans(payload)
-        except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-ish or others
+            request, count = _parse(payload)
+        except Exception as exc:  # protobuf raises DecodeError, a bad id ValueError
             raise MalformedPayload(f"not an OTLP ExportTraceServiceRequest: {exc}") from exc
-        spans = [_stored(s) for s in decoded]
-        refused = self.ingest(spans)
-        return len(spans) - refused, refused
+        refused = self._offer("otlp", request, count)
+        return count - refused, refused
 
     def ingest_otlp_logs(self, payload: bytes) -> tuple[int, int]:
         """Decode an `ExportLogsServiceRequest` and queue its records: (accepted, refused)."""
@@ -312,6 +456,11 @@ class SqliteSpanStore:
         return ingest_routes(self)
 
     @property
+    def queue_depth(self) -> int:
+        """Spans and log records queued, not yet taken by the writer."""
+        return self._queued
+
+    @property
     def received_spans(self) -> int:
         return self._counters["received_spans"]
 
@@ -320,11 +469,11 @@ class SqliteSpanStore:
             return 0
         with self._queue_lock:
             if self._closed or self._queued + count > self.queue_spans:
-                if kind == "spans":
+                if kind != "logs":
                     self._counters["dropped_spans"] += count
                 return count
             self._queued += count
-            if kind == "spans":
+            if kind != "logs":
                 self._counters["received_spans"] += count
         self._queue.put((kind, items))
         return 0
@@ -371,7 +520,7 @@ class SqliteSpanStore:
                 first = self._queue.get(timeout=0.1)
             except queue.Empty:
                 first = None
-            spans: list[StoredSpan] = []
+            spans: list[_Rec] = []
             logs: list[LogRecord] = []
             signals: list[tuple[str, Any]] = []
             item = first
@@ -379,6 +528,8 @@ class SqliteSpanStore:
                 kind, payload = item
                 if kind == "spans":
                     spans.extend(payload)
+                elif kind == "otlp":
+                    spans.extend(_records(payload))
                 elif kind == "logs":
                     logs.extend(payload)
                 else:
@@ -404,16 +555,19 @@ class SqliteSpanStore:
                 elif kind == "stop":
                     return
 
-    def _write(self, spans: list[StoredSpan], logs: list[LogRecord], *, force: bool) -> None:
+    def _write(self, spans: list[_Rec], logs: list[LogRecord], *, force: bool) -> None:
         now = time.monotonic()
-        out: list[tuple[StoredSpan, Importance]] = []
+        out: list[_Rec] = []
         hist: Counter[tuple[int, int, int, int]] = Counter()
-        for span in spans:
-            svc = self._name_id(_SERVICE, span.service)
-            op = self._name_id(_OPERATION, span.name)
-            duration = span.end_ns - span.start_ns
-            hist[(span.start_ns // _MINUTE_NS, svc, op, _bucket(duration))] += 1
-            self._route(span, now, out)
+        service_id = self._service_id
+        operation_id = self._operation_id
+        log = math.log
+        route = self._route
+        for rec in spans:
+            duration = rec[7] - rec[6]
+            bucket = int(log(duration) / _BUCKET_BASE) if duration > 1 else 0
+            hist[(rec[6] // _MINUTE_NS, service_id(rec[3]), operation_id(rec[4]), bucket)] += 1
+            route(rec, now, out)
         self._decide(now, out, force=force)
         if not out and not logs and not hist:
             return
@@ -434,41 +588,44 @@ class SqliteSpanStore:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._refs.clear()
             raise
 
-    def _route(self, span: StoredSpan, now: float, out: list[_Out]) -> None:
-        """Write the span, hold it until its trace is decided, or drop it (sampled out)."""
-        tid = span.trace_id
+    def _route(self, rec: _Rec, now: float, out: list[_Rec]) -> None:
+        """Write the span, hold it until its trace is decided, or drop it (sampled out).
+
+        The trace's level is in `_kept` by the time its spans are written."""
+        tid = rec[0]
         level = self._kept.get(tid)
         if level is not None:
-            if level is not Importance.IMPORTANT and span_importance(span) is Importance.IMPORTANT:
+            if rec[13] is Importance.IMPORTANT:
                 level = self._kept[tid] = Importance.IMPORTANT
-            out.append((span, level))
+            out.append(rec)
             return
         if tid in self._dropped:
-            if span_importance(span) is Importance.IMPORTANT:
+            if rec[13] is Importance.IMPORTANT:
                 del self._dropped[tid]
                 self._remember(self._kept, tid, Importance.IMPORTANT)
-                out.append((span, Importance.IMPORTANT))
+                out.append(rec)
             else:
                 self._counters["sampled_out_spans"] += 1
             return
         held = self._held.get(tid)
         if held is None:
             held = self._held[tid] = _Held(now)
-        held.spans.append(span)
-        if span_importance(span) is Importance.IMPORTANT:
+        held.spans.append(rec)
+        if rec[13] is Importance.IMPORTANT:
             del self._held[tid]
             self._remember(self._kept, tid, Importance.IMPORTANT)
-            out.extend((s, Importance.IMPORTANT) for s in held.spans)
+            out.extend(held.spans)
 
-    def _decide(self, now: float, out: list[_Out], *, force: bool) -> None:
+    def _decide(self, now: float, out: list[_Rec], *, force: bool) -> None:
         while self._held:
             tid, held = next(iter(self._held.items()))
             if not force and now - held.first_seen < self.hold_s:
                 break
             del self._held[tid]
-            level = trace_importance(held.spans)
+            level = trace_level((r[13], r[5]) for r in held.spans)
             rate = {
                 Importance.IMPORTANT: 1.0,
                 Importance.NOISE: self.noise_sample_rate,
@@ -476,13 +633,13 @@ class SqliteSpanStore:
             }[level]
             if _sampled(tid, rate):
                 self._remember(self._kept, tid, level)
-                out.extend((s, level) for s in held.spans)
+                out.extend(held.spans)
             else:
                 self._remember(self._dropped, tid, None)
                 self._counters["sampled_out_spans"] += len(held.spans)
 
     @staticmethod
-    def _remember(lru: OrderedDict[str, Any], key: str, value: Any) -> None:
+    def _remember(lru: OrderedDict[bytes, Any], key: bytes, value: Any) -> None:
         lru[key] = value
         lru.move_to_end(key)
         if len(lru) > 200_000:
@@ -499,6 +656,30 @@ class SqliteSpanStore:
             ]
             self._names[key] = found
             self._names_by_id[found] = name
+            if kind == _SERVICE:
+                self._service_ids[name] = found
+            elif kind == _OPERATION:
+                self._operation_ids[name] = found
+        return found
+
+    def _service_id(self, name: str) -> int:
+        found = self._service_ids.get(name)
+        return self._name_id(_SERVICE, name) if found is None else found
+
+    def _operation_id(self, name: str) -> int:
+        found = self._operation_ids.get(name)
+        return self._name_id(_OPERATION, name) if found is None else found
+
+    def _shape_id(self, keys: tuple[str, ...]) -> int:
+        """The attribute keys of a span, in order, as one dictionary entry."""
+        found = self._shape_ids.get(keys)
+        if found is None:
+            found = self._name_id(_SHAPE, _dumps(keys))
+            self._shape_ids[keys] = found
+            self._shapes_by_id[found] = keys
+            self._business_slots[found] = tuple(
+                i for i, key in enumerate(keys) if key.rsplit(".", 1)[-1] in BUSINESS_KEYS
+            )
         return found
 
     def _resource_id(self, resource: dict[str, Any]) -> int:
@@ -511,90 +692,125 @@ class SqliteSpanStore:
             self._resource_ids[text] = found
         return found
 
-    def _write_spans(self, spans: list[tuple[StoredSpan, Importance]]) -> None:
+    def _trace_refs(self, tids: Iterable[bytes]) -> dict[bytes, int]:
+        """The integer reference of each trace id already stored (from a cache, else the file)."""
+        refs = self._refs
+        unknown = [t for t in tids if t not in refs]
+        for i in range(0, len(unknown), 500):
+            part = unknown[i : i + 500]
+            marks = ",".join("?" * len(part))
+            refs.update(
+                self._db.execute(f"SELECT tid, id FROM traces WHERE tid IN ({marks})", part)
+            )
+        if len(refs) > 400_000:
+            for key in list(refs)[:200_000]:
+                del refs[key]
+        return refs
+
+    def _write_spans(self, spans: list[_Rec]) -> None:
         db = self._db
-        by_trace: dict[str, list[tuple[StoredSpan, Importance]]] = {}
-        for item in spans:
-            by_trace.setdefault(item[0].trace_id, []).append(item)
+        by_trace: dict[bytes, list[_Rec]] = {}
+        for rec in spans:
+            group = by_trace.get(rec[0])
+            if group is None:
+                by_trace[rec[0]] = [rec]
+            else:
+                group.append(rec)
+        refs = self._trace_refs(by_trace)
+        new_traces = []
+        updates = []
         rows = []
         keys: list[tuple[str, int]] = []
         links: list[tuple[int, bytes]] = []
         resources: dict[int, int] = {}
-        name_id = self._name_id
-        for tid, items in by_trace.items():
-            start = min(s.start_ns for s, _ in items)
-            end = max(s.end_ns for s, _ in items)
-            errors = sum(1 for s, _ in items if s.error)
-            level = max(level for _, level in items)
-            flags = (_TRACE_ERROR if errors else 0) | (
-                _TRACE_IMPORTANT
-                if level is Importance.IMPORTANT
-                else _TRACE_NOISE
-                if level is Importance.NOISE
-                else 0
-            )
-            root = next((s for s, _ in items if not s.parent_span_id), None)
-            root_svc = name_id(_SERVICE, root.service) if root else None
-            root_op = name_id(_OPERATION, root.name) if root else None
-            returned = db.execute(
-                "INSERT INTO traces(tid, start, end, spans, errors, flags, root_svc, root_op) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tid) DO UPDATE SET "
-                "start = min(start, excluded.start), end = max(end, excluded.end), "
-                "spans = spans + excluded.spans, errors = errors + excluded.errors, "
-                "flags = CASE WHEN excluded.flags & 4 THEN (flags | excluded.flags) & ~2 "
-                "ELSE flags | excluded.flags END, "
-                "root_svc = coalesce(excluded.root_svc, root_svc), "
-                "root_op = coalesce(excluded.root_op, root_op) RETURNING id, spans",
-                (bytes.fromhex(tid), start, end, len(items), errors, flags, root_svc, root_op),
-            ).fetchone()
-            ref, total = returned
-            if total == len(items):
-                self._trace_count += 1  # the trace is new: its count is this batch's alone
+        service_id = self._service_id
+        operation_id = self._operation_id
+        shape_ids = self._shape_ids
+        slots = self._business_slots
+        kept = self._kept
+        for tid, recs in by_trace.items():
+            start = min(r[6] for r in recs)
+            end = max(r[7] for r in recs)
+            errors = sum(1 for r in recs if r[8])
+            level = kept.get(tid, Importance.IMPORTANT)
+            flags = (_TRACE_ERROR if errors else 0) | _TRACE_LEVEL_FLAGS[level]
+            root = next((r for r in recs if r[2] is None), None)
+            root_svc = service_id(root[3]) if root else None
+            root_op = operation_id(root[4]) if root else None
+            ref = refs.get(tid)
+            if ref is None:
+                ref = refs[tid] = self._next_ref
+                self._next_ref += 1
+                self._trace_count += 1
+                new_traces.append(
+                    (ref, tid, start, end, len(recs), errors, flags, root_svc, root_op)
+                )
+            else:
+                updates.append(
+                    (start, end, len(recs), errors, flags, flags, flags, root_svc, root_op, ref)
+                )
             trace_keys: set[str] = set()
-            trace_links: set[str] = set()
-            for span, _ in items:
-                attrs = span.attributes
-                encoded = []
-                for key, value in attrs.items():
-                    encoded.append(name_id(_KEY, key))
-                    encoded.append(value)
-                    short = key.rsplit(".", 1)[-1]
-                    if short in BUSINESS_KEYS and isinstance(value, str | int) and value != "":
-                        trace_keys.add(str(value))
-                extra: dict[str, Any] = {}
-                if span.events:
-                    extra["e"] = span.events
-                if span.links:
-                    extra["l"] = span.links
-                    trace_links.update(t for t, _ in span.links if t != tid)
-                if span.status_message:
-                    extra["m"] = span.status_message
-                res = resources.get(id(span.resource))
+            for rec in recs:
+                attrs = rec[9]
+                if attrs:
+                    shape_key = tuple(attrs)
+                    shape = shape_ids.get(shape_key)
+                    if shape is None:
+                        shape = self._shape_id(shape_key)
+                    values = list(attrs.values())
+                    for i in slots[shape]:
+                        value = values[i]
+                        if isinstance(value, str | int) and value != "":
+                            trace_keys.add(str(value))
+                    values.insert(0, shape)
+                    encoded = _dumpb(values)
+                else:
+                    encoded = None
+                for other in rec[11]:
+                    if other != tid:
+                        links.append((ref, other))
+                resource = rec[12]
+                res = resources.get(id(resource))
                 if res is None:
-                    res = resources[id(span.resource)] = self._resource_id(span.resource)
+                    res = resources[id(resource)] = self._resource_id(resource)
                 rows.append(
                     (
                         ref,
-                        bytes.fromhex(span.span_id),
-                        bytes.fromhex(span.parent_span_id) if span.parent_span_id else None,
-                        name_id(_SERVICE, span.service),
-                        name_id(_OPERATION, span.name),
-                        span.start_ns,
-                        span.end_ns - span.start_ns,
-                        (_SPAN_ERROR if span.error else 0) | (_KIND_CODES.get(span.kind, 0) << 3),
+                        rec[1],
+                        rec[2],
+                        service_id(rec[3]),
+                        operation_id(rec[4]),
+                        rec[6],
+                        rec[7] - rec[6],
+                        (_SPAN_ERROR if rec[8] else 0) | (rec[5] << 3),
                         res,
-                        _dumps(encoded) if encoded else None,
-                        _dumps(extra) if extra else None,
+                        encoded,
+                        rec[10],
                     )
                 )
             keys.extend((value, ref) for value in trace_keys)
-            links.extend((ref, bytes.fromhex(other)) for other in trace_links)
+        if new_traces:
+            db.executemany(
+                "INSERT INTO traces(id, tid, start, end, spans, errors, flags, root_svc, root_op) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                new_traces,
+            )
+        if updates:
+            db.executemany(
+                "UPDATE traces SET start = min(start, ?), end = max(end, ?), "
+                "spans = spans + ?, errors = errors + ?, "
+                "flags = CASE WHEN ? & 4 THEN (flags | ?) & ~2 ELSE flags | ? END, "
+                "root_svc = coalesce(?, root_svc), root_op = coalesce(?, root_op) WHERE id = ?",
+                updates,
+            )
+        before = db.total_changes
+        # A span sent twice (an exporter's retry after a timeout) is stored once.
         db.executemany(
-            "INSERT INTO spans(trace, sid, parent, svc, op, start, dur, flags, res, attrs, extra) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO spans(trace, sid, parent, svc, op, start, dur, flags, res, "
+            "attrs, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-        self._span_count += len(rows)
+        self._span_count += db.total_changes - before
         if keys:
             db.executemany("INSERT OR IGNORE INTO keys(value, trace) VALUES (?, ?)", keys)
         if links:
@@ -688,6 +904,8 @@ class SqliteSpanStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        finally:
+            self._refs.clear()
 
     def _used_bytes(self) -> int:
         db = self._db
@@ -718,29 +936,36 @@ class SqliteSpanStore:
                 .execute("SELECT attrs FROM resources WHERE id = ?", (id_,))
                 .fetchone()
             )
-            found = json.loads(row[0]) if row else {}
+            found = orjson.loads(row[0]) if row else {}
             self._resources_by_id[id_] = found
         return found
 
+    def _shape(self, id_: int) -> tuple[str, ...]:
+        found = self._shapes_by_id.get(id_)
+        if found is None:
+            found = tuple(orjson.loads(self._name(id_) or "[]"))
+            self._shapes_by_id[id_] = found
+        return found
+
+    def _attributes(self, attrs: bytes | None) -> dict[str, Any]:
+        if not attrs:
+            return {}
+        values = orjson.loads(attrs)
+        return dict(zip(self._shape(values[0]), values[1:], strict=True))
+
     def _span(self, tid: bytes, row: tuple[Any, ...]) -> StoredSpan:
         _, sid, parent, svc, op, start, dur, flags, res, attrs, extra = row
-        name = self._name
-        attributes: dict[str, Any] = {}
-        if attrs:
-            coded = json.loads(attrs)
-            for i in range(0, len(coded), 2):
-                attributes[name(coded[i])] = coded[i + 1]
-        more = json.loads(extra) if extra else {}
+        more = orjson.loads(extra) if extra else {}
         return StoredSpan(
             trace_id=tid.hex(),
             span_id=sid.hex(),
             parent_span_id=parent.hex() if parent else "",
-            name=name(op),
+            name=self._name(op),
             kind=KINDS.get(flags >> 3, "unspecified"),
-            service=name(svc),
+            service=self._name(svc),
             start_ns=start,
             end_ns=start + dur,
-            attributes=attributes,
+            attributes=self._attributes(attrs),
             error=bool(flags & _SPAN_ERROR),
             links=[(t, s) for t, s in more.get("l", ())],
             events=[(n, a) for n, a in more.get("e", ())],
@@ -819,7 +1044,7 @@ class SqliteSpanStore:
     def spans_between(self, since_ns: int, until_ns: int, limit: int) -> list[StoredSpan]:
         rows = self._reader().execute(
             f"SELECT t.tid, {_SPAN_COLUMNS} FROM spans s JOIN traces t ON t.id = s.trace "
-            "WHERE s.start >= ? AND s.start <= ? ORDER BY s.id DESC LIMIT ?",
+            "WHERE s.start >= ? AND s.start <= ? ORDER BY s.trace DESC LIMIT ?",
             (since_ns, until_ns, limit),
         )
         spans = [self._span(row[0], row[1:]) for row in rows]
@@ -893,7 +1118,7 @@ class SqliteSpanStore:
                 service=self._name(svc),
                 trace_id=tid.hex(),
                 span_id=sid.hex(),
-                attributes=json.loads(attrs) if attrs else {},
+                attributes=orjson.loads(attrs) if attrs else {},
             )
             for time_ns, severity, body, svc, attrs in rows
         ]
@@ -980,7 +1205,8 @@ class SqliteSpanStore:
         if query.until_ns is not None:
             where.append("s.start <= ?")
             args.append(query.until_ns)
-        order = "s.start DESC" if svc is not None else "s.id DESC"
+        # Without a service, newest traces first (references grow with first arrival).
+        order = "s.start DESC" if svc is not None else "s.trace DESC"
         sql = (
             "SELECT s.trace, s.sid, s.attrs FROM spans s JOIN traces t ON t.id = s.trace "
             f"WHERE {' AND '.join(where)} ORDER BY {order}"
@@ -997,11 +1223,9 @@ class SqliteSpanStore:
             hits = matched.get(ref)
             if hits is None:
                 if len(matched) >= limit:
-                    continue
+                    break
                 hits = matched[ref] = []
             hits.append(sid.hex())
-            if len(matched) >= limit and len(hits) > 64:
-                break
         return self._summaries(list(matched), matched)
 
     def _lookup(self, kind: int, name: str | None) -> int | None:
@@ -1017,11 +1241,8 @@ class SqliteSpanStore:
             found = None if row is None else int(row[0])
         return found
 
-    def _attrs_match(self, attrs: str | None, wanted: dict[str, str]) -> bool:
-        if not attrs:
-            return False
-        coded = json.loads(attrs)
-        have = {self._name(coded[i]): coded[i + 1] for i in range(0, len(coded), 2)}
+    def _attrs_match(self, attrs: bytes | None, wanted: dict[str, str]) -> bool:
+        have = self._attributes(attrs)
         for key, value in wanted.items():
             if key not in have:
                 return False
