@@ -17,6 +17,11 @@ SUBMIT_SPAN = "a0000000000000ff"
 """execution's order.submit span of the fast trade: the later fill links to it."""
 
 
+def dotted(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Attributes whose names are not Python identifiers (`db.system.name`), to pass as **."""
+    return attributes
+
+
 @dataclass
 class Builder:
     trace_id: str
@@ -127,7 +132,7 @@ def trade(
         13,
         13 + sql_ms,
         "client",
-        **{"db.system.name": "sqlite", "db.query.text": "INSERT INTO risk_decisions"},
+        **dotted({"db.system.name": "sqlite", "db.query.text": "INSERT INTO risk_decisions"}),
     )
     submit = b.add(
         decide,
@@ -152,7 +157,7 @@ def trade(
         side="BUY",
         quantity="0.01",
         order_type="LIMIT",
-        **{"order.status": "ACCEPTED"},
+        **dotted({"order.status": "ACCEPTED"}),
     )
     b.add(
         order,
@@ -161,7 +166,7 @@ def trade(
         22 + sql_ms,
         24 + sql_ms,
         "client",
-        **{"db.system.name": "sqlite", "db.query.text": "INSERT INTO orders"},
+        **dotted({"db.system.name": "sqlite", "db.query.text": "INSERT INTO orders"}),
     )
     return b.spans  # fmt: skip
 
@@ -198,7 +203,7 @@ def fill_trace(t0_ns: int) -> list[StoredSpan]:
         5.5,
         8,
         client_order_id=FAST_ORDER,
-        **{"position.quantity": "0.01"},
+        **dotted({"position.quantity": "0.01"}),
     )
     pos = b.add(upd, "portfolio-intelligence", "send position.updated", 8, 8.1, "producer")
     b.add(pos, "position-monitor", "process position.updated", 10, 12, "consumer")

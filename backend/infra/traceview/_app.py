@@ -32,8 +32,9 @@ from ._store import StoredSpan
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_WINDOW = "15m"
-MAX_WINDOW_SPANS = 200_000
-"""Statistics over a window read at most this many of its newest spans."""
+MAX_WINDOW_SPANS = 50_000
+"""Statistics over a window read at most this many of its newest spans (about a second of
+work on a 2-core machine; `python -m bench.viewer`)."""
 
 _COLOURS = [
     "#4e79a7",
@@ -130,6 +131,13 @@ def parse_search(params: QueryParams, now_ns: int | None = None) -> SearchQuery:
         include_noise=params.get("noise", "") in ("1", "true", "on", "yes"),
         limit=int(limit_text),
     )
+
+
+def _read(spans: Sequence[StoredSpan], window: str) -> str:
+    """What a statistic over a window was computed from."""
+    if len(spans) >= MAX_WINDOW_SPANS:
+        return f"The newest {len(spans)} spans of the last {window} (the most read at once)."
+    return f"{len(spans)} spans in the last {window}."
 
 
 def _when(ns: int) -> str:
@@ -668,7 +676,7 @@ def create_app(
         body = (
             "<h2>Tick-to-trade, stage by stage (ms)</h2>"
             + window_form(text)
-            + f"<p class='muted'>{len(spans)} spans in the last {esc(text)}. Every number "
+            + f"<p class='muted'>{_read(spans, text)} Every number "
             "links to an example trace at that quantile.</p>"
             f"<table id='stages'><tr><th rowspan='2'>stage</th><th rowspan='2' class='num'>"
             f"count</th>{head}</tr><tr>{levels}</tr>{rows}</table>"
@@ -741,6 +749,7 @@ def create_app(
         body = (
             "<h2>Why the bot did or did not trade</h2>"
             + window_form(text, search)
+            + f"<p class='muted'>{_read(spans, text)}</p>"
             + "<h3>Funnel: signals → approved → filled</h3><table id='funnel'><tr><th>symbol"
             "</th><th>model version</th><th class='num'>signals</th><th class='num'>approved"
             "</th><th class='num'>filled</th><th>not ordered, by reason</th></tr>"
@@ -772,6 +781,7 @@ def create_app(
         body = (
             "<h2>Service map</h2>"
             + window_form(text)
+            + f"<p class='muted'>{_read(spans, text)}</p>"
             + _map_svg(edges)
             + "<table id='edges'><tr><th>caller</th><th>callee</th><th>kind</th>"
             "<th class='num'>requests</th><th class='num'>per s</th><th class='num'>errors</th>"
@@ -828,15 +838,10 @@ def create_app(
         q = request.query_params.get("q", "")
         decided = analysis.decisions(spans)
         made = received(request).get("trading-bot: decide")
-        kept = (
-            f"{made.count} decisions made in the window (counted before sampling), "
-            f"{len(decided)} kept with their traces: retention keeps every order, denial, "
-            "rejection and error, and a sample of the skips."
-            if made is not None
-            else ""
-        )
         return JSONResponse(
             {
+                "made": made.count if made is not None else None,
+                "kept": len(decided),
                 "data": [asdict(d) for d in decided if analysis.match_decision(d, q)],
                 "funnel": [asdict(r) for r in analysis.funnel(decided, spans)],
             }
