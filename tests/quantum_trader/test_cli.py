@@ -52,7 +52,17 @@ def test_the_console_script_quantum_trader_is_installed_and_lists_the_commands()
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
     )
     listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line]
-    assert listed == ["run", "serve", "db", "traceview", "bench", "webhooks"]
+    assert listed == [
+        "run",
+        "serve",
+        "db",
+        "traceview",
+        "traces",
+        "trace",
+        "status",
+        "bench",
+        "webhooks",
+    ]
 
 
 def test_python_dash_m_quantum_trader_is_the_same_command() -> None:
