@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench.bench_http", "bench.bench_eventbus", "bench.halt_window", "bench.rl_training")
+BENCHMARKS = (
+    "bench.bench_http",
+    "bench.bench_eventbus",
+    "bench.halt_window",
+    "bench.rl_training",
+    "bench.collector",
+    "bench.viewer",
+)
 NAMES = tuple(module.rsplit(".", 1)[1] for module in BENCHMARKS)
 
 

@@ -278,26 +278,102 @@ def heads() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option(
-    "--port", type=click.IntRange(1, 65535), default=16686, show_default=True, help="Port."
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=16686,
+    show_default=True,
+    help="The viewer's port (it takes OTLP/HTTP too).",
 )
 @click.option(
-    "--max-traces",
-    type=click.IntRange(min=1),
-    default=2000,
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=4317,
     show_default=True,
-    help="Traces kept in memory; the oldest are forgotten first.",
+    help="OTLP/gRPC port; 0: no gRPC receiver.",
 )
-def traceview(host: str, port: int, max_traces: int) -> None:
-    """Run the embedded trace viewer on its own.
+@click.option(
+    "--otlp-http-port",
+    type=click.IntRange(0, 65535),
+    default=4318,
+    show_default=True,
+    help="OTLP/HTTP port; 0: only the viewer's port takes OTLP/HTTP.",
+)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The span store's SQLite file (default: VAR_DIR/traces/spans.sqlite).",
+)
+@click.option(
+    "--max-age-h",
+    type=click.FloatRange(min=0, min_open=True),
+    default=168.0,
+    envvar="TRACEVIEW_MAX_AGE_H",
+    show_default=True,
+    show_envvar=True,
+    help="Traces older than this many hours are evicted.",
+)
+@click.option(
+    "--max-mb",
+    type=click.FloatRange(min=1),
+    default=1024.0,
+    envvar="TRACEVIEW_MAX_MB",
+    show_default=True,
+    show_envvar=True,
+    help="Above this size the oldest traces are evicted (plain ones before orders).",
+)
+@click.option(
+    "--tick-sample-rate",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    envvar="TRACEVIEW_TICK_SAMPLE_RATE",
+    show_default=True,
+    show_envvar=True,
+    help="Share of plain traces (ticks that led to no order) kept; orders, fills, denials, "
+    "stops and errors are always kept.",
+)
+@click.option(
+    "--noise-sample-rate",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    envvar="TRACEVIEW_NOISE_SAMPLE_RATE",
+    show_default=True,
+    show_envvar=True,
+    help="Share of health checks, metrics scrapes and idle polling kept.",
+)
+@var_dir_option
+def traceview(
+    host: str,
+    port: int,
+    grpc_port: int,
+    otlp_http_port: int,
+    store_path: Path | None,
+    max_age_h: float,
+    max_mb: float,
+    tick_sample_rate: float,
+    noise_sample_rate: float,
+    var_dir: Path,
+) -> None:
+    """Run the embedded collector and trace viewer.
 
-    It takes OTLP/HTTP (point OTLP_ENDPOINT at http://HOST:PORT) and draws the traces.
+    Spans come in over OTLP (gRPC on --grpc-port, HTTP on --otlp-http-port and on the viewer's
+    own port) and are kept on disk, so they survive a restart.
     """
-    import uvicorn
+    from backend.infra.traceview import Retention, serve
 
-    from backend.infra.traceview import TraceStore, create_app
+    from .dashboard import create_viewer
 
-    app = create_app(TraceStore(max_traces))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    path = (store_path or var_dir / "traces" / "spans.sqlite").resolve()
+    serve(
+        path,
+        host=host,
+        port=port,
+        grpc_port=grpc_port or None,
+        otlp_http_port=otlp_http_port or None,
+        retention=Retention(max_age_h, max_mb, tick_sample_rate, noise_sample_rate),
+        make_app=lambda store, routes: create_viewer(store, ingest_routes=routes),
+    )
 
 
 # traces, trace, status ---------------------------------------------------------------------------

@@ -190,9 +190,11 @@ def test_db_that_cannot_reach_its_database_fails_with_one_line_not_a_traceback()
 
 def test_traceview_serves_the_viewer_on_the_port_given(tmp_path: Path) -> None:
     port = free_port()
-    args = [str(SCRIPT), "traceview", "--port", str(port)]
+    args = [str(SCRIPT), "traceview", "--port", str(port), "--grpc-port", "0"]
+    args += ["--otlp-http-port", "0", "--var-dir", str(tmp_path)]
     with running(args, {}, tmp_path / "traceview.log", port=port, ready_path="/api/traces"):
         assert httpx.get(f"http://127.0.0.1:{port}/api/traces").json()["data"] == []
+    assert (tmp_path / "traces" / "spans.sqlite").is_file()
 
 
 def test_bench_with_an_unknown_benchmark_lists_the_benchmarks() -> None:

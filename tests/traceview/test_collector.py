@@ -41,6 +41,7 @@ from starlette.testclient import TestClient
 from backend.infra.traceview._collector import GrpcReceiver, HttpServer, ingest_app
 from backend.infra.traceview._queries import SearchQuery
 from backend.infra.traceview._sqlstore import SqliteSpanStore
+from tests.support.polling import wait_until
 
 
 @pytest.fixture
@@ -330,3 +331,30 @@ def test_the_viewer_app_takes_otlp_on_its_own_port(store: SqliteSpanStore) -> No
     store.flush()
     assert [s.name for s in store.trace("ab" * 16)] == ["order.submit"]
     assert store.search(SearchQuery(operation="order.submit"))[0].trace_id == "ab" * 16
+
+
+def test_the_traceview_command_keeps_spans_across_a_restart(tmp_path: Path) -> None:
+    """`quantum-trader traceview` as the launcher starts it: spans sent over OTLP/gRPC and
+    OTLP/HTTP are on its pages, and still there after the process is stopped and started."""
+    from tests.support.procs import free_port, running
+
+    viewer, rpc, otlp = free_port(), free_port(), free_port()
+    args = ["-m", "quantum_trader", "traceview", "--port", str(viewer)]
+    args += ["--grpc-port", str(rpc), "--otlp-http-port", str(otlp), "--var-dir", str(tmp_path)]
+    base = f"http://127.0.0.1:{viewer}"
+
+    def stored(trace_id: str) -> list[dict[str, Any]]:
+        answer = httpx.get(f"{base}/api/traces/{trace_id}")
+        return answer.json()["data"] if answer.status_code == 200 else []
+
+    with running(args, {}, tmp_path / "first.log", port=viewer, ready_path="/api/traces"):
+        by_http = send_trade(HttpSpanExporter(endpoint=f"http://127.0.0.1:{otlp}/v1/traces"))
+        by_grpc = send_trade(GrpcSpanExporter(endpoint=f"http://127.0.0.1:{rpc}", insecure=True))
+        by_viewer = send_trade(HttpSpanExporter(endpoint=f"{base}/v1/traces"))
+        for sent in (by_http, by_grpc, by_viewer):
+            wait_until(lambda s=sent: stored(s["trace_id"]), what="the trade on the viewer")
+    assert (tmp_path / "traces" / "spans.sqlite").is_file()
+    with running(args, {}, tmp_path / "second.log", port=viewer, ready_path="/api/traces"):
+        for sent in (by_http, by_grpc, by_viewer):
+            names = [s["name"] for s in stored(sent["trace_id"])]
+            assert names == ["order.submit", "risk.check"]
