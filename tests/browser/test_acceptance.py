@@ -146,6 +146,23 @@ def test_an_order_across_services_compare_stages_and_the_kill_switch(
     p50.locator("a").click()
     page.wait_for_url(re.compile(r"/trace/[0-9a-f]{32}"))
 
+    # Why the bot traded: its decisions, and the funnel per symbol and model version.
+    page.goto(f"{p.viewer}/decisions?window=15m&q=ORDERED")
+    assert page.locator("#decisions tr.decision.ordered").count() >= 2
+    funnel = [
+        [int(x) for x in row.split("\t")[2:5]]
+        for row in page.locator("#funnel tr.funnel").all_inner_texts()
+    ]
+    assert any(signals >= approved >= filled >= 1 for signals, approved, filled in funnel)
+    shot(page, artifacts, "decisions")
+
+    # The service map has the trade's calls and streams, with rates.
+    page.goto(f"{p.viewer}/map?window=15m")
+    edges = page.inner_text("#edges")
+    assert "trading-bot\texecution\thttp" in edges
+    assert "execution\tportfolio-intelligence\tstream" in edges
+    shot(page, artifacts, "map")
+
     # `quantum-trader trace` and `status` read the same platform.
     runner = CliRunner()
     drawn = runner.invoke(main, ["trace", coid, "--viewer", p.viewer], catch_exceptions=False)
