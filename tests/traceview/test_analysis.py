@@ -286,3 +286,21 @@ def test_service_map_counts_http_stream_and_sql_edges_with_error_rates() -> None
     assert risk.rate_per_s == pytest.approx(1.5)
     assert risk.error_rate == pytest.approx(1 / 3)
     assert edges[("eventbus-bridge", "trading-bot")].kind == "stream"
+
+
+def test_an_http_client_span_named_by_its_method_is_told_apart_by_its_path() -> None:
+    spans = [
+        span("r", "", "trading-bot", "decide", 0, 10),
+        span("a", "r", "trading-bot", "POST", 1, 3, "client", **{"url.full": "http://h:1/check"}),
+        span("b", "r", "trading-bot", "POST", 4, 9, "client", **{"url.full": "http://h:2/orders"}),
+    ]
+    assert {(r.operation, r.count) for r in self_times(spans)} == {
+        ("decide", 1),
+        ("POST /check", 1),
+        ("POST /orders", 1),
+    }
+    moved = [*spans[:2], span("b", "r", "trading-bot", "POST", 4, 5, "client",
+                              **{"url.full": "http://h:3/orders"})]  # fmt: skip
+    result = compare(spans, moved)
+    assert {d.stage: d.diff_ms for d in result.stages}["trading-bot: POST /orders"] == -4.0
+    assert result.attributes == []  # only the port differed

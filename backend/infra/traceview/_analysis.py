@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._store import StoredSpan
 
@@ -23,8 +24,23 @@ def is_db(span: StoredSpan) -> bool:
     return any(key in span.attributes for key in DB_ATTRIBUTES)
 
 
+_HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def operation(span: StoredSpan) -> str:
+    """The span's name, with the path added to an HTTP client span named by its method alone
+    (`POST` becomes `POST /orders`), so calls to different routes are told apart."""
+    if span.name not in _HTTP_METHODS:
+        return span.name
+    a = span.attributes
+    path = a.get("url.path") or a.get("http.route") or a.get("url.template")
+    if not path and isinstance(a.get("url.full"), str):
+        path = urlsplit(a["url.full"]).path
+    return f"{span.name} {path}" if path else span.name
+
+
 def stage_key(span: StoredSpan) -> str:
-    return f"{span.service}: {span.name}"
+    return f"{span.service}: {operation(span)}"
 
 
 def _children(spans: Sequence[StoredSpan]) -> dict[str, list[StoredSpan]]:
@@ -195,7 +211,7 @@ def self_times(spans: Sequence[StoredSpan]) -> list[SelfTime]:
     children = _children(spans)
     acc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     for s in spans:
-        row = acc[(s.service, s.name)]
+        row = acc[(s.service, operation(s))]
         row[0] += 1
         row[1] += (s.end_ns - s.start_ns) / 1e6
         row[2] += self_ns(s, children.get(s.span_id, [])) / 1e6
@@ -264,8 +280,14 @@ _UNINTERESTING = {
     "fill_id",
     "decision_id",
     "messaging.message.id",
+    "cloudevents.event_id",
     "db.query.text",
     "db.statement",
+    "url.full",
+    "server.port",
+    "client.port",
+    "network.peer.port",
+    "network.local.port",
 }
 
 
