@@ -380,12 +380,22 @@ def traceview(
 
 viewer_option = click.option(
     "--viewer",
-    default="http://127.0.0.1:16686",
     envvar="TRACEVIEW_URL",
-    show_default=True,
     show_envvar=True,
-    help="The trace viewer's URL.",
+    help="The trace viewer's URL (default: http://127.0.0.1:16686, moved by --port-offset).",
 )
+offset_option = click.option(
+    "--port-offset",
+    type=int,
+    default=0,
+    envvar="RUN_PORT_OFFSET",
+    show_envvar=True,
+    help="The offset `run` was given: added to the default ports.",
+)
+
+
+def _viewer_url(viewer: str | None, port_offset: int) -> str:
+    return viewer or f"http://127.0.0.1:{16686 + port_offset}"
 
 
 def _viewer_get(viewer: str, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -413,6 +423,7 @@ def _viewer_get(viewer: str, path: str, params: dict[str, Any] | None = None) ->
 
 @main.command()
 @viewer_option
+@offset_option
 @click.option("--service", help="A span of this service.")
 @click.option("--operation", help="A span of this name (e.g. 'POST /orders').")
 @click.option("--min-ms", type=click.FloatRange(min=0), help="A span at least this long.")
@@ -424,7 +435,8 @@ def _viewer_get(viewer: str, path: str, params: dict[str, Any] | None = None) ->
 @click.option("--noise", is_flag=True, help="Include health checks, scrapes and idle polling.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 def traces(
-    viewer: str,
+    viewer: str | None,
+    port_offset: int,
     service: str | None,
     operation: str | None,
     min_ms: float | None,
@@ -452,7 +464,8 @@ def traces(
         "noise": "1" if noise else None,
         "limit": limit,
     }
-    answer = _viewer_get(viewer, "/api/traces", {k: v for k, v in params.items() if v is not None})
+    wanted = {k: v for k, v in params.items() if v is not None}
+    answer = _viewer_get(_viewer_url(viewer, port_offset), "/api/traces", wanted)
     found = (answer or {}).get("data", [])
     if not found:
         click.echo("no traces match")
@@ -471,13 +484,15 @@ def traces(
 @main.command()
 @click.argument("ident", metavar="TRACE_ID|ORDER_ID")
 @viewer_option
+@offset_option
 @click.option("--width", type=click.IntRange(10, 200), default=40, show_default=True)
-def trace(ident: str, viewer: str, width: int) -> None:
+def trace(ident: str, viewer: str | None, port_offset: int, width: int) -> None:
     """One trace as a waterfall in the terminal, or every trace of an order (a client order id
     or an order id) on one time axis. `*` marks the critical path."""
     from backend.infra.traceview._analysis import critical_path, tree_order
     from backend.infra.traceview._store import StoredSpan
 
+    viewer = _viewer_url(viewer, port_offset)
     answer = None
     if len(ident) == 32 and all(c in "0123456789abcdefABCDEF" for c in ident):
         answer = _viewer_get(viewer, f"/api/traces/{ident.lower()}")
@@ -524,11 +539,12 @@ def trace(ident: str, viewer: str, width: int) -> None:
 
 
 @main.command()
-def status() -> None:
+@offset_option
+def status(port_offset: int) -> None:
     """Every service's health, the risk state and the portfolio, in a few lines.
 
     The services are found at their `<NAME>_URL` (e.g. RISK_SAFETY_URL), else their catalogue
-    ports; QT_API_TOKEN is sent when set. Exits 1 when a service is not ready.
+    ports plus the offset; QT_API_TOKEN is sent when set. Exits 1 when a service is not ready.
     """
     import httpx
 
@@ -541,7 +557,7 @@ def status() -> None:
 
     async def work() -> Any:
         async with httpx.AsyncClient(headers=headers, timeout=3.0) as http:
-            return await gather(http, service_urls(), orders=5, equity=2)
+            return await gather(http, service_urls(port_offset), orders=5, equity=2)
 
     board = asyncio.run(work())
     for h in board.health:

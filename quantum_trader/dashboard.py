@@ -9,6 +9,7 @@ in `backend.infra.traceview` knows no service and takes these pages as extra rou
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from backend.infra.service import BUILT_SERVICES, AccessSettings, service_url
+from backend.infra.service import BUILT_SERVICES, AccessSettings
 from backend.infra.traceview import create_app
 from backend.infra.traceview._app import error_page, esc, page
 from backend.infra.traceview._queries import SpanQueries
@@ -42,9 +43,14 @@ HEALTH_TIMEOUT_S = 2.0
 T = TypeVar("T")
 
 
-def service_urls() -> dict[str, str]:
-    """Every built service's base URL: `<NAME>_URL` (e.g. `RISK_SAFETY_URL`), else its port."""
-    return {spec.name: service_url(spec.name) for spec in BUILT_SERVICES}
+def service_urls(port_offset: int = 0) -> dict[str, str]:
+    """Every built service's base URL: `<NAME>_URL` (e.g. `RISK_SAFETY_URL`), else its
+    catalogue port plus `port_offset` (`make run`'s `RUN_PORT_OFFSET`)."""
+    return {
+        spec.name: os.environ.get(spec.url_variable, "").strip().rstrip("/")
+        or f"http://127.0.0.1:{spec.port + port_offset}"
+        for spec in BUILT_SERVICES
+    }
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,14 @@ def test_traces_lists_recent_traces_with_the_viewers_filters(viewer: str) -> Non
     assert (code, out.strip()) == (0, "no traces match")
 
 
+def test_the_viewer_is_found_by_the_run_port_offset_or_traceview_url(viewer: str) -> None:
+    offset = int(viewer.rsplit(":", 1)[1]) - 16686
+    code, out = run("traces", "--port-offset", str(offset))
+    assert code == 0 and seed.FAST in out
+    result = CliRunner().invoke(main, ["trace", seed.FAST], env={"TRACEVIEW_URL": viewer})
+    assert result.exit_code == 0 and "execution: order.submit" in result.output
+
+
 def test_traces_refuses_bad_filters_and_names_an_absent_viewer(viewer: str) -> None:
     code, out = run("traces", "--viewer", viewer, "--attr", "novalue")
     assert code == 2 and "expected KEY=VALUE" in out
