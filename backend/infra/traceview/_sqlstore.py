@@ -200,7 +200,11 @@ def _records(request: Any) -> list[_Rec]:
         service = str(resource.get("service.name", "unknown"))
         for ss in rs.scope_spans:
             for s in ss.spans:
-                attrs = {kv.key: value_of(kv.value) for kv in s.attributes}
+                attrs = {}
+                for kv in s.attributes:
+                    v = kv.value
+                    which = v.WhichOneof("value")
+                    attrs[kv.key] = getattr(v, which) if which in _SCALARS else value_of(v)
                 error = s.status.code == 2
                 name = s.name
                 if s.events or s.links or s.status.message:
@@ -235,6 +239,9 @@ def _records(request: Any) -> list[_Rec]:
                     )
                 )
     return out
+
+
+_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
 
 
 def _bucket(duration_ns: int) -> int:
@@ -558,16 +565,18 @@ class SqliteSpanStore:
     def _write(self, spans: list[_Rec], logs: list[LogRecord], *, force: bool) -> None:
         now = time.monotonic()
         out: list[_Rec] = []
-        hist: Counter[tuple[int, int, int, int]] = Counter()
-        service_id = self._service_id
-        operation_id = self._operation_id
+        counts: Counter[tuple[int, str, str, int]] = Counter()
         log = math.log
         route = self._route
         for rec in spans:
             duration = rec[7] - rec[6]
             bucket = int(log(duration) / _BUCKET_BASE) if duration > 1 else 0
-            hist[(rec[6] // _MINUTE_NS, service_id(rec[3]), operation_id(rec[4]), bucket)] += 1
+            counts[(rec[6] // _MINUTE_NS, rec[3], rec[4], bucket)] += 1
             route(rec, now, out)
+        hist = {
+            (minute, self._service_id(service), self._operation_id(name), bucket): n
+            for (minute, service, name, bucket), n in counts.items()
+        }
         self._decide(now, out, force=force)
         if not out and not logs and not hist:
             return
@@ -728,30 +737,46 @@ class SqliteSpanStore:
         shape_ids = self._shape_ids
         slots = self._business_slots
         kept = self._kept
+        service_ids = self._service_ids
+        operation_ids = self._operation_ids
         for tid, recs in by_trace.items():
-            start = min(r[6] for r in recs)
-            end = max(r[7] for r in recs)
-            errors = sum(1 for r in recs if r[8])
-            level = kept.get(tid, Importance.IMPORTANT)
-            flags = (_TRACE_ERROR if errors else 0) | _TRACE_LEVEL_FLAGS[level]
-            root = next((r for r in recs if r[2] is None), None)
-            root_svc = service_id(root[3]) if root else None
-            root_op = operation_id(root[4]) if root else None
             ref = refs.get(tid)
             if ref is None:
                 ref = refs[tid] = self._next_ref
                 self._next_ref += 1
                 self._trace_count += 1
-                new_traces.append(
-                    (ref, tid, start, end, len(recs), errors, flags, root_svc, root_op)
-                )
+                new = True
             else:
-                updates.append(
-                    (start, end, len(recs), errors, flags, flags, flags, root_svc, root_op, ref)
-                )
+                new = False
+            start = end = recs[0][6]
+            errors = 0
+            root = None
             trace_keys: set[str] = set()
             for rec in recs:
-                attrs = rec[9]
+                (
+                    _,
+                    sid,
+                    parent,
+                    service,
+                    name,
+                    kind,
+                    t0,
+                    t1,
+                    error,
+                    attrs,
+                    extra,
+                    linked,
+                    resource,
+                    _,
+                ) = rec
+                if t0 < start:
+                    start = t0
+                if t1 > end:
+                    end = t1
+                if error:
+                    errors += 1
+                if parent is None:
+                    root = rec
                 if attrs:
                     shape_key = tuple(attrs)
                     shape = shape_ids.get(shape_key)
@@ -766,29 +791,46 @@ class SqliteSpanStore:
                     encoded = _dumpb(values)
                 else:
                     encoded = None
-                for other in rec[11]:
+                for other in linked:
                     if other != tid:
                         links.append((ref, other))
-                resource = rec[12]
                 res = resources.get(id(resource))
                 if res is None:
                     res = resources[id(resource)] = self._resource_id(resource)
+                svc = service_ids.get(service)
+                if svc is None:
+                    svc = service_id(service)
+                op = operation_ids.get(name)
+                if op is None:
+                    op = operation_id(name)
                 rows.append(
                     (
                         ref,
-                        rec[1],
-                        rec[2],
-                        service_id(rec[3]),
-                        operation_id(rec[4]),
-                        rec[6],
-                        rec[7] - rec[6],
-                        (_SPAN_ERROR if rec[8] else 0) | (rec[5] << 3),
+                        sid,
+                        parent,
+                        svc,
+                        op,
+                        t0,
+                        t1 - t0,
+                        (_SPAN_ERROR if error else 0) | (kind << 3),
                         res,
                         encoded,
-                        rec[10],
+                        extra,
                     )
                 )
             keys.extend((value, ref) for value in trace_keys)
+            level = kept.get(tid, Importance.IMPORTANT)
+            flags = (_TRACE_ERROR if errors else 0) | _TRACE_LEVEL_FLAGS[level]
+            root_svc = service_id(root[3]) if root else None
+            root_op = operation_id(root[4]) if root else None
+            if new:
+                new_traces.append(
+                    (ref, tid, start, end, len(recs), errors, flags, root_svc, root_op)
+                )
+            else:
+                updates.append(
+                    (start, end, len(recs), errors, flags, flags, flags, root_svc, root_op, ref)
+                )
         if new_traces:
             db.executemany(
                 "INSERT INTO traces(id, tid, start, end, spans, errors, flags, root_svc, root_op) "
