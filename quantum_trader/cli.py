@@ -489,7 +489,7 @@ def traces(
 def trace(ident: str, viewer: str | None, port_offset: int, width: int) -> None:
     """One trace as a waterfall in the terminal, or every trace of an order (a client order id
     or an order id) on one time axis. `*` marks the critical path."""
-    from backend.infra.traceview._analysis import critical_path, tree_order
+    from backend.infra.traceview._analysis import critical_path, operation, tree_order
     from backend.infra.traceview._store import StoredSpan
 
     viewer = _viewer_url(viewer, port_offset)
@@ -534,7 +534,7 @@ def trace(ident: str, viewer: str | None, port_offset: int, width: int) -> None:
             mark = "*" if s.span_id in critical else " "
             error = " ERROR" if s.error else ""
             link = f" → {len(s.links)} link(s)" if s.links else ""
-            name = f"{'  ' * depth}{s.service}: {s.name}"
+            name = f"{'  ' * depth}{s.service}: {operation(s)}"
             click.echo(f"{mark} |{bar}| {s.duration_ms:9.3f} ms  {name}{error}{link}")
 
 

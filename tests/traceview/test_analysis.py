@@ -108,6 +108,17 @@ def test_critical_path_skips_a_child_that_overlaps_one_finishing_later() -> None
     assert path == [("r", 0, 10), ("x", 10, 90), ("r", 90, 100)]
 
 
+def test_other_consumers_of_a_message_are_not_on_the_path_of_the_one_that_took_longest() -> None:
+    spans = [
+        span("p", "", "eventbus-bridge", "send market.tick", 0, 5, "producer"),
+        span("a", "p", "risk-safety", "process market.tick", 1, 2, "consumer"),
+        span("m", "p", "position-monitor", "process market.tick", 2, 4, "consumer"),
+        span("b", "p", "trading-bot", "process market.tick", 6, 20, "consumer"),
+    ]
+    path = [(g.span_id, g.kind, g.start_ns // MS, g.end_ns // MS) for g in critical_path(spans)]
+    assert path == [("p", "work", 0, 5), ("p", "wait", 5, 6), ("b", "work", 6, 20)]
+
+
 def test_critical_path_of_a_span_linked_inside_its_own_trace_hangs_under_the_link() -> None:
     spans = [
         span("r", "", "a", "root", 0, 10),

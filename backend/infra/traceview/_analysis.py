@@ -146,6 +146,12 @@ def critical_path(spans: Sequence[StoredSpan]) -> list[PathSegment]:
             for child in sorted(children.get(s.span_id, []), key=reach_of, reverse=True):
                 if cursor <= lo:
                     break
+                # A consumer of what the span produced (or anything starting after it ended)
+                # does not hold the span up: it is on the path only where the path runs past
+                # the span's end, and the time back to the span's end is waiting.
+                detached = child.kind == CONSUMER or child.start_ns >= s.end_ns
+                if detached and cursor <= s.end_ns:
+                    continue
                 if child.start_ns >= cursor:
                     continue  # overlaps a later child already on the path
                 end = min(reach_of(child), cursor)
@@ -155,6 +161,9 @@ def critical_path(spans: Sequence[StoredSpan]) -> list[PathSegment]:
                 own(s, end, cursor)
                 walk(child, start, end, depth + 1)
                 cursor = start
+                if detached and cursor > s.end_ns:
+                    own(s, max(lo, s.end_ns), cursor)
+                    cursor = max(lo, s.end_ns)
         own(s, lo, cursor)
 
     tops = sorted(roots(spans), key=reach_of, reverse=True)
