@@ -12,11 +12,12 @@ from tests.support.procs import free_port, running
 
 def test_spans_exported_by_a_service_are_listed_found_and_drawn(tmp_path: Path) -> None:
     viewer_port, service_port = free_port(), free_port()
+    args = ["-m", "backend.infra.traceview", "--port", str(viewer_port), "--grpc-port", "0"]
+    args += ["--otlp-http-port", "0", "--store", str(tmp_path / "spans.sqlite")]
+    # A plain request, not an order: keep it, whatever the sampling of plain traces.
+    args += ["--tick-sample-rate", "1"]
     with running(
-        ["-m", "backend.infra.traceview", "--port", str(viewer_port), "--grpc-port", "0"]
-        + ["--otlp-http-port", "0", "--store", str(tmp_path / "spans.sqlite")]
-        # A plain request, not an order: keep it, whatever the sampling of plain traces.
-        + ["--tick-sample-rate", "1"],
+        args,
         {},
         tmp_path / "viewer.log",
         viewer_port,
