@@ -291,8 +291,6 @@ class _Waterfall:
                 chips += f" <span class='chip link'>{len(s.links)} link(s) →</span>"
             if (linked_from or {}).get(s.span_id):
                 chips += " <span class='chip link'>← linked</span>"
-            if s.span_id in cp_by_span:
-                chips += " <span class='chip'>critical</span>"
             events = "".join(
                 f"<div>event <b>{esc(name)}</b> {esc(attrs) if attrs else ''}</div>"
                 for name, attrs in s.events
@@ -309,8 +307,10 @@ class _Waterfall:
                 f"<b>{esc(s.service)}</b> {esc(analysis.operation(s))} "
                 f"<span class='muted'>{esc(s.kind)} "
                 f"{_ms(s.duration_ms)} ms</span>{_ERROR_CHIP if s.error else ''}"
-                f"{chips}<details><summary>span <a href='#span-{esc(s.span_id)}'>"
-                f"{esc(s.span_id)}</a></summary>{_attribute_table(s.attributes)}{events}"
+                f"{chips}<details><summary>details</summary><div>span <a "
+                f"href='#span-{esc(s.span_id)}'>{esc(s.span_id)}</a>"
+                f"{' (on the critical path)' if s.span_id in cp_by_span else ''}</div>"
+                f"{_attribute_table(s.attributes)}{events}"
                 f"{links_out}{links_in}{logs(s) if logs else ''}</details></div>"
                 f"<div class='lane'><div class='bar' style='left:{left:.3f}%;width:{width:.3f}%;"
                 f"background:{self.colour[s.service]}'></div>{cp}</div></div>"
