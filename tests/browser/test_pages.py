@@ -108,6 +108,19 @@ def test_order_page_draws_its_traces_on_one_axis_with_the_link(
     shot(page, artifacts, "order")
 
 
+def test_two_search_results_ticked_are_compared(page: Any, viewer: str, artifacts: Path) -> None:
+    page.goto(viewer + "/?service=risk-safety")
+    page.check(f"#results input[value='{seed.FAST}']")
+    page.check(f"#results input[value='{seed.SLOW}']")
+    page.click("#pick button")
+    page.wait_for_selector("#stages tr.stage")
+    assert "+24.000" in page.locator("#stages tr.stage").first.inner_text()
+    page.goto(viewer + "/")
+    page.check(f"#results input[value='{seed.FAST}']")
+    page.click("#pick button")
+    assert "tick two traces to compare, not 1" in page.inner_text(".error-box")
+
+
 def test_statistics_and_compare(page: Any, viewer: str, artifacts: Path) -> None:
     page.goto(f"{viewer}/trace/{seed.SLOW}/stats")
     first = page.locator("#by-service tr").nth(1).inner_text()

@@ -387,7 +387,8 @@ def create_app(
                 f"<code class='muted'>{esc(t.trace_id)}</code></td>"
                 f"<td>{esc(', '.join(t.services))}</td><td class='num'>{t.spans}</td>"
                 f"<td class='num'>{_ms(t.duration_ms)} ms</td><td>{err}</td>"
-                f"<td><a href='/compare?a={esc(t.trace_id)}'>compare…</a></td></tr>"
+                f"<td><label><input type='checkbox' name='t' value='{esc(t.trace_id)}'> "
+                "compare</label></td></tr>"
             )
 
         def field(name: str, label: str, size: int = 14, placeholder: str = "") -> str:
@@ -420,10 +421,10 @@ def create_app(
             f"<p class='muted'>{len(found)} traces, newest first. Store: {stats.spans} spans in "
             f"{stats.traces} traces, {stats.received_spans} received, {stats.dropped_spans} "
             f"dropped, {stats.evicted_spans} evicted.</p>"
-            "<table id='results'><tr><th>start</th><th>root</th><th>services</th>"
-            "<th class='num'>spans</th><th class='num'>duration</th><th></th><th></th></tr>"
-            + "".join(rows)
-            + "</table>"
+            "<form action='/compare' id='pick'><table id='results'><tr><th>start</th>"
+            "<th>root</th><th>services</th><th class='num'>spans</th>"
+            "<th class='num'>duration</th><th></th><th><button>compare the two ticked"
+            "</button></th></tr>" + "".join(rows) + "</table></form>"
         )
         return page("search", body, here="/")
 
@@ -589,6 +590,14 @@ def create_app(
     async def compare_page(request: Request) -> HTMLResponse:
         a = request.query_params.get("a", "").strip().lower()
         b = request.query_params.get("b", "").strip().lower()
+        ticked = [t.strip().lower() for t in request.query_params.getlist("t") if t.strip()]
+        if ticked and not (a or b):
+            if len(ticked) != 2:
+                return error_page(
+                    "Compare", f"tick two traces to compare, not {len(ticked)}", here="/compare"
+                )
+            # The faster one is A, so B - A reads as what made the slow one slow.
+            a, b = sorted(ticked, key=lambda t: analysis.trace_duration_ms(store.trace(t)))
         form = (
             "<form class='filters'><label>trace A (e.g. the fast one)<input name='a' size='34' "
             f"value='{esc(a)}'></label><label>trace B (e.g. the slow one)<input name='b' "
