@@ -134,6 +134,9 @@ def test_spans_survive_a_restart(db_path: Path) -> None:
     with open_store(db_path) as store:
         store.ingest(trade(1, "c-1"))
         store.flush()
+        assert len(store.trace(tid(1))) == 4
+    wal = db_path.with_name(db_path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, "the log is folded into the file"
     with open_store(db_path) as store:
         assert len(store.trace(tid(1))) == 4
         stats = store.stats()

@@ -388,6 +388,7 @@ class SqliteSpanStore:
         self._kept: OrderedDict[bytes, Importance] = OrderedDict()
         self._dropped: OrderedDict[bytes, None] = OrderedDict()
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         self._last_retention = 0.0
         self._closed = False
         self.writer_error: BaseException | None = None
@@ -410,6 +411,8 @@ class SqliteSpanStore:
             db = self._connect()
             db.execute("PRAGMA query_only=1")
             self._local.db = db
+            with self._queue_lock:
+                self._readers.append(db)
         return db
 
     # Ingest (any thread, never blocks) -----------------------------------------------------
@@ -500,8 +503,9 @@ class SqliteSpanStore:
             self._closed = True
         self._queue.put(("stop", None))
         self._writer.join(timeout)
-        db = getattr(self._local, "db", None)
-        if db is not None:
+        with self._queue_lock:
+            readers, self._readers = self._readers, []
+        for db in readers:
             db.close()
 
     def __enter__(self) -> SqliteSpanStore:
@@ -519,7 +523,11 @@ class SqliteSpanStore:
             self.writer_error = exc
             raise
         finally:
-            self._db.close()
+            try:
+                # Fold the write-ahead log into the file, so a stopped store is one file.
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._db.close()
 
     def _loop(self) -> None:
         while True:
