@@ -32,3 +32,26 @@ def test_a_token_in_the_authorization_header_is_used_and_an_absent_risk_safety_i
         headers={"Authorization": "Bearer " + "t" * 20},
     )
     assert answer.status_code == 502 and "risk-safety: ConnectError" in answer.text
+
+
+def test_the_equity_curve_is_a_polyline_over_its_range() -> None:
+    from decimal import Decimal
+
+    from microservices.contracts.portfolio_intelligence import EquityPointPublic
+    from quantum_trader.dashboard import _equity_svg
+
+    points = [
+        EquityPointPublic(
+            ts_ms=1_000 * i,
+            equity=Decimal(100 + i * i),
+            cash=Decimal(0),
+            unrealized_pnl=Decimal(0),
+            realized_pnl=Decimal(0),
+        )
+        for i in range(5)
+    ]
+    svg = _equity_svg(points)
+    coords = svg.split("points='")[1].split("'")[0].split()
+    assert coords[0] == "0.0,120.0" and coords[-1] == "420.0,0.0"  # lowest left, highest right
+    assert len(coords) == 5 and "100.00 to 116.00 over 5 points" in svg
+    assert "Not enough equity points" in _equity_svg(points[:1])
