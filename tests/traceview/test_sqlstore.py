@@ -401,3 +401,32 @@ def test_bad_settings_are_refused_by_name(db_path: Path) -> None:
         SqliteSpanStore(db_path, tick_sample_rate=2)
     with pytest.raises(ValueError, match="max_bytes"):
         SqliteSpanStore(db_path, max_bytes=0)
+
+
+def test_a_batch_that_fails_is_counted_and_the_writer_carries_on(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(db_path)
+    write_spans = store._write_spans
+    failures = iter([OSError("disk I/O error")])
+
+    def failing_once(spans: Any) -> None:
+        write_spans(spans)  # names and traces go into the transaction, then it fails
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+
+    monkeypatch.setattr(store, "_write_spans", failing_once)
+    try:
+        store.ingest([span(1, "fill", service="new-service", brand_new_key="x")])
+        store.flush()
+        assert store.trace(tid(1)) == []
+        assert store.stats().dropped_spans == 1
+        assert "could not write a batch of 1 spans" in caplog.text
+        store.ingest([span(2, "fill", service="new-service", brand_new_key="y")])
+        store.flush()
+        (again,) = store.trace(tid(2))
+        assert (again.service, again.attributes) == ("new-service", {"brand_new_key": "y"})
+        assert store.stats().spans == 1
+    finally:
+        store.close()

@@ -40,6 +40,7 @@ kept in the file, so they survive a restart too.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import queue
 import sqlite3
@@ -66,6 +67,8 @@ from ._store import KINDS, StoredSpan
 from .otlp import _value, decode_logs
 
 __all__ = ["MalformedPayload", "SqliteSpanStore"]
+
+log = logging.getLogger(__name__)
 
 _KIND_CODES = {name: code for code, name in KINDS.items()}
 _SERVICE, _OPERATION, _KEY, _SHAPE = 0, 1, 2, 3
@@ -351,10 +354,30 @@ class SqliteSpanStore:
         for key, value in self._db.execute("SELECT key, value FROM meta"):
             if key in self._counters:
                 self._counters[key] = value
-        self._span_count = self._db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
-        self._trace_count = self._db.execute("SELECT COUNT(*) FROM traces").fetchone()[0]
         self._db.commit()
+        self._load_state()
+        self._resources_by_id: dict[int, dict[str, Any]] = {}
 
+        self._queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
+        self._queued = 0
+        self._queue_lock = threading.Lock()
+        self._held: OrderedDict[bytes, _Held] = OrderedDict()
+        self._kept: OrderedDict[bytes, Importance] = OrderedDict()
+        self._dropped: OrderedDict[bytes, None] = OrderedDict()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._last_retention = 0.0
+        self._closed = False
+        self.writer_error: BaseException | None = None
+        self._writer = threading.Thread(target=self._run, name="span-store-writer", daemon=True)
+        self._writer.start()
+
+    def _load_state(self) -> None:
+        """What the writer keeps in memory, read from the file (at start, and after a batch
+        failed and was rolled back: its new names and traces are not in the file)."""
+        db = self._db
+        self._span_count = db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+        self._trace_count = db.execute("SELECT COUNT(*) FROM traces").fetchone()[0]
         self._names: dict[tuple[int, str], int] = {}
         self._names_by_id: dict[int, str] = {}
         self._service_ids: dict[str, int] = {}
@@ -362,7 +385,7 @@ class SqliteSpanStore:
         self._shape_ids: dict[tuple[str, ...], int] = {}
         self._shapes_by_id: dict[int, tuple[str, ...]] = {}
         self._business_slots: dict[int, tuple[int, ...]] = {}
-        for id_, kind, name in self._db.execute("SELECT id, kind, name FROM names"):
+        for id_, kind, name in db.execute("SELECT id, kind, name FROM names"):
             self._names[(kind, name)] = id_
             self._names_by_id[id_] = name
             if kind == _SERVICE:
@@ -376,24 +399,9 @@ class SqliteSpanStore:
                 self._business_slots[id_] = tuple(
                     i for i, key in enumerate(keys) if key.rsplit(".", 1)[-1] in BUSINESS_KEYS
                 )
-        self._refs: dict[bytes, int] = {}
-        self._next_ref = 1 + (self._db.execute("SELECT max(id) FROM traces").fetchone()[0] or 0)
         self._resource_ids: dict[str, int] = {}
-        self._resources_by_id: dict[int, dict[str, Any]] = {}
-
-        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._queued = 0
-        self._queue_lock = threading.Lock()
-        self._held: OrderedDict[bytes, _Held] = OrderedDict()
-        self._kept: OrderedDict[bytes, Importance] = OrderedDict()
-        self._dropped: OrderedDict[bytes, None] = OrderedDict()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._last_retention = 0.0
-        self._closed = False
-        self.writer_error: BaseException | None = None
-        self._writer = threading.Thread(target=self._run, name="span-store-writer", daemon=True)
-        self._writer.start()
+        self._refs: dict[bytes, int] = {}
+        self._next_ref = 1 + (db.execute("SELECT max(id) FROM traces").fetchone()[0] or 0)
 
     # Connections ---------------------------------------------------------------------------
 
@@ -485,13 +493,13 @@ class SqliteSpanStore:
             self._queued += count
             if kind != "logs":
                 self._counters["received_spans"] += count
-        self._queue.put((kind, items))
+        self._queue.put((kind, items, count))
         return 0
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far is written, held traces decided at once."""
         done = threading.Event()
-        self._queue.put(("flush", done))
+        self._queue.put(("flush", done, 0))
         if not done.wait(timeout):
             raise TimeoutError(f"the span store did not flush within {timeout} s")
 
@@ -501,7 +509,7 @@ class SqliteSpanStore:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(("stop", None))
+        self._queue.put(("stop", None, 0))
         self._writer.join(timeout)
         with self._queue_lock:
             readers, self._readers = self._readers, []
@@ -532,22 +540,27 @@ class SqliteSpanStore:
     def _loop(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=0.1)
+                item: tuple[str, Any, int] | None = self._queue.get(timeout=0.1)
             except queue.Empty:
-                first = None
+                item = None
             spans: list[_Rec] = []
             logs: list[LogRecord] = []
-            signals: list[tuple[str, Any]] = []
-            item = first
+            signals: list[tuple[str, Any, int]] = []
+            taken = 0
             while item is not None:
-                kind, payload = item
-                if kind == "spans":
-                    spans.extend(payload)
-                elif kind == "otlp":
-                    spans.extend(_records(payload))
-                elif kind == "logs":
-                    logs.extend(payload)
-                else:
+                kind, payload, count = item
+                taken += count
+                try:
+                    if kind == "spans":
+                        spans.extend(payload)
+                    elif kind == "otlp":
+                        spans.extend(_records(payload))
+                    elif kind == "logs":
+                        logs.extend(payload)
+                except Exception:  # one bad request must not stop the writer
+                    log.exception("the span store could not read %d queued items", count)
+                    self._counters["dropped_spans"] += count if kind != "logs" else 0
+                if kind in ("flush", "stop"):
                     signals.append(item)
                     break
                 if len(spans) + len(logs) >= self.batch_spans:
@@ -557,14 +570,21 @@ class SqliteSpanStore:
                 except queue.Empty:
                     item = None
             force = bool(signals)
-            self._write(spans, logs, force=force)
+            try:
+                self._write(spans, logs, force=force)
+            except Exception:  # a failed batch is lost and counted; the writer carries on
+                log.exception("the span store could not write a batch of %d spans", len(spans))
+                self._counters["dropped_spans"] += len(spans)
             with self._queue_lock:
-                self._queued -= len(spans) + len(logs)
+                self._queued -= taken
             now = time.monotonic()
             if force or now - self._last_retention >= self.retention_interval_s:
                 self._last_retention = now
-                self._retain()
-            for kind, payload in signals:
+                try:
+                    self._retain()
+                except Exception:  # retried at the next interval
+                    log.exception("the span store's retention failed")
+            for kind, payload, _ in signals:
                 if kind == "flush":
                     payload.set()
                 elif kind == "stop":
@@ -605,7 +625,7 @@ class SqliteSpanStore:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self._refs.clear()
+            self._load_state()
             raise
 
     def _route(self, rec: _Rec, now: float, out: list[_Rec]) -> None:
