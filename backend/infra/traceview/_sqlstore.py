@@ -71,7 +71,8 @@ __all__ = ["MalformedPayload", "SqliteSpanStore"]
 log = logging.getLogger(__name__)
 
 _KIND_CODES = {name: code for code, name in KINDS.items()}
-_SERVICE, _OPERATION, _KEY, _SHAPE = 0, 1, 2, 3
+_SERVICE, _OPERATION, _SHAPE = 0, 1, 2
+"""Kinds of `names` entries: services, operations, attribute key sets (JSON lists)."""
 _SPAN_ERROR = 1
 _TRACE_ERROR, _TRACE_NOISE, _TRACE_IMPORTANT = 1, 2, 4
 _TRACE_LEVEL_FLAGS = {
@@ -247,10 +248,6 @@ def _records(request: Any) -> list[_Rec]:
 _SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
 
 
-def _bucket(duration_ns: int) -> int:
-    return int(math.log(duration_ns) / _BUCKET_BASE) if duration_ns > 1 else 0
-
-
 def _bucket_ms(bucket: int) -> float:
     """The middle of a bucket, in milliseconds."""
     return math.exp((bucket + 0.5) * _BUCKET_BASE) / 1e6
@@ -289,16 +286,6 @@ def _sampled(trace_id: bytes, rate: float) -> bool:
     # Multiplicative hashing spreads ids that are not random (sequential ones, say).
     low = int.from_bytes(trace_id[-4:], "big")
     return (low * 2654435761) % 0x1_0000_0000 < rate * 0x1_0000_0000
-
-
-def business_keys(attributes: dict[str, Any]) -> set[str]:
-    """The values of the promoted business keys among a span's attributes."""
-    found = set()
-    for key, value in attributes.items():
-        short = key.rsplit(".", 1)[-1]
-        if short in BUSINESS_KEYS and isinstance(value, str | int) and value != "":
-            found.add(str(value))
-    return found
 
 
 class SqliteSpanStore:
