@@ -26,8 +26,10 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an asyncio loop running in this
+    # thread while it is started, which the asyncio tests that come later could not share.
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
