@@ -12,6 +12,8 @@ BENCHMARKS = (
     "bench.rl_training",
     "bench.clm_drift",
     "bench.startup",
+    "bench.collector",
+    "bench.viewer",
 )
 NAMES = tuple(module.rsplit(".", 1)[1] for module in BENCHMARKS)
 

@@ -6,6 +6,9 @@
     quantum-trader traceview              # the embedded trace viewer on its own
     quantum-trader bench                  # the benchmarks (from a source checkout)
     quantum-trader webhooks redeliver     # dead-lettered webhooks, sent again
+    quantum-trader traces --service execution --min-ms 50   # recent traces, as in the viewer
+    quantum-trader trace qt-ae85d3ec0c850c562ecc3c0a        # a trace or an order, in the terminal
+    quantum-trader status                 # every service's health, risk state, portfolio
 
 Each subcommand imports what it needs when it runs, so `--help` stays quick.
 """
@@ -275,26 +278,306 @@ def heads() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option(
-    "--port", type=click.IntRange(1, 65535), default=16686, show_default=True, help="Port."
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=16686,
+    show_default=True,
+    help="The viewer's port (it takes OTLP/HTTP too).",
 )
 @click.option(
-    "--max-traces",
-    type=click.IntRange(min=1),
-    default=2000,
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=4317,
     show_default=True,
-    help="Traces kept in memory; the oldest are forgotten first.",
+    help="OTLP/gRPC port; 0: no gRPC receiver.",
 )
-def traceview(host: str, port: int, max_traces: int) -> None:
-    """Run the embedded trace viewer on its own.
+@click.option(
+    "--otlp-http-port",
+    type=click.IntRange(0, 65535),
+    default=4318,
+    show_default=True,
+    help="OTLP/HTTP port; 0: only the viewer's port takes OTLP/HTTP.",
+)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The span store's SQLite file (default: VAR_DIR/traces/spans.sqlite).",
+)
+@click.option(
+    "--max-age-h",
+    type=click.FloatRange(min=0, min_open=True),
+    default=168.0,
+    envvar="TRACEVIEW_MAX_AGE_H",
+    show_default=True,
+    show_envvar=True,
+    help="Traces older than this many hours are evicted.",
+)
+@click.option(
+    "--max-mb",
+    type=click.FloatRange(min=1),
+    default=1024.0,
+    envvar="TRACEVIEW_MAX_MB",
+    show_default=True,
+    show_envvar=True,
+    help="Above this size the oldest traces are evicted (plain ones before orders).",
+)
+@click.option(
+    "--tick-sample-rate",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    envvar="TRACEVIEW_TICK_SAMPLE_RATE",
+    show_default=True,
+    show_envvar=True,
+    help="Share of plain traces (ticks that led to no order) kept; orders, fills, denials, "
+    "stops and errors are always kept.",
+)
+@click.option(
+    "--noise-sample-rate",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    envvar="TRACEVIEW_NOISE_SAMPLE_RATE",
+    show_default=True,
+    show_envvar=True,
+    help="Share of health checks, metrics scrapes and idle polling kept.",
+)
+@var_dir_option
+def traceview(
+    host: str,
+    port: int,
+    grpc_port: int,
+    otlp_http_port: int,
+    store_path: Path | None,
+    max_age_h: float,
+    max_mb: float,
+    tick_sample_rate: float,
+    noise_sample_rate: float,
+    var_dir: Path,
+) -> None:
+    """Run the embedded collector and trace viewer.
 
-    It takes OTLP/HTTP (point OTLP_ENDPOINT at http://HOST:PORT) and draws the traces.
+    Spans come in over OTLP (gRPC on --grpc-port, HTTP on --otlp-http-port and on the viewer's
+    own port) and are kept on disk, so they survive a restart.
     """
-    import uvicorn
+    from backend.infra.traceview import Retention, serve
 
-    from backend.infra.traceview import TraceStore, create_app
+    from .dashboard import create_viewer
 
-    app = create_app(TraceStore(max_traces))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    path = (store_path or var_dir / "traces" / "spans.sqlite").resolve()
+    serve(
+        path,
+        host=host,
+        port=port,
+        grpc_port=grpc_port or None,
+        otlp_http_port=otlp_http_port or None,
+        retention=Retention(max_age_h, max_mb, tick_sample_rate, noise_sample_rate),
+        make_app=lambda store, routes: create_viewer(store, ingest_routes=routes),
+    )
+
+
+# traces, trace, status ---------------------------------------------------------------------------
+
+viewer_option = click.option(
+    "--viewer",
+    envvar="TRACEVIEW_URL",
+    show_envvar=True,
+    help="The trace viewer's URL (default: http://127.0.0.1:16686, moved by --port-offset).",
+)
+offset_option = click.option(
+    "--port-offset",
+    type=int,
+    default=0,
+    envvar="RUN_PORT_OFFSET",
+    show_envvar=True,
+    help="The offset `run` was given: added to the default ports.",
+)
+
+
+def _viewer_url(viewer: str | None, port_offset: int) -> str:
+    return viewer or f"http://127.0.0.1:{16686 + port_offset}"
+
+
+def _viewer_get(viewer: str, path: str, params: dict[str, Any] | None = None) -> Any:
+    """GET one of the viewer's JSON routes; None on 404, a clear error for anything else."""
+    import httpx
+
+    url = viewer.rstrip("/") + path
+    try:
+        response = httpx.get(url, params=params, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(
+            f"no answer from the trace viewer at {viewer} ({type(exc).__name__}); start it with "
+            "`quantum-trader run` or `quantum-trader traceview`, or pass --viewer"
+        ) from None
+    if response.status_code == 404:
+        return None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("error", response.text)
+        except ValueError:
+            detail = response.text[:300]
+        raise click.ClickException(f"the viewer refused {path}: {detail}")
+    return response.json()
+
+
+@main.command()
+@viewer_option
+@offset_option
+@click.option("--service", help="A span of this service.")
+@click.option("--operation", help="A span of this name (e.g. 'POST /orders').")
+@click.option("--min-ms", type=click.FloatRange(min=0), help="A span at least this long.")
+@click.option("--max-ms", type=click.FloatRange(min=0), help="A span at most this long.")
+@click.option("--error/--no-error", default=None, help="Only traces with (or without) an error.")
+@click.option("--attr", multiple=True, metavar="KEY=VALUE", help="A span attribute (repeatable).")
+@click.option("--key", help="A business key: client order id, order id, symbol, model version.")
+@click.option("--lookback", help="Only traces that started this long ago at most (15m, 2h).")
+@click.option("--noise", is_flag=True, help="Include health checks, scrapes and idle polling.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+def traces(
+    viewer: str | None,
+    port_offset: int,
+    service: str | None,
+    operation: str | None,
+    min_ms: float | None,
+    max_ms: float | None,
+    error: bool | None,
+    attr: tuple[str, ...],
+    key: str | None,
+    lookback: str | None,
+    noise: bool,
+    limit: int,
+) -> None:
+    """Recent traces, newest first, with the viewer's search filters."""
+    for item in attr:
+        if "=" not in item or item.startswith("="):
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--attr")
+    params = {
+        "service": service,
+        "operation": operation,
+        "min_ms": min_ms,
+        "max_ms": max_ms,
+        "error": None if error is None else str(error).lower(),
+        "attr": " ".join(attr) or None,
+        "key": key,
+        "lookback": lookback,
+        "noise": "1" if noise else None,
+        "limit": limit,
+    }
+    wanted = {k: v for k, v in params.items() if v is not None}
+    answer = _viewer_get(_viewer_url(viewer, port_offset), "/api/traces", wanted)
+    found = (answer or {}).get("data", [])
+    if not found:
+        click.echo("no traces match")
+        return
+    import time
+
+    for t in found:
+        when = time.strftime("%H:%M:%S", time.localtime(t["start_ns"] / 1e9))
+        errors = f"  {t['errors']} errors" if t["errors"] else ""
+        click.echo(
+            f"{when}  {t['trace_id']}  {t['duration_ms']:9.1f} ms  {t['spans']:4d} spans  "
+            f"{t['root']}{errors}"
+        )
+
+
+@main.command()
+@click.argument("ident", metavar="TRACE_ID|ORDER_ID")
+@viewer_option
+@offset_option
+@click.option("--width", type=click.IntRange(10, 200), default=40, show_default=True)
+def trace(ident: str, viewer: str | None, port_offset: int, width: int) -> None:
+    """One trace as a waterfall in the terminal, or every trace of an order (a client order id
+    or an order id) on one time axis. `*` marks the critical path."""
+    from backend.infra.traceview._analysis import critical_path, operation, tree_order
+    from backend.infra.traceview._store import StoredSpan
+
+    viewer = _viewer_url(viewer, port_offset)
+    answer = None
+    if len(ident) == 32 and all(c in "0123456789abcdefABCDEF" for c in ident):
+        answer = _viewer_get(viewer, f"/api/traces/{ident.lower()}")
+    states: list[str] = []
+    if answer is None:
+        answer = _viewer_get(viewer, f"/api/order/{ident}")
+        if answer is None:
+            raise click.ClickException(f"no trace and no order {ident!r} in the viewer")
+        states = answer["states"]
+    spans = [
+        StoredSpan(
+            **{
+                k: v
+                for k, v in raw.items()
+                if k in StoredSpan.__dataclass_fields__ and k not in ("links", "events")
+            },
+            links=[(t, s) for t, s in raw["links"]],
+            events=[(n, a) for n, a in raw["events"]],
+        )
+        for raw in answer["data"]
+    ]
+    start = min(s.start_ns for s in spans)
+    total = max(max(s.end_ns for s in spans) - start, 1)
+    by_trace: dict[str, list[StoredSpan]] = {}
+    for s in spans:
+        by_trace.setdefault(s.trace_id, []).append(s)
+    services = sorted({s.service for s in spans})
+    click.echo(
+        f"{len(spans)} spans, {len(services)} services, {len(by_trace)} trace(s), "
+        f"{total / 1e6:.1f} ms" + (f"; states: {' → '.join(states)}" if states else "")
+    )
+    for trace_id, mine in sorted(by_trace.items(), key=lambda kv: min(s.start_ns for s in kv[1])):
+        critical = {g.span_id for g in critical_path(mine)}
+        click.echo(f"\ntrace {trace_id}")
+        for s, depth in tree_order(mine):
+            left = int((s.start_ns - start) / total * width)
+            length = max(1, round((s.end_ns - s.start_ns) / total * width))
+            bar = (" " * left + "█" * length)[:width].ljust(width)
+            mark = "*" if s.span_id in critical else " "
+            error = " ERROR" if s.error else ""
+            link = f" → {len(s.links)} link(s)" if s.links else ""
+            name = f"{'  ' * depth}{s.service}: {operation(s)}"
+            click.echo(f"{mark} |{bar}| {s.duration_ms:9.3f} ms  {name}{error}{link}")
+
+
+@main.command()
+@offset_option
+def status(port_offset: int) -> None:
+    """Every service's health, the risk state and the portfolio, in a few lines.
+
+    The services are found at their `<NAME>_URL` (e.g. RISK_SAFETY_URL), else their catalogue
+    ports plus the offset; QT_API_TOKEN is sent when set. Exits 1 when a service is not ready.
+    """
+    import httpx
+
+    from backend.infra.service import AccessSettings
+
+    from .dashboard import gather, service_urls
+
+    token = AccessSettings().api_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
+    async def work() -> Any:
+        async with httpx.AsyncClient(headers=headers, timeout=3.0) as http:
+            return await gather(http, service_urls(port_offset), orders=5, equity=2)
+
+    board = asyncio.run(work())
+    for h in board.health:
+        click.echo(f"{h.service:24s} {'ready' if h.ready else 'NOT READY':10s} {h.detail[:60]}")
+    if board.risk is not None:
+        r = board.risk
+        click.echo(f"risk: {r.state} (epoch {r.epoch}) {r.reason}")
+    else:
+        click.echo(f"risk: unknown ({board.errors.get('risk', '')[:120]})")
+    p = board.portfolio
+    if p is not None:
+        held = ", ".join(f"{x.symbol} {x.quantity}" for x in p.positions if x.quantity) or "none"
+        click.echo(
+            f"portfolio: equity {p.equity}, cash {p.cash}, PnL {p.total_pnl} "
+            f"(fees {p.fees}); positions: {held}"
+        )
+    else:
+        click.echo(f"portfolio: unknown ({board.errors.get('portfolio', '')[:120]})")
+    if not all(h.ready for h in board.health):
+        sys.exit(1)
 
 
 # bench -------------------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ trading goes on. State lives under the var directory (`./var`, or
 secrets (`secrets.env`) and each service's JSON log (`log/<service>.log`). SIGINT or SIGTERM
 stops the services (SIGTERM, then SIGKILL after the stop timeout) and then the embedded Redis.
 
-Without `OTLP_ENDPOINT`, an embedded trace viewer is started on port 16686 and the services
-export their spans to it; with `OTLP_ENDPOINT` set, spans go there instead.
+Without `OTLP_ENDPOINT`, the embedded collector and trace viewer is started (viewer on 16686,
+OTLP/gRPC on 4317, OTLP/HTTP on 4318, all moved by the port offset) and the services export
+their spans and logs to it over OTLP/HTTP; it keeps them in `traces/spans.sqlite` under the var
+directory, so they survive a restart. With `OTLP_ENDPOINT` set, spans go there instead.
 `REDIS_URL`, `DATABASE_URL` and `OTLP_ENDPOINT` are passed through to the services.
 """
 
@@ -50,6 +52,8 @@ from .local_secrets import LocalSecrets, SecretsError, load_or_create
 # The repository root, so children of a checkout that was not installed find its packages.
 ROOT = Path(__file__).resolve().parents[1]
 TRACEVIEW_PORT = 16686
+OTLP_GRPC_PORT = 4317
+OTLP_HTTP_PORT = 4318
 METRICS_PORT = 8090
 LEDGER = "portfolio-intelligence"
 REDIS = "redis"
@@ -225,18 +229,40 @@ class Launcher:
         ]
         self.otlp_endpoint = self.environ.get("OTLP_ENDPOINT", "").strip()
         self.traceview: Child | None = None
+        collector_ports: dict[str, int] = {}
         if not self.otlp_endpoint and options.traceview:
+            # The embedded collector: spans (and logs) over OTLP/HTTP on 4318, gRPC on 4317,
+            # kept on disk under the var directory, so a restart keeps them.
             port = TRACEVIEW_PORT + offset
+            collector_ports = {
+                "traceview (OTLP/gRPC)": OTLP_GRPC_PORT + offset,
+                "traceview (OTLP/HTTP)": OTLP_HTTP_PORT + offset,
+            }
+            grpc_port, http_port = collector_ports.values()
             self.traceview = Child(
                 "traceview",
-                ["-m", "quantum_trader", "traceview", "--port", str(port)],
+                [
+                    "-m",
+                    "quantum_trader",
+                    "traceview",
+                    "--port",
+                    str(port),
+                    "--grpc-port",
+                    str(grpc_port),
+                    "--otlp-http-port",
+                    str(http_port),
+                    "--var-dir",
+                    str(self.var_dir.resolve()),
+                ],
                 port,
                 self.log_dir / "traceview.log",
                 ready_path="/api/traces",
                 essential=False,
             )
-            self.otlp_endpoint = self.traceview.url
-        out_of_range = [c.name for c in self.processes if not 0 < c.port < 65536]
+            self.otlp_endpoint = f"http://127.0.0.1:{http_port}"
+        out_of_range = [c.name for c in self.processes if not 0 < c.port < 65536] + [
+            name for name, p in collector_ports.items() if not 0 < p < 65536
+        ]
         if out_of_range:
             raise LaunchError(
                 f"a port offset of {offset} puts {', '.join(out_of_range)} outside 1-65535"
@@ -298,7 +324,10 @@ class Launcher:
                 env["DATABASE_URL"] = default_url(child.name, self.var_dir.resolve())
         if self.traceview is not None:
             env.update(
-                OTLP_ENDPOINT=self.otlp_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"
+                OTLP_ENDPOINT=self.otlp_endpoint,
+                OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                # Log records too, so the viewer shows the lines that carry a span's id.
+                OTEL_LOGS_EXPORTER="otlp",
             )
         return env
 
@@ -400,7 +429,8 @@ class Launcher:
             + (f" (embedded, pid {self.redis.pid})" if self.redis else ""),
             "  traces:        "
             + (
-                f"{self.traceview.url}  (embedded viewer: search a client order id or symbol)"
+                f"{self.traceview.url}  (embedded viewer: search a client order id or symbol; "
+                f"OTLP in at {self.otlp_endpoint})"
                 if self.traceview
                 else (self.otlp_endpoint or "not exported (tracing off)")
             ),

@@ -212,3 +212,7 @@ class ExecutionClient(ServiceClient):
         return await self._call(
             "POST", "/risk/state", RiskStateUpdatePublic, body=state, timeout_s=timeout_s
         )
+
+    async def orders(self, limit: int = 100) -> OrdersPublic:
+        """`GET /orders`: the newest orders first."""
+        return await self._call("GET", "/orders", OrdersPublic, params={"limit": limit})

@@ -160,3 +160,7 @@ class PortfolioClient(ServiceClient):
     async def portfolio(self) -> PortfolioPublic:
         """`GET /portfolio`."""
         return await self._call("GET", "/portfolio", PortfolioPublic)
+
+    async def equity_curve(self, limit: int = 1000) -> EquityCurvePublic:
+        """`GET /equity-curve`: the newest `limit` equity points."""
+        return await self._call("GET", "/equity-curve", EquityCurvePublic, params={"limit": limit})

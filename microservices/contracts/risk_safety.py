@@ -182,3 +182,15 @@ class RiskSafetyClient(ServiceClient):
         """`GET /state`, read for its signed state only; `MalformedAnswer` if it is unsigned."""
         answer = await self._call("GET", "/state", SignedStatePublic, timeout_s=timeout_s)
         return answer.to_signed_state()
+
+    async def state(self) -> StatePublic:
+        """`GET /state`: the trading state with its reason, limits and what it is judged on."""
+        return await self._call("GET", "/state", StatePublic)
+
+    async def kill_switch(self, request: KillSwitchRequest) -> StatePublic:
+        """`POST /kill-switch`: halt trading (needs the bearer token)."""
+        return await self._call("POST", "/kill-switch", StatePublic, body=request)
+
+    async def resume(self, request: OperatorRequest) -> StatePublic:
+        """`POST /resume`: back to ACTIVE (needs the bearer token)."""
+        return await self._call("POST", "/resume", StatePublic, body=request)

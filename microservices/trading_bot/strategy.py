@@ -163,7 +163,10 @@ class TradingBot:
                 "STALE_TICK",
                 f"tick is {age_ms:.0f} ms old (BOT_MAX_TICK_AGE_MS={limit_ms})",
             )
-            await self._record(stale)
+            # Every decision is a `decide` span, so a trace viewer finds the skips too.
+            with self.tracer.start_as_current_span("decide") as span:
+                _decision_attributes(span, stale)
+                await self._record(stale)
             return
         previous, state.last_decision_at = state.last_decision_at, now
         decision = Decision(tick.symbol, event.id, tick.ts_ms)
@@ -176,10 +179,7 @@ class TradingBot:
                 state.last_decision_at = previous
                 raise
             finally:
-                span.set_attribute("outcome", decision.outcome.value)
-                span.set_attribute("reason", decision.reason)
-                if decision.client_order_id:
-                    span.set_attribute("client_order_id", decision.client_order_id)
+                _decision_attributes(span, decision)
             await self._record(decision)
 
     async def _decide(
@@ -386,6 +386,22 @@ class TradingBot:
         except IntegrityViolationError:
             # A redelivered tick that ordered already: the first row stands.
             self.log.info("decision already recorded", client_order_id=d.client_order_id)
+
+
+def _decision_attributes(span: Any, d: Decision) -> None:
+    """The decision on its `decide` span: outcome, reason code and the inputs it was made on."""
+    span.set_attribute("symbol", d.symbol)
+    span.set_attribute("outcome", d.outcome.value)
+    span.set_attribute("reason", d.reason)
+    if d.detail:
+        span.set_attribute("detail", d.detail[:300])
+    if d.client_order_id:
+        span.set_attribute("client_order_id", d.client_order_id)
+    if d.direction is not None:
+        span.set_attribute("direction", d.direction)
+        span.set_attribute("confidence", d.confidence)
+    if d.model_version:
+        span.set_attribute("model_version", d.model_version)
 
 
 def detail_of(d: Decision) -> dict[str, Any]:

@@ -52,7 +52,17 @@ def test_the_console_script_quantum_trader_is_installed_and_lists_the_commands()
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
     )
     listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line]
-    assert listed == ["run", "serve", "db", "traceview", "bench", "webhooks"]
+    assert listed == [
+        "run",
+        "serve",
+        "db",
+        "traceview",
+        "traces",
+        "trace",
+        "status",
+        "bench",
+        "webhooks",
+    ]
 
 
 def test_python_dash_m_quantum_trader_is_the_same_command() -> None:
@@ -183,9 +193,11 @@ def test_db_that_cannot_reach_its_database_fails_with_one_line_not_a_traceback()
 
 def test_traceview_serves_the_viewer_on_the_port_given(tmp_path: Path) -> None:
     port = free_port()
-    args = [str(SCRIPT), "traceview", "--port", str(port)]
+    args = [str(SCRIPT), "traceview", "--port", str(port), "--grpc-port", "0"]
+    args += ["--otlp-http-port", "0", "--var-dir", str(tmp_path)]
     with running(args, {}, tmp_path / "traceview.log", port=port, ready_path="/api/traces"):
         assert httpx.get(f"http://127.0.0.1:{port}/api/traces").json()["data"] == []
+    assert (tmp_path / "traces" / "spans.sqlite").is_file()
 
 
 def test_bench_with_an_unknown_benchmark_lists_the_benchmarks() -> None:

@@ -55,6 +55,22 @@ def test_the_trace_viewer_is_not_given_the_secrets(tmp_path: Path) -> None:
     assert "QT_API_TOKEN" not in env and "RISK_APPROVAL_SECRET" not in env
 
 
+def test_services_export_spans_and_logs_to_the_embedded_collector_on_disk(
+    tmp_path: Path,
+) -> None:
+    launcher = launcher_in(tmp_path / "state", port_offset=100)
+    assert launcher.traceview is not None
+    args = launcher.traceview.args
+    assert args[args.index("--port") + 1] == "16786"
+    assert args[args.index("--grpc-port") + 1] == "4417"
+    assert args[args.index("--otlp-http-port") + 1] == "4418"
+    assert args[args.index("--var-dir") + 1] == str((tmp_path / "state").resolve())
+    env = launcher.child_env(launcher.child("execution"))
+    assert env["OTLP_ENDPOINT"] == "http://127.0.0.1:4418"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert env["OTEL_LOGS_EXPORTER"] == "otlp"
+
+
 def test_a_port_offset_that_leaves_the_port_range_is_refused_naming_the_services(
     tmp_path: Path,
 ) -> None:

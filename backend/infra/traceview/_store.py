@@ -26,6 +26,9 @@ class StoredSpan:
     error: bool
     links: list[tuple[str, str]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    status_message: str = ""
+    resource: dict[str, Any] = field(default_factory=dict)
+    """The attributes of the process that sent the span (`service.name`, host, version...)."""
 
     @property
     def duration_ms(self) -> float:
@@ -91,6 +94,8 @@ def _stored(span: OtlpSpan) -> StoredSpan:
         error=span.status_code == 2,
         links=span.links,
         events=span.events,
+        status_message=span.status_message,
+        resource=span.resource,
     )
 
 

@@ -29,6 +29,7 @@ class OtlpSpan:
     links: list[tuple[str, str]] = field(default_factory=list)
     start_ns: int = 0
     end_ns: int = 0
+    status_message: str = ""
 
 
 def _value(v: Any) -> Any:
@@ -63,6 +64,7 @@ def decode_spans(payload: bytes) -> list[OtlpSpan]:
                         resource=resource,
                         scope=ss.scope.name,
                         status_code=s.status.code,
+                        status_message=s.status.message,
                         events=[
                             (e.name, {kv.key: _value(kv.value) for kv in e.attributes})
                             for e in s.events
@@ -73,3 +75,50 @@ def decode_spans(payload: bytes) -> list[OtlpSpan]:
                     )
                 )
     return spans
+
+
+@dataclass
+class OtlpLog:
+    """One log record as a collector receives it, with the attributes of its resource."""
+
+    time_ns: int
+    severity: str
+    body: Any
+    trace_id: str
+    span_id: str
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+
+
+def decode_logs(payload: bytes) -> list[OtlpLog]:
+    """The records of one serialised `ExportLogsServiceRequest`, in the order they came."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = ExportLogsServiceRequest.FromString(payload)
+    records = []
+    for rl in request.resource_logs:
+        resource = {kv.key: _value(kv.value) for kv in rl.resource.attributes}
+        for sl in rl.scope_logs:
+            for r in sl.log_records:
+                records.append(
+                    OtlpLog(
+                        time_ns=r.time_unix_nano or r.observed_time_unix_nano,
+                        severity=r.severity_text or _SEVERITIES.get(r.severity_number, ""),
+                        body=_value(r.body) if r.HasField("body") else "",
+                        trace_id=r.trace_id.hex(),
+                        span_id=r.span_id.hex(),
+                        attributes={kv.key: _value(kv.value) for kv in r.attributes},
+                        resource=resource,
+                    )
+                )
+    return records
+
+
+_SEVERITIES = {
+    **dict.fromkeys(range(1, 5), "TRACE"),
+    **dict.fromkeys(range(5, 9), "DEBUG"),
+    **dict.fromkeys(range(9, 13), "INFO"),
+    **dict.fromkeys(range(13, 17), "WARN"),
+    **dict.fromkeys(range(17, 21), "ERROR"),
+    **dict.fromkeys(range(21, 25), "FATAL"),
+}

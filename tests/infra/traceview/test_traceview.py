@@ -6,14 +6,18 @@ from pathlib import Path
 
 import httpx
 
-from backend.infra.traceview import TraceStore, create_app
+from backend.infra.traceview import SqliteSpanStore, TraceStore, create_app
 from tests.support.procs import free_port, running
 
 
 def test_spans_exported_by_a_service_are_listed_found_and_drawn(tmp_path: Path) -> None:
     viewer_port, service_port = free_port(), free_port()
+    args = ["-m", "backend.infra.traceview", "--port", str(viewer_port), "--grpc-port", "0"]
+    args += ["--otlp-http-port", "0", "--store", str(tmp_path / "spans.sqlite")]
+    # A plain request, not an order: keep it, whatever the sampling of plain traces.
+    args += ["--tick-sample-rate", "1"]
     with running(
-        ["-m", "backend.infra.traceview", "--port", str(viewer_port)],
+        args,
         {},
         tmp_path / "viewer.log",
         viewer_port,
@@ -34,7 +38,7 @@ def test_spans_exported_by_a_service_are_listed_found_and_drawn(tmp_path: Path) 
             base = f"http://127.0.0.1:{viewer_port}"
 
             def found() -> list[dict[str, object]]:
-                return httpx.get(f"{base}/api/traces", params={"q": "BTCUSDT"}).json()["data"]
+                return httpx.get(f"{base}/api/traces", params={"key": "BTCUSDT"}).json()["data"]
 
             from tests.support.procs import wait_until
 
@@ -45,16 +49,21 @@ def test_spans_exported_by_a_service_are_listed_found_and_drawn(tmp_path: Path) 
         assert {s["name"] for s in spans} == {"GET /hop/{n}", "process_signal"}
         page = httpx.get(f"{base}/trace/{trace['trace_id']}").text
         assert "GET /hop/{n}" in page and "process_signal" in page
-        assert httpx.get(f"{base}/?q={trace['trace_id']}").text.count("/trace/") == 1
+        assert httpx.get(f"{base}/?key=BTCUSDT").text.count(f"/trace/{trace['trace_id']}") == 1
 
 
-def test_a_malformed_export_is_refused_with_a_reason() -> None:
+def test_a_malformed_export_is_refused_with_a_reason(tmp_path: Path) -> None:
     from starlette.testclient import TestClient
 
-    client = TestClient(create_app())
-    response = client.post("/v1/traces", content=b"\xff\xff not protobuf")
+    with SqliteSpanStore(tmp_path / "spans.sqlite") as store:
+        client = TestClient(create_app(store))
+        response = client.post(
+            "/v1/traces",
+            content=b"\xff\xff not protobuf",
+            headers={"Content-Type": "application/x-protobuf"},
+        )
     assert response.status_code == 400
-    assert "cannot decode OTLP request" in response.json()["error"]
+    assert "not an OTLP ExportTraceServiceRequest" in response.json()["message"]
 
 
 def test_memory_is_bounded_by_forgetting_the_oldest_traces() -> None:

@@ -119,7 +119,18 @@ async def test_an_approved_buy_becomes_one_order_with_a_deterministic_id(
     assert "bot_tick_to_order_seconds_count" in metrics
 
 
-async def test_every_skip_is_recorded_with_its_reason(bot: Bot, upstreams: Upstreams) -> None:
+def decide_spans(spans: list[Any], symbols: set[str]) -> dict[str, Any]:
+    """The latest `decide` span of each of `symbols`."""
+    return {
+        s.attributes["symbol"]: s
+        for s in spans
+        if s.name == "decide" and s.attributes.get("symbol") in symbols
+    }
+
+
+async def test_every_skip_is_recorded_with_its_reason(
+    bot: Bot, upstreams: Upstreams, otlp: OtlpReceiver
+) -> None:
     upstreams.signals.update(
         AAAUSDT=("HOLD", 0.52),
         BBBUSDT=("BUY", 0.55),
@@ -152,9 +163,21 @@ async def test_every_skip_is_recorded_with_its_reason(bot: Bot, upstreams: Upstr
     assert (denied["outcome"], denied["detail"]) == ("DENIED", "stub")
     assert httpx.get(f"{bot.url}/decisions", params={"reason": "NOPE"}).json()["count"] == 0
 
+    # Each decision is a `decide` span carrying the same outcome, reason and inputs, so a trace
+    # viewer answers "why did the bot not trade" from the spans alone.
+    wanted = set(expected)
+    spans = otlp.wait_for(lambda got: set(decide_spans(got, wanted)) == wanted)
+    for symbol, span in decide_spans(spans, wanted).items():
+        a = span.attributes
+        assert (a["outcome"], a["reason"]) == expected[symbol], symbol
+        assert a["model_version"] == "stub-1"
+        assert a["direction"] == upstreams.signals[symbol][0]
+        assert a["confidence"] == upstreams.signals[symbol][1]
+    assert decide_spans(spans, {"DDDUSDT"})["DDDUSDT"].attributes["detail"] == "stub"
+
 
 async def test_stale_ticks_are_recorded_as_skipped_decisions(
-    bot: Bot, upstreams: Upstreams
+    bot: Bot, upstreams: Upstreams, otlp: OtlpReceiver
 ) -> None:
     upstreams.signals["OLDUSDT"] = ("BUY", 0.9)
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
@@ -184,6 +207,11 @@ async def test_stale_ticks_are_recorded_as_skipped_decisions(
     assert upstreams.orders == {}
     metrics = httpx.get(f"{bot.url}/metrics").text
     assert 'bot_decisions_total{outcome="SKIPPED",reason="STALE_TICK"} 1.0' in metrics
+    # The skip is a `decide` span too, in the stale tick's trace.
+    spans = otlp.wait_for(lambda got: "OLDUSDT" in decide_spans(got, {"OLDUSDT"}))
+    span = decide_spans(spans, {"OLDUSDT"})["OLDUSDT"]
+    assert (span.attributes["outcome"], span.attributes["reason"]) == ("SKIPPED", "STALE_TICK")
+    assert span.attributes["detail"] == stale["detail"] and span.trace_id == stale["trace_id"]
 
 
 async def test_a_retried_tick_never_submits_twice(bot: Bot, upstreams: Upstreams) -> None:

@@ -1,0 +1,1345 @@
+"""Spans on disk: a SQLite span store that survives restarts, with importance-aware retention.
+
+Layout (one SQLite file in WAL mode, `synchronous=NORMAL`):
+
+- `traces`: one row per trace (16-byte id, first start, last end, span and error counts, flags:
+  error / noise / important, the root span's service and operation) indexed by start time;
+- `spans`: one compact row per span: the trace's integer reference instead of its id, 8-byte
+  span and parent ids as BLOBs, service and operation as small integers from the `names`
+  dictionary, start (ns), duration (ns), flags (error, kind), the resource as a reference to
+  `resources`, attributes as compact JSON with dictionary-coded keys `[key id, value, ...]`,
+  events/links/status message (rare) in `extra`. Indexed by trace and by service + start
+  (covering duration and operation, so "service X, slower than Y, newest 20" reads the index
+  only);
+- `keys`: promoted business keys (any attribute named `client_order_id`, `order_id`, `symbol`,
+  `model_version` or ending in `.<that>`), one row per value and trace;
+- `links`: one row per linked pair of traces, indexed both ways, so an order's traces are found
+  in either direction and transitively;
+- `stage_hist`: per minute and `service: operation`, a log-bucketed duration histogram (2 %
+  wide buckets) of EVERY span received, counted before sampling, so per-stage quantiles over a
+  million spans read a few thousand rows and stay unbiased when ticks are sampled down;
+- `logs`: OTLP log records, indexed by trace and span id.
+
+Writes go through a bounded queue to one background writer thread: `ingest` never blocks;
+when the queue holds `queue_spans` spans, a batch is refused and counted as dropped. The writer
+holds each new trace in memory for `hold_s` seconds before it decides: a trace that shows an
+order, a fill, a risk denial, a stop, a kill switch or an error (`_importance`) is written at
+once and always kept; a plain trace (a tick that led to no order) is kept with probability
+`tick_sample_rate` and noise (health checks, metrics scrapes, idle polling) with
+`noise_sample_rate`, marked as noise so searches leave it out by default. The decision is by
+trace id, so every span of a sampled trace is kept together. A span that arrives after its
+trace was sampled out is dropped too (and counted), unless it makes the trace important: then it
+is kept from there on.
+
+Retention runs in the writer every `retention_interval_s`: traces older than `max_age_s` go,
+then, while the live pages exceed `max_bytes`, the oldest traces go (plain and noise ones before
+important ones). Every removed span is counted in `StoreStats.evicted_spans`. The counters are
+kept in the file, so they survive a restart too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._importance import Importance, level_of, trace_level
+from ._queries import (
+    BUSINESS_KEYS,
+    LogRecord,
+    SearchQuery,
+    StageQuantiles,
+    StoreStats,
+    TraceSummary,
+)
+from ._store import KINDS, StoredSpan
+from .otlp import _value, decode_logs
+
+__all__ = ["MalformedPayload", "SqliteSpanStore"]
+
+log = logging.getLogger(__name__)
+
+_KIND_CODES = {name: code for code, name in KINDS.items()}
+_SERVICE, _OPERATION, _SHAPE = 0, 1, 2
+"""Kinds of `names` entries: services, operations, attribute key sets (JSON lists)."""
+_SPAN_ERROR = 1
+_TRACE_ERROR, _TRACE_NOISE, _TRACE_IMPORTANT = 1, 2, 4
+_TRACE_LEVEL_FLAGS = {
+    Importance.PLAIN: 0,
+    Importance.NOISE: _TRACE_NOISE,
+    Importance.IMPORTANT: _TRACE_IMPORTANT,
+}
+_BUCKET_BASE = math.log(1.02)
+_MINUTE_NS = 60_000_000_000
+_COUNTERS = ("received_spans", "dropped_spans", "evicted_spans", "sampled_out_spans")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS names(
+    id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL, UNIQUE(kind, name));
+CREATE TABLE IF NOT EXISTS resources(id INTEGER PRIMARY KEY, attrs TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS traces(
+    id INTEGER PRIMARY KEY, tid BLOB NOT NULL UNIQUE, start INTEGER NOT NULL,
+    end INTEGER NOT NULL, spans INTEGER NOT NULL, errors INTEGER NOT NULL,
+    flags INTEGER NOT NULL, root_svc INTEGER, root_op INTEGER);
+CREATE INDEX IF NOT EXISTS traces_start ON traces(start);
+CREATE TABLE IF NOT EXISTS spans(
+    trace INTEGER NOT NULL, sid BLOB NOT NULL, parent BLOB,
+    svc INTEGER NOT NULL, op INTEGER NOT NULL, start INTEGER NOT NULL, dur INTEGER NOT NULL,
+    flags INTEGER NOT NULL, res INTEGER, attrs BLOB, extra BLOB,
+    PRIMARY KEY(trace, sid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS spans_svc ON spans(svc, start, dur, op);
+CREATE TABLE IF NOT EXISTS keys(
+    value TEXT NOT NULL, trace INTEGER NOT NULL, PRIMARY KEY(value, trace)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keys_trace ON keys(trace);
+CREATE TABLE IF NOT EXISTS links(a INTEGER NOT NULL, b BLOB NOT NULL, PRIMARY KEY(a, b))
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS links_b ON links(b, a);
+CREATE TABLE IF NOT EXISTS stage_hist(
+    minute INTEGER NOT NULL, svc INTEGER NOT NULL, op INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL, PRIMARY KEY(minute, svc, op, bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS logs(
+    id INTEGER PRIMARY KEY, time INTEGER NOT NULL, trace BLOB, span BLOB, severity TEXT,
+    body TEXT, svc INTEGER, attrs TEXT);
+CREATE INDEX IF NOT EXISTS logs_span ON logs(trace, span) WHERE trace IS NOT NULL;
+CREATE INDEX IF NOT EXISTS logs_time ON logs(time);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+_SPAN_COLUMNS = (
+    "s.trace, s.sid, s.parent, s.svc, s.op, s.start, s.dur, s.flags, s.res, s.attrs, s.extra"
+)
+
+
+_Rec = tuple[Any, ...]
+"""A span on its way to the file: (trace id, span id, parent id or None, service, name,
+OTLP kind, start ns, end ns, error, attributes, extra JSON or None, linked trace ids,
+resource, importance). Tuples: the writer handles tens of thousands a second."""
+
+
+class MalformedPayload(ValueError):
+    """An OTLP request body that does not decode; the message says why."""
+
+
+@dataclass
+class _Held:
+    first_seen: float
+    spans: list[_Rec] = field(default_factory=list)
+
+
+def _extra(
+    events: list[tuple[str, dict[str, Any]]], links: list[tuple[str, str]], message: str
+) -> bytes | None:
+    """Events, links and the status message (most spans have none) as one JSON text."""
+    if not (events or links or message):
+        return None
+    extra: dict[str, Any] = {}
+    if events:
+        extra["e"] = events
+    if links:
+        extra["l"] = links
+    if message:
+        extra["m"] = message
+    return _dumpb(extra)
+
+
+def _record(span: StoredSpan) -> _Rec:
+    links = span.links
+    return (
+        bytes.fromhex(span.trace_id),
+        bytes.fromhex(span.span_id),
+        bytes.fromhex(span.parent_span_id) if span.parent_span_id else None,
+        span.service,
+        span.name,
+        _KIND_CODES.get(span.kind, 0),
+        span.start_ns,
+        span.end_ns,
+        span.error,
+        span.attributes,
+        _extra(span.events, links, span.status_message),
+        tuple({bytes.fromhex(t) for t, _ in links}),
+        span.resource,
+        level_of(span.name, span.attributes, span.error),
+    )
+
+
+def _parse(payload: bytes) -> tuple[Any, int]:
+    """Parse an `ExportTraceServiceRequest` (protobuf's C code, fast) and check its ids; the
+    request and its number of spans. The Python-level work waits for the writer thread."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    request = ExportTraceServiceRequest.FromString(payload)
+    count = 0
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                if len(s.trace_id) != 16 or len(s.span_id) != 8:
+                    raise ValueError(
+                        f"span {s.name!r} has a {len(s.trace_id)}-byte trace id and a "
+                        f"{len(s.span_id)}-byte span id; OTLP wants 16 and 8"
+                    )
+            count += len(ss.spans)
+    return request, count
+
+
+def _records(request: Any) -> list[_Rec]:
+    """The spans of a parsed `ExportTraceServiceRequest`, as records."""
+    out: list[_Rec] = []
+    append = out.append
+    value_of = _value
+    for rs in request.resource_spans:
+        resource = {kv.key: value_of(kv.value) for kv in rs.resource.attributes}
+        service = str(resource.get("service.name", "unknown"))
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                attrs = {}
+                for kv in s.attributes:
+                    v = kv.value
+                    which = v.WhichOneof("value")
+                    attrs[kv.key] = getattr(v, which) if which in _SCALARS else value_of(v)
+                error = s.status.code == 2
+                name = s.name
+                if s.events or s.links or s.status.message:
+                    links = [(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links]
+                    extra = _extra(
+                        [
+                            (e.name, {kv.key: value_of(kv.value) for kv in e.attributes})
+                            for e in s.events
+                        ],
+                        links,
+                        s.status.message,
+                    )
+                    linked = tuple({lk.trace_id for lk in s.links})
+                else:
+                    extra, linked = None, ()
+                append(
+                    (
+                        s.trace_id,
+                        s.span_id,
+                        s.parent_span_id or None,
+                        service,
+                        name,
+                        s.kind,
+                        s.start_time_unix_nano,
+                        s.end_time_unix_nano,
+                        error,
+                        attrs,
+                        extra,
+                        linked,
+                        resource,
+                        level_of(name, attrs, error),
+                    )
+                )
+    return out
+
+
+_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
+def _bucket_ms(bucket: int) -> float:
+    """The middle of a bucket, in milliseconds."""
+    return math.exp((bucket + 0.5) * _BUCKET_BASE) / 1e6
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+_json_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, default=_json_default
+).encode
+
+
+def _dumpb(value: object) -> bytes:
+    """Compact JSON as bytes (stored as a BLOB): orjson, or the standard library for what
+    orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return _json_encode(value).encode()
+
+
+def _dumps(value: object) -> str:
+    return _dumpb(value).decode()
+
+
+def _sampled(trace_id: bytes, rate: float) -> bool:
+    """Keep a trace with probability `rate`, the same answer for every span of it."""
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    # Multiplicative hashing spreads ids that are not random (sequential ones, say).
+    low = int.from_bytes(trace_id[-4:], "big")
+    return (low * 2654435761) % 0x1_0000_0000 < rate * 0x1_0000_0000
+
+
+class SqliteSpanStore:
+    """The span store of the embedded collector (see the module docstring).
+
+    `path` is the SQLite file (created with its directory). Reads may come from any thread;
+    writes happen on the writer thread only. Call `close()` to write what is held and stop.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_age_s: float = 7 * 86400,
+        max_bytes: int = 1 << 30,
+        tick_sample_rate: float = 0.1,
+        noise_sample_rate: float = 0.01,
+        hold_s: float = 2.0,
+        queue_spans: int = 200_000,
+        batch_spans: int = 4096,
+        retention_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for name, value in (
+            ("max_age_s", max_age_s),
+            ("max_bytes", max_bytes),
+            ("queue_spans", queue_spans),
+            ("batch_spans", batch_spans),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name, rate in (
+            ("tick_sample_rate", tick_sample_rate),
+            ("noise_sample_rate", noise_sample_rate),
+        ):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {rate}")
+        self.path = Path(path).resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
+        self.tick_sample_rate = tick_sample_rate
+        self.noise_sample_rate = noise_sample_rate
+        self.hold_s = hold_s
+        self.queue_spans = queue_spans
+        self.batch_spans = batch_spans
+        self.retention_interval_s = retention_interval_s
+        self._clock = clock
+
+        self._db = self._connect()
+        self._db.executescript(_SCHEMA)
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        for key, value in self._db.execute("SELECT key, value FROM meta"):
+            if key in self._counters:
+                self._counters[key] = value
+        self._db.commit()
+        self._load_state()
+        self._resources_by_id: dict[int, dict[str, Any]] = {}
+
+        self._queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
+        self._queued = 0
+        self._queue_lock = threading.Lock()
+        self._held: OrderedDict[bytes, _Held] = OrderedDict()
+        self._kept: OrderedDict[bytes, Importance] = OrderedDict()
+        self._dropped: OrderedDict[bytes, None] = OrderedDict()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._last_retention = 0.0
+        self._closed = False
+        self.writer_error: BaseException | None = None
+        self._writer = threading.Thread(target=self._run, name="span-store-writer", daemon=True)
+        self._writer.start()
+
+    def _load_state(self) -> None:
+        """What the writer keeps in memory, read from the file (at start, and after a batch
+        failed and was rolled back: its new names and traces are not in the file)."""
+        db = self._db
+        self._span_count = db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+        self._trace_count = db.execute("SELECT COUNT(*) FROM traces").fetchone()[0]
+        self._names: dict[tuple[int, str], int] = {}
+        self._names_by_id: dict[int, str] = {}
+        self._service_ids: dict[str, int] = {}
+        self._operation_ids: dict[str, int] = {}
+        self._shape_ids: dict[tuple[str, ...], int] = {}
+        self._shapes_by_id: dict[int, tuple[str, ...]] = {}
+        self._business_slots: dict[int, tuple[int, ...]] = {}
+        for id_, kind, name in db.execute("SELECT id, kind, name FROM names"):
+            self._names[(kind, name)] = id_
+            self._names_by_id[id_] = name
+            if kind == _SERVICE:
+                self._service_ids[name] = id_
+            elif kind == _OPERATION:
+                self._operation_ids[name] = id_
+            elif kind == _SHAPE:
+                keys = tuple(orjson.loads(name))
+                self._shape_ids[keys] = id_
+                self._shapes_by_id[id_] = keys
+                self._business_slots[id_] = tuple(
+                    i for i, key in enumerate(keys) if key.rsplit(".", 1)[-1] in BUSINESS_KEYS
+                )
+        self._resource_ids: dict[str, int] = {}
+        self._refs: dict[bytes, int] = {}
+        self._next_ref = 1 + (db.execute("SELECT max(id) FROM traces").fetchone()[0] or 0)
+
+    # Connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA cache_size=-32000")
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            db.execute("PRAGMA query_only=1")
+            self._local.db = db
+            with self._queue_lock:
+                self._readers.append(db)
+        return db
+
+    # Ingest (any thread, never blocks) -----------------------------------------------------
+
+    def ingest(self, spans: Sequence[StoredSpan]) -> int:
+        """Queue spans for writing; the number refused (all of them when the queue is full)."""
+        return self._offer("spans", [_record(s) for s in spans], len(spans))
+
+    def ingest_logs(self, records: Sequence[LogRecord]) -> int:
+        """Queue log records for writing; the number refused."""
+        return self._offer("logs", list(records), len(records))
+
+    def ingest_otlp(self, payload: bytes) -> tuple[int, int]:
+        """Decode an `ExportTraceServiceRequest` and queue its spans: (accepted, refused)."""
+        try:
+            request, count = _parse(payload)
+        except Exception as exc:  # protobuf raises DecodeError, a bad id ValueError
+            raise MalformedPayload(f"not an OTLP ExportTraceServiceRequest: {exc}") from exc
+        refused = self._offer("otlp", request, count)
+        return count - refused, refused
+
+    def ingest_otlp_logs(self, payload: bytes) -> tuple[int, int]:
+        """Decode an `ExportLogsServiceRequest` and queue its records: (accepted, refused)."""
+        try:
+            decoded = decode_logs(payload)
+        except Exception as exc:  # see ingest_otlp
+            raise MalformedPayload(f"not an OTLP ExportLogsServiceRequest: {exc}") from exc
+        records = [
+            LogRecord(
+                time_ns=r.time_ns,
+                severity=r.severity,
+                body=r.body if isinstance(r.body, str) else _dumps(r.body),
+                service=str(r.resource.get("service.name", "unknown")),
+                trace_id=r.trace_id,
+                span_id=r.span_id,
+                attributes=r.attributes,
+            )
+            for r in decoded
+        ]
+        refused = self.ingest_logs(records)
+        return len(records) - refused, refused
+
+    def add_otlp(self, payload: bytes) -> int:
+        """`TraceStore`'s ingest call: the spans accepted."""
+        return self.ingest_otlp(payload)[0]
+
+    def ingest_routes(self) -> list[Any]:
+        """The OTLP/HTTP routes into this store (`POST /v1/traces`, `POST /v1/logs`)."""
+        from ._collector import ingest_routes
+
+        return ingest_routes(self)
+
+    @property
+    def queue_depth(self) -> int:
+        """Spans and log records queued, not yet taken by the writer."""
+        return self._queued
+
+    @property
+    def received_spans(self) -> int:
+        return self._counters["received_spans"]
+
+    def _offer(self, kind: str, items: list[Any], count: int) -> int:
+        if not count:
+            return 0
+        with self._queue_lock:
+            if self._closed or self._queued + count > self.queue_spans:
+                if kind != "logs":
+                    self._counters["dropped_spans"] += count
+                return count
+            self._queued += count
+            if kind != "logs":
+                self._counters["received_spans"] += count
+        self._queue.put((kind, items, count))
+        return 0
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is written, held traces decided at once."""
+        done = threading.Event()
+        self._queue.put(("flush", done, 0))
+        if not done.wait(timeout):
+            raise TimeoutError(f"the span store did not flush within {timeout} s")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued and held, stop the writer, close the file."""
+        with self._queue_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(("stop", None, 0))
+        self._writer.join(timeout)
+        with self._queue_lock:
+            readers, self._readers = self._readers, []
+        for db in readers:
+            db.close()
+
+    def __enter__(self) -> SqliteSpanStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # reported through stats; the thread must not die quietly
+            self.writer_error = exc
+            raise
+        finally:
+            try:
+                # Fold the write-ahead log into the file, so a stopped store is one file.
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._db.close()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                item: tuple[str, Any, int] | None = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                item = None
+            spans: list[_Rec] = []
+            logs: list[LogRecord] = []
+            signals: list[tuple[str, Any, int]] = []
+            taken = 0
+            while item is not None:
+                kind, payload, count = item
+                taken += count
+                try:
+                    if kind == "spans":
+                        spans.extend(payload)
+                    elif kind == "otlp":
+                        spans.extend(_records(payload))
+                    elif kind == "logs":
+                        logs.extend(payload)
+                except Exception:  # one bad request must not stop the writer
+                    log.exception("the span store could not read %d queued items", count)
+                    self._counters["dropped_spans"] += count if kind != "logs" else 0
+                if kind in ("flush", "stop"):
+                    signals.append(item)
+                    break
+                if len(spans) + len(logs) >= self.batch_spans:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            force = bool(signals)
+            try:
+                self._write(spans, logs, force=force)
+            except Exception:  # a failed batch is lost and counted; the writer carries on
+                log.exception("the span store could not write a batch of %d spans", len(spans))
+                self._counters["dropped_spans"] += len(spans)
+            with self._queue_lock:
+                self._queued -= taken
+            now = time.monotonic()
+            if force or now - self._last_retention >= self.retention_interval_s:
+                self._last_retention = now
+                try:
+                    self._retain()
+                except Exception:  # retried at the next interval
+                    log.exception("the span store's retention failed")
+            for kind, payload, _ in signals:
+                if kind == "flush":
+                    payload.set()
+                elif kind == "stop":
+                    return
+
+    def _write(self, spans: list[_Rec], logs: list[LogRecord], *, force: bool) -> None:
+        now = time.monotonic()
+        out: list[_Rec] = []
+        counts: Counter[tuple[int, str, str, int]] = Counter()
+        log = math.log
+        route = self._route
+        for rec in spans:
+            duration = rec[7] - rec[6]
+            bucket = int(log(duration) / _BUCKET_BASE) if duration > 1 else 0
+            counts[(rec[6] // _MINUTE_NS, rec[3], rec[4], bucket)] += 1
+            route(rec, now, out)
+        hist = {
+            (minute, self._service_id(service), self._operation_id(name), bucket): n
+            for (minute, service, name, bucket), n in counts.items()
+        }
+        self._decide(now, out, force=force)
+        if not out and not logs and not hist:
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            if out:
+                self._write_spans(out)
+            if hist:
+                db.executemany(
+                    "INSERT INTO stage_hist(minute, svc, op, bucket, n) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                    [(*key, n) for key, n in hist.items()],
+                )
+            if logs:
+                self._write_logs(logs)
+            self._save_counters()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._load_state()
+            raise
+
+    def _route(self, rec: _Rec, now: float, out: list[_Rec]) -> None:
+        """Write the span, hold it until its trace is decided, or drop it (sampled out).
+
+        The trace's level is in `_kept` by the time its spans are written."""
+        tid = rec[0]
+        level = self._kept.get(tid)
+        if level is not None:
+            if rec[13] is Importance.IMPORTANT:
+                level = self._kept[tid] = Importance.IMPORTANT
+            out.append(rec)
+            return
+        if tid in self._dropped:
+            if rec[13] is Importance.IMPORTANT:
+                del self._dropped[tid]
+                self._remember(self._kept, tid, Importance.IMPORTANT)
+                out.append(rec)
+            else:
+                self._counters["sampled_out_spans"] += 1
+            return
+        held = self._held.get(tid)
+        if held is None:
+            held = self._held[tid] = _Held(now)
+        held.spans.append(rec)
+        if rec[13] is Importance.IMPORTANT:
+            del self._held[tid]
+            self._remember(self._kept, tid, Importance.IMPORTANT)
+            out.extend(held.spans)
+
+    def _decide(self, now: float, out: list[_Rec], *, force: bool) -> None:
+        while self._held:
+            tid, held = next(iter(self._held.items()))
+            if not force and now - held.first_seen < self.hold_s:
+                break
+            del self._held[tid]
+            level = trace_level((r[13], r[5]) for r in held.spans)
+            rate = {
+                Importance.IMPORTANT: 1.0,
+                Importance.NOISE: self.noise_sample_rate,
+                Importance.PLAIN: self.tick_sample_rate,
+            }[level]
+            if _sampled(tid, rate):
+                self._remember(self._kept, tid, level)
+                out.extend(held.spans)
+            else:
+                self._remember(self._dropped, tid, None)
+                self._counters["sampled_out_spans"] += len(held.spans)
+
+    @staticmethod
+    def _remember(lru: OrderedDict[bytes, Any], key: bytes, value: Any) -> None:
+        lru[key] = value
+        lru.move_to_end(key)
+        if len(lru) > 200_000:
+            lru.popitem(last=False)
+
+    def _name_id(self, kind: int, name: str) -> int:
+        key = (kind, name)
+        found = self._names.get(key)
+        if found is None:
+            db = self._db
+            db.execute("INSERT OR IGNORE INTO names(kind, name) VALUES (?, ?)", key)
+            found = db.execute("SELECT id FROM names WHERE kind = ? AND name = ?", key).fetchone()[
+                0
+            ]
+            self._names[key] = found
+            self._names_by_id[found] = name
+            if kind == _SERVICE:
+                self._service_ids[name] = found
+            elif kind == _OPERATION:
+                self._operation_ids[name] = found
+        return found
+
+    def _service_id(self, name: str) -> int:
+        found = self._service_ids.get(name)
+        return self._name_id(_SERVICE, name) if found is None else found
+
+    def _operation_id(self, name: str) -> int:
+        found = self._operation_ids.get(name)
+        return self._name_id(_OPERATION, name) if found is None else found
+
+    def _shape_id(self, keys: tuple[str, ...]) -> int:
+        """The attribute keys of a span, in order, as one dictionary entry."""
+        found = self._shape_ids.get(keys)
+        if found is None:
+            found = self._name_id(_SHAPE, _dumps(keys))
+            self._shape_ids[keys] = found
+            self._shapes_by_id[found] = keys
+            self._business_slots[found] = tuple(
+                i for i, key in enumerate(keys) if key.rsplit(".", 1)[-1] in BUSINESS_KEYS
+            )
+        return found
+
+    def _resource_id(self, resource: dict[str, Any]) -> int:
+        text = _dumps(resource)
+        found = self._resource_ids.get(text)
+        if found is None:
+            db = self._db
+            db.execute("INSERT OR IGNORE INTO resources(attrs) VALUES (?)", (text,))
+            found = db.execute("SELECT id FROM resources WHERE attrs = ?", (text,)).fetchone()[0]
+            self._resource_ids[text] = found
+        return found
+
+    def _trace_refs(self, tids: Iterable[bytes]) -> dict[bytes, int]:
+        """The integer reference of each trace id already stored (from a cache, else the file)."""
+        refs = self._refs
+        unknown = [t for t in tids if t not in refs]
+        for i in range(0, len(unknown), 500):
+            part = unknown[i : i + 500]
+            marks = ",".join("?" * len(part))
+            refs.update(
+                self._db.execute(f"SELECT tid, id FROM traces WHERE tid IN ({marks})", part)
+            )
+        if len(refs) > 400_000:
+            for key in list(refs)[:200_000]:
+                del refs[key]
+        return refs
+
+    def _write_spans(self, spans: list[_Rec]) -> None:
+        db = self._db
+        by_trace: dict[bytes, list[_Rec]] = {}
+        for rec in spans:
+            group = by_trace.get(rec[0])
+            if group is None:
+                by_trace[rec[0]] = [rec]
+            else:
+                group.append(rec)
+        refs = self._trace_refs(by_trace)
+        new_traces = []
+        updates = []
+        rows = []
+        keys: list[tuple[str, int]] = []
+        links: list[tuple[int, bytes]] = []
+        resources: dict[int, int] = {}
+        service_id = self._service_id
+        operation_id = self._operation_id
+        shape_ids = self._shape_ids
+        slots = self._business_slots
+        kept = self._kept
+        service_ids = self._service_ids
+        operation_ids = self._operation_ids
+        for tid, recs in by_trace.items():
+            ref = refs.get(tid)
+            if ref is None:
+                ref = refs[tid] = self._next_ref
+                self._next_ref += 1
+                self._trace_count += 1
+                new = True
+            else:
+                new = False
+            start = end = recs[0][6]
+            errors = 0
+            root = None
+            trace_keys: set[str] = set()
+            for rec in recs:
+                (
+                    _,
+                    sid,
+                    parent,
+                    service,
+                    name,
+                    kind,
+                    t0,
+                    t1,
+                    error,
+                    attrs,
+                    extra,
+                    linked,
+                    resource,
+                    _,
+                ) = rec
+                if t0 < start:
+                    start = t0
+                if t1 > end:
+                    end = t1
+                if error:
+                    errors += 1
+                if parent is None:
+                    root = rec
+                if attrs:
+                    shape_key = tuple(attrs)
+                    shape = shape_ids.get(shape_key)
+                    if shape is None:
+                        shape = self._shape_id(shape_key)
+                    values = list(attrs.values())
+                    for i in slots[shape]:
+                        value = values[i]
+                        if isinstance(value, str | int) and value != "":
+                            trace_keys.add(str(value))
+                    values.insert(0, shape)
+                    encoded = _dumpb(values)
+                else:
+                    encoded = None
+                for other in linked:
+                    if other != tid:
+                        links.append((ref, other))
+                res = resources.get(id(resource))
+                if res is None:
+                    res = resources[id(resource)] = self._resource_id(resource)
+                svc = service_ids.get(service)
+                if svc is None:
+                    svc = service_id(service)
+                op = operation_ids.get(name)
+                if op is None:
+                    op = operation_id(name)
+                rows.append(
+                    (
+                        ref,
+                        sid,
+                        parent,
+                        svc,
+                        op,
+                        t0,
+                        t1 - t0,
+                        (_SPAN_ERROR if error else 0) | (kind << 3),
+                        res,
+                        encoded,
+                        extra,
+                    )
+                )
+            keys.extend((value, ref) for value in trace_keys)
+            level = kept.get(tid, Importance.IMPORTANT)
+            flags = (_TRACE_ERROR if errors else 0) | _TRACE_LEVEL_FLAGS[level]
+            root_svc = service_id(root[3]) if root else None
+            root_op = operation_id(root[4]) if root else None
+            if new:
+                new_traces.append(
+                    (ref, tid, start, end, len(recs), errors, flags, root_svc, root_op)
+                )
+            else:
+                updates.append(
+                    (start, end, len(recs), errors, flags, flags, flags, root_svc, root_op, ref)
+                )
+        if new_traces:
+            db.executemany(
+                "INSERT INTO traces(id, tid, start, end, spans, errors, flags, root_svc, root_op) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                new_traces,
+            )
+        if updates:
+            db.executemany(
+                "UPDATE traces SET start = min(start, ?), end = max(end, ?), "
+                "spans = spans + ?, errors = errors + ?, "
+                "flags = CASE WHEN ? & 4 THEN (flags | ?) & ~2 ELSE flags | ? END, "
+                "root_svc = coalesce(?, root_svc), root_op = coalesce(?, root_op) WHERE id = ?",
+                updates,
+            )
+        before = db.total_changes
+        # A span sent twice (an exporter's retry after a timeout) is stored once.
+        db.executemany(
+            "INSERT OR IGNORE INTO spans(trace, sid, parent, svc, op, start, dur, flags, res, "
+            "attrs, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        self._span_count += db.total_changes - before
+        if keys:
+            db.executemany("INSERT OR IGNORE INTO keys(value, trace) VALUES (?, ?)", keys)
+        if links:
+            db.executemany("INSERT OR IGNORE INTO links(a, b) VALUES (?, ?)", links)
+
+    def _write_logs(self, records: list[LogRecord]) -> None:
+        rows = [
+            (
+                r.time_ns,
+                bytes.fromhex(r.trace_id) if r.trace_id else None,
+                bytes.fromhex(r.span_id) if r.span_id else None,
+                r.severity,
+                r.body,
+                self._name_id(_SERVICE, r.service),
+                _dumps(r.attributes) if r.attributes else None,
+            )
+            for r in records
+        ]
+        self._db.executemany(
+            "INSERT INTO logs(time, trace, span, severity, body, svc, attrs) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _save_counters(self) -> None:
+        self._db.executemany(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT DO UPDATE SET value = excluded.value",
+            list(self._counters.items()),
+        )
+
+    # Retention (writer thread) -------------------------------------------------------------
+
+    def _retain(self) -> None:
+        db = self._db
+        cutoff = int((self._clock() - self.max_age_s) * 1e9)
+        while True:
+            refs = [
+                r
+                for (r,) in db.execute(
+                    "SELECT id FROM traces WHERE start < ? LIMIT 2000", (cutoff,)
+                )
+            ]
+            if not refs:
+                break
+            self._evict(refs)
+        db.execute("BEGIN")
+        db.execute("DELETE FROM logs WHERE time < ?", (cutoff,))
+        db.execute("DELETE FROM stage_hist WHERE minute < ?", (cutoff // _MINUTE_NS,))
+        db.execute("COMMIT")
+        for _ in range(1000):
+            used = self._used_bytes()
+            if used <= self.max_bytes or not self._span_count:
+                break
+            per_span = max(used / max(self._span_count, 1), 50.0)
+            target = int((used - 0.9 * self.max_bytes) / per_span) + 1
+            refs = []
+            for where in ("flags & 4 = 0", "1"):
+                total = 0
+                for ref, n in db.execute(
+                    f"SELECT id, spans FROM traces WHERE {where} ORDER BY id LIMIT ?",
+                    (min(target, 20_000),),
+                ):
+                    refs.append(ref)
+                    total += n
+                    if total >= target:
+                        break
+                if refs:
+                    break
+            if not refs:
+                break
+            self._evict(refs)
+            oldest = db.execute("SELECT min(start) FROM traces").fetchone()[0]
+            if oldest is not None:
+                db.execute("DELETE FROM logs WHERE time < ?", (oldest,))
+
+    def _evict(self, refs: list[int]) -> None:
+        db = self._db
+        marks = ",".join("?" * len(refs))
+        db.execute("BEGIN")
+        try:
+            removed = db.execute(f"DELETE FROM spans WHERE trace IN ({marks})", refs).rowcount
+            db.execute(f"DELETE FROM keys WHERE trace IN ({marks})", refs)
+            db.execute(f"DELETE FROM links WHERE a IN ({marks})", refs)
+            gone = db.execute(f"DELETE FROM traces WHERE id IN ({marks})", refs).rowcount
+            self._span_count -= removed
+            self._trace_count -= gone
+            self._counters["evicted_spans"] += removed
+            self._save_counters()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            self._refs.clear()
+
+    def _used_bytes(self) -> int:
+        db = self._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    # Reads (any thread) --------------------------------------------------------------------
+
+    def _name(self, id_: int | None) -> str:
+        if id_ is None:
+            return ""
+        found = self._names_by_id.get(id_)
+        if found is None:
+            row = self._reader().execute("SELECT name FROM names WHERE id = ?", (id_,)).fetchone()
+            found = row[0] if row else f"#{id_}"
+            self._names_by_id[id_] = found
+        return found
+
+    def _resource(self, id_: int | None) -> dict[str, Any]:
+        if id_ is None:
+            return {}
+        found = self._resources_by_id.get(id_)
+        if found is None:
+            row = (
+                self._reader()
+                .execute("SELECT attrs FROM resources WHERE id = ?", (id_,))
+                .fetchone()
+            )
+            found = orjson.loads(row[0]) if row else {}
+            self._resources_by_id[id_] = found
+        return found
+
+    def _shape(self, id_: int) -> tuple[str, ...]:
+        found = self._shapes_by_id.get(id_)
+        if found is None:
+            found = tuple(orjson.loads(self._name(id_) or "[]"))
+            self._shapes_by_id[id_] = found
+        return found
+
+    def _attributes(self, attrs: bytes | None) -> dict[str, Any]:
+        if not attrs:
+            return {}
+        values = orjson.loads(attrs)
+        return dict(zip(self._shape(values[0]), values[1:], strict=True))
+
+    def _span(self, tid: bytes, row: tuple[Any, ...]) -> StoredSpan:
+        _, sid, parent, svc, op, start, dur, flags, res, attrs, extra = row
+        more = orjson.loads(extra) if extra else {}
+        return StoredSpan(
+            trace_id=tid.hex(),
+            span_id=sid.hex(),
+            parent_span_id=parent.hex() if parent else "",
+            name=self._name(op),
+            kind=KINDS.get(flags >> 3, "unspecified"),
+            service=self._name(svc),
+            start_ns=start,
+            end_ns=start + dur,
+            attributes=self._attributes(attrs),
+            error=bool(flags & _SPAN_ERROR),
+            links=[(t, s) for t, s in more.get("l", ())],
+            events=[(n, a) for n, a in more.get("e", ())],
+            status_message=more.get("m", ""),
+            resource=self._resource(res),
+        )
+
+    @staticmethod
+    def _tid(trace_id: str) -> bytes | None:
+        try:
+            tid = bytes.fromhex(trace_id.strip())
+        except ValueError:
+            return None
+        return tid if len(tid) == 16 else None
+
+    def trace(self, trace_id: str) -> list[StoredSpan]:
+        tid = self._tid(trace_id)
+        if tid is None:
+            return []
+        rows = self._reader().execute(
+            f"SELECT {_SPAN_COLUMNS} FROM spans s WHERE s.trace = "
+            "(SELECT id FROM traces WHERE tid = ?) ORDER BY s.start",
+            (tid,),
+        )
+        return [self._span(tid, row) for row in rows]
+
+    def _trace_ref(self, tid: bytes) -> int | None:
+        row = self._reader().execute("SELECT id FROM traces WHERE tid = ?", (tid,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def linked_traces(self, trace_id: str) -> list[str]:
+        tid = self._tid(trace_id)
+        if tid is None:
+            return []
+        ref = self._trace_ref(tid)
+        return sorted(t.hex() for t in self._neighbours(ref, tid) if t != tid)
+
+    def _neighbours(self, ref: int | None, tid: bytes) -> set[bytes]:
+        db = self._reader()
+        found: set[bytes] = set()
+        if ref is not None:
+            found.update(b for (b,) in db.execute("SELECT b FROM links WHERE a = ?", (ref,)))
+        found.update(
+            t
+            for (t,) in db.execute(
+                "SELECT t.tid FROM links l JOIN traces t ON t.id = l.a WHERE l.b = ?", (tid,)
+            )
+        )
+        return found
+
+    def order_traces(self, key: str, max_traces: int = 500) -> list[str]:
+        db = self._reader()
+        seeds = [
+            (ref, tid)
+            for ref, tid in db.execute(
+                "SELECT t.id, t.tid FROM keys k JOIN traces t ON t.id = k.trace "
+                "WHERE k.value = ? ORDER BY t.id DESC LIMIT ?",
+                (key.strip(), max_traces),
+            )
+        ]
+        seen: dict[bytes, int] = {tid: ref for ref, tid in seeds}
+        frontier = list(seeds)
+        while frontier and len(seen) < max_traces:
+            ref, tid = frontier.pop()
+            for other in self._neighbours(ref, tid):
+                if other in seen:
+                    continue
+                other_ref = self._trace_ref(other)
+                if other_ref is None:
+                    continue  # linked, but not stored (sampled out or evicted)
+                seen[other] = other_ref
+                frontier.append((other_ref, other))
+        ordered = sorted(seen.items(), key=lambda item: item[1])
+        return [tid.hex() for tid, _ in ordered]
+
+    def spans_between(self, since_ns: int, until_ns: int, limit: int) -> list[StoredSpan]:
+        rows = self._reader().execute(
+            f"SELECT t.tid, {_SPAN_COLUMNS} FROM spans s JOIN traces t ON t.id = s.trace "
+            "WHERE s.start >= ? AND s.start <= ? ORDER BY s.trace DESC LIMIT ?",
+            (since_ns, until_ns, limit),
+        )
+        spans = [self._span(row[0], row[1:]) for row in rows]
+        spans.sort(key=lambda s: s.start_ns, reverse=True)
+        return spans
+
+    def stage_durations(self, since_ns: int, until_ns: int) -> dict[str, list[float]]:
+        """Every stored span's duration in the window (sampled traces only: see
+        `stage_quantiles` for quantiles over everything received)."""
+        db = self._reader()
+        out: dict[str, list[float]] = {}
+        services = [r for (r,) in db.execute("SELECT id FROM names WHERE kind = ?", (_SERVICE,))]
+        for svc in services:
+            service = self._name(svc)
+            for op, dur in db.execute(
+                "SELECT op, dur FROM spans WHERE svc = ? AND start >= ? AND start <= ?",
+                (svc, since_ns, until_ns),
+            ):
+                out.setdefault(f"{service}: {self._name(op)}", []).append(dur / 1e6)
+        return out
+
+    def stage_quantiles(
+        self, since_ns: int, until_ns: int, quantiles: Iterable[float] = (0.5, 0.99, 0.999)
+    ) -> dict[str, StageQuantiles]:
+        """Per `service: operation`, quantiles of the duration of every span received in the
+        window (whole minutes; counted before sampling), from the pre-aggregated histogram.
+        Each value is within 1 % of the exact one."""
+        wanted = sorted(quantiles)
+        counts: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for svc, op, bucket, n in self._reader().execute(
+            "SELECT svc, op, bucket, sum(n) FROM stage_hist WHERE minute >= ? AND minute <= ? "
+            "GROUP BY svc, op, bucket",
+            (since_ns // _MINUTE_NS, until_ns // _MINUTE_NS),
+        ):
+            counts.setdefault((svc, op), []).append((bucket, n))
+        out: dict[str, StageQuantiles] = {}
+        for (svc, op), buckets in counts.items():
+            total = sum(n for _, n in buckets)
+            values: dict[float, float] = {}
+            seen = 0
+            i = 0
+            for bucket, n in buckets:  # GROUP BY returns the buckets in ascending order
+                seen += n
+                while i < len(wanted) and seen >= wanted[i] * total:
+                    values[wanted[i]] = _bucket_ms(bucket)
+                    i += 1
+            while i < len(wanted):
+                values[wanted[i]] = _bucket_ms(buckets[-1][0])
+                i += 1
+            out[f"{self._name(svc)}: {self._name(op)}"] = StageQuantiles(total, values)
+        return out
+
+    def logs_for_span(self, trace_id: str, span_id: str) -> list[LogRecord]:
+        tid = self._tid(trace_id)
+        try:
+            sid = bytes.fromhex(span_id.strip())
+        except ValueError:
+            return []
+        if tid is None:
+            return []
+        rows = self._reader().execute(
+            "SELECT time, severity, body, svc, attrs FROM logs WHERE trace = ? AND span = ? "
+            "ORDER BY time",
+            (tid, sid),
+        )
+        return [
+            LogRecord(
+                time_ns=time_ns,
+                severity=severity or "",
+                body=body or "",
+                service=self._name(svc),
+                trace_id=tid.hex(),
+                span_id=sid.hex(),
+                attributes=orjson.loads(attrs) if attrs else {},
+            )
+            for time_ns, severity, body, svc, attrs in rows
+        ]
+
+    def stats(self) -> StoreStats:
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        c = self._counters
+        return StoreStats(
+            spans=self._span_count,
+            traces=self._trace_count,
+            bytes_on_disk=size,
+            received_spans=c["received_spans"],
+            dropped_spans=c["dropped_spans"],
+            evicted_spans=c["evicted_spans"],
+            sampled_out_spans=c["sampled_out_spans"],
+        )
+
+    # Search --------------------------------------------------------------------------------
+
+    def search(self, query: SearchQuery) -> list[TraceSummary]:
+        db = self._reader()
+        limit = max(1, query.limit)
+        span_filters = (
+            query.service is not None
+            or query.operation is not None
+            or query.min_ms is not None
+            or query.max_ms is not None
+            or query.error is not None
+            or bool(query.attributes)
+        )
+        where: list[str] = []
+        args: list[Any] = []
+        if not query.include_noise:
+            where.append("t.flags & 2 = 0")
+        keyed = [query.business_key] if query.business_key else []
+        keyed += [
+            value
+            for key, value in query.attributes.items()
+            if key.rsplit(".", 1)[-1] in BUSINESS_KEYS
+        ]
+        for value in keyed:
+            where.append("t.id IN (SELECT trace FROM keys WHERE value = ?)")
+            args.append(str(value).strip())
+        if not span_filters:
+            if query.since_ns is not None:
+                where.append("t.start >= ?")
+                args.append(query.since_ns)
+            if query.until_ns is not None:
+                where.append("t.start <= ?")
+                args.append(query.until_ns)
+            sql = "SELECT t.id FROM traces t"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY t.start DESC LIMIT ?"
+            refs = [r for (r,) in db.execute(sql, (*args, limit))]
+            return self._summaries(refs, {})
+
+        names = [query.service] if query.service is not None else []
+        svc = self._lookup(_SERVICE, query.service) if query.service is not None else None
+        op = self._lookup(_OPERATION, query.operation) if query.operation is not None else None
+        if (query.service is not None and svc is None) or (
+            query.operation is not None and op is None
+        ):
+            return []
+        del names
+        if svc is not None:
+            where.append("s.svc = ?")
+            args.append(svc)
+        if op is not None:
+            where.append("s.op = ?")
+            args.append(op)
+        if query.min_ms is not None:
+            where.append("s.dur >= ?")
+            args.append(int(query.min_ms * 1e6))
+        if query.max_ms is not None:
+            where.append("s.dur <= ?")
+            args.append(int(query.max_ms * 1e6))
+        if query.error is not None:
+            where.append("s.flags & 1 = ?")
+            args.append(1 if query.error else 0)
+        if query.since_ns is not None:
+            where.append("s.start >= ?")
+            args.append(query.since_ns)
+        if query.until_ns is not None:
+            where.append("s.start <= ?")
+            args.append(query.until_ns)
+        # Without a service, newest traces first (references grow with first arrival).
+        order = "s.start DESC" if svc is not None else "s.trace DESC"
+        sql = (
+            "SELECT s.trace, s.sid, s.attrs FROM spans s JOIN traces t ON t.id = s.trace "
+            f"WHERE {' AND '.join(where)} ORDER BY {order}"
+        )
+        wanted = {k: v for k, v in query.attributes.items()}
+        matched: dict[int, list[str]] = {}
+        scanned = 0
+        for ref, sid, attrs in db.execute(sql, args):
+            scanned += 1
+            if scanned > 1_000_000:
+                break
+            if wanted and not self._attrs_match(attrs, wanted):
+                continue
+            hits = matched.get(ref)
+            if hits is None:
+                if len(matched) >= limit:
+                    break
+                hits = matched[ref] = []
+            hits.append(sid.hex())
+        return self._summaries(list(matched), matched)
+
+    def _lookup(self, kind: int, name: str | None) -> int | None:
+        if name is None:
+            return None
+        found = self._names.get((kind, name))
+        if found is None:
+            row = (
+                self._reader()
+                .execute("SELECT id FROM names WHERE kind = ? AND name = ?", (kind, name))
+                .fetchone()
+            )
+            found = None if row is None else int(row[0])
+        return found
+
+    def _attrs_match(self, attrs: bytes | None, wanted: dict[str, str]) -> bool:
+        have = self._attributes(attrs)
+        for key, value in wanted.items():
+            if key not in have:
+                return False
+            got = have[key]
+            text = "true" if got is True else "false" if got is False else str(got)
+            if text != value and str(got) != value:
+                return False
+        return True
+
+    def _summaries(self, refs: list[int], matched: dict[int, list[str]]) -> list[TraceSummary]:
+        db = self._reader()
+        out = []
+        for ref in refs:
+            row = db.execute(
+                "SELECT tid, start, end, spans, errors, root_svc, root_op FROM traces WHERE id = ?",
+                (ref,),
+            ).fetchone()
+            if row is None:
+                continue
+            tid, start, end, spans, errors, root_svc, root_op = row
+            services = sorted(
+                self._name(s)
+                for (s,) in db.execute("SELECT DISTINCT svc FROM spans WHERE trace = ?", (ref,))
+            )
+            if root_svc is None:
+                first = db.execute(
+                    "SELECT svc, op FROM spans WHERE trace = ? ORDER BY start LIMIT 1", (ref,)
+                ).fetchone()
+                root_svc, root_op = first if first else (None, None)
+            out.append(
+                TraceSummary(
+                    trace_id=tid.hex(),
+                    root=f"{self._name(root_svc)}: {self._name(root_op)}",
+                    services=tuple(services),
+                    spans=spans,
+                    errors=errors,
+                    start_ns=start,
+                    duration_ms=round((end - start) / 1e6, 3),
+                    matched_span_ids=tuple(matched.get(ref, ())),
+                )
+            )
+        out.sort(key=lambda s: s.start_ns, reverse=True)
+        return out
