@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench.bench_http", "bench.bench_eventbus", "bench.halt_window", "bench.rl_training")
+BENCHMARKS = (
+    "bench.bench_http",
+    "bench.bench_eventbus",
+    "bench.halt_window",
+    "bench.rl_training",
+    "bench.order_path",
+)
 NAMES = tuple(module.rsplit(".", 1)[1] for module in BENCHMARKS)
 
 

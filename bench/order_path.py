@@ -3,9 +3,10 @@
 Starts `quantum-trader run` (every built service, the embedded Redis and the trace viewer, full
 tracing on) in a private var directory, stops the trading bot, and drives a closed-loop load:
 at most `--in-flight` orders at once, each one POST /check at risk-safety then POST /orders at
-execution with the approval, a MARKET BUY of `--quantity` SOLUSDT, then its SELL. It prints orders/s and the
-latency of each hop, then checks that every order the client saw accepted is persisted by
-execution and booked (once) in the portfolio's ledger: accepted = persisted = booked.
+execution with the approval: a MARKET BUY of `--quantity` SOLUSDT, then its SELL, per worker.
+It prints orders/s and the latency of each hop, then checks that every order the client saw
+accepted is persisted by execution and booked (once) in the portfolio's ledger: accepted =
+persisted = booked.
 
 The baseline, taken in the same run against the same processes, is the bare HTTP round trip
 (GET /ping on execution at the same concurrency): the floor an order cannot go below.
@@ -112,7 +113,7 @@ def stack(offset: int, database_url: str | None, risk_max_orders: int) -> Iterat
         if database_url:
             env["DATABASE_URL"] = database_url
         log = open(Path(tmp) / "run.out", "wb")  # noqa: SIM115 - closed below
-        proc = spawn(["-m", "quantum_trader", "run"], env=env, stdout=log)
+        proc = spawn(["-m", "quantum_trader", "run"], env=env, stdout=log.fileno())
         try:
             s = Stack(var, offset, token)
             with httpx.Client(timeout=2) as client:
@@ -147,7 +148,9 @@ def stop_run(proc: subprocess.Popen[bytes]) -> None:
 
 async def drive(s: Stack, seconds: float, in_flight: int, quantity: str, prefix: str) -> Load:
     load = Load()
-    limits = httpx.Limits(max_connections=2 * in_flight + 4, max_keepalive_connections=2 * in_flight)
+    limits = httpx.Limits(
+        max_connections=2 * in_flight + 4, max_keepalive_connections=2 * in_flight
+    )
     async with httpx.AsyncClient(timeout=30, limits=limits, headers=s.headers) as client:
         quotes = (await client.get(s.url("execution") + "/quotes")).json()
         price = next(q["ask"] for q in quotes if q["symbol"] == SYMBOL)
@@ -366,7 +369,9 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         with httpx.Client(timeout=10, headers=s.headers) as client:
             client.post(s.url("trading-bot") + "/stop").raise_for_status()
             wait_until(
-                lambda: any(q["symbol"] == SYMBOL for q in client.get(s.url("execution") + "/quotes").json()),
+                lambda: any(
+                    q["symbol"] == SYMBOL for q in client.get(s.url("execution") + "/quotes").json()
+                ),
                 60,
                 "a quote at execution",
                 0.5,
@@ -384,16 +389,18 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             f"p99 {base_p99:6.1f} ms"
         )
         print(
-            f"orders (check + submit):         {rate:8.1f} /s     p50 {pct(load.order_ms, .5):6.1f} ms  "
-            f"p99 {pct(load.order_ms, .99):6.1f} ms  ({rate / base_rps:.3f} of the baseline; "
+            f"orders (check + submit):         {rate:8.1f} /s     "
+            f"p50 {pct(load.order_ms, 0.5):6.1f} ms  "
+            f"p99 {pct(load.order_ms, 0.99):6.1f} ms  ({rate / base_rps:.3f} of the baseline; "
             f"target >= 500/s, p99 <= 50 ms)"
         )
         print(
-            f"  risk POST /check  p50 {pct(load.risk_ms, .5):6.1f} ms  p99 {pct(load.risk_ms, .99):6.1f} ms"
+            f"  risk POST /check  p50 {pct(load.risk_ms, 0.5):6.1f} ms  "
+            f"p99 {pct(load.risk_ms, 0.99):6.1f} ms"
         )
         print(
-            f"  execution POST /orders  p50 {pct(load.execution_ms, .5):6.1f} ms  "
-            f"p99 {pct(load.execution_ms, .99):6.1f} ms"
+            f"  execution POST /orders  p50 {pct(load.execution_ms, 0.5):6.1f} ms  "
+            f"p99 {pct(load.execution_ms, 0.99):6.1f} ms"
         )
         if load.denied or load.errors:
             print(f"  denied {dict(load.denied)}  errors {dict(load.errors)}")

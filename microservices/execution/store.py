@@ -123,9 +123,7 @@ class OrderStore:
                 # hole. The desk writes one order at a time, so max + 1 cannot race.
                 last = last_fill_sequence
                 if last is None:
-                    last = await session.scalar(
-                        select(func.coalesce(func.max(FillRecord.id), 0))
-                    )
+                    last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
                 for offset, fill_row in enumerate(fill_rows, start=1):
                     fill_row.id = int(last or 0) + offset
                 session.add_all(fill_rows)
