@@ -354,14 +354,12 @@ class OrderDesk:
                 assert approval is not None
                 self._require_open(request)
                 stored = await self._submit(request, approval.decision_id)
+        # Also for a duplicate: a retry is a good moment to publish what an outage held back.
+        await self.outbox.publish_pending()
         if existing is not None:
-            # A retry is a good moment to publish what an outage held back.
-            await self.outbox.publish_pending()
             metrics.DUPLICATES.inc()
             self.log.info("duplicate order", client_order_id=cid)
             return Submission(existing, created=False)
-        # A new order's events are the relay's: the commit woke it, and it publishes them in
-        # batches after the reply instead of each request waiting its turn at Redis.
         return Submission(stored, created=True)
 
     def _require_open(self, request: OrderRequest) -> None:
