@@ -14,6 +14,7 @@ BENCHMARKS = (
     "bench.startup",
     "bench.collector",
     "bench.viewer",
+    "bench.order_path",
 )
 NAMES = tuple(module.rsplit(".", 1)[1] for module in BENCHMARKS)
 

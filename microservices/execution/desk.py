@@ -8,6 +8,7 @@ nothing that increases exposure is accepted or filled after a halt has been adop
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import logging
 import math
@@ -84,6 +85,55 @@ ORDER_FIELD_NAMES = (
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+RECEIVED_WINDOW_MS = 120_000
+"""How far back the desk remembers the client order ids it received, for GET /exposure
+(risk-safety asks for about its approval TTL plus a clock margin); older asks read the table."""
+
+
+class ReceivedIds:
+    """The client order ids persisted in the last `window_ms`, by the time they were received.
+
+    Times are kept non-decreasing (a clock stepping back files an id a little later), so an
+    answer may hold a few ids received just before `since_ms`: a superset, which risk-safety
+    treats as received, as they are.
+    """
+
+    def __init__(self, window_ms: int = RECEIVED_WINDOW_MS) -> None:
+        self.window_ms = window_ms
+        self.covered_from_ms: int | None = None
+        self._times: list[int] = []
+        self._ids: list[str] = []
+        self._start = 0
+
+    def reset(self, covered_from_ms: int, received: Sequence[tuple[int, str]]) -> None:
+        """Start again from the ids the database holds since `covered_from_ms`."""
+        self.covered_from_ms = covered_from_ms
+        self._times, self._ids, self._start = [], [], 0
+        for at_ms, cid in received:
+            self.add(at_ms, cid)
+
+    def add(self, at_ms: int, client_order_id: str) -> None:
+        if self._times:
+            at_ms = max(at_ms, self._times[-1])
+        self._times.append(at_ms)
+        self._ids.append(client_order_id)
+        horizon = at_ms - self.window_ms
+        if self._times[self._start] < horizon:
+            self._start = bisect.bisect_left(self._times, horizon, lo=self._start)
+            covered = self.covered_from_ms
+            self.covered_from_ms = horizon if covered is None else max(covered, horizon)
+            if self._start > 4096 and self._start * 2 > len(self._times):
+                del self._times[: self._start], self._ids[: self._start]
+                self._start = 0
+
+    def since(self, since_ms: int) -> list[str] | None:
+        """Every id received at or after `since_ms`, oldest first; None if that is before what
+        is remembered (ask the database)."""
+        if self.covered_from_ms is None or since_ms < self.covered_from_ms:
+            return None
+        return self._ids[bisect.bisect_left(self._times, since_ms, lo=self._start) :]
 
 
 class OrderNotFound(LookupError):
@@ -209,6 +259,7 @@ class OrderDesk:
         self._traded: set[Symbol] = set()
         self._outbox: Outbox | None = None
         self._fill_sequence = 0
+        self._received = ReceivedIds()
         self.gate = RiskStateGate(lease_ms=settings.risk_lease_ms)
         self.risk_safety_url = service_url("risk-safety")
         self._install_risk_gauges()
@@ -247,6 +298,8 @@ class OrderDesk:
         assert isinstance(venue, GatedVenue)
         self.venue = venue
         self._fill_sequence = fills[-1].id if fills else 0
+        covered_from = now_ms() - self._received.window_ms
+        self._received.reset(covered_from, await self.store.received_since(covered_from))
         self._traded = {Symbol(f.symbol) for f in fills}
         self._accepted_at = {
             ClientOrderId(o.record.client_order_id): o.record.created_at.timestamp()
@@ -326,7 +379,7 @@ class OrderDesk:
         ) as span:
             report = self.venue.submit(request, now_ms())
             traceparent = current_traceparent()
-            await self._settle(
+            stored = await self._settle(
                 report,
                 submitted=request,
                 link=None,
@@ -336,6 +389,7 @@ class OrderDesk:
             span.set_attribute("order.status", report.order.status.value)
             if report.reason:
                 span.set_attribute("reason", report.reason)
+            self._received.add(report.order.created_ms, cid)
             if report.order.status.is_open:
                 self._accepted_at[cid] = time.time()
                 self._traceparents[cid] = traceparent
@@ -349,7 +403,7 @@ class OrderDesk:
                 order_type=request.order_type.value,
                 reason=report.reason,
             )
-        stored = await self.store.get(cid)
+        # The order as written in this very transaction: nothing to read back.
         assert stored is not None
         return stored
 
@@ -554,7 +608,9 @@ class OrderDesk:
         """Holdings, working orders, the fill sequence, the enforced state, and every client
         order id received since `since_ms`, as of one instant."""
         async with self._lock:
-            received = await self.store.client_order_ids_since(since_ms)
+            received = self._received.since(since_ms)
+            if received is None:
+                received = await self.store.client_order_ids_since(since_ms)
             venue = self.venue
             holdings = {s: venue.holding(s) for s in self.symbols() if venue.holding(s) != 0}
             return Exposure(
@@ -612,8 +668,9 @@ class OrderDesk:
         submitted: OrderRequest | None = None,
         traceparent: str | None = None,
         decision: str | None = None,
-    ) -> None:
-        """Persist one report with the events announcing it, in one transaction."""
+    ) -> StoredOrder | None:
+        """Persist one report with the events announcing it, in one transaction; the order as
+        written if `submitted` (a new order), else None."""
         order = report.order
         events = [self.outbox.event(data) for data in _order_events(report, submitted)]
         fill_records = [r for r in report.events if r.kind is OrderEventKind.FILL]
@@ -635,7 +692,9 @@ class OrderDesk:
                 events.append(self.outbox.event(OrderFilled.of(fill, leaves)))
         # Every transition row carries the trace that caused it: the request's or the tick's.
         traceparent = traceparent or current_traceparent()
-        await self._persist(report, events, traceparent=traceparent, decision=decision)
+        stored = await self._persist(
+            report, events, traceparent=traceparent, decision=decision, new=submitted is not None
+        )
         for fill, record in fills:
             self._observe_fill(fill, order)
             self.log.info(
@@ -643,6 +702,7 @@ class OrderDesk:
                 **fill.attributes(),
                 leaves_quantity=order.quantity - record.filled_quantity,
             )
+        return stored
 
     async def _persist(
         self,
@@ -651,15 +711,20 @@ class OrderDesk:
         *,
         traceparent: str | None = None,
         decision: str | None = None,
-    ) -> None:
+        new: bool = False,
+    ) -> StoredOrder | None:
         try:
-            sequence = await self.store.record(
+            recorded = await self.store.record(
                 report,
                 outbox=self.outbox,
                 events=events,
                 reserved_cash=self.venue.reserved_cash_of(report.order.client_order_id),
                 traceparent=traceparent,
                 risk_decision_id=decision,
+                new=new,
+                # The desk alone writes fills, one report at a time under its lock, and a
+                # failed write rebuilds it from the database: its sequence is the table's.
+                last_fill_sequence=self._fill_sequence,
             )
         except DatabaseError:
             self.log.exception(
@@ -671,11 +736,12 @@ class OrderDesk:
             except DatabaseError:
                 self.log.exception("venue rebuild failed; retrying on the next call")
             raise
-        if sequence is not None:
-            self._fill_sequence = max(self._fill_sequence, sequence)
+        if recorded.fill_sequence is not None:
+            self._fill_sequence = max(self._fill_sequence, recorded.fill_sequence)
         for record in report.events:
             metrics.ORDERS.labels(record.to_status.value).inc()
         self._update_gauges()
+        return recorded.order
 
     def _observe_fill(self, fill: Fill, order: Order) -> None:
         self._traded.add(fill.symbol)

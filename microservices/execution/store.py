@@ -37,6 +37,15 @@ class StoredOrder:
     """Why the order was rejected or canceled, if it was."""
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What `OrderStore.record` wrote: the highest fill sequence (None without fills) and, for
+    a new order, the order as persisted (its fills included)."""
+
+    fill_sequence: int | None
+    order: StoredOrder | None
+
+
 class OrderStore:
     """Reads and writes the execution tables through the service's unit of work."""
 
@@ -52,17 +61,24 @@ class OrderStore:
         reserved_cash: Decimal = Decimal(0),
         traceparent: str | None = None,
         risk_decision_id: str | None = None,
-    ) -> int | None:
+        new: bool = False,
+        last_fill_sequence: int | None = None,
+    ) -> Recorded:
         """Persist what one venue call did: the order's state and reservation, its transitions
         and fills, and the events announcing them (into the outbox, in the same commit).
 
-        Returns the highest venue fill sequence written, None without fills."""
+        `new` says the order has no row yet (a submission: nothing to look up). Fills are
+        numbered after `last_fill_sequence`, the highest written, when the caller knows it (the
+        desk, which alone writes fills, one report at a time), else after the table's maximum.
+        Returns the order as written (nothing is read back) and the highest sequence written."""
         order = report.order
         trace_id = traceparent.split("-")[1] if traceparent else None
         async with self._resources.session() as session:
-            row = await session.scalar(
-                select(OrderRecord).where(OrderRecord.client_order_id == order.client_order_id)
-            )
+            row = None
+            if not new:
+                row = await session.scalar(
+                    select(OrderRecord).where(OrderRecord.client_order_id == order.client_order_id)
+                )
             if row is None:
                 row = OrderRecord(
                     client_order_id=order.client_order_id,
@@ -105,7 +121,9 @@ class OrderStore:
                 # by the database's autoincrement: a rolled-back transaction burns sequence
                 # values on PostgreSQL, and the portfolio would wait forever for the fill of a
                 # hole. The desk writes one order at a time, so max + 1 cannot race.
-                last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
+                last = last_fill_sequence
+                if last is None:
+                    last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
                 for offset, fill_row in enumerate(fill_rows, start=1):
                     fill_row.id = int(last or 0) + offset
                 session.add_all(fill_rows)
@@ -113,7 +131,14 @@ class OrderStore:
             sequences = {f.fill_id: f.id for f in fill_rows}
             for announcement in events:
                 outbox.add(session, _with_sequence(announcement, sequences))
-        return max(sequences.values(), default=None)
+            dialect = session.get_bind().dialect.name
+        stored = None
+        if new:
+            _as_read_back(row, fill_rows, dialect)
+            # As `get` reads it back: the last rejection's or cancellation's reason.
+            reasons = [e.reason for e in report.events if e.kind.value in ("REJECT", "CANCEL")]
+            stored = StoredOrder(row, tuple(fill_rows), (reasons[-1] if reasons else None) or "")
+        return Recorded(max(sequences.values(), default=None), stored)
 
     async def get(self, client_order_id: str) -> StoredOrder | None:
         """One order and its fills; None if unknown."""
@@ -148,6 +173,16 @@ class OrderStore:
                 .order_by(OrderRecord.id)
             )
             return list(rows)
+
+    async def received_since(self, since_ms: int) -> list[tuple[int, str]]:
+        """(received at, in ms; client order id) of every order persisted since `since_ms`."""
+        async with self._resources.session() as session:
+            rows = await session.execute(
+                select(OrderRecord.created_at, OrderRecord.client_order_id)
+                .where(OrderRecord.created_at >= to_datetime(since_ms))
+                .order_by(OrderRecord.id)
+            )
+            return [(round(at.timestamp() * 1000), cid) for at, cid in rows]
 
     async def events(self, client_order_id: str) -> list[OrderEventRow]:
         """Every persisted transition of one order, in sequence."""
@@ -202,6 +237,39 @@ class OrderStore:
             .order_by(OrderEventRow.sequence)
         )
         return {order_id: reason for order_id, reason in rows}
+
+
+_SQLITE_REAL_DIGITS = 15
+"""SQLite's NUMERIC affinity stores a decimal text as REAL only if 15 digits survive."""
+
+_PG_SCALE = Decimal(10) ** -18
+
+
+def _read_back(value: Decimal | None, dialect: str) -> Decimal | None:
+    """`value` as the database hands it back (`DecimalNumeric`), without reading it back."""
+    if value is None:
+        return None
+    if dialect != "sqlite":
+        return value.quantize(_PG_SCALE)  # NUMERIC(38, 18)
+    if value == value.to_integral_value() and abs(value) < 2**63:
+        return Decimal(int(value))  # an integral literal becomes an INTEGER
+    if len(value.normalize().as_tuple().digits) <= _SQLITE_REAL_DIGITS:
+        return Decimal(str(float(value)))  # a REAL, read back through str
+    return value  # kept as TEXT
+
+
+def _as_read_back(row: OrderRecord, fills: Sequence[FillRecord], dialect: str) -> None:
+    """Give the rows just written (detached now) the amounts a read of them would give, so an
+    answer built from them equals the one built from a later read."""
+    row.quantity = _read_back(row.quantity, dialect) or Decimal(0)
+    row.limit_price = _read_back(row.limit_price, dialect)
+    row.filled_quantity = _read_back(row.filled_quantity, dialect) or Decimal(0)
+    row.average_fill_price = _read_back(row.average_fill_price, dialect)
+    row.reserved_cash = _read_back(row.reserved_cash, dialect)
+    for fill in fills:
+        fill.quantity = _read_back(fill.quantity, dialect) or Decimal(0)
+        fill.price = _read_back(fill.price, dialect) or Decimal(0)
+        fill.fee = _read_back(fill.fee, dialect) or Decimal(0)
 
 
 def fill_record(fill: Fill, order_id: int) -> FillRecord:
