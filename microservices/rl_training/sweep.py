@@ -47,7 +47,8 @@ def import_ray() -> ModuleType:
         import ray.tune
     except ImportError as exc:
         raise RayUnavailable(f"{INSTALL_HINT} ({exc})") from exc
-    return ray
+    module: ModuleType = ray  # typed whether or not ray (untyped when absent) is installed
+    return module
 
 
 @dataclass(frozen=True, slots=True)
