@@ -233,6 +233,8 @@ class WebhookRelay:
         self.endpoints = [endpoint_of(url) for url in settings.webhook_urls]
         self._dropped = 0
         """Deliveries dropped since the queue last accepted one."""
+        self._in_flight: list[Delivery] = []
+        """Deliveries a worker has taken and not finished: dead-lettered if the relay stops."""
 
     # The consumer side: never blocks ----------------------------------------------------------
 
@@ -274,6 +276,25 @@ class WebhookRelay:
             await self._run_workers()
         finally:
             logging.getLogger("httpx").removeFilter(hide)
+            await self._park_undelivered()
+
+    async def _park_undelivered(self) -> None:
+        """On the way out, every delivery still queued or in flight is dead-lettered with the
+        outcome `stopped`: the bus consumer acknowledged its event when it was queued, so
+        without this a stop would lose it. `quantum-trader webhooks redeliver` sends them; one
+        cut off in flight may already have reached its receiver, which is why receivers dedupe
+        on the event id (deliveries are at least once)."""
+        undelivered = list(self._in_flight)
+        self._in_flight.clear()
+        while not self.queue.empty():
+            undelivered.append(self.queue.get_nowait())
+            self.queue.task_done()
+        metrics.WEBHOOK_QUEUE_DEPTH.set(0)
+        if not undelivered:
+            return
+        for delivery in undelivered:
+            await self._dead_letter(delivery, "stopped", 0, Attempt("stopped"))
+        self.log.warning("webhooks not delivered at stop; dead-lettered", count=len(undelivered))
 
     async def _run_workers(self) -> None:
         async with httpx.AsyncClient(
@@ -294,10 +315,12 @@ class WebhookRelay:
         while True:
             delivery = await self.queue.get()
             metrics.WEBHOOK_QUEUE_DEPTH.set(self.queue.qsize())
+            self._in_flight.append(delivery)
             try:
                 await self.deliver(client, delivery)
             except asyncio.CancelledError:
-                raise
+                self.queue.task_done()
+                raise  # left in `_in_flight`: `run` dead-letters it on the way out
             except Exception:
                 # A bug must not stop the worker: the delivery is lost, and said so loudly.
                 self.log.exception(
@@ -305,8 +328,8 @@ class WebhookRelay:
                     event_type=delivery.event_type,
                     event_id=delivery.event_id,
                 )
-            finally:
-                self.queue.task_done()
+            self._in_flight.remove(delivery)
+            self.queue.task_done()
 
     async def deliver(self, client: httpx.AsyncClient, delivery: Delivery) -> bool:
         """Attempt `delivery` until it succeeds, fails for good or runs out of attempts (then it

@@ -128,3 +128,34 @@ def test_an_operator_redelivers_dead_letters_once_each(redis_url: str, prefix: s
     verify_signature(got.body, got.headers[SIGNATURE_HEADER.lower()], SECRET)
     assert got.headers[ATTEMPT_HEADER.lower()] == "redelivery"
     assert got.headers["traceparent"].split("-")[1] == traceparent.split("-")[1], "its trace"
+
+
+def test_deliveries_queued_or_in_flight_at_a_stop_are_dead_lettered_and_redelivered(
+    harness: ServiceHarness,
+) -> None:
+    fills = [FILL.model_copy(update={"fill_id": f"fill-stop-{n}"}) for n in range(3)]
+    with receiver(first=(503,)) as hooks:
+        patient = settings(hooks.url).model_copy(
+            update={"webhook_workers": 1, "webhook_backoff_ms": 60_000}
+        )
+        with harness.run(lambda: create_service(patient)):
+            harness.publish(*fills)
+            # The first is in flight (answered 503, waiting a minute to retry); two are queued.
+            wait_until(lambda: hooks.requests, 15, "the first attempt")
+        parked = dead_letters(harness)
+        assert [(d["outcome"], d["attempts"]) for d in parked] == [("stopped", "0")] * 3
+        assert sorted(orjson.loads(d["body"])["data"]["fill_id"] for d in parked) == [
+            f"fill-stop-{n}" for n in range(3)
+        ]
+        env = {
+            "REDIS_URL": harness.redis_url,
+            "EVENTBUS_PREFIX": harness.prefix,
+            "WEBHOOK_URLS": hooks.url,
+            "WEBHOOK_SECRET": SECRET,
+        }
+        result = CliRunner().invoke(cli.main, ["webhooks", "redeliver"], env=env)
+        assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == "delivered 3, kept 0"
+    redelivered = [orjson.loads(r.body)["data"]["fill_id"] for r in hooks.requests[1:]]
+    assert sorted(redelivered) == [f"fill-stop-{n}" for n in range(3)]
+    assert dead_letters(harness) == []
