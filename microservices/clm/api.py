@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 
 from backend.infra.service import provided
-from microservices.contracts import Refused, UpstreamError
+from microservices.contracts import Refused
 from microservices.contracts.clm import (
     AliasChange,
     ClmStatus,
@@ -35,8 +35,8 @@ async def retrain(manager: Manager, body: RetrainRequestBody | None = None) -> R
     request = manager.ask_retrain(body.reason if body else "")
     try:
         version = await manager.retrain()
-    except (Refused, UpstreamError) as exc:
-        raise HTTPException(502, f"ai-engine refused the new version: {exc}") from exc
+    except Refused as exc:
+        raise HTTPException(409, f"ai-engine refused the new version: {exc}") from exc
     return RetrainAccepted(trigger=request.trigger, model_version=version)
 
 
@@ -48,8 +48,8 @@ async def promote(manager: Manager, body: PromoteBody | None = None) -> AliasCha
         version = await manager.promote((body or PromoteBody()).reason, forced=True)
     except NothingToPromote as exc:
         raise HTTPException(409, str(exc)) from exc
-    except (Refused, UpstreamError) as exc:
-        raise HTTPException(502, f"ai-engine refused the alias move: {exc}") from exc
+    except Refused as exc:
+        raise HTTPException(409, f"ai-engine refused the alias move: {exc}") from exc
     return AliasChange(model_version=version, previous_version=previous)
 
 
@@ -60,6 +60,4 @@ async def rollback(manager: Manager) -> AliasChange:
         version, replaced = await manager.rollback()
     except Refused as exc:
         raise HTTPException(409, f"nothing to roll back to: {exc}") from exc
-    except UpstreamError as exc:
-        raise HTTPException(502, str(exc)) from exc
     return AliasChange(model_version=version, previous_version=replaced)

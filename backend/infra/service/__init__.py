@@ -28,6 +28,7 @@ from ._catalogue import (
 )
 from ._service import NotProvided, Resources, Service, provided, resources_of
 from ._settings import PORTS, ServiceSettings, service_url
+from ._unavailable import dependency_unavailable
 from ._wire import Price, Quantity
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "ServiceSettings",
     "ServiceSpec",
     "UnknownServiceError",
+    "dependency_unavailable",
     "provided",
     "public",
     "resources_of",

@@ -21,14 +21,17 @@ def install_database_handler(app: FastAPI) -> None:
     app.add_exception_handler(DatabaseError, _handle)
 
 
-async def _handle(_request: Request, exc: Exception) -> JSONResponse:
-    unavailable = isinstance(exc, DatabaseUnavailableError)
+def dependency_unavailable(dependency: str, detail: str, reason: str) -> JSONResponse:
+    """The 503 a route answers when `dependency` (a database, another service) failed it:
+    JSON naming the dependency, with `Retry-After`."""
     return JSONResponse(
         status_code=503,
-        content={
-            "detail": redact_text(str(exc)),
-            "reason": "database_unavailable" if unavailable else "database_error",
-            "dependency": "database",
-        },
+        content={"detail": redact_text(detail), "reason": reason, "dependency": dependency},
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+    unavailable = isinstance(exc, DatabaseUnavailableError)
+    reason = "database_unavailable" if unavailable else "database_error"
+    return dependency_unavailable("database", str(exc), reason)
