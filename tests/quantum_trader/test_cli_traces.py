@@ -4,6 +4,7 @@ real services)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -23,6 +24,17 @@ def viewer() -> Iterator[str]:
     spans, logs = seed.seeded(time.time_ns())
     with ServedApp(create_app(ListQueries(spans, logs), ingest_routes=[])) as served:
         yield served.url
+
+
+@pytest.fixture(autouse=True)
+def quiet_httpx() -> Iterator[None]:
+    """The commands' output only: an in-process service test earlier in the session may have
+    configured JSON logging to standard output, which would print httpx's request lines here."""
+    logger = logging.getLogger("httpx")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
 
 
 def run(*args: str) -> tuple[int, str]:
