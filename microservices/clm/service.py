@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
-
 from backend.infra.observability import ReadinessCheck
-from backend.infra.service import Service, dependency_unavailable
+from backend.infra.service import Service
 from backend.trading.events import MarketTick, SignalGenerated
-from microservices.contracts import UpstreamError
+from microservices.contracts import answer_upstream_errors
 
 from .api import router
 from .manager import LearningManager
@@ -31,11 +28,5 @@ def create_service(settings: ClmSettings | None = None) -> Service:
     service.subscribe(SignalGenerated, manager.on_signal)
     service.background("learn", manager.run)
     service.app.include_router(router)
-    service.app.add_exception_handler(UpstreamError, _upstream_unavailable)
+    answer_upstream_errors(service.app)
     return service
-
-
-async def _upstream_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    """ai-engine down or failing: a 503 naming it, retryable, not a bare 500 or a 502."""
-    service = exc.service if isinstance(exc, UpstreamError) else "upstream"
-    return dependency_unavailable(service, str(exc), "upstream_unavailable")

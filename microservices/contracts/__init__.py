@@ -9,6 +9,18 @@ caller's type check and tests at once.
 
 from __future__ import annotations
 
-from ._client import MalformedAnswer, Refused, ServiceClient, UpstreamError
+from ._client import (
+    MalformedAnswer,
+    Refused,
+    ServiceClient,
+    UpstreamError,
+    answer_upstream_errors,
+)
 
-__all__ = ["MalformedAnswer", "Refused", "ServiceClient", "UpstreamError"]
+__all__ = [
+    "MalformedAnswer",
+    "Refused",
+    "ServiceClient",
+    "UpstreamError",
+    "answer_upstream_errors",
+]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from backend.infra.service import service_url
+from backend.infra.service import dependency_unavailable, service_url
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -23,6 +25,17 @@ class UpstreamError(Exception):
     def __init__(self, service: str, detail: str, status: int | None = None) -> None:
         super().__init__(f"{service}: {detail}")
         self.service, self.detail, self.status = service, detail, status
+
+
+def answer_upstream_errors(app: FastAPI) -> None:
+    """An `UpstreamError` escaping a route of `app` answers 503 naming the service that failed,
+    with `Retry-After`, as a database that is down does: not a bare 500."""
+
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        service = exc.service if isinstance(exc, UpstreamError) else "upstream"
+        return dependency_unavailable(service, str(exc), "upstream_unavailable")
+
+    app.add_exception_handler(UpstreamError, handle)
 
 
 class MalformedAnswer(UpstreamError):
