@@ -42,9 +42,22 @@ class TradingEvent(BaseModel):
     schema_version: ClassVar[int] = 1
     """The version of this data model; a breaking change bumps it."""
 
+    dedup_ttl_s: ClassVar[int | None] = None
+    """How long consumer groups remember a processed event of this type (its idempotency
+    mark); None: `EVENTBUS_DEDUP_TTL_S` (7 days), long enough to cover any outage an outbox
+    can replay across."""
+
 
 class MarketTick(TradingEvent):
     """Top of book for one symbol at one instant."""
+
+    # Ticks are the bulk of the traffic (20 Hz per symbol, every group marks each one) and are
+    # published directly, never replayed by an outbox: a second copy of a tick can only be the
+    # publisher's own retry after a lost reply (within EVENTBUS_RECONNECT_TIMEOUT_S, 30 s), and
+    # a redelivered pending entry carries no mark yet (marks are written with the XACK). Five
+    # minutes covers both with room for consumer lag, and bounds the marks to
+    # rate x 300 s instead of rate x 7 days.
+    dedup_ttl_s: ClassVar[int | None] = 300
 
     symbol: str
     bid: Decimal

@@ -75,7 +75,8 @@ class _Batch:
     """What one batch leaves to commit: acks, processed marks and dead letters."""
 
     acks: dict[str, list[str]] = field(default_factory=dict)
-    processed: list[str] = field(default_factory=list)
+    processed: dict[int | None, list[str]] = field(default_factory=dict)
+    """Event ids handled, by how long their mark lives (None: the idempotency's default)."""
     dead: list[tuple[str, dict[bytes, Any]]] = field(default_factory=list)
     handled: dict[str, int] = field(default_factory=dict)
 
@@ -532,7 +533,7 @@ class EventConsumer:
                 entry_id = event.entry_id or ""
                 if failure is None:
                     batch.ack(sub.key, entry_id)
-                    batch.processed.append(event.id)
+                    batch.processed.setdefault(sub.spec.dedup_ttl_s, []).append(event.id)
                     batch.handled[sub.key] = batch.handled.get(sub.key, 0) + 1
                 elif event.deliveries >= max_deliveries:
                     self._dead_letter(
@@ -669,8 +670,9 @@ class EventConsumer:
             pipe = self._client.pipeline(transaction=True)
             for key, record in batch.dead:
                 pipe.xadd(key, record, maxlen=max_len, approximate=True)  # type: ignore[arg-type]
-            if idempotency is not None and batch.processed:
-                idempotency.add_marks(pipe, batch.processed)
+            if idempotency is not None:
+                for ttl_s, event_ids in batch.processed.items():
+                    idempotency.add_marks(pipe, event_ids, ttl_s=ttl_s)
             for key, ids in batch.acks.items():
                 pipe.xack(key, self.group, *ids)
             await pipe.execute()

@@ -95,11 +95,14 @@ class Idempotency:
             seen[int(position) - 1] = True
         return seen
 
-    def add_marks(self, pipe: Pipeline, event_ids: Sequence[str]) -> None:
-        """Queue the marks of `event_ids` on `pipe` as one command (to commit them with others)."""
+    def add_marks(
+        self, pipe: Pipeline, event_ids: Sequence[str], *, ttl_s: int | None = None
+    ) -> None:
+        """Queue the marks of `event_ids` on `pipe` as one command (to commit them with others),
+        each kept for `ttl_s` (default: this helper's `ttl_s`)."""
         if event_ids:
             keys = [self.key(event_id) for event_id in event_ids]
-            pipe.eval(_MARK_SCRIPT, len(keys), *keys, self.ttl_s)
+            pipe.eval(_MARK_SCRIPT, len(keys), *keys, ttl_s or self.ttl_s)
 
     async def mark_many(self, event_ids: Sequence[str]) -> None:
         """Mark ids as processed; one round trip."""

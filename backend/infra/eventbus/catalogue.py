@@ -35,6 +35,13 @@ class EventSpec:
     stream: str
     model: DataModel
     version: int = 1
+    dedup_ttl_s: int | None = None
+    """How long a consumer group remembers this type's processed event ids; None: the bus's
+    `EVENTBUS_DEDUP_TTL_S`. A model declares it as a class attribute `dedup_ttl_s`."""
+
+    def __post_init__(self) -> None:
+        if self.dedup_ttl_s is not None and self.dedup_ttl_s <= 0:
+            raise ValueError(f"{self.type}: dedup_ttl_s must be positive")
 
 
 class Catalogue:
@@ -82,10 +89,17 @@ class Catalogue:
     @classmethod
     def of(cls, types: Mapping[str, DataModel]) -> Catalogue:
         """A catalogue of `types` (event type -> data model), each type on a stream of its own
-        name, at the model's `schema_version` (1 if it declares none)."""
+        name, at the model's `schema_version` (1 if it declares none), its processed marks kept
+        for the model's `dedup_ttl_s` (the bus's default if it declares none)."""
         return cls(
             [
-                EventSpec(name, name, model, int(getattr(model, "schema_version", 1)))
+                EventSpec(
+                    name,
+                    name,
+                    model,
+                    int(getattr(model, "schema_version", 1)),
+                    getattr(model, "dedup_ttl_s", None),
+                )
                 for name, model in types.items()
             ]
         )

@@ -376,6 +376,44 @@ async def test_redelivered_event_takes_effect_once_with_idempotency(
     assert await idempotency.seen("fill-evt-1")
 
 
+async def test_marks_live_as_long_as_their_event_type_declares(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    """Ticks (MarketTick.dedup_ttl_s) are remembered for minutes, fills for the bus's default:
+    the marks of a 20 Hz feed stay bounded while a fill replayed days later is still skipped."""
+    publisher = EventPublisher(client, "bridge", settings)
+    idempotency = Idempotency(client, "monitor", settings)
+    consumer = EventConsumer(client, "monitor", settings, idempotency=idempotency)
+    handled: list[str] = []
+
+    async def handler(event: Event[Any]) -> None:
+        handled.append(event.type)
+
+    consumer.subscribe(MarketTick, handler)
+    consumer.subscribe(OrderFilled, handler)
+    tick = Event(
+        id="tick-evt-1",
+        type="market.tick",
+        source="bridge",
+        time=datetime.now(UTC),
+        data=MarketTick(symbol="BTCUSDT", bid="100", ask="101", last="100.5", volume="1", ts_ms=1),
+    )
+    receipt = await publisher.publish(fill(1))
+    await publisher.publish_many([tick, tick])
+    async with consumer:
+        await eventually(lambda: sorted(handled) == ["market.tick", "order.filled"])
+        await publisher.publish_many([tick])  # the publisher's retry after a lost reply
+        await eventually(
+            lambda: _pending_count(client, settings.stream_key("market.tick"), "monitor", 0)
+        )
+    assert sorted(handled) == ["market.tick", "order.filled"]
+    assert MarketTick.dedup_ttl_s is not None
+    tick_ttl = await client.ttl(idempotency.key("tick-evt-1"))
+    fill_ttl = await client.ttl(idempotency.key(receipt.event_id))
+    assert 0 < tick_ttl <= MarketTick.dedup_ttl_s
+    assert settings.dedup_ttl_s - 60 < fill_ttl <= settings.dedup_ttl_s
+
+
 async def test_apply_once_applies_a_redis_effect_exactly_once(
     client: Redis, settings: EventBusSettings
 ) -> None:
