@@ -124,6 +124,17 @@ def _seconds_option(flag: str, variable: str, default: float, text: str) -> Call
     help="Port (before the offset) of the launcher's own /metrics: restarts and crashes "
     "of what it supervises (0: not served).",
 )
+@click.option(
+    "--hang-timeout",
+    "hang_timeout_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    envvar="RUN_HANG_TIMEOUT_S",
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a running process may leave its liveness probe unanswered before it is "
+    "killed and started again (0: not watched).",
+)
 def run(
     var_dir: Path,
     port_offset: int,
@@ -132,6 +143,7 @@ def run(
     traceview: bool,
     redis_port: int,
     metrics_port: int,
+    hang_timeout_s: float,
 ) -> None:
     """Start the whole system on embedded defaults; Ctrl-C stops it.
 
@@ -140,6 +152,8 @@ def run(
     generates an API token and an approval secret, kept in VAR_DIR/secrets.env.
     A service, the viewer or Redis that dies is started again after a back-off; a crash
     loop (more than 5 crashes within 60 s) of a service or Redis stops everything.
+    One that is alive but leaves its liveness probe unanswered for the hang timeout is
+    killed and started again the same way.
     """
     from .launcher import LaunchOptions
     from .launcher import run as launch
@@ -152,6 +166,7 @@ def run(
         traceview=traceview,
         redis_port=redis_port,
         metrics_port=metrics_port or None,
+        hang_timeout_s=hang_timeout_s,
     )
     sys.exit(launch(options))
 

@@ -8,7 +8,9 @@ embedded Redis that dies is started again after a back-off (0.5 s doubling to 10
 the console and counted in `launcher_restarts_total{process}` on its own `/metrics` (port
 8090 + offset); more than 5 crashes of one process within 60 s is a crash loop: the launcher
 gives up on it and stops everything, except for the viewer, which it leaves stopped while
-trading goes on. State lives under the var directory (`./var`, or
+trading goes on. A process that is alive but hung (its liveness probe, `/health/live`, unanswered
+for `RUN_HANG_TIMEOUT_S`, 30 s) is killed and then started again like a crash
+(`launcher_hangs_total{process}`). State lives under the var directory (`./var`, or
 `RUN_VAR_DIR`): the services' SQLite files, the embedded Redis's data, the installation's
 secrets (`secrets.env`) and each service's JSON log (`log/<service>.log`). SIGINT or SIGTERM
 stops the services (SIGTERM, then SIGKILL after the stop timeout) and then the embedded Redis.
@@ -73,6 +75,12 @@ CRASHES = Counter(
     registry=METRICS,
 )
 UP = Gauge("launcher_process_up", "1 while the process runs.", ["process"], registry=METRICS)
+HANGS = Counter(
+    "launcher_hangs_total",
+    "Processes the launcher killed because their liveness probe went unanswered.",
+    ["process"],
+    registry=METRICS,
+)
 GAVE_UP = Gauge(
     "launcher_gave_up",
     "1 once the launcher stopped restarting the process (a crash loop).",
@@ -100,6 +108,11 @@ class LaunchOptions:
     metrics_port: int | None = METRICS_PORT
     """The launcher's `/metrics` port before the offset; None: not served."""
     restart: RestartPolicy = field(default_factory=lambda: RestartPolicy())
+    hang_timeout_s: float = 30.0
+    """A running process whose liveness probe has gone unanswered this long is hung: it is
+    killed and started again like a crash. 0: not watched."""
+    probe_interval_s: float = 5.0
+    """How often each running process's liveness is probed (also the probe's timeout)."""
 
 
 @dataclass(frozen=True)
@@ -152,12 +165,15 @@ class Child:
     log_path: Path
     spec: ServiceSpec | None = None
     ready_path: str = "/health/ready"
+    live_path: str = "/health/live"
     process: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
     essential: bool = True
     """Trading stops without it: a crash loop of an essential child ends the run."""
     restarts: Restarts | None = None
     awaiting_ready: bool = False
+    live_at: float = 0.0
+    """When (monotonic) it last answered its liveness probe, or was started."""
 
     @property
     def url(self) -> str:
@@ -257,6 +273,7 @@ class Launcher:
                 port,
                 self.log_dir / "traceview.log",
                 ready_path="/api/traces",
+                live_path="/api/traces",
                 essential=False,
             )
             self.otlp_endpoint = f"http://127.0.0.1:{http_port}"
@@ -354,6 +371,7 @@ class Launcher:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        child.live_at = time.monotonic()
         UP.labels(child.name).set(1)
 
     def serve_metrics(self) -> None:
@@ -392,6 +410,7 @@ class Launcher:
                 response = self._get(child.url + child.ready_path, timeout_s=1.0)
                 if response is not None and response.status_code == 200:
                     pending.remove(child)
+                    child.live_at = time.monotonic()
                     _say(f"  ready  {child.name:<24} {child.url}")
             if pending and time.monotonic() > deadline:
                 child = pending[0]
@@ -482,8 +501,11 @@ class Launcher:
                     _say(f"  restart {child.name}: started again (pid {pid})")
                 continue
             if child.alive():
+                if self._kill_if_hung(child, now):
+                    continue
                 if child.awaiting_ready and self._ready(child):
                     child.awaiting_ready = False
+                    child.live_at = now
                     _say(
                         f"  restart {child.name}: ready again "
                         f"{now - restarts.since:.1f} s after it died"
@@ -558,6 +580,48 @@ class Launcher:
             f"{time.monotonic() - restarts.since:.1f} s after it died"
         )
         return True
+
+    def _kill_if_hung(self, child: Child, now: float) -> bool:
+        """Kill `child` if it has been silent too long: its liveness probe (or, after a
+        restart, its readiness within the ready timeout). The next round restarts it."""
+        limit = self.options.hang_timeout_s
+        if limit <= 0 or child.process is None:
+            return False
+        if child.awaiting_ready:
+            limit = max(limit, self.options.ready_timeout_s)
+        silent = now - child.live_at
+        if silent <= limit:
+            return False
+        probe = child.ready_path if child.awaiting_ready else child.live_path
+        HANGS.labels(child.name).inc()
+        _say(
+            f"\n  hung    {child.name} (pid {child.process.pid}) has not answered {probe} for "
+            f"{silent:.0f} s: killed, to be started again"
+        )
+        child.process.kill()
+        child.process.wait()
+        return True
+
+    def probe_liveness(self) -> None:
+        """Until the launcher stops: each running, ready process's liveness probe, in turn.
+
+        Its own thread and HTTP client, so a hung process delays neither the supervision
+        rounds nor the fills printout; `live_at` records the last answer.
+        """
+        interval = self.options.probe_interval_s
+        with httpx.Client(timeout=interval, headers=self.http.headers) as client:
+            while not self.stopping.wait(interval):
+                for child in self.processes:
+                    if self.stopping.is_set():
+                        return
+                    if not child.alive() or child.awaiting_ready:
+                        continue
+                    try:
+                        answered = client.get(child.url + child.live_path).status_code < 500
+                    except httpx.HTTPError:
+                        answered = False
+                    if answered:
+                        child.live_at = time.monotonic()
 
     def _ready(self, child: Child) -> bool:
         response = self._get(child.url + child.ready_path, timeout_s=0.5)
@@ -646,6 +710,8 @@ def run(options: LaunchOptions) -> int:
         launcher.start_services()
         launcher.wait_ready()
         launcher.print_guide()
+        if options.hang_timeout_s > 0:
+            threading.Thread(target=launcher.probe_liveness, name="liveness", daemon=True).start()
         code = launcher.watch()
     except LaunchError as exc:
         _say(f"\nCould not start: {exc}")

@@ -367,3 +367,25 @@ def test_killed_processes_are_started_again_and_a_dead_viewer_never_stops_tradin
     assert process.wait(40) == 0
     killed = [line for line in output.lines if "killing it" in line]
     assert killed == [], killed
+
+
+def test_a_hung_service_is_killed_and_started_again(tmp_path: Path) -> None:
+    """SIGSTOP leaves the process alive but silent: only the liveness probe can tell."""
+    process = start(tmp_path, RUN_VAR_DIR="state", RUN_HANG_TIMEOUT_S="5")
+    try:
+        output = Output(process)
+        output.wait_for(r"Quantum Trader is running", 75)
+        text = "\n".join(output.lines)
+        pid = int(re.search(r"^\s+position-monitor\s+http://\S+\s+pid (\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+        metrics_url = output.wait_for(r"supervisor:\s+(http://\S+/metrics)", 1).group(1)
+        os.kill(pid, signal.SIGSTOP)
+
+        output.wait_for(rf"hung\s+position-monitor \(pid {pid}\) has not answered /health/live", 40)
+        output.wait_for(r"restart position-monitor: ready again", 60)
+        assert not running(pid), "the hung process was killed"
+        samples = httpx.get(metrics_url).text
+        assert 'launcher_hangs_total{process="position-monitor"} 1.0' in samples
+        assert 'launcher_restarts_total{process="position-monitor"} 1.0' in samples
+        assert process.poll() is None, "the run goes on"
+    finally:
+        finish(process)
