@@ -40,10 +40,12 @@ IMAGES = {
 
 # Services that may run as several replicas: no consumer group whose split would change what
 # they compute, no loop that must run once. ai-engine serves predictions from the model it reads
-# from the database. Every other service is a singleton (one replica, `Recreate` roll-outs, so
+# from the database. portfolio-intelligence replicas share `order.filled`: booking is serialised
+# through the database and each replica applies what the others booked before it books or
+# answers (PORTFOLIO_SHARED_LEDGER, in the ConfigMap). Every other service is a singleton (one replica, `Recreate` roll-outs, so
 # that two strategy loops, feeds or paper venues never overlap); a service not listed here is
 # treated as one, which is the safe default for the services still to come.
-REPLICATED: dict[str, int] = {"ai-engine": 2}
+REPLICATED: dict[str, int] = {"ai-engine": 2, "portfolio-intelligence": 2}
 
 # Resource requests and limits per service; the default fits the rest.
 RESOURCES: dict[str, Manifest] = {
@@ -460,6 +462,7 @@ def _config_map() -> Manifest:
             "OTLP_ENDPOINT": "http://otel-collector:4317",
             "OTLP_INSECURE": "true",
             "TRACE_SAMPLE_RATE": "1.0",
+            "PORTFOLIO_SHARED_LEDGER": "true",
             **_service_urls(),
         },
     }

@@ -45,6 +45,8 @@ Limit = Annotated[int, Query(ge=1, le=100_000)]
 
 @router.get("/portfolio")
 async def get_portfolio(book: Book) -> PortfolioPublic:
+    if book.settings.shared_ledger:
+        await book.catch_up()
     snap = book.snapshot()
     p = snap.portfolio
     equity = p.equity
@@ -70,6 +72,8 @@ async def get_portfolio(book: Book) -> PortfolioPublic:
 
 @router.get("/positions")
 async def get_positions(book: Book) -> PositionsPublic:
+    if book.settings.shared_ledger:
+        await book.catch_up()
     data = [PositionPublic.of(pos, mark) for pos, mark in book.positions()]
     return PositionsPublic(data=data, count=len(data))
 

@@ -99,6 +99,12 @@ class PortfolioBook:
     check started becomes `as_of_ms`: every fill published before it is in the books. Ticks
     never move it, so a portfolio that lost a fill ages until the loss is repaired.
 
+    Replicas: several books may share one database and one consumer group. Booking is
+    serialised through the database (`LedgerStore.booking`), and a book first applies the
+    ledger rows the others booked since its last one, so each fill is booked on top of every
+    fill booked before it and the position it announces is the portfolio's, not one
+    replica's share. Reads catch up the same way (`catch_up`).
+
     Average cost depends on the order fills are applied in, and the bus may deliver a fill
     after later ones (a retried event). Fills are therefore applied in the venue's order: a
     fill whose sequence is below one already booked for its symbol is booked with the portfolio
@@ -123,6 +129,8 @@ class PortfolioBook:
         self._sequences: dict[FillId, int] = {}
         self._last_sequence: dict[Symbol, int] = {}
         self._coverage = FillSequences()
+        self._ledger_row = 0
+        """The last ledger row memory holds (booking order across replicas)."""
         self._peak = settings.initial_cash
         self._day = _day_start(datetime.now(UTC))
         self._day_start_equity = settings.initial_cash
@@ -149,6 +157,7 @@ class PortfolioBook:
         marks = self._marks()
         fills = await self.store.ledger()
         self._replay(fills)
+        self._ledger_row = max((e.row_id for e in fills), default=0)
         # Marks seen before a rebuild are still the latest prices known.
         self.portfolio.set_marks(marks)
         equity = self.portfolio.equity
@@ -207,14 +216,77 @@ class PortfolioBook:
                 )
 
     async def _book(self, fill: Fill, sequence: int | None) -> bool:
+        try:
+            async with self.store.booking(self._ledger_row) as booking:
+                self._apply_booked(booking.newer)
+                position = self._apply(fill, sequence)
+                if position is None:
+                    metrics.DUPLICATE_FILLS.inc()
+                    self.log.info("duplicate fill ignored", fill_id=fill.fill_id)
+                    if booking.newer:
+                        self._after_change()
+                    return False
+                mark = self.portfolio.mark(fill.symbol)
+                # Committed with the ledger row (the outbox): published by the relay, never
+                # lost to a Redis outage, and never waited on here.
+                announce = PositionUpdated(
+                    symbol=fill.symbol,
+                    quantity=position.quantity,
+                    average_price=position.average_price,
+                    realized_pnl=position.realized_pnl,
+                    unrealized_pnl=position.unrealized_pnl(mark) if mark else ZERO,
+                    mark_price=mark,
+                    sequence=self._last_sequence.get(fill.symbol),
+                    client_order_id=fill.client_order_id,
+                )
+                self._ledger_row = await booking.add(fill, sequence, position, announce)
+        except IntegrityViolationError:
+            # Booked already (before memory was lost): the ledger wins, and this copy must
+            # agree with what it holds (ConflictingFill if not).
+            self._unbooked = True
+            await self._restore()
+            if not self.portfolio.has_fill(fill.fill_id):
+                raise  # another row collided (a position written concurrently): retry
+            self.portfolio.apply_fill(fill)
+            metrics.DUPLICATE_FILLS.inc()
+            self.log.info("fill already in the ledger", fill_id=fill.fill_id)
+            return False
+        except DatabaseError:
+            self._unbooked = True
+            self.log.exception("fill not booked; rebuilding from the ledger", fill_id=fill.fill_id)
+            try:
+                await self._restore()
+            except DatabaseError:
+                self.log.exception("rebuild failed; the next fill event rebuilds first")
+            raise
+        metrics.FILLS_BOOKED.labels(fill.symbol).inc()
+        self._after_change()
+        return True
+
+    def _apply_booked(self, entries: list[LedgerEntry]) -> None:
+        """Apply ledger rows other replicas booked (in booking order) that memory lacks."""
+        for entry in entries:
+            if not self.portfolio.has_fill(entry.fill.fill_id):
+                self._apply(entry.fill, entry.sequence)
+            self._ledger_row = max(self._ledger_row, entry.row_id)
+
+    async def catch_up(self) -> None:
+        """Apply what other replicas booked since memory's last ledger row (one query)."""
+        async with self._lock:
+            newer = await self.store.since(self._ledger_row)
+            if newer:
+                self._apply_booked(newer)
+                self._after_change()
+
+    def _apply(self, fill: Fill, sequence: int | None) -> DomainPosition | None:
+        """Apply `fill` in memory in the venue's order; its symbol's position, or None for a
+        fill already booked."""
         last = self._last_sequence.get(fill.symbol)
         late = sequence is not None and last is not None and sequence < last
         marks = self._marks() if late else {}
         outcome = self.portfolio.apply_fill(fill)
         if outcome.duplicate:
-            metrics.DUPLICATE_FILLS.inc()
-            self.log.info("duplicate fill ignored", fill_id=fill.fill_id)
-            return False
+            return None
         position = outcome.position
         if sequence is not None:
             self._sequences[fill.fill_id] = sequence
@@ -235,43 +307,7 @@ class PortfolioBook:
             position = self.portfolio.position(fill.symbol)
         elif sequence is not None:
             self._last_sequence[fill.symbol] = sequence
-        mark = self.portfolio.mark(fill.symbol)
-        # Committed with the ledger row (the outbox): published by the relay, never lost to
-        # a Redis outage, and never waited on here.
-        announce = PositionUpdated(
-            symbol=fill.symbol,
-            quantity=position.quantity,
-            average_price=position.average_price,
-            realized_pnl=position.realized_pnl,
-            unrealized_pnl=position.unrealized_pnl(mark) if mark else ZERO,
-            mark_price=mark,
-            sequence=self._last_sequence.get(fill.symbol),
-            client_order_id=fill.client_order_id,
-        )
-        try:
-            await self.store.book(fill, sequence, position, announce)
-        except IntegrityViolationError:
-            # Booked already (by another replica, or before memory was lost): the ledger wins,
-            # and this copy must agree with what it holds (ConflictingFill if not).
-            self._unbooked = True
-            await self._restore()
-            if not self.portfolio.has_fill(fill.fill_id):
-                raise  # another row collided (a position written concurrently): retry
-            self.portfolio.apply_fill(fill)
-            metrics.DUPLICATE_FILLS.inc()
-            self.log.info("fill already in the ledger", fill_id=fill.fill_id)
-            return False
-        except DatabaseError:
-            self._unbooked = True
-            self.log.exception("fill not booked; rebuilding from the ledger", fill_id=fill.fill_id)
-            try:
-                await self._restore()
-            except DatabaseError:
-                self.log.exception("rebuild failed; the next fill event rebuilds first")
-            raise
-        metrics.FILLS_BOOKED.labels(fill.symbol).inc()
-        self._after_change()
-        return True
+        return position
 
     async def on_tick(self, event: Event[MarketTick]) -> None:
         """Mark the symbol at the tick's mid price."""
@@ -294,6 +330,10 @@ class PortfolioBook:
                         await self._restore()
                     except DatabaseError:
                         self.log.warning("rebuild after a failed write still failing")
+            try:
+                await self.catch_up()
+            except DatabaseError:
+                self.log.warning("ledger unreadable; other replicas' fills not applied yet")
             await self.check_fills()
             await asyncio.sleep(self.settings.fills_check_interval_ms / 1000)
 
@@ -393,7 +433,9 @@ class PortfolioBook:
                 if _day_start(now) != self._day:
                     self._day = _day_start(now)
                     self._day_start_equity = equity
-            await self.store.record_equity(now, equity, cash, unrealized, realized)
+            # Replicas share the curve: each interval gets the first replica's point only.
+            gap = self.settings.equity_sample_s / 2 if self.settings.shared_ledger else 0.0
+            await self.store.record_equity(now, equity, cash, unrealized, realized, min_gap_s=gap)
 
     # Reading ----------------------------------------------------------------------------------
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
 from backend.infra.eventbus import EventData
@@ -37,6 +39,8 @@ class LedgerEntry(NamedTuple):
     fill: Fill
     sequence: int | None
     liquidity_known: bool = True
+    row_id: int = 0
+    """The ledger row's id: booking order across every replica."""
 
 
 def venue_order(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
@@ -47,6 +51,62 @@ def venue_order(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
     come first, in booking order, so a ledger without any sequence replays as it was booked.
     """
     return sorted(entries, key=lambda e: -1 if e.sequence is None else e.sequence)
+
+
+# Booking is serialised across replicas sharing one database, so that each books on top of
+# every fill booked before it: PostgreSQL with a transaction-scoped advisory lock (this key);
+# SQLite by taking the write lock at once (a write that matches nothing).
+_BOOKING_LOCK = {
+    "postgresql": "SELECT pg_advisory_xact_lock(7203558436190862107)",
+    "sqlite": "UPDATE positions SET symbol = symbol WHERE 0 = 1",
+}
+
+
+def _entry(row: LedgerFill) -> LedgerEntry:
+    # Rows from before revision 0006 kept no liquidity; it moves no number.
+    return LedgerEntry(
+        Fill.from_stored(row, liquidity=Liquidity.TAKER),
+        row.sequence,
+        row.liquidity is not None,
+        row.id,
+    )
+
+
+class Booking:
+    """One booking transaction: `newer` holds what other replicas booked since the caller's
+    last row (in booking order); `add` writes the caller's fill after them."""
+
+    def __init__(self, store: LedgerStore, session: AsyncSession, newer: list[LedgerEntry]):
+        self._store = store
+        self._session = session
+        self.newer = newer
+
+    async def add(
+        self,
+        fill: Fill,
+        sequence: int | None,
+        position: DomainPosition,
+        announce: EventData | None = None,
+    ) -> int:
+        """Add `fill` (with its venue `sequence`) to the ledger and save its symbol's position,
+        with the event `announce` (through the outbox); the ledger row's id. Committed when
+        the booking ends; a fill id already booked raises IntegrityViolationError then."""
+        session = self._session
+        row = ledger_row(fill, sequence)
+        session.add(row)
+        saved = await session.get(Position, position.symbol)
+        if saved is None:
+            saved = Position(symbol=position.symbol)
+            session.add(saved)
+        saved.quantity = position.quantity
+        saved.average_price = position.average_price or ZERO
+        saved.realized_pnl = position.realized_pnl
+        saved.fees_paid = position.fees
+        saved.updated_at = datetime.now(UTC)
+        if announce is not None:
+            self._store.outbox.add(session, announce)
+        await session.flush()
+        return int(row.id)
 
 
 def ledger_row(fill: Fill, sequence: int | None) -> LedgerFill:
@@ -69,46 +129,32 @@ class LedgerStore:
             self._outbox = Outbox(r.sessions, r.publisher, source=r.name)
         return self._outbox
 
-    async def book(
-        self,
-        fill: Fill,
-        sequence: int | None,
-        position: DomainPosition,
-        announce: EventData | None = None,
-    ) -> None:
-        """Add `fill` (with its venue `sequence`) to the ledger and save its symbol's position,
-        with the event `announce` (through the outbox), in one transaction.
-
-        A fill id already in the ledger raises IntegrityViolationError (the unique key).
-        """
+    @asynccontextmanager
+    async def booking(self, after_row: int) -> AsyncIterator[Booking]:
+        """A transaction holding the booking lock, with the ledger rows after `after_row`
+        (booked by other replicas meanwhile); committed on leaving, rolled back on error."""
         async with self._resources.session() as session:
-            session.add(ledger_row(fill, sequence))
-            row = await session.get(Position, position.symbol)
-            if row is None:
-                row = Position(symbol=position.symbol)
-                session.add(row)
-            row.quantity = position.quantity
-            row.average_price = position.average_price or ZERO
-            row.realized_pnl = position.realized_pnl
-            row.fees_paid = position.fees
-            row.updated_at = datetime.now(UTC)
-            if announce is not None:
-                self.outbox.add(session, announce)
+            lock = _BOOKING_LOCK.get(session.get_bind().dialect.name)
+            if lock is not None:
+                await session.execute(text(lock))
+            yield Booking(self, session, await self._rows_after(session, after_row))
+
+    async def since(self, after_row: int) -> list[LedgerEntry]:
+        """The ledger rows after `after_row`, in booking order (no lock: committed rows)."""
+        async with self._resources.session() as session:
+            return await self._rows_after(session, after_row)
+
+    @staticmethod
+    async def _rows_after(session: AsyncSession, after_row: int) -> list[LedgerEntry]:
+        rows = await session.scalars(
+            select(LedgerFill).where(LedgerFill.id > after_row).order_by(LedgerFill.id)
+        )
+        return [_entry(r) for r in rows]
 
     async def ledger(self) -> list[LedgerEntry]:
         """Every booked fill with its venue sequence, in booking order: what the portfolio is
         rebuilt from (in venue order, see `venue_order`)."""
-        async with self._resources.session() as session:
-            rows = await session.scalars(select(LedgerFill).order_by(LedgerFill.id))
-            # Rows from before revision 0006 kept no liquidity; it moves no number.
-            return [
-                LedgerEntry(
-                    Fill.from_stored(r, liquidity=Liquidity.TAKER),
-                    r.sequence,
-                    r.liquidity is not None,
-                )
-                for r in rows
-            ]
+        return await self.since(0)
 
     async def fills(self, *, symbol: str | None, limit: int) -> list[LedgerFill]:
         """Newest booked fills first."""
@@ -119,9 +165,26 @@ class LedgerStore:
             return list(await session.scalars(query))
 
     async def record_equity(
-        self, at: datetime, equity: Decimal, cash: Decimal, unrealized: Decimal, realized: Decimal
-    ) -> None:
+        self,
+        at: datetime,
+        equity: Decimal,
+        cash: Decimal,
+        unrealized: Decimal,
+        realized: Decimal,
+        *,
+        min_gap_s: float = 0.0,
+    ) -> bool:
+        """Add a point to the equity curve unless one is less than `min_gap_s` older than `at`
+        (another replica sampled this interval): one point per interval whatever the number of
+        replicas. Under the booking lock, so two replicas never both add one."""
         async with self._resources.session() as session:
+            if min_gap_s > 0:
+                lock = _BOOKING_LOCK.get(session.get_bind().dialect.name)
+                if lock is not None:
+                    await session.execute(text(lock))
+                last = await session.scalar(select(func.max(EquityPoint.at)))
+                if last is not None and (at - last.replace(tzinfo=UTC)).total_seconds() < min_gap_s:
+                    return False
             session.add(
                 EquityPoint(
                     at=at,
@@ -131,6 +194,7 @@ class LedgerStore:
                     realized_pnl=realized,
                 )
             )
+        return True
 
     async def equity_curve(self, *, limit: int) -> list[EquityPoint]:
         """The latest `limit` points, oldest first."""

@@ -20,7 +20,7 @@ from backend.trading.events import MarketTick
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.book import PortfolioBook
 from microservices.portfolio_intelligence.service import create_service
-from microservices.portfolio_intelligence.store import LedgerStore
+from microservices.portfolio_intelligence.store import Booking, LedgerStore
 from tests.support.factories import fill_event, now_ms
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
@@ -67,10 +67,10 @@ def complete(client: TestClient) -> dict[str, Any]:
 def test_a_fill_whose_handler_fails_for_good_stops_as_of_ms_while_ticks_go_on(
     harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def always_fail(self: LedgerStore, f: Fill, *_args: Any) -> None:
+    async def always_fail(self: Booking, f: Fill, *_args: Any) -> int:
         raise DatabaseError("disk full")
 
-    monkeypatch.setattr(LedgerStore, "book", always_fail)
+    monkeypatch.setattr(Booking, "add", always_fail)
     with harness.run(create_service) as client:
         complete(client)
         harness.publish(fill_event("lost-1", "BUY", "1", "40000", "40", sequence=1))
@@ -169,16 +169,16 @@ def test_with_every_fill_booked_as_of_ms_keeps_advancing_without_ticks(
 def test_a_fill_being_retried_is_pending_and_the_portfolio_is_fresh_once_it_is_booked(
     harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    book = LedgerStore.book
+    book = Booking.add
     release: list[bool] = []
 
-    async def fail_until_released(self: LedgerStore, f: Fill, *args: Any) -> None:
+    async def fail_until_released(self: Booking, f: Fill, *args: Any) -> int:
         if not release:
             raise DatabaseError("connection lost")
-        await book(self, f, *args)
+        return await book(self, f, *args)
 
     monkeypatch.setenv("EVENTBUS_MAX_DELIVERIES", "1000")
-    monkeypatch.setattr(LedgerStore, "book", fail_until_released)
+    monkeypatch.setattr(Booking, "add", fail_until_released)
     with harness.run(create_service) as client:
         harness.publish(fill_event("p-1", "BUY", "1", "100", "0.1", sequence=1))
         stale = wait_until(
@@ -195,14 +195,14 @@ def test_a_fill_being_retried_is_pending_and_the_portfolio_is_fresh_once_it_is_b
 def test_a_fill_in_memory_after_a_failed_write_and_rebuild_still_reaches_the_ledger(
     harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    book, ledger = LedgerStore.book, LedgerStore.ledger
+    book, ledger = Booking.add, LedgerStore.ledger
     calls = {"book": 0, "ledger": 0}
 
-    async def fail_first_booking(self: LedgerStore, f: Fill, *args: Any) -> None:
+    async def fail_first_booking(self: Booking, f: Fill, *args: Any) -> int:
         calls["book"] += 1
         if calls["book"] == 1:
             raise DatabaseError("connection lost")
-        await book(self, f, *args)
+        return await book(self, f, *args)
 
     async def fail_first_rebuild(self: LedgerStore) -> Any:
         calls["ledger"] += 1
@@ -210,7 +210,7 @@ def test_a_fill_in_memory_after_a_failed_write_and_rebuild_still_reaches_the_led
             raise DatabaseError("connection lost")
         return await ledger(self)
 
-    monkeypatch.setattr(LedgerStore, "book", fail_first_booking)
+    monkeypatch.setattr(Booking, "add", fail_first_booking)
     monkeypatch.setattr(LedgerStore, "ledger", fail_first_rebuild)
     with harness.run(create_service) as client:
         harness.publish(fill_event("u-1", "BUY", "1", "100", "0.1", sequence=1))

@@ -17,7 +17,7 @@ from backend.infra.eventbus import EventBusSettings
 from backend.trading.events import MarketTick, OrderFilled
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
-from microservices.portfolio_intelligence.store import LedgerStore
+from microservices.portfolio_intelligence.store import Booking
 from tests.support.factories import fill_event
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
@@ -270,16 +270,16 @@ def test_a_fill_retried_after_a_failed_booking_is_booked_in_the_venue_order(
     harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fills = venue_fills("BTCUSDT", 1)
-    book = LedgerStore.book
+    book = Booking.add
     failed: list[str] = []
 
-    async def fail_once(self: LedgerStore, f: Fill, *args: Any) -> None:
+    async def fail_once(self: Booking, f: Fill, *args: Any) -> int:
         if f.fill_id == fills[1].fill_id and not failed:
             failed.append(f.fill_id)
             raise DatabaseError("connection lost")
-        await book(self, f, *args)
+        return await book(self, f, *args)
 
-    monkeypatch.setattr(LedgerStore, "book", fail_once)
+    monkeypatch.setattr(Booking, "add", fail_once)
     before = out_of_order_fills()
     with harness.run(create_service) as client:
         harness.publish(*fills)
