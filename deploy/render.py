@@ -42,9 +42,10 @@ IMAGES = {
 # they compute, no loop that must run once. ai-engine serves predictions from the model it reads
 # from the database. portfolio-intelligence replicas share `order.filled`: booking is serialised
 # through the database and each replica applies what the others booked before it books or
-# answers (PORTFOLIO_SHARED_LEDGER, in the ConfigMap). Every other service is a singleton (one replica, `Recreate` roll-outs, so
-# that two strategy loops, feeds or paper venues never overlap); a service not listed here is
-# treated as one, which is the safe default for the services still to come.
+# answers (PORTFOLIO_SHARED_LEDGER, in the ConfigMap). Every other service is a singleton (one
+# replica, `Recreate` roll-outs, so that two strategy loops, feeds or paper venues never
+# overlap); a service not listed here is treated as one, the safe default for the services
+# still to come.
 REPLICATED: dict[str, int] = {"ai-engine": 2, "portfolio-intelligence": 2}
 
 # Resource requests and limits per service; the default fits the rest.
