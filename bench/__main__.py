@@ -1,4 +1,6 @@
-"""`python -m bench [NAME...]`: every benchmark of the project (or the ones named), in turn."""
+"""`python -m bench [NAME...] [-- OPTIONS]`: every benchmark of the project (or the ones named),
+in turn; options (from the first word starting with `-`, a lone `--` dropped) go to the one
+benchmark named, e.g. `python -m bench order_path --seconds 5`."""
 
 from __future__ import annotations
 
@@ -19,12 +21,26 @@ BENCHMARKS = (
 NAMES = tuple(module.rsplit(".", 1)[1] for module in BENCHMARKS)
 
 
+def split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The benchmark names, and the options that follow them (without a separating `--`)."""
+    first = next((i for i, word in enumerate(argv) if word.startswith("-")), len(argv))
+    options = argv[first:]
+    return argv[:first], options[1:] if options[:1] == ["--"] else options
+
+
 def main(argv: list[str] | None = None) -> int:
-    selected = (sys.argv[1:] if argv is None else argv) or list(NAMES)
+    names, options = split(sys.argv[1:] if argv is None else argv)
+    selected = names or list(NAMES)
     unknown = [name for name in selected if name not in NAMES]
     if unknown:
         print(
             f"unknown benchmark {', '.join(unknown)}; the benchmarks are: {', '.join(NAMES)}",
+            file=sys.stderr,
+        )
+        return 2
+    if options and len(selected) != 1:
+        print(
+            f"options ({' '.join(options)}) go to one benchmark: name exactly one",
             file=sys.stderr,
         )
         return 2
@@ -38,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{module_name}: not available ({exc})")
             continue
         print(f"== {module_name} ==", flush=True)
-        status |= module.main([]) or 0
+        status |= module.main(options) or 0
     return status
 
 

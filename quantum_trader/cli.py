@@ -602,7 +602,8 @@ def status(port_offset: int) -> None:
 @click.argument("benchmarks", nargs=-1)
 def bench(benchmarks: tuple[str, ...]) -> None:
     """Run the benchmarks: all, or the BENCHMARKS named (bench_http, bench_eventbus, halt_window,
-    rl_training).
+    rl_training, clm_drift, startup, collector, viewer, order_path); options after one name go
+    to that benchmark (`quantum-trader bench order_path --seconds 5`).
 
     They print ratios against a bare baseline. The benchmarks are part of a source checkout,
     not of the installed package.

@@ -206,3 +206,20 @@ def test_bench_with_an_unknown_benchmark_lists_the_benchmarks() -> None:
     )
     assert result.returncode == 2
     assert "bench_http" in result.stderr and "bench_eventbus" in result.stderr
+
+
+def test_bench_passes_the_options_after_a_name_to_that_benchmark() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "bench", "halt_window", "--", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and "--runs" in result.stdout  # halt_window's own
+    several = subprocess.run(
+        [sys.executable, str(SCRIPT), "bench", "halt_window", "startup", "--runs", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert several.returncode == 2
+    assert "name exactly one" in several.stderr
