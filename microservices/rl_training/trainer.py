@@ -311,6 +311,21 @@ class Trainer:
             else:
                 await self._train(job_id, request, cancel)
 
+    async def _end_unfinished(self, job_id: int, span: Any, kind: str, exc: Exception) -> None:
+        """Record a job that did not finish: canceled (on request), or failed (the error kept
+        on the row, the span and the log). Called from the `except` that caught `exc`."""
+        if isinstance(exc, TrainingCanceled | SweepCanceled):
+            span.set_attribute("status", CANCELED)
+            await self.store.finish_job(job_id, CANCELED, error=str(exc))
+            metrics.JOBS.labels(CANCELED).inc()
+            self.log.info(f"{kind} job canceled", job_id=job_id)
+            return
+        span.record_exception(exc)
+        span.set_attribute("status", FAILED)
+        await self.store.finish_job(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
+        metrics.JOBS.labels(FAILED).inc()
+        self.log.exception(f"{kind} job failed", job_id=job_id)
+
     async def _train(self, job_id: int, request: JobCreate, cancel: threading.Event) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
@@ -347,18 +362,8 @@ class Trainer:
                 outcome = await asyncio.to_thread(
                     train_and_evaluate, request, on_progress, self.tracer, self.venue
                 )
-            except TrainingCanceled as exc:
-                span.set_attribute("status", CANCELED)
-                await self.store.finish_job(job_id, CANCELED, error=str(exc))
-                metrics.JOBS.labels(CANCELED).inc()
-                self.log.info("training job canceled", job_id=job_id)
-                return
             except Exception as exc:  # a failed job is recorded, never takes the service down
-                span.record_exception(exc)
-                span.set_attribute("status", FAILED)
-                await self.store.finish_job(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
-                metrics.JOBS.labels(FAILED).inc()
-                self.log.exception("training job failed", job_id=job_id)
+                await self._end_unfinished(job_id, span, "training", exc)
                 return
             finally:
                 metrics.JOBS_RUNNING.dec()
@@ -439,18 +444,8 @@ class Trainer:
                 outcome = await asyncio.to_thread(
                     evaluate_best, request, progress, self.tracer, self.venue
                 )
-            except SweepCanceled as exc:
-                span.set_attribute("status", CANCELED)
-                await self.store.finish_job(job_id, CANCELED, error=str(exc))
-                metrics.JOBS.labels(CANCELED).inc()
-                self.log.info("sweep job canceled", job_id=job_id)
-                return
             except Exception as exc:  # a failed job is recorded, never takes the service down
-                span.record_exception(exc)
-                span.set_attribute("status", FAILED)
-                await self.store.finish_job(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
-                metrics.JOBS.labels(FAILED).inc()
-                self.log.exception("sweep job failed", job_id=job_id)
+                await self._end_unfinished(job_id, span, "sweep", exc)
                 return
             finally:
                 metrics.JOBS_RUNNING.dec()
