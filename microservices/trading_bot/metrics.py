@@ -24,3 +24,13 @@ SIZING = Counter(
     "Orders sized, by what sized them (policy: the champion RL policy; rules: rule-based).",
     ["source"],
 )
+BOOK_SOURCE = Counter(
+    "bot_sizing_book_total",
+    "Orders sized, by where equity and position came from (fills: the fill-fed book; "
+    "portfolio: a GET /portfolio because the book was not known complete).",
+    ["source"],
+)
+BOOK_CORRECTIONS = Counter(
+    "bot_book_corrections_total",
+    "Checks that found the fill-fed book differing from the portfolio's books (corrected).",
+)
