@@ -418,6 +418,9 @@ def _walk(
     charged to SQL, the bus, the HTTP client and (recursively) the service called."""
     service = root["service"]
     own = _clipped_ms(root, end)
+    # What a span starts after its parent ended (say, a publication after the answer) is
+    # not on the path.
+    end = min(end, root["end_ns"])
     stack = list(children.get(root["span_id"], []))
     while stack:
         sp = stack.pop()

@@ -131,6 +131,16 @@ class FillBook:
         return Holdings(equity, self._quantities.get(symbol, ZERO))
 
     @property
+    def seeded(self) -> bool:
+        """Whether the book was ever seeded from the portfolio."""
+        return self._cash is not None
+
+    @property
+    def missing(self) -> int:
+        """How many fill sequences below the highest booked the book has not seen."""
+        return max(self._above) - self._contiguous - len(self._above) if self._above else 0
+
+    @property
     def sequence(self) -> int:
         """The highest fill sequence up to which every fill is booked."""
         return self._contiguous

@@ -28,11 +28,12 @@ class TradingBotSettings(BaseSettings):
         default=5_000, ge=0, validation_alias="BOT_DECISION_INTERVAL_MS"
     )
     """At most one decision per symbol in this interval; ticks in between only fill the window."""
-    decision_gap_ms: int = Field(default=200, ge=0, validation_alias="BOT_DECISION_GAP_MS")
-    """Decisions of different symbols start at least this far apart. The feed publishes every
-    symbol's tick together and the bus hands the bot one tick at a time, so a second decision
-    in the same batch would wait for the whole first one; a symbol held back decides on its
-    next tick (never later than one more decision interval)."""
+    decision_hold_ms: int = Field(default=1_000, ge=0, validation_alias="BOT_DECISION_HOLD_MS")
+    """A due decision whose tick was published before the previous decision ended (it queued
+    behind it: the feed publishes every symbol's tick together, and the bus hands the bot one
+    tick at a time) waits for the symbol's next tick, for at most this long. The decisions of
+    several symbols so fall on successive ticks instead of queueing behind each other. 0: never
+    wait."""
     min_confidence: float = Field(default=0.55, ge=0, le=1, validation_alias="BOT_MIN_CONFIDENCE")
     max_tick_age_ms: int = Field(default=10_000, gt=0, validation_alias="BOT_MAX_TICK_AGE_MS")
     """Ticks published longer ago than this (a backlog after downtime) are not traded."""

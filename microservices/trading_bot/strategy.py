@@ -31,6 +31,8 @@ from microservices.contracts.risk_safety import ApprovalPublic, CheckRequest, Ri
 from .book import BookFill, FillBook, Holdings
 from .metrics import (
     BOOK_CORRECTIONS,
+    BOOK_MISSING,
+    BOOK_SEQUENCE,
     BOOK_SOURCE,
     CONFIDENCE,
     DECISIONS,
@@ -90,6 +92,8 @@ class SymbolState:
     last_decision_at: float = float("-inf")
     last_tick_ms: int = 0
     last_event_id: str = ""
+    held_since: float | None = None
+    """When a due decision was first held back for a tick that queued (monotonic)."""
 
 
 class TradingBot:
@@ -115,7 +119,8 @@ class TradingBot:
         # Sized from, instead of a `GET /portfolio` per decision: three check intervals
         # without an agreement with the portfolio and the book is not trusted.
         self.book = FillBook(max_age_s=3 * settings.book_check_s)
-        self._last_decision_started = float("-inf")
+        self._last_decision_ended = float("-inf")
+        """Unix time the latest decision ended: a tick published before it waited for it."""
         self.log = logger
         self.tracer = tracer
         self._publish_state()
@@ -185,9 +190,9 @@ class TradingBot:
             return
         # A redelivered tick is never held back: its first delivery may have asked for the
         # signal already, and that signal must end in a decision.
-        if event.deliveries <= 1 and self._held_back(state, now):
+        if event.deliveries <= 1 and self._hold_back(state, event, now):
             return
-        self._last_decision_started = now
+        state.held_since = None
         previous, state.last_decision_at = state.last_decision_at, now
         decision = Decision(tick.symbol, event.id, tick.ts_ms)
         with self.tracer.start_as_current_span("decide") as span:
@@ -200,19 +205,18 @@ class TradingBot:
                 raise
             finally:
                 _decision_attributes(span, decision)
+                self._last_decision_ended = time.time()
             await self._record(decision)
 
-    def _held_back(self, state: SymbolState, now: float) -> bool:
-        """Whether this symbol's due decision waits for its next tick: another symbol's
-        decision started less than `decision_gap_ms` ago (most likely on a tick of the same
-        batch, still in the bus's queue behind it). A symbol already overdue by a whole
-        decision interval is not held back again, so none starves."""
-        if (now - self._last_decision_started) * 1000.0 >= self.settings.decision_gap_ms:
+    def _hold_back(self, state: SymbolState, event: Event[MarketTick], now: float) -> bool:
+        """Whether this due decision waits for the symbol's next tick: its tick was published
+        before the previous decision ended, so it queued behind it, and the next one will not
+        (`decision_hold_ms`). Held back for at most that long, so no symbol starves."""
+        if event.time.timestamp() >= self._last_decision_ended:
             return False
-        if state.last_decision_at == float("-inf"):
-            return True
-        overdue_ms = (now - state.last_decision_at) * 1000.0 - self.settings.decision_interval_ms
-        return overdue_ms < self.settings.decision_interval_ms
+        if state.held_since is None:
+            state.held_since = now
+        return (now - state.held_since) * 1000.0 < self.settings.decision_hold_ms
 
     async def on_fill(self, event: Event[OrderFilled]) -> None:
         """Keep the book current: every fill of the venue, the bot's own or not."""
@@ -225,6 +229,7 @@ class TradingBot:
         self.book.apply(
             BookFill(fill.sequence, fill.symbol, fill.side, fill.quantity, fill.price, fill.fee)
         )
+        self._book_moved()
 
     async def check_book_loop(self, _resources: Resources) -> None:
         """Background task: check the book against the portfolio every `book_check_s`."""
@@ -244,12 +249,18 @@ class TradingBot:
     def _seed(self, book: PortfolioPublic) -> None:
         corrections = self.book.corrections
         self.book.seed(book, time.monotonic())
+        self._book_moved()
         if self.book.corrections != corrections:
             BOOK_CORRECTIONS.inc()
             self.log.warning(
                 "fill-fed book differed from the portfolio's; corrected",
                 sequence=book.fills.booked_sequence,
             )
+
+    def _book_moved(self) -> None:
+        if self.book.seeded:
+            BOOK_SEQUENCE.set(self.book.sequence)
+            BOOK_MISSING.set(self.book.missing)
 
     async def _fetch_portfolio(self) -> PortfolioPublic | str:
         """The portfolio's books, or why they could not be read."""
@@ -476,6 +487,7 @@ class TradingBot:
                     fill.sequence, placed.symbol, placed.side, fill.quantity, fill.price, fill.fee
                 )
             )
+        self._book_moved()
 
     @staticmethod
     def _order_attributes(span: Any, d: Decision) -> None:
