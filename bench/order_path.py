@@ -328,6 +328,13 @@ def report_paths(paths: list[TickPath]) -> None:
     for kind in KINDS:
         values = [p.by_kind().get(kind, 0.0) for p in paths]
         print(f"    {kind:<22} {statistics.median(values):7.2f}  ({pct(values, 0.99):7.2f})")
+    print("  by service (median ms per trade; HTTP client time is the caller's):")
+    services = sorted(
+        {stage.split(": ", 1)[1].split(" ", 1)[0] for p in paths for stage in p.stages}
+    )
+    for service in services:
+        values = [p.of_service(service) for p in paths]
+        print(f"    {service:<22} {statistics.median(values):7.2f}  ({pct(values, 0.99):7.2f})")
     stages: dict[str, list[float]] = defaultdict(list)
     for p in paths:
         for stage, ms in p.stages.items():
@@ -364,6 +371,11 @@ class TickPath:
     def add(self, stage: str, ms: float) -> None:
         if ms > 0:
             self.stages[stage] = self.stages.get(stage, 0.0) + ms
+
+    def of_service(self, service: str) -> float:
+        return sum(
+            ms for stage, ms in self.stages.items() if stage.split(": ", 1)[1].startswith(service)
+        )
 
     def by_kind(self) -> dict[str, float]:
         out: dict[str, float] = defaultdict(float)
