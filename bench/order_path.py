@@ -329,9 +329,7 @@ def report_paths(paths: list[TickPath]) -> None:
         values = [p.by_kind().get(kind, 0.0) for p in paths]
         print(f"    {kind:<22} {statistics.median(values):7.2f}  ({pct(values, 0.99):7.2f})")
     print("  by service (median ms per trade; HTTP client time is the caller's):")
-    services = sorted(
-        {stage.split(": ", 1)[1].split(" ", 1)[0] for p in paths for stage in p.stages}
-    )
+    services = sorted({_service_of(stage) for p in paths for stage in p.stages})
     for service in services:
         values = [p.of_service(service) for p in paths]
         print(f"    {service:<22} {statistics.median(values):7.2f}  ({pct(values, 0.99):7.2f})")
@@ -373,15 +371,17 @@ class TickPath:
             self.stages[stage] = self.stages.get(stage, 0.0) + ms
 
     def of_service(self, service: str) -> float:
-        return sum(
-            ms for stage, ms in self.stages.items() if stage.split(": ", 1)[1].startswith(service)
-        )
+        return sum(ms for stage, ms in self.stages.items() if _service_of(stage) == service)
 
     def by_kind(self) -> dict[str, float]:
         out: dict[str, float] = defaultdict(float)
         for stage, ms in self.stages.items():
             out[stage.split(":", 1)[0]] += ms
         return out
+
+
+def _service_of(stage: str) -> str:
+    return stage.split(": ", 1)[1].split(" ", 1)[0]
 
 
 def tick_path(spans: list[dict[str, Any]]) -> TickPath | None:
