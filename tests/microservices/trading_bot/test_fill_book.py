@@ -3,6 +3,7 @@ answers nothing while a fill is missing or the last check against the portfolio 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,9 @@ from decimal import Decimal
 from backend.infra.eventbus import Event
 from backend.infra.observability import get_logger, get_tracer
 from backend.infra.service import Resources, ServiceSettings
-from backend.trading.events import MarketTick
+from backend.trading.events import MarketTick, OrderFilled
+from backend.trading.types import Liquidity, Side
+from microservices.contracts.execution import FillPublic, OrderPublic
 from microservices.contracts.portfolio_intelligence import PortfolioPublic
 from microservices.trading_bot.book import BookFill, FillBook, Holdings
 from microservices.trading_bot.settings import TradingBotSettings
@@ -142,3 +145,68 @@ def test_a_tick_that_queued_behind_a_decision_waits_for_the_next_for_at_most_the
     b0 = bot(hold_ms=0)
     b0._last_decision_ended = now.timestamp()
     assert not b0._hold_back(SymbolState(prices=state.prices), tick(now - timedelta(1)), now=0)
+
+
+async def test_the_bots_own_fills_count_from_the_acknowledgement_and_once() -> None:
+    b = bot(hold_ms=0)
+    assert b.book.seed(snapshot("1000"), now=time.monotonic())
+    now = datetime.now(UTC)
+    placed = OrderPublic(
+        client_order_id="qt-1",
+        status="FILLED",
+        symbol="SOLUSDT",
+        side="BUY",
+        quantity=Decimal(2),
+        filled_quantity=Decimal(2),
+        avg_fill_price=Decimal(100),
+        order_type="MARKET",
+        limit_price=None,
+        time_in_force="GTC",
+        reduce_only=False,
+        reason="",
+        risk_decision_id="d1",
+        created_at=now,
+        updated_at=now,
+        fills=[
+            FillPublic(
+                fill_id="f1",
+                sequence=1,
+                quantity=Decimal(2),
+                price=Decimal(100),
+                fee=Decimal("0.2"),
+                liquidity="TAKER",
+                filled_at=now,
+            )
+        ],
+    )
+    b._book_fills_of(placed)
+    assert b.book.holdings("SOLUSDT", time.monotonic()) == Holdings(Decimal("999.8"), Decimal(2))
+    # Its event, arriving later, is the same fill.
+    announced = OrderFilled(
+        fill_id="f1",
+        client_order_id="qt-1",
+        symbol="SOLUSDT",
+        side=Side.BUY,
+        quantity=Decimal(2),
+        price=Decimal(100),
+        fee=Decimal("0.2"),
+        liquidity=Liquidity.TAKER,
+        ts_ms=0,
+        sequence=1,
+    )
+    await b.on_fill(
+        Event(id=uuid.uuid4().hex, type="order.filled", source="t", time=now, data=announced)
+    )
+    assert b.book.holdings("SOLUSDT", time.monotonic()) == Holdings(Decimal("999.8"), Decimal(2))
+    # A fill without a venue sequence cannot be placed: nothing is sized from the book until
+    # the next check against the portfolio.
+    await b.on_fill(
+        Event(
+            id=uuid.uuid4().hex,
+            type="order.filled",
+            source="t",
+            time=now,
+            data=announced.model_copy(update={"sequence": None, "fill_id": "f2"}),
+        )
+    )
+    assert isinstance(b.book.holdings("SOLUSDT", time.monotonic()), str)
