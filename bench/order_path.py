@@ -108,6 +108,7 @@ def stack(offset: int, database_url: str | None, risk_max_orders: int) -> Iterat
             "RUN_METRICS_PORT": "0",
             "QT_API_TOKEN": token,
             "RISK_MAX_ORDERS": str(risk_max_orders),
+            **BOT_TRADING_ENV,
             "LOG_LEVEL": "WARNING",
         }
         if database_url:
@@ -280,65 +281,185 @@ def reconcile(s: Stack, url: str | None, load: Load, prefix: str) -> dict[str, i
 
 # Tick to acknowledgement, from the traces ----------------------------------------------------
 
+BOT_TRADING_ENV = {
+    # More decisions than the defaults (one per symbol every 5 s, confidence 0.55), through
+    # the bot's documented settings, so the trace phase has enough trades for a p99. The feed
+    # ticks three symbols every 500 ms; one decision per 1.5 s per symbol keeps the bot's
+    # decisions on different ticks, as the defaults do.
+    "BOT_DECISION_INTERVAL_MS": "1500",
+    "BOT_MIN_CONFIDENCE": "0.5",
+}
+
 
 def tick_to_ack(s: Stack, seconds: float) -> None:
     """Let the bot trade for `seconds`; the traces' tick-to-ack time and where it goes."""
-    with httpx.Client(timeout=10, headers=s.headers) as client:
+    with httpx.Client(timeout=30, headers=s.headers) as client:
         client.post(s.url("trading-bot") + "/start").raise_for_status()
         time.sleep(seconds)
         client.post(s.url("trading-bot") + "/stop").raise_for_status()
         time.sleep(2)  # the last batches of spans reach the viewer
-        found = client.get(s.traceview + "/api/traces", params={"q": "submit_order"}).json()
-        totals: list[float] = []
-        stages: dict[str, list[float]] = defaultdict(list)
+        found = client.get(
+            s.traceview + "/api/traces",
+            params={
+                "operation": "submit_order",
+                "lookback": f"{seconds + 10:.0f}s",
+                "limit": "1000",
+            },
+        ).json()
+        paths = []
         for summary in found["data"]:
             spans = client.get(f"{s.traceview}/api/traces/{summary['trace_id']}").json()["data"]
-            breakdown = _breakdown(spans)
-            if breakdown is None:
-                continue
-            total, parts = breakdown
-            totals.append(total)
-            for name, ms in parts.items():
-                stages[name].append(ms)
-    if not totals:
+            path = tick_path(spans)
+            if path is not None:
+                paths.append(path)
+    if not paths:
         print(f"tick -> order ack: no trade traced in {seconds:.0f} s (the bot placed no order)")
         return
+    report_paths(paths)
+
+
+def report_paths(paths: list[TickPath]) -> None:
+    totals = [p.total_ms for p in paths]
     print(
-        f"tick -> order ack ({len(totals)} trades): p50 {pct(totals, 0.5):.1f} ms  "
+        f"tick -> order ack ({len(paths)} trades): p50 {pct(totals, 0.5):.1f} ms  "
         f"p99 {pct(totals, 0.99):.1f} ms  (target p50 <= 15, p99 <= 50)"
     )
-    for name, values in sorted(stages.items(), key=lambda kv: -statistics.median(kv[1])):
-        print(f"  {name:<58} median {statistics.median(values):7.2f} ms  max {max(values):7.2f}")
+    print("  by kind (median ms per trade; p99 in brackets):")
+    for kind in KINDS:
+        values = [p.by_kind().get(kind, 0.0) for p in paths]
+        print(f"    {kind:<22} {statistics.median(values):7.2f}  ({pct(values, 0.99):7.2f})")
+    print("  by service (median ms per trade; HTTP client time is the caller's):")
+    services = sorted({_service_of(stage) for p in paths for stage in p.stages})
+    for service in services:
+        values = [p.of_service(service) for p in paths]
+        print(f"    {service:<22} {statistics.median(values):7.2f}  ({pct(values, 0.99):7.2f})")
+    stages: dict[str, list[float]] = defaultdict(list)
+    for p in paths:
+        for stage, ms in p.stages.items():
+            stages[stage].append(ms)
+    print("  by stage (median ms over the trades that have it; max):")
+    for stage, values in sorted(stages.items(), key=lambda kv: -statistics.median(kv[1])):
+        if statistics.median(values) >= 0.05:
+            print(f"    {stage:<58} {statistics.median(values):7.2f}  max {max(values):7.2f}")
 
 
-def _breakdown(spans: list[dict[str, Any]]) -> tuple[float, dict[str, float]] | None:
-    """Tick publication to the end of execution's POST /orders, and the spans on the way."""
-    ack = [
+KINDS = ("publish", "stream wait", "in-service", "SQL", "bus publish on path", "HTTP client")
+"""What the time from a tick to its order's acknowledgement is spent on:
+
+* publish: the tick's XADD (eventbus-bridge's `send market.tick`, until the bot has it);
+* stream wait: from then until the bot's `process market.tick` starts (the consumer's read
+  and any handler ahead of it in the batch);
+* in-service: inside a service's own spans, less the SQL, bus and HTTP calls it makes;
+* SQL: database client spans on the path;
+* bus publish on path: producer spans a service waits for before answering;
+* HTTP client: a call's client span less the called service's server span (connection,
+  serialisation, the client's middleware and the loop's scheduling).
+
+Stages of calls made concurrently overlap, so the kinds can add up to more than the total.
+"""
+
+
+@dataclass
+class TickPath:
+    """One trade: tick publication to the end of execution's POST /orders, by stage."""
+
+    total_ms: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, ms: float) -> None:
+        if ms > 0:
+            self.stages[stage] = self.stages.get(stage, 0.0) + ms
+
+    def of_service(self, service: str) -> float:
+        return sum(ms for stage, ms in self.stages.items() if _service_of(stage) == service)
+
+    def by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for stage, ms in self.stages.items():
+            out[stage.split(":", 1)[0]] += ms
+        return out
+
+
+def _service_of(stage: str) -> str:
+    return stage.split(": ", 1)[1].split(" ", 1)[0]
+
+
+def tick_path(spans: list[dict[str, Any]]) -> TickPath | None:
+    """The tick-to-ack path of a trade's trace, or None if the trace holds no whole trade."""
+    by_id = {sp["span_id"]: sp for sp in spans}
+    children: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for sp in spans:
+        children[sp["parent_span_id"]].append(sp)
+    sends = [sp for sp in spans if sp["kind"] == "producer" and sp["name"] == "send market.tick"]
+    consumers = [
+        sp
+        for sp in spans
+        if sp["service"] == "trading-bot"
+        and sp["kind"] == "consumer"
+        and sp["name"] == "process market.tick"
+    ]
+    acks = [
         sp
         for sp in spans
         if sp["service"] == "execution"
         and sp["kind"] == "server"
         and sp["name"].startswith("POST /orders")
     ]
-    if not ack or not any(sp["service"] == "trading-bot" for sp in spans):
+    if not sends or not consumers or not acks:
         return None
-    start = min(sp["start_ns"] for sp in spans)
-    end = min(sp["end_ns"] for sp in ack)
-    parts: dict[str, float] = {}
-    for sp in spans:
-        if sp["start_ns"] > end:
+    send, consumer = sends[0], consumers[0]
+    if by_id.get(consumer["parent_span_id"]) is not send:
+        return None
+    end = min(sp["end_ns"] for sp in acks)
+    path = TickPath((end - send["start_ns"]) / 1e6)
+    handed = min(send["end_ns"], consumer["start_ns"])
+    path.add("publish: eventbus-bridge XADD market.tick", (handed - send["start_ns"]) / 1e6)
+    path.add("stream wait: trading-bot", (consumer["start_ns"] - handed) / 1e6)
+    _walk(consumer, end, children, path)
+    return path
+
+
+def _clipped_ms(sp: dict[str, Any], end: int) -> float:
+    return float(max(0, min(sp["end_ns"], end) - sp["start_ns"]) / 1e6)
+
+
+def _walk(
+    root: dict[str, Any], end: int, children: dict[str, list[dict[str, Any]]], path: TickPath
+) -> None:
+    """Charge `root`'s time (up to `end`) to its service, less its outgoing calls, which are
+    charged to SQL, the bus, the HTTP client and (recursively) the service called."""
+    service = root["service"]
+    own = _clipped_ms(root, end)
+    # What a span starts after its parent ended (say, a publication after the answer) is
+    # not on the path.
+    end = min(end, root["end_ns"])
+    stack = list(children.get(root["span_id"], []))
+    while stack:
+        sp = stack.pop()
+        if sp["start_ns"] >= end:
             continue
-        wanted = sp["kind"] in ("server", "consumer", "producer") or sp["service"] in (
-            "trading-bot",
-            "risk-safety",
-            "execution",
-        )
-        if wanted:
-            key = f"{sp['service']}: {sp['name']} ({sp['kind']})"
-            # Only the part before the acknowledgement counts.
-            ms = (min(sp["end_ns"], end) - sp["start_ns"]) / 1e6
-            parts[key] = parts.get(key, 0.0) + ms
-    return (end - start) / 1e6, parts
+        if sp["kind"] == "client":
+            ms = _clipped_ms(sp, end)
+            own -= ms
+            if "db.system" in sp["attributes"] or "db.system.name" in sp["attributes"]:
+                path.add(f"SQL: {service} {sp['name']}", ms)
+                continue
+            servers = [c for c in children.get(sp["span_id"], []) if c["kind"] == "server"]
+            if not servers:
+                path.add(f"HTTP client: {service} {sp['name']} (no server span)", ms)
+                continue
+            server = servers[0]
+            path.add(
+                f"HTTP client: {service} -> {server['service']}", ms - _clipped_ms(server, end)
+            )
+            _walk(server, end, children, path)
+        elif sp["kind"] == "producer":
+            ms = _clipped_ms(sp, end)
+            own -= ms
+            path.add(f"bus publish on path: {service} {sp['name']}", ms)
+        else:
+            stack.extend(children.get(sp["span_id"], []))
+    path.add(f"in-service: {service} {root['name']}", own)
 
 
 # Main ---------------------------------------------------------------------------------------

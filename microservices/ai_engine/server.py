@@ -30,6 +30,8 @@ from .settings import AiEngineSettings
 from .store import ModelStore, NothingToRollBack, load_artifact
 
 SIGNAL_PUBLISH_TIMEOUT_S = 1.0
+MAX_SIGNALS_IN_FLIGHT = 1_000
+"""Announcements still being published; beyond it a signal is counted unpublished instead."""
 
 
 class NoModelLoaded(RuntimeError):
@@ -76,6 +78,7 @@ class ModelServer:
         self.version: str | None = None
         self.trained_at: float | None = None
         """Unix time the serving model was registered (its age counts from there)."""
+        self._announcing: set[asyncio.Task[None]] = set()
 
     # Which model serves ----------------------------------------------------------------------
 
@@ -177,7 +180,7 @@ class ModelServer:
     async def predict(
         self, symbol: str, prices: list[Decimal], source_id: str | None
     ) -> Prediction:
-        """The signal for `symbol` from its recent prices, announced on the bus.
+        """The signal for `symbol` from its recent prices, announced on the bus after it.
 
         Raises `NoModelLoaded`, or `UnusablePrices`."""
         artifact = self.artifact
@@ -218,7 +221,7 @@ class ModelServer:
             model_version=signal.model_version,
             signal_id=signal_id,
         )
-        await self._publish(
+        self._announce(
             SignalGenerated(
                 signal_id=signal_id,
                 symbol=symbol,
@@ -235,6 +238,22 @@ class ModelServer:
             signal_id=signal_id,
             features=dict(zip(FEATURE_NAMES, (float(v) for v in features), strict=True)),
         )
+
+    def _announce(self, signal: SignalGenerated) -> None:
+        """Publish the signal after the answer: the caller (the bot, on its way to an order)
+        never waits for the bus. In the prediction's trace all the same."""
+        if len(self._announcing) >= MAX_SIGNALS_IN_FLIGHT:
+            metrics.SIGNALS_UNPUBLISHED.inc()
+            self.log.warning("signal not published: too many in flight", signal_id=signal.signal_id)
+            return
+        task = asyncio.create_task(self._publish(signal), name="announce-signal")
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def drain(self, _resources: Resources | None = None) -> None:
+        """Shutdown: let the announcements in flight finish (each is bounded by its timeout)."""
+        if self._announcing:
+            await asyncio.wait(set(self._announcing), timeout=2 * SIGNAL_PUBLISH_TIMEOUT_S)
 
     async def _publish(self, signal: SignalGenerated) -> None:
         """Announce the signal on the bus, but never hold a prediction up for it."""

@@ -23,5 +23,6 @@ def create_service(settings: AiEngineSettings | None = None) -> Service:
     service.add_readiness_check(ReadinessCheck("model", server.check_loaded))
     service.on_startup(server.ensure_model)
     service.background("model-refresh", server.refresh)
+    service.on_shutdown(server.drain)
     service.app.include_router(router)
     return service

@@ -24,3 +24,24 @@ SIZING = Counter(
     "Orders sized, by what sized them (policy: the champion RL policy; rules: rule-based).",
     ["source"],
 )
+BOOK_SOURCE = Counter(
+    "bot_sizing_book_total",
+    "Orders sized, by where equity and position came from (fills: the fill-fed book; "
+    "portfolio: a GET /portfolio because the book was not known complete).",
+    ["source"],
+)
+BOOK_CORRECTIONS = Counter(
+    "bot_book_corrections_total",
+    "Checks that found the fill-fed book differing from the portfolio's books (corrected).",
+)
+BOOK_SEQUENCE = Gauge(
+    "bot_book_fill_sequence",
+    "The venue fill sequence up to which the fill-fed book holds every fill (-1 before its "
+    "first seed from the portfolio).",
+)
+BOOK_SEQUENCE.set(-1)
+BOOK_MISSING = Gauge(
+    "bot_book_fills_missing",
+    "Venue fill sequences below the highest the book holds that it has not seen (while any is "
+    "missing, the bot sizes from GET /portfolio).",
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backend.infra.service import Service
-from backend.trading.events import MarketTick
+from backend.trading.events import MarketTick, OrderFilled
 
 from .api import router
 from .settings import TradingBotSettings
@@ -22,6 +22,8 @@ def create_service(settings: TradingBotSettings | None = None) -> Service:
         )
     )
     service.subscribe(MarketTick, bot.on_tick)
+    service.subscribe(OrderFilled, bot.on_fill)
+    service.background("book-check", bot.check_book_loop)
     if bot.policy.enabled:
         service.background("champion-policy", bot.policy.refresh_loop)
     service.app.include_router(router)

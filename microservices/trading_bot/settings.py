@@ -28,6 +28,12 @@ class TradingBotSettings(BaseSettings):
         default=5_000, ge=0, validation_alias="BOT_DECISION_INTERVAL_MS"
     )
     """At most one decision per symbol in this interval; ticks in between only fill the window."""
+    decision_hold_ms: int = Field(default=1_000, ge=0, validation_alias="BOT_DECISION_HOLD_MS")
+    """A due decision whose tick was published before the previous decision ended (it queued
+    behind it: the feed publishes every symbol's tick together, and the bus hands the bot one
+    tick at a time) waits for the symbol's next tick, for at most this long. The decisions of
+    several symbols so fall on successive ticks instead of queueing behind each other. 0: never
+    wait."""
     min_confidence: float = Field(default=0.55, ge=0, le=1, validation_alias="BOT_MIN_CONFIDENCE")
     max_tick_age_ms: int = Field(default=10_000, gt=0, validation_alias="BOT_MAX_TICK_AGE_MS")
     """Ticks published longer ago than this (a backlog after downtime) are not traded."""
@@ -38,6 +44,9 @@ class TradingBotSettings(BaseSettings):
     max_quantity: Decimal = Field(default=Decimal(1_000), gt=0, validation_alias="BOT_MAX_QUANTITY")
     lot_size: Decimal = Field(default=Decimal("0.0001"), gt=0, validation_alias="BOT_LOT_SIZE")
     min_notional: Decimal = Field(default=Decimal(10), ge=0, validation_alias="BOT_MIN_NOTIONAL")
+    book_check_s: float = Field(default=5.0, gt=0, le=3_600, validation_alias="BOT_BOOK_CHECK_S")
+    """How often the fill-fed book (cash, positions) is checked against portfolio-intelligence's
+    books, off the decision path; a book unchecked for three times this is not sized from."""
     sizing_policy: Literal["rules", "rl-champion"] = Field(
         default="rules", validation_alias="BOT_SIZING_POLICY"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,17 +18,28 @@ from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, current_traceparent
 from backend.infra.service import Resources
 from backend.trading.approval import Approval
-from backend.trading.events import MarketTick
+from backend.trading.events import MarketTick, OrderFilled
 from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
 from backend.trading.types import ClientOrderId, OrderRequest, Side, Symbol
 from microservices.contracts import Refused, UpstreamError
 from microservices.contracts.ai_engine import AiEngineClient
-from microservices.contracts.execution import ExecutionClient, OrderCreate
-from microservices.contracts.portfolio_intelligence import PortfolioClient
+from microservices.contracts.execution import ExecutionClient, OrderCreate, OrderPublic
+from microservices.contracts.portfolio_intelligence import PortfolioClient, PortfolioPublic
 from microservices.contracts.risk_safety import ApprovalPublic, CheckRequest, RiskSafetyClient
 
-from .metrics import CONFIDENCE, DECISIONS, ENTRIES_PAUSED, RUNNING, TICK_TO_ORDER
+from .book import BookFill, FillBook, Holdings
+from .metrics import (
+    BOOK_CORRECTIONS,
+    BOOK_MISSING,
+    BOOK_SEQUENCE,
+    BOOK_SOURCE,
+    CONFIDENCE,
+    DECISIONS,
+    ENTRIES_PAUSED,
+    RUNNING,
+    TICK_TO_ORDER,
+)
 from .policy import ChampionPolicy
 from .settings import TradingBotSettings
 from .store import DecisionStore
@@ -80,6 +92,8 @@ class SymbolState:
     last_decision_at: float = float("-inf")
     last_tick_ms: int = 0
     last_event_id: str = ""
+    held_since: float | None = None
+    """When a due decision was first held back for a tick that queued (monotonic)."""
 
 
 class TradingBot:
@@ -102,6 +116,11 @@ class TradingBot:
         self.running = settings.autostart
         self.entries_paused = False
         self.symbols: dict[str, SymbolState] = {}
+        # Sized from, instead of a `GET /portfolio` per decision: three check intervals
+        # without an agreement with the portfolio and the book is not trusted.
+        self.book = FillBook(max_age_s=3 * settings.book_check_s)
+        self._last_decision_ended = float("-inf")
+        """Unix time the latest decision ended: a tick published before it waited for it."""
         self.log = logger
         self.tracer = tracer
         self._publish_state()
@@ -135,6 +154,7 @@ class TradingBot:
     async def on_tick(self, event: Event[MarketTick]) -> None:
         """Keep the window; when due (running, warm, not throttled, fresh), decide."""
         tick = event.data
+        self.book.mark(tick.symbol, (tick.bid + tick.ask) / 2)
         wanted = self.settings.symbols
         if wanted and tick.symbol not in wanted:
             return
@@ -168,6 +188,11 @@ class TradingBot:
                 _decision_attributes(span, stale)
                 await self._record(stale)
             return
+        # A redelivered tick is never held back: its first delivery may have asked for the
+        # signal already, and that signal must end in a decision.
+        if event.deliveries <= 1 and self._hold_back(state, event, now):
+            return
+        state.held_since = None
         previous, state.last_decision_at = state.last_decision_at, now
         decision = Decision(tick.symbol, event.id, tick.ts_ms)
         with self.tracer.start_as_current_span("decide") as span:
@@ -180,10 +205,95 @@ class TradingBot:
                 raise
             finally:
                 _decision_attributes(span, decision)
+                self._last_decision_ended = time.time()
             await self._record(decision)
+
+    def _hold_back(self, state: SymbolState, event: Event[MarketTick], now: float) -> bool:
+        """Whether this due decision waits for the symbol's next tick: its tick was published
+        before the previous decision ended, so it queued behind it, and the next one will not
+        (`decision_hold_ms`). Held back for at most that long, so no symbol starves."""
+        if event.time.timestamp() >= self._last_decision_ended:
+            return False
+        if state.held_since is None:
+            state.held_since = now
+        return (now - state.held_since) * 1000.0 < self.settings.decision_hold_ms
+
+    async def on_fill(self, event: Event[OrderFilled]) -> None:
+        """Keep the book current: every fill of the venue, the bot's own or not."""
+        fill = event.data
+        if fill.sequence is None:
+            # A fill that cannot be placed among the venue's: the book is not trusted until
+            # the next check against the portfolio, which holds it.
+            self.book.distrust()
+            return
+        self.book.apply(
+            BookFill(fill.sequence, fill.symbol, fill.side, fill.quantity, fill.price, fill.fee)
+        )
+        self._book_moved()
+
+    async def check_book_loop(self, _resources: Resources) -> None:
+        """Background task: check the book against the portfolio every `book_check_s`."""
+        while True:
+            await self.check_book()
+            await asyncio.sleep(self.settings.book_check_s)
+
+    async def check_book(self) -> None:
+        """Start the book again from the portfolio's books (when complete), saying so if the
+        fills seen had taken it somewhere else."""
+        answer = await self._fetch_portfolio()
+        if isinstance(answer, str):
+            self.log.warning("book not checked: portfolio unavailable", error=answer[:300])
+            return
+        self._seed(answer)
+
+    def _seed(self, book: PortfolioPublic) -> None:
+        corrections = self.book.corrections
+        self.book.seed(book, time.monotonic())
+        self._book_moved()
+        if self.book.corrections != corrections:
+            BOOK_CORRECTIONS.inc()
+            self.log.warning(
+                "fill-fed book differed from the portfolio's; corrected",
+                sequence=book.fills.booked_sequence,
+            )
+
+    def _book_moved(self) -> None:
+        if self.book.seeded:
+            BOOK_SEQUENCE.set(self.book.sequence)
+            BOOK_MISSING.set(self.book.missing)
+
+    async def _fetch_portfolio(self) -> PortfolioPublic | str:
+        """The portfolio's books, or why they could not be read."""
+        http = self.resources.http
+        assert http is not None
+        try:
+            return await PortfolioClient(http).portfolio()
+        except (UpstreamError, Refused) as exc:
+            return str(exc)
 
     async def _decide(
         self, d: Decision, tick: MarketTick, prices: list[Decimal], event: Event[MarketTick]
+    ) -> None:
+        http = self.resources.http
+        assert http is not None
+        # The book is in memory; without it, the portfolio is read while the model predicts.
+        known = self.book.holdings(tick.symbol, time.monotonic())
+        fetch = None
+        if not isinstance(known, Holdings):
+            fetch = asyncio.create_task(self._fetch_portfolio(), name="bot-portfolio-read")
+        try:
+            await self._decide_with(d, tick, prices, event, fetch)
+        finally:
+            if fetch is not None and not fetch.done():
+                fetch.cancel()
+
+    async def _decide_with(
+        self,
+        d: Decision,
+        tick: MarketTick,
+        prices: list[Decimal],
+        event: Event[MarketTick],
+        fetch: asyncio.Task[PortfolioPublic | str] | None,
     ) -> None:
         http = self.resources.http
         assert http is not None
@@ -209,11 +319,13 @@ class TradingBot:
         # Derived from the signal, which is derived from the tick: a redelivered tick asks for
         # the same order, which execution recognises instead of trading twice.
         coid = client_order_id_for(d.signal_id, tick.symbol)
-        if await self._already_ordered(coid):
+        # Only a tick delivered before can have ordered already (its signal id, and so the
+        # order id, comes from the tick's event id); 0 is an event not read from the bus.
+        if event.deliveries != 1 and await self._already_ordered(coid):
             d.client_order_id = None
             d.finish(Outcome.SKIPPED, "DUPLICATE", coid)
             return
-        if not await self._size(d, tick):
+        if not await self._size(d, tick, fetch):
             return
         d.client_order_id = coid
         assert d.quantity is not None
@@ -250,21 +362,44 @@ class TradingBot:
     async def _already_ordered(self, coid: str) -> bool:
         return await self.store.outcome_of(coid) == Outcome.ORDERED
 
-    async def _size(self, d: Decision, tick: MarketTick) -> bool:
-        http = self.resources.http
-        assert http is not None and d.side is not None
+    async def _holdings(
+        self, symbol: str, fetch: asyncio.Task[PortfolioPublic | str] | None, span: Any
+    ) -> Holdings | str:
+        """Equity and the position in `symbol`: from the book when it is known complete, else
+        from the portfolio (read now, or by `fetch`); a string says why neither could."""
+        known = self.book.holdings(symbol, time.monotonic())
+        if isinstance(known, Holdings):
+            span.set_attribute("sizing.book", "fills")
+            BOOK_SOURCE.labels("fills").inc()
+            return known
+        span.set_attribute("sizing.book", "portfolio")
+        span.set_attribute("sizing.book_unknown", known)
+        BOOK_SOURCE.labels("portfolio").inc()
+        answer = await (fetch if fetch is not None else self._fetch_portfolio())
+        if isinstance(answer, str):
+            return answer
+        self._seed(answer)
+        # The portfolio's books plus the fills seen since, when they are complete.
+        seeded = self.book.holdings(symbol, time.monotonic())
+        if isinstance(seeded, Holdings):
+            return seeded
+        return Holdings(answer.equity, answer.quantity_of(symbol))
+
+    async def _size(
+        self, d: Decision, tick: MarketTick, fetch: asyncio.Task[PortfolioPublic | str] | None
+    ) -> bool:
+        assert d.side is not None
         with self.tracer.start_as_current_span("sizing") as span:
             span.set_attribute("symbol", tick.symbol)
             span.set_attribute("side", d.side)
             span.set_attribute("confidence", d.confidence)
             span.set_attribute("model_version", d.model_version)
-            try:
-                book = await PortfolioClient(http).portfolio()
-            except (UpstreamError, Refused) as exc:
-                d.finish(Outcome.ERROR, "PORTFOLIO_UNAVAILABLE", str(exc))
+            holdings = await self._holdings(tick.symbol, fetch, span)
+            if isinstance(holdings, str):
+                d.finish(Outcome.ERROR, "PORTFOLIO_UNAVAILABLE", holdings)
                 span.set_attribute("reason", d.reason)
                 return False
-            equity, held = book.equity, book.quantity_of(tick.symbol)
+            equity, held = holdings.equity, holdings.held
             d.price = tick.ask if d.side == "BUY" else tick.bid
             sized = self.policy.size(
                 equity=equity,
@@ -335,12 +470,24 @@ class TradingBot:
             # Unknown outcome (timeout, 5xx): raise, so the bus delivers the tick again and the
             # retry sends the same client order id, which execution answers with the order.
             latency_s = time.time() - event.time.timestamp()
+            self._book_fills_of(placed)
             TICK_TO_ORDER.observe(max(0.0, latency_s))
             d.order_status = placed.status
             d.finish(Outcome.ORDERED, "APPROVED")
             span.set_attribute("order_status", d.order_status)
             span.set_attribute("tick_to_order_ms", round(latency_s * 1000.0, 3))
             return None
+
+    def _book_fills_of(self, placed: OrderPublic) -> None:
+        """The order's fills, booked now rather than when their events arrive (the same
+        sequences then count once): the next decision sizes with them."""
+        for fill in placed.fills:
+            self.book.apply(
+                BookFill(
+                    fill.sequence, placed.symbol, placed.side, fill.quantity, fill.price, fill.fee
+                )
+            )
+        self._book_moved()
 
     @staticmethod
     def _order_attributes(span: Any, d: Decision) -> None:

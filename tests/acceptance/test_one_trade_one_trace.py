@@ -90,15 +90,16 @@ def http_joins(spans: list[OtlpSpan]) -> set[tuple[str, str]]:
     return joins
 
 
+# The bot sizes from the fills it follows on the bus, not from a portfolio read per decision.
 EXPECTED_HTTP = {
     ("trading-bot", "ai-engine"),
-    ("trading-bot", "portfolio-intelligence"),
     ("trading-bot", "risk-safety"),
     ("trading-bot", "execution"),
 }
 EXPECTED_BUS = {
     ("eventbus-bridge", "trading-bot", "process market.tick"),
     ("execution", "portfolio-intelligence", "process order.filled"),
+    ("execution", "trading-bot", "process order.filled"),
     # position-monitor follows the position the fill moved, in the same trace.
     ("portfolio-intelligence", "position-monitor", "process position.updated"),
 }

@@ -19,6 +19,7 @@ from backend.infra.db import (
     session_scope,
 )
 from backend.infra.db.models import ModelVersion
+from backend.infra.eventbus import EventBusSettings, create_redis_client
 from backend.trading.features import WINDOW, compute_features
 from backend.trading.model import (
     InvalidModelArtifact,
@@ -286,3 +287,28 @@ async def test_a_newly_promoted_model_is_served_without_a_restart(
         stages = {m["version"]: m["stage"] for m in httpx.get(f"{url}/models").json()["data"]}
     assert signal["model_version"] == challenger["version"] != first
     assert stages == {first: "retired", challenger["version"]: "active"}
+
+
+async def test_each_signal_is_announced_on_the_bus_in_the_prediction_trace(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Announced after the answer (the bot on its way to an order does not wait for the bus),
+    but announced all the same, as a child of the prediction's server span."""
+    prices = [f"{p:.2f}" for p in simulate_prices(seed=6, steps=WINDOW)]
+    with OtlpReceiver() as otlp:
+        env = base_env(redis_url, otlp.http_endpoint) | {"AI_TRAIN_STEPS": "3000"}
+        with service("ai-engine", tmp_path, env) as (_proc, url):
+            body = {"symbol": "SOLUSDT", "prices": prices, "source_id": "tick-announce"}
+            signal = http.post(f"{url}/predict", json=body).json()
+            spans = otlp.wait_for(lambda got: any(s.name == "send signal.generated" for s in got))
+    client = create_redis_client(redis_url)
+    try:
+        key = EventBusSettings(prefix=env["EVENTBUS_PREFIX"]).stream_key("signal.generated")
+        entries = await client.xrange(key)
+    finally:
+        await client.aclose()
+    announced = [json.loads(fields[b"event"]) for _id, fields in entries]
+    assert [e["data"]["signal_id"] for e in announced] == [signal["signal_id"]]
+    (send,) = [s for s in spans if s.name == "send signal.generated"]
+    (server,) = [s for s in spans if s.span_id == send.parent_span_id]
+    assert server.kind == SERVER and server.name.startswith("POST /predict")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -43,6 +44,8 @@ class Upstreams:
     signals: dict[str, tuple[str, float]] = field(default_factory=dict)
     equity: Decimal = Decimal(10_000)
     positions: dict[str, Decimal] = field(default_factory=dict)
+    booked_sequence: int = 0
+    gaps: list[int] = field(default_factory=list)
     deny: dict[str, str] = field(default_factory=dict)
     lose_next_order_replies: int = 0
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -98,7 +101,10 @@ def stub_app(state: Upstreams) -> FastAPI:
     @app.get("/portfolio")
     async def portfolio(request: Request) -> PortfolioPublic:
         seen(request, "portfolio")
-        return portfolio_answer(state.equity, state.positions)
+        answer = portfolio_answer(state.equity, state.positions)
+        answer.fills.booked_sequence = answer.fills.max_sequence = state.booked_sequence
+        answer.fills.gaps = state.gaps
+        return answer
 
     @app.post("/check")
     async def check(body: dict[str, Any], request: Request) -> CheckResult:
@@ -147,6 +153,32 @@ def stub_server() -> Iterator[tuple[Upstreams, StubServer]]:
         yield state, server
 
 
+@contextmanager
+def bot_process(
+    redis_url: str,
+    otlp: OtlpReceiver,
+    stub_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    **settings: str,
+) -> Iterator[Bot]:
+    """A trading-bot process wired to the stubs, with `settings` over the tests' defaults."""
+    env = base_env(redis_url, otlp.http_endpoint) | {
+        "AI_ENGINE_URL": stub_url,
+        "RISK_SAFETY_URL": stub_url,
+        "EXECUTION_URL": stub_url,
+        "PORTFOLIO_INTELLIGENCE_URL": stub_url,
+        "BOT_DECISION_INTERVAL_MS": "1000",
+        "BOT_MIN_CONFIDENCE": "0.6",
+        # The tests publish each symbol's ticks in one burst: a decision held for a next tick
+        # would never come.
+        "BOT_DECISION_HOLD_MS": "0",
+        "EVENTBUS_RETRY_BACKOFF_MS": "50",
+        **settings,
+    }
+    with service("trading-bot", tmp_path_factory.mktemp("bot"), env) as (proc, base):
+        yield Bot(proc, base, env["EVENTBUS_PREFIX"], redis_url)
+
+
 @pytest.fixture(scope="module")
 def bot(
     redis_url: str,
@@ -155,18 +187,8 @@ def bot(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Bot]:
     """One trading-bot process for the module, wired to the stubs."""
-    url = stub_server[1].url
-    env = base_env(redis_url, otlp.http_endpoint) | {
-        "AI_ENGINE_URL": url,
-        "RISK_SAFETY_URL": url,
-        "EXECUTION_URL": url,
-        "PORTFOLIO_INTELLIGENCE_URL": url,
-        "BOT_DECISION_INTERVAL_MS": "1000",
-        "BOT_MIN_CONFIDENCE": "0.6",
-        "EVENTBUS_RETRY_BACKOFF_MS": "50",
-    }
-    with service("trading-bot", tmp_path_factory.mktemp("bot"), env) as (proc, base):
-        yield Bot(proc, base, env["EVENTBUS_PREFIX"], redis_url)
+    with bot_process(redis_url, otlp, stub_server[1].url, tmp_path_factory) as running:
+        yield running
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 
 from backend.infra.eventbus import Event, EventBusSettings, EventPublisher, create_redis_client
-from backend.trading.events import MarketTick
+from backend.trading.events import MarketTick, OrderFilled
 from backend.trading.features import WINDOW
 from backend.trading.orders import client_order_id_for
 from backend.trading.sizing import size_order
+from backend.trading.types import Liquidity, Side
 from microservices.trading_bot.settings import TradingBotSettings
 from tests.acceptance.harness import http, poll
 from tests.support.otlp import OtlpReceiver
@@ -49,6 +50,31 @@ async def publish(bot: Bot, items: list[Any]) -> list[str]:
         return [r.event_id for r in await publisher.publish_many(items)]
     finally:
         await client.aclose()
+
+
+def bought(symbol: str, quantity: Decimal, sequence: int, side: str = "BUY") -> OrderFilled:
+    """A fill of `quantity` at 100 (fee 0.1), as execution announces it."""
+    return OrderFilled(
+        fill_id=f"fill-{uuid.uuid4().hex[:12]}",
+        client_order_id=f"other-{uuid.uuid4().hex[:8]}",
+        symbol=symbol,
+        side=Side(side),
+        quantity=quantity,
+        price=Decimal(100),
+        fee=Decimal("0.1"),
+        liquidity=Liquidity.TAKER,
+        ts_ms=1_700_000_000_000,
+        sequence=sequence,
+    )
+
+
+def wait_book_sequence(bot: Bot, sequence: int) -> None:
+    """Until the bot's fill-fed book holds every fill up to `sequence`."""
+    poll(
+        lambda: f"bot_book_fill_sequence {float(sequence)}" in httpx.get(f"{bot.url}/metrics").text,
+        15,
+        f"the book at fill sequence {sequence}",
+    )
 
 
 def decisions(bot: Bot, symbol: str) -> list[dict[str, Any]]:
@@ -86,9 +112,10 @@ async def test_an_approved_buy_becomes_one_order_with_a_deterministic_id(
     assert order["approval"]["decision_id"] == "d1"
     assert upstreams.checks[0]["price"] == str(batch[-1].ask)
 
-    # Every upstream call of the decision carried the tick's trace.
+    # Every upstream call of the decision carried the tick's trace (the portfolio is not read
+    # per decision: the bot sizes from its fill-fed book, see test_book.py).
     trace_id = decision["trace_id"]
-    for what in ("predict", "portfolio", "check", "orders"):
+    for what in ("predict", "check", "orders"):
         assert upstreams.traceparents[what][-1].split("-")[1] == trace_id, what
 
     def complete(spans: list[Any]) -> bool:
@@ -246,7 +273,9 @@ async def test_paused_entries_still_allow_exits_and_stop_stops_deciding(
     status = http.post(f"{bot.url}/pause-entries").json()
     assert status["running"] is True and status["entries_paused"] is True
     upstreams.signals.update(ENTUSDT=("BUY", 0.9), EXTUSDT=("SELL", 0.9))
-    upstreams.positions["EXTUSDT"] = Decimal("0.5")
+    # The position the exit sells comes from a fill on the bus, as in the system.
+    await publish(bot, [bought("EXTUSDT", Decimal("0.5"), sequence=1)])
+    wait_book_sequence(bot, 1)
     await publish(bot, ticks("ENTUSDT", WINDOW) + ticks("EXTUSDT", WINDOW))
 
     (entry,) = wait_decisions(bot, "ENTUSDT")
