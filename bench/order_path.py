@@ -72,6 +72,7 @@ class Load:
     order_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     first_refusal: str = ""
+    denial_example: dict[str, str] = field(default_factory=dict)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -262,6 +263,7 @@ async def _drive_part(part: Part) -> Load:
                     load.risk_ms.append((t1 - t0) * 1000)
                     if not verdict["approved"]:
                         load.denied[verdict["reason"]] += 1
+                        load.denial_example.setdefault(verdict["reason"], verdict["detail"])
                         side = "SELL"  # buy again
                         continue
                     code, body = await execution.request(
@@ -316,7 +318,7 @@ def drive(
             share,
             quantity,
             price,
-            f"{prefix}{i}" if clients > 1 else prefix,
+            f"{prefix}-{i}" if clients > 1 else prefix,
         )
         for i, share in enumerate(_shares(in_flight, clients))
     ]
@@ -335,6 +337,7 @@ def drive(
         total.execution_ms += load.execution_ms
         total.order_ms += load.order_ms
         total.first_refusal = total.first_refusal or load.first_refusal
+        total.denial_example = {**load.denial_example, **total.denial_example}
     total.seconds = max(load.seconds for load in loads)
     return total
 
@@ -604,6 +607,8 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             print(f"  first refusal: {load.first_refusal}")
         if load.denied or load.errors:
             print(f"  denied {dict(load.denied)}  errors {dict(load.errors)}")
+            for reason, detail in load.denial_example.items():
+                print(f"  e.g. {reason}: {detail[:200]}")
         counts = reconcile(s, url, load, prefix)
         ok = (
             counts["accepted"] == counts["persisted"] == counts["booked"]
