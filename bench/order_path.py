@@ -9,7 +9,8 @@ accepted is persisted by execution and booked (once) in the portfolio's ledger: 
 persisted = booked.
 
 The baseline, taken in the same run against the same processes, is the bare HTTP round trip
-(GET /ping on execution at the same concurrency): the floor an order cannot go below.
+(GET /health/live on execution at the same concurrency): the floor an order cannot go below.
+The load client alone is measured too, against a bare server that answers at once.
 
 With `--trace-seconds S` the bot is then started again for S seconds, and the exported traces
 give the tick-to-acknowledgement time (the tick's publication to the end of execution's
@@ -57,6 +58,9 @@ SERVICES = {
     "trading-bot": 8006,
 }
 TRACEVIEW_PORT = 16686
+BASELINE_PATH = "/health/live"
+"""The lightest route every service has: the whole middleware stack, no work behind it."""
+CPU_WATCHED = ("execution", "risk-safety", "portfolio-intelligence")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -89,7 +93,9 @@ def _default_offset() -> int:
 class Stack:
     """A running `quantum-trader run` and how to reach it."""
 
-    def __init__(self, var: Path, offset: int, token: str) -> None:
+    def __init__(self, var: Path, offset: int, token: str, pid: int = 0) -> None:
+        self.pid = pid
+        """The launcher's pid: its children are the services."""
         self.var = var
         self.offset = offset
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -120,7 +126,7 @@ def stack(offset: int, database_url: str | None, risk_max_orders: int) -> Iterat
         log = open(Path(tmp) / "run.out", "wb")  # noqa: SIM115 - closed below
         proc = spawn(["-m", "quantum_trader", "run"], env=env, stdout=log.fileno())
         try:
-            s = Stack(var, offset, token)
+            s = Stack(var, offset, token, proc.pid)
             with httpx.Client(timeout=2) as client:
 
                 def ready() -> bool:
@@ -342,7 +348,7 @@ def drive(
     return total
 
 
-async def _ping_part(url: str, seconds: float, in_flight: int) -> list[float]:
+async def _ping_part(url: str, path: str, seconds: float, in_flight: int) -> list[float]:
     lat: list[float] = []
     stop_at = time.perf_counter() + seconds
 
@@ -351,7 +357,7 @@ async def _ping_part(url: str, seconds: float, in_flight: int) -> list[float]:
         try:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                await conn.request("GET", "/ping")
+                await conn.request("GET", path)
                 lat.append((time.perf_counter() - t0) * 1000)
         finally:
             await conn.close()
@@ -360,21 +366,25 @@ async def _ping_part(url: str, seconds: float, in_flight: int) -> list[float]:
     return lat
 
 
-def _run_ping(args: tuple[str, float, int]) -> list[float]:
+def _run_ping(args: tuple[str, str, float, int]) -> list[float]:
     return asyncio.run(_ping_part(*args))
 
 
-def ping(url: str, seconds: float, in_flight: int, clients: int) -> tuple[float, float, float]:
-    """Requests/s, p50 and p99 ms of GET /ping: the HTTP floor, with the same clients."""
+def ping(
+    url: str, seconds: float, in_flight: int, clients: int, path: str = BASELINE_PATH
+) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 ms of GET `path`: the HTTP floor, with the same clients."""
     shares = _shares(in_flight, clients)
     started = time.perf_counter()
     if len(shares) == 1:
-        lat = _run_ping((url, seconds, shares[0]))
+        lat = _run_ping((url, path, seconds, shares[0]))
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(len(shares), mp_context=ctx) as pool:
             lat = [
-                x for part in pool.map(_run_ping, [(url, seconds, n) for n in shares]) for x in part
+                x
+                for part in pool.map(_run_ping, [(url, path, seconds, n) for n in shares])
+                for x in part
             ]
     elapsed = time.perf_counter() - started
     return len(lat) / max(elapsed, seconds), pct(lat, 0.5), pct(lat, 0.99)
@@ -419,6 +429,32 @@ def bare_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.join(10)
+
+
+def service_pids(launcher: int) -> dict[str, int]:
+    """The services `quantum-trader run` (pid `launcher`) started, by name."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == launcher and b"serve" in args:
+            found[args[args.index(b"serve") + 1].decode()] = int(entry.name)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time used so far by process `pid` (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # Accepted = persisted = booked --------------------------------------------------------------
@@ -575,18 +611,22 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             s.url("execution"), window, args.in_flight, args.clients
         )
         prefix = f"bench{uuid.uuid4().hex[:8]}"
+        pids = {n: p for n, p in service_pids(s.pid).items() if n in CPU_WATCHED}
+        cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
         load = drive(s, args.seconds, args.in_flight, args.quantity, prefix, args.clients)
+        cpu_used = {n: cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
         rate = len(load.accepted) / load.seconds
         print(
             f"-- {database}, {args.in_flight} in flight, {args.seconds:.0f} s, "
             f"{args.clients} client processes, load average {os.getloadavg()[0]:.2f} --"
         )
         print(
-            f"client floor: GET /ping on a bare server: {client_rps:8.1f} req/s  "
+            f"client floor: GET on a bare server:       {client_rps:8.1f} req/s  "
             f"p50 {client_p50:6.1f} ms  p99 {client_p99:6.1f} ms"
         )
         print(
-            f"baseline GET /ping on execution: {base_rps:8.1f} req/s  p50 {base_p50:6.1f} ms  "
+            f"baseline GET /health/live on execution: {base_rps:8.1f} req/s  "
+            f"p50 {base_p50:6.1f} ms  "
             f"p99 {base_p99:6.1f} ms"
         )
         print(
@@ -602,6 +642,16 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         print(
             f"  execution POST /orders  p50 {pct(load.execution_ms, 0.5):6.1f} ms  "
             f"p99 {pct(load.execution_ms, 0.99):6.1f} ms"
+        )
+        checks = len(load.risk_ms) or 1
+        orders = len(load.accepted) or 1
+        print(
+            "  CPU per order (load-independent): "
+            + "  ".join(
+                f"{n} {1000 * cpu_used[n] / (checks if n == 'risk-safety' else orders):.2f} ms"
+                + (" per check" if n == "risk-safety" else "")
+                for n in sorted(cpu_used)
+            )
         )
         if load.first_refusal:
             print(f"  first refusal: {load.first_refusal}")
