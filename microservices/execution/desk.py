@@ -414,7 +414,12 @@ class OrderDesk:
             if not isinstance(exc, Exception):
                 raise
             if not isinstance(exc, DatabaseError):
-                self.log.exception("order batch failed")
+                # The venue may hold orders of this batch that were never written.
+                self.log.exception("order batch failed; rebuilding the venue from the database")
+                try:
+                    await self._restore()
+                except DatabaseError:
+                    self.log.exception("venue rebuild failed; retrying on the next call")
 
     def _again(self, ask: _Ask, existing: StoredOrder) -> Submission:
         """A known client order id: the same order again returns it, another is a conflict."""
