@@ -9,7 +9,8 @@ accepted is persisted by execution and booked (once) in the portfolio's ledger: 
 persisted = booked.
 
 The baseline, taken in the same run against the same processes, is the bare HTTP round trip
-(GET /ping on execution at the same concurrency): the floor an order cannot go below.
+(GET /health/live on execution at the same concurrency): the floor an order cannot go below.
+The load client alone is measured too, against a bare server that answers at once.
 
 With `--trace-seconds S` the bot is then started again for S seconds, and the exported traces
 give the tick-to-acknowledgement time (the tick's publication to the end of execution's
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import os
 import secrets
 import sqlite3
@@ -36,6 +39,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +58,9 @@ SERVICES = {
     "trading-bot": 8006,
 }
 TRACEVIEW_PORT = 16686
+BASELINE_PATH = "/health/live"
+"""The lightest route every service has: the whole middleware stack, no work behind it."""
+CPU_WATCHED = ("execution", "risk-safety", "portfolio-intelligence")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -68,6 +75,8 @@ class Load:
     execution_ms: list[float] = field(default_factory=list)
     order_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    first_refusal: str = ""
+    denial_example: dict[str, str] = field(default_factory=dict)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -84,7 +93,9 @@ def _default_offset() -> int:
 class Stack:
     """A running `quantum-trader run` and how to reach it."""
 
-    def __init__(self, var: Path, offset: int, token: str) -> None:
+    def __init__(self, var: Path, offset: int, token: str, pid: int = 0) -> None:
+        self.pid = pid
+        """The launcher's pid: its children are the services."""
         self.var = var
         self.offset = offset
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -116,7 +127,7 @@ def stack(offset: int, database_url: str | None, risk_max_orders: int) -> Iterat
         log = open(Path(tmp) / "run.out", "wb")  # noqa: SIM115 - closed below
         proc = spawn(["-m", "quantum_trader", "run"], env=env, stdout=log.fileno())
         try:
-            s = Stack(var, offset, token)
+            s = Stack(var, offset, token, proc.pid)
             with httpx.Client(timeout=2) as client:
 
                 def ready() -> bool:
@@ -147,88 +158,304 @@ def stop_run(proc: subprocess.Popen[bytes]) -> None:
             stop(proc)
 
 
-async def drive(s: Stack, seconds: float, in_flight: int, quantity: str, prefix: str) -> Load:
-    load = Load()
-    limits = httpx.Limits(
-        max_connections=2 * in_flight + 4, max_keepalive_connections=2 * in_flight
-    )
-    async with httpx.AsyncClient(timeout=30, limits=limits, headers=s.headers) as client:
-        quotes = (await client.get(s.url("execution") + "/quotes")).json()
-        price = next(q["ask"] for q in quotes if q["symbol"] == SYMBOL)
-        counter = iter(range(10**9))
-        stop_at = time.perf_counter() + seconds
+class Connection:
+    """One keep-alive HTTP/1.1 connection, as light as a client can be.
 
-        async def worker() -> None:
-            # Each worker buys, then sells what it bought: the position stays bounded whatever
-            # the rate, so no exposure limit ends the run.
-            side = "SELL"
+    httpx costs about a millisecond of CPU per request, which on this machine makes the load
+    generator the bottleneck well below the target rate; this speaks just enough HTTP/1.1
+    (Content-Length bodies, keep-alive) to drive the services.
+    """
+
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self._head = f"Host: {host}:{port}\r\n{extra}"
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = f"{method} {path} HTTP/1.1\r\n{self._head}"
+        if body is not None:
+            head += "Content-Type: application/json\r\n"
+        data = f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+        for attempt in (0, 1):
+            if self._writer is None:
+                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            assert self._reader is not None and self._writer is not None
+            try:
+                self._writer.write(data)
+                return await self._read(self._reader)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                # A keep-alive connection the server closed: reconnect once, then give up.
+                await self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _read(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        body = await reader.readexactly(length) if length else b""
+        if close:
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One client process's share of the load (picklable: it crosses a process boundary)."""
+
+    risk_url: str
+    execution_url: str
+    headers: dict[str, str]
+    seconds: float
+    in_flight: int
+    quantity: str
+    price: str
+    prefix: str
+
+
+async def _drive_part(part: Part) -> Load:
+    load = Load()
+    counter = iter(range(10**9))
+    stop_at = time.perf_counter() + part.seconds
+
+    async def worker() -> None:
+        risk = Connection(part.risk_url, part.headers)
+        execution = Connection(part.execution_url, part.headers)
+        # Each worker buys, then sells what it bought: the position stays bounded whatever
+        # the rate, so no exposure limit ends the run.
+        side = "SELL"
+        try:
             while time.perf_counter() < stop_at:
-                cid = f"{prefix}-{next(counter)}"
+                cid = f"{part.prefix}-{next(counter)}"
                 side = "BUY" if side == "SELL" else "SELL"
                 order = {
                     "client_order_id": cid,
                     "symbol": SYMBOL,
                     "side": side,
+                    "quantity": part.quantity,
                     "reduce_only": side == "SELL",
                 }
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(
-                        s.url("risk-safety") + "/check",
-                        json={**order, "quantity": quantity, "price": price},
+                    code, body = await risk.request(
+                        "POST", "/check", {**order, "price": part.price}
                     )
                     t1 = time.perf_counter()
-                    if r.status_code != 200:
-                        load.errors[f"check {r.status_code}"] += 1
+                    if code != 200:
+                        load.errors[f"check {code}"] += 1
+                        side = "SELL"
                         continue
-                    verdict = r.json()
+                    verdict = json.loads(body)
                     load.risk_ms.append((t1 - t0) * 1000)
                     if not verdict["approved"]:
                         load.denied[verdict["reason"]] += 1
+                        load.denial_example.setdefault(verdict["reason"], verdict["detail"])
                         side = "SELL"  # buy again
                         continue
-                    r = await client.post(
-                        s.url("execution") + "/orders",
-                        json={**order, "quantity": quantity, "approval": verdict["approval"]},
+                    code, body = await execution.request(
+                        "POST", "/orders", {**order, "approval": verdict["approval"]}
                     )
                     t2 = time.perf_counter()
-                except httpx.HTTPError as exc:
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                     load.errors[type(exc).__name__] += 1
                     side = "SELL"
                     continue
-                if r.status_code not in (200, 201):
+                if code not in (200, 201):
                     side = "SELL"
                     if not load.errors:
-                        print(f"  first refusal: {r.status_code} {r.text[:300]}", flush=True)
-                    load.errors[f"orders {r.status_code}"] += 1
+                        load.first_refusal = f"{code} {body[:300].decode(errors='replace')}"
+                    load.errors[f"orders {code}"] += 1
                     continue
                 load.accepted.add(cid)
                 load.execution_ms.append((t2 - t1) * 1000)
                 load.order_ms.append((t2 - t0) * 1000)
+        finally:
+            await risk.close()
+            await execution.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-        load.seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(part.in_flight)))
+    load.seconds = time.perf_counter() - started
     return load
 
 
-async def ping(url: str, seconds: float, in_flight: int) -> tuple[float, float, float]:
-    """Requests/s, p50 and p99 ms of GET /ping: the HTTP floor."""
-    lat: list[float] = []
-    limits = httpx.Limits(max_connections=in_flight + 4)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        stop_at = time.perf_counter() + seconds
+def _run_part(part: Part) -> Load:
+    return asyncio.run(_drive_part(part))
 
-        async def worker() -> None:
+
+def _shares(in_flight: int, clients: int) -> list[int]:
+    clients = max(1, min(clients, in_flight))
+    return [in_flight // clients + (1 if i < in_flight % clients else 0) for i in range(clients)]
+
+
+def drive(
+    s: Stack, seconds: float, in_flight: int, quantity: str, prefix: str, clients: int
+) -> Load:
+    """`in_flight` closed-loop workers spread over `clients` processes; what they all saw."""
+    with httpx.Client(timeout=10, headers=s.headers) as client:
+        quotes = client.get(s.url("execution") + "/quotes").json()
+    price = str(next(q["ask"] for q in quotes if q["symbol"] == SYMBOL))
+    parts = [
+        Part(
+            s.url("risk-safety"),
+            s.url("execution"),
+            s.headers,
+            seconds,
+            share,
+            quantity,
+            price,
+            f"{prefix}-{i}" if clients > 1 else prefix,
+        )
+        for i, share in enumerate(_shares(in_flight, clients))
+    ]
+    if len(parts) == 1:
+        return _run_part(parts[0])
+    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("spawn")) as pool:
+        loads = list(pool.map(_run_part, parts))
+    total = Load()
+    for load in loads:
+        total.accepted |= load.accepted
+        for key, n in load.denied.items():
+            total.denied[key] += n
+        for key, n in load.errors.items():
+            total.errors[key] += n
+        total.risk_ms += load.risk_ms
+        total.execution_ms += load.execution_ms
+        total.order_ms += load.order_ms
+        total.first_refusal = total.first_refusal or load.first_refusal
+        total.denial_example = {**load.denial_example, **total.denial_example}
+    total.seconds = max(load.seconds for load in loads)
+    return total
+
+
+async def _ping_part(url: str, path: str, seconds: float, in_flight: int) -> list[float]:
+    lat: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        conn = Connection(url, {})
+        try:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                await client.get(url + "/ping")
+                await conn.request("GET", path)
                 lat.append((time.perf_counter() - t0) * 1000)
+        finally:
+            await conn.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-        elapsed = time.perf_counter() - started
-    return len(lat) / elapsed, pct(lat, 0.5), pct(lat, 0.99)
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return lat
+
+
+def _run_ping(args: tuple[str, str, float, int]) -> list[float]:
+    return asyncio.run(_ping_part(*args))
+
+
+def ping(
+    url: str, seconds: float, in_flight: int, clients: int, path: str = BASELINE_PATH
+) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 ms of GET `path`: the HTTP floor, with the same clients."""
+    shares = _shares(in_flight, clients)
+    started = time.perf_counter()
+    if len(shares) == 1:
+        lat = _run_ping((url, path, seconds, shares[0]))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(shares), mp_context=ctx) as pool:
+            lat = [
+                x
+                for part in pool.map(_run_ping, [(url, path, seconds, n) for n in shares])
+                for x in part
+            ]
+    elapsed = time.perf_counter() - started
+    return len(lat) / max(elapsed, seconds), pct(lat, 0.5), pct(lat, 0.99)
+
+
+_BARE_ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
+
+
+async def _bare_serve(port: int, ready: Any) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(_BARE_ANSWER)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", port)
+    ready.set()
+    async with server:
+        await server.serve_forever()
+
+
+def _bare_main(port: int, ready: Any) -> None:
+    asyncio.run(_bare_serve(port, ready))
+
+
+@contextmanager
+def bare_server() -> Iterator[str]:
+    """A process answering every request at once: what the load client alone can do."""
+    from tests.support.procs import free_port
+
+    port = free_port()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_bare_main, args=(port, ready), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the bare server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.join(10)
+
+
+def service_pids(launcher: int) -> dict[str, int]:
+    """The services `quantum-trader run` (pid `launcher`) started, by name."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == launcher and b"serve" in args:
+            found[args[args.index(b"serve") + 1].decode()] = int(entry.name)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time used so far by process `pid` (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # Accepted = persisted = booked --------------------------------------------------------------
@@ -497,16 +724,30 @@ def run_one(args: argparse.Namespace, database: str) -> int:
                 "a quote at execution",
                 0.5,
             )
-        asyncio.run(drive(s, 3.0, args.in_flight, args.quantity, f"warm{uuid.uuid4().hex[:6]}"))
-        base_rps, base_p50, base_p99 = asyncio.run(
-            ping(s.url("execution"), min(5.0, args.seconds), args.in_flight)
+        drive(s, 3.0, args.in_flight, args.quantity, f"warm{uuid.uuid4().hex[:6]}", args.clients)
+        window = min(5.0, args.seconds)
+        with bare_server() as bare:
+            client_rps, client_p50, client_p99 = ping(bare, window, args.in_flight, args.clients)
+        base_rps, base_p50, base_p99 = ping(
+            s.url("execution"), window, args.in_flight, args.clients
         )
         prefix = f"bench{uuid.uuid4().hex[:8]}"
-        load = asyncio.run(drive(s, args.seconds, args.in_flight, args.quantity, prefix))
+        pids = {n: p for n, p in service_pids(s.pid).items() if n in CPU_WATCHED}
+        cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
+        load = drive(s, args.seconds, args.in_flight, args.quantity, prefix, args.clients)
+        cpu_used = {n: cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
         rate = len(load.accepted) / load.seconds
-        print(f"-- {database}, {args.in_flight} in flight, {args.seconds:.0f} s --")
         print(
-            f"baseline GET /ping on execution: {base_rps:8.1f} req/s  p50 {base_p50:6.1f} ms  "
+            f"-- {database}, {args.in_flight} in flight, {args.seconds:.0f} s, "
+            f"{args.clients} client processes, load average {os.getloadavg()[0]:.2f} --"
+        )
+        print(
+            f"client floor: GET on a bare server:       {client_rps:8.1f} req/s  "
+            f"p50 {client_p50:6.1f} ms  p99 {client_p99:6.1f} ms"
+        )
+        print(
+            f"baseline GET /health/live on execution: {base_rps:8.1f} req/s  "
+            f"p50 {base_p50:6.1f} ms  "
             f"p99 {base_p99:6.1f} ms"
         )
         print(
@@ -523,8 +764,22 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             f"  execution POST /orders  p50 {pct(load.execution_ms, 0.5):6.1f} ms  "
             f"p99 {pct(load.execution_ms, 0.99):6.1f} ms"
         )
+        checks = len(load.risk_ms) or 1
+        orders = len(load.accepted) or 1
+        print(
+            "  CPU per order (load-independent): "
+            + "  ".join(
+                f"{n} {1000 * cpu_used[n] / (checks if n == 'risk-safety' else orders):.2f} ms"
+                + (" per check" if n == "risk-safety" else "")
+                for n in sorted(cpu_used)
+            )
+        )
+        if load.first_refusal:
+            print(f"  first refusal: {load.first_refusal}")
         if load.denied or load.errors:
             print(f"  denied {dict(load.denied)}  errors {dict(load.errors)}")
+            for reason, detail in load.denial_example.items():
+                print(f"  e.g. {reason}: {detail[:200]}")
         counts = reconcile(s, url, load, prefix)
         ok = (
             counts["accepted"] == counts["persisted"] == counts["booked"]
@@ -553,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantity", default="0.1")
     parser.add_argument("--database", choices=("sqlite", "postgres", "both"), default="sqlite")
     parser.add_argument("--trace-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--clients", type=int, default=2, help="load-generating processes sharing --in-flight"
+    )
     parser.add_argument("--port-offset", type=int, default=_default_offset())
     args = parser.parse_args(argv)
     if not 1 <= args.in_flight <= 500:

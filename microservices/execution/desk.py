@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextvars
 import functools
 import logging
 import math
@@ -30,6 +31,7 @@ from backend.infra.outbox import Outbox
 from backend.infra.service import Resources, service_url
 from backend.trading.approval import (
     Approval,
+    ApprovalError,
     SignedState,
     order_fields,
     verify_approval,
@@ -68,7 +70,7 @@ from .riskstate import (
     request_reduces,
 )
 from .settings import ExecutionSettings
-from .store import OrderStore, StoredOrder
+from .store import OrderStore, Report, StoredOrder
 
 ORDER_FIELD_NAMES = (
     "client_order_id",
@@ -229,6 +231,26 @@ class Submission:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One POST /orders waiting for the desk: the order, its approval, the request's context
+    (its trace) and where its outcome goes."""
+
+    request: OrderRequest
+    approval: Approval | None
+    context: contextvars.Context
+    future: asyncio.Future[Submission]
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A new order the venue took (in memory), waiting for its batch's commit."""
+
+    ask: _Ask
+    item: Report
+    fills: list[tuple[Fill, Any]]
+
+
 class OrderDesk:
     """Serialises venue calls (HTTP submits and cancels, market ticks) behind one lock.
 
@@ -260,6 +282,7 @@ class OrderDesk:
         self._outbox: Outbox | None = None
         self._fill_sequence = 0
         self._received = ReceivedIds()
+        self._asks: list[_Ask] = []
         self.gate = RiskStateGate(lease_ms=settings.risk_lease_ms)
         self.risk_safety_url = service_url("risk-safety")
         self._install_risk_gauges()
@@ -328,39 +351,197 @@ class OrderDesk:
         enforced epoch (else ApprovalError), and, unless it only reduces a position, trading
         open (else TradingClosed). All of it is decided under the desk's lock, so a state
         adopted while this request waited applies to it.
+
+        Submissions that arrive while the desk is busy are decided together by the first of
+        them to get the lock, in arrival order, and committed in one transaction (group
+        commit); each caller gets its own outcome. The events go out through the outbox,
+        whose relay the commit wakes: nothing on the way back waits for Redis.
         """
-        cid = request.client_order_id
-        secret = self.settings.approval_secret.get_secret_value()
+        ask = _Ask(
+            request,
+            approval,
+            contextvars.copy_context(),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._asks.append(ask)
         async with self._lock:
-            existing = await self.store.get(cid)
-            if existing is not None:
-                conflicts = conflicting_fields(_order_of(existing).request, request)
-                if conflicts:
-                    metrics.CONFLICTS.inc()
-                    raise OrderConflict(cid, conflicts)
-                # Still risk-safety's approval of this very order, if no longer a valid one.
-                verify_approval(
-                    secret, approval, order=request, now_ms=now_ms(), check_expiry=False
-                )
-                stored = existing
-            else:
-                verify_approval(
-                    secret,
-                    approval,
-                    order=request,
-                    now_ms=now_ms(),
-                    current_epoch=self.gate.epoch,
-                )
-                assert approval is not None
-                self._require_open(request)
-                stored = await self._submit(request, approval.decision_id)
-        # Also for a duplicate: a retry is a good moment to publish what an outage held back.
-        await self.outbox.publish_pending()
-        if existing is not None:
+            if not ask.future.done():
+                asks, self._asks = self._asks, []
+                await self._place_batch(asks)
+        submission = ask.future.result()
+        if not submission.created:
             metrics.DUPLICATES.inc()
-            self.log.info("duplicate order", client_order_id=cid)
-            return Submission(existing, created=False)
-        return Submission(stored, created=True)
+            self.log.info("duplicate order", client_order_id=request.client_order_id)
+        return submission
+
+    async def _place_batch(self, asks: list[_Ask]) -> None:
+        """Decide `asks` in order and commit the new orders together; called under the lock.
+
+        Every ask's future is settled, whatever happens (a failed write fails the asks it
+        would have created, and rebuilds the venue from the database)."""
+        try:
+            known = await self.store.get_many(
+                list(dict.fromkeys(a.request.client_order_id for a in asks))
+            )
+            staged: dict[ClientOrderId, _Staged] = {}
+            repeats: list[tuple[_Ask, _Staged]] = []
+            for ask in asks:
+                cid = ask.request.client_order_id
+                try:
+                    if cid in known:
+                        ask.future.set_result(ask.context.run(self._again, ask, known[cid]))
+                    elif cid in staged:
+                        # The same order twice in one batch: the second is a retry of the first.
+                        first = staged[cid]
+                        ask.context.run(self._check_repeat, ask, first.ask.request)
+                        repeats.append((ask, first))
+                    else:
+                        staged[cid] = ask.context.run(self._stage, ask)
+                except (OrderConflict, ApprovalError, TradingClosed) as exc:
+                    ask.future.set_exception(exc)
+            if staged:
+                await self._commit_staged(list(staged.values()))
+            for ask, first in repeats:
+                if first.ask.future.exception() is not None:
+                    ask.future.set_exception(first.ask.future.exception())  # type: ignore[arg-type]
+                else:
+                    ask.future.set_result(Submission(first.ask.future.result().order, False))
+        except BaseException as exc:
+            failure = exc if isinstance(exc, Exception) else RuntimeError("order not placed")
+            for ask in asks:
+                if not ask.future.done():
+                    ask.future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            if not isinstance(exc, DatabaseError):
+                # The venue may hold orders of this batch that were never written.
+                self.log.exception("order batch failed; rebuilding the venue from the database")
+                try:
+                    await self._restore()
+                except DatabaseError:
+                    self.log.exception("venue rebuild failed; retrying on the next call")
+
+    def _again(self, ask: _Ask, existing: StoredOrder) -> Submission:
+        """A known client order id: the same order again returns it, another is a conflict."""
+        cid = ask.request.client_order_id
+        conflicts = conflicting_fields(_order_of(existing).request, ask.request)
+        if conflicts:
+            metrics.CONFLICTS.inc()
+            raise OrderConflict(cid, conflicts)
+        # Still risk-safety's approval of this very order, if no longer a valid one.
+        verify_approval(
+            self.settings.approval_secret.get_secret_value(),
+            ask.approval,
+            order=ask.request,
+            now_ms=now_ms(),
+            check_expiry=False,
+        )
+        return Submission(existing, created=False)
+
+    def _check_repeat(self, ask: _Ask, first: OrderRequest) -> None:
+        conflicts = conflicting_fields(first, ask.request)
+        if conflicts:
+            metrics.CONFLICTS.inc()
+            raise OrderConflict(ask.request.client_order_id, conflicts)
+        verify_approval(
+            self.settings.approval_secret.get_secret_value(),
+            ask.approval,
+            order=ask.request,
+            now_ms=now_ms(),
+            check_expiry=False,
+        )
+
+    def _stage(self, ask: _Ask) -> _Staged:
+        """Verify a new order and submit it to the venue (in memory); run in the ask's context,
+        so its span and events belong to the request's trace."""
+        request, approval = ask.request, ask.approval
+        verify_approval(
+            self.settings.approval_secret.get_secret_value(),
+            approval,
+            order=request,
+            now_ms=now_ms(),
+            current_epoch=self.gate.epoch,
+        )
+        assert approval is not None
+        self._require_open(request)
+        with self._tracer.start_as_current_span(
+            "order.submit", kind=SpanKind.INTERNAL, attributes=_order_attributes(request)
+        ) as span:
+            report = self.venue.submit(request, now_ms())
+            traceparent = current_traceparent()
+            events, fills = self._announce(report, link=None, submitted=request)
+            span.set_attribute("order.status", report.order.status.value)
+            if report.reason:
+                span.set_attribute("reason", report.reason)
+        item = Report(
+            report,
+            tuple(events),
+            self.venue.reserved_cash_of(request.client_order_id),
+            traceparent,
+            approval.decision_id,
+        )
+        return _Staged(ask, item, fills)
+
+    async def _commit_staged(self, staged: list[_Staged]) -> None:
+        """Write the staged orders in one transaction, then settle their asks."""
+        links = [
+            link
+            for st in staged
+            for link in links_from_traceparent(st.item.traceparent, {"link.reason": "order"})
+        ]
+        with self._tracer.start_as_current_span(
+            "order.persist",
+            kind=SpanKind.INTERNAL,
+            links=links,
+            attributes={"order.batch_size": len(staged)},
+        ):
+            try:
+                recorded = await self.store.record_new(
+                    [st.item for st in staged],
+                    outbox=self.outbox,
+                    last_fill_sequence=self._fill_sequence,
+                )
+            except DatabaseError as exc:
+                self.log.exception(
+                    "orders not persisted; rebuilding the venue from the database",
+                    client_order_ids=[st.ask.request.client_order_id for st in staged],
+                )
+                try:
+                    await self._restore()
+                except DatabaseError:
+                    self.log.exception("venue rebuild failed; retrying on the next call")
+                for st in staged:
+                    st.ask.future.set_exception(exc)
+                return
+        for st, written in zip(staged, recorded, strict=True):
+            if written.fill_sequence is not None:
+                self._fill_sequence = max(self._fill_sequence, written.fill_sequence)
+            assert written.order is not None
+            st.ask.context.run(self._placed, st)
+            st.ask.future.set_result(Submission(written.order, created=True))
+        self._update_gauges()
+
+    def _placed(self, st: _Staged) -> None:
+        """What follows a committed submission: bookkeeping, metrics and logs."""
+        report, request = st.item.report, st.ask.request
+        cid = request.client_order_id
+        for record in report.events:
+            metrics.ORDERS.labels(record.to_status.value).inc()
+        self._received.add(report.order.created_ms, cid)
+        if report.order.status.is_open:
+            self._accepted_at[cid] = time.time()
+            self._traceparents[cid] = st.item.traceparent
+        self._log_fills(st.fills, report.order)
+        self.log.info(
+            "order placed",
+            client_order_id=cid,
+            status=report.order.status.value,
+            symbol=request.symbol,
+            side=request.side.value,
+            quantity=request.quantity,
+            order_type=request.order_type.value,
+            reason=report.reason,
+        )
 
     def _require_open(self, request: OrderRequest) -> None:
         if request_reduces(request):
@@ -371,41 +552,6 @@ class OrderDesk:
             label = self.gate.refusal_label(now_s)
             metrics.RISK_REFUSALS.labels(label).inc()
             raise TradingClosed(label, blocker)
-
-    async def _submit(self, request: OrderRequest, risk_decision_id: str) -> StoredOrder:
-        cid = request.client_order_id
-        with self._tracer.start_as_current_span(
-            "order.submit", kind=SpanKind.INTERNAL, attributes=_order_attributes(request)
-        ) as span:
-            report = self.venue.submit(request, now_ms())
-            traceparent = current_traceparent()
-            stored = await self._settle(
-                report,
-                submitted=request,
-                link=None,
-                traceparent=traceparent,
-                decision=risk_decision_id,
-            )
-            span.set_attribute("order.status", report.order.status.value)
-            if report.reason:
-                span.set_attribute("reason", report.reason)
-            self._received.add(report.order.created_ms, cid)
-            if report.order.status.is_open:
-                self._accepted_at[cid] = time.time()
-                self._traceparents[cid] = traceparent
-            self.log.info(
-                "order placed",
-                client_order_id=cid,
-                status=report.order.status.value,
-                symbol=request.symbol,
-                side=request.side.value,
-                quantity=request.quantity,
-                order_type=request.order_type.value,
-                reason=report.reason,
-            )
-        # The order as written in this very transaction: nothing to read back.
-        assert stored is not None
-        return stored
 
     async def cancel(self, client_order_id: str) -> StoredOrder:
         """Cancel one working order and release its reservation."""
@@ -660,17 +806,18 @@ class OrderDesk:
 
     # Persistence and publication -------------------------------------------------------------
 
-    async def _settle(
-        self,
-        report: VenueReport,
-        *,
-        link: str | None,
-        submitted: OrderRequest | None = None,
-        traceparent: str | None = None,
-        decision: str | None = None,
-    ) -> StoredOrder | None:
-        """Persist one report with the events announcing it, in one transaction; the order as
-        written if `submitted` (a new order), else None."""
+    async def _settle(self, report: VenueReport, *, link: str | None) -> None:
+        """Persist one report (a tick's fills, a cancel) with the events announcing it, in one
+        transaction."""
+        events, fills = self._announce(report, link=link, submitted=None)
+        # Every transition row carries the trace that caused it: the tick's or the request's.
+        await self._persist(report, events, traceparent=current_traceparent())
+        self._log_fills(fills, report.order)
+
+    def _announce(
+        self, report: VenueReport, *, link: str | None, submitted: OrderRequest | None
+    ) -> tuple[list[Event[Any]], list[tuple[Fill, Any]]]:
+        """The events announcing one report, each fill under its own `order.fill` span."""
         order = report.order
         events = [self.outbox.event(data) for data in _order_events(report, submitted)]
         fill_records = [r for r in report.events if r.kind is OrderEventKind.FILL]
@@ -690,11 +837,9 @@ class OrderDesk:
                 },
             ):
                 events.append(self.outbox.event(OrderFilled.of(fill, leaves)))
-        # Every transition row carries the trace that caused it: the request's or the tick's.
-        traceparent = traceparent or current_traceparent()
-        stored = await self._persist(
-            report, events, traceparent=traceparent, decision=decision, new=submitted is not None
-        )
+        return events, fills
+
+    def _log_fills(self, fills: list[tuple[Fill, Any]], order: Order) -> None:
         for fill, record in fills:
             self._observe_fill(fill, order)
             self.log.info(
@@ -702,17 +847,10 @@ class OrderDesk:
                 **fill.attributes(),
                 leaves_quantity=order.quantity - record.filled_quantity,
             )
-        return stored
 
     async def _persist(
-        self,
-        report: VenueReport,
-        events: list[Event[Any]],
-        *,
-        traceparent: str | None = None,
-        decision: str | None = None,
-        new: bool = False,
-    ) -> StoredOrder | None:
+        self, report: VenueReport, events: list[Event[Any]], *, traceparent: str | None
+    ) -> None:
         try:
             recorded = await self.store.record(
                 report,
@@ -720,10 +858,8 @@ class OrderDesk:
                 events=events,
                 reserved_cash=self.venue.reserved_cash_of(report.order.client_order_id),
                 traceparent=traceparent,
-                risk_decision_id=decision,
-                new=new,
-                # The desk alone writes fills, one report at a time under its lock, and a
-                # failed write rebuilds it from the database: its sequence is the table's.
+                # The desk alone writes fills, under its lock, and a failed write rebuilds it
+                # from the database: its sequence is the table's.
                 last_fill_sequence=self._fill_sequence,
             )
         except DatabaseError:
@@ -741,7 +877,6 @@ class OrderDesk:
         for record in report.events:
             metrics.ORDERS.labels(record.to_status.value).inc()
         self._update_gauges()
-        return recorded.order
 
     def _observe_fill(self, fill: Fill, order: Order) -> None:
         self._traded.add(fill.symbol)

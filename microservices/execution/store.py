@@ -46,6 +46,17 @@ class Recorded:
     order: StoredOrder | None
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One venue report to persist, with the events announcing it."""
+
+    report: VenueReport
+    events: tuple[Event[Any], ...] = ()
+    reserved_cash: Decimal = Decimal(0)
+    traceparent: str | None = None
+    risk_decision_id: str | None = None
+
+
 class OrderStore:
     """Reads and writes the execution tables through the service's unit of work."""
 
@@ -71,74 +82,79 @@ class OrderStore:
         numbered after `last_fill_sequence`, the highest written, when the caller knows it (the
         desk, which alone writes fills, one report at a time), else after the table's maximum.
         Returns the order as written (nothing is read back) and the highest sequence written."""
+        item = Report(report, tuple(events), reserved_cash, traceparent, risk_decision_id)
+        if new:
+            return (
+                await self.record_new([item], outbox=outbox, last_fill_sequence=last_fill_sequence)
+            )[0]
         order = report.order
-        trace_id = traceparent.split("-")[1] if traceparent else None
         async with self._resources.session() as session:
-            row = None
-            if not new:
-                row = await session.scalar(
-                    select(OrderRecord).where(OrderRecord.client_order_id == order.client_order_id)
-                )
+            row = await session.scalar(
+                select(OrderRecord).where(OrderRecord.client_order_id == order.client_order_id)
+            )
             if row is None:
-                row = OrderRecord(
-                    client_order_id=order.client_order_id,
-                    symbol=order.symbol,
-                    side=order.side.value,
-                    order_type=order.order_type.value,
-                    quantity=order.quantity,
-                    limit_price=order.limit_price,
-                    time_in_force=order.time_in_force.value,
-                    reduce_only=order.reduce_only,
-                    risk_decision_id=risk_decision_id,
-                    trace_context=traceparent,
-                    created_at=to_datetime(order.created_ms),
-                )
+                row = _new_row(item)
                 session.add(row)
             _copy_progress(row, order)
             row.reserved_cash = reserved_cash
             await session.flush()
-            for event in report.events:
-                session.add(
-                    OrderEventRow(
-                        order_id=row.id,
-                        client_order_id=event.client_order_id,
-                        sequence=event.sequence,
-                        kind=event.kind.value,
-                        from_status=event.from_status.value if event.from_status else None,
-                        to_status=event.to_status.value,
-                        filled_quantity=event.filled_quantity,
-                        fill_quantity=event.fill_quantity,
-                        fill_price=event.fill_price,
-                        reason=event.reason,
-                        trace_id=trace_id,
-                        occurred_at=to_datetime(event.ts_ms),
-                    )
-                )
-            fill_rows = [fill_record(fill, row.id) for fill in report.fills]
-            if fill_rows:
-                # A fill row's id is the venue's fill sequence, which its order.filled carries.
-                # It is numbered here, inside the transaction that writes the fills, rather than
-                # by the database's autoincrement: a rolled-back transaction burns sequence
-                # values on PostgreSQL, and the portfolio would wait forever for the fill of a
-                # hole. The desk writes one order at a time, so max + 1 cannot race.
-                last = last_fill_sequence
-                if last is None:
-                    last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
-                for offset, fill_row in enumerate(fill_rows, start=1):
-                    fill_row.id = int(last or 0) + offset
-                session.add_all(fill_rows)
-                await session.flush()
-            sequences = {f.fill_id: f.id for f in fill_rows}
-            for announcement in events:
-                outbox.add(session, _with_sequence(announcement, sequences))
+            last = last_fill_sequence
+            if last is None and report.fills:
+                last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
+            fill_rows, _ = _write_children(session, outbox, item, row, int(last or 0))
+        sequences = [f.id for f in fill_rows]
+        return Recorded(max(sequences, default=None), None)
+
+    async def record_new(
+        self, items: Sequence[Report], *, outbox: Outbox, last_fill_sequence: int | None
+    ) -> list[Recorded]:
+        """Persist new orders (submissions) in one transaction: each one's row, transitions,
+        fills and events, as `record` does for one; the orders as written, in `items`' order.
+
+        Fills are numbered in `items`' order after `last_fill_sequence` (else the table's
+        maximum). Rows are inserted together (one statement per table), nothing is read back."""
+        async with self._resources.session() as session:
+            rows = [_new_row(item) for item in items]
+            for row, item in zip(rows, items, strict=True):
+                _copy_progress(row, item.report.order)
+                row.reserved_cash = item.reserved_cash
+            session.add_all(rows)
+            await session.flush()  # the orders' ids, which their children reference
+            last = last_fill_sequence
+            if last is None and any(item.report.fills for item in items):
+                last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
+            last = int(last or 0)
+            written: list[tuple[OrderRecord, list[FillRecord]]] = []
+            for row, item in zip(rows, items, strict=True):
+                fill_rows, last = _write_children(session, outbox, item, row, last)
+                written.append((row, fill_rows))
             dialect = session.get_bind().dialect.name
-        stored = None
-        if new:
+        recorded = []
+        for (row, fill_rows), item in zip(written, items, strict=True):
             _as_read_back(row, fill_rows, dialect)
             # As `get` reads it back: the last rejection's or cancellation's reason.
-            reasons = [e.reason for e in report.events if e.kind.value in ("REJECT", "CANCEL")]
+            reasons = [e.reason for e in item.report.events if e.kind.value in ("REJECT", "CANCEL")]
             stored = StoredOrder(row, tuple(fill_rows), (reasons[-1] if reasons else None) or "")
-        return Recorded(max(sequences.values(), default=None), stored)
+            recorded.append(Recorded(max((f.id for f in fill_rows), default=None), stored))
+        return recorded
+
+    async def get_many(self, client_order_ids: Sequence[str]) -> dict[str, StoredOrder]:
+        """The known orders among `client_order_ids`, with their fills, in one read."""
+        async with self._resources.session() as session:
+            rows = list(
+                await session.scalars(
+                    select(OrderRecord).where(OrderRecord.client_order_id.in_(client_order_ids))
+                )
+            )
+            if not rows:
+                return {}
+            ids = [r.id for r in rows]
+            fills = await self._fills_of(session, ids)
+            reasons = await self._reasons_of(session, ids)
+            return {
+                r.client_order_id: StoredOrder(r, tuple(fills.get(r.id, ())), reasons.get(r.id, ""))
+                for r in rows
+            }
 
     async def get(self, client_order_id: str) -> StoredOrder | None:
         """One order and its fills; None if unknown."""
@@ -270,6 +286,65 @@ def _as_read_back(row: OrderRecord, fills: Sequence[FillRecord], dialect: str) -
         fill.quantity = _read_back(fill.quantity, dialect) or Decimal(0)
         fill.price = _read_back(fill.price, dialect) or Decimal(0)
         fill.fee = _read_back(fill.fee, dialect) or Decimal(0)
+
+
+def _new_row(item: Report) -> OrderRecord:
+    order = item.report.order
+    return OrderRecord(
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=order.side.value,
+        order_type=order.order_type.value,
+        quantity=order.quantity,
+        limit_price=order.limit_price,
+        time_in_force=order.time_in_force.value,
+        reduce_only=order.reduce_only,
+        risk_decision_id=item.risk_decision_id,
+        trace_context=item.traceparent,
+        created_at=to_datetime(order.created_ms),
+    )
+
+
+def _write_children(
+    session: AsyncSession, outbox: Outbox, item: Report, row: OrderRecord, last_fill: int
+) -> tuple[list[FillRecord], int]:
+    """Add one report's transitions, fills and events under the order `row` (flushed, so its
+    id is known); the fill rows and the highest fill sequence now used."""
+    report = item.report
+    trace_id = item.traceparent.split("-")[1] if item.traceparent else None
+    session.add_all(
+        [
+            OrderEventRow(
+                order_id=row.id,
+                client_order_id=event.client_order_id,
+                sequence=event.sequence,
+                kind=event.kind.value,
+                from_status=event.from_status.value if event.from_status else None,
+                to_status=event.to_status.value,
+                filled_quantity=event.filled_quantity,
+                fill_quantity=event.fill_quantity,
+                fill_price=event.fill_price,
+                reason=event.reason,
+                trace_id=trace_id,
+                occurred_at=to_datetime(event.ts_ms),
+            )
+            for event in report.events
+        ]
+    )
+    # A fill row's id is the venue's fill sequence, which its order.filled carries. It is
+    # numbered here, inside the transaction that writes the fills, rather than by the
+    # database's autoincrement: a rolled-back transaction burns sequence values on
+    # PostgreSQL, and the portfolio would wait forever for the fill of a hole. The desk
+    # writes under its lock, so the numbers cannot race.
+    fill_rows = [fill_record(fill, row.id) for fill in report.fills]
+    for fill_row in fill_rows:
+        last_fill += 1
+        fill_row.id = last_fill
+    session.add_all(fill_rows)
+    sequences = {f.fill_id: f.id for f in fill_rows}
+    for announcement in item.events:
+        outbox.add(session, _with_sequence(announcement, sequences))
+    return fill_rows, last_fill
 
 
 def fill_record(fill: Fill, order_id: int) -> FillRecord:

@@ -6,10 +6,11 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, SpanKind, current_traceparent
@@ -42,6 +43,8 @@ EVENT_WAIT_S = 0.5
 
 CLOCK_MARGIN_MS = 5_000
 """Asked-for client order ids start this much before the oldest approval: clocks differ."""
+
+T = TypeVar("T")
 
 
 def now_ms() -> int:
@@ -108,6 +111,8 @@ class ExecutionView:
     holdings: dict[Symbol, Decimal]
     working: list[InFlightOrder]
     received: frozenset[str]
+    done_ms: int
+    """When the answer arrived: any read begun later reflects every order it reports."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,42 @@ class MarketQuote:
         # cannot make an old quote look fresh, and a simulator's clock running ahead
         # cannot make it look younger than when it arrived.
         return ReferenceQuote(self.bid, self.ask, min(self.ts_ms, self.received_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class Read(Generic[T]):
+    """One read under way: when it began and its outcome."""
+
+    started_ms: int
+    result: asyncio.Future[T]
+
+
+class SharedRead(Generic[T]):
+    """At most one read of a dependency at a time, shared by every caller that joins it.
+
+    A caller joining while a read is under way gets that read: it began before the caller
+    came, which the approval ledger accounts for (every approval given since is counted
+    unless the read reports it received). Without one under way, or if the one under way
+    began `share_ms` ago or more (a slow answer must not hold every check), a new one begins.
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[T]], *, share_ms: int) -> None:
+        self._fetch = fetch
+        self._share_ms = share_ms
+        self._current: Read[T] | None = None
+
+    def join(self) -> Read[T]:
+        current = self._current
+        if (
+            current is not None
+            and not current.result.done()
+            and now_ms() - current.started_ms < self._share_ms
+        ):
+            return current
+        task = asyncio.ensure_future(self._fetch())
+        read = Read(now_ms(), task)
+        self._current = read
+        return read
 
 
 class RiskGuard:
@@ -179,6 +220,16 @@ class RiskGuard:
         # When each check still to be decided started reading execution (see _prune_ledger).
         self._reads_in_flight: dict[int, int] = {}
         self._read_ids = itertools.count()
+        # Client order id -> when a read of execution that reported it received completed.
+        self._confirmed: dict[str, int] = {}
+        self._noted: ExecutionView | None = None
+        self._portfolio_reads: SharedRead[PortfolioSnapshot | None] = SharedRead(
+            self._fetch_portfolio, share_ms=settings.read_share_ms
+        )
+        self._exposure_reads: SharedRead[ExecutionView | None] = SharedRead(
+            lambda: self._fetch_exposure(self._received_since() - CLOCK_MARGIN_MS),
+            share_ms=settings.read_share_ms,
+        )
         self._quotes: dict[Symbol, MarketQuote] = {}
         self._fill_lag = FillLagTracker()
 
@@ -263,21 +314,27 @@ class RiskGuard:
             },
         ) as span:
             read = next(self._read_ids)
-            self._reads_in_flight[read] = now_ms()
+            # One read of each dependency serves every check that arrives while it is under
+            # way (see SharedRead); a check counts from the moment its exposure read began.
+            exposure_read = self._exposure_reads.join()
+            self._reads_in_flight[read] = exposure_read.started_ms
             try:
-                # The clock margin only widens the set of ids asked for: harmless.
-                since = min((e.issued_ms for e in self._ledger.values()), default=now_ms())
+                # Shielded: a caller that goes away must not cancel a read others wait on.
                 snapshot, execution = await asyncio.gather(
-                    self._fetch_portfolio(), self._fetch_exposure(since - CLOCK_MARGIN_MS)
+                    asyncio.shield(self._portfolio_reads.join().result),
+                    asyncio.shield(exposure_read.result),
                 )
             except BaseException:
                 del self._reads_in_flight[read]
                 raise
             async with self._lock:
                 now = now_ms()
-                del self._reads_in_flight[read]
                 self._trim_window(now)
+                if execution is not None:
+                    self._note_received(execution)
+                # This check's own read is among those the pruning must not outrun.
                 self._prune_ledger(now)
+                del self._reads_in_flight[read]
                 exposure = self._exposure(execution, order)
                 fill_lag_ms = 0
                 if execution is not None and snapshot is not None and snapshot.fills is not None:
@@ -310,7 +367,28 @@ class RiskGuard:
                         actor="risk-safety",
                         reason=self._breach(decision.recommended_state, snapshot),
                     )
-                traceparent = current_traceparent()
+                state, epoch = self._state, self._epoch
+                entry = None
+                if decision.approved:
+                    # Counted from now on, before the decision is stored: a check decided
+                    # while this one commits sees it in flight.
+                    self._approvals.append(now)
+                    entry = LedgerEntry(
+                        InFlightOrder(
+                            order.symbol,
+                            order.side,
+                            order.quantity,
+                            order.reduce_only,
+                            order.client_order_id,
+                        ),
+                        now,
+                        now + self.settings.approval_ttl_ms,
+                    )
+                    self._ledger[order.client_order_id] = entry
+                    self._confirmed.pop(order.client_order_id, None)
+            traceparent = current_traceparent()
+            try:
+                # Outside the lock, committed together with the decisions made meanwhile.
                 decision_id = await self.store.record_decision(
                     client_order_id=order.client_order_id,
                     symbol=order.symbol,
@@ -320,8 +398,8 @@ class RiskGuard:
                     reason={
                         "code": decision.reason.value,
                         "detail": detail,
-                        "state": self._state.value,
-                        "epoch": self._epoch,
+                        "state": state.value,
+                        "epoch": epoch,
                         "reference_price": _text(decision.reference_price),
                         "caller_price": _text(caller_price),
                         "notional": _text(decision.notional),
@@ -342,29 +420,20 @@ class RiskGuard:
                         detail=detail,
                     ),
                 )
-                approval = None
-                if decision.approved:
-                    self._approvals.append(now)
-                    expires = now + self.settings.approval_ttl_ms
-                    approval = sign_approval(
-                        self.secret,
-                        decision_id=decision_id,
-                        order=order,
-                        epoch=self._epoch,
-                        expires_ms=expires,
-                    )
-                    self._ledger[order.client_order_id] = LedgerEntry(
-                        InFlightOrder(
-                            order.symbol,
-                            order.side,
-                            order.quantity,
-                            order.reduce_only,
-                            order.client_order_id,
-                        ),
-                        now,
-                        expires,
-                    )
-                state = self._state
+            except BaseException:
+                # No approval leaves without its decision stored; it no longer counts.
+                if entry is not None and self._ledger.get(order.client_order_id) is entry:
+                    del self._ledger[order.client_order_id]
+                raise
+            approval = None
+            if entry is not None:
+                approval = sign_approval(
+                    self.secret,
+                    decision_id=decision_id,
+                    order=order,
+                    epoch=epoch,
+                    expires_ms=entry.expires_ms,
+                )
             span.set_attributes(
                 {
                     "approved": decision.approved,
@@ -423,12 +492,32 @@ class RiskGuard:
         ]
         return Exposure(execution.holdings, [*execution.working, *approvals])
 
+    def _received_since(self) -> int:
+        # The clock margin only widens the set of ids asked for: harmless.
+        return min((e.issued_ms for e in self._ledger.values()), default=now_ms())
+
+    def _note_received(self, execution: ExecutionView) -> None:
+        """Remember when a read first reported each approved order received (once per read)."""
+        if execution is self._noted:
+            return
+        self._noted = execution
+        for cid in execution.received:
+            if cid in self._ledger:
+                self._confirmed.setdefault(cid, execution.done_ms)
+
     def _prune_ledger(self, now: int) -> None:
-        """Forget approvals that expired before every read of execution still to be judged."""
+        """Forget approvals that no read still to be judged can miss.
+
+        An approval that expired before every such read began is refused by execution; one
+        that a completed read reported received is, in every read begun after that one
+        completed, a working order or a holding there, so counted without the ledger."""
         horizon = min(self._reads_in_flight.values(), default=now)
+        confirmed = self._confirmed
         for cid, entry in list(self._ledger.items()):
-            if entry.expires_ms <= horizon:
+            done = confirmed.get(cid)
+            if entry.expires_ms <= horizon or (done is not None and done < horizon):
                 del self._ledger[cid]
+                confirmed.pop(cid, None)
 
     async def _fetch_portfolio(self) -> PortfolioSnapshot | None:
         """The portfolio as risk needs it; None (and the error kept) when it cannot be read."""
@@ -474,6 +563,7 @@ class RiskGuard:
                     for w in answer.working
                 ],
                 received=frozenset(answer.client_order_ids_since),
+                done_ms=now_ms(),
             )
         # Anything that stops us reading execution means "exposure unknown": fail closed.
         except Exception as exc:

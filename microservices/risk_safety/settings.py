@@ -60,6 +60,9 @@ class RiskSafetySettings(BaseSettings):
         default=1_000, gt=0, le=10_000, validation_alias="RISK_STATE_PUSH_TIMEOUT_MS"
     )
     """How long a state change waits for execution to acknowledge the new state."""
+    read_share_ms: int = Field(default=200, ge=0, validation_alias="RISK_READ_SHARE_MS")
+    """A check joins a read of the portfolio or of execution's exposure begun at most this
+    long ago and still under way, instead of starting its own (0: every check reads)."""
     approval_ttl_ms: int = Field(default=10_000, gt=0, validation_alias="RISK_APPROVAL_TTL_MS")
     approval_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_SECRET), validation_alias="RISK_APPROVAL_SECRET"

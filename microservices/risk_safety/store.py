@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.infra.db import GroupCommit
 from backend.infra.db.models import RiskDecision as DecisionRow
 from backend.infra.db.models import TradingState as StateRow
 from backend.infra.db.models import TradingStateChange
@@ -28,6 +31,14 @@ class RiskStore:
     def __init__(self, resources: Resources) -> None:
         self._resources = resources
         self._outbox: Outbox | None = None
+        self._commits: GroupCommit | None = None
+
+    @property
+    def commits(self) -> GroupCommit:
+        """The decisions' group commit (created with the database, at start-up)."""
+        if self._commits is None:
+            self._commits = GroupCommit(self._resources.sessions)
+        return self._commits
 
     @property
     def outbox(self) -> Outbox:
@@ -50,22 +61,26 @@ class RiskStore:
         decided_at: datetime,
         announce: EventData,
     ) -> str:
-        """Persist one decision and, in the same transaction, the event `announce`; its id."""
-        async with self._resources.session() as session:
-            row = DecisionRow(
-                client_order_id=client_order_id,
-                symbol=symbol,
-                side=side,
-                quantity=quantity,
-                approved=approved,
-                reasons=[reason],
-                trace_id=trace_id,
-                decided_at=decided_at,
-            )
+        """Persist one decision and, in the same transaction, the event `announce`; its id.
+
+        Concurrent decisions share a transaction (group commit): one commit for a burst."""
+        row = DecisionRow(
+            client_order_id=client_order_id,
+            symbol=symbol,
+            side=side,
+            quantity=quantity,
+            approved=approved,
+            reasons=[reason],
+            trace_id=trace_id,
+            decided_at=decided_at,
+        )
+
+        def stage(session: AsyncSession) -> Callable[[], str]:
             session.add(row)
             self.outbox.add(session, announce)
-            await session.flush()
-            return str(row.id)
+            return lambda: str(row.id)
+
+        return await self.commits.write(stage)
 
     async def decisions(self, *, limit: int, approved: bool | None) -> list[DecisionRow]:
         """Newest decisions first."""

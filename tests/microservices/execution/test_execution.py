@@ -115,7 +115,8 @@ def test_market_order_fills_at_the_quote_and_is_persisted_and_published(
         ]
         assert all(e["trace_id"] for e in events)
 
-        filled = harness.published("order.filled")
+        # Published by the outbox relay, which the commit wakes: just after the answer.
+        filled = wait_until(lambda: harness.published("order.filled"), what="order.filled")
         assert [(f["client_order_id"], f["fill_id"]) for f in filled] == [("mkt-1", "mkt-1-1")]
         assert Decimal(filled[0]["leaves_quantity"]) == 0
         assert [e["client_order_id"] for e in harness.published("order.submitted")] == ["mkt-1"]
@@ -157,7 +158,7 @@ def test_a_duplicate_client_order_id_returns_the_existing_order(harness: Service
         assert again.status_code == 200
         assert again.json() == first.json()
         assert client.get("/orders").json()["count"] == 1
-        assert len(harness.published("order.filled")) == 1
+        wait_until(lambda: len(harness.published("order.filled")) == 1, what="one order.filled")
 
 
 def test_orders_without_a_valid_approval_are_refused_and_say_why(harness: ServiceHarness) -> None:
@@ -215,7 +216,8 @@ def test_a_market_order_before_any_quote_is_rejected_with_the_reason(
         assert response.status_code == 201
         assert response.json()["status"] == "REJECTED"
         assert response.json()["reason"] == "no quote for ETHUSDT"
-        assert harness.published("order.rejected")[0]["reason"] == "no quote for ETHUSDT"
+        rejected = wait_until(lambda: harness.published("order.rejected"), what="order.rejected")
+        assert rejected[0]["reason"] == "no quote for ETHUSDT"
 
 
 def test_a_limit_order_rests_then_fills_on_a_crossing_tick_linked_to_the_order_trace(

@@ -10,6 +10,7 @@ import pytest
 from tests.microservices.execution.conftest import running
 from tests.microservices.execution.test_execution import order, send_tick
 from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 # Each field risk-safety judged, changed after the approval was signed for a MARKET BUY of 1.
 TAMPERED: list[tuple[str, dict[str, Any]]] = [
@@ -95,7 +96,10 @@ def test_the_same_order_again_returns_it_even_after_its_approval_expired(
         # But not with a forged approval: the retry must still be risk-safety's order.
         forged = {**expired, "approval": {**expired["approval"], "token": "f" * 64}}
         assert client.post("/orders", json=forged).status_code == 403
-        assert len(harness_database.published("order.submitted")) == 1
+        wait_until(
+            lambda: len(harness_database.published("order.submitted")) == 1,
+            what="one order.submitted",
+        )
 
 
 HOSTILE: list[tuple[str, dict[str, Any]]] = [

@@ -228,6 +228,7 @@ def test_an_approval_counts_for_a_check_whose_exposure_was_read_before_execution
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("RISK_POSITION_LIMITS", "ETHUSDT=1")
+    monkeypatch.setenv("RISK_READ_SHARE_MS", "0")  # B reads execution again, after A
     with harness.run(create_service) as client:
         tick(harness, client, "ETHUSDT", bid="2000", ask="2000")
         assert check(client, "race-x", symbol="ETHUSDT", quantity="0.9")["approved"] is True
