@@ -99,9 +99,10 @@ class PortfolioBook:
     check started becomes `as_of_ms`: every fill published before it is in the books. Ticks
     never move it, so a portfolio that lost a fill ages until the loss is repaired.
 
-    Replicas: several books may share one database and one consumer group. Booking is
-    serialised through the database (`LedgerStore.booking`), and a book first applies the
-    ledger rows the others booked since its last one, so each fill is booked on top of every
+    Replicas: several books may share one database and one consumer group
+    (`PORTFOLIO_SHARED_LEDGER`). Booking is then serialised through the database
+    (`LedgerStore.booking`), and a book first applies the ledger rows the others booked since
+    its last one, so each fill is booked on top of every
     fill booked before it and the position it announces is the portfolio's, not one
     replica's share. Reads catch up the same way (`catch_up`).
 
@@ -217,7 +218,8 @@ class PortfolioBook:
 
     async def _book(self, fill: Fill, sequence: int | None) -> bool:
         try:
-            async with self.store.booking(self._ledger_row) as booking:
+            shared = self.settings.shared_ledger
+            async with self.store.booking(self._ledger_row, shared=shared) as booking:
                 self._apply_booked(booking.newer)
                 position = self._apply(fill, sequence)
                 if position is None:

@@ -24,10 +24,10 @@ class PortfolioIntelligenceSettings(BaseSettings):
     """How often the fill stream's backlog is read; `as_of_ms` is at most this old when the
     books hold every fill."""
     shared_ledger: bool = Field(default=False, validation_alias="PORTFOLIO_SHARED_LEDGER")
-    """Set on every replica when several replicas book into one database: each read then
-    first applies what the other replicas booked (one indexed query). Booking is always
-    serialised through the database and applies the others' fills first; without this,
-    a replica's reads see them within `fills_check_interval_ms`."""
+    """Set on every replica when several replicas book into one database: booking is then
+    serialised through the database (a lock) and applies what the others booked first, and
+    each read first applies what they booked since (one indexed query). Off (one replica),
+    neither the lock nor the reads are paid."""
 
     @property
     def periods_per_year(self) -> float:

@@ -130,14 +130,19 @@ class LedgerStore:
         return self._outbox
 
     @asynccontextmanager
-    async def booking(self, after_row: int) -> AsyncIterator[Booking]:
-        """A transaction holding the booking lock, with the ledger rows after `after_row`
-        (booked by other replicas meanwhile); committed on leaving, rolled back on error."""
+    async def booking(self, after_row: int, *, shared: bool) -> AsyncIterator[Booking]:
+        """A transaction; committed on leaving, rolled back on error. When the ledger is
+        `shared` with other replicas it holds the booking lock and carries the ledger rows
+        after `after_row` (booked by the others meanwhile); otherwise no row can be newer
+        than this replica's own, and the lock and the read are skipped."""
         async with self._resources.session() as session:
-            lock = _BOOKING_LOCK.get(session.get_bind().dialect.name)
-            if lock is not None:
-                await session.execute(text(lock))
-            yield Booking(self, session, await self._rows_after(session, after_row))
+            newer: list[LedgerEntry] = []
+            if shared:
+                lock = _BOOKING_LOCK.get(session.get_bind().dialect.name)
+                if lock is not None:
+                    await session.execute(text(lock))
+                newer = await self._rows_after(session, after_row)
+            yield Booking(self, session, newer)
 
     async def since(self, after_row: int) -> list[LedgerEntry]:
         """The ledger rows after `after_row`, in booking order (no lock: committed rows)."""
