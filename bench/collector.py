@@ -404,6 +404,7 @@ def run(total: int, seed: int, tmp: Path) -> int:
         hold_s=0.5,
         max_bytes=8 << 30,
         queue_spans=200_000,
+        decode_processes=1,
     )
     try:
         print(f"ingest: {total:,} spans as OTLP/protobuf requests of {BATCH}", flush=True)

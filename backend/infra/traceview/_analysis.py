@@ -513,12 +513,14 @@ def order_timeline(spans: Sequence[StoredSpan], key: str) -> list[TimelineEntry]
             entry = ("state", f"{a['order.status']}{reason}")
         if entry is not None:
             out.append(TimelineEntry(s.end_ns, s.trace_id, s.span_id, s.service, *entry))
-        for name, attrs in s.events:
+        times = s.event_times_ns
+        for i, (name, attrs) in enumerate(s.events):
             if name != "exception":
                 text = ", ".join(f"{k}={v}" for k, v in attrs.items())
+                at = times[i] if i < len(times) and times[i] else s.end_ns
                 out.append(
                     TimelineEntry(
-                        s.end_ns,
+                        at,
                         s.trace_id,
                         s.span_id,
                         s.service,
