@@ -10,6 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from backend.infra.traceview import create_app
+from backend.infra.traceview._store import StoredSpan
 from tests.traceview import seed
 from tests.traceview.listqueries import ListQueries
 
@@ -153,3 +154,26 @@ def test_json_api_searches_and_returns_a_trace_with_its_critical_path(client: Te
     spans = client.get(f"/api/traces/{seed.SLOW}").json()["data"]
     assert any(s["critical"] for s in spans) and len(spans) == 19
     assert client.get("/static/viewer.js").status_code == 200
+
+
+def test_a_span_event_is_shown_with_its_time() -> None:
+    start = 1_700_000_000_000_000_000
+    submit = StoredSpan(
+        trace_id="ab" * 16,
+        span_id="cd" * 8,
+        parent_span_id="",
+        name="order.submit",
+        kind="internal",
+        service="execution",
+        start_ns=start,
+        end_ns=start + 3_000_000,
+        attributes={"order.client_order_id": "c-9"},
+        error=False,
+        events=[("accepted", {"venue": "paper"})],
+        event_times_ns=[start + 1_500_000],
+    )
+    with TestClient(create_app(ListQueries([submit]), ingest_routes=[])) as c:
+        page = c.get(f"/trace/{'ab' * 16}").text
+    at = time.strftime("%H:%M:%S", time.localtime(start / 1e9))
+    assert f"at {at}.001 (+1.500 ms)" in page
+
