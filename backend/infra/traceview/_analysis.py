@@ -480,6 +480,19 @@ def _attr(span: StoredSpan, *names: str) -> Any:
     return None
 
 
+def exit_orders(spans: Sequence[StoredSpan], entry: str) -> list[str]:
+    """The client order ids of the exits (stop, take-profit, emergency) that closed the
+    position the order `entry` opened: their spans carry `entry.client_order_id`."""
+    found = {
+        str(s.attributes["client_order_id"])
+        for s in spans
+        if str(s.attributes.get("entry.client_order_id", "")) == entry
+        and s.attributes.get("client_order_id")
+        and str(s.attributes["client_order_id"]) != entry
+    }
+    return sorted(found)
+
+
 def order_timeline(spans: Sequence[StoredSpan], key: str) -> list[TimelineEntry]:
     """The order's decisions, risk verdicts, state transitions, fills, bookings and exits, in
     time order, from every span (of every linked trace) that carries its id."""
@@ -507,7 +520,9 @@ def order_timeline(spans: Sequence[StoredSpan], key: str) -> list[TimelineEntry]
         elif s.name == "position.update":
             entry = ("booking", f"booked, position {a.get('position.quantity', '?')}")
         elif s.name.startswith("stop."):
-            entry = ("exit", f"{s.name} {a.get('reason', '')}".strip())
+            exit_id = a.get("client_order_id")
+            by = f" by {exit_id}" if exit_id and str(exit_id) != key else ""
+            entry = ("exit", f"{s.name} {a.get('reason', '')}{by}".strip())
         elif "order.status" in a:
             reason = f" {a['reason']}" if a.get("reason") else ""
             entry = ("state", f"{a['order.status']}{reason}")

@@ -582,12 +582,21 @@ def create_app(
         )
         services = sorted({s.service for s in spans})
         fills = sum(1 for e in timeline if e.what == "fill")
+        exits = analysis.exit_orders(spans, key)
+        closed_by = (
+            "<p id='exits'>Closed by the exit order "
+            + ", ".join(f"<a href='/order/{quote(x)}'><code>{esc(x)}</code></a>" for x in exits)
+            + ".</p>"
+            if exits
+            else ""
+        )
         body = (
             f"<h2>Order <code>{esc(key)}</code></h2>"
             f"<p id='order-summary'><span id='service-count'>{len(services)}</span> services "
             f"({esc(', '.join(services))}) across <span id='trace-count'>{len(traces)}</span> "
             f"linked traces, {len(spans)} spans, {fills} fill(s).</p>"
             f"<p>States: <b id='states'>{esc(' → '.join(states) or 'none recorded')}</b></p>"
+            f"{closed_by}"
             "<h3>Timeline</h3><table id='timeline'><tr><th>time</th><th>what</th>"
             f"<th>service</th><th></th><th>trace</th></tr>{entries}</table>"
             "<h3>Every linked trace, one time axis</h3>"
