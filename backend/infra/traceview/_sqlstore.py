@@ -82,6 +82,8 @@ _TRACE_LEVEL_FLAGS = {
 }
 _BUCKET_BASE = BUCKET_BASE
 _MINUTE_NS = 60_000_000_000
+_TRACE_SLACK_NS = _MINUTE_NS
+"""How long before a window a trace may start and still have spans in it, for window reads."""
 _IMPORTANT = int(Importance.IMPORTANT)
 _COUNTERS = (
     "received_spans",
@@ -1073,10 +1075,14 @@ class SqliteSpanStore:
         return [tid.hex() for tid, _ in ordered]
 
     def spans_between(self, since_ns: int, until_ns: int, limit: int) -> list[StoredSpan]:
+        # Through the traces' start index, newest traces first, each read as one range: the
+        # window's spans without a scan of the whole table (a trace that started more than
+        # `_TRACE_SLACK_NS` before the window is not looked into).
         rows = self._reader().execute(
-            f"SELECT t.tid, {_SPAN_COLUMNS} FROM spans s JOIN traces t ON t.id = s.trace "
-            "WHERE s.start >= ? AND s.start <= ? ORDER BY s.trace DESC LIMIT ?",
-            (since_ns, until_ns, limit),
+            f"SELECT t.tid, {_SPAN_COLUMNS} FROM traces t JOIN spans s ON s.trace = t.id "
+            "WHERE t.start >= ? AND t.start <= ? AND s.start >= ? AND s.start <= ? "
+            "ORDER BY t.start DESC LIMIT ?",
+            (since_ns - _TRACE_SLACK_NS, until_ns, since_ns, until_ns, limit),
         )
         spans = [self._span(row[0], row[1:]) for row in rows]
         spans.sort(key=lambda s: s.start_ns, reverse=True)
