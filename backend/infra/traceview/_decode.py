@@ -261,7 +261,10 @@ class Decoder:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         if processes > 0:
-            self._pool = self._start()
+            try:
+                self._pool = self._start()
+            except Exception:  # a collector that decodes in-thread beats none at all
+                log.exception("cannot start an OTLP decoder process; decoding in-thread")
 
     def _start(self) -> ProcessPoolExecutor:
         # Not fork: the receivers' threads (gRPC, uvicorn) must not be copied mid-flight.
