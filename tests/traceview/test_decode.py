@@ -47,7 +47,7 @@ def test_a_decoder_that_dies_loses_nothing() -> None:
     try:
         pool = decoder._pool
         assert pool is not None
-        for pid in list(pool._processes or {}):  # type: ignore[attr-defined]
+        for pid in list(pool._processes or {}):
             os.kill(pid, signal.SIGKILL)
         first = decoder.result(decoder.submit(payload, req), payload)
         second = decoder.result(decoder.submit(payload, req), payload)
