@@ -329,12 +329,12 @@ def test_a_trade_whose_order_spans_come_in_a_later_batch_is_kept_whole(db_path: 
     with SqliteSpanStore(db_path, tick_sample_rate=0.0, clock=clock) as store:  # default hold
         store.ingest([send])
         store.flush(decide=False)
-        clock.now += 6.0  # longer than an SDK's batch delay (5 s)
+        clock.now += 4.0  # twice the hold this store had before (2 s)
         store.flush(decide=False)
         assert store.trace(tid(1)) == []  # still held, not decided
         store.ingest(rest)
         store.flush(decide=False)
-        clock.now += 5.0
+        clock.now += 1.5
         store.flush(decide=False)
         store.ingest([submit])
         store.flush()

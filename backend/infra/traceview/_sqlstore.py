@@ -22,14 +22,16 @@ Layout (one SQLite file in WAL mode, `synchronous=NORMAL`):
 
 Writes go through a bounded queue to one background writer thread: `ingest` never blocks;
 when the queue holds `queue_spans` spans, a batch is refused and counted as dropped. The writer
-holds each new trace in memory for `hold_s` seconds before it decides: a trace that shows an
+holds each new trace in memory for `hold_s` seconds (at most `max_held_spans` spans: beyond,
+the oldest traces are decided early and counted) before it decides: a trace that shows an
 order, a fill, a risk denial, a stop, a kill switch or an error (`_importance`) is written at
 once and always kept; a plain trace (a tick that led to no order) is kept with probability
 `tick_sample_rate` and noise (health checks, metrics scrapes, idle polling) with
 `noise_sample_rate`, marked as noise so searches leave it out by default. The decision is by
 trace id, so every span of a sampled trace is kept together. A span that arrives after its
 trace was sampled out is dropped too (and counted), unless it makes the trace important: then it
-is kept from there on.
+is written with the spans dropped before, kept at hand for the newest `rescue_spans`
+sampled-out spans, so a kept trade trace is whole (counted as rescued).
 
 Retention runs in the writer every `retention_interval_s`: traces older than `max_age_s` go,
 then, while the live pages exceed `max_bytes`, the oldest traces go (plain and noise ones before
@@ -225,7 +227,7 @@ class SqliteSpanStore:
         max_bytes: int = 1 << 30,
         tick_sample_rate: float = 0.1,
         noise_sample_rate: float = 0.01,
-        hold_s: float = 12.0,
+        hold_s: float = 6.0,
         max_held_spans: int = 100_000,
         rescue_spans: int = 50_000,
         queue_spans: int = 200_000,
