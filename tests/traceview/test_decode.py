@@ -54,3 +54,31 @@ def test_a_decoder_that_dies_loses_nothing() -> None:
     finally:
         decoder.close()
     assert first == second == records_of(req)
+
+
+def test_the_decoder_process_exits_when_the_collector_is_killed() -> None:
+    import subprocess
+    import sys
+
+    from tests.support.polling import wait_until
+
+    script = (
+        "import sys, time\n"
+        "from backend.infra.traceview._decode import Decoder\n"
+        "d = Decoder(1)\n"
+        "print(*d._pool._processes, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    collector = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert collector.stdout is not None
+        children = [int(pid) for pid in collector.stdout.readline().split()]
+        assert children
+    finally:
+        collector.kill()  # SIGKILL: no shutdown of the pool
+        collector.wait()
+
+    def gone() -> bool:
+        return not any(os.path.exists(f"/proc/{pid}") for pid in children)
+
+    wait_until(gone, 30, "the decoder process to exit")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -245,6 +247,23 @@ def _decode_in_child(payload: bytes) -> list[Record]:
     return records_of(ExportTraceServiceRequest.FromString(payload))
 
 
+def _exit_with(parent_pid: int) -> None:
+    """In the child: exit when the collector is gone. A pool's worker holds both ends of its
+    own call queue, so a collector killed outright (SIGKILL) would leave it waiting forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid was reused by another user's process
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-collector", daemon=True).start()
+
+
 def _warm() -> int:
     _decode_in_child(b"")
     return 0
@@ -269,7 +288,10 @@ class Decoder:
     def _start(self) -> ProcessPoolExecutor:
         # Not fork: the receivers' threads (gRPC, uvicorn) must not be copied mid-flight.
         pool = ProcessPoolExecutor(
-            self.processes, mp_context=multiprocessing.get_context("forkserver")
+            self.processes,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_exit_with,
+            initargs=(os.getpid(),),
         )
         pool.submit(_warm).result(timeout=60)
         return pool
