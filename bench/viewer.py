@@ -7,6 +7,7 @@ trace) are written to a fresh store; then every page is fetched through the app 
 
     python -m bench.viewer                      # 20,000 trades, about 450,000 spans
     python -m bench.viewer --trades 2000        # a quick run
+    python -m bench.viewer --trades 45000       # about 1,000,000 spans
     BENCH_VIEWER_TRADES=2000 quantum-trader bench viewer
 """
 
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trades < 10:
         parser.error("--trades must be at least 10")
     rng = random.Random(args.seed)
+    print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared; figures are noisy)")
     now = time.time_ns()
     spans, orders = traffic(args.trades, now, rng)
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,8 +139,18 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: client.get("/?service=risk-safety&min_ms=20"),
                     50,
                 ),
+                (
+                    "store: per-stage quantiles, 15m (baseline)",
+                    lambda: store.stage_quantiles(now - 900 * 10**9, now),
+                    5,
+                ),
                 ("GET /stages?window=1m", lambda: client.get("/stages?window=1m"), 5),
                 ("GET /stages?window=15m", lambda: client.get("/stages?window=15m"), 3),
+                (
+                    "store: spans of the window (baseline)",
+                    lambda: store.spans_between(now - 900 * 10**9, now, 50_000),
+                    3,
+                ),
                 ("GET /decisions?window=15m", lambda: client.get("/decisions?window=15m"), 3),
                 ("GET /map?window=15m", lambda: client.get("/map?window=15m"), 3),
             ]

@@ -37,7 +37,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from backend.infra.eventbus import Event
-from backend.infra.observability import BoundLogger, SpanKind, current_traceparent
+from backend.infra.observability import (
+    BoundLogger,
+    SpanKind,
+    current_traceparent,
+    links_from_traceparent,
+)
 from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 from backend.trading.events import MarketTick, PositionUpdated, StopFailed, StopTriggered
@@ -149,7 +154,12 @@ class PositionMonitor:
                 )
                 return
             await self._apply(
-                symbol, data.quantity, data.average_price, data.sequence, _event_ms(event)
+                symbol,
+                data.quantity,
+                data.average_price,
+                data.sequence,
+                _event_ms(event),
+                opened_by=(data.client_order_id, event.traceparent),
             )
 
     async def _apply(
@@ -159,8 +169,13 @@ class PositionMonitor:
         average_price: Decimal | None,
         sequence: int | None,
         at_ms: int,
+        *,
+        opened_by: tuple[str | None, str | None] = (None, None),
     ) -> None:
-        """Make the position held in `symbol` the one the portfolio reports (under its lock)."""
+        """Make the position held in `symbol` the one the portfolio reports (under its lock).
+
+        `opened_by`: the client order id whose fill moved the position and the trace context of
+        that update; a position it opens keeps them, so its exit links back to its entry."""
         if sequence is not None:
             self._sequences[symbol] = max(self._sequences.get(symbol, 0), sequence)
         current = self.live(symbol)
@@ -185,6 +200,8 @@ class PositionMonitor:
                             opened_ms=at_ms,
                             sequence=sequence,
                             config=self.defaults,
+                            entry_client_order_id=opened_by[0],
+                            entry_traceparent=opened_by[1],
                         )
                     )
             elif quantity != current.quantity or entry not in (None, current.entry_price):
@@ -334,9 +351,13 @@ class PositionMonitor:
             "quantity": str(decision.quantity),
             "side": decision.side.value,
             "client_order_id": coid,
+            **_entry_attributes(position),
         }
         with self.tracer.start_as_current_span(
-            "stop.trigger", kind=SpanKind.INTERNAL, attributes=attributes
+            "stop.trigger",
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links_from_traceparent(position.entry_traceparent, {"link.reason": "entry"}),
         ) as span:
             traceparent = current_traceparent()
             exit_ = ExitState(
@@ -507,9 +528,13 @@ class PositionMonitor:
             "previous_client_order_id": exit_.client_order_id,
             "previous_outcome": exit_.outcome.value if exit_.outcome else "NONE",
             "quantity": str(quantity),
+            **_entry_attributes(position),
         }
         with self.tracer.start_as_current_span(
-            "stop.escalate", kind=SpanKind.INTERNAL, attributes=attributes
+            "stop.escalate",
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links_from_traceparent(position.entry_traceparent, {"link.reason": "entry"}),
         ):
             emergency = replace(
                 position,
@@ -621,6 +646,14 @@ def _outcome_of(placed: OrderPublic) -> tuple[Outcome, str]:
     if status in (OrderStatus.CANCELED, OrderStatus.EXPIRED):
         return (Outcome.PARTIAL if placed.filled_quantity > ZERO else Outcome.REJECTED), detail
     return Outcome.WORKING, detail
+
+
+def _entry_attributes(position: Tracked) -> dict[str, str]:
+    """`entry.client_order_id`: the order that opened the position, so a search (and the
+    order page) of the entry finds the exit that closed it."""
+    if not position.entry_client_order_id:
+        return {}
+    return {"entry.client_order_id": position.entry_client_order_id}
 
 
 def _flipped(position: Tracked, quantity: Decimal) -> bool:

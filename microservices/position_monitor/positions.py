@@ -83,6 +83,10 @@ class Tracked:
     exit: ExitState | None = None
     trace_id: str | None = None
     closed_ms: int | None = None
+    entry_client_order_id: str | None = None
+    """The order whose fill opened the position (from portfolio's `position.updated`)."""
+    entry_traceparent: str | None = None
+    """The W3C context of that `position.updated` event: the exit's spans link to it."""
 
     @property
     def direction(self) -> int:

@@ -99,6 +99,9 @@ def check_trade(store: SqliteSpanStore, sent: dict[str, Any], service: str) -> N
     assert submit.kind == "producer"
     assert submit.attributes == {"order.client_order_id": "c-42", "symbol": "BTCUSDT", "qty": 1.5}
     assert submit.events == [("accepted", {"venue": "paper"})]
+    # The event keeps its own time, within its span.
+    assert len(submit.event_times_ns) == 1
+    assert submit.start_ns <= submit.event_times_ns[0] <= submit.end_ns
     assert submit.links == [(sent["signal_trace_id"], sent["signal_span_id"])]
     assert submit.resource["service.name"] == service
     assert risk.parent_span_id == sent["span_id"]
@@ -128,6 +131,22 @@ def test_the_http_exporter_is_received(
     exporter = HttpSpanExporter(endpoint=f"{http_server.url}/v1/traces", compression=compression)
     sent = send_trade(exporter, "execution")
     check_trade(store, sent, "execution")
+
+
+def test_requests_decoded_in_a_child_process_are_stored_the_same(tmp_path: Path) -> None:
+    with (
+        SqliteSpanStore(
+            tmp_path / "spans.sqlite",
+            hold_s=0.0,
+            tick_sample_rate=1.0,
+            noise_sample_rate=1.0,
+            decode_processes=1,
+        ) as store,
+        HttpServer(ingest_app(store)) as server,
+    ):
+        sent = send_trade(HttpSpanExporter(endpoint=f"{server.url}/v1/traces"), "execution")
+        check_trade(store, sent, "execution")
+        assert store.stats().received_spans == 3
 
 
 # The SDK's LoggingHandler is deprecated in favour of a contrib package; it is still what

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from backend.infra.traceview import create_app
+from backend.infra.traceview._sqlstore import SqliteSpanStore
+from backend.infra.traceview._store import StoredSpan
 from tests.traceview import seed
 from tests.traceview.listqueries import ListQueries
 
@@ -153,3 +157,77 @@ def test_json_api_searches_and_returns_a_trace_with_its_critical_path(client: Te
     spans = client.get(f"/api/traces/{seed.SLOW}").json()["data"]
     assert any(s["critical"] for s in spans) and len(spans) == 19
     assert client.get("/static/viewer.js").status_code == 200
+
+
+def test_a_span_event_is_shown_with_its_time() -> None:
+    start = 1_700_000_000_000_000_000
+    submit = StoredSpan(
+        trace_id="ab" * 16,
+        span_id="cd" * 8,
+        parent_span_id="",
+        name="order.submit",
+        kind="internal",
+        service="execution",
+        start_ns=start,
+        end_ns=start + 3_000_000,
+        attributes={"order.client_order_id": "c-9"},
+        error=False,
+        events=[("accepted", {"venue": "paper"})],
+        event_times_ns=[start + 1_500_000],
+    )
+    with TestClient(create_app(ListQueries([submit]), ingest_routes=[])) as c:
+        page = c.get(f"/trace/{'ab' * 16}").text
+    at = time.strftime("%H:%M:%S", time.localtime(start / 1e9))
+    assert f"at {at}.001 (+1.500 ms)" in page
+
+
+def test_an_entry_order_page_reaches_the_exit_that_closed_its_position(tmp_path: Path) -> None:
+    """position-monitor's exit carries `entry.client_order_id` and links to the booking of the
+    entry's fill: the entry's page shows the exit, and the exit's page reaches the entry."""
+    base = time.time_ns()
+
+    def make(trace: str, span: str, name: str, service: str, at_ms: float, **attrs: Any) -> Any:
+        start = base + int(at_ms * 1e6)
+        return StoredSpan(
+            trace_id=trace * 32,
+            span_id=span * 16,
+            parent_span_id="",
+            name=name,
+            kind="internal",
+            service=service,
+            start_ns=start,
+            end_ns=start + 1_000_000,
+            attributes=attrs,
+            error=False,
+        )
+
+    entry = make("a", "1", "order.submit", "execution", 0, **{"order.client_order_id": "qt-1"})
+    # portfolio-intelligence books the entry's fill and publishes `position.updated`; the
+    # exit links to that span (the event's traceparent).
+    booking = make("b", "2", "process execution.fills", "portfolio-intelligence", 5, order_id="o-1")
+    booking.links = [("a" * 32, "1" * 16)]
+    stop = make(
+        "c",
+        "3",
+        "stop.trigger",
+        "position-monitor",
+        90,
+        client_order_id="pm-BTCUSDT-7-SL",
+        reason="STOP_LOSS",
+        **{"entry.client_order_id": "qt-1"},
+    )
+    stop.links = [("b" * 32, "2" * 16)]
+    exit_submit = make(
+        "c", "4", "order.submit", "execution", 91, **{"order.client_order_id": "pm-BTCUSDT-7-SL"}
+    )
+    exit_submit.parent_span_id = stop.span_id
+    with SqliteSpanStore(tmp_path / "spans.sqlite", hold_s=0.0) as store:
+        store.ingest([entry, booking, stop, exit_submit])
+        store.flush()
+        with TestClient(create_app(store, ingest_routes=[])) as c:
+            page = c.get("/order/qt-1").text
+            assert "Closed by the exit order" in page and "/order/pm-BTCUSDT-7-SL" in page
+            assert "stop.trigger STOP_LOSS by pm-BTCUSDT-7-SL" in page
+            assert "c" * 32 in page
+            back = c.get("/order/pm-BTCUSDT-7-SL").text
+            assert "a" * 32 in back  # the entry's trace, through the links

@@ -278,17 +278,97 @@ def test_a_held_trace_that_turns_important_is_kept_whole(db_path: Path) -> None:
         assert [s.name for s in store.trace(tid(1))] == ["process market.ticks", "decide"]
 
 
-def test_a_late_span_that_makes_a_sampled_out_trace_important_is_kept(db_path: Path) -> None:
+def test_a_late_span_that_makes_a_sampled_out_trace_important_keeps_it_whole(
+    db_path: Path,
+) -> None:
     root, decide = tick(1)
     decide.attributes["outcome"] = "DENIED"
     with open_store(db_path, tick_sample_rate=0.0) as store:
         store.ingest([root])
         store.flush()  # decided: a plain trace, sampled out
         assert store.trace(tid(1)) == []
+        assert store.stats().sampled_out_spans == 1
+        store.ingest([decide])
+        store.flush()
+        # The span dropped before is written too: the kept trace is whole.
+        assert [s.name for s in store.trace(tid(1))] == ["process market.ticks", "decide"]
+        stats = store.stats()
+        assert (stats.sampled_out_spans, stats.rescued_spans) == (0, 1)
+
+
+def test_beyond_the_rescue_budget_a_late_important_span_is_kept_alone(db_path: Path) -> None:
+    root, decide = tick(1)
+    decide.attributes["outcome"] = "DENIED"
+    with open_store(db_path, tick_sample_rate=0.0, rescue_spans=2) as store:
+        store.ingest([root])
+        store.flush()
+        for n in range(2, 5):  # later sampled-out ticks push the first one out of the budget
+            store.ingest(tick(n))
+            store.flush()
         store.ingest([decide])
         store.flush()
         assert [s.name for s in store.trace(tid(1))] == ["decide"]
-        assert store.stats().sampled_out_spans == 1
+        assert store.stats().rescued_spans == 0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_trade_whose_order_spans_come_in_a_later_batch_is_kept_whole(db_path: Path) -> None:
+    """The tick's spans are exported first, the order's seconds later (another process's
+    batch): the trace is held past the first batch, so the tick's send span is kept."""
+    clock = FakeClock()
+    send = span(1, "send market.ticks", service="eventbus-bridge", kind="producer")
+    *rest, submit = trade(1, "c-1")
+    rest[0].parent_span_id = send.span_id
+    with SqliteSpanStore(db_path, tick_sample_rate=0.0, clock=clock) as store:  # default hold
+        store.ingest([send])
+        store.flush(decide=False)
+        clock.now += 4.0  # twice the hold this store had before (2 s)
+        store.flush(decide=False)
+        assert store.trace(tid(1)) == []  # still held, not decided
+        store.ingest(rest)
+        store.flush(decide=False)
+        clock.now += 1.5
+        store.flush(decide=False)
+        store.ingest([submit])
+        store.flush()
+        names = [s.name for s in store.trace(tid(1))]
+        assert sorted(names) == sorted(["send market.ticks", *(s.name for s in [*rest, submit])])
+        stats = store.stats()
+        assert (stats.sampled_out_spans, stats.rescued_spans) == (0, 0)
+
+
+def test_a_plain_trace_is_decided_when_its_hold_ends(db_path: Path) -> None:
+    clock = FakeClock()
+    with open_store(db_path, hold_s=12.0, tick_sample_rate=0.0, clock=clock) as store:
+        store.ingest(tick(1))
+        store.flush(decide=False)
+        clock.now += 11.0
+        store.flush(decide=False)
+        assert store.stats().sampled_out_spans == 0  # held
+        clock.now += 2.0
+        store.flush(decide=False)
+        assert store.stats().sampled_out_spans == 2
+
+
+def test_held_spans_are_bounded_and_early_decisions_counted(db_path: Path) -> None:
+    clock = FakeClock()
+    with open_store(
+        db_path, hold_s=60.0, max_held_spans=10, tick_sample_rate=1.0, clock=clock
+    ) as store:
+        for n in range(1, 11):  # 20 spans held: the oldest traces are decided early
+            store.ingest(tick(n))
+        store.flush(decide=False)
+        stats = store.stats()
+        assert stats.early_decided_traces == 5
+        assert all(store.trace(tid(n)) for n in range(1, 6))
+        assert not any(store.trace(tid(n)) for n in range(6, 11))
 
 
 def test_a_full_queue_drops_and_counts_without_blocking(

@@ -480,6 +480,19 @@ def _attr(span: StoredSpan, *names: str) -> Any:
     return None
 
 
+def exit_orders(spans: Sequence[StoredSpan], entry: str) -> list[str]:
+    """The client order ids of the exits (stop, take-profit, emergency) that closed the
+    position the order `entry` opened: their spans carry `entry.client_order_id`."""
+    found = {
+        str(s.attributes["client_order_id"])
+        for s in spans
+        if str(s.attributes.get("entry.client_order_id", "")) == entry
+        and s.attributes.get("client_order_id")
+        and str(s.attributes["client_order_id"]) != entry
+    }
+    return sorted(found)
+
+
 def order_timeline(spans: Sequence[StoredSpan], key: str) -> list[TimelineEntry]:
     """The order's decisions, risk verdicts, state transitions, fills, bookings and exits, in
     time order, from every span (of every linked trace) that carries its id."""
@@ -507,18 +520,22 @@ def order_timeline(spans: Sequence[StoredSpan], key: str) -> list[TimelineEntry]
         elif s.name == "position.update":
             entry = ("booking", f"booked, position {a.get('position.quantity', '?')}")
         elif s.name.startswith("stop."):
-            entry = ("exit", f"{s.name} {a.get('reason', '')}".strip())
+            exit_id = a.get("client_order_id")
+            by = f" by {exit_id}" if exit_id and str(exit_id) != key else ""
+            entry = ("exit", f"{s.name} {a.get('reason', '')}{by}".strip())
         elif "order.status" in a:
             reason = f" {a['reason']}" if a.get("reason") else ""
             entry = ("state", f"{a['order.status']}{reason}")
         if entry is not None:
             out.append(TimelineEntry(s.end_ns, s.trace_id, s.span_id, s.service, *entry))
-        for name, attrs in s.events:
+        times = s.event_times_ns
+        for i, (name, attrs) in enumerate(s.events):
             if name != "exception":
                 text = ", ".join(f"{k}={v}" for k, v in attrs.items())
+                at = times[i] if i < len(times) and times[i] else s.end_ns
                 out.append(
                     TimelineEntry(
-                        s.end_ns,
+                        at,
                         s.trace_id,
                         s.span_id,
                         s.service,

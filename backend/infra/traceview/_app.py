@@ -144,6 +144,18 @@ def _when(ns: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ns / 1e9)) + f".{(ns // 1_000_000) % 1000:03d}"
 
 
+def _event_time(span: StoredSpan, index: int) -> str:
+    """When a span's event happened: the time of day and the offset from the span's start."""
+    times = span.event_times_ns
+    at = times[index] if index < len(times) else 0
+    if not at:
+        return ""
+    return (
+        f"<span class='muted event-time'>at {_when(at)} "
+        f"(+{_ms((at - span.start_ns) / 1e6)} ms)</span> "
+    )
+
+
 def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
@@ -292,8 +304,9 @@ class _Waterfall:
             if (linked_from or {}).get(s.span_id):
                 chips += " <span class='chip link'>← linked</span>"
             events = "".join(
-                f"<div>event <b>{esc(name)}</b> {esc(attrs) if attrs else ''}</div>"
-                for name, attrs in s.events
+                f"<div class='event'>event <b>{esc(name)}</b> {_event_time(s, i)}"
+                f"{esc(attrs) if attrs else ''}</div>"
+                for i, (name, attrs) in enumerate(s.events)
             )
             same_page_links = " ".join(sp for t, sp in s.links if t in on_page)
             link_attr = f" data-links='{esc(same_page_links)}'" if same_page_links else ""
@@ -569,12 +582,21 @@ def create_app(
         )
         services = sorted({s.service for s in spans})
         fills = sum(1 for e in timeline if e.what == "fill")
+        exits = analysis.exit_orders(spans, key)
+        closed_by = (
+            "<p id='exits'>Closed by the exit order "
+            + ", ".join(f"<a href='/order/{quote(x)}'><code>{esc(x)}</code></a>" for x in exits)
+            + ".</p>"
+            if exits
+            else ""
+        )
         body = (
             f"<h2>Order <code>{esc(key)}</code></h2>"
             f"<p id='order-summary'><span id='service-count'>{len(services)}</span> services "
             f"({esc(', '.join(services))}) across <span id='trace-count'>{len(traces)}</span> "
             f"linked traces, {len(spans)} spans, {fills} fill(s).</p>"
             f"<p>States: <b id='states'>{esc(' → '.join(states) or 'none recorded')}</b></p>"
+            f"{closed_by}"
             "<h3>Timeline</h3><table id='timeline'><tr><th>time</th><th>what</th>"
             f"<th>service</th><th></th><th>trace</th></tr>{entries}</table>"
             "<h3>Every linked trace, one time axis</h3>"

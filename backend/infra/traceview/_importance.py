@@ -106,14 +106,15 @@ def span_importance(span: StoredSpan) -> Importance:
     return level_of(span.name, span.attributes, span.error)
 
 
-def trace_level(levels_and_kinds: Iterable[tuple[Importance, int]]) -> Importance:
+def trace_level(levels_and_kinds: Iterable[tuple[int, int]]) -> Importance:
     """The trace's class from its spans' own levels and OTLP kinds (see the module docstring)."""
     verdict = Importance.PLAIN
     only_client = True
     for level, kind in levels_and_kinds:
-        if level is Importance.IMPORTANT:
-            return level
-        verdict = max(verdict, level)
+        if level == Importance.IMPORTANT:
+            return Importance.IMPORTANT
+        if level > verdict:
+            verdict = Importance(level)
         only_client = only_client and kind == CLIENT
     return Importance.NOISE if only_client else verdict
 

@@ -78,6 +78,11 @@ class StoreStats:
     """Removed by retention (age or size)."""
     sampled_out_spans: int
     """Plain tick traces not kept by importance-aware retention."""
+    rescued_spans: int = 0
+    """Spans of a trace first sampled out, written after all when a later span of the trace
+    made it important (so a kept trade trace is whole)."""
+    early_decided_traces: int = 0
+    """Traces decided before their hold ended because the spans held reached the bound."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ def open_store(path: Path, retention: Retention) -> SqliteSpanStore:
         max_bytes=int(retention.max_mb * 1024 * 1024),
         tick_sample_rate=retention.tick_sample_rate,
         noise_sample_rate=retention.noise_sample_rate,
+        decode_processes=1,
     )
 
 

@@ -22,14 +22,16 @@ Layout (one SQLite file in WAL mode, `synchronous=NORMAL`):
 
 Writes go through a bounded queue to one background writer thread: `ingest` never blocks;
 when the queue holds `queue_spans` spans, a batch is refused and counted as dropped. The writer
-holds each new trace in memory for `hold_s` seconds before it decides: a trace that shows an
+holds each new trace in memory for `hold_s` seconds (at most `max_held_spans` spans: beyond,
+the oldest traces are decided early and counted) before it decides: a trace that shows an
 order, a fill, a risk denial, a stop, a kill switch or an error (`_importance`) is written at
 once and always kept; a plain trace (a tick that led to no order) is kept with probability
 `tick_sample_rate` and noise (health checks, metrics scrapes, idle polling) with
 `noise_sample_rate`, marked as noise so searches leave it out by default. The decision is by
 trace id, so every span of a sampled trace is kept together. A span that arrives after its
 trace was sampled out is dropped too (and counted), unless it makes the trace important: then it
-is kept from there on.
+is written with the spans dropped before, kept at hand for the newest `rescue_spans`
+sampled-out spans, so a kept trade trace is whole (counted as rescued).
 
 Retention runs in the writer every `retention_interval_s`: traces older than `max_age_s` go,
 then, while the live pages exceed `max_bytes`, the oldest traces go (plain and noise ones before
@@ -39,14 +41,13 @@ kept in the file, so they survive a restart too.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import queue
 import sqlite3
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,8 @@ from typing import Any
 
 import orjson
 
-from ._importance import Importance, level_of, trace_level
+from ._decode import BUCKET_BASE, Decoder, Record, dumpb, extra_of, record_of_parts
+from ._importance import Importance, trace_level
 from ._queries import (
     BUSINESS_KEYS,
     LogRecord,
@@ -64,7 +66,7 @@ from ._queries import (
     TraceSummary,
 )
 from ._store import KINDS, StoredSpan
-from .otlp import _value, decode_logs
+from .otlp import decode_logs
 
 __all__ = ["MalformedPayload", "SqliteSpanStore"]
 
@@ -80,9 +82,19 @@ _TRACE_LEVEL_FLAGS = {
     Importance.NOISE: _TRACE_NOISE,
     Importance.IMPORTANT: _TRACE_IMPORTANT,
 }
-_BUCKET_BASE = math.log(1.02)
+_BUCKET_BASE = BUCKET_BASE
 _MINUTE_NS = 60_000_000_000
-_COUNTERS = ("received_spans", "dropped_spans", "evicted_spans", "sampled_out_spans")
+_TRACE_SLACK_NS = _MINUTE_NS
+"""How long before a window a trace may start and still have spans in it, for window reads."""
+_IMPORTANT = int(Importance.IMPORTANT)
+_COUNTERS = (
+    "received_spans",
+    "dropped_spans",
+    "evicted_spans",
+    "sampled_out_spans",
+    "rescued_spans",
+    "early_decided_traces",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS names(
@@ -121,10 +133,7 @@ _SPAN_COLUMNS = (
 )
 
 
-_Rec = tuple[Any, ...]
-"""A span on its way to the file: (trace id, span id, parent id or None, service, name,
-OTLP kind, start ns, end ns, error, attributes, extra JSON or None, linked trace ids,
-resource, importance). Tuples: the writer handles tens of thousands a second."""
+_Rec = Record
 
 
 class MalformedPayload(ValueError):
@@ -137,45 +146,34 @@ class _Held:
     spans: list[_Rec] = field(default_factory=list)
 
 
-def _extra(
-    events: list[tuple[str, dict[str, Any]]], links: list[tuple[str, str]], message: str
-) -> bytes | None:
-    """Events, links and the status message (most spans have none) as one JSON text."""
-    if not (events or links or message):
-        return None
-    extra: dict[str, Any] = {}
-    if events:
-        extra["e"] = events
-    if links:
-        extra["l"] = links
-    if message:
-        extra["m"] = message
-    return _dumpb(extra)
-
-
 def _record(span: StoredSpan) -> _Rec:
     links = span.links
-    return (
-        bytes.fromhex(span.trace_id),
-        bytes.fromhex(span.span_id),
-        bytes.fromhex(span.parent_span_id) if span.parent_span_id else None,
-        span.service,
-        span.name,
-        _KIND_CODES.get(span.kind, 0),
-        span.start_ns,
-        span.end_ns,
-        span.error,
-        span.attributes,
-        _extra(span.events, links, span.status_message),
-        tuple({bytes.fromhex(t) for t, _ in links}),
-        span.resource,
-        level_of(span.name, span.attributes, span.error),
+    return record_of_parts(
+        trace_id=bytes.fromhex(span.trace_id),
+        span_id=bytes.fromhex(span.span_id),
+        parent=bytes.fromhex(span.parent_span_id) if span.parent_span_id else None,
+        service=span.service,
+        name=span.name,
+        kind=_KIND_CODES.get(span.kind, 0),
+        start_ns=span.start_ns,
+        end_ns=span.end_ns,
+        error=span.error,
+        attributes=span.attributes,
+        extra=extra_of(
+            [(n, a, t) for (n, a), t in zip(span.events, span.event_times_ns, strict=True)]
+            if span.event_times_ns
+            else span.events,
+            links,
+            span.status_message,
+        ),
+        linked=tuple({bytes.fromhex(t) for t, _ in links}),
+        resource=span.resource,
     )
 
 
 def _parse(payload: bytes) -> tuple[Any, int]:
     """Parse an `ExportTraceServiceRequest` (protobuf's C code, fast) and check its ids; the
-    request and its number of spans. The Python-level work waits for the writer thread."""
+    request and its number of spans. The Python-level work is the decoder's (`_decode`)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
@@ -194,87 +192,13 @@ def _parse(payload: bytes) -> tuple[Any, int]:
     return request, count
 
 
-def _records(request: Any) -> list[_Rec]:
-    """The spans of a parsed `ExportTraceServiceRequest`, as records."""
-    out: list[_Rec] = []
-    append = out.append
-    value_of = _value
-    for rs in request.resource_spans:
-        resource = {kv.key: value_of(kv.value) for kv in rs.resource.attributes}
-        service = str(resource.get("service.name", "unknown"))
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                attrs = {}
-                for kv in s.attributes:
-                    v = kv.value
-                    which = v.WhichOneof("value")
-                    attrs[kv.key] = getattr(v, which) if which in _SCALARS else value_of(v)
-                error = s.status.code == 2
-                name = s.name
-                if s.events or s.links or s.status.message:
-                    links = [(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links]
-                    extra = _extra(
-                        [
-                            (e.name, {kv.key: value_of(kv.value) for kv in e.attributes})
-                            for e in s.events
-                        ],
-                        links,
-                        s.status.message,
-                    )
-                    linked = tuple({lk.trace_id for lk in s.links})
-                else:
-                    extra, linked = None, ()
-                append(
-                    (
-                        s.trace_id,
-                        s.span_id,
-                        s.parent_span_id or None,
-                        service,
-                        name,
-                        s.kind,
-                        s.start_time_unix_nano,
-                        s.end_time_unix_nano,
-                        error,
-                        attrs,
-                        extra,
-                        linked,
-                        resource,
-                        level_of(name, attrs, error),
-                    )
-                )
-    return out
-
-
-_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
-
-
 def _bucket_ms(bucket: int) -> float:
     """The middle of a bucket, in milliseconds."""
     return math.exp((bucket + 0.5) * _BUCKET_BASE) / 1e6
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
-_json_encode = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, default=_json_default
-).encode
-
-
-def _dumpb(value: object) -> bytes:
-    """Compact JSON as bytes (stored as a BLOB): orjson, or the standard library for what
-    orjson refuses (integers beyond 64 bits)."""
-    try:
-        return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        return _json_encode(value).encode()
-
-
 def _dumps(value: object) -> str:
-    return _dumpb(value).decode()
+    return dumpb(value).decode()
 
 
 def _sampled(trace_id: bytes, rate: float) -> bool:
@@ -303,10 +227,13 @@ class SqliteSpanStore:
         max_bytes: int = 1 << 30,
         tick_sample_rate: float = 0.1,
         noise_sample_rate: float = 0.01,
-        hold_s: float = 2.0,
+        hold_s: float = 6.0,
+        max_held_spans: int = 100_000,
+        rescue_spans: int = 50_000,
         queue_spans: int = 200_000,
         batch_spans: int = 4096,
         retention_interval_s: float = 5.0,
+        decode_processes: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (
@@ -314,6 +241,7 @@ class SqliteSpanStore:
             ("max_bytes", max_bytes),
             ("queue_spans", queue_spans),
             ("batch_spans", batch_spans),
+            ("max_held_spans", max_held_spans),
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -330,6 +258,8 @@ class SqliteSpanStore:
         self.tick_sample_rate = tick_sample_rate
         self.noise_sample_rate = noise_sample_rate
         self.hold_s = hold_s
+        self.max_held_spans = max_held_spans
+        self.rescue_spans = rescue_spans
         self.queue_spans = queue_spans
         self.batch_spans = batch_spans
         self.retention_interval_s = retention_interval_s
@@ -349,13 +279,19 @@ class SqliteSpanStore:
         self._queued = 0
         self._queue_lock = threading.Lock()
         self._held: OrderedDict[bytes, _Held] = OrderedDict()
+        self._held_spans = 0
         self._kept: OrderedDict[bytes, Importance] = OrderedDict()
-        self._dropped: OrderedDict[bytes, None] = OrderedDict()
+        # Sampled-out traces, with their spans while the rescue budget lasts (oldest first).
+        self._dropped: OrderedDict[bytes, list[_Rec] | None] = OrderedDict()
+        self._dropped_saved: OrderedDict[bytes, int] = OrderedDict()
+        self._saved_spans = 0
+        self._saved_order: deque[bytes] = deque()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._last_retention = 0.0
         self._closed = False
         self.writer_error: BaseException | None = None
+        self._decoder = Decoder(decode_processes)
         self._writer = threading.Thread(target=self._run, name="span-store-writer", daemon=True)
         self._writer.start()
 
@@ -369,9 +305,8 @@ class SqliteSpanStore:
         self._names_by_id: dict[int, str] = {}
         self._service_ids: dict[str, int] = {}
         self._operation_ids: dict[str, int] = {}
-        self._shape_ids: dict[tuple[str, ...], int] = {}
+        self._shape_text_ids: dict[str, int] = {}
         self._shapes_by_id: dict[int, tuple[str, ...]] = {}
-        self._business_slots: dict[int, tuple[int, ...]] = {}
         for id_, kind, name in db.execute("SELECT id, kind, name FROM names"):
             self._names[(kind, name)] = id_
             self._names_by_id[id_] = name
@@ -380,12 +315,8 @@ class SqliteSpanStore:
             elif kind == _OPERATION:
                 self._operation_ids[name] = id_
             elif kind == _SHAPE:
-                keys = tuple(orjson.loads(name))
-                self._shape_ids[keys] = id_
-                self._shapes_by_id[id_] = keys
-                self._business_slots[id_] = tuple(
-                    i for i, key in enumerate(keys) if key.rsplit(".", 1)[-1] in BUSINESS_KEYS
-                )
+                self._shape_text_ids[name] = id_
+                self._shapes_by_id[id_] = tuple(orjson.loads(name))
         self._resource_ids: dict[str, int] = {}
         self._refs: dict[bytes, int] = {}
         self._next_ref = 1 + (db.execute("SELECT max(id) FROM traces").fetchone()[0] or 0)
@@ -426,7 +357,9 @@ class SqliteSpanStore:
             request, count = _parse(payload)
         except Exception as exc:  # protobuf raises DecodeError, a bad id ValueError
             raise MalformedPayload(f"not an OTLP ExportTraceServiceRequest: {exc}") from exc
-        refused = self._offer("otlp", request, count)
+        if not self._fits(count):
+            return 0, count
+        refused = self._offer("otlp", (self._decoder.submit(payload, request), payload), count)
         return count - refused, refused
 
     def ingest_otlp_logs(self, payload: bytes) -> tuple[int, int]:
@@ -469,7 +402,15 @@ class SqliteSpanStore:
     def received_spans(self) -> int:
         return self._counters["received_spans"]
 
-    def _offer(self, kind: str, items: list[Any], count: int) -> int:
+    def _fits(self, count: int) -> bool:
+        """Whether `count` more spans fit in the queue now (counted as dropped if not)."""
+        with self._queue_lock:
+            if self._closed or self._queued + count > self.queue_spans:
+                self._counters["dropped_spans"] += count
+                return False
+        return True
+
+    def _offer(self, kind: str, items: Any, count: int) -> int:
         if not count:
             return 0
         with self._queue_lock:
@@ -483,10 +424,11 @@ class SqliteSpanStore:
         self._queue.put((kind, items, count))
         return 0
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything queued so far is written, held traces decided at once."""
+    def flush(self, timeout: float = 10.0, *, decide: bool = True) -> None:
+        """Wait until everything queued so far is written; held traces are decided at once
+        (`decide=False`: only those whose hold has ended)."""
         done = threading.Event()
-        self._queue.put(("flush", done, 0))
+        self._queue.put(("flush" if decide else "sync", done, 0))
         if not done.wait(timeout):
             raise TimeoutError(f"the span store did not flush within {timeout} s")
 
@@ -498,6 +440,7 @@ class SqliteSpanStore:
             self._closed = True
         self._queue.put(("stop", None, 0))
         self._writer.join(timeout)
+        self._decoder.close()
         with self._queue_lock:
             readers, self._readers = self._readers, []
         for db in readers:
@@ -541,13 +484,13 @@ class SqliteSpanStore:
                     if kind == "spans":
                         spans.extend(payload)
                     elif kind == "otlp":
-                        spans.extend(_records(payload))
+                        spans.extend(self._decoder.result(*payload))
                     elif kind == "logs":
                         logs.extend(payload)
                 except Exception:  # one bad request must not stop the writer
                     log.exception("the span store could not read %d queued items", count)
                     self._counters["dropped_spans"] += count if kind != "logs" else 0
-                if kind in ("flush", "stop"):
+                if kind in ("flush", "sync", "stop"):
                     signals.append(item)
                     break
                 if len(spans) + len(logs) >= self.batch_spans:
@@ -556,7 +499,7 @@ class SqliteSpanStore:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            force = bool(signals)
+            force = any(kind != "sync" for kind, _, _ in signals)
             try:
                 self._write(spans, logs, force=force)
             except Exception:  # a failed batch is lost and counted; the writer carries on
@@ -572,21 +515,18 @@ class SqliteSpanStore:
                 except Exception:  # retried at the next interval
                     log.exception("the span store's retention failed")
             for kind, payload, _ in signals:
-                if kind == "flush":
+                if kind in ("flush", "sync"):
                     payload.set()
                 elif kind == "stop":
                     return
 
     def _write(self, spans: list[_Rec], logs: list[LogRecord], *, force: bool) -> None:
-        now = time.monotonic()
+        now = self._clock()
         out: list[_Rec] = []
         counts: Counter[tuple[int, str, str, int]] = Counter()
-        log = math.log
         route = self._route
         for rec in spans:
-            duration = rec[7] - rec[6]
-            bucket = int(log(duration) / _BUCKET_BASE) if duration > 1 else 0
-            counts[(rec[6] // _MINUTE_NS, rec[3], rec[4], bucket)] += 1
+            counts[(rec[6] // _MINUTE_NS, rec[3], rec[4], rec[16])] += 1
             route(rec, now, out)
         hist = {
             (minute, self._service_id(service), self._operation_id(name), bucket): n
@@ -622,34 +562,53 @@ class SqliteSpanStore:
         tid = rec[0]
         level = self._kept.get(tid)
         if level is not None:
-            if rec[13] is Importance.IMPORTANT:
+            if rec[15] == _IMPORTANT:
                 level = self._kept[tid] = Importance.IMPORTANT
             out.append(rec)
             return
         if tid in self._dropped:
-            if rec[13] is Importance.IMPORTANT:
+            saved = self._dropped[tid]
+            if rec[15] == _IMPORTANT:
+                # A late span made a sampled-out trace important: write it with the spans
+                # dropped before, while they are still at hand.
                 del self._dropped[tid]
                 self._remember(self._kept, tid, Importance.IMPORTANT)
+                if saved:
+                    self._saved_spans -= len(saved)
+                    self._counters["sampled_out_spans"] -= len(saved)
+                    self._counters["rescued_spans"] += len(saved)
+                    out.extend(saved)
                 out.append(rec)
             else:
                 self._counters["sampled_out_spans"] += 1
+                if saved is not None:
+                    saved.append(rec)
+                    self._saved_spans += 1
+                    self._trim_saved()
             return
         held = self._held.get(tid)
         if held is None:
             held = self._held[tid] = _Held(now)
         held.spans.append(rec)
-        if rec[13] is Importance.IMPORTANT:
+        self._held_spans += 1
+        if rec[15] == _IMPORTANT:
             del self._held[tid]
+            self._held_spans -= len(held.spans)
             self._remember(self._kept, tid, Importance.IMPORTANT)
             out.extend(held.spans)
 
     def _decide(self, now: float, out: list[_Rec], *, force: bool) -> None:
+        """Decide the traces whose hold has ended (all of them with `force`), and the oldest
+        ones beyond `max_held_spans` (counted: they may miss spans still on their way)."""
         while self._held:
             tid, held = next(iter(self._held.items()))
             if not force and now - held.first_seen < self.hold_s:
-                break
+                if self._held_spans <= self.max_held_spans:
+                    break
+                self._counters["early_decided_traces"] += 1
             del self._held[tid]
-            level = trace_level((r[13], r[5]) for r in held.spans)
+            self._held_spans -= len(held.spans)
+            level = trace_level((r[15], r[5]) for r in held.spans)
             rate = {
                 Importance.IMPORTANT: 1.0,
                 Importance.NOISE: self.noise_sample_rate,
@@ -659,15 +618,35 @@ class SqliteSpanStore:
                 self._remember(self._kept, tid, level)
                 out.extend(held.spans)
             else:
-                self._remember(self._dropped, tid, None)
                 self._counters["sampled_out_spans"] += len(held.spans)
+                saved: list[_Rec] | None = None
+                if self.rescue_spans > 0:
+                    saved = held.spans
+                    self._saved_spans += len(saved)
+                    self._saved_order.append(tid)
+                forgotten = self._remember(self._dropped, tid, saved)
+                if forgotten:
+                    self._saved_spans -= len(forgotten)
+                self._trim_saved()
+
+    def _trim_saved(self) -> None:
+        """Keep at most `rescue_spans` sampled-out spans at hand, the newest traces' ones."""
+        order = self._saved_order
+        while self._saved_spans > self.rescue_spans and order:
+            tid = order.popleft()
+            saved = self._dropped.get(tid)
+            if saved:
+                self._saved_spans -= len(saved)
+                self._dropped[tid] = None
 
     @staticmethod
-    def _remember(lru: OrderedDict[bytes, Any], key: bytes, value: Any) -> None:
+    def _remember(lru: OrderedDict[bytes, Any], key: bytes, value: Any) -> Any:
+        """Remember `key` (the newest); the value forgotten to stay bounded, if any."""
         lru[key] = value
         lru.move_to_end(key)
         if len(lru) > 200_000:
-            lru.popitem(last=False)
+            return lru.popitem(last=False)[1]
+        return None
 
     def _name_id(self, kind: int, name: str) -> int:
         key = (kind, name)
@@ -694,20 +673,16 @@ class SqliteSpanStore:
         found = self._operation_ids.get(name)
         return self._name_id(_OPERATION, name) if found is None else found
 
-    def _shape_id(self, keys: tuple[str, ...]) -> int:
-        """The attribute keys of a span, in order, as one dictionary entry."""
-        found = self._shape_ids.get(keys)
+    def _shape_id(self, text: str) -> int:
+        """The attribute keys of a span, in order, as one dictionary entry (a JSON list)."""
+        found = self._shape_text_ids.get(text)
         if found is None:
-            found = self._name_id(_SHAPE, _dumps(keys))
-            self._shape_ids[keys] = found
-            self._shapes_by_id[found] = keys
-            self._business_slots[found] = tuple(
-                i for i, key in enumerate(keys) if key.rsplit(".", 1)[-1] in BUSINESS_KEYS
-            )
+            found = self._name_id(_SHAPE, text)
+            self._shape_text_ids[text] = found
         return found
 
-    def _resource_id(self, resource: dict[str, Any]) -> int:
-        text = _dumps(resource)
+    def _resource_id(self, text: str) -> int:
+        """The resource's attributes (a JSON object) as one `resources` row."""
         found = self._resource_ids.get(text)
         if found is None:
             db = self._db
@@ -743,17 +718,19 @@ class SqliteSpanStore:
         refs = self._trace_refs(by_trace)
         new_traces = []
         updates = []
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         keys: list[tuple[str, int]] = []
         links: list[tuple[int, bytes]] = []
-        resources: dict[int, int] = {}
+        resources: dict[str, int] = self._resource_ids
+        resource_id = self._resource_id
         service_id = self._service_id
         operation_id = self._operation_id
-        shape_ids = self._shape_ids
-        slots = self._business_slots
+        shape_ids = self._shape_text_ids
+        shape_id = self._shape_id
         kept = self._kept
         service_ids = self._service_ids
         operation_ids = self._operation_ids
+        append = rows.append
         for tid, recs in by_trace.items():
             ref = refs.get(tid)
             if ref is None:
@@ -778,10 +755,13 @@ class SqliteSpanStore:
                     t0,
                     t1,
                     error,
-                    attrs,
+                    shape_text,
+                    values,
+                    business,
                     extra,
                     linked,
                     resource,
+                    _,
                     _,
                 ) = rec
                 if t0 < start:
@@ -792,33 +772,29 @@ class SqliteSpanStore:
                     errors += 1
                 if parent is None:
                     root = rec
-                if attrs:
-                    shape_key = tuple(attrs)
-                    shape = shape_ids.get(shape_key)
+                if shape_text is not None:
+                    shape = shape_ids.get(shape_text)
                     if shape is None:
-                        shape = self._shape_id(shape_key)
-                    values = list(attrs.values())
-                    for i in slots[shape]:
-                        value = values[i]
-                        if isinstance(value, str | int) and value != "":
-                            trace_keys.add(str(value))
-                    values.insert(0, shape)
-                    encoded = _dumpb(values)
+                        shape = shape_id(shape_text)
+                    # `[shape id, value, ...]`: the values arrive as a JSON list already.
+                    encoded = b"[%d,%s" % (shape, values[1:]) if len(values) > 2 else None
+                    if business:
+                        trace_keys.update(business)
                 else:
                     encoded = None
                 for other in linked:
                     if other != tid:
                         links.append((ref, other))
-                res = resources.get(id(resource))
+                res = resources.get(resource)
                 if res is None:
-                    res = resources[id(resource)] = self._resource_id(resource)
+                    res = resource_id(resource)
                 svc = service_ids.get(service)
                 if svc is None:
                     svc = service_id(service)
                 op = operation_ids.get(name)
                 if op is None:
                     op = operation_id(name)
-                rows.append(
+                append(
                     (
                         ref,
                         sid,
@@ -1013,6 +989,7 @@ class SqliteSpanStore:
     def _span(self, tid: bytes, row: tuple[Any, ...]) -> StoredSpan:
         _, sid, parent, svc, op, start, dur, flags, res, attrs, extra = row
         more = orjson.loads(extra) if extra else {}
+        events = more.get("e", ())
         return StoredSpan(
             trace_id=tid.hex(),
             span_id=sid.hex(),
@@ -1025,7 +1002,8 @@ class SqliteSpanStore:
             attributes=self._attributes(attrs),
             error=bool(flags & _SPAN_ERROR),
             links=[(t, s) for t, s in more.get("l", ())],
-            events=[(n, a) for n, a in more.get("e", ())],
+            events=[(e[0], e[1]) for e in events],
+            event_times_ns=[e[2] for e in events if len(e) > 2],
             status_message=more.get("m", ""),
             resource=self._resource(res),
         )
@@ -1099,10 +1077,14 @@ class SqliteSpanStore:
         return [tid.hex() for tid, _ in ordered]
 
     def spans_between(self, since_ns: int, until_ns: int, limit: int) -> list[StoredSpan]:
+        # Through the traces' start index, newest traces first, each read as one range: the
+        # window's spans without a scan of the whole table (a trace that started more than
+        # `_TRACE_SLACK_NS` before the window is not looked into).
         rows = self._reader().execute(
-            f"SELECT t.tid, {_SPAN_COLUMNS} FROM spans s JOIN traces t ON t.id = s.trace "
-            "WHERE s.start >= ? AND s.start <= ? ORDER BY s.trace DESC LIMIT ?",
-            (since_ns, until_ns, limit),
+            f"SELECT t.tid, {_SPAN_COLUMNS} FROM traces t JOIN spans s ON s.trace = t.id "
+            "WHERE t.start >= ? AND t.start <= ? AND s.start >= ? AND s.start <= ? "
+            "ORDER BY t.start DESC LIMIT ?",
+            (since_ns - _TRACE_SLACK_NS, until_ns, since_ns, until_ns, limit),
         )
         spans = [self._span(row[0], row[1:]) for row in rows]
         spans.sort(key=lambda s: s.start_ns, reverse=True)
@@ -1191,6 +1173,8 @@ class SqliteSpanStore:
             dropped_spans=c["dropped_spans"],
             evicted_spans=c["evicted_spans"],
             sampled_out_spans=c["sampled_out_spans"],
+            rescued_spans=c["rescued_spans"],
+            early_decided_traces=c["early_decided_traces"],
         )
 
     # Search --------------------------------------------------------------------------------

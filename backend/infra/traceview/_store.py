@@ -29,6 +29,8 @@ class StoredSpan:
     status_message: str = ""
     resource: dict[str, Any] = field(default_factory=dict)
     """The attributes of the process that sent the span (`service.name`, host, version...)."""
+    event_times_ns: list[int] = field(default_factory=list)
+    """When each of `events` happened (Unix ns, 0 when not known), in the same order."""
 
     @property
     def duration_ms(self) -> float:
@@ -94,6 +96,7 @@ def _stored(span: OtlpSpan) -> StoredSpan:
         error=span.status_code == 2,
         links=span.links,
         events=span.events,
+        event_times_ns=span.event_times_ns,
         status_message=span.status_message,
         resource=span.resource,
     )

@@ -30,6 +30,8 @@ class OtlpSpan:
     start_ns: int = 0
     end_ns: int = 0
     status_message: str = ""
+    event_times_ns: list[int] = field(default_factory=list)
+    """When each of `events` happened (Unix ns), in the same order."""
 
 
 def _value(v: Any) -> Any:
@@ -70,6 +72,7 @@ def decode_spans(payload: bytes) -> list[OtlpSpan]:
                             for e in s.events
                         ],
                         links=[(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links],
+                        event_times_ns=[e.time_unix_nano for e in s.events],
                         start_ns=s.start_time_unix_nano,
                         end_ns=s.end_time_unix_nano,
                     )

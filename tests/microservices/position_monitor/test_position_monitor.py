@@ -211,6 +211,36 @@ def test_a_stop_loss_exits_once_whatever_ticks_come_after(
     assert (announced["reason"], announced["client_order_id"]) == ("STOP_LOSS", "pm-BTCUSDT-7-SL")
 
 
+def test_the_exit_links_to_the_entry_that_opened_the_position(
+    harness: ServiceHarness, upstreams: Upstreams, span_exporter: Any
+) -> None:
+    from opentelemetry import trace
+
+    with harness.run(create_service) as client:
+        with trace.get_tracer("test").start_as_current_span("book entry fill") as booking:
+            harness.publish(
+                PositionUpdated(
+                    symbol=SYMBOL,
+                    quantity=D(2),
+                    average_price=D(100),
+                    realized_pnl=ZERO,
+                    unrealized_pnl=ZERO,
+                    sequence=7,
+                    client_order_id="qt-entry-1",
+                )
+            )
+        entry_trace = booking.get_span_context().trace_id
+        wait_until(lambda: client.get("/positions").json()["count"] == 1, 10, "the position")
+        upstreams.held[SYMBOL] = D(2)
+        harness.publish(tick("97.9"))
+        wait_until(lambda: upstreams.posts, 10, "the exit order")
+    (stop,) = [s for s in span_exporter.get_finished_spans() if s.name == "stop.trigger"]
+    assert stop.attributes["entry.client_order_id"] == "qt-entry-1"
+    assert stop.attributes["client_order_id"] == "pm-BTCUSDT-7-SL"
+    assert [link.context.trace_id for link in stop.links] == [entry_trace]
+    assert stop.context.trace_id != entry_trace
+
+
 def test_an_exit_whose_answer_was_lost_is_sent_again_under_the_same_client_order_id(
     harness: ServiceHarness, upstreams: Upstreams
 ) -> None:
@@ -330,3 +360,25 @@ def test_a_restart_sends_the_exit_stored_before_the_crash_under_its_own_id(
 
 def now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def test_the_entry_a_position_came_from_survives_a_restart() -> None:
+    from backend.infra.db.models import MonitoredPosition
+    from backend.trading.stops import ExitConfig
+    from backend.trading.types import Symbol
+    from microservices.position_monitor.positions import Status, Tracked
+    from microservices.position_monitor.store import columns_of, tracked_of
+
+    held = Tracked(
+        position_id="BTCUSDT-7",
+        symbol=Symbol(SYMBOL),
+        status=Status.OPEN,
+        quantity=D(2),
+        entry_price=D(100),
+        opened_ms=1,
+        sequence=7,
+        config=ExitConfig(),
+        entry_client_order_id="qt-entry-1",
+        entry_traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
+    )
+    assert tracked_of(MonitoredPosition(**columns_of(held))) == held
