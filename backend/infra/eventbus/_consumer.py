@@ -462,12 +462,13 @@ class EventConsumer:
                 event.traceparent, {"messaging.message.id": event.entry_id or ""}
             )
         ]
-        span = self._tracer.start_span(
+        span = start_lean_span(
+            self._tracer,
             f"receive {key}" if key is not None else "receive",
-            context=new_trace_context(),  # the poll loop is in no trace
-            kind=SpanKind.CLIENT,
+            SpanKind.CLIENT,
+            attributes,
+            parent=None,  # the poll loop is in no trace
             links=links,
-            attributes=attributes,
             start_time=received[0],
         )
         span.end(end_time=received[1])

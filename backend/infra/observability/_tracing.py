@@ -54,6 +54,7 @@ class TracingRuntime:
     # The SDK's span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, ..._VALUE_LENGTH_LIMIT).
     max_attributes: int | None = None
     max_attribute_length: int | None = None
+    max_links: int | None = None
     # Processors seen by `start_processors`: (how many there were, those that need on_start).
     _starters: tuple[int, tuple[Any, ...]] = (-1, ())
 
@@ -202,6 +203,7 @@ def setup_tracing(config: ObservabilityConfig) -> TracingRuntime | None:
         parent_based=parent_based,
         max_attributes=limits.max_span_attributes,
         max_attribute_length=limits.max_span_attribute_length,
+        max_links=limits.max_links,
     )
     return _RUNTIME
 
@@ -482,6 +484,7 @@ def _start_with_tracer(
     attributes: dict[str, Any],
     parent: Any,
     links: list[Any] | None,
+    start_time: int | None = None,
 ) -> Any:
     """`start_lean_span` through the tracer itself (no SDK, or a custom sampler)."""
     if not HAS_API:
@@ -493,7 +496,12 @@ def _start_with_tracer(
     else:
         context = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(parent))
     return tracer.start_span(
-        name, context=context, kind=kind, attributes=attributes, links=links or ()
+        name,
+        context=context,
+        kind=kind,
+        attributes=attributes,
+        links=links or (),
+        start_time=start_time,
     )
 
 
@@ -506,8 +514,9 @@ if not HAS_SDK:
         attributes: dict[str, Any],
         parent: Any = CURRENT_SPAN,
         links: list[Any] | None = None,
+        start_time: int | None = None,
     ) -> Any:
-        return _start_with_tracer(tracer, name, kind, attributes, parent, links)
+        return _start_with_tracer(tracer, name, kind, attributes, parent, links, start_time)
 
 
 if HAS_SDK:
@@ -742,6 +751,7 @@ if HAS_SDK:
         attributes: dict[str, Any],
         parent: Any = CURRENT_SPAN,
         links: list[Any] | None = None,
+        start_time: int | None = None,
     ) -> Any:
         """Start a span the way `tracer.start_span` would, for the per-message spans of the
         event bus: the lean recording span of the request middleware when the built-in
@@ -754,7 +764,7 @@ if HAS_SDK:
         """
         rt = _RUNTIME
         if rt is None or rt.custom_sampler is not None:
-            return _start_with_tracer(tracer, name, kind, attributes, parent, links)
+            return _start_with_tracer(tracer, name, kind, attributes, parent, links, start_time)
         if parent is CURRENT_SPAN:
             current = otel_trace.get_current_span().get_span_context()
             parent = current if current.is_valid else None
@@ -775,7 +785,11 @@ if HAS_SDK:
         scope = getattr(tracer, "_instrumentation_scope", None)
         if scope is None:
             scope = _proxy_scope(tracer)
-        span = ServerSpan(rt, name, ctx, parent, attributes, time.time_ns(), kind, links, scope)
+        if links and rt.max_links is not None and len(links) > rt.max_links:
+            links = links[-rt.max_links :]  # the SDK's link limit keeps the last ones
+        span = ServerSpan(
+            rt, name, ctx, parent, attributes, start_time or time.time_ns(), kind, links, scope
+        )
         _notify_start(rt, span, parent)
         return span
 

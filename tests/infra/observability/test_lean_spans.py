@@ -132,3 +132,22 @@ def test_lean_span_goes_to_a_sole_export_queue_without_a_copy(span_exporter) -> 
     assert "after.end" not in span.attributes
     assert encode_spans([span]) == encode_spans([copy])
     assert transport.payloads == [encode_spans([span])]
+
+
+def test_lean_span_keeps_the_sdk_link_limit_and_the_given_times(span_exporter) -> None:  # type: ignore[no-untyped-def]
+    rt = _tracing.runtime()
+    assert rt is not None
+    tracer = get_tracer("backend.infra.eventbus")
+    links = [Link(SpanContext(0xA, n, is_remote=True)) for n in (1, 2, 3)]
+    saved = rt.max_links
+    rt.max_links = 2
+    try:
+        span = start_lean_span(
+            tracer, "receive ticks", SpanKind.CLIENT, {}, None, links, start_time=1_000
+        )
+    finally:
+        rt.max_links = saved
+    span.end(end_time=2_000)
+    (finished,) = span_exporter.get_finished_spans()
+    assert [link.context.span_id for link in finished.links] == [2, 3]  # as the SDK keeps
+    assert (finished.start_time, finished.end_time) == (1_000, 2_000)
