@@ -356,10 +356,21 @@ def links_from_traceparent(
     Empty for None, a malformed value, or without OpenTelemetry."""
     if not HAS_API or not traceparent:
         return []
-    parent = parse_traceparent(traceparent.encode("ascii", "replace"))
+    parent = _LINKED.get(traceparent)
     if parent is None:
-        return []
+        parent = parse_traceparent(traceparent.encode("ascii", "replace"))
+        if parent is None:
+            return []
+        if len(_LINKED) >= _LINKED_MAX:
+            _LINKED.clear()
+        _LINKED[traceparent] = parent
     return [otel_trace.Link(parent, dict(attributes) if attributes else None)]
+
+
+# Span contexts parsed by `links_from_traceparent`, by `traceparent`: a consumer links each
+# message twice (from the batch's `receive` span and from its `process` span). Bounded.
+_LINKED: dict[str, Any] = {}
+_LINKED_MAX = 4096
 
 
 @contextmanager

@@ -151,3 +151,15 @@ def test_lean_span_keeps_the_sdk_link_limit_and_the_given_times(span_exporter) -
     (finished,) = span_exporter.get_finished_spans()
     assert [link.context.span_id for link in finished.links] == [2, 3]  # as the SDK keeps
     assert (finished.start_time, finished.end_time) == (1_000, 2_000)
+
+
+def test_a_traceparent_linked_twice_is_parsed_once() -> None:
+    from backend.infra.observability import links_from_traceparent
+
+    (first,) = links_from_traceparent(TRACEPARENT, {"messaging.message.id": "1-0"})
+    (second,) = links_from_traceparent(TRACEPARENT)
+    assert second.context is first.context
+    assert f"{second.context.trace_id:032x}" == TRACEPARENT.split("-")[1]
+    assert dict(first.attributes or {}) == {"messaging.message.id": "1-0"}
+    assert second.attributes is None
+    assert links_from_traceparent("00-bad") == []
