@@ -27,6 +27,8 @@ from ._setup import (
     shutdown_observability,
 )
 from ._tracing import (
+    CURRENT_SPAN,
+    activate_span,
     current_traceparent,
     extract_trace_context,
     force_flush,
@@ -35,10 +37,13 @@ from ._tracing import (
     links_from_traceparent,
     new_trace_context,
     record_error,
+    span_context_from_traceparent,
+    start_lean_span,
     use_trace_context,
 )
 
 __all__ = [
+    "CURRENT_SPAN",
     "BoundLogger",
     "ObservabilityConfig",
     "ObservabilityConfigError",
@@ -47,6 +52,7 @@ __all__ = [
     "SpanKind",
     "Status",
     "StatusCode",
+    "activate_span",
     "add_health_endpoints",
     "add_metrics_middleware",
     "add_readiness_check",
@@ -64,6 +70,8 @@ __all__ = [
     "redact_text",
     "redact_url",
     "shutdown_observability",
+    "span_context_from_traceparent",
+    "start_lean_span",
     "use_trace_context",
     "uvicorn_log_config",
 ]
