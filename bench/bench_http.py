@@ -37,7 +37,7 @@ P99_TARGET = 1.5
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(main thread, other threads) CPU seconds of a process so far, from /proc.
 
-    CPU per request is steadier than req/s on a shared machine: other engineers' load takes
+    CPU per request is steadier than req/s on a shared machine: other workloads' load takes
     the core away from the server, but not the work it does per request. The other threads
     are the span exporter and the log sink's writer."""
     tick = os.sysconf("SC_CLK_TCK")
