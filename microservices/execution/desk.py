@@ -26,6 +26,7 @@ from backend.infra.observability import (
     SpanKind,
     current_traceparent,
     links_from_traceparent,
+    use_trace_context,
 )
 from backend.infra.outbox import Outbox
 from backend.infra.service import Resources, service_url
@@ -522,7 +523,12 @@ class OrderDesk:
         self._update_gauges()
 
     def _placed(self, st: _Staged) -> None:
-        """What follows a committed submission: bookkeeping, metrics and logs."""
+        """What follows a committed submission: bookkeeping, metrics and logs (in the order's
+        own `order.submit` span, so its lines sit on that span)."""
+        with use_trace_context(st.item.traceparent):
+            self._placed_in_span(st)
+
+    def _placed_in_span(self, st: _Staged) -> None:
         report, request = st.item.report, st.ask.request
         cid = request.client_order_id
         for record in report.events:
