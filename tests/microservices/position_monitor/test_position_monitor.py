@@ -288,7 +288,8 @@ def test_an_exit_denied_twice_alerts_and_a_new_set_of_stops_rearms_it(
         wait_until(lambda: position(client)["status"] == "ALERTED", 10, "the alert")
         assert upstreams.checks == ["pm-BTCUSDT-7-SL", "pm-BTCUSDT-7-SL-EM"]
         assert upstreams.posts == []
-        (alert,) = harness.published("stop.failed")
+        # The status is shown as soon as it is committed; its alert follows through the outbox.
+        (alert,) = wait_until(lambda: harness.published("stop.failed"), 10, "the alert event")
         assert (alert["position_id"], alert["client_order_id"]) == (
             "BTCUSDT-7",
             "pm-BTCUSDT-7-SL-EM",
