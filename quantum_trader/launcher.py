@@ -9,8 +9,8 @@ the console and counted in `launcher_restarts_total{process}` on its own `/metri
 8090 + offset); more than 5 crashes of one process within 60 s is a crash loop: the launcher
 gives up on it and stops everything, except for the viewer, which it leaves stopped while
 trading goes on. A process that is alive but hung (its liveness probe, `/health/live`, unanswered
-for `RUN_HANG_TIMEOUT_S`, 30 s) is killed and then started again like a crash
-(`launcher_hangs_total{process}`). State lives under the var directory (`./var`, or
+for `RUN_HANG_TIMEOUT_S`, 30 s; for the embedded Redis, PING) is killed and then started again
+like a crash (`launcher_hangs_total{process}`). State lives under the var directory (`./var`, or
 `RUN_VAR_DIR`): the services' SQLite files, the embedded Redis's data, the installation's
 secrets (`secrets.env`) and each service's JSON log (`log/<service>.log`). SIGINT or SIGTERM
 stops the services (SIGTERM, then SIGKILL after the stop timeout) and then the embedded Redis.
@@ -295,6 +295,8 @@ class Launcher:
         for child in self.processes:
             child.restarts = Restarts(options.restart)
         self.redis_restarts = Restarts(options.restart)
+        self.redis_live_at = time.monotonic()
+        """When the embedded Redis last answered PING (monotonic)."""
         self.metrics_port = None if options.metrics_port is None else options.metrics_port + offset
         self._metrics_server: Any = None
 
@@ -472,6 +474,7 @@ class Launcher:
     def watch(self) -> int:
         """Supervise and print each new fill until a signal arrives or a crash loop."""
         next_fills = 0.0
+        self.redis_live_at = time.monotonic()
         while not self.stopping.wait(0.2):
             code = self.supervise(time.monotonic())
             if code is not None:
@@ -546,6 +549,8 @@ class Launcher:
         """Start the embedded Redis again (same port, same data) if it died; False: give up."""
         redis, restarts = self.redis, self.redis_restarts
         assert redis is not None
+        if redis.running and self._redis_hung(now):
+            redis.kill()
         if redis.running or restarts.gave_up or self.stopping.is_set():
             return not restarts.gave_up
         if restarts.due_at is None:
@@ -573,11 +578,26 @@ class Launcher:
         except EmbeddedRedisError as exc:
             _say(f"  restart redis: did not start: {exc}")
             return self._supervise_redis(time.monotonic())
+        self.redis_live_at = time.monotonic()
         RESTARTS.labels(REDIS).inc()
         UP.labels(REDIS).set(1)
         _say(
             f"  restart redis: started again (pid {redis.pid}) "
             f"{time.monotonic() - restarts.since:.1f} s after it died"
+        )
+        return True
+
+    def _redis_hung(self, now: float) -> bool:
+        """True (and said, and counted) once the embedded Redis has left PING unanswered for
+        the hang timeout; the caller kills it and the crash path starts it again."""
+        limit = self.options.hang_timeout_s
+        silent = now - self.redis_live_at
+        if limit <= 0 or silent <= limit:
+            return False
+        HANGS.labels(REDIS).inc()
+        _say(
+            f"\n  hung    the embedded Redis (pid {self.redis.pid if self.redis else '?'}) has "
+            f"not answered PING for {silent:.0f} s: killed, to be started again"
         )
         return True
 
@@ -611,6 +631,9 @@ class Launcher:
         interval = self.options.probe_interval_s
         with httpx.Client(timeout=interval, headers=self.http.headers) as client:
             while not self.stopping.wait(interval):
+                redis = self.redis
+                if redis is not None and redis.answers(timeout_s=min(interval, 2.0)):
+                    self.redis_live_at = time.monotonic()
                 for child in self.processes:
                     if self.stopping.is_set():
                         return

@@ -369,6 +369,35 @@ def test_killed_processes_are_started_again_and_a_dead_viewer_never_stops_tradin
     assert killed == [], killed
 
 
+def test_a_hung_embedded_redis_is_killed_and_started_again(tmp_path: Path) -> None:
+    """A stopped redis-server accepts connections and never answers: only PING tells."""
+    process = start(tmp_path, RUN_VAR_DIR="state", RUN_HANG_TIMEOUT_S="5")
+    try:
+        output = Output(process)
+        output.wait_for(r"Quantum Trader is running", 75)
+        text = "\n".join(output.lines)
+        pid = int(re.search(r"embedded, pid (\d+)", text).group(1))  # type: ignore[union-attr]
+        metrics_url = output.wait_for(r"supervisor:\s+(http://\S+/metrics)", 1).group(1)
+        os.kill(pid, signal.SIGSTOP)
+
+        output.wait_for(rf"hung\s+the embedded Redis \(pid {pid}\) has not answered PING", 40)
+        output.wait_for(r"restart redis: started again", 30)
+        assert not running(pid), "the hung server was killed"
+        samples = httpx.get(metrics_url).text
+        assert 'launcher_hangs_total{process="redis"} 1.0' in samples
+        assert 'launcher_restarts_total{process="redis"} 1.0' in samples
+        # Trading goes on against the restarted server: a fill booked afterwards is printed.
+        seen = len(output.lines)
+        poll(
+            lambda: any(re.match(r"^\s+fill\s", line) for line in output.lines[seen:]),
+            60,
+            "a fill after the restart",
+        )
+        assert process.poll() is None, "the run goes on"
+    finally:
+        finish(process)
+
+
 def test_a_hung_service_is_killed_and_started_again(tmp_path: Path) -> None:
     """SIGSTOP leaves the process alive but silent: only the liveness probe can tell."""
     process = start(tmp_path, RUN_VAR_DIR="state", RUN_HANG_TIMEOUT_S="5")

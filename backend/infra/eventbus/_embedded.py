@@ -193,6 +193,14 @@ class EmbeddedRedis:
                 process.wait(timeout_s)
         self._process = None
 
+    def answers(self, timeout_s: float = 0.5) -> bool:
+        """True when the running server answers PING within `timeout_s`.
+
+        A server that is alive but stopped (SIGSTOP) or wedged accepts the connection in its
+        kernel backlog and never replies: `running` stays true, only this tells.
+        """
+        return self.running and ping(self.host, self.port, timeout_s)
+
     def kill(self) -> None:
         """SIGKILL the server, as a crash would (for fault-injection tests)."""
         process = self._process
