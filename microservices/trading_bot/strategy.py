@@ -80,6 +80,9 @@ class Decision:
     client_order_id: str | None = None
     order_status: str | None = None
     features: dict[str, float] = field(default_factory=dict)
+    repeat_of: str | None = None
+    """The client order id a previous delivery of the same tick ordered and recorded: this
+    run is a repeat, neither recorded nor counted as a decision."""
 
     def finish(self, outcome: Outcome, reason: str, detail: str = "") -> Decision:
         self.outcome, self.reason, self.detail = outcome, reason, detail
@@ -206,6 +209,14 @@ class TradingBot:
             finally:
                 _decision_attributes(span, decision)
                 self._last_decision_ended = time.time()
+            if decision.repeat_of is not None:
+                # Kept in the trace under its own name, so the viewer's decisions and funnel
+                # count the signal once.
+                span.update_name("decide.repeat")
+                self.log.info(
+                    "tick redelivered after it ordered", client_order_id=decision.repeat_of
+                )
+                return
             await self._record(decision)
 
     def _hold_back(self, state: SymbolState, event: Event[MarketTick], now: float) -> bool:
@@ -322,7 +333,10 @@ class TradingBot:
         # Only a tick delivered before can have ordered already (its signal id, and so the
         # order id, comes from the tick's event id); 0 is an event not read from the bus.
         if event.deliveries != 1 and await self._already_ordered(coid):
-            d.client_order_id = None
+            # The first delivery ordered and recorded its decision; the bus delivers the
+            # tick again because it was not acknowledged (a crash in between). The signal
+            # has its one decision already: this run is not another.
+            d.repeat_of = coid
             d.finish(Outcome.SKIPPED, "DUPLICATE", coid)
             return
         if not await self._size(d, tick, fetch):
