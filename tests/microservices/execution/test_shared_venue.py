@@ -162,8 +162,8 @@ def test_two_replicas_share_one_venue(
                 ticks = [market_tick(*(CROSSING if k % 2 else CALM)) for k in range(6)]
                 publish_ticks(redis_url, prefix, *ticks)
 
-                def filled(names: list[str] = resting) -> bool:
-                    by_id = {o["client_order_id"]: o for o in orders(ports[r % 2])}
+                def filled(names: list[str] = resting, port: int = ports[r % 2]) -> bool:
+                    by_id = {o["client_order_id"]: o for o in orders(port)}
                     return all(by_id[c]["status"] == "FILLED" for c in names)
 
                 wait_until(filled, 60, f"round {r}'s resting orders to fill")
