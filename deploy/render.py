@@ -42,11 +42,18 @@ IMAGES = {
 # they compute, no loop that must run once. ai-engine serves predictions from the model it reads
 # from the database. portfolio-intelligence replicas share `order.filled`: booking is serialised
 # through the database and each replica applies what the others booked before it books or
-# answers (PORTFOLIO_SHARED_LEDGER, in the ConfigMap). Every other service is a singleton (one
-# replica, `Recreate` roll-outs, so that two strategy loops, feeds or paper venues never
-# overlap); a service not listed here is treated as one, the safe default for the services
-# still to come.
-REPLICATED: dict[str, int] = {"ai-engine": 2, "portfolio-intelligence": 2}
+# answers (PORTFOLIO_SHARED_LEDGER, in the ConfigMap). execution replicas share one paper venue:
+# every venue change is made under a lock across replicas, after applying what the others did
+# (EXECUTION_SHARED_VENUE, in the ConfigMap). Every other service is a singleton (one replica,
+# `Recreate` roll-outs, so that two strategy loops or feeds never overlap); a service not
+# listed here is treated as one, the safe default for the services still to come.
+REPLICATED: dict[str, int] = {"ai-engine": 2, "execution": 2, "portfolio-intelligence": 2}
+
+# The setting that makes the replicas of a service with state share it (in the ConfigMap).
+SHARED_STATE: dict[str, str] = {
+    "execution": "EXECUTION_SHARED_VENUE",
+    "portfolio-intelligence": "PORTFOLIO_SHARED_LEDGER",
+}
 
 # Resource requests and limits per service; the default fits the rest.
 RESOURCES: dict[str, Manifest] = {
@@ -463,7 +470,7 @@ def _config_map() -> Manifest:
             "OTLP_ENDPOINT": "http://otel-collector:4317",
             "OTLP_INSECURE": "true",
             "TRACE_SAMPLE_RATE": "1.0",
-            "PORTFOLIO_SHARED_LEDGER": "true",
+            **{variable: "true" for variable in SHARED_STATE.values()},
             **_service_urls(),
         },
     }

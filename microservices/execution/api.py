@@ -177,6 +177,7 @@ async def push_risk_state(body: RiskStateIn, desk: Desk) -> RiskStateUpdatePubli
 @router.get("/risk/state")
 async def get_risk_state(desk: Desk) -> RiskStatePublic:
     """The trading state execution enforces and the age of its lease."""
+    await desk.refresh()
     gate = desk.gate
     now_s = time.monotonic()
     adopted = gate.adopted
@@ -284,6 +285,7 @@ async def cancel_order(client_order_id: ClientOrderIdPath, desk: Desk) -> OrderP
 @router.get("/quotes")
 async def get_quotes(desk: Desk) -> list[QuotePublic]:
     """The latest quote of every symbol the venue has seen."""
+    await desk.refresh()
     return [
         QuotePublic(
             symbol=q.symbol, bid=q.bid, ask=q.ask, last=q.last, volume=q.volume, ts_ms=q.ts_ms
@@ -294,6 +296,7 @@ async def get_quotes(desk: Desk) -> list[QuotePublic]:
 
 @router.get("/account")
 async def get_account(desk: Desk) -> AccountPublic:
+    await desk.refresh()
     venue = desk.venue
     symbols = desk.symbols()
     return AccountPublic(

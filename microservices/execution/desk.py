@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import contextvars
 import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -71,7 +72,7 @@ from .riskstate import (
     request_reduces,
 )
 from .settings import ExecutionSettings
-from .store import OrderStore, Report, StoredOrder
+from .store import OrderStore, Report, StoredOrder, StoredRiskState, VenueChanges, VenueLock
 
 ORDER_FIELD_NAMES = (
     "client_order_id",
@@ -219,6 +220,50 @@ class GatedVenue(PaperVenue):
         hold = self._hold
         return orders if hold is None else [o for o in orders if not hold(o)]
 
+    def resume(
+        self,
+        *,
+        fills: Iterable[Fill],
+        open_orders: Iterable[tuple[WorkingOrder, Sequence[Fill]]],
+        quotes: Iterable[Quote] = (),
+    ) -> None:
+        """Take in what other replicas sharing this venue did since this one last held it.
+
+        `fills` are the fills written since (they move cash and holdings); `open_orders` are
+        every order open now, each with all its fills (they replace the working orders, their
+        reservations, fee carries and fill counts, as a restart derives them); `quotes` are
+        the latest quotes, kept (not matched) where newer than the ones held.
+        """
+        for fill in fills:
+            holding = self._holdings.get(fill.symbol, Decimal(0))
+            if fill.side is Side.BUY:
+                self._cash -= fill.quantity * fill.price + fill.fee
+                self._holdings[fill.symbol] = holding + fill.quantity
+            else:
+                self._cash += fill.quantity * fill.price - fill.fee
+                self._holdings[fill.symbol] = holding - fill.quantity
+        pairs = list(open_orders)
+        working = PaperVenue.restore(
+            initial_cash=Decimal(0),
+            fills=[fill for _, order_fills in pairs for fill in order_fills],
+            open_orders=[w for w, _ in pairs],
+            config=self._config,
+        )
+        self._orders = working._orders
+        self._reserved_cash = working._reserved_cash
+        self._reserved_quantity = working._reserved_quantity
+        self._fee_carry = working._fee_carry
+        self._takers = working._takers
+        self._fill_counts.update(working._fill_counts)
+        self.take_quotes(quotes)
+
+    def take_quotes(self, quotes: Iterable[Quote]) -> None:
+        """Keep the quotes newer than the ones held, without matching (they are not new ticks)."""
+        for quote in quotes:
+            held = self._quotes.get(quote.symbol)
+            if held is None or quote.ts_ms > held.ts_ms:
+                self._quotes[quote.symbol] = quote
+
 
 def _held_while_closed(order: Order) -> bool:
     return not order_reduces(order)
@@ -285,6 +330,9 @@ class OrderDesk:
         self._received = ReceivedIds()
         self._asks: list[_Ask] = []
         self.gate = RiskStateGate(lease_ms=settings.risk_lease_ms)
+        self._venue_lock = VenueLock(resources) if settings.shared_venue else None
+        self._seen_version = -1
+        """With a shared venue: the newest order transition this replica has taken in."""
         self.risk_safety_url = service_url("risk-safety")
         self._install_risk_gauges()
 
@@ -302,7 +350,7 @@ class OrderDesk:
         if self._outbox is None:
             r = self._resources
             self._outbox = Outbox(r.sessions, r.publisher, source=r.name)
-        async with self._lock:
+        async with self._exclusive(catch_up=False):
             await self._restore()
 
     async def run_outbox_relay(self, _resources: Resources | None = None) -> None:
@@ -332,6 +380,8 @@ class OrderDesk:
         self._traceparents = {
             ClientOrderId(o.record.client_order_id): o.record.trace_context for o in open_orders
         }
+        if self._venue_lock is not None:
+            self._seen_version = await self.store.venue_version()
         self._update_gauges()
         self.log.info(
             "venue restored",
@@ -339,6 +389,102 @@ class OrderDesk:
             fills=len(fills),
             cash=self.venue.cash,
             reserved_cash=self.venue.reserved_cash,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, *, catch_up: bool = True) -> AsyncIterator[None]:
+        """The desk's lock; with a shared venue also the lock across replicas, taken after it,
+        and (with `catch_up`) what the other replicas did taken in before the caller acts."""
+        async with self._lock:
+            if self._venue_lock is None:
+                yield
+                return
+            async with self._venue_lock.hold():
+                try:
+                    if catch_up:
+                        await self._catch_up()
+                    yield
+                finally:
+                    try:
+                        self._seen_version = await self.store.venue_version()
+                    except DatabaseError:
+                        self._seen_version = -1  # the next holder reads everything open
+
+    async def _catch_up(self) -> None:
+        """Take in the orders, fills, quotes and trading state other replicas wrote."""
+        shared = await self.store.shared_state()
+        changes = await self.store.changes_since(self._seen_version, self._fill_sequence)
+        if changes is not None:
+            self._resume(changes)
+        self.venue.take_quotes(shared.quotes)
+        for quote in shared.quotes:
+            held = self._quotes.get(quote.symbol)
+            if held is None or quote.ts_ms > held.ts_ms:
+                self._quotes[quote.symbol] = quote
+        if shared.risk is not None:
+            self._adopt_shared(shared.risk)
+
+    def _resume(self, changes: VenueChanges) -> None:
+        fills = [Fill.from_stored(f) for f in changes.fills]
+        self.venue.resume(
+            fills=fills,
+            open_orders=[
+                (
+                    WorkingOrder(_order_of(o), o.record.reserved_cash),
+                    [Fill.from_stored(f) for f in o.fills],
+                )
+                for o in changes.open_orders
+            ],
+        )
+        if changes.fills:
+            self._fill_sequence = max(self._fill_sequence, changes.fills[-1].id)
+        self._traded.update(f.symbol for f in fills)
+        open_ids = set()
+        for o in changes.open_orders:
+            cid = ClientOrderId(o.record.client_order_id)
+            open_ids.add(cid)
+            if cid not in self._accepted_at:
+                self._accepted_at[cid] = o.record.created_at.timestamp()
+                self._traceparents[cid] = o.record.trace_context
+        for cid in set(self._accepted_at) - open_ids:
+            self._forget(cid)
+        self._seen_version = changes.version
+        metrics.VENUE_CATCH_UPS.inc()
+        self._update_gauges()
+
+    def _adopt_shared(self, stored: StoredRiskState) -> None:
+        """Enforce a newer trading state another replica adopted (its signature checked)."""
+        signed, adopted = stored.signed, self.gate.adopted
+        if adopted is not None and signed.epoch <= adopted.epoch:
+            return
+        if not verify_state(self.settings.approval_secret.get_secret_value(), signed):
+            metrics.RISK_STATE_UPDATES.labels("replica", "invalid").inc()
+            self.log.warning("shared trading state ignored: invalid token", epoch=signed.epoch)
+            return
+        # The lease runs from when the other replica verified it, not from now.
+        age_s = max(0, now_ms() - stored.verified_at_ms) / 1000
+        self.gate.adopt(
+            Adopted(
+                state=signed.state,
+                epoch=signed.epoch,
+                source="replica",
+                reason=stored.reason,
+                adopted_at_ms=now_ms(),
+                fill_sequence=self._fill_sequence,
+            ),
+            now_s=time.monotonic() - age_s,
+        )
+        self._watch_state_label(signed.state)
+        metrics.RISK_STATE_UPDATES.labels("replica", Outcome.ADOPTED.value).inc()
+        self.log.warning(
+            "trading state adopted",
+            state=signed.state,
+            epoch=signed.epoch,
+            previous_state=adopted.state if adopted else None,
+            previous_epoch=adopted.epoch if adopted else None,
+            source="replica",
+            adopted_by=stored.source,
+            fill_sequence=self._fill_sequence,
         )
 
     # Orders -----------------------------------------------------------------------------------
@@ -365,7 +511,7 @@ class OrderDesk:
             asyncio.get_running_loop().create_future(),
         )
         self._asks.append(ask)
-        async with self._lock:
+        async with self._exclusive():
             if not ask.future.done():
                 asks, self._asks = self._asks, []
                 await self._place_batch(asks)
@@ -562,7 +708,7 @@ class OrderDesk:
     async def cancel(self, client_order_id: str) -> StoredOrder:
         """Cancel one working order and release its reservation."""
         cid = ClientOrderId(client_order_id)
-        async with self._lock:
+        async with self._exclusive():
             stored = await self.store.get(cid)
             if stored is None:
                 raise OrderNotFound(client_order_id)
@@ -581,7 +727,7 @@ class OrderDesk:
 
     async def cancel_all(self, symbol: str | None = None) -> list[StoredOrder]:
         """Cancel every working order (of one symbol, if given)."""
-        async with self._lock:
+        async with self._exclusive():
             cids = [o.client_order_id for o in self.venue.open_orders(_symbol(symbol))]
             for cid in cids:
                 await self._cancel(cid)
@@ -623,7 +769,14 @@ class OrderDesk:
                 "state token is invalid: it was not issued by risk-safety for this state and epoch"
             )
         self.gate.announce(signed)  # closes trading before the lock is ours
-        async with self._lock:
+        adopted = self.gate.adopted
+        # Renewing the lease of the ACTIVE state enforced changes nothing shared.
+        renewal = (
+            adopted is not None
+            and adopted.state == ACTIVE
+            and (signed.state, signed.epoch) == (adopted.state, adopted.epoch)
+        )
+        async with self._lock if renewal else self._exclusive():
             now_s = time.monotonic()
             outcome = self.gate.consider(signed, now_s=now_s)
             previous = self.gate.adopted
@@ -639,6 +792,8 @@ class OrderDesk:
                     ),
                     now_s=now_s,
                 )
+                if self._venue_lock is not None:
+                    await self._share_state(signed, source, reason)
                 self._watch_state_label(signed.state)  # also a state outside the usual three
                 self.log.warning(
                     "trading state adopted",
@@ -671,6 +826,15 @@ class OrderDesk:
         if canceled:
             await self.outbox.publish_pending()
         return StateUpdate(outcome, adopted, tuple(canceled))
+
+    async def _share_state(self, signed: SignedState, source: str, reason: str) -> None:
+        try:
+            await self.store.save_risk_state(
+                signed, source=source, reason=reason, verified_at_ms=now_ms()
+            )
+        except DatabaseError:
+            # Enforced here all the same; the other replicas learn it from their own polls.
+            self.log.exception("trading state not shared", state=signed.state, epoch=signed.epoch)
 
     async def _cancel_increasing(self, adopted: Adopted) -> list[str]:
         """Cancel every working order that could increase exposure; the canceled ids."""
@@ -759,8 +923,9 @@ class OrderDesk:
     async def exposure(self, since_ms: int) -> Exposure:
         """Holdings, working orders, the fill sequence, the enforced state, and every client
         order id received since `since_ms`, as of one instant."""
-        async with self._lock:
-            received = self._received.since(since_ms)
+        async with self._exclusive():
+            # With a shared venue the other replicas receive orders too: ask the database.
+            received = None if self._venue_lock is not None else self._received.since(since_ms)
             if received is None:
                 received = await self.store.client_order_ids_since(since_ms)
             venue = self.venue
@@ -788,7 +953,12 @@ class OrderDesk:
             metrics.BAD_TICKS.labels(tick.symbol).inc()
             self.log.warning("unusable tick ignored", symbol=tick.symbol, error=str(exc))
             return
-        async with self._lock:
+        async with self._exclusive():
+            if self._venue_lock is not None and not await self.store.save_quote(quote):
+                # Another replica matched a newer tick already: this one would move the
+                # venue back in time.
+                metrics.TICKS_OUT_OF_ORDER.labels(quote.symbol).inc()
+                return
             self._quotes[quote.symbol] = quote
             # While trading is not open, a tick may still fill reduce-only exits, nothing else.
             closed = self.gate.blocker(time.monotonic()) is not None
@@ -800,6 +970,12 @@ class OrderDesk:
                     self._forget(cid)
         if reports:
             await self.outbox.publish_pending()
+
+    async def refresh(self) -> None:
+        """With a shared venue, take in what the other replicas did (a read is then current)."""
+        if self._venue_lock is not None:
+            async with self._exclusive():
+                pass
 
     def quotes(self) -> dict[Symbol, Quote]:
         """The latest quote of every symbol seen."""

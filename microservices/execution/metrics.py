@@ -37,6 +37,15 @@ AVAILABLE_CASH = Gauge("execution_available_cash", "Cash free for new buy orders
 BAD_TICKS = Counter(
     "execution_bad_ticks_total", "Market ticks ignored as unusable, by symbol.", ["symbol"]
 )
+TICKS_OUT_OF_ORDER = Counter(
+    "execution_ticks_out_of_order_total",
+    "Market ticks ignored by a shared venue as older than the quote it holds, by symbol.",
+    ["symbol"],
+)
+VENUE_CATCH_UPS = Counter(
+    "execution_venue_catch_ups_total",
+    "Times a replica sharing the venue took in orders and fills another replica wrote.",
+)
 
 # The trading state execution enforces (see riskstate.py).
 RISK_STATE = Gauge(

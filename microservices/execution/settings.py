@@ -56,6 +56,10 @@ class ExecutionSettings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return value
 
+    shared_venue: bool = Field(default=False, validation_alias="EXECUTION_SHARED_VENUE")
+    """Replicas of execution share one venue through the database: every venue change is made
+    under a lock across processes, after taking in what the other replicas did."""
+
     # The trading state: risk-safety pushes every change; execution also polls it, and without
     # a verified state for the lease it accepts and fills only reduce-only orders.
     risk_poll_ms: int = Field(

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import fcntl
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.infra.db.models import FillRecord, OrderEventRow, OrderRecord
+from backend.infra.db import translate_errors
+from backend.infra.db.models import (
+    ExecutionQuote,
+    ExecutionRiskState,
+    FillRecord,
+    OrderEventRow,
+    OrderRecord,
+)
 from backend.infra.eventbus import Event
 from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
+from backend.trading.approval import SignedState
 from backend.trading.events import OrderFilled
 from backend.trading.orders import Order, OrderStatus
-from backend.trading.types import Fill
+from backend.trading.types import Fill, Quote, Symbol
 from backend.trading.venue import VenueReport
 
 OPEN_STATUSES = (OrderStatus.ACCEPTED.value, OrderStatus.PARTIALLY_FILLED.value)
@@ -55,6 +67,112 @@ class Report:
     reserved_cash: Decimal = Decimal(0)
     traceparent: str | None = None
     risk_decision_id: str | None = None
+
+
+VENUE_KEY = "venue"
+"""The one row of `execution_risk_states`: the venue every replica shares."""
+
+_PG_VENUE_LOCK_KEY = 7203558436190862211
+"""The PostgreSQL advisory lock key of the shared venue (any fixed 64-bit number)."""
+
+
+class VenueLock:
+    """Serialises venue mutations across replicas of execution sharing one database.
+
+    PostgreSQL: a session-level `pg_advisory_lock` on a connection held for the section (the
+    server releases it if the process dies). SQLite: an exclusive `flock` on a lock file next
+    to the database file (the kernel releases it if the process dies). Held by one task of
+    a process at a time: the desk takes its own asyncio lock first.
+    """
+
+    def __init__(self, resources: Resources) -> None:
+        self._resources = resources
+        self._file: IO[bytes] | None = None
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        engine = self._resources.engine
+        if engine.url.get_backend_name() == "postgresql":
+            async with self._pg_lock():
+                yield
+            return
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield  # one process alone can open an in-memory database
+            return
+        fd = self._lock_file(Path(f"{database}.venue.lock")).fileno()
+        taking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
+        try:
+            await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The thread may still get the lock: give it back then, or nobody ever gets it.
+            taking.add_done_callback(lambda _t: fcntl.flock(fd, fcntl.LOCK_UN))
+            raise
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_file(self, path: Path) -> IO[bytes]:
+        if self._file is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("ab")
+        return self._file
+
+    @asynccontextmanager
+    async def _pg_lock(self) -> AsyncIterator[None]:
+        engine = self._resources.engine
+        with translate_errors("venue lock"):
+            conn = await engine.connect()
+        try:
+            with translate_errors("venue lock"):
+                await conn.execute(
+                    text("SELECT pg_advisory_lock(:key)"), {"key": _PG_VENUE_LOCK_KEY}
+                )
+                await conn.commit()
+            try:
+                yield
+            finally:
+                try:
+                    await conn.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_VENUE_LOCK_KEY}
+                    )
+                    await conn.commit()
+                except BaseException:
+                    # A connection that may still hold the lock never goes back to the pool:
+                    # closing it ends its session, which releases the lock.
+                    await conn.invalidate()
+                    raise
+        finally:
+            await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class VenueChanges:
+    """What other replicas wrote since a replica last held the venue: the fills after its
+    fill sequence, and every open order with its fills (None when nothing changed)."""
+
+    version: int
+    fills: list[FillRecord]
+    open_orders: list[StoredOrder]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """The shared venue's latest quotes and the signed trading state enforced on it."""
+
+    quotes: list[Quote]
+    risk: StoredRiskState | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRiskState:
+    """The trading state a replica adopted, as it was signed, and when it was last verified."""
+
+    signed: SignedState
+    source: str
+    reason: str
+    verified_at_ms: int
 
 
 class OrderStore:
@@ -225,6 +343,88 @@ class OrderStore:
         for fill in fills:
             by_order.setdefault(fill.order_id, []).append(fill)
         return fills, [StoredOrder(r, tuple(by_order.get(r.id, ()))) for r in rows]
+
+    # The shared venue (replicas of execution on one database, under the VenueLock) -------------
+
+    async def venue_version(self) -> int:
+        """The newest order transition's id: it moves with every order, cancel and fill."""
+        async with self._resources.session() as session:
+            return int(
+                await session.scalar(select(func.coalesce(func.max(OrderEventRow.id), 0))) or 0
+            )
+
+    async def changes_since(self, version: int, fill_sequence: int) -> VenueChanges | None:
+        """What was written since `version` (None if nothing): the fills after
+        `fill_sequence` and the open orders as they are now, each with all its fills."""
+        async with self._resources.session() as session:
+            now = int(
+                await session.scalar(select(func.coalesce(func.max(OrderEventRow.id), 0))) or 0
+            )
+            if now == version:
+                return None
+            fills = list(
+                await session.scalars(
+                    select(FillRecord).where(FillRecord.id > fill_sequence).order_by(FillRecord.id)
+                )
+            )
+            rows = list(
+                await session.scalars(
+                    select(OrderRecord)
+                    .where(OrderRecord.status.in_(OPEN_STATUSES))
+                    .order_by(OrderRecord.id)
+                )
+            )
+            by_order = await self._fills_of(session, [r.id for r in rows])
+        return VenueChanges(
+            now, fills, [StoredOrder(r, tuple(by_order.get(r.id, ()))) for r in rows]
+        )
+
+    async def shared_state(self) -> SharedState:
+        """Every symbol's latest quote and the enforced trading state, in one read."""
+        async with self._resources.session() as session:
+            quotes = [
+                Quote(Symbol(q.symbol), q.bid, q.ask, q.last, q.volume, q.ts_ms)
+                for q in await session.scalars(select(ExecutionQuote))
+            ]
+            row = await session.get(ExecutionRiskState, VENUE_KEY)
+        risk = None
+        if row is not None:
+            risk = StoredRiskState(
+                SignedState(row.state, row.epoch, row.token),
+                row.source,
+                row.reason,
+                row.verified_at_ms,
+            )
+        return SharedState(quotes, risk)
+
+    async def save_quote(self, quote: Quote) -> bool:
+        """Keep `quote` as its symbol's latest, unless the one kept is newer (False then)."""
+        async with self._resources.session() as session:
+            row = await session.get(ExecutionQuote, quote.symbol)
+            if row is not None and row.ts_ms > quote.ts_ms:
+                return False
+            if row is None:
+                row = ExecutionQuote(symbol=quote.symbol)
+                session.add(row)
+            row.bid, row.ask, row.last, row.volume = quote.bid, quote.ask, quote.last, quote.volume
+            row.ts_ms = quote.ts_ms
+            row.updated_at = datetime.now(UTC)
+        return True
+
+    async def save_risk_state(
+        self, signed: SignedState, *, source: str, reason: str, verified_at_ms: int
+    ) -> None:
+        """Keep `signed` as the enforced state, unless a higher epoch is kept already."""
+        async with self._resources.session() as session:
+            row = await session.get(ExecutionRiskState, VENUE_KEY)
+            if row is not None and row.epoch > signed.epoch:
+                return
+            if row is None:
+                row = ExecutionRiskState(venue=VENUE_KEY)
+                session.add(row)
+            row.state, row.epoch, row.token = signed.state, signed.epoch, signed.token
+            row.source, row.reason, row.verified_at_ms = source, reason, verified_at_ms
+            row.updated_at = datetime.now(UTC)
 
     @staticmethod
     async def _fills_of(

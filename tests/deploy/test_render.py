@@ -107,5 +107,16 @@ def test_only_the_replicated_services_get_more_than_one_replica_and_a_disruption
             assert d["spec"]["strategy"] == {"type": "Recreate"}
 
 
+def test_replicas_of_a_service_with_state_share_it_through_the_config_map(
+    render: ModuleType,
+) -> None:
+    docs = render.kubernetes()
+    (config,) = [d["data"] for d in docs if d["kind"] == "ConfigMap"]
+    assert {"execution", "portfolio-intelligence"} <= set(render.REPLICATED)
+    for name, variable in render.SHARED_STATE.items():
+        assert name in render.REPLICATED, name
+        assert config[variable] == "true", variable
+
+
 def test_every_table_owner_is_a_service_of_the_catalogue() -> None:
     assert set(TABLE_OWNERS) <= {s.name for s in SERVICES}

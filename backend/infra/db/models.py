@@ -35,7 +35,14 @@ TABLE_OWNERS: Mapping[str, tuple[str, ...]] = {
     "ai-engine": ("model_registry",),
     # outbox_events holds each producing service's rows under its own `source`; execution owns
     # its schema, position-monitor writes its own rows too (in its own database by default).
-    "execution": ("orders", "order_events", "fills", "outbox_events"),
+    "execution": (
+        "orders",
+        "order_events",
+        "fills",
+        "outbox_events",
+        "execution_quotes",
+        "execution_risk_states",
+    ),
     "risk-safety": ("risk_decisions", "trading_state", "trading_state_changes"),
     "portfolio-intelligence": ("ledger_fills", "positions", "equity_points"),
     "rl-training": ("training_jobs", "policies"),
@@ -183,6 +190,37 @@ class FillRecord(Base):
     fee: Mapped[Amount]
     liquidity: Mapped[str] = mapped_column(String(5))
     filled_at: Mapped[Timestamp]
+
+
+class ExecutionQuote(Base):
+    """The latest quote of one symbol the shared venue matched against (replicas of execution
+    sharing one venue read each other's, and ignore a tick older than the one kept)."""
+
+    __tablename__ = "execution_quotes"
+
+    symbol: Mapped[Symbol] = mapped_column(primary_key=True)
+    bid: Mapped[Amount]
+    ask: Mapped[Amount]
+    last: Mapped[Amount]
+    volume: Mapped[Amount]
+    ts_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[Created]
+
+
+class ExecutionRiskState(Base):
+    """The signed trading state the shared venue enforces (one row, `venue`), so that every
+    replica of execution enforces a state any of them adopted."""
+
+    __tablename__ = "execution_risk_states"
+
+    venue: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    token: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    verified_at_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[Created]
 
 
 class OutboxEvent(Base):

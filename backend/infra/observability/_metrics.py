@@ -1,14 +1,22 @@
-"""Prometheus metrics of the library, all in prometheus_client's default `REGISTRY`."""
+"""Prometheus metrics of the library, all in prometheus_client's default `REGISTRY`.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (several uvicorn workers), prometheus_client keeps every
+`Counter`, `Gauge` and `Histogram` value in files under that directory, and `/metrics` serves
+`scrape_registry()`: the files of every worker, merged. See docs/DEPLOYMENT.md for what that
+mode loses (exemplars, custom collectors, gauges computed at scrape time).
+"""
 
 from __future__ import annotations
 
+import multiprocessing.util
+import os
 import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
@@ -36,6 +44,42 @@ LATENCY_BUCKETS = (
 )
 
 UNMATCHED_ROUTE = "__unmatched__"
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode; None when it is off.
+
+    Read by prometheus_client when it is first imported: set it before the process starts."""
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
+
+MULTIPROCESS = multiprocess_dir() is not None
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What `/metrics` serves: the default registry, or in multiprocess mode a registry over
+    the files of every worker (live and dead; a dead worker's live gauges are dropped)."""
+    if not MULTIPROCESS:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def mark_process_dead() -> None:
+    """In multiprocess mode, take this process's live gauges (`livesum`, ...) out of the
+    merged view: called when a worker exits (`shutdown_observability`, and at interpreter
+    exit). A worker killed outright leaves them until the directory is cleared."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+if MULTIPROCESS:
+    # uvicorn workers end by re-raising the signal that stopped them, which runs no exit
+    # handler: `shutdown_observability` (the service's lifespan end) calls it for them.
+    multiprocessing.util.Finalize(None, mark_process_dead, exitpriority=10)
 
 SPANS_DROPPED = Counter(
     "otel_spans_dropped_total",
@@ -109,12 +153,23 @@ class HttpMetrics:
     moment before it is in its bucket, never a lost or double-counted request.
     """
 
-    __slots__ = ("__weakref__", "in_flight", "series")
+    __slots__ = ("__weakref__", "_in_flight", "series")
 
     def __init__(self) -> None:
         self.series: dict[SeriesKey, _Series] = {}
-        self.in_flight = 0
+        self._in_flight = 0
         _COLLECTOR.sources.add(self)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served now by this app."""
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        if MULTIPROCESS:
+            _multiprocess_http().active.inc(value - self._in_flight)
+        self._in_flight = value
 
     def observe(
         self,
@@ -143,6 +198,12 @@ class HttpMetrics:
         series.buckets[index] += 1
         if trace_id:
             series.exemplars[index] = (trace_id, span_id, seconds, time.time())
+        if MULTIPROCESS:
+            method, route, status, scheme, error_type = key
+            route = "" if route == UNMATCHED_ROUTE else route
+            _multiprocess_http().duration.labels(
+                method, route, str(status), scheme, error_type
+            ).observe(seconds)
 
 
 class HttpCollector(Collector):
@@ -215,3 +276,40 @@ def _latest(
 
 _COLLECTOR = HttpCollector()
 REGISTRY.register(_COLLECTOR)
+
+
+class _MultiprocessHttp:
+    """The HTTP metrics as prometheus_client objects, whose values multiprocess mode keeps in
+    files that every worker's scrape merges (the custom collector above is per process).
+    Registered nowhere: in multiprocess mode `/metrics` reads the files, not a registry."""
+
+    def __init__(self) -> None:
+        self.duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests (OpenTelemetry http.server.request.duration).",
+            [
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+                "url_scheme",
+                "error_type",
+            ],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.active = Gauge(
+            "http_server_active_requests",
+            "HTTP server requests being served now (OpenTelemetry http.server.active_requests).",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+
+
+_MULTIPROCESS_HTTP: _MultiprocessHttp | None = None
+
+
+def _multiprocess_http() -> _MultiprocessHttp:
+    global _MULTIPROCESS_HTTP
+    if _MULTIPROCESS_HTTP is None:
+        _MULTIPROCESS_HTTP = _MultiprocessHttp()
+    return _MULTIPROCESS_HTTP

@@ -9,12 +9,11 @@ from time import perf_counter, time
 from typing import Any
 
 import orjson
-from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
 from . import _metrics, _state, _tracing
 from ._logging import SINK, current_span_context, tag_exception, utc_timestamp
-from ._metrics import UNMATCHED_ROUTE, HttpMetrics
+from ._metrics import UNMATCHED_ROUTE, HttpMetrics, scrape_registry
 from ._otel import HAS_SDK, StatusCode
 from ._redact import scrubber
 
@@ -336,14 +335,15 @@ def _write_access_line(
 
 
 async def _serve_metrics(scope: Scope, send: Send) -> None:
-    """The default registry, in OpenMetrics (with exemplars) when the scraper asks for it."""
+    """The default registry (every worker's, in multiprocess mode), in OpenMetrics (with
+    exemplars) when the scraper asks for it."""
     accept = ""
     for name, value in scope["headers"]:
         if name == b"accept":
             accept = value.decode("latin-1")
             break
     encoder, content_type = choose_encoder(accept)
-    body = encoder(REGISTRY)
+    body = encoder(scrape_registry())
     await send(
         {
             "type": "http.response.start",

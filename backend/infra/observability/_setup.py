@@ -68,6 +68,7 @@ def shutdown_observability(timeout_ms: int = 5000) -> None:
     shutdown_tracing(timeout_ms)
     _stop_signal_exports(timeout_ms)
     SINK.flush()
+    _metrics.mark_process_dead()  # multiprocess mode only: this worker's live gauges go
 
 
 # The OTLP metric pusher and log queue, when started.
