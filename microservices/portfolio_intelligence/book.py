@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -12,6 +13,7 @@ from typing import Any
 
 from backend.infra.db import DatabaseError, IntegrityViolationError
 from backend.infra.eventbus import (
+    BatchEntry,
     Event,
     EventBusError,
     GroupBacklog,
@@ -216,6 +218,121 @@ class PortfolioBook:
                     realized_pnl=position.realized_pnl,
                 )
 
+    async def on_fills(self, entries: Sequence[BatchEntry[OrderFilled]]) -> None:
+        """Book a read's fills in one transaction (the bus hands them over together), each
+        once and in the venue's order, and publish each one's position.
+
+        All or nothing: if anything fails, memory is rebuilt from the ledger and the error
+        raised, and the bus hands the fills over again one at a time (`on_fill`), so a bad
+        fill is retried and dead-lettered alone.
+        """
+        if len(entries) == 1:
+            await self.on_fill(entries[0].event)
+            return
+        for entry in entries:
+            data = entry.data
+            if data.sequence is not None and data.sequence < 1:
+                raise ValueError(f"fill {data.fill_id}: venue sequence {data.sequence} is below 1")
+        async with self._lock:
+            if self._unbooked:
+                await self._restore()
+            try:
+                try:
+                    booked = await self._book_many(entries)
+                except IntegrityViolationError:
+                    # Some were booked already (before memory was lost): once memory holds the
+                    # ledger again they are duplicates, and the rest books.
+                    await self._restore()
+                    booked = await self._book_many(entries)
+            except Exception:
+                # Memory may hold fills of the batch that the rolled-back transaction did not.
+                self._unbooked = True
+                try:
+                    await self._restore()
+                except DatabaseError:
+                    self.log.exception("rebuild failed; the next fill event rebuilds first")
+                raise
+            for entry, fill, position in booked:
+                metrics.FILLS_BOOKED.labels(fill.symbol).inc()
+                self._marks_as_of_ms = max(self._marks_as_of_ms or 0, _event_ms(entry.event))
+                with entry.activate():
+                    self.log.info(
+                        "position updated",
+                        **fill.attributes(),
+                        position=position.quantity,
+                        average_price=position.average_price,
+                        realized_pnl=position.realized_pnl,
+                    )
+            self._after_change()
+
+    async def _book_many(
+        self, entries: Sequence[BatchEntry[OrderFilled]]
+    ) -> list[tuple[BatchEntry[OrderFilled], Fill, DomainPosition]]:
+        """Apply `entries` in memory and write them with their positions and announcements in
+        one booking transaction; the entries booked (not duplicates) with their positions."""
+        shared = self.settings.shared_ledger
+        booked: list[tuple[BatchEntry[OrderFilled], Fill, DomainPosition]] = []
+        rows: list[tuple[Fill, int | None]] = []
+        announce: list[Event[Any]] = []
+        async with self.store.booking(self._ledger_row, shared=shared) as booking:
+            self._apply_booked(booking.newer)
+            for entry in entries:
+                data = entry.data
+                fill = data.to_fill()
+                # Each fill's span and announcement belong to its own trace.
+                with (
+                    entry.activate(),
+                    self._tracer.start_as_current_span(
+                        "position.update", kind=SpanKind.INTERNAL, attributes=fill.attributes()
+                    ) as span,
+                ):
+                    try:
+                        position = self._apply(fill, data.sequence)
+                    except ConflictingFill as exc:
+                        metrics.CONFLICTING_FILLS.inc()
+                        span.set_attribute("conflict", list(exc.differences))
+                        self.log.error(
+                            "fill conflicts with the booked fill of the same id; not booked",
+                            fill_id=fill.fill_id,
+                            client_order_id=fill.client_order_id,
+                            differences=list(exc.differences),
+                            deliveries=entry.event.deliveries,
+                        )
+                        raise
+                    span.set_attribute("duplicate", position is None)
+                    if position is None:
+                        metrics.DUPLICATE_FILLS.inc()
+                        self.log.info("duplicate fill ignored", fill_id=fill.fill_id)
+                        continue
+                    span.set_attribute("position.quantity", str(position.quantity))
+                    span.set_attribute("position.realized_pnl", str(position.realized_pnl))
+                    announce.append(self.store.outbox.event(self._announcement(fill)))
+                rows.append((fill, data.sequence))
+                booked.append((entry, fill, position))
+            if rows:
+                self._ledger_row = await booking.add_many(
+                    rows,
+                    # After the whole batch, so the late fill replays are accounted for too.
+                    [self.portfolio.position(s) for s in {f.symbol: None for f, _ in rows}],
+                    announce,
+                )
+        return booked
+
+    def _announcement(self, fill: Fill) -> PositionUpdated:
+        """The `position.updated` event of `fill`'s symbol, as memory holds it now."""
+        position = self.portfolio.position(fill.symbol)
+        mark = self.portfolio.mark(fill.symbol)
+        return PositionUpdated(
+            symbol=fill.symbol,
+            quantity=position.quantity,
+            average_price=position.average_price,
+            realized_pnl=position.realized_pnl,
+            unrealized_pnl=position.unrealized_pnl(mark) if mark else ZERO,
+            mark_price=mark,
+            sequence=self._last_sequence.get(fill.symbol),
+            client_order_id=fill.client_order_id,
+        )
+
     async def _book(self, fill: Fill, sequence: int | None) -> bool:
         try:
             shared = self.settings.shared_ledger
@@ -228,19 +345,9 @@ class PortfolioBook:
                     if booking.newer:
                         self._after_change()
                     return False
-                mark = self.portfolio.mark(fill.symbol)
                 # Committed with the ledger row (the outbox): published by the relay, never
                 # lost to a Redis outage, and never waited on here.
-                announce = PositionUpdated(
-                    symbol=fill.symbol,
-                    quantity=position.quantity,
-                    average_price=position.average_price,
-                    realized_pnl=position.realized_pnl,
-                    unrealized_pnl=position.unrealized_pnl(mark) if mark else ZERO,
-                    mark_price=mark,
-                    sequence=self._last_sequence.get(fill.symbol),
-                    client_order_id=fill.client_order_id,
-                )
+                announce = self._announcement(fill)
                 self._ledger_row = await booking.add(fill, sequence, position, announce)
         except IntegrityViolationError:
             # Booked already (before memory was lost): the ledger wins, and this copy must

@@ -24,7 +24,7 @@ def create_service(settings: PortfolioIntelligenceSettings | None = None) -> Ser
         )
     )
     service.on_startup(book.restore)
-    service.subscribe(OrderFilled, book.on_fill)
+    service.subscribe_batch(OrderFilled, book.on_fills)
     service.subscribe(MarketTick, book.on_tick)
     service.background("equity-sampler", book.sample_equity)
     service.background("fill-watch", book.watch_fills)

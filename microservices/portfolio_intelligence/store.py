@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
-from backend.infra.eventbus import EventData
+from backend.infra.eventbus import Event, EventData
 from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 from backend.trading.portfolio import Position as DomainPosition
@@ -94,6 +94,36 @@ class Booking:
         session = self._session
         row = ledger_row(fill, sequence)
         session.add(row)
+        await self._save_position(position)
+        if announce is not None:
+            self._store.outbox.add(session, announce)
+        await session.flush()
+        return int(row.id)
+
+    async def add_many(
+        self,
+        fills: Sequence[tuple[Fill, int | None]],
+        positions: Iterable[DomainPosition],
+        announce: Iterable[EventData | Event[Any]] = (),
+    ) -> int:
+        """Add `fills` (each with its venue sequence) to the ledger in this order, save
+        `positions` (each symbol's after the last of them) and the events `announce` (through
+        the outbox); the last ledger row's id. Committed when the booking ends, all or nothing;
+        a fill id already booked raises IntegrityViolationError then."""
+        session = self._session
+        rows = [ledger_row(fill, sequence) for fill, sequence in fills]
+        # Inserted in the order given, so the ids are the booking order replicas replay.
+        session.add_all(rows)
+        for position in positions:
+            await self._save_position(position)
+        outbox = self._store.outbox
+        for event in announce:
+            outbox.add(session, event)
+        await session.flush()
+        return max(int(row.id) for row in rows)
+
+    async def _save_position(self, position: DomainPosition) -> None:
+        session = self._session
         saved = await session.get(Position, position.symbol)
         if saved is None:
             saved = Position(symbol=position.symbol)
@@ -103,10 +133,6 @@ class Booking:
         saved.realized_pnl = position.realized_pnl
         saved.fees_paid = position.fees
         saved.updated_at = datetime.now(UTC)
-        if announce is not None:
-            self._store.outbox.add(session, announce)
-        await session.flush()
-        return int(row.id)
 
 
 def ledger_row(fill: Fill, sequence: int | None) -> LedgerFill:

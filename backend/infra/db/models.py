@@ -248,6 +248,9 @@ class OutboxEvent(Base):
     published_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    """The relay publishing the row (`{source}@{replica}`) until `claimed_until`."""
+    claimed_until: Mapped[datetime | None]
 
 
 # --- risk-safety ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ See docs/EVENTBUS.md for the entry format, delivery guarantees, settings and ope
 
 from __future__ import annotations
 
-from ._consumer import EventConsumer, Handler
+from ._consumer import BatchEntry, BatchHandler, EventConsumer, Handler
 from ._embedded import EmbeddedRedis, resolve_redis_url
 from ._envelope import Event, decode_entry, new_event_id, valid_traceparent
 from ._errors import (
@@ -47,6 +47,8 @@ from .catalogue import (
 __all__ = [
     "DEFAULT_CATALOGUE",
     "MESSAGING_SYSTEM",
+    "BatchEntry",
+    "BatchHandler",
     "Catalogue",
     "EmbeddedRedis",
     "EmbeddedRedisError",

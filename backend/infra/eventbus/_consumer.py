@@ -9,10 +9,11 @@ import math
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import redis.exceptions as redis_errors
 from redis.asyncio import Redis
@@ -46,6 +47,42 @@ from .catalogue import Catalogue, EventData, EventSpec, default_catalogue
 DataT = TypeVar("DataT", bound=EventData)
 Handler = Callable[[Event[Any]], Awaitable[object]]
 
+
+class BatchEntry(Generic[DataT]):
+    """One event of a batch handed to a batch handler (`EventConsumer.subscribe_batch`).
+
+    Each entry has its own CONSUMER span `process {stream}` in its producer's trace, which
+    the consumer ends once the handler returned (with the error, if it raised).
+    `activate()` makes that span the current one (with the event's baggage) for work that
+    belongs to this event alone: its business span, its log lines, an outbox row announcing
+    its outcome. Work shared by the batch (its transaction) runs in the batch's span.
+    """
+
+    __slots__ = ("_traceparent", "_tracestate", "event")
+
+    def __init__(self, event: Event[DataT], span: Any = None) -> None:
+        self.event = event
+        self._traceparent: str | None = None
+        self._tracestate: str | None = None
+        ctx = span.get_span_context() if span is not None else None
+        if ctx is not None and ctx.is_valid:
+            self._traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+            self._tracestate = ctx.trace_state.to_header() or None
+
+    @property
+    def data(self) -> DataT:
+        return self.event.data
+
+    @contextmanager
+    def activate(self) -> Iterator[None]:
+        """The block runs in this entry's trace (as often as needed). A batch of one runs in
+        its entry's span already: nothing changes then."""
+        with use_trace_context(self._traceparent, self._tracestate, self.event.baggage):
+            yield
+
+
+BatchHandler = Callable[[Sequence[BatchEntry[Any]]], Awaitable[object]]
+
 _log = get_logger("backend.infra.eventbus")
 
 _MAX_ERROR_CHARS = 8_000
@@ -63,6 +100,8 @@ class _Subscription:
     attributes: dict[str, Any]
     dead_letter_key: str
     claim_cursor: str = "0-0"
+    batch_handler: BatchHandler | None = None
+    """Set by `subscribe_batch`: the entries of one read go to it together."""
 
 
 @dataclass(order=True)
@@ -145,6 +184,31 @@ class EventConsumer:
         self, model: type[DataT], handler: Callable[[Event[DataT]], Awaitable[object]]
     ) -> None:
         """Run `handler` for every event whose data model is `model` (one handler per type)."""
+        self._add_subscription(model, handler, None)
+
+    def subscribe_batch(
+        self,
+        model: type[DataT],
+        handler: Callable[[Sequence[BatchEntry[DataT]]], Awaitable[object]],
+    ) -> None:
+        """Run `handler` once per read with every new event of `model`'s type it returned.
+
+        The guarantees of `subscribe` hold per entry: the entries are acknowledged (and marked
+        processed) after the handler returns, an event id already processed never reaches it,
+        and when the batch fails each entry is handled again alone, as a batch of one, so a
+        poisonous entry is retried and dead-lettered without its neighbours. A handler must
+        therefore leave nothing half done when it raises (one transaction for the batch).
+        Retried and reclaimed entries come in batches too, of what that read returned.
+        """
+
+        async def one(event: Event[DataT]) -> None:
+            await handler([BatchEntry(event)])
+
+        self._add_subscription(model, one, handler)
+
+    def _add_subscription(
+        self, model: type[DataT], handler: Handler, batch_handler: BatchHandler | None
+    ) -> None:
         if self._tasks:
             raise EventBusError("subscribe before start()")
         spec = self._catalogue.spec_for_model(model)
@@ -167,6 +231,7 @@ class EventConsumer:
                 "cloudevents.event_type": spec.type,
             },
             dead_letter_key=self._settings.dead_letter_key(spec.stream),
+            batch_handler=batch_handler,
         )
         self._read_streams[key] = ">"
 
@@ -531,83 +596,120 @@ class EventConsumer:
             events = fresh
 
         try:
-            for sub, event, fields in events:
+            for sub, run in _runs(events):
                 if self._stopping:
                     break  # the rest stays pending and is delivered again
-                failure = await self._handle(sub, event)
-                entry_id = event.entry_id or ""
-                if failure is None:
-                    batch.ack(sub.key, entry_id)
-                    batch.processed.setdefault(sub.spec.dedup_ttl_s, []).append(event.id)
-                    batch.handled[sub.key] = batch.handled.get(sub.key, 0) + 1
-                elif event.deliveries >= max_deliveries:
-                    self._dead_letter(
-                        batch,
-                        sub,
-                        entry_id,
-                        fields,
-                        event.deliveries,
-                        "handler_error",
-                        failure[0],
-                        event.id,
-                        failure[1],
-                    )
-                else:
-                    delay_ms = min(
-                        self._settings.retry_backoff_max_ms,
-                        self._settings.retry_backoff_ms * 2 ** (event.deliveries - 1),
-                    )
-                    heapq.heappush(
-                        self._retries,
-                        _Retry(
-                            time.monotonic() + delay_ms / 1000.0,
-                            next(self._retry_seq),
-                            sub.key,
-                            entry_id,
-                            event.deliveries,
-                        ),
-                    )
+                if len(run) > 1 and await self._handle_batch(sub, [e for e, _f in run]):
+                    for event, _fields in run:
+                        self._handled(batch, sub, event)
+                    continue
+                # One at a time: a plain subscription, or a batch that failed (each entry alone).
+                for event, fields in run:
+                    if self._stopping:
+                        break
+                    failure = await self._handle(sub, event)
+                    self._settle(batch, sub, event, fields, failure)
         finally:
             # Whatever was handled is committed, even when the loop is being cancelled.
             await asyncio.shield(self._commit(batch))
 
-    async def _handle(self, sub: _Subscription, event: Event[Any]) -> tuple[str, str | None] | None:
-        """Run the handler inside its CONSUMER span; the error text and the span's
-        traceparent if it raised."""
-        # The conventions ask a process span to link to the message's creation context (the
-        # parent is only a MAY); it is both here. The span is a lean one (see
-        # `start_lean_span`): an SDK span and the propagator's parsing cost more per message
-        # than the rest of the bus.
-        parent: Any = CURRENT_SPAN
-        context = None
-        links = None
-        if event.traceparent is not None:
-            links = links_from_traceparent(event.traceparent)
-            parent = links[0].context if links else None
-            if links and event.tracestate:
-                parent = span_context_from_traceparent(event.traceparent, event.tracestate)
-            # The handler runs in the producer's context (and its baggage), not the poll loop's.
-            context = (
-                extract_trace_context({"baggage": event.baggage})
-                if event.baggage
-                else new_trace_context()
+    def _handled(self, batch: _Batch, sub: _Subscription, event: Event[Any]) -> None:
+        batch.ack(sub.key, event.entry_id or "")
+        batch.processed.setdefault(sub.spec.dedup_ttl_s, []).append(event.id)
+        batch.handled[sub.key] = batch.handled.get(sub.key, 0) + 1
+
+    def _settle(
+        self,
+        batch: _Batch,
+        sub: _Subscription,
+        event: Event[Any],
+        fields: Mapping[bytes, bytes],
+        failure: tuple[str, str | None] | None,
+    ) -> None:
+        """Acknowledge a handled event; retry a failed one later, or dead-letter it."""
+        if failure is None:
+            self._handled(batch, sub, event)
+            return
+        entry_id = event.entry_id or ""
+        if event.deliveries >= self._settings.max_deliveries:
+            self._dead_letter(
+                batch,
+                sub,
+                entry_id,
+                fields,
+                event.deliveries,
+                "handler_error",
+                failure[0],
+                event.id,
+                failure[1],
             )
-        metrics = sub.metrics
-        started = time.time()
-        metrics.time_in_stream.observe(max(0.0, started - event.time.timestamp()))
+            return
+        delay_ms = min(
+            self._settings.retry_backoff_max_ms,
+            self._settings.retry_backoff_ms * 2 ** (event.deliveries - 1),
+        )
+        heapq.heappush(
+            self._retries,
+            _Retry(
+                time.monotonic() + delay_ms / 1000.0,
+                next(self._retry_seq),
+                sub.key,
+                entry_id,
+                event.deliveries,
+            ),
+        )
+
+    async def _handle_batch(self, sub: _Subscription, events: Sequence[Event[Any]]) -> bool:
+        """Run the batch handler on `events`; True when it returned. The shared work runs in a
+        CONSUMER span `process {stream}` linked to every message (the messaging conventions'
+        batch process span); each entry also gets its own span in its producer's trace."""
+        assert sub.batch_handler is not None
+        spans = [self._process_span(sub, event)[0] for event in events]
+        entries = [BatchEntry(event, span) for event, span in zip(events, spans, strict=True)]
+        links = [
+            link
+            for event in events
+            for link in links_from_traceparent(
+                event.traceparent, {"messaging.message.id": event.entry_id or ""}
+            )
+        ]
         span = start_lean_span(
             self._tracer,
             sub.span_name,
             SpanKind.CONSUMER,
-            {
-                **sub.attributes,
-                "messaging.message.id": event.entry_id,
-                "cloudevents.event_id": event.id,
-                "eventbus.deliveries": event.deliveries,
-            },
-            parent=parent,
+            {**sub.attributes, "messaging.batch.message_count": len(events)},
+            parent=None,  # many traces: linked, not continued
             links=links,
         )
+        metrics = sub.metrics
+        error: BaseException | None = None
+        with activate_span(span, new_trace_context()):
+            clock = time.perf_counter()
+            try:
+                await sub.batch_handler(entries)
+            except Exception as exc:
+                error = exc
+                record_error(span, exc)
+                _log.warning(
+                    "batch handler failed; handling its entries one by one",
+                    stream=sub.spec.stream,
+                    group=self.group,
+                    entries=len(events),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            finally:
+                metrics.handler_seconds.observe(time.perf_counter() - clock)
+                for entry_span in spans:
+                    if error is not None:
+                        record_error(entry_span, error)
+                    entry_span.end()
+        return error is None
+
+    async def _handle(self, sub: _Subscription, event: Event[Any]) -> tuple[str, str | None] | None:
+        """Run the handler inside its CONSUMER span; the error text and the span's
+        traceparent if it raised."""
+        span, context = self._process_span(sub, event)
+        metrics = sub.metrics
         with activate_span(span, context):
             clock = time.perf_counter()
             try:
@@ -629,6 +731,43 @@ class EventConsumer:
                 return text[-_MAX_ERROR_CHARS:], current_traceparent()
             metrics.handler_seconds.observe(time.perf_counter() - clock)
             return None
+
+    def _process_span(self, sub: _Subscription, event: Event[Any]) -> tuple[Any, Any]:
+        """The CONSUMER span `process {stream}` of one message, and the context to run its
+        handler in (the producer's baggage), or None for the current one."""
+        # The conventions ask a process span to link to the message's creation context (the
+        # parent is only a MAY); it is both here. The span is a lean one (see
+        # `start_lean_span`): an SDK span and the propagator's parsing cost more per message
+        # than the rest of the bus.
+        parent: Any = CURRENT_SPAN
+        context = None
+        links = None
+        if event.traceparent is not None:
+            links = links_from_traceparent(event.traceparent)
+            parent = links[0].context if links else None
+            if links and event.tracestate:
+                parent = span_context_from_traceparent(event.traceparent, event.tracestate)
+            # The handler runs in the producer's context (and its baggage), not the poll loop's.
+            context = (
+                extract_trace_context({"baggage": event.baggage})
+                if event.baggage
+                else new_trace_context()
+            )
+        sub.metrics.time_in_stream.observe(max(0.0, time.time() - event.time.timestamp()))
+        span = start_lean_span(
+            self._tracer,
+            sub.span_name,
+            SpanKind.CONSUMER,
+            {
+                **sub.attributes,
+                "messaging.message.id": event.entry_id,
+                "cloudevents.event_id": event.id,
+                "eventbus.deliveries": event.deliveries,
+            },
+            parent=parent,
+            links=links,
+        )
+        return span, context
 
     def _dead_letter(
         self,
@@ -743,6 +882,25 @@ class EventConsumer:
             "XRANGE lag",
         )
         return len(entries)
+
+
+def _runs(
+    events: Sequence[tuple[_Subscription, Event[Any], Mapping[bytes, bytes]]],
+) -> Iterator[tuple[_Subscription, list[tuple[Event[Any], Mapping[bytes, bytes]]]]]:
+    """`events` in order, as runs of one subscription: a batch subscription's consecutive
+    entries form one run; every entry of a plain subscription is a run of its own."""
+    run: list[tuple[Event[Any], Mapping[bytes, bytes]]] = []
+    current: _Subscription | None = None
+    for sub, event, fields in events:
+        if run and (sub is not current or sub.batch_handler is None):
+            assert current is not None
+            yield current, run
+            run = []
+        current = sub
+        run.append((event, fields))
+    if run:
+        assert current is not None
+        yield current, run
 
 
 def _text(value: bytes | str) -> str:

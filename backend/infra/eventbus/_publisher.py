@@ -10,10 +10,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from backend.infra.observability import (
+    CURRENT_SPAN,
     SpanKind,
     get_tracer,
     inject_trace_context,
     record_error,
+    span_context_from_traceparent,
     start_lean_span,
 )
 
@@ -98,7 +100,9 @@ class EventPublisher:
     async def publish_many(self, items: Iterable[EventData | Event[Any]]) -> list[Receipt]:
         """Publish many events, `batch_size` per pipelined round trip, each with its own span.
 
-        Pass an `Event` to choose the id, time or source; plain data gets fresh ones. Returns
+        Pass an `Event` to choose the id, time or source; plain data gets fresh ones. An `Event`
+        with a `traceparent` (stored earlier, as the outbox does) continues that trace, with its
+        own baggage; everything else continues the caller's. Returns
         one receipt per event, in order. The events of one call may go to several streams.
         """
         receipts: list[Receipt] = []
@@ -128,9 +132,15 @@ class EventPublisher:
         prepared: list[tuple[_Route, str, bytes, Any]] = []
         try:
             for item in items:
+                parent: Any = CURRENT_SPAN
+                item_baggage = baggage
                 if isinstance(item, Event):
                     route = self._route(type(item.data))
                     event_id, source, time, data = item.id, item.source, item.time, item.data
+                    if item.traceparent is not None:
+                        # A stored context (an outbox row's): the event continues its trace.
+                        parent = span_context_from_traceparent(item.traceparent, item.tracestate)
+                        item_baggage = item.baggage
                 else:
                     route = self._route(type(item))
                     event_id, source, time, data = new_event_id(), self._source, now, item
@@ -141,6 +151,7 @@ class EventPublisher:
                     route.span_name,
                     SpanKind.PRODUCER,
                     {**route.attributes, "cloudevents.event_id": event_id},
+                    parent=parent,
                 )
                 traceparent = tracestate = None
                 ctx = span.get_span_context()
@@ -148,7 +159,7 @@ class EventPublisher:
                     traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
                     tracestate = ctx.trace_state.to_header() or None
                 payload = encode_event(
-                    route.spec, event_id, source, time, data, traceparent, tracestate, baggage
+                    route.spec, event_id, source, time, data, traceparent, tracestate, item_baggage
                 )
                 prepared.append((route, event_id, payload, span))
         except BaseException as exc:

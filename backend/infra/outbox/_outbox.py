@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import groupby
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -25,7 +25,7 @@ from backend.infra.eventbus import (
     default_catalogue,
     new_event_id,
 )
-from backend.infra.observability import get_logger, inject_trace_context, use_trace_context
+from backend.infra.observability import get_logger, inject_trace_context
 
 from ._metrics import OLDEST_PENDING_AGE, PENDING, PUBLISH_FAILURES, PUBLISHED
 from ._settings import OutboxSettings
@@ -54,8 +54,14 @@ class Outbox:
     with back-off (and publishes what an earlier process left, on start), so an outage delays
     events and never loses them. A row can be published twice (a crash between the publish and
     the mark); both copies carry the same event id, which consumers' idempotency drops.
-    Ordering is the row id's order, which is commit order when the producer serialises its
-    writes; one process per source runs the relay.
+
+    A round claims up to `batch_size` rows for this relay (`relay_id`, by default
+    `{source}@{EVENTBUS_CONSUMER_NAME or hostname}`) for `claim_s`, publishes them in one
+    pipelined round trip (each under its own stored context) and marks them. Replicas of a
+    service share its source: a row claimed by one relay is left alone by the others until the
+    claim expires (its relay died mid-round), then taken over; a restarted relay of the same
+    name takes its own rows back at once. Ordering is the row id's order within one relay,
+    which is commit order when the producer serialises its writes.
     """
 
     def __init__(
@@ -66,11 +72,14 @@ class Outbox:
         source: str,
         settings: OutboxSettings | None = None,
         catalogue: Catalogue | None = None,
+        relay_id: str | None = None,
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
         self._source = source
         self._settings = settings or OutboxSettings.from_env()
+        replica = publisher.settings.consumer_name or socket.gethostname()
+        self._relay_id = relay_id or f"{source}@{replica}"
         self._catalogue = catalogue if catalogue is not None else default_catalogue()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -90,6 +99,11 @@ class Outbox:
     @property
     def source(self) -> str:
         return self._source
+
+    @property
+    def relay_id(self) -> str:
+        """Who this relay's claims name (`claimed_by`)."""
+        return self._relay_id
 
     @property
     def failing(self) -> bool:
@@ -209,7 +223,7 @@ class Outbox:
             try:
                 while True:
                     seen = self._committed
-                    rows = await self._load_batch()
+                    rows = await self._claim_batch()
                     if rows:
                         total += await self._publish_batch(rows)
                     if len(rows) < self._settings.batch_size:
@@ -230,39 +244,56 @@ class Outbox:
             self._pending.set(0)
             return total
 
-    async def _load_batch(self) -> list[OutboxEvent]:
+    async def _claim_batch(self) -> list[OutboxEvent]:
+        """Claim the oldest rows no other live relay holds (up to `batch_size`), in id order."""
+        now = datetime.now(UTC)
+        me = self._relay_id
+        claimable = and_(
+            OutboxEvent.source == self._source,
+            OutboxEvent.published_at.is_(None),
+            or_(
+                OutboxEvent.claimed_until.is_(None),
+                OutboxEvent.claimed_until < now,
+                OutboxEvent.claimed_by == me,
+            ),
+        )
+        # PostgreSQL: rows another relay is claiming right now are skipped, not waited for, and
+        # the outer condition is checked again on the row as committed. SQLite: the UPDATE holds
+        # the database's write lock, so claims are serialised.
+        oldest = (
+            select(OutboxEvent.id)
+            .where(claimable)
+            .order_by(OutboxEvent.id)
+            .limit(self._settings.batch_size)
+            .with_for_update(skip_locked=True)
+        )
         async with session_scope(self._sessions) as session:
             rows = await session.scalars(
-                select(OutboxEvent)
-                .where(OutboxEvent.source == self._source, OutboxEvent.published_at.is_(None))
-                .order_by(OutboxEvent.id)
-                .limit(self._settings.batch_size)
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_(oldest.scalar_subquery()), claimable)
+                .values(
+                    claimed_by=me,
+                    claimed_until=now + timedelta(seconds=self._settings.claim_s),
+                )
+                .returning(OutboxEvent)
+                .execution_options(synchronize_session=False)
             )
-            return list(rows)
+            return sorted(rows, key=lambda row: row.id)
 
     async def _publish_batch(self, rows: Sequence[OutboxEvent]) -> int:
-        done: list[int] = []
+        """Publish `rows` in one pipelined call, each as a continuation of its stored trace
+        context, and mark them published."""
+        ids = [row.id for row in rows]
         try:
-            # Rows of one trace context in a row share a pipelined publish; each group is
-            # published with its producer's context active, so its PRODUCER spans continue it.
-            for (traceparent, tracestate, baggage), group in groupby(
-                rows, key=lambda r: (r.traceparent, r.tracestate, r.baggage)
-            ):
-                batch = list(group)
-                events = [self._event_of(row) for row in batch]
-                with use_trace_context(traceparent, tracestate, baggage):
-                    async with asyncio.timeout(self._settings.publish_timeout_s):
-                        await self._publisher.publish_many(events)
-                done.extend(row.id for row in batch)
+            events = [self._event_of(row) for row in rows]
+            async with asyncio.timeout(self._settings.publish_timeout_s):
+                await self._publisher.publish_many(events)
         except Exception as exc:
-            failed = [row.id for row in rows if row.id not in set(done)]
-            await self._record_failure(failed, exc)
+            await self._record_failure(ids, exc)
             raise
-        finally:
-            if done:
-                await self._mark_published(done)
-                self._published.inc(len(done))
-        return len(done)
+        await self._mark_published(ids)
+        self._published.inc(len(ids))
+        return len(ids)
 
     def _event_of(self, row: OutboxEvent) -> Event[Any]:
         spec = self._catalogue.spec_for_type(row.event_type)
@@ -273,6 +304,9 @@ class Outbox:
             time=row.event_time,
             data=spec.model.model_validate_json(row.data),
             schema_version=row.schema_version,
+            traceparent=row.traceparent,
+            tracestate=row.tracestate,
+            baggage=row.baggage,
         )
 
     async def _mark_published(self, ids: Sequence[int]) -> None:

@@ -17,6 +17,7 @@ _VARIABLES = {
     "retry_backoff_s": ("OUTBOX_RETRY_BACKOFF_S", float),
     "retry_backoff_max_s": ("OUTBOX_RETRY_BACKOFF_MAX_S", float),
     "retention_s": ("OUTBOX_RETENTION_S", float),
+    "claim_s": ("OUTBOX_CLAIM_S", float),
 }
 
 
@@ -34,11 +35,18 @@ class OutboxSettings:
     """Upper bound of the relay's delay, so also of how late it notices that Redis is back."""
     retention_s: float = 7 * 24 * 3600.0
     """How long published rows are kept (for audits) before the relay deletes them."""
+    claim_s: float = 15.0
+    """How long a relay's claim on the rows it is publishing lasts: another relay (a replica)
+    leaves them alone meanwhile, and takes them over once it expired (their relay died)."""
 
     def __post_init__(self) -> None:
         for name, (variable, _kind) in _VARIABLES.items():
             if getattr(self, name) <= 0:
                 raise OutboxConfigError(f"{variable}={getattr(self, name)!r}: must be positive")
+        if self.claim_s <= self.publish_timeout_s:
+            raise OutboxConfigError(
+                "OUTBOX_CLAIM_S must be above OUTBOX_PUBLISH_TIMEOUT_S (a claim outlives a publish)"
+            )
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise OutboxConfigError(
                 "OUTBOX_RETRY_BACKOFF_MAX_S must not be below OUTBOX_RETRY_BACKOFF_S"

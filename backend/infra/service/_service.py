@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -46,7 +46,13 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-    from backend.infra.eventbus import Event, EventConsumer, EventData, EventPublisher
+    from backend.infra.eventbus import (
+        BatchEntry,
+        Event,
+        EventConsumer,
+        EventData,
+        EventPublisher,
+    )
 
 T = TypeVar("T")
 DataT = TypeVar("DataT", bound="EventData")
@@ -197,6 +203,16 @@ class Service:
         # Kept as a closure so the pairing of model and handler stays checked: the consumer
         # does not exist until start-up.
         self._subscriptions.append(lambda consumer: consumer.subscribe(model, handler))
+
+    def subscribe_batch(
+        self,
+        model: type[DataT],
+        handler: Callable[[Sequence[BatchEntry[DataT]]], Awaitable[object]],
+    ) -> None:
+        """Handle events of `model`'s type a read at a time (`EventConsumer.subscribe_batch`)."""
+        if not self._eventbus:
+            raise RuntimeError(f"{self.name} was built without the event bus")
+        self._subscriptions.append(lambda consumer: consumer.subscribe_batch(model, handler))
 
     def provide(self, obj: T, as_type: type[T] | None = None) -> T:
         """Register the service's core object for its routes, which declare it with

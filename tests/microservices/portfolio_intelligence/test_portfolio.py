@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +18,7 @@ from backend.infra.eventbus import EventBusSettings
 from backend.trading.events import MarketTick, OrderFilled
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
-from microservices.portfolio_intelligence.store import Booking
+from microservices.portfolio_intelligence.store import Booking, LedgerStore
 from tests.support.factories import fill_event
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
@@ -234,6 +235,28 @@ def out_of_order_fills() -> float:
     return REGISTRY.get_sample_value("portfolio_out_of_order_fills_total") or 0.0
 
 
+def test_the_fills_of_one_read_are_booked_in_one_transaction(
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bookings: list[int] = []
+    booking = LedgerStore.booking
+
+    def counted(self: LedgerStore, *args: Any, **kwargs: Any) -> Any:
+        bookings.append(1)
+        return booking(self, *args, **kwargs)
+
+    monkeypatch.setattr(LedgerStore, "booking", counted)
+    fills = venue_fills("BTCUSDT", 1) + venue_fills("ETHUSDT", 4)
+    with harness.run(create_service) as client:
+        harness.publish(*fills)  # one XADD script: one read returns them all
+        wait_until(lambda: booked(client, 6), what="six fills booked")
+        assert position_of(client, "BTCUSDT") == in_sequence_order()
+        assert position_of(client, "ETHUSDT") == in_sequence_order()
+        updates = harness.published("position.updated")
+    assert bookings == [1]
+    assert [u["client_order_id"] for u in updates] == [f.client_order_id for f in fills]
+
+
 def test_fills_delivered_out_of_order_are_booked_in_the_venue_order(
     harness: ServiceHarness,
 ) -> None:
@@ -279,7 +302,15 @@ def test_a_fill_retried_after_a_failed_booking_is_booked_in_the_venue_order(
             raise DatabaseError("connection lost")
         return await book(self, f, *args)
 
+    async def fail_in_a_batch(self: Booking, rows: Sequence[tuple[Fill, Any]], *args: Any) -> int:
+        # A batch holding it fails as a whole: the bus hands its fills over one at a time.
+        if any(f.fill_id == fills[1].fill_id for f, _sequence in rows):
+            raise DatabaseError("connection lost")
+        return await book_many(self, rows, *args)
+
+    book_many = Booking.add_many
     monkeypatch.setattr(Booking, "add", fail_once)
+    monkeypatch.setattr(Booking, "add_many", fail_in_a_batch)
     before = out_of_order_fills()
     with harness.run(create_service) as client:
         harness.publish(*fills)

@@ -147,12 +147,15 @@ def test_two_replicas_book_every_fill_once_and_both_read_the_whole_book(
             assert announced == sorted(f.client_order_id for f in published)
         finally:
             client.close()
+
         # One equity point per interval, not one per replica.
-        curve = httpx.get(
-            f"http://127.0.0.1:{ports[1]}/equity-curve?limit=1000", headers=HEADERS, timeout=5
-        ).json()["data"]
-        times = [point["ts_ms"] for point in curve]
-        assert len(times) >= 5
+        def curve() -> list[int]:
+            points = httpx.get(
+                f"http://127.0.0.1:{ports[1]}/equity-curve?limit=1000", headers=HEADERS, timeout=5
+            ).json()["data"]
+            return [point["ts_ms"] for point in points]
+
+        times = wait_until(lambda: len(t := curve()) >= 5 and t, 30, "5 equity points")
         assert min(b - a for a, b in pairwise(times)) >= 200, times
         for proc in (first, second):
             assert "Traceback" not in proc.output(), proc.output()[-3000:]
