@@ -191,8 +191,13 @@ def _round(redis_url: str, sink_port: int, count: int, traced: bool) -> dict[str
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the rounds and print one row per round, then the medians and their ratio."""
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds and print one row per round, then the medians and their ratio; 1 when
+    the ratio target is missed or a traced round did not export every span."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per mode")
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"process, Redis {server.url} (appendfsync {server.appendfsync}), reply "
                 f"parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure Python (pip install hiredis)'}"
             )
+            print(f"load average at the start: {_load()}")
             print(
                 f"{'round':>5}  {'mode':<8} {'e2e msg/s':>10} {'publish msg/s':>14} "
                 f"{'spans':>7} {'dropped':>7}"
@@ -254,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         f"per event, plus one receive per batch read): {'all' if complete else 'NOT ALL'} "
         "exported"
     )
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at the end: {_load()}")
+    return 0 if ratio >= TRACED_RATIO_TARGET and complete else 1
 
 
 if __name__ == "__main__":
@@ -263,4 +270,4 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "sink":
         _sink()
     else:
-        main()
+        raise SystemExit(main())

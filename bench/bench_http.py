@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown --configs {unknown}: choose from {list(CONFIGS)}")
 
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     _, load_cores = cpus()
     sink_port = free_port()
     sink = spawn(["-m", "bench.otlp_sink", "--port", str(sink_port)], cores=load_cores)

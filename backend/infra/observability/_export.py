@@ -16,6 +16,7 @@ import gzip
 import http.client
 import logging
 import random
+import re
 import socket
 import ssl
 import struct
@@ -28,24 +29,38 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ._metrics import EXPORT_QUEUE, EXPORT_SECONDS, SPANS_DROPPED, SPANS_EXPORTED
-from ._otel import SpanProcessor
-from ._redact import redact_text, scrubber
+from ._otel import SpanKind, SpanProcessor, StatusCode
+from ._redact import _URL_KEYS, redact_text, scrubber
 
 _log = logging.getLogger("backend.infra.observability.export")
 
 # --- OTLP protobuf wire format -----------------------------------------------------------------
 # Field numbers from opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto.
+#
+# The encoder runs on the export thread, holding the interpreter lock the service's own
+# requests and messages wait for, so it is written for few bytecodes per span: fixed-size
+# fields are packed by one `struct` call, and what repeats (attribute keys, whole key-value
+# pairs, span names, kinds) is encoded once and looked up. The caches are bounded and are
+# emptied when the scrubber is replaced (`configure_scrubbing`): a pair encoded under the
+# old rules must never be sent under new ones.
 
 _pack_d = struct.Struct("<d").pack
 _pack_q = struct.Struct("<Q").pack
 _pack_i = struct.Struct("<I").pack
+# trace_id (field 1, 16 bytes) and span_id (field 2, 8 bytes), big-endian as the ids read.
+_pack_ids = struct.Struct(">HQQHQ").pack
+# start_time_unix_nano (field 7) and end_time_unix_nano (field 8), fixed64.
+_pack_times = struct.Struct("<BQBQ").pack
+# flags (field 16, fixed32): the tag is two bytes (0x85 0x01).
+_pack_flags = struct.Struct("<HI").pack
+_ONE_BYTE = tuple(bytes((n,)) for n in range(128))
 
 
 def _varint(value: int) -> bytes:
     if value < 0:
         value += 1 << 64
     if value < 0x80:
-        return bytes((value,))
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -55,7 +70,8 @@ def _varint(value: int) -> bytes:
 
 
 def _len_field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    n = len(payload)
+    return bytes((tag, n)) + payload if n < 0x80 else bytes((tag,)) + _varint(n) + payload
 
 
 def _str_field(tag: int, value: str) -> bytes:
@@ -80,14 +96,6 @@ def _any_value(value: Any) -> bytes:
     return _str_field(0x0A, str(value))
 
 
-# Encoded `KeyValue` messages by (key, value): a service's span attributes repeat (method,
-# route, status, addresses), so most attributes are one dict look-up. Bounded; past the bound,
-# new pairs are encoded every time.
-_KV_CACHE: dict[tuple[str, Any], bytes] = {}
-_KV_CACHE_MAX = 16384
-_CACHEABLE = (str, int, bool)
-
-
 def _key_value(key: str, value: Any) -> bytes:
     # Scrubbed here, the one place every span attribute passes on its way out (SDK spans,
     # the instrumentations' and the lean server span alike); cached pairs are scrubbed already.
@@ -95,25 +103,105 @@ def _key_value(key: str, value: Any) -> bytes:
     return _str_field(0x0A, key) + _len_field(0x12, _any_value(value))
 
 
+class _Caches:
+    """The encoder's look-up tables, all bounded, valid for one scrubber."""
+
+    # Distinct values cached per attribute key: a key past it (an id, a timestamp) has its
+    # new values encoded each time instead of filling the table with values seen once.
+    VALUES_PER_KEY = 256
+    KEYS = 4096
+    NAMES = 4096
+
+    def __init__(self) -> None:
+        self.scrubber: Any = None
+        # tag -> key -> value -> the length-prefixed `KeyValue` with its tag in front
+        self.pairs: dict[int, dict[str, dict[Any, bytes]]] = {}
+        # key -> (the encoded `key` field, whether the scrubber may change the key's values)
+        self.keys: dict[str, tuple[bytes, bool]] = {}
+        self.names: dict[str, bytes] = {}
+
+    def current(self) -> _Caches:
+        """Self, emptied first if the scrubber was replaced since the last batch."""
+        rules = scrubber()
+        if rules is not self.scrubber:
+            self.pairs.clear()
+            self.keys.clear()
+            self.names.clear()
+            self.scrubber = rules
+        return self
+
+
+_CACHES = _Caches()
+
+
+def _pairs(tag: int) -> dict[str, dict[Any, bytes]]:
+    table = _CACHES.pairs.get(tag)
+    if table is None:
+        table = _CACHES.pairs[tag] = {}
+    return table
+
+
 def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
+    """The `KeyValue` fields (tag `tag`) of `attributes`, scrubbed."""
     if not attributes:
         return b""
+    caches = _CACHES.current()
+    pairs = _pairs(tag)
     out = []
-    cache = _KV_CACHE
-    for item in attributes.items():
-        encoded = None
-        value = item[1]
-        cacheable = type(value) in _CACHEABLE and (type(value) is not str or len(value) <= 256)
-        if cacheable:
-            key = (tag, item[0], value, type(value))
-            encoded = cache.get(key)  # type: ignore[arg-type]
-        if encoded is None:
-            kv = _key_value(item[0], value)
-            encoded = bytes((tag,)) + _varint(len(kv)) + kv
-            if cacheable and len(cache) < _KV_CACHE_MAX:
-                cache[key] = encoded  # type: ignore[index]
-        out.append(encoded)
+    for key, value in attributes.items():
+        vtype = type(value)
+        # Only str and int are cached: bool hashes like int (True == 1) and is cheap anyway.
+        if vtype is str or vtype is int:
+            by_value = pairs.get(key)
+            if by_value is not None:
+                encoded = by_value.get(value)
+                if encoded is not None:
+                    out.append(encoded)
+                    continue
+            else:
+                if len(pairs) >= caches.KEYS:
+                    pairs.clear()
+                by_value = pairs[key] = {}
+            encoded = _pair(tag, key, value, caches)
+            if len(by_value) < caches.VALUES_PER_KEY and (vtype is int or len(value) <= 256):
+                by_value[value] = encoded
+            out.append(encoded)
+        else:
+            out.append(_pair(tag, key, value, caches))
     return b"".join(out)
+
+
+def _pair(tag: int, key: str, value: Any, caches: _Caches) -> bytes:
+    """One tagged, length-prefixed `KeyValue`."""
+    known = caches.keys.get(key)
+    if known is None:
+        rules = caches.scrubber
+        changes = rules.is_secret_key(key) or key in _URL_KEYS or key == "url.query"
+        known = (_str_field(0x0A, key), changes)
+        if len(caches.keys) >= caches.KEYS:
+            caches.keys.clear()
+        caches.keys[key] = known
+    key_field, changes = known
+    if type(value) is str and not changes and _plain(value):
+        # Text the scrubber and the URL redaction leave as it is: no pair, URL or token in it.
+        raw = value.encode("utf-8")
+        n = len(raw)
+        any_value = (bytes((0x12, n + 2, 0x0A, n)) if n < 126 else _any_prefix(n)) + raw
+    else:
+        any_value = _len_field(0x12, _any_value(caches.scrubber.value(key, value)))
+    kv = key_field + any_value
+    n = len(kv)
+    return (bytes((tag, n)) if n < 0x80 else bytes((tag,)) + _varint(n)) + kv
+
+
+def _any_prefix(n: int) -> bytes:
+    inner = b"\x0a" + _varint(n)
+    return b"\x12" + _varint(len(inner) + n) + inner
+
+
+# A string with none of these characters has nothing the scrubber rewrites (`key=value`,
+# `key: value`, bearer tokens after a blank, URLs with credentials or query strings).
+_plain = re.compile(r"[^=:@?\s]*\Z").match
 
 
 def encode_resource(attributes: Mapping[str, Any]) -> bytes:
@@ -130,22 +218,41 @@ def _trace_state(state: Any) -> bytes:
     return _str_field(0x1A, state.to_header())
 
 
+def _name_field(name: str) -> bytes:
+    names = _CACHES.names
+    field = names.get(name)
+    if field is None:
+        if len(names) >= _CACHES.NAMES:
+            names.clear()
+        field = names[name] = _str_field(0x2A, name)
+    return field
+
+
+# kind (field 6): the SDK's SpanKind values are one less than OTLP's.
+_KIND_FIELDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
+_UNSET = StatusCode.UNSET
+
+
 def encode_span(span: Any) -> bytes:
     """One `opentelemetry.proto.trace.v1.Span` message (without its length prefix)."""
-    ctx = span._context
-    parts = [
-        b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),
-        _trace_state(ctx.trace_state),
-    ]
+    _CACHES.current()
+    return _encode_span(span)
+
+
+def _encode_span(span: Any) -> bytes:
+    # A SpanContext is a tuple: unpacked once instead of one property call per field.
+    trace_id, span_id, _remote, trace_flags, trace_state, _valid = span._context
+    parts = [_pack_ids(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, span_id)]
+    if trace_state:
+        parts.append(_trace_state(trace_state))
     parent = span._parent
     if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_str_field(0x2A, span._name))
-    parts.append(b"\x30" + _varint(span._kind.value + 1))
-    parts.append(b"\x39" + _pack_q(span._start_time))
-    parts.append(b"\x41" + _pack_q(span._end_time))
-    parts.append(_attributes(0x4A, span._attributes))
+        parts.append(b"\x22\x08" + _pack_be_q(parent[1]))
+    parts.append(_name_field(span._name))
+    parts.append(_KIND_FIELDS[span._kind])
+    parts.append(_pack_times(0x39, span._start_time, 0x41, span._end_time))
+    if span._attributes:
+        parts.append(_attributes(0x4A, span._attributes))
     exception_type = None
     for event in span._events:
         attributes = event.attributes
@@ -161,31 +268,30 @@ def encode_span(span: Any) -> bytes:
         )
         parts.append(_len_field(0x5A, body))
     for link in span._links:
-        lctx = link.context
+        link_id, link_span, link_remote, link_flags, link_state, _valid = link.context
         body = (
-            b"\x0a\x10"
-            + lctx.trace_id.to_bytes(16, "big")
-            + b"\x12\x08"
-            + lctx.span_id.to_bytes(8, "big")
-            + _trace_state(lctx.trace_state)
+            _pack_ids(0x0A10, link_id >> 64, link_id & _LOW64, 0x1208, link_span)
+            + (_trace_state(link_state) if link_state else b"")
             + _attributes(0x22, link.attributes)
             + b"\x35"
-            + _pack_i(int(lctx.trace_flags) | 0x100 | (0x200 if lctx.is_remote else 0))
+            + _pack_i(int(link_flags) | (0x300 if link_remote else 0x100))
         )
         parts.append(_len_field(0x6A, body))
     status = span._status
-    if status is not None and status.status_code.value:
+    if status is not None and status._status_code is not _UNSET:
         description = _status_description(status.description, exception_type)
         body = (_str_field(0x12, description) if description else b"") + (
-            b"\x18" + _varint(status.status_code.value)
+            b"\x18" + _varint(status._status_code.value)
         )
         parts.append(_len_field(0x7A, body))
     # flags: W3C trace flags plus "parent is remote is known" (bit 8) and "is remote" (bit 9)
-    flags = int(ctx.trace_flags) | 0x100
-    if parent is not None and parent.is_remote:
-        flags |= 0x200
-    parts.append(b"\x85\x01" + _pack_i(flags))
+    flags = int(trace_flags) | (0x300 if parent is not None and parent[2] else 0x100)
+    parts.append(_pack_flags(0x0185, flags))
     return b"".join(parts)
+
+
+_LOW64 = (1 << 64) - 1
+_pack_be_q = struct.Struct(">Q").pack
 
 
 def _status_description(description: str | None, exception_type: Any) -> str:
@@ -227,7 +333,9 @@ class _Encoder:
         return cached
 
     def encode(self, spans: Iterable[Any]) -> bytes:
+        _CACHES.current()
         grouped: dict[int, tuple[Any, dict[tuple[str, str | None], tuple[Any, list[bytes]]]]] = {}
+        last_resource = last_scope = encoded = None
         for n, span in enumerate(spans, 1):
             if not n % 64:
                 # Let the event loop thread have the GIL: encoding a 512-span batch in one go
@@ -235,14 +343,20 @@ class _Encoder:
                 time.sleep(0)
             resource = span._resource
             scope = span._instrumentation_scope
-            by_scope = grouped.setdefault(id(resource), (resource, {}))[1]
-            key = (scope.name, scope.version) if scope is not None else ("", None)
-            by_scope.setdefault(key, (scope, []))[1].append(_len_field(0x12, encode_span(span)))
+            if resource is not last_resource or scope is not last_scope or encoded is None:
+                # Spans of a batch mostly share both: grouped once per run of equal ones.
+                by_scope = grouped.setdefault(id(resource), (resource, {}))[1]
+                key = (scope.name, scope.version) if scope is not None else ("", None)
+                encoded = by_scope.setdefault(key, (scope, []))[1]
+                last_resource, last_scope = resource, scope
+            body = _encode_span(span)
+            size = len(body)
+            encoded.append((bytes((0x12, size)) if size < 0x80 else b"\x12" + _varint(size)) + body)
         out = []
         for resource, by_scope in grouped.values():
             scope_spans = b"".join(
-                _len_field(0x12, self._scope(scope) + b"".join(encoded))
-                for scope, encoded in by_scope.values()
+                _len_field(0x12, self._scope(scope) + b"".join(parts))
+                for scope, parts in by_scope.values()
             )
             out.append(_len_field(0x0A, self._resource(resource) + scope_spans))
         return b"".join(out)

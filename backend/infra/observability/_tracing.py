@@ -6,7 +6,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,39 +55,47 @@ class TracingRuntime:
     max_attributes: int | None = None
     max_attribute_length: int | None = None
     max_links: int | None = None
-    # Processors seen by `start_processors`: (how many there were, those that need on_start).
-    _starters: tuple[int, tuple[Any, ...]] = (-1, ())
+    # The processor tuple last seen (the SDK replaces it when one is added), the export queue
+    # when it is the only processor, and the processors that implement `on_start`.
+    _seen: Any = None
+    _direct: Any | None = None
+    _starters: tuple[Any, ...] = ()
 
     def emit(self, span: Any) -> None:
         """Hand a finished span to the provider's processors, as an SDK span's `end()` does."""
         self.provider._active_span_processor.on_end(span)
 
+    def _refresh(self) -> None:
+        """Re-read what the provider's processors are, once per change of the set."""
+        processors = self.provider._active_span_processor._span_processors
+        if processors is self._seen:
+            return
+        processor = self.processor
+        self._direct = (
+            processor
+            if processor is not None and len(processors) == 1 and processors[0] is processor
+            else None
+        )
+        self._starters = tuple(
+            p for p in processors if type(p).on_start is not SpanProcessor.on_start
+        )
+        self._seen = processors
+
     def export_directly(self) -> Any | None:
         """The export queue, when it is the provider's only processor (the usual case): a
         finished lean span then goes straight to it, without the `ReadableSpan` copy that
         other processors are given (~5 µs a span)."""
-        processor = self.processor
-        if processor is None:
-            return None
-        processors = self.provider._active_span_processor._span_processors
-        if len(processors) == 1 and processors[0] is processor:
-            return processor
-        return None
+        self._refresh()
+        return self._direct
 
     def start_processors(self) -> tuple[Any, ...]:
         """The registered processors that implement `on_start` (re-read when one is added).
 
         The export queue and the test capture do nothing on start, so the common case costs
-        one length comparison per request.
+        one identity comparison per span.
         """
-        processors = self.provider._active_span_processor._span_processors
-        count, starters = self._starters
-        if count != len(processors):
-            starters = tuple(
-                p for p in processors if type(p).on_start is not SpanProcessor.on_start
-            )
-            self._starters = (len(processors), starters)
-        return starters
+        self._refresh()
+        return self._starters
 
     def should_sample(self, trace_id: int, parent: Any | None) -> bool:
         """The configured sampler's decision, inlined for the per-request server span."""
@@ -406,23 +414,36 @@ def span_context_from_traceparent(traceparent: str, tracestate: str | None = Non
     )
 
 
-@contextmanager
-def activate_span(span: Any, context: Any = None) -> Iterator[Any]:
+def activate_span(span: Any, context: Any = None) -> AbstractContextManager[Any]:
     """Make `span` the current span for the block (inside `context` when given, else the
     current context) and end it on exit; an exception is neither recorded nor set as the
     status (the caller records what it wants). For spans of `start_lean_span`."""
-    if not HAS_API:
+    return _Activation(span, context)
+
+
+class _Activation(AbstractContextManager[Any]):
+    """`activate_span`'s block: a class, not a generator, as it is entered once per message."""
+
+    __slots__ = ("_context", "_span", "_token")
+
+    def __init__(self, span: Any, context: Any) -> None:
+        self._span = span
+        self._context = context
+        self._token: Any = None
+
+    def __enter__(self) -> Any:
+        if HAS_API:
+            self._token = otel_context.attach(
+                otel_trace.set_span_in_context(self._span, self._context)
+            )
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
         try:
-            yield span
+            self._span.end()
         finally:
-            span.end()
-        return
-    token = otel_context.attach(otel_trace.set_span_in_context(span, context))
-    try:
-        yield span
-    finally:
-        span.end()
-        otel_context.detach(token)
+            if self._token is not None:
+                otel_context.detach(self._token)
 
 
 def current_traceparent() -> str | None:
@@ -779,16 +800,21 @@ if HAS_SDK:
         if parent is CURRENT_SPAN:
             current = otel_trace.get_current_span().get_span_context()
             parent = current if current.is_valid else None
-        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
-        sampled = rt.should_sample(trace_id, parent)
-        random_flag = parent.trace_flags & 0x02 if parent is not None else 0x02
-        ctx = otel_trace.SpanContext(
-            trace_id,
-            random.getrandbits(64) or 1,
-            is_remote=False,
-            trace_flags=_FLAGS[random_flag | sampled],
-            trace_state=parent.trace_state if parent is not None else None,
-        )
+        if parent is not None:
+            # A SpanContext is a tuple: read in one unpacking, not six property calls.
+            trace_id, _span, _remote, parent_flags, trace_state, _valid = parent
+            sampled = (
+                parent_flags & 0x01
+                if rt.parent_based
+                else (trace_id & _TRACE_ID_MASK) < rt.sampled_bound
+            )
+            flags = _FLAGS[(parent_flags & 0x02) | sampled]
+        else:
+            trace_id = random.getrandbits(128) or 1
+            sampled = (trace_id & _TRACE_ID_MASK) < rt.sampled_bound
+            flags = _FLAGS[0x02 | sampled]
+            trace_state = _EMPTY_STATE
+        ctx = _new_span_context(trace_id, random.getrandbits(64) or 1, flags, trace_state)
         if not sampled:
             return otel_trace.NonRecordingSpan(ctx)
         if None in attributes.values():
@@ -801,8 +827,18 @@ if HAS_SDK:
         span = ServerSpan(
             rt, name, ctx, parent, attributes, start_time or time.time_ns(), kind, links, scope
         )
-        _notify_start(rt, span, parent)
+        if rt.start_processors():
+            _notify_start(rt, span, parent)
         return span
+
+    _EMPTY_STATE = otel_trace.TraceState()
+    _new_tuple = tuple.__new__
+    _SpanContext = otel_trace.SpanContext
+
+    def _new_span_context(trace_id: int, span_id: int, flags: Any, trace_state: Any) -> Any:
+        """A local, valid `SpanContext` for ids known to be in range (the constructor's
+        checks skipped: it is built once per span on the bus's hot path)."""
+        return _new_tuple(_SpanContext, (trace_id, span_id, False, flags, trace_state, True))
 
     def _proxy_scope(tracer: Any) -> Any:
         """The scope of a proxy tracer (one made before the provider was set)."""
