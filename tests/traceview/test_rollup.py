@@ -185,3 +185,29 @@ def test_a_histogram_round_trips_with_an_example_trace_per_bucket() -> None:
     example = int(q[0.99].trace_id, 16) / 100
     assert example == pytest.approx(q[0.99].value_ms, rel=0.011)
     assert Histogram.decode(b"") == Histogram()
+
+
+def test_the_window_pages_read_the_roll_ups(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from backend.infra.traceview import create_app
+
+    now = time.time_ns()
+    with open_store(tmp_path / "s.sqlite") as store:
+        feed(store, now, spans=2_000)
+        store.flush()
+        spans = by_span(store, now - 15 * MINUTE_NS, now)
+        client = TestClient(create_app(store, ingest_routes=[]))
+        stages = client.get("/stages?window=15m").text
+        assert "per-minute roll-ups of 16 minutes." in stages
+        assert analysis.TICK_TO_TRADE in stages and "/trace/" in stages
+        api = {row["stage"]: row for row in client.get("/api/stages?window=15m").json()["data"]}
+        assert {k: v["count"] for k, v in api.items()} == {
+            b.stage: b.count for b in analysis.stage_breakdown(spans)
+        }
+        decisions = client.get("/decisions?window=15m&q=LOW_CONFIDENCE").text
+        assert "SKIPPED LOW_CONFIDENCE: 1" in decisions and "gbm-7" in decisions
+        edges = client.get("/api/map?window=15m").json()["data"]
+        assert {(e["caller"], e["callee"]): e["requests"] for e in edges} == {
+            (a, b): n for (a, b, _), (n, _) in analysis.edge_counts(spans).items()
+        }

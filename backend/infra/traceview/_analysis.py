@@ -25,7 +25,8 @@ def is_db(span: StoredSpan) -> bool:
     return any(key in span.attributes for key in DB_ATTRIBUTES)
 
 
-_HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_HTTP_METHODS = HTTP_METHODS
 
 
 def operation(span: StoredSpan) -> str:

@@ -54,6 +54,18 @@ _MEMORY = 200_000
 """Spans, decisions and fills remembered across traces (parents, linked producers, fills)."""
 NO_WATERMARK = 1 << 62
 
+ATTRIBUTE_NAMES = frozenset(
+    {"decide", "sizing", "risk_check", "submit_order", "order.fill", *analysis.HTTP_METHODS}
+)
+"""Spans whose attributes the roll-ups read whatever they are (decisions, fills, HTTP calls
+named by their method alone); any other span's only when it is a SQL statement."""
+
+
+def needs_attributes(shape_text: str) -> bool:
+    """Whether a span with these attribute keys (a JSON list) is a SQL statement."""
+    return "db.system" in shape_text
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollups(
     minute INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL,
@@ -179,13 +191,25 @@ def rows_of(
         spans, since_ns=since_ns, others=others
     ).items():
         for kind, samples in components.items():
+            minute = -1
+            buckets: dict[int, list[Any]] = {}
+            row = _Row()
             for value, trace_id, start in samples:
-                row = out[(start // MINUTE_NS, kind, stage)]
+                if start // MINUTE_NS != minute:
+                    minute = start // MINUTE_NS
+                    row = out[(minute, kind, stage)]
+                    if row.hist is None:
+                        row.hist = Histogram()
+                    buckets = row.hist.buckets
                 row.n += 1
                 row.sum += value
-                if row.hist is None:
-                    row.hist = Histogram()
-                row.hist.add(value, bytes.fromhex(trace_id))
+                ns = value * 1e6
+                b = 0 if ns < 1.0 else 1 + int(math.log(ns) / BUCKET_BASE)
+                found = buckets.get(b)
+                if found is None:
+                    buckets[b] = [1, _tid(trace_id)]
+                else:
+                    found[0] += 1
     for (caller, callee, kind), error, start in analysis.edge_calls(
         spans, since_ns=since_ns, others=others
     ):
@@ -207,11 +231,16 @@ def rows_of(
         if d.client_order_id:
             known[d.client_order_id] = (minute, d.symbol, d.model_version)
     for coid in fills:
-        found = known.get(coid)
-        if found is not None:
-            minute, symbol, model = found
+        decision = known.get(coid)
+        if decision is not None:
+            minute, symbol, model = decision
             out[(minute, FILLED, SEP.join((symbol, model)))].n += 1
     return out
+
+
+def _tid(trace_id: str | bytes) -> bytes:
+    """A trace id as 16 bytes (the writer hands spans over with their ids as bytes)."""
+    return trace_id if isinstance(trace_id, bytes) else bytes.fromhex(trace_id)
 
 
 class Rollup:

@@ -140,6 +140,10 @@ _SPAN_COLUMNS = (
 _Rec = Record
 
 
+_NO_PARENT: Any = b""
+"""A root's parent id in the spans handed to the roll-ups (their ids are bytes there)."""
+
+
 class MalformedPayload(ValueError):
     """An OTLP request body that does not decode; the message says why."""
 
@@ -592,36 +596,43 @@ class SqliteSpanStore:
         self.rollup_watermark_ns = watermark
 
     def _spans_of(self, recs: list[_Rec]) -> list[StoredSpan]:
-        """Written records as spans, for the roll-ups."""
-        shapes = self._record_shapes
-        out = []
+        """Written records as spans for the roll-ups, cheaply: ids stay bytes (the roll-ups
+        accept either), and only the attributes the roll-ups read are decoded (`_rollup`)."""
+        wanted = self._record_shapes
+        out: list[StoredSpan] = []
+        append = out.append
         for rec in recs:
-            shape_text, values, extra = rec[9], rec[10], rec[12]
+            shape_text, values, extra, name = rec[9], rec[10], rec[12], rec[4]
+            attributes: dict[str, Any] = {}
             if shape_text is not None and values:
-                keys = shapes.get(shape_text)
+                keys = wanted.get(shape_text)
                 if keys is None:
-                    keys = shapes[shape_text] = tuple(orjson.loads(shape_text))
-                attributes = dict(zip(keys, orjson.loads(values), strict=False))
-            else:
-                attributes = {}
-            more = orjson.loads(extra) if extra else {}
-            out.append(
+                    keys = wanted[shape_text] = tuple(orjson.loads(shape_text))
+                if name in _rollup.ATTRIBUTE_NAMES or _rollup.needs_attributes(shape_text):
+                    attributes = dict(zip(keys, orjson.loads(values), strict=False))
+            links: list[tuple[Any, Any]] = []
+            if extra:
+                links = [
+                    (bytes.fromhex(t), bytes.fromhex(s))
+                    for t, s in orjson.loads(extra).get("l", ())
+                ]
+            append(
                 StoredSpan(
-                    trace_id=rec[0].hex(),
-                    span_id=rec[1].hex(),
-                    parent_span_id=rec[2].hex() if rec[2] else "",
-                    name=rec[4],
-                    kind=KINDS.get(rec[5], "unspecified"),
-                    service=rec[3],
-                    start_ns=rec[6],
-                    end_ns=rec[7],
-                    attributes=attributes,
-                    error=bool(rec[8]),
-                    links=[(t, s) for t, s in more.get("l", ())],
+                    rec[0],
+                    rec[1],
+                    rec[2] or _NO_PARENT,
+                    name,
+                    KINDS.get(rec[5], "unspecified"),
+                    rec[3],
+                    rec[6],
+                    rec[7],
+                    attributes,
+                    bool(rec[8]),
+                    links,
                 )
             )
-        if len(shapes) > 50_000:
-            shapes.clear()
+        if len(wanted) > 50_000:
+            wanted.clear()
         return out
 
     def _route(self, rec: _Rec, now: float, out: list[_Rec]) -> None:
