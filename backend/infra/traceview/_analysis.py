@@ -22,7 +22,8 @@ QUANTILES = (0.5, 0.99, 0.999)
 
 def is_db(span: StoredSpan) -> bool:
     """A SQL statement's span (a CLIENT span carrying `db.system[.name]`)."""
-    return any(key in span.attributes for key in DB_ATTRIBUTES)
+    a = span.attributes
+    return "db.system.name" in a or "db.system" in a
 
 
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -396,7 +397,7 @@ def stage_samples(
     for s in spans:
         by_trace[s.trace_id].append(s)
     samples: Samples = defaultdict(lambda: {c: [] for c in COMPONENTS})
-    by_id_all = {(s.trace_id, s.span_id): s for s in spans}
+    by_id_all: dict[tuple[str, str], StoredSpan] = {}
     low = since_ns if since_ns is not None else -1
     for trace_id, trace in by_trace.items():
         children = _children(trace)
@@ -412,7 +413,9 @@ def stage_samples(
             row = samples[key]
             if s.kind == CONSUMER:
                 producer = parent
-                if producer is None or producer.kind != PRODUCER:
+                if (producer is None or producer.kind != PRODUCER) and s.links:
+                    if not by_id_all:  # built once, for consumers linked to their producer
+                        by_id_all = {(x.trace_id, x.span_id): x for x in spans}
                     producer = next(
                         (
                             found

@@ -18,7 +18,9 @@ Layout (one SQLite file in WAL mode, `synchronous=NORMAL`):
 - `stage_hist`: per minute and `service: operation`, a log-bucketed duration histogram (2 %
   wide buckets) of EVERY span received, counted before sampling, so per-stage quantiles over a
   million spans read a few thousand rows and stay unbiased when ticks are sampled down;
-- `logs`: OTLP log records, indexed by trace and span id.
+- `logs`: OTLP log records, indexed by trace and span id;
+- `rollups`: per minute, the window pages' numbers (stage histograms with example traces,
+  service-map edges, the decisions funnel) of the spans written, see `_rollup`.
 
 Writes go through a bounded queue to one background writer thread: `ingest` never blocks;
 when the queue holds `queue_spans` spans, a batch is refused and counted as dropped. The writer
