@@ -112,15 +112,6 @@ def config_of(value: dict[str, Any]) -> ExitConfig:
     )
 
 
-def _entry_json(p: Tracked) -> dict[str, Any]:
-    """The entry the position came from, kept beside its stops (the exit links to it)."""
-    if p.entry_client_order_id is None and p.entry_traceparent is None:
-        return {}
-    return {
-        "entry": {"client_order_id": p.entry_client_order_id, "traceparent": p.entry_traceparent}
-    }
-
-
 def columns_of(p: Tracked) -> dict[str, Any]:
     """The row of `p`: one column per field."""
     trailing, exit_ = p.trailing, p.exit
@@ -132,7 +123,9 @@ def columns_of(p: Tracked) -> dict[str, Any]:
         "entry_price": p.entry_price,
         "opened_ms": p.opened_ms,
         "sequence": p.sequence,
-        "stops": config_json(p.config) | _entry_json(p),
+        "stops": config_json(p.config),
+        "entry_client_order_id": p.entry_client_order_id,
+        "entry_traceparent": p.entry_traceparent,
         "best_price": trailing.best_price if trailing else None,
         "trailing_active": trailing.active if trailing else False,
         "trailing_level": trailing.level if trailing else None,
@@ -178,8 +171,8 @@ def tracked_of(row: MonitoredPosition) -> Tracked:
         opened_ms=row.opened_ms,
         sequence=row.sequence,
         config=config_of(row.stops),
-        entry_client_order_id=(row.stops.get("entry") or {}).get("client_order_id"),
-        entry_traceparent=(row.stops.get("entry") or {}).get("traceparent"),
+        entry_client_order_id=row.entry_client_order_id,
+        entry_traceparent=row.entry_traceparent,
         trailing=trailing,
         exit_round=row.exit_round,
         exit=exit_,

@@ -484,6 +484,9 @@ class MonitoredPosition(Base):
     # The portfolio's fill sequence of the latest update applied (None: not known).
     sequence: Mapped[int | None] = mapped_column(BigInteger)
     stops: Mapped[Json]
+    # The entry order the position came from (an exit links to it).
+    entry_client_order_id: Mapped[str | None] = mapped_column(String(64))
+    entry_traceparent: Mapped[str | None] = mapped_column(String(64))
     best_price: Mapped[Decimal | None]
     trailing_active: Mapped[bool] = mapped_column(Boolean, default=False)
     trailing_level: Mapped[Decimal | None]

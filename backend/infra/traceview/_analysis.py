@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,10 +22,12 @@ QUANTILES = (0.5, 0.99, 0.999)
 
 def is_db(span: StoredSpan) -> bool:
     """A SQL statement's span (a CLIENT span carrying `db.system[.name]`)."""
-    return any(key in span.attributes for key in DB_ATTRIBUTES)
+    a = span.attributes
+    return "db.system.name" in a or "db.system" in a
 
 
-_HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_HTTP_METHODS = HTTP_METHODS
 
 
 def operation(span: StoredSpan) -> str:
@@ -358,15 +361,15 @@ class StageBreakdown:
     total: dict[float, Quantile]
 
 
-def quantiles(samples: Sequence[tuple[float, str]]) -> dict[float, Quantile]:
-    """Nearest-rank p50/p99/p999 of (ms, trace id) samples, each with its example trace."""
+def quantiles(samples: Sequence[tuple[Any, ...]]) -> dict[float, Quantile]:
+    """Nearest-rank p50/p99/p999 of (ms, trace id, ...) samples, each with its example trace."""
     if not samples:
         return {}
     ordered = sorted(samples)
     out = {}
     for q in QUANTILES:
         rank = max(1, math.ceil(q * len(ordered)))
-        value, trace_id = ordered[rank - 1]
+        value, trace_id = ordered[rank - 1][:2]
         out[q] = Quantile(round(value, 3), trace_id)
     return out
 
@@ -374,21 +377,34 @@ def quantiles(samples: Sequence[tuple[float, str]]) -> dict[float, Quantile]:
 TICK_TO_TRADE = "tick → order accepted"
 
 
-def stage_breakdown(spans: Sequence[StoredSpan]) -> list[StageBreakdown]:
-    """Per pipeline stage (a span entering a service: a SERVER or CONSUMER span, or a root),
-    p50/p99/p999 of the stream wait before it, the time in the service and the time in SQL;
-    plus the whole tick-to-trade (`send market.tick` to the end of execution's order)."""
+COMPONENTS = ("wait", "service", "sql", "total")
+Samples = dict[str, dict[str, list[tuple[float, str, int]]]]
+"""Per stage, per component (`COMPONENTS`), the (ms, trace id, start ns of the span measured)
+samples."""
+
+
+def stage_samples(
+    spans: Sequence[StoredSpan],
+    *,
+    since_ns: int | None = None,
+    others: Mapping[tuple[str, str], StoredSpan] | None = None,
+) -> Samples:
+    """The samples behind `stage_breakdown`: per entry span (a SERVER or CONSUMER span, or a
+    span entering a service) its stream wait, service time, SQL time and total, and per trace
+    its tick-to-trade. With `since_ns`, only samples whose span (for tick-to-trade: whose
+    first tick) starts at or after it; `others` finds producers linked from other traces."""
     by_trace: dict[str, list[StoredSpan]] = defaultdict(list)
     for s in spans:
         by_trace[s.trace_id].append(s)
-    samples: dict[str, dict[str, list[tuple[float, str]]]] = defaultdict(
-        lambda: {"wait": [], "service": [], "sql": [], "total": []}
-    )
-    by_id_all = {(s.trace_id, s.span_id): s for s in spans}
+    samples: Samples = defaultdict(lambda: {c: [] for c in COMPONENTS})
+    by_id_all: dict[tuple[str, str], StoredSpan] = {}
+    low = since_ns if since_ns is not None else -1
     for trace_id, trace in by_trace.items():
         children = _children(trace)
         by_id = {s.span_id: s for s in trace}
         for s in trace:
+            if s.start_ns < low:
+                continue
             parent = by_id.get(s.parent_span_id)
             entry = parent is None or parent.service != s.service or s.kind in (SERVER, CONSUMER)
             if not entry or is_db(s):
@@ -397,19 +413,36 @@ def stage_breakdown(spans: Sequence[StoredSpan]) -> list[StageBreakdown]:
             row = samples[key]
             if s.kind == CONSUMER:
                 producer = parent
-                if producer is None or producer.kind != PRODUCER:
-                    producer = next((by_id_all[lk] for lk in s.links if lk in by_id_all), producer)
+                if (producer is None or producer.kind != PRODUCER) and s.links:
+                    if not by_id_all:  # built once, for consumers linked to their producer
+                        by_id_all = {(x.trace_id, x.span_id): x for x in spans}
+                    producer = next(
+                        (
+                            found
+                            for lk in s.links
+                            if (found := by_id_all.get(lk) or (others or {}).get(lk)) is not None
+                        ),
+                        producer,
+                    )
                 if producer is not None:
                     wait = max(0, s.start_ns - producer.end_ns) / 1e6
-                    row["wait"].append((wait, trace_id))
+                    row["wait"].append((wait, trace_id, s.start_ns))
             sql_ns, out_ns = _local_costs(s, children)
             total = (s.end_ns - s.start_ns) / 1e6
-            row["total"].append((total, trace_id))
-            row["sql"].append((sql_ns / 1e6, trace_id))
-            row["service"].append((max(0.0, total - (sql_ns + out_ns) / 1e6), trace_id))
-        tick_to_trade = _tick_to_trade_ms(trace)
-        if tick_to_trade is not None:
-            samples[TICK_TO_TRADE]["total"].append((tick_to_trade, trace_id))
+            service = max(0.0, total - (sql_ns + out_ns) / 1e6)
+            row["total"].append((total, trace_id, s.start_ns))
+            row["sql"].append((sql_ns / 1e6, trace_id, s.start_ns))
+            row["service"].append((service, trace_id, s.start_ns))
+        tick_to_trade = _tick_to_trade(trace)
+        if tick_to_trade is not None and tick_to_trade[0] >= low:
+            samples[TICK_TO_TRADE]["total"].append((tick_to_trade[1], trace_id, tick_to_trade[0]))
+    return samples
+
+
+def stage_breakdown(spans: Sequence[StoredSpan]) -> list[StageBreakdown]:
+    """Per pipeline stage (a span entering a service: a SERVER or CONSUMER span, or a root),
+    p50/p99/p999 of the stream wait before it, the time in the service and the time in SQL;
+    plus the whole tick-to-trade (`send market.tick` to the end of execution's order)."""
     out = [
         StageBreakdown(
             stage,
@@ -419,9 +452,14 @@ def stage_breakdown(spans: Sequence[StoredSpan]) -> list[StageBreakdown]:
             quantiles(rows["sql"]),
             quantiles(rows["total"]),
         )
-        for stage, rows in samples.items()
+        for stage, rows in stage_samples(spans).items()
     ]
-    return sorted(out, key=lambda b: (b.stage != TICK_TO_TRADE, b.stage))
+    return sort_stages(out)
+
+
+def sort_stages(rows: list[StageBreakdown]) -> list[StageBreakdown]:
+    """Tick-to-trade first, then the stages by name."""
+    return sorted(rows, key=lambda b: (b.stage != TICK_TO_TRADE, b.stage))
 
 
 def _local_costs(entry: StoredSpan, children: dict[str, list[StoredSpan]]) -> tuple[int, int]:
@@ -443,12 +481,14 @@ def _local_costs(entry: StoredSpan, children: dict[str, list[StoredSpan]]) -> tu
     return _union_ns(sql), _union_ns(out)
 
 
-def _tick_to_trade_ms(trace: Sequence[StoredSpan]) -> float | None:
+def _tick_to_trade(trace: Sequence[StoredSpan]) -> tuple[int, float] | None:
+    """(first tick's start ns, tick-to-trade ms) of a trace that has both."""
     ticks = [s for s in trace if s.kind == PRODUCER and s.name == "send market.tick"]
     orders = [s for s in trace if s.name == "order.submit" and s.service == "execution"]
     if not ticks or not orders:
         return None
-    return (min(o.end_ns for o in orders) - min(t.start_ns for t in ticks)) / 1e6
+    first = min(t.start_ns for t in ticks)
+    return first, (min(o.end_ns for o in orders) - first) / 1e6
 
 
 # One order across its traces -------------------------------------------------------------------
@@ -659,30 +699,53 @@ class FunnelRow:
     skipped_by_reason: dict[str, int]
 
 
-def funnel(decided: Sequence[BotDecision], spans: Sequence[StoredSpan]) -> list[FunnelRow]:
-    """signals → approved by risk → filled, per symbol and model version. A decision is
-    approved when its order was sent (ORDERED) or risk approved it; filled when some span
-    (in any trace of `spans`) is a fill of its client order id."""
-    filled_ids = {
+def funnel_step(d: BotDecision) -> tuple[bool, str | None]:
+    """(approved, the reason it was not ordered or None) of one decision: approved when its
+    order was sent (ORDERED) or risk approved it."""
+    approved = d.outcome == "ORDERED" or d.inputs.get("risk_check.approved") is True
+    return approved, None if d.outcome == "ORDERED" else f"{d.outcome} {d.reason}".strip()
+
+
+def filled_orders(spans: Iterable[StoredSpan]) -> set[str]:
+    """The client order ids some `order.fill` span of `spans` fills."""
+    return {
         str(s.attributes.get("client_order_id"))
         for s in spans
         if s.name == "order.fill" and s.attributes.get("client_order_id")
     }
-    rows: dict[tuple[str, str], list[Any]] = {}
+
+
+FunnelCounts = dict[tuple[str, str], list[Any]]
+"""(symbol, model version) -> [signals, approved, filled, {reason: count}]."""
+
+
+def funnel_counts(decided: Iterable[BotDecision], filled_ids: AbstractSet[str]) -> FunnelCounts:
+    rows: FunnelCounts = {}
     for d in decided:
         row = rows.setdefault((d.symbol, d.model_version), [0, 0, 0, defaultdict(int)])
         row[0] += 1
-        approved = d.outcome == "ORDERED" or d.inputs.get("risk_check.approved") is True
+        approved, skipped = funnel_step(d)
         if approved:
             row[1] += 1
         if d.client_order_id and d.client_order_id in filled_ids:
             row[2] += 1
-        if d.outcome != "ORDERED":
-            row[3][f"{d.outcome} {d.reason}".strip()] += 1
+        if skipped is not None:
+            row[3][skipped] += 1
+    return rows
+
+
+def funnel_rows(rows: FunnelCounts) -> list[FunnelRow]:
     return [
         FunnelRow(sym, model, r[0], r[1], r[2], dict(sorted(r[3].items(), key=lambda kv: -kv[1])))
         for (sym, model), r in sorted(rows.items())
     ]
+
+
+def funnel(decided: Sequence[BotDecision], spans: Sequence[StoredSpan]) -> list[FunnelRow]:
+    """signals → approved by risk → filled, per symbol and model version. A decision is
+    approved when its order was sent (ORDERED) or risk approved it; filled when some span
+    (in any trace of `spans`) is a fill of its client order id."""
+    return funnel_rows(funnel_counts(decided, filled_orders(spans)))
 
 
 # Service map -----------------------------------------------------------------------------------
@@ -707,6 +770,58 @@ class Edge:
         return self.errors / self.requests if self.requests else 0.0
 
 
+def edge_calls(
+    spans: Sequence[StoredSpan],
+    *,
+    since_ns: int | None = None,
+    others: Mapping[tuple[str, str], StoredSpan] | None = None,
+) -> Iterator[tuple[tuple[str, str, str], bool, int]]:
+    """Each call on a service-map edge: ((caller, callee, kind), error, start ns of the callee
+    span), for callee spans (or SQL statements) starting at or after `since_ns`; `others`
+    finds parents and linked producers in other traces."""
+    by_id = {(s.trace_id, s.span_id): s for s in spans}
+    extra = others or {}
+    low = since_ns if since_ns is not None else -1
+    for s in spans:
+        if s.start_ns < low:
+            continue
+        if s.kind == CLIENT and is_db(s):
+            system = _attr(s, *DB_ATTRIBUTES)
+            yield (s.service, f"{system} (SQL)", "sql"), s.error, s.start_ns
+            continue
+        if s.kind not in (SERVER, CONSUMER):
+            continue
+        key = (s.trace_id, s.parent_span_id)
+        parent = by_id.get(key) or extra.get(key)
+        if s.kind == CONSUMER and (parent is None or parent.kind != PRODUCER):
+            parent = next(
+                (found for lk in s.links if (found := by_id.get(lk) or extra.get(lk)) is not None),
+                parent,
+            )
+        if parent is None or parent.service == s.service:
+            continue
+        pair = (CLIENT, SERVER) if s.kind == SERVER else (PRODUCER, CONSUMER)
+        if parent.kind != pair[0]:
+            continue
+        edge = (parent.service, s.service, "http" if s.kind == SERVER else "stream")
+        yield edge, s.error or parent.error, s.start_ns
+
+
+def edge_counts(spans: Sequence[StoredSpan]) -> dict[tuple[str, str, str], list[int]]:
+    """(caller, callee, kind) -> [requests, errors] behind `service_map`."""
+    counts: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for edge, error, _ in edge_calls(spans):
+        row = counts[edge]
+        row[0] += 1
+        row[1] += int(error)
+    return dict(counts)
+
+
+def edges_of(counts: Mapping[tuple[str, str, str], Sequence[int]], window_s: float) -> list[Edge]:
+    edges = [Edge(a, b, k, n, e, window_s) for (a, b, k), (n, e) in counts.items()]
+    return sorted(edges, key=lambda e: (e.caller, e.callee))
+
+
 def service_map(spans: Sequence[StoredSpan], window_s: float | None = None) -> list[Edge]:
     """Edges caller service → callee service from CLIENT/SERVER and PRODUCER/CONSUMER pairs
     (by parent, or by link for a consumer), and each service's SQL, with request and error
@@ -715,27 +830,4 @@ def service_map(spans: Sequence[StoredSpan], window_s: float | None = None) -> l
         return []
     if window_s is None:
         window_s = max((max(s.end_ns for s in spans) - min(s.start_ns for s in spans)) / 1e9, 1e-9)
-    by_id = {(s.trace_id, s.span_id): s for s in spans}
-    counts: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for s in spans:
-        if s.kind == CLIENT and is_db(s):
-            system = _attr(s, *DB_ATTRIBUTES)
-            row = counts[(s.service, f"{system} (SQL)", "sql")]
-            row[0] += 1
-            row[1] += int(s.error)
-            continue
-        if s.kind not in (SERVER, CONSUMER):
-            continue
-        parent = by_id.get((s.trace_id, s.parent_span_id))
-        if s.kind == CONSUMER and (parent is None or parent.kind != PRODUCER):
-            parent = next((by_id[lk] for lk in s.links if lk in by_id), parent)
-        if parent is None or parent.service == s.service:
-            continue
-        pair = (CLIENT, SERVER) if s.kind == SERVER else (PRODUCER, CONSUMER)
-        if parent.kind != pair[0]:
-            continue
-        row = counts[(parent.service, s.service, "http" if s.kind == SERVER else "stream")]
-        row[0] += 1
-        row[1] += int(s.error or parent.error)
-    edges = [Edge(a, b, k, n, e, window_s) for (a, b, k), (n, e) in counts.items()]
-    return sorted(edges, key=lambda e: (e.caller, e.callee))
+    return edges_of(edge_counts(spans), window_s)

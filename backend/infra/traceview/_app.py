@@ -28,10 +28,13 @@ from starlette.staticfiles import StaticFiles
 
 from . import _analysis as analysis
 from ._queries import BUSINESS_KEYS, SearchQuery, SpanQueries, StageQuantiles
+from ._rollup import WindowRollup, breakdown, window_of_spans
 from ._store import StoredSpan
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_WINDOW = "15m"
+MAX_DECISIONS = 500
+"""The decisions page lists at most this many of the window's newest decisions."""
 MAX_WINDOW_SPANS = 50_000
 """Statistics over a window read at most this many of its newest spans (about a second of
 work on a 2-core machine; `python -m bench.viewer`)."""
@@ -133,11 +136,20 @@ def parse_search(params: QueryParams, now_ns: int | None = None) -> SearchQuery:
     )
 
 
-def _read(spans: Sequence[StoredSpan], window: str) -> str:
-    """What a statistic over a window was computed from."""
-    if len(spans) >= MAX_WINDOW_SPANS:
-        return f"The newest {len(spans)} spans of the last {window} (the most read at once)."
-    return f"{len(spans)} spans in the last {window}."
+def _read_view(view: WindowRollup, window: str) -> str:
+    """What a statistic over a window was computed from: roll-ups and/or spans."""
+    parts = []
+    if view.rolled_minutes:
+        parts.append(f"per-minute roll-ups of {view.rolled_minutes} minutes")
+    if view.spans_read or not parts:
+        newest = "the newest " if view.spans_limited else ""
+        parts.append(f"{newest}{view.spans_read} spans not rolled up yet")
+    return f"The last {window}: " + " and ".join(parts) + "."
+
+
+def _kept(view: WindowRollup) -> int:
+    """Decisions kept with their traces in the window."""
+    return sum(row[0] for row in view.funnel.values())
 
 
 def _when(ns: int) -> str:
@@ -662,9 +674,27 @@ def create_app(
 
     # Tick-to-trade --------------------------------------------------------------------------
 
-    def window_spans(request: Request) -> tuple[str, float, list[StoredSpan]]:
+    def window_view(request: Request) -> tuple[str, float, WindowRollup]:
+        """The window's roll-ups and the spans not rolled up yet (a store without roll-ups:
+        its newest spans)."""
         text, since, until = window_ns(request)
-        return text, (until - since) / 1e9, store.spans_between(since, until, MAX_WINDOW_SPANS)
+        reader = getattr(store, "window", None)
+        if reader is not None:
+            view: WindowRollup = reader(since, until, MAX_WINDOW_SPANS)
+        else:
+            spans = store.spans_between(since, until, MAX_WINDOW_SPANS)
+            view = window_of_spans(spans, since, MAX_WINDOW_SPANS)
+        return text, (until - since) / 1e9, view
+
+    def window_decisions(request: Request) -> list[analysis.BotDecision]:
+        """The window's newest decisions, with their inputs."""
+        _text, since, until = window_ns(request)
+        reader = getattr(store, "decision_spans", None)
+        if reader is not None:
+            spans: list[StoredSpan] = reader(since, until, MAX_DECISIONS)
+        else:
+            spans = store.spans_between(since, until, MAX_WINDOW_SPANS)
+        return analysis.decisions(spans)[:MAX_DECISIONS]
 
     def received(request: Request) -> dict[str, StageQuantiles]:
         """Per stage, every span received in the window, counted before sampling."""
@@ -691,14 +721,14 @@ def create_app(
 
     async def stages_page(request: Request) -> HTMLResponse:
         try:
-            text, _seconds, spans = window_spans(request)
+            text, _seconds, view = window_view(request)
         except BadQuery as exc:
             return error_page("Tick-to-trade", str(exc), here="/stages")
         rows = "".join(
             f"<tr class='stage' data-stage='{esc(b.stage)}'><td>{esc(b.stage)}</td>"
             f"<td class='num'>{b.count}</td>{quantile_cells(b.wait)}{quantile_cells(b.service)}"
             f"{quantile_cells(b.sql)}{quantile_cells(b.total)}</tr>"
-            for b in analysis.stage_breakdown(spans)
+            for b in breakdown(view)
         )
         head = "".join(
             f"<th class='num' colspan='3'>{label}</th>"
@@ -708,8 +738,8 @@ def create_app(
         body = (
             "<h2>Tick-to-trade, stage by stage (ms)</h2>"
             + window_form(text)
-            + f"<p class='muted'>{_read(spans, text)} Every number "
-            "links to an example trace at that quantile.</p>"
+            + f"<p class='muted'>{_read_view(view, text)} Every number "
+            "links to an example trace at that quantile (values within 1 %).</p>"
             f"<table id='stages'><tr><th rowspan='2'>stage</th><th rowspan='2' class='num'>"
             f"count</th>{head}</tr><tr>{levels}</tr>{rows}</table>"
             "<h3>Every span received, before sampling</h3><p class='muted'>The table above reads "
@@ -736,15 +766,15 @@ def create_app(
 
     async def decisions_page(request: Request) -> HTMLResponse:
         try:
-            text, _seconds, spans = window_spans(request)
+            text, _seconds, view = window_view(request)
+            decided = window_decisions(request)
         except BadQuery as exc:
             return error_page("Decisions", str(exc), here="/decisions")
         q = request.query_params.get("q", "")
-        decided = analysis.decisions(spans)
         made = received(request).get("trading-bot: decide")
         kept = (
             f"{made.count} decisions made in the window (counted before sampling), "
-            f"{len(decided)} kept with their traces: retention keeps every order, denial, "
+            f"{_kept(view)} kept with their traces: retention keeps every order, denial, "
             "rejection and error, and a sample of the skips."
             if made is not None
             else ""
@@ -756,7 +786,7 @@ def create_app(
             f"<td class='num'>{r.filled}</td><td>"
             + esc(", ".join(f"{k}: {n}" for k, n in r.skipped_by_reason.items()))
             + "</td></tr>"
-            for r in analysis.funnel(decided, spans)
+            for r in analysis.funnel_rows(view.funnel)
         )
         rows = "".join(
             f"<tr class='decision {esc(d.outcome.lower())}'><td>{_when(d.time_ns)}</td>"
@@ -781,13 +811,14 @@ def create_app(
         body = (
             "<h2>Why the bot did or did not trade</h2>"
             + window_form(text, search)
-            + f"<p class='muted'>{_read(spans, text)}</p>"
+            + f"<p class='muted'>{_read_view(view, text)}</p>"
             + "<h3>Funnel: signals → approved → filled</h3><table id='funnel'><tr><th>symbol"
             "</th><th>model version</th><th class='num'>signals</th><th class='num'>approved"
             "</th><th class='num'>filled</th><th>not ordered, by reason</th></tr>"
             + funnel
             + f"</table><h3>Decisions</h3><p class='muted' id='kept'>{esc(kept)}</p>"
-            f"<p class='muted'>{len(shown)} of {len(decided)} decisions shown, newest first.</p>"
+            f"<p class='muted'>{len(shown)} of the newest {len(decided)} decisions shown, "
+            "newest first.</p>"
             "<table id='decisions'><tr><th>time</th>"
             "<th>symbol</th><th>outcome</th><th>reason</th><th>detail</th><th>signal</th>"
             "<th>model</th><th>order</th><th>inputs</th><th></th></tr>" + rows + "</table>"
@@ -798,10 +829,10 @@ def create_app(
 
     async def map_page(request: Request) -> HTMLResponse:
         try:
-            text, seconds, spans = window_spans(request)
+            text, seconds, view = window_view(request)
         except BadQuery as exc:
             return error_page("Service map", str(exc), here="/map")
-        edges = analysis.service_map(spans, seconds)
+        edges = analysis.edges_of(view.edges, seconds)
         rows = "".join(
             f"<tr class='edge'><td>{esc(e.caller)}</td><td>{esc(e.callee)}</td>"
             f"<td>{esc(e.kind)}</td><td class='num'>{e.requests}</td>"
@@ -813,7 +844,7 @@ def create_app(
         body = (
             "<h2>Service map</h2>"
             + window_form(text)
-            + f"<p class='muted'>{_read(spans, text)}</p>"
+            + f"<p class='muted'>{_read_view(view, text)}</p>"
             + _map_svg(edges)
             + "<table id='edges'><tr><th>caller</th><th>callee</th><th>kind</th>"
             "<th class='num'>requests</th><th class='num'>per s</th><th class='num'>errors</th>"
@@ -857,34 +888,34 @@ def create_app(
 
     async def api_stages(request: Request) -> JSONResponse:
         try:
-            _text, _s, spans = window_spans(request)
+            _text, _s, view = window_view(request)
         except BadQuery as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse({"data": [asdict(b) for b in analysis.stage_breakdown(spans)]})
+        return JSONResponse({"data": [asdict(b) for b in breakdown(view)]})
 
     async def api_decisions(request: Request) -> JSONResponse:
         try:
-            _text, _s, spans = window_spans(request)
+            _text, _s, view = window_view(request)
+            decided = window_decisions(request)
         except BadQuery as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         q = request.query_params.get("q", "")
-        decided = analysis.decisions(spans)
         made = received(request).get("trading-bot: decide")
         return JSONResponse(
             {
                 "made": made.count if made is not None else None,
-                "kept": len(decided),
+                "kept": _kept(view),
                 "data": [asdict(d) for d in decided if analysis.match_decision(d, q)],
-                "funnel": [asdict(r) for r in analysis.funnel(decided, spans)],
+                "funnel": [asdict(r) for r in analysis.funnel_rows(view.funnel)],
             }
         )
 
     async def api_map(request: Request) -> JSONResponse:
         try:
-            _text, seconds, spans = window_spans(request)
+            _text, seconds, view = window_view(request)
         except BadQuery as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        edges = analysis.service_map(spans, seconds)
+        edges = analysis.edges_of(view.edges, seconds)
         return JSONResponse({"data": [asdict(e) | {"rate_per_s": e.rate_per_s} for e in edges]})
 
     async def api_stats(_request: Request) -> JSONResponse:

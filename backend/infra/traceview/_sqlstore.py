@@ -18,7 +18,9 @@ Layout (one SQLite file in WAL mode, `synchronous=NORMAL`):
 - `stage_hist`: per minute and `service: operation`, a log-bucketed duration histogram (2 %
   wide buckets) of EVERY span received, counted before sampling, so per-stage quantiles over a
   million spans read a few thousand rows and stay unbiased when ticks are sampled down;
-- `logs`: OTLP log records, indexed by trace and span id.
+- `logs`: OTLP log records, indexed by trace and span id;
+- `rollups`: per minute, the window pages' numbers (stage histograms with example traces,
+  service-map edges, the decisions funnel) of the spans written, see `_rollup`.
 
 Writes go through a bounded queue to one background writer thread: `ingest` never blocks;
 when the queue holds `queue_spans` spans, a batch is refused and counted as dropped. The writer
@@ -55,6 +57,7 @@ from typing import Any
 
 import orjson
 
+from . import _rollup
 from ._decode import BUCKET_BASE, Decoder, Record, dumpb, extra_of, record_of_parts
 from ._importance import Importance, trace_level
 from ._queries import (
@@ -96,7 +99,8 @@ _COUNTERS = (
     "early_decided_traces",
 )
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS names(
     id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL, UNIQUE(kind, name));
 CREATE TABLE IF NOT EXISTS resources(id INTEGER PRIMARY KEY, attrs TEXT NOT NULL UNIQUE);
@@ -127,6 +131,8 @@ CREATE INDEX IF NOT EXISTS logs_span ON logs(trace, span) WHERE trace IS NOT NUL
 CREATE INDEX IF NOT EXISTS logs_time ON logs(time);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
+    + _rollup.SCHEMA
+)
 
 _SPAN_COLUMNS = (
     "s.trace, s.sid, s.parent, s.svc, s.op, s.start, s.dur, s.flags, s.res, s.attrs, s.extra"
@@ -134,6 +140,10 @@ _SPAN_COLUMNS = (
 
 
 _Rec = Record
+
+
+_NO_PARENT: Any = b""
+"""A root's parent id in the spans handed to the roll-ups (their ids are bytes there)."""
 
 
 class MalformedPayload(ValueError):
@@ -274,6 +284,7 @@ class SqliteSpanStore:
         self._db.commit()
         self._load_state()
         self._resources_by_id: dict[int, dict[str, Any]] = {}
+        self._record_shapes: dict[str, tuple[str, ...]] = {}
 
         self._queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
         self._queued = 0
@@ -292,6 +303,10 @@ class SqliteSpanStore:
         self._closed = False
         self.writer_error: BaseException | None = None
         self._decoder = Decoder(decode_processes)
+        self._rollup = _rollup.Rollup(settle_s=max(hold_s, 1.0))
+        self.rollup_watermark_ns = _rollup.NO_WATERMARK
+        """Spans starting before this are in the roll-ups (see `_rollup`)."""
+        self._reroll()
         self._writer = threading.Thread(target=self._run, name="span-store-writer", daemon=True)
         self._writer.start()
 
@@ -320,6 +335,21 @@ class SqliteSpanStore:
         self._resource_ids: dict[str, int] = {}
         self._refs: dict[bytes, int] = {}
         self._next_ref = 1 + (db.execute("SELECT max(id) FROM traces").fetchone()[0] or 0)
+
+    def _reroll(self) -> None:
+        """After a restart: roll up again what was written but not rolled up before it."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'rollup_watermark'").fetchone()
+        if row is None or row[0] >= _rollup.NO_WATERMARK:
+            return
+        first = row[0] // _MINUTE_NS * _MINUTE_NS
+        spans = self.spans_between(first - _TRACE_SLACK_NS, 1 << 62, 1_000_000)
+        self._rollup.roll(spans, since_ns=first)
+        db = self._db
+        db.execute("BEGIN")
+        db.execute("DELETE FROM rollups WHERE minute >= ?", (first // _MINUTE_NS,))
+        self._rollup.write(db)
+        db.execute("DELETE FROM meta WHERE key = 'rollup_watermark'")
+        db.execute("COMMIT")
 
     # Connections ---------------------------------------------------------------------------
 
@@ -533,13 +563,24 @@ class SqliteSpanStore:
             for (minute, service, name, bucket), n in counts.items()
         }
         self._decide(now, out, force=force)
-        if not out and not logs and not hist:
+        rollup = self._rollup
+        if out:
+            rollup.add(self._spans_of(out), now)
+        rollup.settle(now, force=force)
+        watermark = rollup.watermark_ns
+        if not out and not logs and not hist and watermark == self.rollup_watermark_ns:
             return
         db = self._db
         db.execute("BEGIN")
         try:
             if out:
                 self._write_spans(out)
+            rollup.write(db)
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('rollup_watermark', ?) "
+                "ON CONFLICT DO UPDATE SET value = excluded.value",
+                (watermark,),
+            )
             if hist:
                 db.executemany(
                     "INSERT INTO stage_hist(minute, svc, op, bucket, n) VALUES (?, ?, ?, ?, ?) "
@@ -554,6 +595,47 @@ class SqliteSpanStore:
             db.execute("ROLLBACK")
             self._load_state()
             raise
+        self.rollup_watermark_ns = watermark
+
+    def _spans_of(self, recs: list[_Rec]) -> list[StoredSpan]:
+        """Written records as spans for the roll-ups, cheaply: ids stay bytes (the roll-ups
+        accept either), and only the attributes the roll-ups read are decoded (`_rollup`)."""
+        wanted = self._record_shapes
+        out: list[StoredSpan] = []
+        append = out.append
+        for rec in recs:
+            shape_text, values, extra, name = rec[9], rec[10], rec[12], rec[4]
+            attributes: dict[str, Any] = {}
+            if shape_text is not None and values:
+                keys = wanted.get(shape_text)
+                if keys is None:
+                    keys = wanted[shape_text] = tuple(orjson.loads(shape_text))
+                if name in _rollup.ATTRIBUTE_NAMES or _rollup.needs_attributes(shape_text):
+                    attributes = dict(zip(keys, orjson.loads(values), strict=False))
+            links: list[tuple[Any, Any]] = []
+            if extra:
+                links = [
+                    (bytes.fromhex(t), bytes.fromhex(s))
+                    for t, s in orjson.loads(extra).get("l", ())
+                ]
+            append(
+                StoredSpan(
+                    rec[0],
+                    rec[1],
+                    rec[2] or _NO_PARENT,
+                    name,
+                    KINDS.get(rec[5], "unspecified"),
+                    rec[3],
+                    rec[6],
+                    rec[7],
+                    attributes,
+                    bool(rec[8]),
+                    links,
+                )
+            )
+        if len(wanted) > 50_000:
+            wanted.clear()
+        return out
 
     def _route(self, rec: _Rec, now: float, out: list[_Rec]) -> None:
         """Write the span, hold it until its trace is decided, or drop it (sampled out).
@@ -893,6 +975,7 @@ class SqliteSpanStore:
         db.execute("BEGIN")
         db.execute("DELETE FROM logs WHERE time < ?", (cutoff,))
         db.execute("DELETE FROM stage_hist WHERE minute < ?", (cutoff // _MINUTE_NS,))
+        db.execute("DELETE FROM rollups WHERE minute < ?", (cutoff // _MINUTE_NS,))
         db.execute("COMMIT")
         for _ in range(1000):
             used = self._used_bytes()
@@ -1089,6 +1172,46 @@ class SqliteSpanStore:
         spans = [self._span(row[0], row[1:]) for row in rows]
         spans.sort(key=lambda s: s.start_ns, reverse=True)
         return spans
+
+    def window(self, since_ns: int, until_ns: int, limit: int) -> _rollup.WindowRollup:
+        """Stage histograms, service-map edges and the decisions funnel of a window: the
+        roll-ups of its whole minutes before the roll-up watermark, and the spans after it
+        (at most `limit`, the newest)."""
+        first = since_ns // _MINUTE_NS
+        last = until_ns // _MINUTE_NS
+        boundary = min(self.rollup_watermark_ns // _MINUTE_NS, last + 1)
+        window = _rollup.read_window(self._reader(), first, boundary - 1)
+        if boundary <= last:
+            start = max(since_ns, boundary * _MINUTE_NS)
+            spans = self.spans_between(start - _TRACE_SLACK_NS, until_ns, limit)
+            window.spans_limited = len(spans) >= limit
+            _rollup.add_spans(window, spans, start)
+        return window
+
+    def decision_spans(self, since_ns: int, until_ns: int, limit: int) -> list[StoredSpan]:
+        """trading-bot's newest `decide` spans in the window (at most `limit`), each with the
+        spans of its trace in trading-bot (its sizing, risk check and order)."""
+        svc = self._lookup(_SERVICE, "trading-bot")
+        op = self._lookup(_OPERATION, "decide")
+        if svc is None or op is None:
+            return []
+        db = self._reader()
+        found = db.execute(
+            "SELECT DISTINCT t.tid, s.trace FROM spans s JOIN traces t ON t.id = s.trace "
+            "WHERE s.svc = ? AND s.op = ? AND s.start >= ? AND s.start <= ? "
+            "ORDER BY s.start DESC LIMIT ?",
+            (svc, op, since_ns, until_ns, limit),
+        ).fetchall()
+        out: list[StoredSpan] = []
+        for tid, ref in found:
+            out.extend(
+                self._span(tid, row)
+                for row in db.execute(
+                    f"SELECT {_SPAN_COLUMNS} FROM spans s WHERE s.trace = ? AND s.svc = ?",
+                    (ref, svc),
+                )
+            )
+        return out
 
     def stage_durations(self, since_ns: int, until_ns: int) -> dict[str, list[float]]:
         """Every stored span's duration in the window (sampled traces only: see

@@ -1,0 +1,213 @@
+"""Per-minute roll-ups: the window pages' numbers read from them equal the numbers computed span
+by span over the same stored spans (quantiles within the histogram's 2 % buckets), whatever
+part of the window is rolled up yet, after a clean restart and after a killed writer; and
+retention removes them with the spans they summarise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.infra.traceview import _analysis as analysis
+from backend.infra.traceview._rollup import (
+    NO_WATERMARK,
+    Histogram,
+    WindowRollup,
+    breakdown,
+)
+from backend.infra.traceview._sqlstore import SqliteSpanStore
+from backend.infra.traceview._store import StoredSpan
+from bench.collector import Traffic, payloads
+from tests.traceview.seed import seeded
+
+MINUTE_NS = 60 * 10**9
+REPO = Path(__file__).resolve().parents[2]
+
+
+def open_store(path: Path, **kw: Any) -> SqliteSpanStore:
+    kw.setdefault("hold_s", 0.0)
+    kw.setdefault("tick_sample_rate", 1.0)
+    kw.setdefault("noise_sample_rate", 1.0)
+    return SqliteSpanStore(path, **kw)
+
+
+def feed(store: SqliteSpanStore, now_ns: int, *, spans: int = 6_000, seed: int = 3) -> None:
+    """Bench traffic over the 8 minutes before the last one (through OTLP, in batches of 512,
+    so a trade's fill and stop traces come in later batches), and the pages' seed traces
+    (fills of resting orders, skipped decisions, noise) in the last minute."""
+    traffic = Traffic(seed, now_ns - 9 * MINUTE_NS, 8 * 60.0, spans)
+    for payload in payloads(traffic, spans):
+        assert store.ingest_otlp(payload)[1] == 0
+    store.ingest(seeded(now_ns)[0])
+
+
+def copy_of(spans: list[StoredSpan], digit: str) -> list[StoredSpan]:
+    """The seed's traces under other trace ids and order ids."""
+    for s in spans:
+        s.trace_id = digit + s.trace_id[1:]
+        s.links = [(digit + t[1:], sid) for t, sid in s.links]
+        s.attributes = {
+            k: f"{v}-{digit}" if isinstance(v, str) and v.startswith("qt-") else v
+            for k, v in s.attributes.items()
+        }
+    return spans
+
+
+def by_span(store: SqliteSpanStore, since: int, until: int) -> list[StoredSpan]:
+    return store.spans_between(since, until, 10**9)
+
+
+def assert_same_as_span_by_span(view: WindowRollup, spans: list[StoredSpan]) -> None:
+    rolled = {b.stage: b for b in breakdown(view)}
+    exact = {b.stage: b for b in analysis.stage_breakdown(spans)}
+    assert set(rolled) == set(exact)
+    assert analysis.TICK_TO_TRADE in rolled
+    for stage, want in exact.items():
+        got = rolled[stage]
+        assert got.count == want.count, stage
+        for part in ("wait", "service", "sql", "total"):
+            a, b = getattr(got, part), getattr(want, part)
+            assert set(a) == set(b), (stage, part)
+            for q, value in b.items():
+                assert a[q].value_ms == pytest.approx(value.value_ms, rel=0.011, abs=0.0015), (
+                    stage,
+                    part,
+                    q,
+                )
+    assert view.edges == analysis.edge_counts(spans)
+    assert analysis.funnel_rows(view.funnel) == analysis.funnel(analysis.decisions(spans), spans)
+
+
+def test_the_window_from_roll_ups_equals_the_span_by_span_answer(tmp_path: Path) -> None:
+    now = time.time_ns()
+    since, until = now - 15 * MINUTE_NS, now
+    with open_store(tmp_path / "s.sqlite") as store:
+        feed(store, now)
+        store.flush()
+        assert store.rollup_watermark_ns == NO_WATERMARK
+        view = store.window(since, until, 50_000)
+        assert view.rolled_minutes == 16 and view.spans_read == 0
+        spans = by_span(store, since, until)
+        assert_same_as_span_by_span(view, spans)
+        rows = {r.symbol: r for r in analysis.funnel_rows(view.funnel)}
+        assert any(r.filled for r in rows.values()), "a fill in a later trace is counted"
+        # Every number links to a stored example trace.
+        for b in breakdown(view):
+            for q in b.total.values():
+                assert store.trace(q.trace_id), b.stage
+
+
+def test_the_part_of_a_window_not_rolled_up_yet_is_read_from_the_spans(tmp_path: Path) -> None:
+    """Traces written but still settling are read span by span; the window adds them to the
+    roll-ups of the minutes before them, counting nothing twice."""
+    now = time.time_ns()
+    since, until = now - 15 * MINUTE_NS, now
+    with open_store(tmp_path / "s.sqlite", hold_s=3600.0) as store:
+        feed(store, now, spans=3_000)
+        store.flush()  # everything decided, written and rolled up
+        store.ingest(copy_of(seeded(now + 10**9)[0], "9"))  # a second later
+        store.flush(decide=False)  # important traces written, not settled (hold: an hour)
+        assert store.rollup_watermark_ns < NO_WATERMARK
+        view = store.window(since, until + 2 * 10**9, 50_000)
+        assert view.rolled_minutes > 0 and view.spans_read > 0
+        assert_same_as_span_by_span(view, by_span(store, since, until + 2 * 10**9))
+
+
+def test_roll_ups_survive_a_restart_and_a_killed_writer(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    now = time.time_ns()
+    since, until = now - 15 * MINUTE_NS, now + MINUTE_NS
+    with open_store(path) as store:
+        feed(store, now, spans=3_000)
+    with open_store(path) as store:
+        view = store.window(since, until, 50_000)
+        assert view.spans_read == 0
+        assert_same_as_span_by_span(view, by_span(store, since, until))
+    # A collector killed while traces settle: the spans are in the file, their roll-ups not.
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        from backend.infra.traceview._sqlstore import SqliteSpanStore
+        from tests.traceview.seed import seeded
+        from tests.traceview.test_rollup import copy_of
+        store = SqliteSpanStore({str(path)!r}, hold_s=3600.0, tick_sample_rate=1.0,
+                                noise_sample_rate=1.0)
+        store.ingest(copy_of(seeded({now + 2 * 10**9})[0], "7"))
+        store.flush(decide=False)
+        assert store.rollup_watermark_ns < {NO_WATERMARK}
+        os._exit(0)  # no close: what the writer held in memory is gone
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=os.environ, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    with open_store(path) as store:
+        assert store.rollup_watermark_ns == NO_WATERMARK  # rolled up again at start
+        view = store.window(since, until, 50_000)
+        assert view.spans_read == 0
+        spans = by_span(store, since, until)
+        assert any(s.trace_id.startswith("7") for s in spans)
+        assert_same_as_span_by_span(view, spans)
+
+
+def test_retention_by_age_removes_the_roll_ups_of_the_minutes_it_evicts(tmp_path: Path) -> None:
+    now = time.time_ns()
+    old = now - 3 * 3600 * 10**9
+    with open_store(tmp_path / "s.sqlite", max_age_s=3600.0) as store:
+        store.ingest(copy_of(seeded(old)[0], "5"))
+        store.ingest(seeded(now)[0])
+        store.flush()
+        assert store.window(old - 2 * MINUTE_NS, old, 50_000).stages == {}
+        assert store.window(old - 2 * MINUTE_NS, old, 50_000).funnel == {}
+        recent = store.window(now - 2 * MINUTE_NS, now, 50_000)
+        assert_same_as_span_by_span(recent, by_span(store, now - 2 * MINUTE_NS, now))
+
+
+def test_a_histogram_round_trips_with_an_example_trace_per_bucket() -> None:
+    h = Histogram()
+    for n in range(1, 1001):
+        h.add(n / 100, n.to_bytes(16, "big"))
+    h.add(0.0, b"\0" * 16)
+    again = Histogram.decode(h.encode())
+    assert again == h and again.count == 1001
+    q = again.quantiles()
+    assert q[0.5].value_ms == pytest.approx(5.0, rel=0.011)
+    assert q[0.999].value_ms == pytest.approx(10.0, rel=0.011)
+    # The example of a quantile is a trace whose sample is in that quantile's bucket.
+    example = int(q[0.99].trace_id, 16) / 100
+    assert example == pytest.approx(q[0.99].value_ms, rel=0.011)
+    assert Histogram.decode(b"") == Histogram()
+
+
+def test_the_window_pages_read_the_roll_ups(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from backend.infra.traceview import create_app
+
+    now = time.time_ns()
+    with open_store(tmp_path / "s.sqlite") as store:
+        feed(store, now, spans=2_000)
+        store.flush()
+        spans = by_span(store, now - 15 * MINUTE_NS, now)
+        client = TestClient(create_app(store, ingest_routes=[]))
+        stages = client.get("/stages?window=15m").text
+        assert "per-minute roll-ups of 16 minutes." in stages
+        assert analysis.TICK_TO_TRADE in stages and "/trace/" in stages
+        api = {row["stage"]: row for row in client.get("/api/stages?window=15m").json()["data"]}
+        assert {k: v["count"] for k, v in api.items()} == {
+            b.stage: b.count for b in analysis.stage_breakdown(spans)
+        }
+        decisions = client.get("/decisions?window=15m&q=LOW_CONFIDENCE").text
+        assert "SKIPPED LOW_CONFIDENCE: 1" in decisions and "gbm-7" in decisions
+        edges = client.get("/api/map?window=15m").json()["data"]
+        assert {(e["caller"], e["callee"]): e["requests"] for e in edges} == {
+            (a, b): n for (a, b, _), (n, _) in analysis.edge_counts(spans).items()
+        }
