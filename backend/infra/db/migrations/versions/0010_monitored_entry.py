@@ -2,7 +2,7 @@
 out of the JSON `stops` column into `entry_client_order_id` and `entry_traceparent`.
 
 Revision ID: 0010_monitored_entry
-Revises: 0008_monitored_positions
+Revises: 0009_outbox_claim
 Create Date: 2026-12-04 09:00:00.000000
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0010_monitored_entry"
-down_revision: str | None = "0008_monitored_positions"
+down_revision: str | None = "0009_outbox_claim"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

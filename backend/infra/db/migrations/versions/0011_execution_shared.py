@@ -1,7 +1,7 @@
 """execution's shared venue: the latest quote per symbol and the enforced trading state.
 
 Revision ID: 0011_execution_shared
-Revises: 0008_monitored_positions
+Revises: 0010_monitored_entry
 Create Date: 2026-12-04 09:00:00.000000
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011_execution_shared"
-down_revision: str | None = "0008_monitored_positions"
+down_revision: str | None = "0010_monitored_entry"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
