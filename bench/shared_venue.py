@@ -20,9 +20,11 @@ import itertools
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,6 +39,18 @@ from tests.support.riskstub import RiskStub
 TOKEN = "bench-shared-venue"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 CONFIGURATIONS = (("1 replica", 1, False), ("1 replica, shared", 1, True), ("2 replicas", 2, True))
+
+
+def answers(port: int, path: str, check: Callable[[Any], bool]) -> bool:
+    return check(httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10).json())
+
+
+def open_(state: Any) -> bool:
+    return bool(state["accepts"] == "ALL")
+
+
+def quoted(quotes: Any) -> bool:
+    return bool(quotes)
 
 
 @contextmanager
@@ -73,20 +87,10 @@ def replicas(
                     )
                 )
             for port in ports:
-                wait_until(
-                    lambda port=port: (
-                        httpx.get(f"http://127.0.0.1:{port}/risk/state").json()["accepts"] == "ALL"
-                    ),
-                    60,
-                    "the ACTIVE state",
-                )
+                wait_until(partial(answers, port, "/risk/state", open_), 60, "the ACTIVE state")
             publish_ticks(redis_url, prefix, market_tick(*CALM))
             for port in ports:
-                wait_until(
-                    lambda port=port: httpx.get(f"http://127.0.0.1:{port}/quotes").json() != [],
-                    30,
-                    "the first quote",
-                )
+                wait_until(partial(answers, port, "/quotes", quoted), 30, "the first quote")
             yield ports
     finally:
         delete_prefixed(redis_url, prefix)
