@@ -73,6 +73,7 @@ from .riskstate import (
 )
 from .settings import ExecutionSettings
 from .store import (
+    LockConnection,
     OrderStore,
     Recorded,
     Report,
@@ -407,15 +408,15 @@ class OrderDesk:
             if self._venue_lock is None:
                 yield
                 return
-            async with self._venue_lock.hold():
+            async with self._venue_lock.hold() as conn:
                 if catch_up:
-                    await self._catch_up()
+                    await self._catch_up(conn)
                 # What this section writes moves `_seen_version` (see `_wrote`).
                 yield
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, conn: LockConnection | None) -> None:
         """Take in the orders, fills, quotes and trading state other replicas wrote."""
-        shared = await self.store.catch_up(self._seen_version, self._fill_sequence)
+        shared = await self.store.catch_up(self._seen_version, self._fill_sequence, conn)
         if shared.changes is not None:
             self._resume(shared.changes)
         self.venue.take_quotes(shared.quotes)

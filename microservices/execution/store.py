@@ -71,6 +71,9 @@ class Report:
     risk_decision_id: str | None = None
 
 
+LockConnection = AsyncConnection
+"""The connection that holds the VenueLock (PostgreSQL), for reads under it."""
+
 VENUE_KEY = "venue"
 """The one row of `execution_risk_states`: the venue every replica shares."""
 
@@ -93,15 +96,17 @@ class VenueLock:
         self._conn: AsyncConnection | None = None
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self) -> AsyncIterator[AsyncConnection | None]:
+        """Hold the lock; on PostgreSQL, yields the connection holding it (in autocommit), on
+        which reads under the lock save a pool check-out and a transaction."""
         engine = self._resources.engine
         if engine.url.get_backend_name() == "postgresql":
-            async with self._pg_lock():
-                yield
+            async with self._pg_lock() as conn:
+                yield conn
             return
         database = engine.url.database
         if not database or database == ":memory:":
-            yield  # one process alone can open an in-memory database
+            yield None  # one process alone can open an in-memory database
             return
         fd = self._lock_file(Path(f"{database}.venue.lock")).fileno()
         taking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
@@ -112,7 +117,7 @@ class VenueLock:
             taking.add_done_callback(lambda _t: fcntl.flock(fd, fcntl.LOCK_UN))
             raise
         try:
-            yield
+            yield None
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -123,7 +128,7 @@ class VenueLock:
         return self._file
 
     @asynccontextmanager
-    async def _pg_lock(self) -> AsyncIterator[None]:
+    async def _pg_lock(self) -> AsyncIterator[AsyncConnection]:
         # One connection of its own, kept open and in autocommit: taking and giving back the
         # lock is one round trip each, with no transaction around it.
         key = {"key": _PG_VENUE_LOCK_KEY}
@@ -138,7 +143,7 @@ class VenueLock:
                 await self._drop()
                 raise
         try:
-            yield
+            yield conn
         finally:
             try:
                 await conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
@@ -372,11 +377,16 @@ class OrderStore:
                 await session.scalar(select(func.coalesce(func.max(OrderEventRow.id), 0))) or 0
             )
 
-    async def catch_up(self, version: int, fill_sequence: int) -> SharedState:
+    async def catch_up(
+        self, version: int, fill_sequence: int, conn: AsyncConnection | None = None
+    ) -> SharedState:
         """In one read: every symbol's latest quote, the enforced trading state and, if any
         order changed since `version` (the newest transition id seen), what did: the fills
-        after `fill_sequence` and every open order as it is now, with all its fills."""
-        async with self._resources.session() as session:
+        after `fill_sequence` and every open order as it is now, with all its fills.
+
+        `conn` is the connection holding the VenueLock, if any: under the lock nothing
+        changes these rows, so reading them outside a transaction is one consistent view."""
+        async with self._reading(conn) as session:
             now = int(
                 await session.scalar(select(func.coalesce(func.max(OrderEventRow.id), 0))) or 0
             )
@@ -412,6 +422,16 @@ class OrderStore:
             now, fills, [StoredOrder(r, tuple(by_order.get(r.id, ()))) for r in rows]
         )
         return SharedState(quotes, risk, changes)
+
+    @asynccontextmanager
+    async def _reading(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncSession]:
+        if conn is None:
+            async with self._resources.session() as session:
+                yield session
+            return
+        with translate_errors("catch-up"):
+            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                yield session
 
     async def save_quote(self, quote: Quote) -> bool:
         """Keep `quote` as its symbol's latest, unless the one kept is newer (False then)."""
