@@ -72,7 +72,16 @@ from .riskstate import (
     request_reduces,
 )
 from .settings import ExecutionSettings
-from .store import OrderStore, Report, StoredOrder, StoredRiskState, VenueChanges, VenueLock
+from .store import (
+    LockConnection,
+    OrderStore,
+    Recorded,
+    Report,
+    StoredOrder,
+    StoredRiskState,
+    VenueChanges,
+    VenueLock,
+)
 
 ORDER_FIELD_NAMES = (
     "client_order_id",
@@ -399,23 +408,17 @@ class OrderDesk:
             if self._venue_lock is None:
                 yield
                 return
-            async with self._venue_lock.hold():
-                try:
-                    if catch_up:
-                        await self._catch_up()
-                    yield
-                finally:
-                    try:
-                        self._seen_version = await self.store.venue_version()
-                    except DatabaseError:
-                        self._seen_version = -1  # the next holder reads everything open
+            async with self._venue_lock.hold() as conn:
+                if catch_up:
+                    await self._catch_up(conn)
+                # What this section writes moves `_seen_version` (see `_wrote`).
+                yield
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, conn: LockConnection | None) -> None:
         """Take in the orders, fills, quotes and trading state other replicas wrote."""
-        shared = await self.store.shared_state()
-        changes = await self.store.changes_since(self._seen_version, self._fill_sequence)
-        if changes is not None:
-            self._resume(changes)
+        shared = await self.store.catch_up(self._seen_version, self._fill_sequence, conn)
+        if shared.changes is not None:
+            self._resume(shared.changes)
         self.venue.take_quotes(shared.quotes)
         for quote in shared.quotes:
             held = self._quotes.get(quote.symbol)
@@ -660,6 +663,8 @@ class OrderDesk:
                 for st in staged:
                     st.ask.future.set_exception(exc)
                 return
+        if recorded:
+            self._wrote(recorded[-1])
         for st, written in zip(staged, recorded, strict=True):
             if written.fill_sequence is not None:
                 self._fill_sequence = max(self._fill_sequence, written.fill_sequence)
@@ -1054,11 +1059,18 @@ class OrderDesk:
             except DatabaseError:
                 self.log.exception("venue rebuild failed; retrying on the next call")
             raise
+        self._wrote(recorded)
         if recorded.fill_sequence is not None:
             self._fill_sequence = max(self._fill_sequence, recorded.fill_sequence)
         for record in report.events:
             metrics.ORDERS.labels(record.to_status.value).inc()
         self._update_gauges()
+
+    def _wrote(self, recorded: Recorded) -> None:
+        # Written under the lock across replicas, on top of everything caught up: the newest
+        # transition now is this replica's own.
+        if self._venue_lock is not None:
+            self._seen_version = max(self._seen_version, recorded.last_event_id)
 
     def _observe_fill(self, fill: Fill, order: Order) -> None:
         self._traded.add(fill.symbol)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.infra.db import translate_errors
 from backend.infra.db.models import (
@@ -56,6 +56,8 @@ class Recorded:
 
     fill_sequence: int | None
     order: StoredOrder | None
+    last_event_id: int = 0
+    """The highest order transition id written (the shared venue's version after it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,9 @@ class Report:
     traceparent: str | None = None
     risk_decision_id: str | None = None
 
+
+LockConnection = AsyncConnection
+"""The connection that holds the VenueLock (PostgreSQL), for reads under it."""
 
 VENUE_KEY = "venue"
 """The one row of `execution_risk_states`: the venue every replica shares."""
@@ -88,17 +93,20 @@ class VenueLock:
     def __init__(self, resources: Resources) -> None:
         self._resources = resources
         self._file: IO[bytes] | None = None
+        self._conn: AsyncConnection | None = None
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self) -> AsyncIterator[AsyncConnection | None]:
+        """Hold the lock; on PostgreSQL, yields the connection holding it (in autocommit), on
+        which reads under the lock save a pool check-out and a transaction."""
         engine = self._resources.engine
         if engine.url.get_backend_name() == "postgresql":
-            async with self._pg_lock():
-                yield
+            async with self._pg_lock() as conn:
+                yield conn
             return
         database = engine.url.database
         if not database or database == ":memory:":
-            yield  # one process alone can open an in-memory database
+            yield None  # one process alone can open an in-memory database
             return
         fd = self._lock_file(Path(f"{database}.venue.lock")).fileno()
         taking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
@@ -109,7 +117,7 @@ class VenueLock:
             taking.add_done_callback(lambda _t: fcntl.flock(fd, fcntl.LOCK_UN))
             raise
         try:
-            yield
+            yield None
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -120,37 +128,42 @@ class VenueLock:
         return self._file
 
     @asynccontextmanager
-    async def _pg_lock(self) -> AsyncIterator[None]:
-        engine = self._resources.engine
+    async def _pg_lock(self) -> AsyncIterator[AsyncConnection]:
+        # One connection of its own, kept open and in autocommit: taking and giving back the
+        # lock is one round trip each, with no transaction around it.
+        key = {"key": _PG_VENUE_LOCK_KEY}
         with translate_errors("venue lock"):
-            conn = await engine.connect()
-        try:
-            with translate_errors("venue lock"):
-                await conn.execute(
-                    text("SELECT pg_advisory_lock(:key)"), {"key": _PG_VENUE_LOCK_KEY}
-                )
-                await conn.commit()
+            if self._conn is None:
+                conn = await self._resources.engine.connect()
+                self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn = self._conn
             try:
-                yield
-            finally:
-                try:
-                    await conn.execute(
-                        text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_VENUE_LOCK_KEY}
-                    )
-                    await conn.commit()
-                except BaseException:
-                    # A connection that may still hold the lock never goes back to the pool:
-                    # closing it ends its session, which releases the lock.
-                    await conn.invalidate()
-                    raise
+                await conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
+            except BaseException:
+                await self._drop()
+                raise
+        try:
+            yield conn
         finally:
+            try:
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+            except BaseException:
+                # A connection that may still hold the lock is closed: ending its session
+                # releases the lock.
+                await self._drop()
+                raise
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.invalidate()
             await conn.close()
 
 
 @dataclass(frozen=True, slots=True)
 class VenueChanges:
     """What other replicas wrote since a replica last held the venue: the fills after its
-    fill sequence, and every open order with its fills (None when nothing changed)."""
+    fill sequence, and every open order with its fills; `version` is the newest transition."""
 
     version: int
     fills: list[FillRecord]
@@ -159,10 +172,12 @@ class VenueChanges:
 
 @dataclass(frozen=True, slots=True)
 class SharedState:
-    """The shared venue's latest quotes and the signed trading state enforced on it."""
+    """The shared venue's latest quotes, the signed trading state enforced on it, and the
+    orders and fills changed since the reader's version (None if none)."""
 
     quotes: list[Quote]
     risk: StoredRiskState | None
+    changes: VenueChanges | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +234,12 @@ class OrderStore:
             last = last_fill_sequence
             if last is None and report.fills:
                 last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
-            fill_rows, _ = _write_children(session, outbox, item, row, int(last or 0))
+            fill_rows, _, event_rows = _write_children(session, outbox, item, row, int(last or 0))
+            await session.flush()  # the transitions' ids
         sequences = [f.id for f in fill_rows]
-        return Recorded(max(sequences, default=None), None)
+        return Recorded(
+            max(sequences, default=None), None, max((e.id for e in event_rows), default=0)
+        )
 
     async def record_new(
         self, items: Sequence[Report], *, outbox: Outbox, last_fill_sequence: int | None
@@ -243,9 +261,13 @@ class OrderStore:
                 last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
             last = int(last or 0)
             written: list[tuple[OrderRecord, list[FillRecord]]] = []
+            event_ids: list[OrderEventRow] = []
             for row, item in zip(rows, items, strict=True):
-                fill_rows, last = _write_children(session, outbox, item, row, last)
+                fill_rows, last, event_rows = _write_children(session, outbox, item, row, last)
                 written.append((row, fill_rows))
+                event_ids += event_rows
+            await session.flush()  # the transitions' ids
+            last_event_id = max((e.id for e in event_ids), default=0)
             dialect = session.get_bind().dialect.name
         recorded = []
         for (row, fill_rows), item in zip(written, items, strict=True):
@@ -253,7 +275,9 @@ class OrderStore:
             # As `get` reads it back: the last rejection's or cancellation's reason.
             reasons = [e.reason for e in item.report.events if e.kind.value in ("REJECT", "CANCEL")]
             stored = StoredOrder(row, tuple(fill_rows), (reasons[-1] if reasons else None) or "")
-            recorded.append(Recorded(max((f.id for f in fill_rows), default=None), stored))
+            recorded.append(
+                Recorded(max((f.id for f in fill_rows), default=None), stored, last_event_id)
+            )
         return recorded
 
     async def get_many(self, client_order_ids: Sequence[str]) -> dict[str, StoredOrder]:
@@ -353,15 +377,34 @@ class OrderStore:
                 await session.scalar(select(func.coalesce(func.max(OrderEventRow.id), 0))) or 0
             )
 
-    async def changes_since(self, version: int, fill_sequence: int) -> VenueChanges | None:
-        """What was written since `version` (None if nothing): the fills after
-        `fill_sequence` and the open orders as they are now, each with all its fills."""
-        async with self._resources.session() as session:
+    async def catch_up(
+        self, version: int, fill_sequence: int, conn: AsyncConnection | None = None
+    ) -> SharedState:
+        """In one read: every symbol's latest quote, the enforced trading state and, if any
+        order changed since `version` (the newest transition id seen), what did: the fills
+        after `fill_sequence` and every open order as it is now, with all its fills.
+
+        `conn` is the connection holding the VenueLock, if any: under the lock nothing
+        changes these rows, so reading them outside a transaction is one consistent view."""
+        async with self._reading(conn) as session:
             now = int(
                 await session.scalar(select(func.coalesce(func.max(OrderEventRow.id), 0))) or 0
             )
+            quotes = [
+                Quote(Symbol(q.symbol), q.bid, q.ask, q.last, q.volume, q.ts_ms)
+                for q in await session.scalars(select(ExecutionQuote))
+            ]
+            row = await session.get(ExecutionRiskState, VENUE_KEY)
+            risk = None
+            if row is not None:
+                risk = StoredRiskState(
+                    SignedState(row.state, row.epoch, row.token),
+                    row.source,
+                    row.reason,
+                    row.verified_at_ms,
+                )
             if now == version:
-                return None
+                return SharedState(quotes, risk, None)
             fills = list(
                 await session.scalars(
                     select(FillRecord).where(FillRecord.id > fill_sequence).order_by(FillRecord.id)
@@ -375,27 +418,20 @@ class OrderStore:
                 )
             )
             by_order = await self._fills_of(session, [r.id for r in rows])
-        return VenueChanges(
+        changes = VenueChanges(
             now, fills, [StoredOrder(r, tuple(by_order.get(r.id, ()))) for r in rows]
         )
+        return SharedState(quotes, risk, changes)
 
-    async def shared_state(self) -> SharedState:
-        """Every symbol's latest quote and the enforced trading state, in one read."""
-        async with self._resources.session() as session:
-            quotes = [
-                Quote(Symbol(q.symbol), q.bid, q.ask, q.last, q.volume, q.ts_ms)
-                for q in await session.scalars(select(ExecutionQuote))
-            ]
-            row = await session.get(ExecutionRiskState, VENUE_KEY)
-        risk = None
-        if row is not None:
-            risk = StoredRiskState(
-                SignedState(row.state, row.epoch, row.token),
-                row.source,
-                row.reason,
-                row.verified_at_ms,
-            )
-        return SharedState(quotes, risk)
+    @asynccontextmanager
+    async def _reading(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncSession]:
+        if conn is None:
+            async with self._resources.session() as session:
+                yield session
+            return
+        with translate_errors("catch-up"):
+            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                yield session
 
     async def save_quote(self, quote: Quote) -> bool:
         """Keep `quote` as its symbol's latest, unless the one kept is newer (False then)."""
@@ -507,30 +543,29 @@ def _new_row(item: Report) -> OrderRecord:
 
 def _write_children(
     session: AsyncSession, outbox: Outbox, item: Report, row: OrderRecord, last_fill: int
-) -> tuple[list[FillRecord], int]:
+) -> tuple[list[FillRecord], int, list[OrderEventRow]]:
     """Add one report's transitions, fills and events under the order `row` (flushed, so its
-    id is known); the fill rows and the highest fill sequence now used."""
+    id is known); the fill rows, the highest fill sequence now used, the transition rows."""
     report = item.report
     trace_id = item.traceparent.split("-")[1] if item.traceparent else None
-    session.add_all(
-        [
-            OrderEventRow(
-                order_id=row.id,
-                client_order_id=event.client_order_id,
-                sequence=event.sequence,
-                kind=event.kind.value,
-                from_status=event.from_status.value if event.from_status else None,
-                to_status=event.to_status.value,
-                filled_quantity=event.filled_quantity,
-                fill_quantity=event.fill_quantity,
-                fill_price=event.fill_price,
-                reason=event.reason,
-                trace_id=trace_id,
-                occurred_at=to_datetime(event.ts_ms),
-            )
-            for event in report.events
-        ]
-    )
+    event_rows = [
+        OrderEventRow(
+            order_id=row.id,
+            client_order_id=event.client_order_id,
+            sequence=event.sequence,
+            kind=event.kind.value,
+            from_status=event.from_status.value if event.from_status else None,
+            to_status=event.to_status.value,
+            filled_quantity=event.filled_quantity,
+            fill_quantity=event.fill_quantity,
+            fill_price=event.fill_price,
+            reason=event.reason,
+            trace_id=trace_id,
+            occurred_at=to_datetime(event.ts_ms),
+        )
+        for event in report.events
+    ]
+    session.add_all(event_rows)
     # A fill row's id is the venue's fill sequence, which its order.filled carries. It is
     # numbered here, inside the transaction that writes the fills, rather than by the
     # database's autoincrement: a rolled-back transaction burns sequence values on
@@ -544,7 +579,7 @@ def _write_children(
     sequences = {f.fill_id: f.id for f in fill_rows}
     for announcement in item.events:
         outbox.add(session, _with_sequence(announcement, sequences))
-    return fill_rows, last_fill
+    return fill_rows, last_fill, event_rows
 
 
 def fill_record(fill: Fill, order_id: int) -> FillRecord:
