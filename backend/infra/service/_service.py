@@ -405,7 +405,7 @@ def resources_of(request: Request) -> Resources:
 
 
 @functools.cache
-def provided(kind: type[T]) -> Callable[[Request], T]:
+def provided(kind: type[T]) -> Callable[[Request], Awaitable[T]]:
     """FastAPI dependency on the object the service provided as `kind` (`Service.provide`).
 
         Desk = Annotated[OrderDesk, Depends(provided(OrderDesk))]
