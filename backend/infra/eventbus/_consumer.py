@@ -139,7 +139,9 @@ class EventConsumer:
     by the group is acknowledged without running the handler again.
 
     Handlers run one at a time, in stream order except for retried entries; each runs inside
-    a CONSUMER span `process {stream}` that continues the producer's trace.
+    a CONSUMER span `process {stream}` that continues the producer's trace. A batch handler
+    (`subscribe_batch`) gets the entries of one read together, with the same guarantees per
+    entry.
     """
 
     def __init__(

@@ -205,7 +205,12 @@ class Outbox:
             if failures == 0:
                 while self._covered >= self._committed:
                     self._wake.clear()
-                    await self._wake.wait()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self._settings.claim_s)
+                    except TimeoutError:
+                        # Idle for a claim's length: rows a dead relay (another replica)
+                        # claimed are free again, and no commit here would wake us for them.
+                        break
             try:
                 await self._drain()
             except Exception:  # recorded by _drain; back off and try again

@@ -147,7 +147,7 @@ async def test_the_rows_of_a_dead_relay_are_taken_over_once_its_claim_expires(
     client: Redis,
     settings: EventBusSettings,
 ) -> None:
-    short = OutboxSettings(publish_timeout_s=0.2, claim_s=1.0)
+    short = OutboxSettings(publish_timeout_s=1.0, claim_s=1.5)
     dead = Outbox(
         sessions,
         EventPublisher(client, "execution", settings),
@@ -179,6 +179,31 @@ async def test_the_rows_of_a_dead_relay_are_taken_over_once_its_claim_expires(
     assert {(r.claimed_by, r.published_at is not None) for r in rows} == {
         ("execution@replica-2", True)
     }
+
+
+async def test_an_idle_relay_takes_over_a_dead_relays_rows_without_a_commit_of_its_own(
+    sessions: async_sessionmaker[AsyncSession],
+    other_sessions: async_sessionmaker[AsyncSession],
+    client: Redis,
+    settings: EventBusSettings,
+) -> None:
+    short = OutboxSettings(publish_timeout_s=1.0, claim_s=1.5)
+    publisher = EventPublisher(client, "execution", settings)
+    dead = Outbox(sessions, publisher, source="execution", settings=short, relay_id="x@1")
+    alive = Outbox(other_sessions, publisher, source="execution", settings=short, relay_id="x@2")
+    traces = await commit_each_in_its_trace(dead, sessions, range(3))
+    assert len(await dead._claim_batch()) == 3  # then the process died, before publishing
+    relay = asyncio.create_task(alive.run_relay(), name="test-outbox-relay")
+    try:
+
+        async def published() -> bool:
+            return {e["id"] for e in await envelopes(client, settings)} == set(traces)
+
+        await eventually(published, 10, "the dead relay's rows published by the idle one")
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+    assert not await unpublished(sessions)
 
 
 async def test_the_relay_id_is_the_source_at_the_replica_name(client: Redis) -> None:

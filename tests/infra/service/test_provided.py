@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
+import fastapi.dependencies.utils as fastapi_dependencies
 import pytest
 from fastapi import APIRouter, Depends
 from fastapi.testclient import TestClient
@@ -145,3 +146,19 @@ def test_the_bus_and_database_of_a_service_built_without_them_say_so() -> None:
             getattr(resources, attribute)
     assert resources.consumer is None
     assert resources.http is None
+
+
+def test_provided_objects_reach_routes_on_the_event_loop_not_through_the_thread_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hops: list[object] = []
+    run_in_threadpool = fastapi_dependencies.run_in_threadpool
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_in_threadpool(func, *args, **kwargs)
+
+    monkeypatch.setattr(fastapi_dependencies, "run_in_threadpool", counted)
+    with running(counting_service("provided-on-the-loop", Counter(41))) as client:
+        assert client.get("/count").json() == {"value": 41}
+    assert hops == []
