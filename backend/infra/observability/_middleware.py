@@ -261,27 +261,53 @@ def _json(value: str | None) -> str:
 
 
 def _format_access_line(record: tuple[Any, ...]) -> str:
-    """One JSON access line from a queued record (a dict + orjson costs twice as much)."""
+    """One JSON access line from a queued record (a dict + orjson costs twice as much).
+
+    The parts that depend on the method, path, route and status, and the client's address,
+    are formatted once and reused: a service answers the same few requests over and over."""
     ts, method, path, route, status, elapsed, trace_id, span_id, flags, client = record
     otlp = _state.OTLP_LOGS[0]
     if otlp is not None:
         otlp.add(_access_log_record(record))
-    ids = (
-        f'"trace_id":"{trace_id:032x}","span_id":"{span_id:016x}","trace_flags":"{flags:02x}"'
-        if trace_id
-        else '"trace_id":null,"span_id":null,"trace_flags":null'
-    )
+    resource = _state.RESOURCE_JSON[0]
+    key = (method, path, route, status)
+    parts = _LINE_PARTS.get(key)
+    if parts is None or parts[0] is not resource:
+        if len(_LINE_PARTS) >= _LINE_PARTS_MAX:
+            _LINE_PARTS.clear()
+        parts = _LINE_PARTS[key] = (
+            resource,
+            f'","level":"INFO","logger":"access",'
+            f'"message":{_json(f"{method} {path} {status}")},{resource},',
+            f',"http.request.method":{_json(method)},'
+            f'"url.path":{_json(path)},'
+            f'"http.route":{_json(route)},'
+            f'"http.response.status_code":{status},'
+            f'"duration_ms":',
+        )
+    host = client[0] if client else None
+    address = _CLIENTS.get(host)
+    if address is None:
+        if len(_CLIENTS) >= _LINE_PARTS_MAX:
+            _CLIENTS.clear()
+        address = _CLIENTS[host] = f',"client.address":{_json(host)}}}\n'
+    if trace_id:
+        return (
+            f'{{"time":"{utc_timestamp(ts)}{parts[1]}"trace_id":"{trace_id:032x}",'
+            f'"span_id":"{span_id:016x}",{_FLAGS[flags]}{parts[2]}{elapsed * 1000.0:.3f}{address}'
+        )
     return (
-        f'{{"time":"{utc_timestamp(ts)}","level":"INFO","logger":"access",'
-        f'"message":{_json(f"{method} {path} {status}")},'
-        f"{_state.RESOURCE_JSON[0]},{ids},"
-        f'"http.request.method":{_json(method)},'
-        f'"url.path":{_json(path)},'
-        f'"http.route":{_json(route)},'
-        f'"http.response.status_code":{status},'
-        f'"duration_ms":{elapsed * 1000.0:.3f},'
-        f'"client.address":{_json(client[0] if client else None)}}}\n'
+        f'{{"time":"{utc_timestamp(ts)}{parts[1]}"trace_id":null,"span_id":null,'
+        f'"trace_flags":null{parts[2]}{elapsed * 1000.0:.3f}{address}'
     )
+
+
+# Formatted access-line parts by (method, path, route, status), and the `client.address`
+# field by host. Bounded: emptied when full (a path with ids in it fills it; still correct).
+_LINE_PARTS: dict[tuple[str, str, str | None, int], tuple[str, str, str]] = {}
+_CLIENTS: dict[str | None, str] = {}
+_LINE_PARTS_MAX = 1024
+_FLAGS = tuple(f'"trace_flags":"{n:02x}"' for n in range(256))
 
 
 def _access_log_record(record: tuple[Any, ...]) -> tuple[int, int, str, dict[str, Any]]:

@@ -757,21 +757,26 @@ if HAS_SDK:
             if isinstance(started, ServerSpan):
                 _notify_start(rt, started, parent)
             return started
-        sampled = rt.should_sample(trace_id, parent)
-        # Level 2's random flag says the trace id is random: set for the traces we start (as
-        # the SDK does), kept as received for the traces we continue.
-        random_flag = parent.trace_flags & 0x02 if parent is not None else 0x02
-        ctx = otel_trace.SpanContext(
-            trace_id,
-            span_id,
-            is_remote=False,
-            trace_flags=_FLAGS[random_flag | sampled],
-            trace_state=trace_state,
-        )
+        if parent is not None:
+            parent_flags = parent[3]
+            sampled = (
+                parent_flags & 0x01
+                if rt.parent_based
+                else (trace_id & _TRACE_ID_MASK) < rt.sampled_bound
+            )
+            # Level 2's random flag says the trace id is random: set for the traces we start
+            # (as the SDK does), kept as received for the traces we continue.
+            flags = _FLAGS[(parent_flags & 0x02) | sampled]
+        else:
+            sampled = (trace_id & _TRACE_ID_MASK) < rt.sampled_bound
+            flags = _FLAGS[0x02 | sampled]
+            trace_state = _EMPTY_STATE
+        ctx = _new_span_context(trace_id, span_id, flags, trace_state)
         if not sampled:
             return otel_trace.NonRecordingSpan(ctx)
         span = ServerSpan(rt, name, ctx, parent, make_attributes(), time.time_ns())
-        _notify_start(rt, span, parent)
+        if rt.start_processors():
+            _notify_start(rt, span, parent)
         return span
 
     _SCOPES: dict[tuple[str, Any], Any] = {}
@@ -831,7 +836,8 @@ if HAS_SDK:
             _notify_start(rt, span, parent)
         return span
 
-    _EMPTY_STATE = otel_trace.TraceState()
+    from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _EMPTY_STATE
+
     _new_tuple = tuple.__new__
     _SpanContext = otel_trace.SpanContext
 

@@ -132,3 +132,26 @@ def test_one_access_line_per_request_per_side_under_the_uvicorn_cli(tmp_path: Pa
 def test_client_access_lines_can_be_turned_down() -> None:
     assert load_config("s", env={"CLIENT_ACCESS_LOG": "false"}).client_access_log is False
     assert load_config("s", env={}).client_access_log is True
+
+
+def test_access_line_parts_are_reused_within_a_bound_and_follow_the_resource() -> None:
+    from backend.infra.observability import _middleware, _state
+
+    def line(path: str, trace_id: int = 0) -> dict[str, object]:
+        record = (1.5, "GET", path, "/items/{id}", 200, 0.00125, trace_id, 7, 1, ("10.0.0.1", 1))
+        parsed_line: dict[str, object] = json.loads(_middleware._format_access_line(record))
+        return parsed_line
+
+    for n in range(_middleware._LINE_PARTS_MAX + 10):
+        assert line(f"/items/{n}")["url.path"] == f"/items/{n}"
+    assert len(_middleware._LINE_PARTS) <= _middleware._LINE_PARTS_MAX
+    first = line('/items/"q"', trace_id=0xABC)
+    assert first["message"] == 'GET /items/"q" 200'
+    assert first["trace_id"] == f"{0xABC:032x}" and first["trace_flags"] == "01"
+    assert first["duration_ms"] == 1.25 and first["client.address"] == "10.0.0.1"
+    previous = _state.RESOURCE_JSON[0]
+    try:
+        _state.RESOURCE_JSON[0] = '"service.name":"renamed"'
+        assert line('/items/"q"')["service.name"] == "renamed"  # not the cached part's
+    finally:
+        _state.RESOURCE_JSON[0] = previous
