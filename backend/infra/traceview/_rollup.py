@@ -217,7 +217,9 @@ def rows_of(
         row.n += 1
         row.errors += int(error)
     low = since_ns if since_ns is not None else -1
-    decisions = [d for d in analysis.decisions(spans) if d.time_ns >= low]
+    # A decision reads its span and its children in trading-bot: only those are looked at.
+    bot = [s for s in spans if s.service == "trading-bot"]
+    decisions = [d for d in analysis.decisions(bot) if d.time_ns >= low]
     known = decided if decided is not None else {}
     for d in decisions:
         minute = d.time_ns // MINUTE_NS
