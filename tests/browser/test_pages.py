@@ -146,7 +146,8 @@ def test_tick_to_trade_numbers_lead_to_example_traces(
     assert cells.count() == 14
     assert cells.nth(1).inner_text() == "2"
     sql_p99 = cells.nth(9)
-    assert float(sql_p99.inner_text()) == pytest.approx(25.0)
+    # The middle of its histogram bucket: within 1 % of the slow trade's 25 ms of SQL.
+    assert float(sql_p99.inner_text()) == pytest.approx(25.0, rel=0.011)
     shot(page, artifacts, "stages")
     sql_p99.locator("a").click()
     page.wait_for_url(re.compile(f"/trace/{seed.SLOW}"))

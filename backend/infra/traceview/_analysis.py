@@ -387,7 +387,7 @@ def stage_samples(
     spans: Sequence[StoredSpan],
     *,
     since_ns: int | None = None,
-    others: Mapping[tuple[str, str], StoredSpan] | None = None,
+    others: Mapping[tuple[Any, Any], Any] | None = None,
 ) -> Samples:
     """The samples behind `stage_breakdown`: per entry span (a SERVER or CONSUMER span, or a
     span entering a service) its stream wait, service time, SQL time and total, and per trace
@@ -774,7 +774,7 @@ def edge_calls(
     spans: Sequence[StoredSpan],
     *,
     since_ns: int | None = None,
-    others: Mapping[tuple[str, str], StoredSpan] | None = None,
+    others: Mapping[tuple[Any, Any], Any] | None = None,
 ) -> Iterator[tuple[tuple[str, str, str], bool, int]]:
     """Each call on a service-map edge: ((caller, callee, kind), error, start ns of the callee
     span), for callee spans (or SQL statements) starting at or after `since_ns`; `others`

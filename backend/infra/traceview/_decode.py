@@ -42,6 +42,26 @@ Record = tuple[Any, ...]
 12 events/links/status message as JSON or None, 13 linked trace ids, 14 resource as JSON,
 15 importance (an `Importance` value), 16 histogram bucket of the duration."""
 
+MINUTE_NS = 60_000_000_000
+
+
+class Records(list[Record]):
+    """The records of one request, with `received`: per (minute, service, name, histogram
+    bucket) the number of its spans, the stage histogram's input counted here rather than by
+    the store's writer."""
+
+    received: dict[tuple[int, str, str, int], int]
+
+
+def received_of(records: list[Record]) -> dict[tuple[int, str, str, int], int]:
+    counts: dict[tuple[int, str, str, int], int] = {}
+    get = counts.get
+    for rec in records:
+        key = (rec[6] // MINUTE_NS, rec[3], rec[4], rec[16])
+        counts[key] = get(key, 0) + 1
+    return counts
+
+
 _SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
 
 
@@ -127,9 +147,9 @@ def _shared(text: str) -> str:
     return found
 
 
-def records_of(request: Any) -> list[Record]:
+def records_of(request: Any) -> Records:
     """The spans of a parsed `ExportTraceServiceRequest`, as records."""
-    out: list[Record] = []
+    out = Records()
     append = out.append
     shapes = _shapes.get
     shared = _shared
@@ -184,6 +204,7 @@ def records_of(request: Any) -> list[Record]:
                         bucket_of(t1 - t0),
                     )
                 )
+    out.received = received_of(out)
     return out
 
 
@@ -239,7 +260,7 @@ def record_of_parts(
     )
 
 
-def _decode_in_child(payload: bytes) -> list[Record]:
+def _decode_in_child(payload: bytes) -> Records:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
@@ -296,7 +317,7 @@ class Decoder:
         pool.submit(_warm).result(timeout=60)
         return pool
 
-    def submit(self, payload: bytes, request: Any) -> Future[list[Record]]:
+    def submit(self, payload: bytes, request: Any) -> Future[Records]:
         pool = self._pool
         if pool is not None:
             try:
@@ -304,7 +325,7 @@ class Decoder:
             except (BrokenProcessPool, RuntimeError):
                 log.warning("the OTLP decoder process is gone; starting another")
                 self._restart(pool)
-        done: Future[list[Record]] = Future()
+        done: Future[Records] = Future()
         done.set_result(records_of(request))
         return done
 
@@ -318,7 +339,7 @@ class Decoder:
                     log.exception("cannot start an OTLP decoder process; decoding in-thread")
                     self._pool = None
 
-    def result(self, future: Future[list[Record]], payload: bytes) -> list[Record]:
+    def result(self, future: Future[Records], payload: bytes) -> Records:
         """The records of a submitted request; decoded here if its child died."""
         try:
             return future.result()

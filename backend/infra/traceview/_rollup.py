@@ -34,9 +34,9 @@ import math
 import sqlite3
 import struct
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import _analysis as analysis
 from ._store import StoredSpan
@@ -173,10 +173,10 @@ RowKey = tuple[int, str, str]
 
 
 def rows_of(
-    spans: Sequence[StoredSpan],
+    spans: Sequence[Any],
     *,
     since_ns: int | None = None,
-    others: dict[tuple[str, str], StoredSpan] | None = None,
+    others: Mapping[tuple[Any, Any], Any] | None = None,
     fills: Iterable[str] = (),
     decided: dict[str, tuple[int, str, str]] | None = None,
 ) -> dict[RowKey, _Row]:
@@ -217,7 +217,9 @@ def rows_of(
         row.n += 1
         row.errors += int(error)
     low = since_ns if since_ns is not None else -1
-    decisions = [d for d in analysis.decisions(spans) if d.time_ns >= low]
+    # A decision reads its span and its children in trading-bot: only those are looked at.
+    bot = [s for s in spans if s.service == "trading-bot"]
+    decisions = [d for d in analysis.decisions(bot) if d.time_ns >= low]
     known = decided if decided is not None else {}
     for d in decisions:
         minute = d.time_ns // MINUTE_NS
@@ -243,40 +245,102 @@ def _tid(trace_id: str | bytes) -> bytes:
     return trace_id if isinstance(trace_id, bytes) else bytes.fromhex(trace_id)
 
 
-class Rollup:
-    """The writer's side: traces waiting to settle, and rows not yet written."""
+class RollSpan(NamedTuple):
+    """A written span as the roll-ups read it: `StoredSpan`'s fields that `_analysis` uses, in
+    a tuple. Most hold only plain values (no attributes, no links), so the garbage collector
+    stops tracking them at once: a second of spans rolled up at a time does not set off full
+    collections over the whole heap."""
 
-    def __init__(self, settle_s: float) -> None:
+    trace_id: Any
+    span_id: Any
+    parent_span_id: Any
+    name: str
+    kind: str
+    service: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    error: bool
+    links: Sequence[tuple[Any, Any]]
+
+
+class SpanRef(NamedTuple):
+    """What a span of another trace is needed for (a caller, a linked producer): a tuple of
+    plain values, which the garbage collector does not track."""
+
+    service: str
+    kind: str
+    end_ns: int
+    error: bool
+
+
+_CALLERS = frozenset({analysis.CLIENT, analysis.PRODUCER})
+
+
+class Rollup:
+    """The writer's side: traces waiting to settle, and rows not yet written. Traces are
+    rolled up every `interval_s` (many at once, so each row is written once per interval)."""
+
+    def __init__(
+        self,
+        settle_s: float,
+        spans_of: Callable[[list[Any]], list[RollSpan]],
+        interval_s: float = 1.0,
+    ) -> None:
         self.settle_s = settle_s
-        self._pending: OrderedDict[str, tuple[float, list[StoredSpan]]] = OrderedDict()
-        self._recent: OrderedDict[tuple[str, str], StoredSpan] = OrderedDict()
+        self.interval_s = interval_s
+        self._spans_of = spans_of
+        self._last_roll = -math.inf
+        # The writer's records (tuples of plain values: the garbage collector leaves them be,
+        # where as many spans as objects would make every full collection slow).
+        self._pending: OrderedDict[bytes, tuple[float, list[Any]]] = OrderedDict()
+        self._min_pending = NO_WATERMARK
+        self._recent: OrderedDict[tuple[Any, Any], SpanRef] = OrderedDict()
         self._decided: OrderedDict[str, tuple[int, str, str]] = OrderedDict()
         self._filled: OrderedDict[str, None] = OrderedDict()
         self._rows: dict[RowKey, _Row] = defaultdict(_Row)
 
-    def add(self, spans: Iterable[StoredSpan], now: float) -> None:
+    def add(self, records: Iterable[Any], now: float) -> None:
+        """Records written (`_decode.Record`: 0 trace id, 6 start ns)."""
         pending = self._pending
-        for s in spans:
-            found = pending.get(s.trace_id)
+        low = self._min_pending
+        for rec in records:
+            found = pending.get(rec[0])
             if found is None:
-                pending[s.trace_id] = (now, [s])
+                pending[rec[0]] = (now, [rec])
             else:
-                found[1].append(s)
+                found[1].append(rec)
+            if rec[6] < low:
+                low = rec[6]
+        self._min_pending = low
+
+    @property
+    def has_rows(self) -> bool:
+        return bool(self._rows)
 
     def settle(self, now: float, *, force: bool = False) -> None:
-        """Roll up the traces whose first span was written `settle_s` ago (all with `force`)."""
+        """Roll up the traces whose first span was written `settle_s` ago (all with `force`),
+        at most once every `interval_s`."""
+        if not force and now - self._last_roll < self.interval_s:
+            return
+        self._last_roll = now
         pending = self._pending
-        ready: list[StoredSpan] = []
+        ready: list[Any] = []
         while pending:
-            trace_id, (first_seen, spans) = next(iter(pending.items()))
+            trace_id, (first_seen, records) = next(iter(pending.items()))
             if not force and now - first_seen < self.settle_s:
                 break
             del pending[trace_id]
-            ready.extend(spans)
+            ready.extend(records)
         if ready:
-            self.roll(ready)
+            self.roll(self._spans_of(ready))
+            self._min_pending = min(
+                (min(rec[6] for rec in records) for _, records in pending.values()),
+                default=NO_WATERMARK,
+            )
 
-    def roll(self, spans: Sequence[StoredSpan], since_ns: int | None = None) -> None:
+    def roll(self, spans: Sequence[Any], since_ns: int | None = None) -> None:
+        """Add the rows of `spans` (whole traces: `StoredSpan`s or `RollSpan`s)."""
         recent = self._recent
         fills = [coid for coid in analysis.filled_orders(spans) if coid not in self._filled]
         for coid in fills:
@@ -286,7 +350,8 @@ class Rollup:
         ).items():
             self._rows[key].merge(row)
         for s in spans:
-            recent[(s.trace_id, s.span_id)] = s
+            if s.kind in _CALLERS:
+                recent[(s.trace_id, s.span_id)] = SpanRef(s.service, s.kind, s.end_ns, s.error)
         for lru in (recent, self._decided, self._filled):
             while len(lru) > _MEMORY:
                 lru.popitem(last=False)
@@ -294,10 +359,7 @@ class Rollup:
     @property
     def watermark_ns(self) -> int:
         """The earliest start among spans written but not rolled up (`NO_WATERMARK`: none)."""
-        return min(
-            (min(s.start_ns for s in spans) for _, spans in self._pending.values()),
-            default=NO_WATERMARK,
-        )
+        return self._min_pending
 
     def write(self, db: sqlite3.Connection) -> None:
         """Add the rows rolled up since the last call to the file (inside the writer's

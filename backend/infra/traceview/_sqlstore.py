@@ -58,7 +58,15 @@ from typing import Any
 import orjson
 
 from . import _rollup
-from ._decode import BUCKET_BASE, Decoder, Record, dumpb, extra_of, record_of_parts
+from ._decode import (
+    BUCKET_BASE,
+    Decoder,
+    Record,
+    dumpb,
+    extra_of,
+    received_of,
+    record_of_parts,
+)
 from ._importance import Importance, trace_level
 from ._queries import (
     BUSINESS_KEYS,
@@ -142,8 +150,8 @@ _SPAN_COLUMNS = (
 _Rec = Record
 
 
-_NO_PARENT: Any = b""
-"""A root's parent id in the spans handed to the roll-ups (their ids are bytes there)."""
+_NO_ATTRIBUTES: dict[str, Any] = {}
+"""The attributes of a span handed to the roll-ups without them (shared, never written)."""
 
 
 class MalformedPayload(ValueError):
@@ -303,7 +311,7 @@ class SqliteSpanStore:
         self._closed = False
         self.writer_error: BaseException | None = None
         self._decoder = Decoder(decode_processes)
-        self._rollup = _rollup.Rollup(settle_s=max(hold_s, 1.0))
+        self._rollup = _rollup.Rollup(max(hold_s, 1.0), self._spans_of)
         self.rollup_watermark_ns = _rollup.NO_WATERMARK
         """Spans starting before this are in the roll-ups (see `_rollup`)."""
         self._reroll()
@@ -504,6 +512,7 @@ class SqliteSpanStore:
             except queue.Empty:
                 item = None
             spans: list[_Rec] = []
+            received: Counter[tuple[int, str, str, int]] = Counter()
             logs: list[LogRecord] = []
             signals: list[tuple[str, Any, int]] = []
             taken = 0
@@ -513,8 +522,11 @@ class SqliteSpanStore:
                 try:
                     if kind == "spans":
                         spans.extend(payload)
+                        received.update(received_of(payload))
                     elif kind == "otlp":
-                        spans.extend(self._decoder.result(*payload))
+                        records = self._decoder.result(*payload)
+                        spans.extend(records)
+                        received.update(records.received)
                     elif kind == "logs":
                         logs.extend(payload)
                 except Exception:  # one bad request must not stop the writer
@@ -531,7 +543,7 @@ class SqliteSpanStore:
                     item = None
             force = any(kind != "sync" for kind, _, _ in signals)
             try:
-                self._write(spans, logs, force=force)
+                self._write(spans, logs, force=force, received=received)
             except Exception:  # a failed batch is lost and counted; the writer carries on
                 log.exception("the span store could not write a batch of %d spans", len(spans))
                 self._counters["dropped_spans"] += len(spans)
@@ -550,25 +562,40 @@ class SqliteSpanStore:
                 elif kind == "stop":
                     return
 
-    def _write(self, spans: list[_Rec], logs: list[LogRecord], *, force: bool) -> None:
+    def _write(
+        self,
+        spans: list[_Rec],
+        logs: list[LogRecord],
+        *,
+        force: bool,
+        received: dict[tuple[int, str, str, int], int] | None = None,
+    ) -> None:
+        """Write a batch; `received` counts its spans per stage histogram bucket (computed
+        here when not given)."""
         now = self._clock()
         out: list[_Rec] = []
-        counts: Counter[tuple[int, str, str, int]] = Counter()
         route = self._route
         for rec in spans:
-            counts[(rec[6] // _MINUTE_NS, rec[3], rec[4], rec[16])] += 1
             route(rec, now, out)
+        if received is None:
+            received = received_of(spans)
         hist = {
             (minute, self._service_id(service), self._operation_id(name), bucket): n
-            for (minute, service, name, bucket), n in counts.items()
+            for (minute, service, name, bucket), n in received.items()
         }
         self._decide(now, out, force=force)
         rollup = self._rollup
         if out:
-            rollup.add(self._spans_of(out), now)
+            rollup.add(out, now)
         rollup.settle(now, force=force)
         watermark = rollup.watermark_ns
-        if not out and not logs and not hist and watermark == self.rollup_watermark_ns:
+        if (
+            not out
+            and not logs
+            and not hist
+            and not rollup.has_rows
+            and watermark == self.rollup_watermark_ns
+        ):
             return
         db = self._db
         db.execute("BEGIN")
@@ -597,34 +624,38 @@ class SqliteSpanStore:
             raise
         self.rollup_watermark_ns = watermark
 
-    def _spans_of(self, recs: list[_Rec]) -> list[StoredSpan]:
+    def _spans_of(self, recs: list[_Rec]) -> list[_rollup.RollSpan]:
         """Written records as spans for the roll-ups, cheaply: ids stay bytes (the roll-ups
         accept either), and only the attributes the roll-ups read are decoded (`_rollup`)."""
         wanted = self._record_shapes
-        out: list[StoredSpan] = []
+        out: list[_rollup.RollSpan] = []
         append = out.append
+        span = _rollup.RollSpan
+        kinds = KINDS
+        names = _rollup.ATTRIBUTE_NAMES
+        needs = _rollup.needs_attributes
+        no_links: tuple[tuple[bytes, bytes], ...] = ()
         for rec in recs:
             shape_text, values, extra, name = rec[9], rec[10], rec[12], rec[4]
-            attributes: dict[str, Any] = {}
-            if shape_text is not None and values:
+            attributes: dict[str, Any] = _NO_ATTRIBUTES
+            if shape_text is not None and values and (name in names or needs(shape_text)):
                 keys = wanted.get(shape_text)
                 if keys is None:
                     keys = wanted[shape_text] = tuple(orjson.loads(shape_text))
-                if name in _rollup.ATTRIBUTE_NAMES or _rollup.needs_attributes(shape_text):
-                    attributes = dict(zip(keys, orjson.loads(values), strict=False))
-            links: list[tuple[Any, Any]] = []
+                attributes = dict(zip(keys, orjson.loads(values), strict=False))
+            links: Sequence[tuple[bytes, bytes]] = no_links
             if extra:
-                links = [
+                links = tuple(
                     (bytes.fromhex(t), bytes.fromhex(s))
                     for t, s in orjson.loads(extra).get("l", ())
-                ]
+                )
             append(
-                StoredSpan(
+                span(
                     rec[0],
                     rec[1],
-                    rec[2] or _NO_PARENT,
+                    rec[2] or b"",
                     name,
-                    KINDS.get(rec[5], "unspecified"),
+                    kinds.get(rec[5], "unspecified"),
                     rec[3],
                     rec[6],
                     rec[7],

@@ -90,9 +90,8 @@ async def test_the_entry_moves_out_of_the_stops_json_and_back(database_url: str)
 
         assert await downgrade(engine, BEFORE) == BEFORE
         async with engine.connect() as conn:
-            back = dict(
-                (await conn.execute(sa.select(OLD.c.position_id, OLD.c.stops))).tuples().all()
-            )
+            result = await conn.execute(sa.select(OLD.c.position_id, OLD.c.stops))
+            back = {position_id: stops for position_id, stops in result}
         assert back == {
             "with-entry": {**STOPS, "entry": entry},
             "no-entry": STOPS,
