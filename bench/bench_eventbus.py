@@ -64,11 +64,13 @@ def _span_counts() -> dict[str, float]:
 
 async def _produce(count: int) -> dict[str, float]:
     from backend.infra.eventbus import EventPublisher, create_redis_client
+    from backend.infra.service import freeze_startup_heap
 
     client = create_redis_client(os.environ["REDIS_URL"])
     publisher = EventPublisher(client, "bench", _settings())
     events = [_tick(n) for n in range(count)]
     await client.ping()
+    freeze_startup_heap()  # as a served service does (backend/infra/service/_heap.py)
     print("ready", flush=True)
     sys.stdin.readline()  # "go"
     started = time.time()
@@ -81,6 +83,7 @@ async def _produce(count: int) -> dict[str, float]:
 
 async def _consume(count: int) -> dict[str, float]:
     from backend.infra.eventbus import EventConsumer, Idempotency, create_redis_client
+    from backend.infra.service import freeze_startup_heap
     from backend.trading.events import MarketTick
 
     client = create_redis_client(os.environ["REDIS_URL"])
@@ -99,6 +102,7 @@ async def _consume(count: int) -> dict[str, float]:
     consumer.subscribe(MarketTick, handler)
     await consumer.ensure_groups()
     await consumer.start()
+    freeze_startup_heap()  # as a served service does (backend/infra/service/_heap.py)
     print("ready", flush=True)
     await done.wait()
     await consumer.stop()  # returns once the last batch is acknowledged

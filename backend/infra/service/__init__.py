@@ -26,6 +26,7 @@ from ._catalogue import (
     service_spec,
     url_variable,
 )
+from ._heap import freeze_startup_heap
 from ._service import NotProvided, Resources, Service, provided, resources_of
 from ._settings import PORTS, ServiceSettings, service_url
 from ._unavailable import dependency_unavailable
@@ -47,6 +48,7 @@ __all__ = [
     "ServiceSpec",
     "UnknownServiceError",
     "dependency_unavailable",
+    "freeze_startup_heap",
     "provided",
     "public",
     "resources_of",

@@ -35,6 +35,7 @@ from ._auth import (
     install_openapi_security,
 )
 from ._errors import NulRefusalMiddleware, install_validation_handler
+from ._heap import freeze_startup_heap
 from ._history import StartRefusedError, check_database_matches_bus
 from ._settings import ServiceSettings
 from ._supervisor import Supervisor
@@ -385,6 +386,10 @@ class Service:
             timeout_graceful_shutdown=int(self.settings.shutdown_timeout_s),
         )
         self._server = uvicorn.Server(config)
+        # Served, not imported in-process (tests): what is alive now lives as long as it.
+        frozen = freeze_startup_heap()
+        if frozen:
+            self.logger.info("start-up heap frozen", objects=frozen)
         self._server.run()
         if self.refused is not None:
             raise SystemExit(self.refused)
