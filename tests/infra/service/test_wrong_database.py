@@ -79,7 +79,7 @@ def test_execution_on_an_empty_database_with_its_fills_on_the_bus_refuses_to_sta
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "execution refuses to start: its database" in output
-    assert "is empty (no row in orders, order_events, fills, outbox_events)" in output
+    assert "is empty (no row in orders, order_events, fills, outbox_events" in output
     assert "published by execution" in output and "QT_ALLOW_EMPTY_DATABASE=true" in output
 
     # Told it is deliberate, it starts (and is stopped by the test).
