@@ -193,15 +193,7 @@ class PortfolioBook:
                 try:
                     booked = await self._book(fill, data.sequence)
                 except ConflictingFill as exc:
-                    metrics.CONFLICTING_FILLS.inc()
-                    span.set_attribute("conflict", list(exc.differences))
-                    self.log.error(
-                        "fill conflicts with the booked fill of the same id; not booked",
-                        fill_id=fill.fill_id,
-                        client_order_id=fill.client_order_id,
-                        differences=list(exc.differences),
-                        deliveries=event.deliveries,
-                    )
+                    self._conflicting(span, fill, exc, event.deliveries)
                     raise
                 span.set_attribute("duplicate", not booked)
                 if not booked:
@@ -289,15 +281,7 @@ class PortfolioBook:
                     try:
                         position = self._apply(fill, data.sequence)
                     except ConflictingFill as exc:
-                        metrics.CONFLICTING_FILLS.inc()
-                        span.set_attribute("conflict", list(exc.differences))
-                        self.log.error(
-                            "fill conflicts with the booked fill of the same id; not booked",
-                            fill_id=fill.fill_id,
-                            client_order_id=fill.client_order_id,
-                            differences=list(exc.differences),
-                            deliveries=entry.event.deliveries,
-                        )
+                        self._conflicting(span, fill, exc, entry.event.deliveries)
                         raise
                     span.set_attribute("duplicate", position is None)
                     if position is None:
@@ -317,6 +301,18 @@ class PortfolioBook:
                     announce,
                 )
         return booked
+
+    def _conflicting(self, span: Any, fill: Fill, exc: ConflictingFill, deliveries: int) -> None:
+        """Say (metric, span, error line) that `fill` differs from the booked fill of its id."""
+        metrics.CONFLICTING_FILLS.inc()
+        span.set_attribute("conflict", list(exc.differences))
+        self.log.error(
+            "fill conflicts with the booked fill of the same id; not booked",
+            fill_id=fill.fill_id,
+            client_order_id=fill.client_order_id,
+            differences=list(exc.differences),
+            deliveries=deliveries,
+        )
 
     def _announcement(self, fill: Fill) -> PositionUpdated:
         """The `position.updated` event of `fill`'s symbol, as memory holds it now."""
