@@ -2,9 +2,10 @@
 a few hundred rows instead of tens of thousands of spans.
 
 The store's writer hands `Rollup` every span it writes (kept spans only, so every example trace
-a number links to was stored). A trace is rolled up once `settle_s` have passed since its
-first span was written (its other spans have arrived by then), with the same functions the
-pages use over spans (`_analysis`), and the result is added to the `rollups` row of its minute:
+a number links to was stored), in a child process of its own (`_rollproc`) or in its thread.
+A trace is rolled up once `settle_s` have passed since its first span was written (its other
+spans have arrived by then), with the same functions the pages use over spans (`_analysis`),
+and the result is added to the `rollups` row of its minute:
 
 - kind `wait` / `service` / `sql` / `total`, key the stage (`service: operation`, or
   tick-to-trade): the count, the sum, and a latency histogram (`Histogram`: fixed 2 % wide log
