@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,35 @@ def test_the_window_pages_read_the_roll_ups(tmp_path: Path) -> None:
         assert {(e["caller"], e["callee"]): e["requests"] for e in edges} == {
             (a, b): n for (a, b, _), (n, _) in analysis.edge_counts(spans).items()
         }
+
+
+def test_the_writer_waits_for_a_roll_up_process_too_far_behind() -> None:
+    """A stopped child (SIGSTOP) answers nothing: the writer sends at most `max_unanswered`
+    batches more, then waits; once the child runs again everything is answered."""
+    from backend.infra.traceview._rollproc import RollupProcess
+
+    roller = RollupProcess(1.0)
+    roller.max_unanswered = 2
+    assert roller.pid is not None
+    record = (b"t" * 16, b"s" * 8, None, "svc", "op", 1, 10, 20, False, None, None, (), None)
+    done: list[int] = []
+
+    def write() -> None:
+        for n in range(6):
+            roller.submit([record], 0.0, force=False)
+            roller.collect(wait=False)
+            done.append(n)
+
+    os.kill(roller.pid, signal.SIGSTOP)
+    try:
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(2.0)
+        assert writer.is_alive() and len(done) == 2  # a third batch sent: 3 > 2, waiting
+    finally:
+        os.kill(roller.pid, signal.SIGCONT)
+    writer.join(60)
+    assert len(done) == 6
+    _, watermark = roller.collect(wait=True)
+    assert watermark == 10  # the span is held until its trace settles
+    roller.close()

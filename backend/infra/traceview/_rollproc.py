@@ -39,6 +39,10 @@ _ANSWER_TIMEOUT_S = 300.0
 """How long a forced roll-up may take in the child before it counts as dead."""
 
 
+_MAX_UNANSWERED = 48
+"""Batches (of up to `batch_spans`, 4,096) the child may be behind before the writer waits."""
+
+
 class RollupDied(RuntimeError):
     """The roll-up child process is gone, with what it held."""
 
@@ -119,6 +123,7 @@ class RollupProcess:
         """(seq, earliest start) of the batches sent and not answered yet."""
         self._watermark = NO_WATERMARK
         self._rows: list[PlainRow] = []
+        self.max_unanswered = _MAX_UNANSWERED
 
     def submit(self, records: Sequence[Any], now: float, *, force: bool) -> None:
         """Send a batch (records written; an empty one when the child holds something, so it
@@ -135,25 +140,25 @@ class RollupProcess:
 
     def collect(self, *, wait: bool) -> tuple[list[PlainRow], int]:
         """The rows answered since the last call and the watermark; with `wait`, after the
-        answer to the last batch sent."""
+        answer to the last batch sent. A child more than `max_unanswered` batches behind is
+        waited for too (until it has answered), so what it holds stays bounded."""
         conn = self._conn
         waited = 0.0
         try:
             while True:
-                if conn.poll(0 if not wait else 1.0):
+                must = bool(self._sent) and (wait or len(self._sent) > self.max_unanswered)
+                if conn.poll(1.0 if must else 0):
                     seq, rows, watermark = conn.recv()
                     self._rows.extend(rows)
                     self._watermark = watermark
                     while self._sent and self._sent[0][0] <= seq:
                         self._sent.popleft()
-                elif not wait or not self._sent:
+                    continue
+                if not must:
                     break
-                else:
-                    waited += 1.0
-                    if not self._process.is_alive() or waited > _ANSWER_TIMEOUT_S:
-                        raise RollupDied("the roll-up process did not answer")
-                if wait and not self._sent and not conn.poll(0):
-                    break
+                waited += 1.0
+                if not self._process.is_alive() or waited > _ANSWER_TIMEOUT_S:
+                    raise RollupDied("the roll-up process did not answer")
         except (EOFError, OSError) as exc:
             raise RollupDied(f"the roll-up process is gone: {exc}") from exc
         rows, self._rows = self._rows, []
