@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -82,6 +83,7 @@ def _serve(conn: Connection, parent_pid: int, settle_s: float, interval_s: float
             inbox.put(None)
 
     threading.Thread(target=receive, name="rollup-receive", daemon=True).start()
+    sys.setswitchinterval(0.001)  # the receiving thread drains the pipe without long waits
     rollup = Rollup(settle_s, RecordSpans(), interval_s)
     while True:
         message = inbox.get()
@@ -124,6 +126,27 @@ class RollupProcess:
         self._watermark = NO_WATERMARK
         self._rows: list[PlainRow] = []
         self.max_unanswered = _MAX_UNANSWERED
+        # A thread of its own sends, so the writer never waits on a full pipe (a batch is
+        # larger than the socket's buffer, and the child's receiving thread shares its GIL).
+        self._outbox: queue.SimpleQueue[tuple[int, Sequence[Any], float, bool] | None] = (
+            queue.SimpleQueue()
+        )
+        self._send_error: BaseException | None = None
+        self._sender = threading.Thread(target=self._send, name="rollup-send", daemon=True)
+        self._sender.start()
+
+    def _send(self) -> None:
+        conn = self._conn
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            seq, records, now, force = item
+            try:
+                conn.send((seq, slim(records), now, force))
+            except (OSError, ValueError) as exc:  # the child is gone; the writer is told
+                self._send_error = exc
+                return
 
     def submit(self, records: Sequence[Any], now: float, *, force: bool) -> None:
         """Send a batch (records written; an empty one when the child holds something, so it
@@ -133,10 +156,9 @@ class RollupProcess:
         self._seq += 1
         low = min((r[6] for r in records), default=NO_WATERMARK)
         self._sent.append((self._seq, low))
-        try:
-            self._conn.send((self._seq, slim(records), now, force))
-        except (OSError, ValueError) as exc:
-            raise RollupDied(f"the roll-up process is gone: {exc}") from exc
+        if self._send_error is not None:
+            raise RollupDied(f"the roll-up process is gone: {self._send_error}")
+        self._outbox.put((self._seq, records, now, force))
 
     def collect(self, *, wait: bool) -> tuple[list[PlainRow], int]:
         """The rows answered since the last call and the watermark; with `wait`, after the
@@ -157,7 +179,11 @@ class RollupProcess:
                 if not must:
                     break
                 waited += 1.0
-                if not self._process.is_alive() or waited > _ANSWER_TIMEOUT_S:
+                if (
+                    not self._process.is_alive()
+                    or self._send_error is not None
+                    or waited > _ANSWER_TIMEOUT_S
+                ):
                     raise RollupDied("the roll-up process did not answer")
         except (EOFError, OSError) as exc:
             raise RollupDied(f"the roll-up process is gone: {exc}") from exc
@@ -166,6 +192,8 @@ class RollupProcess:
         return rows, min(self._watermark, low)
 
     def close(self) -> None:
+        self._outbox.put(None)
+        self._sender.join(5.0)
         self._conn.close()
         self._process.join(5.0)
         if self._process.is_alive():
