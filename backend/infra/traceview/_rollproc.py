@@ -18,6 +18,7 @@ in the file (`SqliteSpanStore._reroll`, as after a restart) and starts another c
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -85,6 +86,10 @@ def _serve(conn: Connection, parent_pid: int, settle_s: float, interval_s: float
     threading.Thread(target=receive, name="rollup-receive", daemon=True).start()
     sys.setswitchinterval(0.001)  # the receiving thread drains the pipe without long waits
     rollup = Rollup(settle_s, RecordSpans(), interval_s)
+    # Most of what the child allocates is tuples of plain values, freed by reference counts:
+    # collections every 700 allocations cost it a fifth of its CPU (measured: 10 -> 8 µs a span).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
     while True:
         message = inbox.get()
         if message is None:
