@@ -344,31 +344,38 @@ def feed(store: SqliteSpanStore, batches: list[bytes], *, pace: bool) -> None:
         store.ingest_otlp(payload)
 
 
+def _process_cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class CpuMeter:
     """CPU time spent while ingesting by this process (every thread: receiving, the store's
-    writer, the hand-over to the decoder), by the writer thread alone, and by the decoder
-    process: what each costs a span, a figure a loaded machine stretches much less than the
-    wall clock (it does not count the time spent waiting for a core)."""
+    writer, the hand-over to the decoder), by the writer thread alone, by the decoder process
+    and by the roll-up process: what each costs a span, a figure a loaded machine stretches
+    much less than the wall clock (it does not count the time spent waiting for a core)."""
 
     def __init__(self, store: SqliteSpanStore) -> None:
         self.store = store
-        self.totals = [0.0, 0.0, 0.0]
-        self._marks = (0.0, 0.0, 0.0)
+        self.totals = [0.0, 0.0, 0.0, 0.0]
+        self._marks = (0.0, 0.0, 0.0, 0.0)
 
-    def _now(self) -> tuple[float, float, float]:
+    def _now(self) -> tuple[float, float, float, float]:
         writer = self.store._writer.ident
         writer_s = (
             time.clock_gettime(time.pthread_getcpuclockid(writer)) if writer is not None else 0.0
         )
-        decoder_s = 0.0
         pool = self.store._decoder._pool
-        for pid in list(getattr(pool, "_processes", None) or {}):
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            decoder_s += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return time.process_time(), writer_s, decoder_s
+        decoder_s = sum(
+            _process_cpu_s(pid) for pid in list(getattr(pool, "_processes", None) or {})
+        )
+        rollup_s = _process_cpu_s(self.store._roller.pid)
+        return time.process_time(), writer_s, decoder_s, rollup_s
 
     def start(self) -> None:
         self._marks = self._now()
@@ -378,12 +385,13 @@ class CpuMeter:
             self.totals[i] += now - mark
 
     def report(self, spans: int) -> None:
-        collector, write, decode = (t / max(spans, 1) * 1e6 for t in self.totals)
-        bound = 1e6 / max(collector, decode, 1e-9)
+        collector, write, decode, rollup = (t / max(spans, 1) * 1e6 for t in self.totals)
+        bound = 1e6 / max(collector, decode, rollup, 1e-9)
         print(
             f"  CPU per span: collector process {collector:.1f} us (of which the writer thread "
-            f"{write:.1f} us), decoder process {decode:.1f} us; a core each would ingest "
-            f"{bound:,.0f} spans/s (from CPU time, not a wall-clock figure)",
+            f"{write:.1f} us), decoder process {decode:.1f} us, roll-up process {rollup:.1f} us;"
+            f" a core each would ingest {bound:,.0f} spans/s (from CPU time, not a wall-clock "
+            "figure)",
             flush=True,
         )
 
@@ -419,14 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dir", type=Path, default=None, help="where the SQLite file goes")
+    parser.add_argument(
+        "--rollup-processes",
+        type=int,
+        default=1,
+        help="roll-up child processes (0: the roll-ups run in the store's writer thread)",
+    )
     args = parser.parse_args(argv)
     total = max(args.spans, 5_000)
     print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared; figures are noisy)")
+    print(f"roll-ups: {'in a child process' if args.rollup_processes else 'in the writer'}")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        return run(total, args.seed, Path(tmp))
+        return run(total, args.seed, Path(tmp), rollup_processes=args.rollup_processes)
 
 
-def run(total: int, seed: int, tmp: Path) -> int:
+def run(total: int, seed: int, tmp: Path, *, rollup_processes: int = 1) -> int:
     results: list[bool] = []
     now = time.time_ns()
     window_s = 3600.0
@@ -449,6 +464,7 @@ def run(total: int, seed: int, tmp: Path) -> int:
         max_bytes=8 << 30,
         queue_spans=200_000,
         decode_processes=1,
+        rollup_processes=rollup_processes,
     )
     try:
         print(f"ingest: {total:,} spans as OTLP/protobuf requests of {BATCH}", flush=True)

@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     now = time.time_ns()
     spans, orders = traffic(args.trades, now, rng)
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteSpanStore(Path(tmp) / "spans.db", hold_s=0.1, max_age_s=3600)
+        store = SqliteSpanStore(
+            Path(tmp) / "spans.db", hold_s=0.1, max_age_s=3600, rollup_processes=1
+        )
         try:
             for i in range(0, len(spans), 4096):
                 while store.ingest(spans[i : i + 4096]):

@@ -6,9 +6,11 @@ retention removes them with the spans they summarise."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,10 +87,13 @@ def assert_same_as_span_by_span(view: WindowRollup, spans: list[StoredSpan]) -> 
     assert analysis.funnel_rows(view.funnel) == analysis.funnel(analysis.decisions(spans), spans)
 
 
-def test_the_window_from_roll_ups_equals_the_span_by_span_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-writer", "child-process"])
+def test_the_window_from_roll_ups_equals_the_span_by_span_answer(
+    tmp_path: Path, processes: int
+) -> None:
     now = time.time_ns()
     since, until = now - 15 * MINUTE_NS, now
-    with open_store(tmp_path / "s.sqlite") as store:
+    with open_store(tmp_path / "s.sqlite", rollup_processes=processes) as store:
         feed(store, now)
         store.flush()
         assert store.rollup_watermark_ns == NO_WATERMARK
@@ -104,12 +109,15 @@ def test_the_window_from_roll_ups_equals_the_span_by_span_answer(tmp_path: Path)
                 assert store.trace(q.trace_id), b.stage
 
 
-def test_the_part_of_a_window_not_rolled_up_yet_is_read_from_the_spans(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-writer", "child-process"])
+def test_the_part_of_a_window_not_rolled_up_yet_is_read_from_the_spans(
+    tmp_path: Path, processes: int
+) -> None:
     """Traces written but still settling are read span by span; the window adds them to the
     roll-ups of the minutes before them, counting nothing twice."""
     now = time.time_ns()
     since, until = now - 15 * MINUTE_NS, now
-    with open_store(tmp_path / "s.sqlite", hold_s=3600.0) as store:
+    with open_store(tmp_path / "s.sqlite", hold_s=3600.0, rollup_processes=processes) as store:
         feed(store, now, spans=3_000)
         store.flush()  # everything decided, written and rolled up
         store.ingest(copy_of(seeded(now + 10**9)[0], "9"))  # a second later
@@ -156,6 +164,59 @@ def test_roll_ups_survive_a_restart_and_a_killed_writer(tmp_path: Path) -> None:
         spans = by_span(store, since, until)
         assert any(s.trace_id.startswith("7") for s in spans)
         assert_same_as_span_by_span(view, spans)
+
+
+def test_a_killed_roll_up_process_loses_nothing_and_counts_nothing_twice(tmp_path: Path) -> None:
+    """SIGKILL the roll-up child while it holds traces not rolled up (and rows not written):
+    the writer rolls up again from the watermark in the file and starts another child."""
+    now = time.time_ns()
+    since, until = now - 15 * MINUTE_NS, now + MINUTE_NS
+    with open_store(tmp_path / "s.sqlite", hold_s=3600.0, rollup_processes=1) as store:
+        feed(store, now, spans=3_000)
+        store.flush()
+        store.ingest(copy_of(seeded(now + 10**9)[0], "9"))
+        store.flush(decide=False)  # written, held by the child (settles in an hour)
+        assert store.rollup_watermark_ns < NO_WATERMARK
+        first = store._roller.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        store.ingest(copy_of(seeded(now + 2 * 10**9)[0], "8"))
+        store.flush()
+        assert store.stats().rollup_restarts == 1
+        assert store._roller.pid not in (None, first)
+        assert store.rollup_watermark_ns == NO_WATERMARK
+        view = store.window(since, until, 50_000)
+        assert view.spans_read == 0
+        spans = by_span(store, since, until)
+        assert {"8", "9"} <= {s.trace_id[0] for s in spans}
+        assert_same_as_span_by_span(view, spans)
+        # The new child rolls up what comes next.
+        store.ingest(copy_of(seeded(now + 3 * 10**9)[0], "6"))
+        store.flush()
+        spans = by_span(store, since, until)
+        assert_same_as_span_by_span(store.window(since, until, 50_000), spans)
+        assert store.stats().rollup_restarts == 1
+
+
+def test_the_roll_up_process_exits_with_the_collector(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from backend.infra.traceview._sqlstore import SqliteSpanStore
+        store = SqliteSpanStore({str(tmp_path / "s.sqlite")!r}, rollup_processes=1)
+        print(store._roller.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=os.environ, capture_output=True, text=True
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    child = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{child}").exists()
 
 
 def test_retention_by_age_removes_the_roll_ups_of_the_minutes_it_evicts(tmp_path: Path) -> None:
@@ -211,3 +272,35 @@ def test_the_window_pages_read_the_roll_ups(tmp_path: Path) -> None:
         assert {(e["caller"], e["callee"]): e["requests"] for e in edges} == {
             (a, b): n for (a, b, _), (n, _) in analysis.edge_counts(spans).items()
         }
+
+
+def test_the_writer_waits_for_a_roll_up_process_too_far_behind() -> None:
+    """A stopped child (SIGSTOP) answers nothing: the writer sends at most `max_unanswered`
+    batches more, then waits; once the child runs again everything is answered."""
+    from backend.infra.traceview._rollproc import RollupProcess
+
+    roller = RollupProcess(1.0)
+    roller.max_unanswered = 2
+    assert roller.pid is not None
+    record = (b"t" * 16, b"s" * 8, None, "svc", "op", 1, 10, 20, False, None, None, (), None)
+    done: list[int] = []
+
+    def write() -> None:
+        for n in range(6):
+            roller.submit([record], 0.0, force=False)
+            roller.collect(wait=False)
+            done.append(n)
+
+    os.kill(roller.pid, signal.SIGSTOP)
+    try:
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(2.0)
+        assert writer.is_alive() and len(done) == 2  # a third batch sent: 3 > 2, waiting
+    finally:
+        os.kill(roller.pid, signal.SIGCONT)
+    writer.join(60)
+    assert len(done) == 6
+    _, watermark = roller.collect(wait=True)
+    assert watermark == 10  # the span is held until its trace settles
+    roller.close()

@@ -83,6 +83,8 @@ class StoreStats:
     made it important (so a kept trade trace is whole)."""
     early_decided_traces: int = 0
     """Traces decided before their hold ended because the spans held reached the bound."""
+    rollup_restarts: int = 0
+    """Roll-up processes that died and were replaced (their part rolled up again)."""
 
 
 @dataclass(frozen=True)

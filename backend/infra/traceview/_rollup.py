@@ -2,9 +2,10 @@
 a few hundred rows instead of tens of thousands of spans.
 
 The store's writer hands `Rollup` every span it writes (kept spans only, so every example trace
-a number links to was stored). A trace is rolled up once `settle_s` have passed since its
-first span was written (its other spans have arrived by then), with the same functions the
-pages use over spans (`_analysis`), and the result is added to the `rollups` row of its minute:
+a number links to was stored), in a child process of its own (`_rollproc`) or in its thread.
+A trace is rolled up once `settle_s` have passed since its first span was written (its other
+spans have arrived by then), with the same functions the pages use over spans (`_analysis`),
+and the result is added to the `rollups` row of its minute:
 
 - kind `wait` / `service` / `sql` / `total`, key the stage (`service: operation`, or
   tick-to-trade): the count, the sum, and a latency histogram (`Histogram`: fixed 2 % wide log
@@ -38,8 +39,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import orjson
+
 from . import _analysis as analysis
-from ._store import StoredSpan
+from ._store import KINDS, StoredSpan
 
 __all__ = ["Histogram", "Rollup", "WindowRollup", "read_window"]
 
@@ -53,6 +56,8 @@ SIGNALS, APPROVED, FILLED, SKIP = "signals", "approved", "filled", "skip"
 _MEMORY = 200_000
 """Spans, decisions and fills remembered across traces (parents, linked producers, fills)."""
 NO_WATERMARK = 1 << 62
+_NO_ATTRIBUTES: dict[str, Any] = {}
+"""The attributes of a span handed over without them (shared, never written)."""
 
 ATTRIBUTE_NAMES = frozenset(
     {"decide", "sizing", "risk_check", "submit_order", "order.fill", *analysis.HTTP_METHODS}
@@ -277,6 +282,74 @@ class SpanRef(NamedTuple):
 _CALLERS = frozenset({analysis.CLIENT, analysis.PRODUCER})
 
 
+class RecordSpans:
+    """Written records (`_decode.Record`) as spans for the roll-ups, cheaply: ids stay bytes
+    (the roll-ups accept either), and only the attributes the roll-ups read are decoded."""
+
+    def __init__(self) -> None:
+        self._shapes: dict[str, tuple[str, ...]] = {}
+
+    def __call__(self, recs: Sequence[Any]) -> list[RollSpan]:
+        wanted = self._shapes
+        out: list[RollSpan] = []
+        append = out.append
+        span = RollSpan
+        kinds = KINDS
+        names = ATTRIBUTE_NAMES
+        no_links: tuple[tuple[bytes, bytes], ...] = ()
+        for rec in recs:
+            shape_text, values, extra, name = rec[9], rec[10], rec[12], rec[4]
+            attributes: dict[str, Any] = _NO_ATTRIBUTES
+            if (
+                shape_text is not None
+                and values
+                and (name in names or needs_attributes(shape_text))
+            ):
+                keys = wanted.get(shape_text)
+                if keys is None:
+                    keys = wanted[shape_text] = tuple(orjson.loads(shape_text))
+                attributes = dict(zip(keys, orjson.loads(values), strict=False))
+            links: Sequence[tuple[bytes, bytes]] = no_links
+            if extra:
+                links = tuple(
+                    (bytes.fromhex(t), bytes.fromhex(s))
+                    for t, s in orjson.loads(extra).get("l", ())
+                )
+            append(
+                span(
+                    rec[0],
+                    rec[1],
+                    rec[2] or b"",
+                    name,
+                    kinds.get(rec[5], "unspecified"),
+                    rec[3],
+                    rec[6],
+                    rec[7],
+                    attributes,
+                    bool(rec[8]),
+                    links,
+                )
+            )
+        if len(wanted) > 50_000:
+            wanted.clear()
+        return out
+
+
+def slim(recs: Iterable[Any]) -> list[tuple[Any, ...]]:
+    """Written records cut to what `RecordSpans` reads (the same positions), for the pipe to
+    the roll-up process: attribute values only where the roll-ups read them."""
+    names = ATTRIBUTE_NAMES
+    out: list[tuple[Any, ...]] = []
+    append = out.append
+    for r in recs:
+        shape = r[9]
+        if shape is not None and (r[4] in names or "db.system" in shape):
+            append((*r[:9], shape, r[10], None, r[12]))
+        else:
+            append((*r[:9], None, None, None, r[12]))
+    return out
+
+
 class Rollup:
     """The writer's side: traces waiting to settle, and rows not yet written. Traces are
     rolled up every `interval_s` (many at once, so each row is written once per interval)."""
@@ -313,10 +386,6 @@ class Rollup:
             if rec[6] < low:
                 low = rec[6]
         self._min_pending = low
-
-    @property
-    def has_rows(self) -> bool:
-        return bool(self._rows)
 
     def settle(self, now: float, *, force: bool = False) -> None:
         """Roll up the traces whose first span was written `settle_s` ago (all with `force`),
@@ -361,35 +430,48 @@ class Rollup:
         """The earliest start among spans written but not rolled up (`NO_WATERMARK`: none)."""
         return self._min_pending
 
+    def take(self) -> list[PlainRow]:
+        """The rows rolled up since the last call, as plain values (for a pipe), and forget
+        them."""
+        rows, self._rows = self._rows, defaultdict(_Row)
+        return [
+            (key, row.n, row.errors, row.sum, None if row.hist is None else row.hist.buckets)
+            for key, row in rows.items()
+        ]
+
     def write(self, db: sqlite3.Connection) -> None:
         """Add the rows rolled up since the last call to the file (inside the writer's
         transaction)."""
-        if not self._rows:
-            return
-        rows, self._rows = self._rows, defaultdict(_Row)
-        for (minute, kind, key), row in rows.items():
-            old = db.execute(
-                "SELECT n, errors, sum, hist FROM rollups "
-                "WHERE minute = ? AND kind = ? AND key = ?",
-                (minute, kind, key),
-            ).fetchone()
-            if old is not None:
-                row.merge(
-                    _Row(old[0], old[1], old[2], Histogram.decode(old[3]) if old[3] else None)
-                )
-            db.execute(
-                "INSERT OR REPLACE INTO rollups(minute, kind, key, n, errors, sum, hist) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    minute,
-                    kind,
-                    key,
-                    row.n,
-                    row.errors,
-                    row.sum,
-                    row.hist.encode() if row.hist is not None else b"",
-                ),
-            )
+        write_rows(db, self.take())
+
+
+PlainRow = tuple[RowKey, int, int, float, "dict[int, list[Any]] | None"]
+"""A roll-up row as plain values: (minute, kind, key), n, errors, sum, histogram buckets."""
+
+
+def write_rows(db: sqlite3.Connection, plain: Sequence[PlainRow]) -> None:
+    """Add rows to the file's (inside the writer's transaction)."""
+    for (minute, kind, key), n, errors, total, buckets in plain:
+        row = _Row(n, errors, total, None if buckets is None else Histogram(buckets))
+        old = db.execute(
+            "SELECT n, errors, sum, hist FROM rollups WHERE minute = ? AND kind = ? AND key = ?",
+            (minute, kind, key),
+        ).fetchone()
+        if old is not None:
+            row.merge(_Row(old[0], old[1], old[2], Histogram.decode(old[3]) if old[3] else None))
+        db.execute(
+            "INSERT OR REPLACE INTO rollups(minute, kind, key, n, errors, sum, hist) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                minute,
+                kind,
+                key,
+                row.n,
+                row.errors,
+                row.sum,
+                row.hist.encode() if row.hist is not None else b"",
+            ),
+        )
 
 
 # Reading a window ----------------------------------------------------------------------------

@@ -50,6 +50,7 @@ def open_store(path: Path, retention: Retention) -> SqliteSpanStore:
         tick_sample_rate=retention.tick_sample_rate,
         noise_sample_rate=retention.noise_sample_rate,
         decode_processes=1,
+        rollup_processes=1,
     )
 
 

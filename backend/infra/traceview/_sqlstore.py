@@ -76,6 +76,7 @@ from ._queries import (
     StoreStats,
     TraceSummary,
 )
+from ._rollproc import LocalRollup, RollupDied, RollupProcess
 from ._store import KINDS, StoredSpan
 from .otlp import decode_logs
 
@@ -105,6 +106,7 @@ _COUNTERS = (
     "sampled_out_spans",
     "rescued_spans",
     "early_decided_traces",
+    "rollup_restarts",
 )
 
 _SCHEMA = (
@@ -148,10 +150,6 @@ _SPAN_COLUMNS = (
 
 
 _Rec = Record
-
-
-_NO_ATTRIBUTES: dict[str, Any] = {}
-"""The attributes of a span handed to the roll-ups without them (shared, never written)."""
 
 
 class MalformedPayload(ValueError):
@@ -252,6 +250,7 @@ class SqliteSpanStore:
         batch_spans: int = 4096,
         retention_interval_s: float = 5.0,
         decode_processes: int = 0,
+        rollup_processes: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (
@@ -292,7 +291,7 @@ class SqliteSpanStore:
         self._db.commit()
         self._load_state()
         self._resources_by_id: dict[int, dict[str, Any]] = {}
-        self._record_shapes: dict[str, tuple[str, ...]] = {}
+        self._record_spans = _rollup.RecordSpans()
 
         self._queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
         self._queued = 0
@@ -311,10 +310,11 @@ class SqliteSpanStore:
         self._closed = False
         self.writer_error: BaseException | None = None
         self._decoder = Decoder(decode_processes)
-        self._rollup = _rollup.Rollup(max(hold_s, 1.0), self._spans_of)
+        self.rollup_processes = rollup_processes
         self.rollup_watermark_ns = _rollup.NO_WATERMARK
         """Spans starting before this are in the roll-ups (see `_rollup`)."""
         self._reroll()
+        self._roller = self._start_roller()
         self._writer = threading.Thread(target=self._run, name="span-store-writer", daemon=True)
         self._writer.start()
 
@@ -351,13 +351,49 @@ class SqliteSpanStore:
             return
         first = row[0] // _MINUTE_NS * _MINUTE_NS
         spans = self.spans_between(first - _TRACE_SLACK_NS, 1 << 62, 1_000_000)
-        self._rollup.roll(spans, since_ns=first)
+        rollup = _rollup.Rollup(self._settle_s, self._spans_of)
+        rollup.roll(spans, since_ns=first)
         db = self._db
         db.execute("BEGIN")
         db.execute("DELETE FROM rollups WHERE minute >= ?", (first // _MINUTE_NS,))
-        self._rollup.write(db)
+        rollup.write(db)
         db.execute("DELETE FROM meta WHERE key = 'rollup_watermark'")
         db.execute("COMMIT")
+        self.rollup_watermark_ns = _rollup.NO_WATERMARK
+
+    @property
+    def _settle_s(self) -> float:
+        return max(self.hold_s, 1.0)
+
+    def _start_roller(self, *, local: bool = False) -> RollupProcess | LocalRollup:
+        """The roll-ups in a child process (`rollup_processes`), else in the writer's thread."""
+        if self.rollup_processes > 0 and not local:
+            try:
+                return RollupProcess(self._settle_s)
+            except Exception:  # rolling up in the writer beats not rolling up
+                log.exception("cannot start the roll-up process; rolling up in the writer")
+        return LocalRollup(self._settle_s)
+
+    def _roll(
+        self, out: list[_Rec], now: float, *, force: bool
+    ) -> tuple[list[_rollup.PlainRow], int]:
+        """Hand the records written to the roll-ups; the rows to write and the watermark.
+
+        A roll-up process that died lost what it held: the spans in the file since the stored
+        watermark are rolled up again (`_reroll`) and another process takes over (counted in
+        `rollup_restarts`; after three in a row, the writer rolls up itself)."""
+        for attempt in range(4):
+            roller = self._roller
+            try:
+                roller.submit(out, now, force=force)
+                return roller.collect(wait=force)
+            except RollupDied:
+                log.warning("roll-up process %s died; rolling up again from the file", roller.pid)
+                self._counters["rollup_restarts"] += 1
+                roller.close()
+                self._reroll()
+                self._roller = self._start_roller(local=attempt >= 2)
+        raise AssertionError("unreachable: the last attempt rolls up in the writer")
 
     # Connections ---------------------------------------------------------------------------
 
@@ -479,6 +515,7 @@ class SqliteSpanStore:
         self._queue.put(("stop", None, 0))
         self._writer.join(timeout)
         self._decoder.close()
+        self._roller.close()
         with self._queue_lock:
             readers, self._readers = self._readers, []
         for db in readers:
@@ -584,25 +621,15 @@ class SqliteSpanStore:
             for (minute, service, name, bucket), n in received.items()
         }
         self._decide(now, out, force=force)
-        rollup = self._rollup
-        if out:
-            rollup.add(out, now)
-        rollup.settle(now, force=force)
-        watermark = rollup.watermark_ns
-        if (
-            not out
-            and not logs
-            and not hist
-            and not rollup.has_rows
-            and watermark == self.rollup_watermark_ns
-        ):
+        rows, watermark = self._roll(out, now, force=force)
+        if not out and not logs and not hist and not rows and watermark == self.rollup_watermark_ns:
             return
         db = self._db
         db.execute("BEGIN")
         try:
             if out:
                 self._write_spans(out)
-            rollup.write(db)
+            _rollup.write_rows(db, rows)
             db.execute(
                 "INSERT INTO meta(key, value) VALUES ('rollup_watermark', ?) "
                 "ON CONFLICT DO UPDATE SET value = excluded.value",
@@ -625,48 +652,8 @@ class SqliteSpanStore:
         self.rollup_watermark_ns = watermark
 
     def _spans_of(self, recs: list[_Rec]) -> list[_rollup.RollSpan]:
-        """Written records as spans for the roll-ups, cheaply: ids stay bytes (the roll-ups
-        accept either), and only the attributes the roll-ups read are decoded (`_rollup`)."""
-        wanted = self._record_shapes
-        out: list[_rollup.RollSpan] = []
-        append = out.append
-        span = _rollup.RollSpan
-        kinds = KINDS
-        names = _rollup.ATTRIBUTE_NAMES
-        needs = _rollup.needs_attributes
-        no_links: tuple[tuple[bytes, bytes], ...] = ()
-        for rec in recs:
-            shape_text, values, extra, name = rec[9], rec[10], rec[12], rec[4]
-            attributes: dict[str, Any] = _NO_ATTRIBUTES
-            if shape_text is not None and values and (name in names or needs(shape_text)):
-                keys = wanted.get(shape_text)
-                if keys is None:
-                    keys = wanted[shape_text] = tuple(orjson.loads(shape_text))
-                attributes = dict(zip(keys, orjson.loads(values), strict=False))
-            links: Sequence[tuple[bytes, bytes]] = no_links
-            if extra:
-                links = tuple(
-                    (bytes.fromhex(t), bytes.fromhex(s))
-                    for t, s in orjson.loads(extra).get("l", ())
-                )
-            append(
-                span(
-                    rec[0],
-                    rec[1],
-                    rec[2] or b"",
-                    name,
-                    kinds.get(rec[5], "unspecified"),
-                    rec[3],
-                    rec[6],
-                    rec[7],
-                    attributes,
-                    bool(rec[8]),
-                    links,
-                )
-            )
-        if len(wanted) > 50_000:
-            wanted.clear()
-        return out
+        """Written records as spans for the roll-ups (`_rollup.RecordSpans`)."""
+        return self._record_spans(recs)
 
     def _route(self, rec: _Rec, now: float, out: list[_Rec]) -> None:
         """Write the span, hold it until its trace is decided, or drop it (sampled out).
@@ -1329,6 +1316,7 @@ class SqliteSpanStore:
             sampled_out_spans=c["sampled_out_spans"],
             rescued_spans=c["rescued_spans"],
             early_decided_traces=c["early_decided_traces"],
+            rollup_restarts=c["rollup_restarts"],
         )
 
     # Search --------------------------------------------------------------------------------
