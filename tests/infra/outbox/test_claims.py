@@ -21,8 +21,10 @@ from backend.infra.outbox import Outbox, OutboxSettings
 from tests.support.factories import fill_event
 from tests.support.polling import eventually
 
+# A publish that times out may have landed, and is published again (at least once); a timeout
+# long enough for a loaded machine keeps the exactly-once counts below about the claims.
 FAST = OutboxSettings(
-    batch_size=20, publish_timeout_s=0.5, retry_backoff_s=0.05, retry_backoff_max_s=0.2
+    batch_size=20, publish_timeout_s=5.0, retry_backoff_s=0.05, retry_backoff_max_s=0.2
 )
 tracer = get_tracer(__name__)
 
@@ -197,13 +199,16 @@ async def test_an_idle_relay_takes_over_a_dead_relays_rows_without_a_commit_of_i
     try:
 
         async def published() -> bool:
-            return {e["id"] for e in await envelopes(client, settings)} == set(traces)
+            # On the bus, and marked published (the mark follows the publish: a relay stopped
+            # in between publishes the rows again, which consumers skip by event id).
+            on_bus = {e["id"] for e in await envelopes(client, settings)} == set(traces)
+            return on_bus and not await unpublished(sessions)
 
         await eventually(published, 10, "the dead relay's rows published by the idle one")
     finally:
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
-    assert not await unpublished(sessions)
+    assert len(await envelopes(client, settings)) == 3, "each row published once"
 
 
 async def test_the_relay_id_is_the_source_at_the_replica_name(client: Redis) -> None:
