@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,11 +17,29 @@ from tests.support.polling import WaitTimeout, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Ports for test servers come from below the kernel's ephemeral range (32768-60999 by
+# default): a port the kernel hands out with bind(0) can be taken, before the test server
+# binds it, by any outgoing connection on the machine - that race failed a whole browser run.
+_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on at the moment of asking."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now and that no outgoing connection
+    will be given; never the same port twice in one test run."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1} after 200 tries")
 
 
 def http_ok(port: int, path: str = "/health/live") -> bool:
