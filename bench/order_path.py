@@ -572,6 +572,14 @@ def report_paths(paths: list[TickPath]) -> None:
     for stage, values in sorted(stages.items(), key=lambda kv: -statistics.median(kv[1])):
         if statistics.median(values) >= 0.05:
             print(f"    {stage:<58} {statistics.median(values):7.2f}  max {max(values):7.2f}")
+    inside: dict[str, list[float]] = defaultdict(list)
+    for p in paths:
+        for name, ms in p.inside.items():
+            inside[name].append(ms)
+    print("  inside the services: internal spans on the path, SQL included (median ms; max):")
+    for name, values in sorted(inside.items(), key=lambda kv: -statistics.median(kv[1])):
+        if statistics.median(values) >= 0.05:
+            print(f"    {name:<58} {statistics.median(values):7.2f}  max {max(values):7.2f}")
 
 
 KINDS = ("publish", "stream wait", "in-service", "SQL", "bus publish on path", "HTTP client")
@@ -596,6 +604,9 @@ class TickPath:
 
     total_ms: float
     stages: dict[str, float] = field(default_factory=dict)
+    inside: dict[str, float] = field(default_factory=dict)
+    """Time in the services' own internal spans on the path (their SQL included), by
+    "service span name": where an in-service time goes, apart from the stages."""
 
     def add(self, stage: str, ms: float) -> None:
         if ms > 0:
@@ -689,6 +700,9 @@ def _walk(
             own -= ms
             path.add(f"bus publish on path: {service} {sp['name']}", ms)
         else:
+            if sp["kind"] == "internal":
+                key = f"{service} {sp['name']}"
+                path.inside[key] = path.inside.get(key, 0.0) + _clipped_ms(sp, end)
             stack.extend(children.get(sp["span_id"], []))
     path.add(f"in-service: {service} {root['name']}", own)
 
