@@ -12,6 +12,10 @@ The baseline, taken in the same run against the same processes, is the bare HTTP
 (GET /health/live on execution at the same concurrency): the floor an order cannot go below.
 The load client alone is measured too, against a bare server that answers at once.
 
+With `--lone-seconds S` (default 5) orders are then sent one at a time for S seconds, the
+shape of the tick path (nothing to batch with): execution's POST /orders time and CPU per
+order, and accepted = persisted = booked for them too.
+
 With `--trace-seconds S` the bot is then started again for S seconds, and the exported traces
 give the tick-to-acknowledgement time (the tick's publication to the end of execution's
 POST /orders) with a per-stage breakdown.
@@ -568,6 +572,14 @@ def report_paths(paths: list[TickPath]) -> None:
     for stage, values in sorted(stages.items(), key=lambda kv: -statistics.median(kv[1])):
         if statistics.median(values) >= 0.05:
             print(f"    {stage:<58} {statistics.median(values):7.2f}  max {max(values):7.2f}")
+    inside: dict[str, list[float]] = defaultdict(list)
+    for p in paths:
+        for name, ms in p.inside.items():
+            inside[name].append(ms)
+    print("  inside the services: internal spans on the path, SQL included (median ms; max):")
+    for name, values in sorted(inside.items(), key=lambda kv: -statistics.median(kv[1])):
+        if statistics.median(values) >= 0.05:
+            print(f"    {name:<58} {statistics.median(values):7.2f}  max {max(values):7.2f}")
 
 
 KINDS = ("publish", "stream wait", "in-service", "SQL", "bus publish on path", "HTTP client")
@@ -592,6 +604,9 @@ class TickPath:
 
     total_ms: float
     stages: dict[str, float] = field(default_factory=dict)
+    inside: dict[str, float] = field(default_factory=dict)
+    """Time in the services' own internal spans on the path (their SQL included), by
+    "service span name": where an in-service time goes, apart from the stages."""
 
     def add(self, stage: str, ms: float) -> None:
         if ms > 0:
@@ -685,6 +700,9 @@ def _walk(
             own -= ms
             path.add(f"bus publish on path: {service} {sp['name']}", ms)
         else:
+            if sp["kind"] == "internal":
+                key = f"{service} {sp['name']}"
+                path.inside[key] = path.inside.get(key, 0.0) + _clipped_ms(sp, end)
             stack.extend(children.get(sp["span_id"], []))
     path.add(f"in-service: {service} {root['name']}", own)
 
@@ -764,16 +782,7 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             f"  execution POST /orders  p50 {pct(load.execution_ms, 0.5):6.1f} ms  "
             f"p99 {pct(load.execution_ms, 0.99):6.1f} ms"
         )
-        checks = len(load.risk_ms) or 1
-        orders = len(load.accepted) or 1
-        print(
-            "  CPU per order (load-independent): "
-            + "  ".join(
-                f"{n} {1000 * cpu_used[n] / (checks if n == 'risk-safety' else orders):.2f} ms"
-                + (" per check" if n == "risk-safety" else "")
-                for n in sorted(cpu_used)
-            )
-        )
+        print("  CPU per order (load-independent): " + _cpu_per_order(cpu_used, load))
         if load.first_refusal:
             print(f"  first refusal: {load.first_refusal}")
         if load.denied or load.errors:
@@ -787,9 +796,55 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             and counts["booked_twice"] == counts["filled_twice"] == 0
         )
         print(f"accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
+        if args.lone_seconds:
+            ok = lone_orders(s, url, pids, args) and ok
         if args.trace_seconds:
             tick_to_ack(s, args.trace_seconds)
         return 0 if ok else 1
+
+
+def _cpu_per_order(cpu_used: dict[str, float], load: Load) -> str:
+    checks = len(load.risk_ms) or 1
+    orders = len(load.accepted) or 1
+    return "  ".join(
+        f"{n} {1000 * cpu_used[n] / (checks if n == 'risk-safety' else orders):.2f} ms"
+        + (" per check" if n == "risk-safety" else "")
+        for n in sorted(cpu_used)
+    )
+
+
+def lone_orders(s: Stack, url: str | None, pids: dict[str, int], args: argparse.Namespace) -> bool:
+    """One order at a time (the tick path's shape: nothing to batch with); True if accepted =
+    persisted = booked for them too."""
+    prefix = f"lone{uuid.uuid4().hex[:8]}"
+    # What the services burn with no order (ticks, polls, relays), subtracted below: at a
+    # few orders a second it would otherwise dominate the figure.
+    idle_s = min(5.0, args.lone_seconds)
+    cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
+    time.sleep(idle_s)
+    idle_rate = {n: (cpu_seconds(p) - cpu_before[n]) / idle_s for n, p in pids.items()}
+    cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
+    load = drive(s, args.lone_seconds, 1, args.quantity, prefix, 1)
+    cpu_used = {
+        n: cpu_seconds(p) - cpu_before[n] - idle_rate[n] * load.seconds for n, p in pids.items()
+    }
+    print(
+        f"one order at a time:             {len(load.accepted) / load.seconds:8.1f} /s     "
+        f"p50 {pct(load.order_ms, 0.5):6.1f} ms  p99 {pct(load.order_ms, 0.99):6.1f} ms"
+    )
+    print(
+        f"  execution POST /orders  p50 {pct(load.execution_ms, 0.5):6.1f} ms  "
+        f"p99 {pct(load.execution_ms, 0.99):6.1f} ms"
+    )
+    print("  CPU per order, net of the idle rate: " + _cpu_per_order(cpu_used, load))
+    counts = reconcile(s, url, load, prefix)
+    ok = (
+        counts["accepted"] == counts["persisted"] == counts["booked"]
+        and counts["persisted_not_accepted"] == 0
+        and counts["booked_twice"] == counts["filled_twice"] == 0
+    )
+    print(f"  accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
+    return ok
 
 
 @contextmanager
@@ -808,6 +863,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantity", default="0.1")
     parser.add_argument("--database", choices=("sqlite", "postgres", "both"), default="sqlite")
     parser.add_argument("--trace-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--lone-seconds",
+        type=float,
+        default=5.0,
+        help="then one order at a time for this long (0: skip)",
+    )
     parser.add_argument(
         "--clients", type=int, default=2, help="load-generating processes sharing --in-flight"
     )

@@ -266,6 +266,16 @@ class GatedVenue(PaperVenue):
         self._fill_counts.update(working._fill_counts)
         self.take_quotes(quotes)
 
+    def forget(self, client_order_id: ClientOrderId) -> None:
+        """Drop an order that can no longer fill, once persisted: the venue keeps the orders
+        that can still fill, as a restart rebuilds it, so no walk over its orders (every tick,
+        every exposure view) grows with the orders it ever took. A repeated submission of
+        the order is answered from the database, before the venue sees it."""
+        order = self._orders.get(client_order_id)
+        if order is not None and not order.status.is_open:
+            del self._orders[client_order_id]
+            self._fill_counts.pop(client_order_id, None)
+
     def take_quotes(self, quotes: Iterable[Quote]) -> None:
         """Keep the quotes newer than the ones held, without matching (they are not new ticks)."""
         for quote in quotes:
@@ -527,30 +537,45 @@ class OrderDesk:
     async def _place_batch(self, asks: list[_Ask]) -> None:
         """Decide `asks` in order and commit the new orders together; called under the lock.
 
-        Every ask's future is settled, whatever happens (a failed write fails the asks it
-        would have created, and rebuilds the venue from the database)."""
+        The lookup of the ids and the writes are one transaction. Every ask's future is
+        settled, whatever happens (a failed write fails the asks it would have created, and
+        rebuilds the venue from the database)."""
         try:
-            known = await self.store.get_many(
-                list(dict.fromkeys(a.request.client_order_id for a in asks))
-            )
             staged: dict[ClientOrderId, _Staged] = {}
             repeats: list[tuple[_Ask, _Staged]] = []
-            for ask in asks:
-                cid = ask.request.client_order_id
-                try:
-                    if cid in known:
-                        ask.future.set_result(ask.context.run(self._again, ask, known[cid]))
-                    elif cid in staged:
-                        # The same order twice in one batch: the second is a retry of the first.
-                        first = staged[cid]
-                        ask.context.run(self._check_repeat, ask, first.ask.request)
-                        repeats.append((ask, first))
-                    else:
-                        staged[cid] = ask.context.run(self._stage, ask)
-                except (OrderConflict, ApprovalError, TradingClosed) as exc:
-                    ask.future.set_exception(exc)
+            written: list[Recorded] = []
+            try:
+                with contextlib.ExitStack() as persisting:
+                    async with self.store.placing() as placement:
+                        known = await placement.get_many(
+                            list(dict.fromkeys(a.request.client_order_id for a in asks))
+                        )
+                        for ask in asks:
+                            self._decide(ask, known, staged, repeats)
+                        if staged:
+                            persisting.enter_context(self._persist_span(list(staged.values())))
+                            written = await placement.record_new(
+                                [st.item for st in staged.values()],
+                                outbox=self.outbox,
+                                last_fill_sequence=self._fill_sequence,
+                                version=self._venue_lock is not None,
+                            )
+            except DatabaseError as exc:
+                if staged:
+                    self.log.exception(
+                        "orders not persisted; rebuilding the venue from the database",
+                        client_order_ids=list(staged),
+                    )
+                    try:
+                        await self._restore()
+                    except DatabaseError:
+                        self.log.exception("venue rebuild failed; retrying on the next call")
+                for ask in asks:
+                    if not ask.future.done():
+                        ask.future.set_exception(exc)
+                return
             if staged:
-                await self._commit_staged(list(staged.values()))
+                self._settle_staged(list(staged.values()), written)
             for ask, first in repeats:
                 if first.ask.future.exception() is not None:
                     ask.future.set_exception(first.ask.future.exception())  # type: ignore[arg-type]
@@ -563,13 +588,35 @@ class OrderDesk:
                     ask.future.set_exception(failure)
             if not isinstance(exc, Exception):
                 raise
-            if not isinstance(exc, DatabaseError):
-                # The venue may hold orders of this batch that were never written.
-                self.log.exception("order batch failed; rebuilding the venue from the database")
-                try:
-                    await self._restore()
-                except DatabaseError:
-                    self.log.exception("venue rebuild failed; retrying on the next call")
+            # The venue may hold orders of this batch that were never written.
+            self.log.exception("order batch failed; rebuilding the venue from the database")
+            try:
+                await self._restore()
+            except DatabaseError:
+                self.log.exception("venue rebuild failed; retrying on the next call")
+
+    def _decide(
+        self,
+        ask: _Ask,
+        known: dict[str, StoredOrder],
+        staged: dict[ClientOrderId, _Staged],
+        repeats: list[tuple[_Ask, _Staged]],
+    ) -> None:
+        """One ask of a batch: answered now (a known id, a refusal), a repeat of an order
+        staged earlier in the batch, or staged on the venue."""
+        cid = ask.request.client_order_id
+        try:
+            if cid in known:
+                ask.future.set_result(ask.context.run(self._again, ask, known[cid]))
+            elif cid in staged:
+                # The same order twice in one batch: the second is a retry of the first.
+                first = staged[cid]
+                ask.context.run(self._check_repeat, ask, first.ask.request)
+                repeats.append((ask, first))
+            else:
+                staged[cid] = ask.context.run(self._stage, ask)
+        except (OrderConflict, ApprovalError, TradingClosed) as exc:
+            ask.future.set_exception(exc)
 
     def _again(self, ask: _Ask, existing: StoredOrder) -> Submission:
         """A known client order id: the same order again returns it, another is a conflict."""
@@ -632,37 +679,22 @@ class OrderDesk:
         )
         return _Staged(ask, item, fills)
 
-    async def _commit_staged(self, staged: list[_Staged]) -> None:
-        """Write the staged orders in one transaction, then settle their asks."""
+    def _persist_span(self, staged: list[_Staged]) -> contextlib.AbstractContextManager[Any]:
+        """The span of one batch's write and commit, linked to each order's span."""
         links = [
             link
             for st in staged
             for link in links_from_traceparent(st.item.traceparent, {"link.reason": "order"})
         ]
-        with self._tracer.start_as_current_span(
+        return self._tracer.start_as_current_span(  # type: ignore[no-any-return]
             "order.persist",
             kind=SpanKind.INTERNAL,
             links=links,
             attributes={"order.batch_size": len(staged)},
-        ):
-            try:
-                recorded = await self.store.record_new(
-                    [st.item for st in staged],
-                    outbox=self.outbox,
-                    last_fill_sequence=self._fill_sequence,
-                )
-            except DatabaseError as exc:
-                self.log.exception(
-                    "orders not persisted; rebuilding the venue from the database",
-                    client_order_ids=[st.ask.request.client_order_id for st in staged],
-                )
-                try:
-                    await self._restore()
-                except DatabaseError:
-                    self.log.exception("venue rebuild failed; retrying on the next call")
-                for st in staged:
-                    st.ask.future.set_exception(exc)
-                return
+        )
+
+    def _settle_staged(self, staged: list[_Staged], recorded: list[Recorded]) -> None:
+        """After the commit: bookkeeping, and each staged ask's answer."""
         if recorded:
             self._wrote(recorded[-1])
         for st, written in zip(staged, recorded, strict=True):
@@ -688,6 +720,8 @@ class OrderDesk:
         if report.order.status.is_open:
             self._accepted_at[cid] = time.time()
             self._traceparents[cid] = st.item.traceparent
+        else:
+            self.venue.forget(cid)
         self._log_fills(st.fills, report.order)
         self.log.info(
             "order placed",
@@ -1081,6 +1115,7 @@ class OrderDesk:
         metrics.ORDER_TO_FILL.observe(max(0.0, time.time() - accepted) if accepted else 0.0)
 
     def _forget(self, cid: ClientOrderId) -> None:
+        self.venue.forget(cid)
         self._accepted_at.pop(cid, None)
         self._traceparents.pop(cid, None)
 

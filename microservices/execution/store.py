@@ -10,9 +10,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Table, bindparam, func, insert, select, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.infra.db import translate_errors
@@ -22,6 +23,7 @@ from backend.infra.db.models import (
     FillRecord,
     OrderEventRow,
     OrderRecord,
+    OutboxEvent,
 )
 from backend.infra.eventbus import Event
 from backend.infra.outbox import Outbox
@@ -190,6 +192,126 @@ class StoredRiskState:
     verified_at_ms: int
 
 
+class Placement:
+    """The order path's one transaction (see `OrderStore.placing`): the lookup of the client
+    order ids submitted, then the new orders, written with one statement per table."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get_many(self, client_order_ids: Sequence[str]) -> dict[str, StoredOrder]:
+        """The known orders among `client_order_ids`, with their fills, in one read."""
+        return await _get_many(self._session, client_order_ids)
+
+    async def record_new(
+        self,
+        items: Sequence[Report],
+        *,
+        outbox: Outbox,
+        last_fill_sequence: int | None,
+        version: bool = False,
+    ) -> list[Recorded]:
+        """Write new orders (submissions): each one's row, transitions, fills and events, in
+        `items`' order; the orders as written (nothing is read back).
+
+        Every table takes one multi-row INSERT whatever the batch size: the children find
+        their order's id by its client order id in the same statement, so no id is fetched
+        back. Fills are numbered in `items`' order after `last_fill_sequence` (else the
+        table's maximum). With `version`, the highest transition id is read (a shared venue's
+        version after this write); else `last_event_id` is 0."""
+        session = self._session
+        rows = [_new_row(item) for item in items]
+        for row, item in zip(rows, items, strict=True):
+            _copy_progress(row, item.report.order)
+            row.reserved_cash = item.reserved_cash
+        last = last_fill_sequence
+        if last is None and any(item.report.fills for item in items):
+            last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
+        last = int(last or 0)
+        written: list[list[FillRecord]] = []
+        transitions: list[dict[str, Any]] = []
+        fills: list[dict[str, Any]] = []
+        events = _OutboxRows(session)
+        for item in items:
+            fill_rows, last = _number_fills(item, last)
+            written.append(fill_rows)
+            cid = item.report.order.client_order_id
+            transitions += [{**values, "order_cid": cid} for values in _transitions(item)]
+            fills += [_values(f, order_cid=cid) for f in fill_rows]
+            sequences = {f.fill_id: f.id for f in fill_rows}
+            for announcement in item.events:
+                outbox.add(events.stand_in(), _with_sequence(announcement, sequences))
+        await session.execute(insert(_table(OrderRecord)), [_values(row) for row in rows])
+        await session.execute(_INSERT_TRANSITIONS, transitions)
+        if fills:
+            await session.execute(_INSERT_FILLS, fills)
+        await events.insert()
+        last_event_id = 0
+        if version:
+            last_event_id = int(
+                await session.scalar(select(func.coalesce(func.max(OrderEventRow.id), 0))) or 0
+            )
+        dialect = session.get_bind().dialect.name
+        recorded = []
+        for row, fill_rows, item in zip(rows, written, items, strict=True):
+            _as_read_back(row, fill_rows, dialect)
+            # As `get` reads it back: the last rejection's or cancellation's reason.
+            reasons = [e.reason for e in item.report.events if e.kind.value in ("REJECT", "CANCEL")]
+            stored = StoredOrder(row, tuple(fill_rows), (reasons[-1] if reasons else None) or "")
+            recorded.append(
+                Recorded(max((f.id for f in fill_rows), default=None), stored, last_event_id)
+            )
+        return recorded
+
+
+class _OutboxRows:
+    """The outbox rows of one batch, inserted with one statement.
+
+    `Outbox.add` builds an event's row and hands it to `session.add`, and watches the
+    session's commit to wake its relay; the stand-in passes the watch on to the real session
+    and keeps the rows, so the batch's events cost one INSERT rather than one per event (the
+    ORM inserts rows with a generated key one at a time on SQLite, to read each key back).
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.sync_session = session.sync_session
+        self._session = session
+        self._rows: list[OutboxEvent] = []
+
+    def stand_in(self) -> AsyncSession:
+        return cast(AsyncSession, self)
+
+    def add(self, row: OutboxEvent) -> None:
+        self._rows.append(row)
+
+    async def insert(self) -> None:
+        if self._rows:
+            await self._session.execute(
+                insert(_table(OutboxEvent)), [_values(r) for r in self._rows]
+            )
+
+
+def _values(row: Any, **extra: Any) -> dict[str, Any]:
+    """The column values set on a new (transient) ORM row, for a Core INSERT."""
+    values = {k: v for k, v in sa_inspect(row).dict.items() if not k.startswith("_")}
+    values.update(extra)
+    return values
+
+
+def _table(model: type[Any]) -> Table:
+    """The table of a model, for Core statements (no ORM bookkeeping per row)."""
+    return cast(Table, model.__table__)
+
+
+def _order_id_of(param: str) -> Any:
+    orders = _table(OrderRecord)
+    return select(orders.c.id).where(orders.c.client_order_id == bindparam(param)).scalar_subquery()
+
+
+_INSERT_TRANSITIONS = insert(_table(OrderEventRow)).values(order_id=_order_id_of("order_cid"))
+_INSERT_FILLS = insert(_table(FillRecord)).values(order_id=_order_id_of("order_cid"))
+
+
 class OrderStore:
     """Reads and writes the execution tables through the service's unit of work."""
 
@@ -217,9 +339,11 @@ class OrderStore:
         Returns the order as written (nothing is read back) and the highest sequence written."""
         item = Report(report, tuple(events), reserved_cash, traceparent, risk_decision_id)
         if new:
-            return (
-                await self.record_new([item], outbox=outbox, last_fill_sequence=last_fill_sequence)
-            )[0]
+            async with self.placing() as placement:
+                written = await placement.record_new(
+                    [item], outbox=outbox, last_fill_sequence=last_fill_sequence, version=True
+                )
+            return written[0]
         order = report.order
         async with self._resources.session() as session:
             row = await session.scalar(
@@ -241,62 +365,17 @@ class OrderStore:
             max(sequences, default=None), None, max((e.id for e in event_rows), default=0)
         )
 
-    async def record_new(
-        self, items: Sequence[Report], *, outbox: Outbox, last_fill_sequence: int | None
-    ) -> list[Recorded]:
-        """Persist new orders (submissions) in one transaction: each one's row, transitions,
-        fills and events, as `record` does for one; the orders as written, in `items`' order.
-
-        Fills are numbered in `items`' order after `last_fill_sequence` (else the table's
-        maximum). Rows are inserted together (one statement per table), nothing is read back."""
+    @asynccontextmanager
+    async def placing(self) -> AsyncIterator[Placement]:
+        """One transaction for a batch of submissions: which ids are known, then the new
+        orders; committed when the block ends, rolled back if it raises."""
         async with self._resources.session() as session:
-            rows = [_new_row(item) for item in items]
-            for row, item in zip(rows, items, strict=True):
-                _copy_progress(row, item.report.order)
-                row.reserved_cash = item.reserved_cash
-            session.add_all(rows)
-            await session.flush()  # the orders' ids, which their children reference
-            last = last_fill_sequence
-            if last is None and any(item.report.fills for item in items):
-                last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
-            last = int(last or 0)
-            written: list[tuple[OrderRecord, list[FillRecord]]] = []
-            event_ids: list[OrderEventRow] = []
-            for row, item in zip(rows, items, strict=True):
-                fill_rows, last, event_rows = _write_children(session, outbox, item, row, last)
-                written.append((row, fill_rows))
-                event_ids += event_rows
-            await session.flush()  # the transitions' ids
-            last_event_id = max((e.id for e in event_ids), default=0)
-            dialect = session.get_bind().dialect.name
-        recorded = []
-        for (row, fill_rows), item in zip(written, items, strict=True):
-            _as_read_back(row, fill_rows, dialect)
-            # As `get` reads it back: the last rejection's or cancellation's reason.
-            reasons = [e.reason for e in item.report.events if e.kind.value in ("REJECT", "CANCEL")]
-            stored = StoredOrder(row, tuple(fill_rows), (reasons[-1] if reasons else None) or "")
-            recorded.append(
-                Recorded(max((f.id for f in fill_rows), default=None), stored, last_event_id)
-            )
-        return recorded
+            yield Placement(session)
 
     async def get_many(self, client_order_ids: Sequence[str]) -> dict[str, StoredOrder]:
         """The known orders among `client_order_ids`, with their fills, in one read."""
         async with self._resources.session() as session:
-            rows = list(
-                await session.scalars(
-                    select(OrderRecord).where(OrderRecord.client_order_id.in_(client_order_ids))
-                )
-            )
-            if not rows:
-                return {}
-            ids = [r.id for r in rows]
-            fills = await self._fills_of(session, ids)
-            reasons = await self._reasons_of(session, ids)
-            return {
-                r.client_order_id: StoredOrder(r, tuple(fills.get(r.id, ())), reasons.get(r.id, ""))
-                for r in rows
-            }
+            return await _get_many(session, client_order_ids)
 
     async def get(self, client_order_id: str) -> StoredOrder | None:
         """One order and its fills; None if unknown."""
@@ -491,6 +570,31 @@ class OrderStore:
         return {order_id: reason for order_id, reason in rows}
 
 
+async def _get_many(
+    session: AsyncSession, client_order_ids: Sequence[str]
+) -> dict[str, StoredOrder]:
+    # Nearly every id submitted is new: a Core query of the ids alone answers that at a
+    # fraction of the ORM's cost, and only the known ones (retries) are loaded as rows.
+    orders = _table(OrderRecord)
+    known = list(
+        await session.scalars(
+            select(orders.c.client_order_id).where(orders.c.client_order_id.in_(client_order_ids))
+        )
+    )
+    if not known:
+        return {}
+    rows = list(
+        await session.scalars(select(OrderRecord).where(OrderRecord.client_order_id.in_(known)))
+    )
+    ids = [r.id for r in rows]
+    fills = await OrderStore._fills_of(session, ids)
+    reasons = await OrderStore._reasons_of(session, ids)
+    return {
+        r.client_order_id: StoredOrder(r, tuple(fills.get(r.id, ())), reasons.get(r.id, ""))
+        for r in rows
+    }
+
+
 _SQLITE_REAL_DIGITS = 15
 """SQLite's NUMERIC affinity stores a decimal text as REAL only if 15 digits survive."""
 
@@ -546,35 +650,9 @@ def _write_children(
 ) -> tuple[list[FillRecord], int, list[OrderEventRow]]:
     """Add one report's transitions, fills and events under the order `row` (flushed, so its
     id is known); the fill rows, the highest fill sequence now used, the transition rows."""
-    report = item.report
-    trace_id = item.traceparent.split("-")[1] if item.traceparent else None
-    event_rows = [
-        OrderEventRow(
-            order_id=row.id,
-            client_order_id=event.client_order_id,
-            sequence=event.sequence,
-            kind=event.kind.value,
-            from_status=event.from_status.value if event.from_status else None,
-            to_status=event.to_status.value,
-            filled_quantity=event.filled_quantity,
-            fill_quantity=event.fill_quantity,
-            fill_price=event.fill_price,
-            reason=event.reason,
-            trace_id=trace_id,
-            occurred_at=to_datetime(event.ts_ms),
-        )
-        for event in report.events
-    ]
+    event_rows = [OrderEventRow(order_id=row.id, **values) for values in _transitions(item)]
     session.add_all(event_rows)
-    # A fill row's id is the venue's fill sequence, which its order.filled carries. It is
-    # numbered here, inside the transaction that writes the fills, rather than by the
-    # database's autoincrement: a rolled-back transaction burns sequence values on
-    # PostgreSQL, and the portfolio would wait forever for the fill of a hole. The desk
-    # writes under its lock, so the numbers cannot race.
-    fill_rows = [fill_record(fill, row.id) for fill in report.fills]
-    for fill_row in fill_rows:
-        last_fill += 1
-        fill_row.id = last_fill
+    fill_rows, last_fill = _number_fills(item, last_fill, order_id=row.id)
     session.add_all(fill_rows)
     sequences = {f.fill_id: f.id for f in fill_rows}
     for announcement in item.events:
@@ -582,8 +660,49 @@ def _write_children(
     return fill_rows, last_fill, event_rows
 
 
-def fill_record(fill: Fill, order_id: int) -> FillRecord:
-    """The row of `fill` (its `id`, the venue sequence, is numbered when it is written)."""
+def _transitions(item: Report) -> list[dict[str, Any]]:
+    """The column values of one report's transition rows (without `order_id`)."""
+    trace_id = item.traceparent.split("-")[1] if item.traceparent else None
+    return [
+        {
+            "client_order_id": event.client_order_id,
+            "sequence": event.sequence,
+            "kind": event.kind.value,
+            "from_status": event.from_status.value if event.from_status else None,
+            "to_status": event.to_status.value,
+            "filled_quantity": event.filled_quantity,
+            "fill_quantity": event.fill_quantity,
+            "fill_price": event.fill_price,
+            "reason": event.reason,
+            "trace_id": trace_id,
+            "occurred_at": to_datetime(event.ts_ms),
+        }
+        for event in item.report.events
+    ]
+
+
+def _number_fills(
+    item: Report, last_fill: int, order_id: int | None = None
+) -> tuple[list[FillRecord], int]:
+    """One report's fill rows, numbered after `last_fill`; the highest number now used.
+
+    A fill row's id is the venue's fill sequence, which its order.filled carries. It is
+    numbered here, inside the transaction that writes the fills, rather than by the
+    database's autoincrement: a rolled-back transaction burns sequence values on
+    PostgreSQL, and the portfolio would wait forever for the fill of a hole. The desk
+    writes under its lock, so the numbers cannot race."""
+    fill_rows = [fill_record(fill, order_id) for fill in item.report.fills]
+    for fill_row in fill_rows:
+        last_fill += 1
+        fill_row.id = last_fill
+    return fill_rows, last_fill
+
+
+def fill_record(fill: Fill, order_id: int | None) -> FillRecord:
+    """The row of `fill` (its `id`, the venue sequence, is numbered when it is written;
+    without `order_id`, the INSERT finds it)."""
+    if order_id is None:
+        return FillRecord(**fill.columns())
     return FillRecord(**fill.columns(), order_id=order_id)
 
 

@@ -73,6 +73,10 @@ def test_a_trade_is_split_into_stages_that_add_up_to_the_tick_to_ack_time() -> N
     assert sum(path.stages.values()) == pytest.approx(path.total_ms)
     kinds = path.by_kind()
     assert kinds["in-service"] == pytest.approx(12 + 16 + 39)
+    # Where in-service time goes: the internal spans on the path, their SQL included.
+    assert path.inside == pytest.approx(
+        {"trading-bot decide": 88 - 8, "execution order.submit": 25}
+    )
     assert path.of_service("trading-bot") == pytest.approx(3 + 12 + 4 + 2)
 
 

@@ -56,8 +56,18 @@ def test_orders_queued_behind_the_desk_share_one_commit_and_each_get_their_answe
         assert codes == [201] * 8 + [200, 409], [a.text for a in answers.values()]
         assert answers[8].json() == answers[3].json()
         assert answers[9].json()["detail"]["fields"] == ["quantity"]
-        persists = [s for s in span_exporter.get_finished_spans() if s.name == "order.persist"]
+        spans = span_exporter.get_finished_spans()
+        persists = [s for s in spans if s.name == "order.persist"]
         assert [s.attributes["order.batch_size"] for s in persists] == [8]
+        # Eight orders, one INSERT per table (not one per row).
+        writes = sorted(
+            s.attributes.get("db.collection.name")
+            for s in spans
+            if s.parent is not None
+            and s.parent.span_id == persists[0].context.span_id
+            and s.attributes.get("db.operation.name") == "INSERT"
+        )
+        assert writes == ["fills", "order_events", "orders", "outbox_events"]
         sequences = sorted(f["sequence"] for i in range(8) for f in answers[i].json()["fills"])
         assert sequences == list(range(sequences[0], sequences[0] + 8))
         assert client.get("/orders", params={"limit": 100}).json()["count"] == 8

@@ -1,0 +1,90 @@
+"""The order path's cost: one transaction per submission, one statement per table, and a venue
+that keeps only the orders that can still fill."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import event
+
+from backend.infra.observability import current_traceparent
+from microservices.execution.desk import OrderDesk
+from tests.microservices.execution.conftest import running
+from tests.microservices.execution.test_execution import order, send_tick, tick
+from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
+
+
+def _statements(spans: Any, trace_id: int) -> list[tuple[str, str]]:
+    """(operation, table) of every SQL statement in one trace."""
+    return sorted(
+        (s.attributes["db.operation.name"], s.attributes.get("db.collection.name", ""))
+        for s in spans
+        if s.context.trace_id == trace_id and "db.operation.name" in (s.attributes or {})
+    )
+
+
+def test_a_new_order_is_one_transaction_of_one_read_and_one_insert_per_table(
+    harness: ServiceHarness, span_exporter: Any
+) -> None:
+    with running(harness) as client:
+        send_tick(harness, client)
+        engine = client.app.state.resources.engine  # type: ignore[attr-defined]
+        checkouts: Counter[str] = Counter()
+
+        def checked_out(*_args: Any) -> None:
+            traceparent = current_traceparent()
+            if traceparent:
+                checkouts[traceparent.split("-")[1]] += 1
+
+        event.listen(engine.sync_engine, "checkout", checked_out)
+        try:
+            response = client.post("/orders", json=order("one-tx", quantity="0.5"))
+        finally:
+            event.remove(engine.sync_engine, "checkout", checked_out)
+        assert response.status_code == 201, response.text
+        assert response.json()["status"] == "FILLED"
+
+    spans = span_exporter.get_finished_spans()
+    submit = next(s for s in spans if s.name == "order.submit")
+    trace_id = submit.context.trace_id
+    # The lookup of the id and every write share one connection and one commit.
+    assert checkouts[f"{trace_id:032x}"] == 1, checkouts
+    assert _statements(spans, trace_id) == [
+        ("INSERT", "fills"),
+        ("INSERT", "order_events"),  # three transitions: created, accepted, filled
+        ("INSERT", "orders"),
+        ("INSERT", "outbox_events"),  # three events: submitted, accepted, filled
+        ("SELECT", "orders"),
+    ]
+
+
+def test_closed_orders_leave_the_venue_and_a_retry_is_answered_from_the_database(
+    harness: ServiceHarness,
+) -> None:
+    with running(harness) as client:
+        send_tick(harness, client)
+        desk: OrderDesk = client.app.state.resources.provided(OrderDesk)  # type: ignore[attr-defined]
+        first = client.post("/orders", json=order("gone-1", quantity="0.5"))
+        assert first.status_code == 201, first.text
+        for cid in ("gone-2", "gone-3"):
+            assert client.post("/orders", json=order(cid, quantity="0.5")).status_code == 201
+        rests = order("rests", quantity="1", order_type="LIMIT", limit_price="99.00")
+        assert client.post("/orders", json=rests).json()["status"] == "ACCEPTED"
+
+        # Filled orders are not kept in memory: only the working one is.
+        assert set(desk.venue._orders) == {"rests"}
+        again = client.post("/orders", json=order("gone-1", quantity="0.5"))
+        assert again.status_code == 200
+        assert again.json() == first.json()
+        conflict = client.post("/orders", json=order("gone-1", quantity="0.6"))
+        assert conflict.status_code == 409
+
+        harness.publish(tick(bid="98.50", ask="98.90"))
+        wait_until(
+            lambda: client.get("/orders/rests").json()["status"] == "FILLED",
+            what="the resting order to fill",
+        )
+        wait_until(lambda: not desk.venue._orders, what="the filled order to leave the venue")
+        assert len(client.get("/orders", params={"limit": 10}).json()["data"]) == 4
