@@ -386,8 +386,13 @@ def test_fails_closed_when_the_portfolio_is_unreachable_or_stale(
 
 
 def test_a_portfolio_that_lost_a_fill_is_stale_even_when_its_marks_are_fresh(
-    harness: ServiceHarness, portfolio: PortfolioStub, execution: ExecutionStub
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Each check reads the portfolio as the stub answers it now (no background refresh).
+    monkeypatch.setenv("RISK_PORTFOLIO_REFRESH_MS", "0")
     with harness.run(create_service) as client:
         tick(harness, client)
         del portfolio.body["fills"]  # a portfolio that cannot say
@@ -411,6 +416,8 @@ def test_a_portfolio_behind_executions_fills_for_longer_than_the_max_lag_is_stal
 ) -> None:
     monkeypatch.setenv("RISK_MAX_FILL_LAG_MS", "300")
     monkeypatch.setenv("RISK_MAX_ORDERS", "100000")
+    # Each check reads the portfolio as the stub answers it now (no background refresh).
+    monkeypatch.setenv("RISK_PORTFOLIO_REFRESH_MS", "0")
     with harness.run(create_service) as client:
         tick(harness, client)
         execution.fill_sequence = 10
@@ -542,6 +549,8 @@ def test_loss_limits_move_the_trading_state_and_push_it_to_execution(
 ) -> None:
     monkeypatch.setenv("RISK_MAX_DAILY_LOSS", "1000")
     monkeypatch.setenv("RISK_MAX_DRAWDOWN", "0.05")
+    # Each check reads the portfolio as the stub answers it now (no background refresh).
+    monkeypatch.setenv("RISK_PORTFOLIO_REFRESH_MS", "0")
     with harness.run(create_service) as client:
         tick(harness, client)
         portfolio.reset(equity="98500", daily_pnl="-1500")
