@@ -45,7 +45,7 @@ CLOCK_MARGIN_MS = 5_000
 """Asked-for client order ids start this much before the oldest approval: clocks differ."""
 
 REFRESH_IDLE_MS = 10_000
-"""The portfolio is read in the background until this long after the last check."""
+"""The dependencies are read in the background until this long after the last check."""
 
 WINDOW_TRIM = 256
 """Approval times leave the order-rate window in batches of this many (one list move)."""
@@ -156,10 +156,11 @@ class MarketQuote:
 
 @dataclass(frozen=True, slots=True)
 class Read(Generic[T]):
-    """One read under way: when it began and its outcome."""
+    """One read under way: when it began and its outcome (`number`: the order reads began in)."""
 
     started_ms: int
     result: asyncio.Future[T]
+    number: int = 0
 
 
 class SharedRead(Generic[T]):
@@ -172,7 +173,9 @@ class SharedRead(Generic[T]):
 
     `recent` offers the newest read that has answered, under the same bound: begun less
     than `share_ms` ago. It tells no more than joining a read begun at that moment would,
-    and nobody waits for it.
+    and nobody waits for it. Newest by when it began: an answer that arrives after the
+    answer of a read begun later is never offered. `oldest_offered_ms` is when the oldest
+    read that may still be handed out (joined or offered) began.
     """
 
     def __init__(self, fetch: Callable[[], Awaitable[T | None]], *, share_ms: int) -> None:
@@ -180,6 +183,9 @@ class SharedRead(Generic[T]):
         self._share_ms = share_ms
         self._current: Read[T | None] | None = None
         self._answered: Read[T | None] | None = None
+        self._under_way: dict[int, int] = {}
+        """number -> start of every read not answered yet."""
+        self._numbers = itertools.count(1)
 
     def join(self) -> Read[T | None]:
         current = self._current
@@ -193,10 +199,22 @@ class SharedRead(Generic[T]):
 
     def begin(self) -> Read[T | None]:
         """Start a read now, which later callers join."""
-        read: Read[T | None] = Read(now_ms(), asyncio.ensure_future(self._fetch()))
+        read: Read[T | None] = Read(
+            now_ms(), asyncio.ensure_future(self._fetch()), next(self._numbers)
+        )
+        self._under_way[read.number] = read.started_ms
         read.result.add_done_callback(lambda _: self._answer(read))
         self._current = read
         return read
+
+    def oldest_offered_ms(self) -> int | None:
+        """When the oldest read that a caller may still get began: under way or answered,
+        begun less than `share_ms` ago (an older one is neither joined nor offered)."""
+        since = now_ms() - self._share_ms
+        starts = [start for start in self._under_way.values() if start > since]
+        if self._answered is not None and self._answered.started_ms > since:
+            starts.append(self._answered.started_ms)
+        return min(starts, default=None)
 
     def recent(self) -> Read[T | None] | None:
         """The newest read that answered (not None) and began less than `share_ms` ago."""
@@ -206,8 +224,9 @@ class SharedRead(Generic[T]):
         return None
 
     def _answer(self, read: Read[T | None]) -> None:
+        self._under_way.pop(read.number, None)
         answered = self._answered
-        if answered is not None and read.started_ms < answered.started_ms:
+        if answered is not None and read.number < answered.number:
             return
         failed = read.result.cancelled() or read.result.exception() is not None
         # A read that failed after the last answer fails closed: nothing is offered until
@@ -268,7 +287,7 @@ class RiskGuard:
         self._fill_lag = FillLagTracker()
         self._last_check_ms = 0
         self._checking = asyncio.Event()
-        self._refreshes = settings.portfolio_refresh_ms > 0 and settings.read_share_ms > 0
+        self._refreshes = settings.refresh_ms > 0 and settings.read_share_ms > 0
 
     @property
     def secret(self) -> str:
@@ -278,21 +297,24 @@ class RiskGuard:
         """Publish the decisions and state changes the request path left in the outbox."""
         await self.store.outbox.run_relay()
 
-    async def refresh_portfolio(self, _resources: Resources | None = None) -> None:
-        """Background task: while checks keep coming, read the portfolio every
-        `portfolio_refresh_ms`, so a check finds an answer begun less than `read_share_ms` ago
-        (the bound a joined read has) instead of reading on its own path."""
+    async def refresh_reads(self, _resources: Resources | None = None) -> None:
+        """Background task: while checks keep coming, read the portfolio and execution's
+        exposure every `refresh_ms`, so a check finds answers begun less than `read_share_ms`
+        ago (the bound a joined read has) instead of reading on its own path."""
         if not self._refreshes:
             return
-        interval_s = self.settings.portfolio_refresh_ms / 1000
+        interval_s = self.settings.refresh_ms / 1000
         while True:
             await self._checking.wait()
             if now_ms() - self._last_check_ms > REFRESH_IDLE_MS:
                 self._checking.clear()
                 continue
             started = time.monotonic()
-            # Never raises (a failed read is None); shielded, as checks may be waiting on it.
-            await asyncio.shield(self._portfolio_reads.begin().result)
+            # Never raise (a failed read is None); shielded, as checks may be waiting on them.
+            await asyncio.gather(
+                asyncio.shield(self._portfolio_reads.begin().result),
+                asyncio.shield(self._exposure_reads.begin().result),
+            )
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async def restore(self, _resources: Resources | None = None) -> None:
@@ -372,13 +394,17 @@ class RiskGuard:
             self._checking.set()
             # One read of each dependency serves every check that arrives while it is under
             # way (see SharedRead); a check counts from the moment its exposure read began.
-            exposure_read = self._exposure_reads.join()
+            # An answer read in the background is used when its read began as recently as a
+            # joined one must have; otherwise the dependency is read (or joined) on the path.
+            exposure_read = self._offered(self._exposure_reads)
             self._reads_in_flight[read] = exposure_read.started_ms
-            # The portfolio refreshed in the background is used when its read began as
-            # recently as a joined one must have; otherwise it is read (or joined) as before.
-            recent = self._portfolio_reads.recent() if self._refreshes else None
-            portfolio_read = recent or self._portfolio_reads.join()
-            span.set_attribute("portfolio.read_waited", not portfolio_read.result.done())
+            portfolio_read = self._offered(self._portfolio_reads)
+            span.set_attributes(
+                {
+                    "portfolio.read_waited": not portfolio_read.result.done(),
+                    "exposure.read_waited": not exposure_read.result.done(),
+                }
+            )
             try:
                 # Shielded: a caller that goes away must not cancel a read others wait on.
                 snapshot, execution = await asyncio.gather(
@@ -524,6 +550,10 @@ class RiskGuard:
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
         return Verdict(decision.approved, decision.reason, detail, decision_id, approval, state)
 
+    def _offered(self, reads: SharedRead[T]) -> Read[T | None]:
+        recent = reads.recent() if self._refreshes else None
+        return recent or reads.join()
+
     def _explain(self, reason: ReasonCode, detail: str, snapshot: PortfolioSnapshot | None) -> str:
         """The denial's detail, with the fetch error when a dependency could not be read."""
         fetch, exposure = self.last_fetch, self.last_exposure
@@ -573,6 +603,13 @@ class RiskGuard:
         that a completed read reported received is, in every read begun after that one
         completed, a working order or a holding there, so counted without the ledger."""
         horizon = min(self._reads_in_flight.values(), default=now)
+        # So is a read that a later check may still be handed (answered in the background,
+        # or under way). Only a read begun after every answered one can be offered (see
+        # SharedRead), which already keeps this bound; it is kept here too, so the pruning
+        # does not rest on that ordering alone.
+        offered = self._exposure_reads.oldest_offered_ms()
+        if offered is not None:
+            horizon = min(horizon, offered)
         confirmed = self._confirmed
         for cid, entry in list(self._ledger.items()):
             done = confirmed.get(cid)

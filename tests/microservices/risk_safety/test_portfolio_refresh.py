@@ -1,8 +1,10 @@
-"""The portfolio is read in the background while checks come; a check never judges on an
-answer whose read began longer ago than a joined read may have, nor after a failed read."""
+"""The portfolio and execution's exposure are read in the background while checks come; a
+check never judges on an answer whose read began longer ago than a joined read may have, nor
+after a failed read, nor on an answer overtaken by a read begun later."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -13,7 +15,7 @@ import pytest
 
 from backend.infra.observability import get_logger, get_tracer
 from backend.infra.service import Resources, ServiceSettings
-from microservices.risk_safety.guard import RiskGuard
+from microservices.risk_safety.guard import RiskGuard, SharedRead
 from microservices.risk_safety.service import create_service
 from microservices.risk_safety.settings import RiskSafetySettings
 from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, check, tick
@@ -24,17 +26,55 @@ from tests.support.polling import wait_until
 class CheckInThread:
     """POST /check from another thread, so the test can look while it waits for a read."""
 
-    def __init__(self, client: Any, cid: str) -> None:
+    def __init__(self, client: Any, cid: str, quantity: str = "1") -> None:
         self.answer: dict[str, Any] | None = None
-        self.thread = threading.Thread(target=self._run, args=(client, cid), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(client, cid, quantity), daemon=True)
         self.thread.start()
 
-    def _run(self, client: Any, cid: str) -> None:
-        self.answer = check(client, cid)
+    def _run(self, client: Any, cid: str, quantity: str) -> None:
+        self.answer = check(client, cid, quantity=quantity)
 
     def wait(self, timeout_s: float) -> dict[str, Any] | None:
         self.thread.join(timeout_s)
         return self.answer
+
+
+async def test_an_answer_overtaken_by_a_read_begun_later_is_never_offered() -> None:
+    gates = {1: asyncio.Event(), 2: asyncio.Event()}
+    calls = iter((1, 2))
+
+    async def fetch() -> int:
+        n = next(calls)
+        await gates[n].wait()
+        return n
+
+    reads = SharedRead(fetch, share_ms=60_000)
+    first, second = reads.begin(), reads.begin()
+    assert reads.recent() is None
+    assert reads.oldest_offered_ms() == first.started_ms
+    gates[2].set()
+    await second.result
+    gates[1].set()
+    await first.result
+    offered = reads.recent()
+    assert offered is second, "the answer of the read begun first came last and won"
+    assert reads.oldest_offered_ms() == second.started_ms
+
+
+async def test_a_failed_read_withdraws_the_answer_and_a_stale_one_is_not_offered() -> None:
+    answers: list[int | None] = [7, None, 8]
+
+    async def fetch() -> int | None:
+        return answers.pop(0)
+
+    reads = SharedRead(fetch, share_ms=60_000)
+    assert await reads.begin().result == 7
+    assert reads.recent() is not None
+    assert await reads.begin().result is None
+    assert reads.recent() is None, "offered an answer after a failed read"
+    assert await reads.begin().result == 8
+    assert reads.recent() is not None
+    assert SharedRead(fetch, share_ms=0).recent() is None
 
 
 def test_a_check_uses_the_background_read_instead_of_waiting_for_its_own(
@@ -44,19 +84,30 @@ def test_a_check_uses_the_background_read_instead_of_waiting_for_its_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("RISK_READ_SHARE_MS", "60000")
-    monkeypatch.setenv("RISK_PORTFOLIO_REFRESH_MS", "50")
+    monkeypatch.setenv("RISK_REFRESH_MS", "50")
+    monkeypatch.setenv("RISK_POSITION_LIMITS", "BTCUSDT=1")
     with harness.run(create_service) as client:
         tick(harness, client)
-        assert check(client, "f-1")["approved"] is True
+        assert check(client, "f-1", quantity="0.5")["approved"] is True
         seen = portfolio.reads
         wait_until(lambda: portfolio.reads >= seen + 2, 10, "background reads of the portfolio")
         portfolio.release.clear()  # every read from now on waits
         try:
-            answer = CheckInThread(client, "f-2").wait(5)
+            answer = CheckInThread(client, "f-2", "0.5").wait(5)
         finally:
             portfolio.release.set()
         assert answer is not None, "the check waited for a portfolio read"
         assert answer["approved"] is True
+        # Execution's answers now wait too; the check judges on the background read, and
+        # the approvals given since count from the ledger: a third 0.5 would pass the limit.
+        execution.hold_next_exposure = True
+        wait_until(execution.exposure_held.is_set, 10, "a background read of execution")
+        try:
+            over = CheckInThread(client, "f-3", "0.5").wait(5)
+        finally:
+            execution.exposure_release.set()
+        assert over is not None, "the check waited for a read of execution"
+        assert over["reason"] == "MAX_POSITION"
 
 
 def test_an_answer_whose_read_began_longer_ago_than_the_share_bound_is_not_used(
@@ -66,7 +117,7 @@ def test_an_answer_whose_read_began_longer_ago_than_the_share_bound_is_not_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("RISK_READ_SHARE_MS", "300")
-    monkeypatch.setenv("RISK_PORTFOLIO_REFRESH_MS", "50")
+    monkeypatch.setenv("RISK_REFRESH_MS", "50")
     with harness.run(create_service) as client:
         tick(harness, client)
         assert check(client, "g-1")["approved"] is True
@@ -97,7 +148,7 @@ def test_a_failed_background_read_withdraws_the_answer_before_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("RISK_READ_SHARE_MS", "60000")
-    monkeypatch.setenv("RISK_PORTFOLIO_REFRESH_MS", "50")
+    monkeypatch.setenv("RISK_REFRESH_MS", "50")
     with harness.run(create_service) as client:
         tick(harness, client)
         assert check(client, "h-1")["approved"] is True
