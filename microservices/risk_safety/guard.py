@@ -197,6 +197,14 @@ class SharedRead(Generic[T]):
             return current
         return self.begin()
 
+    def renew(self, every_ms: int) -> Read[T | None]:
+        """The read begun less than `every_ms` ago if there is one (answered or not), else
+        a new one: a background refresh adds no read to those the callers start."""
+        current = self._current
+        if current is not None and now_ms() - current.started_ms < every_ms:
+            return current
+        return self.begin()
+
     def begin(self) -> Read[T | None]:
         """Start a read now, which later callers join."""
         read: Read[T | None] = Read(
@@ -303,7 +311,8 @@ class RiskGuard:
         ago (the bound a joined read has) instead of reading on its own path."""
         if not self._refreshes:
             return
-        interval_s = self.settings.refresh_ms / 1000
+        every_ms = self.settings.refresh_ms
+        interval_s = every_ms / 1000
         while True:
             await self._checking.wait()
             if now_ms() - self._last_check_ms > REFRESH_IDLE_MS:
@@ -312,8 +321,8 @@ class RiskGuard:
             started = time.monotonic()
             # Never raise (a failed read is None); shielded, as checks may be waiting on them.
             await asyncio.gather(
-                asyncio.shield(self._portfolio_reads.begin().result),
-                asyncio.shield(self._exposure_reads.begin().result),
+                asyncio.shield(self._portfolio_reads.renew(every_ms).result),
+                asyncio.shield(self._exposure_reads.renew(every_ms).result),
             )
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 

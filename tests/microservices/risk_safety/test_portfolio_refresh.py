@@ -61,6 +61,20 @@ async def test_an_answer_overtaken_by_a_read_begun_later_is_never_offered() -> N
     assert reads.oldest_offered_ms() == second.started_ms
 
 
+async def test_a_background_refresh_adds_no_read_to_one_begun_within_its_interval() -> None:
+    async def fetch() -> int:
+        return 1
+
+    reads = SharedRead(fetch, share_ms=60_000)
+    begun = reads.join()
+    assert reads.renew(60_000) is begun
+    await begun.result
+    assert reads.renew(60_000) is begun, "answered, and still within the interval"
+    renewed = reads.renew(0)
+    assert renewed is not begun
+    await renewed.result
+
+
 async def test_a_failed_read_withdraws_the_answer_and_a_stale_one_is_not_offered() -> None:
     answers: list[int | None] = [7, None, 8]
 
