@@ -415,11 +415,16 @@ class RiskGuard:
                 }
             )
             try:
-                # Shielded: a caller that goes away must not cancel a read others wait on.
-                snapshot, execution = await asyncio.gather(
-                    asyncio.shield(portfolio_read.result),
-                    asyncio.shield(exposure_read.result),
-                )
+                if portfolio_read.result.done() and exposure_read.result.done():
+                    # Both answered in the background: no turn of the event loop to wait.
+                    snapshot = portfolio_read.result.result()
+                    execution = exposure_read.result.result()
+                else:
+                    # Shielded: a caller that goes away must not cancel a read others wait on.
+                    snapshot, execution = await asyncio.gather(
+                        asyncio.shield(portfolio_read.result),
+                        asyncio.shield(exposure_read.result),
+                    )
             except BaseException:
                 del self._reads_in_flight[read]
                 raise
