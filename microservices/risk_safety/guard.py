@@ -405,7 +405,14 @@ class RiskGuard:
             # way (see SharedRead); a check counts from the moment its exposure read began.
             # An answer read in the background is used when its read began as recently as a
             # joined one must have; otherwise the dependency is read (or joined) on the path.
-            exposure_read = self._offered(self._exposure_reads)
+            # A reduce-only order is judged against the position its entry's fill may just
+            # have made: it reads (or joins a read) as before, so an exit right after its
+            # entry is not denied on an answer from before that fill.
+            exposure_read = (
+                self._exposure_reads.join()
+                if order.reduce_only
+                else self._offered(self._exposure_reads)
+            )
             self._reads_in_flight[read] = exposure_read.started_ms
             portfolio_read = self._offered(self._portfolio_reads)
             span.set_attributes(

@@ -124,6 +124,26 @@ def test_a_check_uses_the_background_read_instead_of_waiting_for_its_own(
         assert over["reason"] == "MAX_POSITION"
 
 
+def test_an_exit_right_after_its_entry_filled_is_judged_on_a_read_that_sees_the_fill(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RISK_READ_SHARE_MS", "60000")
+    monkeypatch.setenv("RISK_REFRESH_MS", "60000")  # one background read, at the first check
+    with harness.run(create_service) as client:
+        tick(harness, client)
+        seen = len(execution.since)
+        assert check(client, "in-1")["approved"] is True
+        wait_until(lambda: len(execution.since) >= seen + 1, 10, "a read of execution")
+        # The entry fills: execution holds it, and has it received.
+        execution.holdings = {"BTCUSDT": "1"}
+        execution.received.append("in-1")
+        out = check(client, "out-1", side="SELL", quantity="1", reduce_only=True)
+        assert out["approved"] is True, out
+
+
 def test_an_answer_whose_read_began_longer_ago_than_the_share_bound_is_not_used(
     harness: ServiceHarness,
     portfolio: PortfolioStub,
