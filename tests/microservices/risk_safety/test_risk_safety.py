@@ -27,9 +27,9 @@ from tests.microservices.risk_safety.conftest import (
     PortfolioStub,
     check,
     metric,
-    now_ms,
     tick,
 )
+from tests.support.factories import now_ms
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
 from tests.support.procs import free_port
