@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
+from bisect import bisect_right, insort
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -43,6 +43,12 @@ EVENT_WAIT_S = 0.5
 
 CLOCK_MARGIN_MS = 5_000
 """Asked-for client order ids start this much before the oldest approval: clocks differ."""
+
+REFRESH_IDLE_MS = 10_000
+"""The dependencies are read in the background until this long after the last check."""
+
+WINDOW_TRIM = 256
+"""Approval times leave the order-rate window in batches of this many (one list move)."""
 
 T = TypeVar("T")
 
@@ -150,10 +156,11 @@ class MarketQuote:
 
 @dataclass(frozen=True, slots=True)
 class Read(Generic[T]):
-    """One read under way: when it began and its outcome."""
+    """One read under way: when it began and its outcome (`number`: the order reads began in)."""
 
     started_ms: int
     result: asyncio.Future[T]
+    number: int = 0
 
 
 class SharedRead(Generic[T]):
@@ -163,14 +170,24 @@ class SharedRead(Generic[T]):
     came, which the approval ledger accounts for (every approval given since is counted
     unless the read reports it received). Without one under way, or if the one under way
     began `share_ms` ago or more (a slow answer must not hold every check), a new one begins.
+
+    `recent` offers the newest read that has answered, under the same bound: begun less
+    than `share_ms` ago. It tells no more than joining a read begun at that moment would,
+    and nobody waits for it. Newest by when it began: an answer that arrives after the
+    answer of a read begun later is never offered. `oldest_offered_ms` is when the oldest
+    read that may still be handed out (joined or offered) began.
     """
 
-    def __init__(self, fetch: Callable[[], Awaitable[T]], *, share_ms: int) -> None:
+    def __init__(self, fetch: Callable[[], Awaitable[T | None]], *, share_ms: int) -> None:
         self._fetch = fetch
         self._share_ms = share_ms
-        self._current: Read[T] | None = None
+        self._current: Read[T | None] | None = None
+        self._answered: Read[T | None] | None = None
+        self._under_way: dict[int, int] = {}
+        """number -> start of every read not answered yet."""
+        self._numbers = itertools.count(1)
 
-    def join(self) -> Read[T]:
+    def join(self) -> Read[T | None]:
         current = self._current
         if (
             current is not None
@@ -178,10 +195,51 @@ class SharedRead(Generic[T]):
             and now_ms() - current.started_ms < self._share_ms
         ):
             return current
-        task = asyncio.ensure_future(self._fetch())
-        read = Read(now_ms(), task)
+        return self.begin()
+
+    def renew(self, every_ms: int) -> Read[T | None]:
+        """The read begun less than `every_ms` ago if there is one (answered or not), else
+        a new one: a background refresh adds no read to those the callers start."""
+        current = self._current
+        if current is not None and now_ms() - current.started_ms < every_ms:
+            return current
+        return self.begin()
+
+    def begin(self) -> Read[T | None]:
+        """Start a read now, which later callers join."""
+        read: Read[T | None] = Read(
+            now_ms(), asyncio.ensure_future(self._fetch()), next(self._numbers)
+        )
+        self._under_way[read.number] = read.started_ms
+        read.result.add_done_callback(lambda _: self._answer(read))
         self._current = read
         return read
+
+    def oldest_offered_ms(self) -> int | None:
+        """When the oldest read that a caller may still get began: under way or answered,
+        begun less than `share_ms` ago (an older one is neither joined nor offered)."""
+        since = now_ms() - self._share_ms
+        starts = [start for start in self._under_way.values() if start > since]
+        if self._answered is not None and self._answered.started_ms > since:
+            starts.append(self._answered.started_ms)
+        return min(starts, default=None)
+
+    def recent(self) -> Read[T | None] | None:
+        """The newest read that answered (not None) and began less than `share_ms` ago."""
+        answered = self._answered
+        if answered is not None and now_ms() - answered.started_ms < self._share_ms:
+            return answered
+        return None
+
+    def _answer(self, read: Read[T | None]) -> None:
+        self._under_way.pop(read.number, None)
+        answered = self._answered
+        if answered is not None and read.number < answered.number:
+            return
+        failed = read.result.cancelled() or read.result.exception() is not None
+        # A read that failed after the last answer fails closed: nothing is offered until
+        # the dependency answers again.
+        self._answered = None if failed or read.result.result() is None else read
 
 
 class RiskGuard:
@@ -215,7 +273,10 @@ class RiskGuard:
         self._state_reason = ""
         self._state_changed_at: datetime | None = None
         self._epoch = 0
-        self._approvals: deque[int] = deque()
+        # Approval times of the order-rate window, ascending; the first `_window_start` have
+        # left it (trimmed in batches).
+        self._approvals: list[int] = []
+        self._window_start = 0
         self._ledger: dict[str, LedgerEntry] = {}
         # When each check still to be decided started reading execution (see _prune_ledger).
         self._reads_in_flight: dict[int, int] = {}
@@ -223,15 +284,18 @@ class RiskGuard:
         # Client order id -> when a read of execution that reported it received completed.
         self._confirmed: dict[str, int] = {}
         self._noted: ExecutionView | None = None
-        self._portfolio_reads: SharedRead[PortfolioSnapshot | None] = SharedRead(
+        self._portfolio_reads: SharedRead[PortfolioSnapshot] = SharedRead(
             self._fetch_portfolio, share_ms=settings.read_share_ms
         )
-        self._exposure_reads: SharedRead[ExecutionView | None] = SharedRead(
+        self._exposure_reads: SharedRead[ExecutionView] = SharedRead(
             lambda: self._fetch_exposure(self._received_since() - CLOCK_MARGIN_MS),
             share_ms=settings.read_share_ms,
         )
         self._quotes: dict[Symbol, MarketQuote] = {}
         self._fill_lag = FillLagTracker()
+        self._last_check_ms = 0
+        self._checking = asyncio.Event()
+        self._refreshes = settings.refresh_ms > 0 and settings.read_share_ms > 0
 
     @property
     def secret(self) -> str:
@@ -240,6 +304,27 @@ class RiskGuard:
     async def run_outbox_relay(self, _resources: Resources | None = None) -> None:
         """Publish the decisions and state changes the request path left in the outbox."""
         await self.store.outbox.run_relay()
+
+    async def refresh_reads(self, _resources: Resources | None = None) -> None:
+        """Background task: while checks keep coming, read the portfolio and execution's
+        exposure every `refresh_ms`, so a check finds answers begun less than `read_share_ms`
+        ago (the bound a joined read has) instead of reading on its own path."""
+        if not self._refreshes:
+            return
+        every_ms = self.settings.refresh_ms
+        interval_s = every_ms / 1000
+        while True:
+            await self._checking.wait()
+            if now_ms() - self._last_check_ms > REFRESH_IDLE_MS:
+                self._checking.clear()
+                continue
+            started = time.monotonic()
+            # Never raise (a failed read is None); shielded, as checks may be waiting on them.
+            await asyncio.gather(
+                asyncio.shield(self._portfolio_reads.renew(every_ms).result),
+                asyncio.shield(self._exposure_reads.renew(every_ms).result),
+            )
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async def restore(self, _resources: Resources | None = None) -> None:
         """Load the trading state and epoch, the order-rate window and the unexpired approvals."""
@@ -251,7 +336,7 @@ class RiskGuard:
         self._epoch = await self.store.epoch()
         since = datetime.now(UTC) - timedelta(milliseconds=self.limits.order_window_ms)
         times = sorted(_epoch_ms(t) for t in await self.store.approvals_since(since))
-        self._approvals = deque(times)
+        self._approvals, self._window_start = times, 0
         ttl = self.settings.approval_ttl_ms
         recent = await self.store.approved_since(datetime.now(UTC) - timedelta(milliseconds=ttl))
         for decision in recent:
@@ -314,16 +399,39 @@ class RiskGuard:
             },
         ) as span:
             read = next(self._read_ids)
+            self._last_check_ms = now_ms()
+            self._checking.set()
             # One read of each dependency serves every check that arrives while it is under
             # way (see SharedRead); a check counts from the moment its exposure read began.
-            exposure_read = self._exposure_reads.join()
+            # An answer read in the background is used when its read began as recently as a
+            # joined one must have; otherwise the dependency is read (or joined) on the path.
+            # A reduce-only order is judged against the position its entry's fill may just
+            # have made: it reads (or joins a read) as before, so an exit right after its
+            # entry is not denied on an answer from before that fill.
+            exposure_read = (
+                self._exposure_reads.join()
+                if order.reduce_only
+                else self._offered(self._exposure_reads)
+            )
             self._reads_in_flight[read] = exposure_read.started_ms
+            portfolio_read = self._offered(self._portfolio_reads)
+            span.set_attributes(
+                {
+                    "portfolio.read_waited": not portfolio_read.result.done(),
+                    "exposure.read_waited": not exposure_read.result.done(),
+                }
+            )
             try:
-                # Shielded: a caller that goes away must not cancel a read others wait on.
-                snapshot, execution = await asyncio.gather(
-                    asyncio.shield(self._portfolio_reads.join().result),
-                    asyncio.shield(exposure_read.result),
-                )
+                if portfolio_read.result.done() and exposure_read.result.done():
+                    # Both answered in the background: no turn of the event loop to wait.
+                    snapshot = portfolio_read.result.result()
+                    execution = exposure_read.result.result()
+                else:
+                    # Shielded: a caller that goes away must not cancel a read others wait on.
+                    snapshot, execution = await asyncio.gather(
+                        asyncio.shield(portfolio_read.result),
+                        asyncio.shield(exposure_read.result),
+                    )
             except BaseException:
                 del self._reads_in_flight[read]
                 raise
@@ -351,7 +459,7 @@ class RiskGuard:
                     exposure=exposure,
                     quotes=quotes,
                     state=self._state,
-                    recent_order_times=self._approvals,
+                    recent_order_times=self._recent_approvals(now),
                     now_ms=now,
                     limits=self.limits,
                     fill_lag_ms=fill_lag_ms,
@@ -372,7 +480,7 @@ class RiskGuard:
                 if decision.approved:
                     # Counted from now on, before the decision is stored: a check decided
                     # while this one commits sees it in flight.
-                    self._approvals.append(now)
+                    insort(self._approvals, now)
                     entry = LedgerEntry(
                         InFlightOrder(
                             order.symbol,
@@ -463,6 +571,10 @@ class RiskGuard:
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
         return Verdict(decision.approved, decision.reason, detail, decision_id, approval, state)
 
+    def _offered(self, reads: SharedRead[T]) -> Read[T | None]:
+        recent = reads.recent() if self._refreshes else None
+        return recent or reads.join()
+
     def _explain(self, reason: ReasonCode, detail: str, snapshot: PortfolioSnapshot | None) -> str:
         """The denial's detail, with the fetch error when a dependency could not be read."""
         fetch, exposure = self.last_fetch, self.last_exposure
@@ -512,6 +624,13 @@ class RiskGuard:
         that a completed read reported received is, in every read begun after that one
         completed, a working order or a holding there, so counted without the ledger."""
         horizon = min(self._reads_in_flight.values(), default=now)
+        # So is a read that a later check may still be handed (answered in the background,
+        # or under way). Only a read begun after every answered one can be offered (see
+        # SharedRead), which already keeps this bound; it is kept here too, so the pruning
+        # does not rest on that ordering alone.
+        offered = self._exposure_reads.oldest_offered_ms()
+        if offered is not None:
+            horizon = min(horizon, offered)
         confirmed = self._confirmed
         for cid, entry in list(self._ledger.items()):
             done = confirmed.get(cid)
@@ -590,9 +709,20 @@ class RiskGuard:
         )
 
     def _trim_window(self, now: int) -> None:
-        start = now - self.limits.order_window_ms
-        while self._approvals and self._approvals[0] <= start:
-            self._approvals.popleft()
+        gone = bisect_right(self._approvals, now - self.limits.order_window_ms)
+        if gone >= WINDOW_TRIM or gone == len(self._approvals):
+            del self._approvals[:gone]
+            gone = 0
+        self._window_start = gone
+
+    def _recent_approvals(self, now: int) -> list[int]:
+        """The order-rate window as the rule needs it: counted here (two bisections rather
+        than the rule's scan of every approval per check), and handed over only at the
+        limit, where the newest `max_orders_per_window` of it make the rule deny."""
+        times = self._approvals
+        first, end = self._window_start, bisect_right(self._approvals, now)
+        limit = self.limits.max_orders_per_window
+        return times[max(first, end - limit) : end] if end - first >= limit else []
 
     # Trading state ----------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ def create_service(settings: RiskSafetySettings | None = None) -> Service:
     service.on_startup(guard.restore)
     # Decisions and state changes reach the bus through the outbox, even after an outage.
     service.background("outbox-relay", guard.run_outbox_relay)
+    service.background("read-refresh", guard.refresh_reads)
     service.subscribe(MarketTick, guard.on_tick)
     service.app.include_router(router)
     return service

@@ -63,6 +63,11 @@ class RiskSafetySettings(BaseSettings):
     read_share_ms: int = Field(default=200, ge=0, validation_alias="RISK_READ_SHARE_MS")
     """A check joins a read of the portfolio or of execution's exposure begun at most this
     long ago and still under way, instead of starting its own (0: every check reads)."""
+    refresh_ms: int = Field(default=100, ge=0, validation_alias="RISK_REFRESH_MS")
+    """While checks keep coming, the portfolio and execution's exposure are read in the
+    background this often; a check uses the newest answers whose reads began less than
+    `read_share_ms` ago, and reads (or joins a read) itself only when there are none (0: no
+    background reads)."""
     approval_ttl_ms: int = Field(default=10_000, gt=0, validation_alias="RISK_APPROVAL_TTL_MS")
     approval_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_SECRET), validation_alias="RISK_APPROVAL_SECRET"

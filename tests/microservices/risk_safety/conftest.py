@@ -65,11 +65,19 @@ class JsonStub:
 
 
 class PortfolioStub(JsonStub):
-    """GET /portfolio with `body`; as_of_ms = now - age_ms; `fills` complete unless changed."""
+    """GET /portfolio with `body`; as_of_ms = now - age_ms; `fills` complete unless changed.
+
+    `reads` counts the GETs answered. While `release` is clear, a GET waits for it before
+    reading `body` (an answer that is slow to come); `status` other than 200 answers an error.
+    """
 
     def __init__(self) -> None:
         self.body: dict[str, Any] = {}
         self.age_ms = 0
+        self.reads = 0
+        self.status = 200
+        self.release = threading.Event()
+        self.release.set()
         self.reset()
         super().__init__()
 
@@ -83,6 +91,10 @@ class PortfolioStub(JsonStub):
     def answer(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if path != "/portfolio":
             return 404, {"detail": "Not Found"}
+        self.release.wait(10)
+        self.reads += 1
+        if self.status != 200:
+            return self.status, {"detail": "portfolio is failing"}
         return 200, {**self.body, "as_of_ms": now_ms() - self.age_ms}
 
 
@@ -165,6 +177,7 @@ def portfolio(monkeypatch: pytest.MonkeyPatch) -> Iterator[PortfolioStub]:
     stub = PortfolioStub()
     monkeypatch.setenv("PORTFOLIO_INTELLIGENCE_URL", stub.url)
     yield stub
+    stub.release.set()
     stub.close()
 
 

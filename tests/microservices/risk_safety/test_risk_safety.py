@@ -27,9 +27,9 @@ from tests.microservices.risk_safety.conftest import (
     PortfolioStub,
     check,
     metric,
-    now_ms,
     tick,
 )
+from tests.support.factories import now_ms
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
 from tests.support.procs import free_port
@@ -163,6 +163,8 @@ def test_each_limit_denies_with_its_reason(
 ) -> None:
     monkeypatch.setenv("RISK_MAX_ORDER_NOTIONAL", "1000")
     monkeypatch.setenv("RISK_POSITION_LIMITS", "BTCUSDT=12")
+    # Each check reads as the stubs answer now (no background reads).
+    monkeypatch.setenv("RISK_REFRESH_MS", "0")
     monkeypatch.setenv("RISK_MAX_GROSS_EXPOSURE", "2000")
     monkeypatch.setenv("RISK_MAX_ORDERS", "3")
     with harness.run(create_service) as client:
@@ -271,6 +273,8 @@ def test_an_expired_approval_no_longer_counts(
 ) -> None:
     monkeypatch.setenv("RISK_POSITION_LIMITS", "BTCUSDT=1")
     monkeypatch.setenv("RISK_APPROVAL_TTL_MS", "300")
+    # Each check reads as the stubs answer now (no background reads).
+    monkeypatch.setenv("RISK_REFRESH_MS", "0")
     with harness.run(create_service) as client:
         tick(harness, client)
         first = check(client, "e-1", quantity="0.9")
@@ -386,8 +390,13 @@ def test_fails_closed_when_the_portfolio_is_unreachable_or_stale(
 
 
 def test_a_portfolio_that_lost_a_fill_is_stale_even_when_its_marks_are_fresh(
-    harness: ServiceHarness, portfolio: PortfolioStub, execution: ExecutionStub
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Each check reads as the stubs answer now (no background reads).
+    monkeypatch.setenv("RISK_REFRESH_MS", "0")
     with harness.run(create_service) as client:
         tick(harness, client)
         del portfolio.body["fills"]  # a portfolio that cannot say
@@ -411,6 +420,8 @@ def test_a_portfolio_behind_executions_fills_for_longer_than_the_max_lag_is_stal
 ) -> None:
     monkeypatch.setenv("RISK_MAX_FILL_LAG_MS", "300")
     monkeypatch.setenv("RISK_MAX_ORDERS", "100000")
+    # Each check reads as the stubs answer now (no background reads).
+    monkeypatch.setenv("RISK_REFRESH_MS", "0")
     with harness.run(create_service) as client:
         tick(harness, client)
         execution.fill_sequence = 10
@@ -542,6 +553,8 @@ def test_loss_limits_move_the_trading_state_and_push_it_to_execution(
 ) -> None:
     monkeypatch.setenv("RISK_MAX_DAILY_LOSS", "1000")
     monkeypatch.setenv("RISK_MAX_DRAWDOWN", "0.05")
+    # Each check reads as the stubs answer now (no background reads).
+    monkeypatch.setenv("RISK_REFRESH_MS", "0")
     with harness.run(create_service) as client:
         tick(harness, client)
         portfolio.reset(equity="98500", daily_pnl="-1500")
