@@ -27,6 +27,10 @@ from backend.infra.traceview._rollup import (
     WindowRollup,
     breakdown,
     slim,
+    write_rows,
+)
+from backend.infra.traceview._rollup import (
+    SCHEMA as ROLLUP_SCHEMA,
 )
 from backend.infra.traceview._sqlstore import SqliteSpanStore, _record
 from backend.infra.traceview._store import StoredSpan
@@ -349,3 +353,36 @@ def test_rows_of_records_equal_rows_of_spans(slimmed: bool) -> None:
     assert {k[1] for k in want} >= {"wait", "service", "sql", "total", "edge", "signals"}
     assert {k[1] for k in want} >= {"approved", "filled", "skip"}
     assert got == want
+
+
+def test_roll_up_rows_written_at_once_equal_rows_written_one_by_one() -> None:
+    """`write_rows` reads a batch's minutes in one query: a key already in the file, or twice
+    in the batch (the answers of two roll-ups), adds up as if written one row at a time, and
+    a bucket keeps the newest example trace."""
+    import sqlite3
+
+    def row(minute: int, key: str, n: int, tid: bytes) -> Any:
+        return ((minute, "total", key), n, n // 2, n * 1.5, {7: [n, tid], 9 + n: [1, tid]})
+
+    def batches() -> list[list[Any]]:  # new each time: writing merges into the lists
+        return [
+            [row(1, "a", 2, b"1" * 16), row(2, "b", 3, b"2" * 16)],
+            [
+                row(1, "a", 4, b"3" * 16),
+                row(1, "a", 5, b"4" * 16),
+                row(3, "c", 1, b"5" * 16),
+                ((2, "edge", "x\x1fy\x1fhttp"), 3, 1, 0.0, None),
+            ],
+        ]
+
+    files = []
+    for at_once in (True, False):
+        db = sqlite3.connect(":memory:")
+        db.executescript(ROLLUP_SCHEMA)
+        for rows in batches():
+            for part in [rows] if at_once else [[r] for r in rows]:
+                write_rows(db, part)
+        files.append(sorted(db.execute("SELECT * FROM rollups")))
+    assert files[0] == files[1]
+    a = next(r for r in files[0] if r[:3] == (1, "total", "a"))
+    assert a[3] == 11 and Histogram.decode(a[6]).buckets[7] == [11, b"4" * 16]

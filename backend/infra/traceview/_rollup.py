@@ -724,28 +724,43 @@ PlainRow = tuple[RowKey, int, int, float, "dict[int, list[Any]] | None"]
 
 
 def write_rows(db: sqlite3.Connection, plain: Sequence[PlainRow]) -> None:
-    """Add rows to the file's (inside the writer's transaction)."""
-    for (minute, kind, key), n, errors, total, buckets in plain:
-        row = _Row(n, errors, total, None if buckets is None else Histogram(buckets))
-        old = db.execute(
-            "SELECT n, errors, sum, hist FROM rollups WHERE minute = ? AND kind = ? AND key = ?",
-            (minute, kind, key),
-        ).fetchone()
-        if old is not None:
-            row.merge(_Row(old[0], old[1], old[2], Histogram.decode(old[3]) if old[3] else None))
-        db.execute(
-            "INSERT OR REPLACE INTO rollups(minute, kind, key, n, errors, sum, hist) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                minute,
-                kind,
-                key,
-                row.n,
-                row.errors,
-                row.sum,
-                row.hist.encode() if row.hist is not None else b"",
-            ),
+    """Add rows to the file's (inside the writer's transaction): the rows of the minutes they
+    fall in are read in one query and the merged rows written in one statement."""
+    if not plain:
+        return
+    minutes = sorted({minute for (minute, _, _), *_ in plain})
+    stored: dict[RowKey, tuple[int, int, float, bytes]] = {}
+    for i in range(0, len(minutes), 500):
+        part = minutes[i : i + 500]
+        stored.update(
+            ((minute, kind, key), (n, errors, total, hist))
+            for minute, kind, key, n, errors, total, hist in db.execute(
+                "SELECT minute, kind, key, n, errors, sum, hist FROM rollups "
+                f"WHERE minute IN ({','.join('?' * len(part))})",
+                part,
+            )
         )
+    # A key may come more than once (the answers of several roll-ups), merged in order; the
+    # newer row's example trace of a bucket is kept (an older one may have been evicted).
+    merged: dict[RowKey, _Row] = {}
+    for row_key, n, errors, total, buckets in plain:
+        row = _Row(n, errors, total, None if buckets is None else Histogram(buckets))
+        before = merged.get(row_key)
+        if before is None:
+            old = stored.get(row_key)
+            if old is not None:
+                before = _Row(old[0], old[1], old[2], Histogram.decode(old[3]) if old[3] else None)
+        if before is not None:
+            row.merge(before)
+        merged[row_key] = row
+    db.executemany(
+        "INSERT OR REPLACE INTO rollups(minute, kind, key, n, errors, sum, hist) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (*k, r.n, r.errors, r.sum, b"" if r.hist is None else r.hist.encode())
+            for k, r in merged.items()
+        ],
+    )
 
 
 # Reading a window ----------------------------------------------------------------------------
