@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -82,3 +83,44 @@ def test_the_decoder_process_exits_when_the_collector_is_killed() -> None:
         return not any(os.path.exists(f"/proc/{pid}") for pid in children)
 
     wait_until(gone, 30, "the decoder process to exit")
+
+
+def test_a_span_is_as_important_as_its_name_attributes_and_error_say() -> None:
+    """The decoder reads a span's attributes for its importance only when one of their keys
+    can change it; every record's level is still `level_of` of the whole span."""
+    from backend.infra.traceview._importance import level_of
+    from bench.collector import encode
+
+    def span(i: int, name: str, kind: int, attributes: dict[str, Any], error: bool = False) -> Any:
+        return {
+            "trace": bytes([i]) * 16,
+            "span": bytes([i]) * 8,
+            "parent": b"",
+            "service": "svc",
+            "name": name,
+            "kind": kind,
+            "start": 10**18,
+            "end": 10**18 + 5,
+            "attributes": attributes,
+            "links": (),
+            "error": error,
+        }
+
+    spans = [
+        span(1, "GET /health/live", 2, {"url.path": "/health/live"}),
+        span(2, "SELECT", 3, {"db.statement": "SELECT 1", "db.system": "postgresql"}),
+        span(3, "check", 1, {"approved": False}),
+        span(4, "decide", 1, {"outcome": "DENIED", "symbol": "X"}),
+        span(5, "decide", 1, {"outcome": "SKIPPED", "symbol": "X"}),
+        span(6, "decide", 1, {"outcome": "SKIPPED"}, error=True),
+        span(7, "x", 1, {"order.client_order_id": ""}),
+        span(8, "x", 1, {"order_id": 12}),
+        span(9, "GET /metrics", 2, {"symbol": "X"}),
+        span(10, "order.submit", 1, {"symbol": "X"}),
+        span(11, "tick", 1, {}),
+    ]
+    records = records_of(ExportTraceServiceRequest.FromString(encode(spans)))
+    got = {r[0][0]: r[15] for r in records}
+    want = {s["trace"][0]: int(level_of(s["name"], s["attributes"], s["error"])) for s in spans}
+    assert got == want
+    assert sorted(set(got.values())) == [0, 1, 2]

@@ -18,16 +18,24 @@ from typing import Any
 import pytest
 
 from backend.infra.traceview import _analysis as analysis
+from backend.infra.traceview._decode import _decode_in_child
 from backend.infra.traceview._rollup import (
     NO_WATERMARK,
     Histogram,
+    RecordSpans,
+    Rollup,
     WindowRollup,
     breakdown,
+    slim,
+    write_rows,
 )
-from backend.infra.traceview._sqlstore import SqliteSpanStore
+from backend.infra.traceview._rollup import (
+    SCHEMA as ROLLUP_SCHEMA,
+)
+from backend.infra.traceview._sqlstore import SqliteSpanStore, _record
 from backend.infra.traceview._store import StoredSpan
 from bench.collector import Traffic, payloads
-from tests.traceview.seed import seeded
+from tests.traceview.seed import Builder, seeded
 
 MINUTE_NS = 60 * 10**9
 REPO = Path(__file__).resolve().parents[2]
@@ -143,7 +151,7 @@ def test_roll_ups_survive_a_restart_and_a_killed_writer(tmp_path: Path) -> None:
         f"""
         import os, time
         from backend.infra.traceview._sqlstore import SqliteSpanStore
-        from tests.traceview.seed import seeded
+        from tests.traceview.seed import Builder, seeded
         from tests.traceview.test_rollup import copy_of
         store = SqliteSpanStore({str(path)!r}, hold_s=3600.0, tick_sample_rate=1.0,
                                 noise_sample_rate=1.0)
@@ -304,3 +312,77 @@ def test_the_writer_waits_for_a_roll_up_process_too_far_behind() -> None:
     _, watermark = roller.collect(wait=True)
     assert watermark == 10  # the span is held until its trace settles
     roller.close()
+
+
+def _rows_by_key(rollup: Rollup) -> dict[Any, tuple[Any, ...]]:
+    return {key: (n, errors, total, buckets) for key, n, errors, total, buckets in rollup.take()}
+
+
+@pytest.mark.parametrize("slimmed", [False, True], ids=["records", "slim-records"])
+def test_rows_of_records_equal_rows_of_spans(slimmed: bool) -> None:
+    """The roll-ups' one pass over written records gives exactly the rows the pages' analysis
+    gives over the same records made spans (`RecordSpans`): counts, errors, sums and every
+    histogram bucket with its example trace, batch after batch (late spans, fills and stops
+    linked to traces of earlier batches, the seed's decisions, SQL, HTTP calls and errors)."""
+    now = time.time_ns()
+    traffic = Traffic(5, now - 9 * MINUTE_NS, 8 * 60.0, 20_000)
+    records = [r for payload in payloads(traffic, 20_000) for r in _decode_in_child(payload)]
+    seed = seeded(now)[0]
+    records += [_record(s) for s in seed]
+    records += [_record(s) for s in copy_of(seeded(now)[0], "9")]
+    # Approved by risk and rejected after: the funnel reads the risk check's `approved`.
+    b = Builder("7" * 32, now - 30 * 10**9)
+    decide = b.add(None, "trading-bot", "decide", 0, 9, symbol="BTCUSDT", outcome="REJECTED")
+    b.add(decide, "trading-bot", "risk_check", 1, 2, approved=True, client_order_id="qt-r")
+    b.add(decide, "trading-bot", "submit_order", 3, 8, error=True)
+    records += [_record(s) for s in b.spans]
+    if slimmed:
+        records = slim(records)
+    fast, reference = Rollup(1.0), Rollup(1.0)
+    to_spans = RecordSpans()
+    batches = 0
+    for i in range(0, len(records), 1500):
+        traces: dict[bytes, list[Any]] = {}
+        for r in records[i : i + 1500]:
+            traces.setdefault(r[0], []).append(r)
+        fast.roll_records(list(traces.values()))
+        reference.roll(to_spans([r for trace in traces.values() for r in trace]))
+        batches += 1
+    got, want = _rows_by_key(fast), _rows_by_key(reference)
+    assert batches > 10 and len(want) > 100
+    assert {k[1] for k in want} >= {"wait", "service", "sql", "total", "edge", "signals"}
+    assert {k[1] for k in want} >= {"approved", "filled", "skip"}
+    assert got == want
+
+
+def test_roll_up_rows_written_at_once_equal_rows_written_one_by_one() -> None:
+    """`write_rows` reads a batch's minutes in one query: a key already in the file, or twice
+    in the batch (the answers of two roll-ups), adds up as if written one row at a time, and
+    a bucket keeps the newest example trace."""
+    import sqlite3
+
+    def row(minute: int, key: str, n: int, tid: bytes) -> Any:
+        return ((minute, "total", key), n, n // 2, n * 1.5, {7: [n, tid], 9 + n: [1, tid]})
+
+    def batches() -> list[list[Any]]:  # new each time: writing merges into the lists
+        return [
+            [row(1, "a", 2, b"1" * 16), row(2, "b", 3, b"2" * 16)],
+            [
+                row(1, "a", 4, b"3" * 16),
+                row(1, "a", 5, b"4" * 16),
+                row(3, "c", 1, b"5" * 16),
+                ((2, "edge", "x\x1fy\x1fhttp"), 3, 1, 0.0, None),
+            ],
+        ]
+
+    files = []
+    for at_once in (True, False):
+        db = sqlite3.connect(":memory:")
+        db.executescript(ROLLUP_SCHEMA)
+        for rows in batches():
+            for part in [rows] if at_once else [[r] for r in rows]:
+                write_rows(db, part)
+        files.append(sorted(db.execute("SELECT * FROM rollups")))
+    assert files[0] == files[1]
+    a = next(r for r in files[0] if r[:3] == (1, "total", "a"))
+    assert a[3] == 11 and Histogram.decode(a[6]).buckets[7] == [11, b"4" * 16]

@@ -35,11 +35,17 @@ def operation(span: StoredSpan) -> str:
     (`POST` becomes `POST /orders`), so calls to different routes are told apart."""
     if span.name not in _HTTP_METHODS:
         return span.name
-    a = span.attributes
+    return operation_of(span.name, span.attributes)
+
+
+def operation_of(name: str, a: Mapping[str, Any]) -> str:
+    """`operation` of a span given by its name and attributes."""
+    if name not in _HTTP_METHODS:
+        return name
     path = a.get("url.path") or a.get("http.route") or a.get("url.template")
     if not path and isinstance(a.get("url.full"), str):
         path = urlsplit(a["url.full"]).path
-    return f"{span.name} {path}" if path else span.name
+    return f"{name} {path}" if path else name
 
 
 def stage_key(span: StoredSpan) -> str:

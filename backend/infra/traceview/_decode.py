@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ._importance import level_of
+from ._importance import Importance, key_can_tell, level_of, name_level
 from ._queries import BUSINESS_KEYS
 
 __all__ = ["Decoder", "dumpb", "records_of"]
@@ -120,9 +120,11 @@ class _Shapes:
     object per distinct key set (a process sees few), so a batch carries each text once."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, ...], tuple[str, tuple[int, ...]]] = {}
+        self._known: dict[tuple[str, ...], tuple[str, tuple[int, ...], bool]] = {}
 
-    def get(self, keys: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
+    def get(self, keys: tuple[str, ...]) -> tuple[str, tuple[int, ...], bool]:
+        """(the keys as JSON, the positions of business keys, whether a key can change the
+        span's importance: `_importance.key_can_tell`)."""
         found = self._known.get(keys)
         if found is None:
             if len(self._known) > 50_000:
@@ -130,6 +132,7 @@ class _Shapes:
             found = self._known[keys] = (
                 dumpb(list(keys)).decode(),
                 tuple(i for i, k in enumerate(keys) if k.rsplit(".", 1)[-1] in BUSINESS_KEYS),
+                any(key_can_tell(k) for k in keys),
             )
         return found
 
@@ -152,21 +155,26 @@ def records_of(request: Any) -> Records:
     out = Records()
     append = out.append
     shapes = _shapes.get
-    shared = _shared
+    strings = _strings
+    scalars = _SCALARS
+    log = math.log
+    base = BUCKET_BASE
+    important = int(Importance.IMPORTANT)
     for rs in request.resource_spans:
         resource = {kv.key: value_of(kv.value) for kv in rs.resource.attributes}
         resource_json = dumpb(resource).decode()
-        service = shared(str(resource.get("service.name", "unknown")))
+        service = _shared(str(resource.get("service.name", "unknown")))
         for ss in rs.scope_spans:
             for s in ss.spans:
                 attrs: dict[str, Any] = {}
                 for kv in s.attributes:
                     v = kv.value
                     which = v.WhichOneof("value")
-                    attrs[kv.key] = getattr(v, which) if which in _SCALARS else value_of(v)
-                error = s.status.code == 2
-                name = shared(s.name)
-                if s.events or s.links or s.status.message:
+                    attrs[kv.key] = getattr(v, which) if which in scalars else value_of(v)
+                status = s.status
+                error = status.code == 2
+                name = strings.get(s.name) or _shared(s.name)
+                if s.events or s.links or status.message:
                     links = [(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links]
                     extra = extra_of(
                         [
@@ -178,13 +186,34 @@ def records_of(request: Any) -> Records:
                             for e in s.events
                         ],
                         links,
-                        s.status.message,
+                        status.message,
                     )
                     linked = tuple({lk.trace_id for lk in s.links})
                 else:
                     extra, linked = None, ()
+                if attrs:
+                    shape, slots, roles = shapes(tuple(attrs))
+                    values = list(attrs.values())
+                    business: tuple[str, ...] = ()
+                    if slots:
+                        business = tuple(
+                            str(values[i])
+                            for i in slots
+                            if isinstance(values[i], str | int) and values[i] != ""
+                        )
+                    encoded: bytes | None = dumpb(values)
+                else:
+                    shape, encoded, business, roles = None, None, (), False
+                # Without an attribute that can say more, the name (or an error) decides.
+                if error:
+                    level = important
+                elif roles:
+                    level = int(level_of(name, attrs, error))
+                else:
+                    level = int(name_level(name))
                 t0 = s.start_time_unix_nano
                 t1 = s.end_time_unix_nano
+                duration = t1 - t0
                 append(
                     (
                         s.trace_id,
@@ -196,12 +225,14 @@ def records_of(request: Any) -> Records:
                         t0,
                         t1,
                         error,
-                        *_attributes(attrs, shapes),
+                        shape,
+                        encoded,
+                        business,
                         extra,
                         linked,
                         resource_json,
-                        int(level_of(name, attrs, error)),
-                        bucket_of(t1 - t0),
+                        level,
+                        int(log(duration) / base) if duration > 1 else 0,
                     )
                 )
     out.received = received_of(out)
@@ -209,12 +240,13 @@ def records_of(request: Any) -> Records:
 
 
 def _attributes(
-    attrs: dict[str, Any], shapes: Callable[[tuple[str, ...]], tuple[str, tuple[int, ...]]]
+    attrs: dict[str, Any],
+    shapes: Callable[[tuple[str, ...]], tuple[str, tuple[int, ...], bool]],
 ) -> tuple[str | None, bytes | None, tuple[str, ...]]:
     """(keys as JSON, values as JSON, business key values) of a span's attributes."""
     if not attrs:
         return None, None, ()
-    shape, slots = shapes(tuple(attrs))
+    shape, slots, _ = shapes(tuple(attrs))
     values = list(attrs.values())
     business: tuple[str, ...] = ()
     if slots:

@@ -66,15 +66,27 @@ def _name_level(name: str) -> Importance:
     return Importance.PLAIN
 
 
-def level_of(name: str, attributes: dict[str, Any], error: bool) -> Importance:
-    """What one span alone says about its trace."""
-    if error:
-        return Importance.IMPORTANT
+def key_can_tell(key: str) -> bool:
+    """Whether an attribute with this key can change what a span says (`level_of`); a span
+    without one says what its name says (`name_level`), or IMPORTANT with an error."""
+    return _key_role(key) != _NOTHING
+
+
+def name_level(name: str) -> Importance:
+    """What a span's name alone says about its trace."""
     level = _name_levels.get(name)
     if level is None:
         level = _name_levels[name] = _name_level(name)
         if len(_name_levels) > 100_000:
             _name_levels.clear()
+    return level
+
+
+def level_of(name: str, attributes: dict[str, Any], error: bool) -> Importance:
+    """What one span alone says about its trace."""
+    if error:
+        return Importance.IMPORTANT
+    level = name_level(name)
     if level is Importance.IMPORTANT:
         return level
     for key, value in attributes.items():

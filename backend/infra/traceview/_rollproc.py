@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ._decode import _exit_with
-from ._rollup import NO_WATERMARK, PlainRow, RecordSpans, Rollup, slim
+from ._rollup import NO_WATERMARK, PlainRow, Rollup, slim
 
 __all__ = ["LocalRollup", "RollupDied", "RollupProcess"]
 
@@ -55,7 +55,7 @@ class LocalRollup:
     pid: int | None = None
 
     def __init__(self, settle_s: float, interval_s: float = 1.0) -> None:
-        self._rollup = Rollup(settle_s, RecordSpans(), interval_s)
+        self._rollup = Rollup(settle_s, interval_s)
 
     def submit(self, records: Sequence[Any], now: float, *, force: bool) -> None:
         if records:
@@ -85,7 +85,7 @@ def _serve(conn: Connection, parent_pid: int, settle_s: float, interval_s: float
 
     threading.Thread(target=receive, name="rollup-receive", daemon=True).start()
     sys.setswitchinterval(0.001)  # the receiving thread drains the pipe without long waits
-    rollup = Rollup(settle_s, RecordSpans(), interval_s)
+    rollup = Rollup(settle_s, interval_s)
     # Most of what the child allocates is tuples of plain values, freed by reference counts:
     # collections every 700 allocations cost it a fifth of its CPU (measured: 10 -> 8 µs a span).
     gc.freeze()

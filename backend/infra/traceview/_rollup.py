@@ -35,7 +35,7 @@ import math
 import sqlite3
 import struct
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -43,6 +43,8 @@ import orjson
 
 from . import _analysis as analysis
 from ._store import KINDS, StoredSpan
+
+_KIND_CODES = {name: code for code, name in KINDS.items()}
 
 __all__ = ["Histogram", "Rollup", "WindowRollup", "read_window"]
 
@@ -354,15 +356,10 @@ class Rollup:
     """The writer's side: traces waiting to settle, and rows not yet written. Traces are
     rolled up every `interval_s` (many at once, so each row is written once per interval)."""
 
-    def __init__(
-        self,
-        settle_s: float,
-        spans_of: Callable[[list[Any]], list[RollSpan]],
-        interval_s: float = 1.0,
-    ) -> None:
+    def __init__(self, settle_s: float, interval_s: float = 1.0) -> None:
         self.settle_s = settle_s
         self.interval_s = interval_s
-        self._spans_of = spans_of
+        self._shapes: dict[str, tuple[tuple[str, ...], bool]] = {}
         self._last_roll = -math.inf
         # The writer's records (tuples of plain values: the garbage collector leaves them be,
         # where as many spans as objects would make every full collection slow).
@@ -394,15 +391,15 @@ class Rollup:
             return
         self._last_roll = now
         pending = self._pending
-        ready: list[Any] = []
+        ready: list[list[Any]] = []
         while pending:
             trace_id, (first_seen, records) = next(iter(pending.items()))
             if not force and now - first_seen < self.settle_s:
                 break
             del pending[trace_id]
-            ready.extend(records)
+            ready.append(records)
         if ready:
-            self.roll(self._spans_of(ready))
+            self.roll_records(ready)
             self._min_pending = min(
                 (min(rec[6] for rec in records) for _, records in pending.values()),
                 default=NO_WATERMARK,
@@ -421,6 +418,34 @@ class Rollup:
         for s in spans:
             if s.kind in _CALLERS:
                 recent[(s.trace_id, s.span_id)] = SpanRef(s.service, s.kind, s.end_ns, s.error)
+        for lru in (recent, self._decided, self._filled):
+            while len(lru) > _MEMORY:
+                lru.popitem(last=False)
+
+    def roll_records(self, traces: Sequence[list[Any]]) -> None:
+        """`roll` of written records (`_decode.Record`s, or `slim` ones), one list per whole
+        trace: the same rows as `roll(RecordSpans()(records))`, in one pass over the records
+        without making spans of them (what rolling up costs a span is mostly that)."""
+        if len(self._shapes) > 50_000:
+            self._shapes.clear()
+        rows, fills, callers = _rows_of_records(
+            traces, others=self._recent, shapes=self._shapes, decided=self._decided
+        )
+        new_fills = [coid for coid in fills if coid not in self._filled]
+        for coid in new_fills:
+            self._filled[coid] = None
+        known = self._decided
+        for coid in new_fills:
+            decision = known.get(coid)
+            if decision is not None:
+                minute, symbol, model = decision
+                rows[(minute, FILLED, SEP.join((symbol, model)))].n += 1
+        for key, row in rows.items():
+            self._rows[key].merge(row)
+        recent = self._recent
+        kind_names = KINDS
+        for r in callers:
+            recent[(r[0], r[1])] = SpanRef(r[3], kind_names[r[5]], r[7], bool(r[8]))
         for lru in (recent, self._decided, self._filled):
             while len(lru) > _MEMORY:
                 lru.popitem(last=False)
@@ -445,33 +470,297 @@ class Rollup:
         write_rows(db, self.take())
 
 
+_SERVER_CODE, _CLIENT_CODE, _PRODUCER_CODE, _CONSUMER_CODE = 2, 3, 4, 5
+"""OTLP span kinds, as records carry them."""
+_DECISION_PARTS = frozenset({"sizing", "risk_check", "submit_order"})
+_ABSENT = object()
+
+
+def _links_of(extra: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
+    if not extra:
+        return ()
+    return tuple((bytes.fromhex(t), bytes.fromhex(s)) for t, s in orjson.loads(extra).get("l", ()))
+
+
+def _rows_of_records(
+    traces: Sequence[list[Any]],
+    *,
+    others: Mapping[tuple[Any, Any], SpanRef],
+    shapes: dict[str, tuple[tuple[str, ...], bool]],
+    decided: dict[str, tuple[int, str, str]],
+) -> tuple[dict[RowKey, _Row], set[str], list[Any]]:
+    """`rows_of` over records, one list per trace (fills not counted yet): the rows, the client
+    order ids filled, and the CLIENT / PRODUCER records (what later traces may need of them).
+
+    Mirrors `_analysis.stage_samples`, `edge_calls`, `decisions` and `filled_orders` step for
+    step (the test `test_rows_of_records_equal_rows_of_spans` holds them to the same rows);
+    attributes are decoded only where those read them (`RecordSpans`)."""
+    out: dict[RowKey, _Row] = defaultdict(_Row)
+    log = math.log
+    base = BUCKET_BASE
+    names = ATTRIBUTE_NAMES
+    http = analysis.HTTP_METHODS
+    loads = orjson.loads
+    union = analysis._union_ns
+    stage_keys: dict[tuple[str, str], str] = {}
+    everything: dict[tuple[Any, Any], Any] | None = None
+    bot: list[Any] = []
+    fills: set[str] = set()
+    callers: list[Any] = []
+    server, client, producer, consumer = _SERVER_CODE, _CLIENT_CODE, _PRODUCER_CODE, _CONSUMER_CODE
+
+    def shape_of(text: str) -> tuple[tuple[str, ...], bool]:
+        found = shapes.get(text)
+        if found is None:
+            keys = tuple(loads(text))
+            found = shapes[text] = (keys, "db.system.name" in keys or "db.system" in keys)
+        return found
+
+    def attrs_of(r: Any) -> dict[str, Any]:
+        shape = r[9]
+        if shape is None or not r[10] or not (r[4] in names or "db.system" in shape):
+            return _NO_ATTRIBUTES
+        return dict(zip(shape_of(shape)[0], loads(r[10]), strict=False))
+
+    def is_db(r: Any) -> bool:
+        shape = r[9]
+        return shape is not None and "db.system" in shape and bool(r[10]) and shape_of(shape)[1]
+
+    def ref(x: Any) -> tuple[str, int, int, bool]:
+        """(service, kind code, end ns, error) of a record or a `SpanRef`."""
+        if type(x) is SpanRef:
+            return x.service, _KIND_CODES.get(x.kind, 0), x.end_ns, x.error
+        return x[3], x[5], x[7], bool(x[8])
+
+    def linked(r: Any) -> Any:
+        """The first linked span found among the records or `others` (`None`: none)."""
+        nonlocal everything
+        if everything is None:
+            everything = {(x[0], x[1]): x for t in traces for x in t}
+        for lk in _links_of(r[12]):
+            found = everything.get(lk) or others.get(lk)
+            if found is not None:
+                return found
+        return None
+
+    def add(key: RowKey, value: float, tid: bytes) -> None:
+        row = out[key]
+        hist = row.hist
+        if hist is None:
+            hist = row.hist = Histogram()
+        row.n += 1
+        row.sum += value
+        ns = value * 1e6
+        b = 0 if ns < 1.0 else 1 + int(log(ns) / base)
+        found = hist.buckets.get(b)
+        if found is None:
+            hist.buckets[b] = [1, tid]
+        else:
+            found[0] += 1
+
+    for trace in traces:
+        tid = trace[0][0]
+        by_id = {r[1]: r for r in trace}
+        children: dict[Any, list[Any]] = {}
+        for r in trace:
+            p = r[2]
+            if p and p in by_id and p != r[1]:
+                found_kids = children.get(p)
+                if found_kids is None:
+                    children[p] = [r]
+                else:
+                    found_kids.append(r)
+                continue
+            if r[12]:
+                inside = [s for t, s in _links_of(r[12]) if t == tid and s in by_id]
+                if inside and inside[0] != r[1]:
+                    children.setdefault(inside[0], []).append(r)
+        first_tick: int | None = None
+        first_order_end: int | None = None
+        for r in trace:
+            service, name, kind, start, end = r[3], r[4], r[5], r[6], r[7]
+            if kind == producer and name == "send market.tick":
+                if first_tick is None or start < first_tick:
+                    first_tick = start
+            elif name == "order.submit" and service == "execution":
+                if first_order_end is None or end < first_order_end:
+                    first_order_end = end
+            elif name == "order.fill":
+                coid = attrs_of(r).get("client_order_id")
+                if coid:
+                    fills.add(str(coid))
+            if kind in (client, producer):
+                callers.append(r)
+            if service == "trading-bot":
+                bot.append(r)
+            p = r[2]
+            parent = by_id.get(p) if p else None
+            db = r[9] is not None and is_db(r)
+            minute = start // MINUTE_NS
+            # The service map (`edge_calls`).
+            if db and kind == client:
+                a = attrs_of(r)
+                system = a["db.system.name"] if "db.system.name" in a else a.get("db.system")
+                row = out[(minute, EDGE, SEP.join((service, f"{system} (SQL)", "sql")))]
+                row.n += 1
+                row.errors += int(bool(r[8]))
+            elif kind in (server, consumer):
+                caller = parent if parent is not None else (others.get((tid, p)) if p else None)
+                if kind == consumer and (caller is None or ref(caller)[1] != producer):
+                    caller = linked(r) or caller
+                if caller is not None:
+                    c_service, c_kind, _, c_error = ref(caller)
+                    if c_service != service and c_kind == (client if kind == server else producer):
+                        row = out[
+                            (
+                                minute,
+                                EDGE,
+                                SEP.join(
+                                    (c_service, service, "http" if kind == server else "stream")
+                                ),
+                            )
+                        ]
+                        row.n += 1
+                        row.errors += int(bool(r[8]) or c_error)
+            # The stages (`stage_samples`).
+            if db or not (parent is None or parent[3] != service or kind in (server, consumer)):
+                continue
+            if name in http:
+                stage = f"{service}: {analysis.operation_of(name, attrs_of(r))}"
+            else:
+                known_stage = stage_keys.get((service, name))
+                if known_stage is None:
+                    known_stage = stage_keys[(service, name)] = f"{service}: {name}"
+                stage = known_stage
+            if kind == consumer:
+                source = parent
+                if (source is None or source[5] != producer) and r[12]:
+                    source = linked(r) or source
+                if source is not None:
+                    add((minute, "wait", stage), max(0, start - ref(source)[2]) / 1e6, tid)
+            sql_ns = out_ns = 0
+            kids = children.get(r[1])
+            if kids:
+                sql: list[tuple[int, int]] = []
+                calls: list[tuple[int, int]] = []
+                stack = list(kids)
+                while stack:
+                    s = stack.pop()
+                    if s[3] != service:
+                        continue
+                    clipped = (max(s[6], start), min(s[7], end))
+                    if is_db(s):
+                        sql.append(clipped)
+                    elif s[5] == client or s[5] == producer:
+                        calls.append(clipped)
+                    else:
+                        stack.extend(children.get(s[1], ()))
+                # One interval (the usual case) is its own union.
+                if sql:
+                    sql_ns = sql[0][1] - sql[0][0] if len(sql) == 1 else union(sql)
+                if calls:
+                    out_ns = calls[0][1] - calls[0][0] if len(calls) == 1 else union(calls)
+            total = (end - start) / 1e6
+            add((minute, "service", stage), max(0.0, total - (sql_ns + out_ns) / 1e6), tid)
+            add((minute, "sql", stage), sql_ns / 1e6, tid)
+            add((minute, "total", stage), total, tid)
+        if first_tick is not None and first_order_end is not None:
+            add(
+                (first_tick // MINUTE_NS, "total", analysis.TICK_TO_TRADE),
+                (first_order_end - first_tick) / 1e6,
+                tid,
+            )
+    # The decisions funnel (`decisions`: a decide span of trading-bot and its parts).
+    decides = [r for r in bot if r[4] == "decide"]
+    if decides:
+        ids = {r[1] for r in bot}
+        parts: dict[Any, list[Any]] = {}
+        for r in bot:
+            p = r[2]
+            if p and p in ids and p != r[1]:
+                if r[4] in _DECISION_PARTS:
+                    parts.setdefault(p, []).append(r)
+                continue
+            if r[12]:
+                inside = [s for t, s in _links_of(r[12]) if t == r[0] and s in ids]
+                if inside and inside[0] != r[1] and r[4] in _DECISION_PARTS:
+                    parts.setdefault(inside[0], []).append(r)
+        made = []
+        for r in decides:
+            a = attrs_of(r)
+            approved = a.get("risk_check.approved", _ABSENT)
+            for c in parts.get(r[1], ()):
+                if c[4] == "risk_check":
+                    approved = attrs_of(c).get("approved", approved)
+            outcome = str(a.get("outcome", "")) or ("ERROR" if r[8] else "UNKNOWN")
+            made.append(
+                (
+                    r[6],
+                    str(a.get("symbol", "")),
+                    str(a.get("model_version", "")),
+                    outcome,
+                    str(a.get("reason", "")),
+                    str(a.get("client_order_id", "")),
+                    outcome == "ORDERED" or approved is True,
+                )
+            )
+        made.sort(key=lambda d: -d[0])
+        for time_ns, symbol, model, outcome, reason, coid, approved_ in made:
+            minute = time_ns // MINUTE_NS
+            key = SEP.join((symbol, model))
+            out[(minute, SIGNALS, key)].n += 1
+            if approved_:
+                out[(minute, APPROVED, key)].n += 1
+            if outcome != "ORDERED":
+                skipped = f"{outcome} {reason}".strip()
+                out[(minute, SKIP, SEP.join((symbol, model, skipped)))].n += 1
+            if coid:
+                decided[coid] = (minute, symbol, model)
+    return out, fills, callers
+
+
 PlainRow = tuple[RowKey, int, int, float, "dict[int, list[Any]] | None"]
 """A roll-up row as plain values: (minute, kind, key), n, errors, sum, histogram buckets."""
 
 
 def write_rows(db: sqlite3.Connection, plain: Sequence[PlainRow]) -> None:
-    """Add rows to the file's (inside the writer's transaction)."""
-    for (minute, kind, key), n, errors, total, buckets in plain:
-        row = _Row(n, errors, total, None if buckets is None else Histogram(buckets))
-        old = db.execute(
-            "SELECT n, errors, sum, hist FROM rollups WHERE minute = ? AND kind = ? AND key = ?",
-            (minute, kind, key),
-        ).fetchone()
-        if old is not None:
-            row.merge(_Row(old[0], old[1], old[2], Histogram.decode(old[3]) if old[3] else None))
-        db.execute(
-            "INSERT OR REPLACE INTO rollups(minute, kind, key, n, errors, sum, hist) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                minute,
-                kind,
-                key,
-                row.n,
-                row.errors,
-                row.sum,
-                row.hist.encode() if row.hist is not None else b"",
-            ),
+    """Add rows to the file's (inside the writer's transaction): the rows of the minutes they
+    fall in are read in one query and the merged rows written in one statement."""
+    if not plain:
+        return
+    minutes = sorted({minute for (minute, _, _), *_ in plain})
+    stored: dict[RowKey, tuple[int, int, float, bytes]] = {}
+    for i in range(0, len(minutes), 500):
+        part = minutes[i : i + 500]
+        stored.update(
+            ((minute, kind, key), (n, errors, total, hist))
+            for minute, kind, key, n, errors, total, hist in db.execute(
+                "SELECT minute, kind, key, n, errors, sum, hist FROM rollups "
+                f"WHERE minute IN ({','.join('?' * len(part))})",
+                part,
+            )
         )
+    # A key may come more than once (the answers of several roll-ups), merged in order; the
+    # newer row's example trace of a bucket is kept (an older one may have been evicted).
+    merged: dict[RowKey, _Row] = {}
+    for row_key, n, errors, total, buckets in plain:
+        row = _Row(n, errors, total, None if buckets is None else Histogram(buckets))
+        before = merged.get(row_key)
+        if before is None:
+            old = stored.get(row_key)
+            if old is not None:
+                before = _Row(old[0], old[1], old[2], Histogram.decode(old[3]) if old[3] else None)
+        if before is not None:
+            row.merge(before)
+        merged[row_key] = row
+    db.executemany(
+        "INSERT OR REPLACE INTO rollups(minute, kind, key, n, errors, sum, hist) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (*k, r.n, r.errors, r.sum, b"" if r.hist is None else r.hist.encode())
+            for k, r in merged.items()
+        ],
+    )
 
 
 # Reading a window ----------------------------------------------------------------------------

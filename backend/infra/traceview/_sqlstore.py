@@ -291,7 +291,6 @@ class SqliteSpanStore:
         self._db.commit()
         self._load_state()
         self._resources_by_id: dict[int, dict[str, Any]] = {}
-        self._record_spans = _rollup.RecordSpans()
 
         self._queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
         self._queued = 0
@@ -351,7 +350,7 @@ class SqliteSpanStore:
             return
         first = row[0] // _MINUTE_NS * _MINUTE_NS
         spans = self.spans_between(first - _TRACE_SLACK_NS, 1 << 62, 1_000_000)
-        rollup = _rollup.Rollup(self._settle_s, self._spans_of)
+        rollup = _rollup.Rollup(self._settle_s)
         rollup.roll(spans, since_ns=first)
         db = self._db
         db.execute("BEGIN")
@@ -650,10 +649,6 @@ class SqliteSpanStore:
             self._load_state()
             raise
         self.rollup_watermark_ns = watermark
-
-    def _spans_of(self, recs: list[_Rec]) -> list[_rollup.RollSpan]:
-        """Written records as spans for the roll-ups (`_rollup.RecordSpans`)."""
-        return self._record_spans(recs)
 
     def _route(self, rec: _Rec, now: float, out: list[_Rec]) -> None:
         """Write the span, hold it until its trace is decided, or drop it (sampled out).
