@@ -405,14 +405,10 @@ class RiskGuard:
             # way (see SharedRead); a check counts from the moment its exposure read began.
             # An answer read in the background is used when its read began as recently as a
             # joined one must have; otherwise the dependency is read (or joined) on the path.
-            # A reduce-only order is judged against the position its entry's fill may just
-            # have made: it reads (or joins a read) as before, so an exit right after its
-            # entry is not denied on an answer from before that fill.
-            exposure_read = (
-                self._exposure_reads.join()
-                if order.reduce_only
-                else self._offered(self._exposure_reads)
-            )
+            # A reduce-only order whose symbol has an approval the background answer does
+            # not report received (its entry, say) reads (or joins a read) as before, so an
+            # exit right after its entry is not denied on an answer from before that fill.
+            exposure_read = self._exposure_read_for(order)
             self._reads_in_flight[read] = exposure_read.started_ms
             portfolio_read = self._offered(self._portfolio_reads)
             span.set_attributes(
@@ -574,6 +570,30 @@ class RiskGuard:
     def _offered(self, reads: SharedRead[T]) -> Read[T | None]:
         recent = reads.recent() if self._refreshes else None
         return recent or reads.join()
+
+    def _exposure_read_for(self, order: OrderRequest) -> Read[ExecutionView | None]:
+        """The read of execution `order` is judged on: the background answer when there is
+        one, else a read joined or begun now.
+
+        A reduce-only order takes the background answer only if it reports every approval
+        of the order's symbol still in the ledger as received: then no fill that could make
+        its position larger can come from an order risk approved after that read began. The
+        answer obeys the same age bound as for any order, and the approvals it has not seen
+        count in flight as for any order, so the limits hold either way; a fresh read only
+        spares an exit a denial on a position its entry's fill has just made."""
+        reads = self._exposure_reads
+        if not order.reduce_only:
+            return self._offered(reads)
+        recent = reads.recent() if self._refreshes else None
+        if recent is not None:
+            view = recent.result.result()
+            if view is not None and all(
+                cid in view.received
+                for cid, entry in self._ledger.items()
+                if entry.order.symbol == order.symbol and cid != order.client_order_id
+            ):
+                return recent
+        return reads.join()
 
     def _explain(self, reason: ReasonCode, detail: str, snapshot: PortfolioSnapshot | None) -> str:
         """The denial's detail, with the fetch error when a dependency could not be read."""
