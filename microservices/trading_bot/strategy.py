@@ -10,6 +10,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 
 from backend.infra.db import IntegrityViolationError
@@ -89,6 +90,28 @@ class Decision:
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class Upstreams:
+    """The typed clients of the services a decision calls, built once over the service's
+    HTTP client (whose pool keeps their connections alive), not once per request."""
+
+    http: httpx.AsyncClient
+    ai_engine: AiEngineClient
+    risk_safety: RiskSafetyClient
+    execution: ExecutionClient
+    portfolio: PortfolioClient
+
+    @classmethod
+    def over(cls, http: httpx.AsyncClient) -> Upstreams:
+        return cls(
+            http,
+            AiEngineClient(http),
+            RiskSafetyClient(http),
+            ExecutionClient(http),
+            PortfolioClient(http),
+        )
+
+
 @dataclass
 class SymbolState:
     prices: deque[Decimal]
@@ -122,6 +145,7 @@ class TradingBot:
         # Sized from, instead of a `GET /portfolio` per decision: three check intervals
         # without an agreement with the portfolio and the book is not trusted.
         self.book = FillBook(max_age_s=3 * settings.book_check_s)
+        self._upstreams: Upstreams | None = None
         self._last_decision_ended = float("-inf")
         """Unix time the latest decision ended: a tick published before it waited for it."""
         self.log = logger
@@ -273,20 +297,25 @@ class TradingBot:
             BOOK_SEQUENCE.set(self.book.sequence)
             BOOK_MISSING.set(self.book.missing)
 
-    async def _fetch_portfolio(self) -> PortfolioPublic | str:
-        """The portfolio's books, or why they could not be read."""
+    @property
+    def upstreams(self) -> Upstreams:
+        """The clients of the services called, over the service's current HTTP client."""
         http = self.resources.http
         assert http is not None
+        if self._upstreams is None or self._upstreams.http is not http:
+            self._upstreams = Upstreams.over(http)
+        return self._upstreams
+
+    async def _fetch_portfolio(self) -> PortfolioPublic | str:
+        """The portfolio's books, or why they could not be read."""
         try:
-            return await PortfolioClient(http).portfolio()
+            return await self.upstreams.portfolio.portfolio()
         except (UpstreamError, Refused) as exc:
             return str(exc)
 
     async def _decide(
         self, d: Decision, tick: MarketTick, prices: list[Decimal], event: Event[MarketTick]
     ) -> None:
-        http = self.resources.http
-        assert http is not None
         # The book is in memory; without it, the portfolio is read while the model predicts.
         known = self.book.holdings(tick.symbol, time.monotonic())
         fetch = None
@@ -306,10 +335,12 @@ class TradingBot:
         event: Event[MarketTick],
         fetch: asyncio.Task[PortfolioPublic | str] | None,
     ) -> None:
-        http = self.resources.http
-        assert http is not None
         try:
-            signal = await AiEngineClient(http).predict(tick.symbol, prices, source_id=event.id)
+            # The model reads the last WINDOW prices only: the rest of the window (kept for
+            # the sizing policy) would only be serialised, sent and parsed.
+            signal = await self.upstreams.ai_engine.predict(
+                tick.symbol, prices[-WINDOW:], source_id=event.id
+            )
         except (UpstreamError, Refused) as exc:
             d.finish(Outcome.ERROR, "AI_UNAVAILABLE", str(exc))
             return
@@ -445,12 +476,12 @@ class TradingBot:
             return True
 
     async def _risk_check(self, d: Decision, order: OrderRequest) -> Approval | None:
-        http = self.resources.http
-        assert http is not None
         with self.tracer.start_as_current_span("risk_check") as span:
             self._order_attributes(span, d)
             try:
-                verdict = await RiskSafetyClient(http).check(CheckRequest.of(order, price=d.price))
+                verdict = await self.upstreams.risk_safety.check(
+                    CheckRequest.of(order, price=d.price)
+                )
             # An order outside the contract (say, a lot size finer than it allows) is refused
             # before it is sent, as risk-safety would refuse it.
             except (UpstreamError, Refused, ValidationError) as exc:
@@ -469,12 +500,10 @@ class TradingBot:
     ) -> Refused | None:
         """Send the approved order; execution's refusal, if it refused (the decision is then
         REJECTED), else None."""
-        http = self.resources.http
-        assert http is not None
         with self.tracer.start_as_current_span("submit_order") as span:
             self._order_attributes(span, d)
             try:
-                placed = await ExecutionClient(http).place_order(
+                placed = await self.upstreams.execution.place_order(
                     OrderCreate.of(order, approval=ApprovalPublic.of(approval))
                 )
             except Refused as exc:

@@ -1,0 +1,73 @@
+"""What the bot sends on a tick's way to an order: the model is asked with the prices it reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from backend.trading.features import WINDOW
+from tests.acceptance.harness import StubServer, http, poll
+from tests.support.otlp import OtlpReceiver
+
+from .conftest import Bot, Upstreams, bot_process, stub_app
+from .test_strategy import publish, ticks, wait_decisions
+
+
+@pytest.fixture(scope="module")
+def predict_bodies() -> list[dict[str, Any]]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def stub_server(predict_bodies: list[dict[str, Any]]) -> Iterator[tuple[Upstreams, StubServer]]:
+    """The usual stubs, with every `POST /predict` body kept."""
+    state = Upstreams()
+    stubs = stub_app(state)
+    app = FastAPI()
+
+    @app.middleware("http")
+    async def keep_predict_bodies(request: Request, call_next: Any) -> Any:
+        if request.url.path == "/predict":
+            predict_bodies.append(await request.json())
+        return await call_next(request)
+
+    app.mount("/", stubs)
+    with StubServer(app) as server:
+        yield state, server
+
+
+@pytest.fixture(scope="module")
+def bot(
+    redis_url: str,
+    otlp: OtlpReceiver,
+    stub_server: tuple[Upstreams, StubServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Bot]:
+    with bot_process(redis_url, otlp, stub_server[1].url, tmp_path_factory) as running:
+        yield running
+
+
+async def test_the_model_is_sent_the_last_window_of_prices_only(
+    bot: Bot, upstreams: Upstreams, predict_bodies: list[dict[str, Any]]
+) -> None:
+    # The bot keeps BOT_WINDOW (64) prices for its sizing policy; stopped, it only fills
+    # the window, so its first decision after the start has all of them.
+    assert http.post(f"{bot.url}/stop").json()["running"] is False
+    batch = ticks("TPAUSDT", 3 * WINDOW + 1)
+    await publish(bot, batch[:-1])
+    poll(
+        lambda: httpx.get(f"{bot.url}/status").json()["symbols"]["TPAUSDT"]["prices"] == 3 * WINDOW,
+        10,
+        "the window filled",
+    )
+    assert http.post(f"{bot.url}/start").json()["running"] is True
+    await publish(bot, batch[-1:])
+    (decision,) = wait_decisions(bot, "TPAUSDT")
+    assert decision["reason"] == "HOLD"
+    (body,) = [b for b in predict_bodies if b["symbol"] == "TPAUSDT"]
+    assert [Decimal(p) for p in body["prices"]] == [t.last for t in batch[-WINDOW:]]
