@@ -54,7 +54,7 @@ async def test_each_statement_and_the_commit_is_one_hop(
 
     async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
         hops.append(fn)
-        return await execute(self, fn, *args, **kwargs)
+        return await execute(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
     async with session_scope(sessions) as session:
