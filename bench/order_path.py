@@ -675,6 +675,8 @@ def _walk(
     # What a span starts after its parent ended (say, a publication after the answer) is
     # not on the path.
     end = min(end, root["end_ns"])
+    # Calls made concurrently overlap: the service's own time excludes their union, once.
+    calls: list[tuple[int, int]] = []
     stack = list(children.get(root["span_id"], []))
     while stack:
         sp = stack.pop()
@@ -682,7 +684,7 @@ def _walk(
             continue
         if sp["kind"] == "client":
             ms = _clipped_ms(sp, end)
-            own -= ms
+            calls.append((sp["start_ns"], min(sp["end_ns"], end)))
             if "db.system" in sp["attributes"] or "db.system.name" in sp["attributes"]:
                 path.add(f"SQL: {service} {sp['name']}", ms)
                 continue
@@ -697,14 +699,30 @@ def _walk(
             _walk(server, end, children, path)
         elif sp["kind"] == "producer":
             ms = _clipped_ms(sp, end)
-            own -= ms
+            calls.append((sp["start_ns"], min(sp["end_ns"], end)))
             path.add(f"bus publish on path: {service} {sp['name']}", ms)
         else:
             if sp["kind"] == "internal":
                 key = f"{service} {sp['name']}"
                 path.inside[key] = path.inside.get(key, 0.0) + _clipped_ms(sp, end)
             stack.extend(children.get(sp["span_id"], []))
-    path.add(f"in-service: {service} {root['name']}", own)
+    path.add(f"in-service: {service} {root['name']}", own - _union_ms(calls))
+
+
+def _union_ms(intervals: list[tuple[int, int]]) -> float:
+    """The time covered by at least one of `intervals` (ns, start and end), in ms."""
+    covered = 0
+    reach = None
+    for start, finish in sorted(intervals):
+        if finish <= start:
+            continue
+        if reach is None or start >= reach:
+            covered += finish - start
+            reach = finish
+        elif finish > reach:
+            covered += finish - reach
+            reach = finish
+    return covered / 1e6
 
 
 # Main ---------------------------------------------------------------------------------------

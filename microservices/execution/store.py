@@ -23,7 +23,6 @@ from backend.infra.db.models import (
     FillRecord,
     OrderEventRow,
     OrderRecord,
-    OutboxEvent,
 )
 from backend.infra.eventbus import Event
 from backend.infra.outbox import Outbox
@@ -231,7 +230,7 @@ class Placement:
         written: list[list[FillRecord]] = []
         transitions: list[dict[str, Any]] = []
         fills: list[dict[str, Any]] = []
-        events = _OutboxRows(session)
+        events: list[Event[Any]] = []
         for item in items:
             fill_rows, last = _number_fills(item, last)
             written.append(fill_rows)
@@ -239,13 +238,12 @@ class Placement:
             transitions += [{**values, "order_cid": cid} for values in _transitions(item)]
             fills += [_values(f, order_cid=cid) for f in fill_rows]
             sequences = {f.fill_id: f.id for f in fill_rows}
-            for announcement in item.events:
-                outbox.add(events.stand_in(), _with_sequence(announcement, sequences))
+            events += [_with_sequence(e, sequences) for e in item.events]
         await session.execute(insert(_table(OrderRecord)), [_values(row) for row in rows])
         await session.execute(_INSERT_TRANSITIONS, transitions)
         if fills:
             await session.execute(_INSERT_FILLS, fills)
-        await events.insert()
+        await outbox.add_many(session, events)
         last_event_id = 0
         if version:
             last_event_id = int(
@@ -262,33 +260,6 @@ class Placement:
                 Recorded(max((f.id for f in fill_rows), default=None), stored, last_event_id)
             )
         return recorded
-
-
-class _OutboxRows:
-    """The outbox rows of one batch, inserted with one statement.
-
-    `Outbox.add` builds an event's row and hands it to `session.add`, and watches the
-    session's commit to wake its relay; the stand-in passes the watch on to the real session
-    and keeps the rows, so the batch's events cost one INSERT rather than one per event (the
-    ORM inserts rows with a generated key one at a time on SQLite, to read each key back).
-    """
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.sync_session = session.sync_session
-        self._session = session
-        self._rows: list[OutboxEvent] = []
-
-    def stand_in(self) -> AsyncSession:
-        return cast(AsyncSession, self)
-
-    def add(self, row: OutboxEvent) -> None:
-        self._rows.append(row)
-
-    async def insert(self) -> None:
-        if self._rows:
-            await self._session.execute(
-                insert(_table(OutboxEvent)), [_values(r) for r in self._rows]
-            )
 
 
 def _values(row: Any, **extra: Any) -> dict[str, Any]:

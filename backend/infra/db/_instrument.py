@@ -27,6 +27,8 @@ TRACER_NAME = "backend.infra.db"
 _SPAN_KEY = "_qt_db_span"
 _DEFAULT_PORTS = {"postgresql": 5432}
 _statement_log = get_logger("backend.infra.db.statements")
+_SHAPES_MAX = 1024
+_CACHEABLE_LEN = 8192
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,17 @@ def _error_kind(error: BaseException) -> str:
     return "query"
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a statement's span takes from its text and kind alone (not from its values)."""
+
+    operation: str
+    """The metric's label: the leading keyword, bounded to a known set."""
+    name: str
+    summary: str | None
+    attributes: dict[str, Any]
+
+
 class StatementTelemetry:
     """The engine event listeners; one instance per engine."""
 
@@ -117,6 +130,42 @@ class StatementTelemetry:
         self.target = target
         self.tracer = get_tracer(TRACER_NAME)
         self._base = target.base_attributes()
+        self._shapes: dict[tuple[str, type | None], _Shape] = {}
+
+    def _shape_of(self, statement: str, context: ExecutionContext | None) -> _Shape:
+        """The statement's shape, worked out once per SQL text and statement kind: a service
+        runs the same few statements over and over, and walking the compiled statement and
+        scanning its text cost more than the rest of the span."""
+        compiled = getattr(context, "compiled", None)
+        key = (statement, type(compiled.statement) if compiled is not None else None)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._work_out_shape(statement, context)
+            if len(statement) <= _CACHEABLE_LEN:
+                if len(self._shapes) >= _SHAPES_MAX:
+                    self._shapes.clear()  # rare: more distinct statements than any service has
+                self._shapes[key] = shape
+        return shape
+
+    def _work_out_shape(self, statement: str, context: ExecutionContext | None) -> _Shape:
+        api_operation, collection = _operation_and_collection(context)
+        summary = query_summary(statement)
+        attributes = dict(self._base)
+        if api_operation:
+            attributes["db.operation.name"] = api_operation
+        if collection:
+            attributes["db.collection.name"] = collection
+        attributes["db.query.text"] = sanitize(statement)
+        if summary:
+            attributes["db.query.summary"] = summary
+        # Span name: the summary; else the operation and target; else the system.
+        if summary:
+            name = summary
+        elif api_operation:
+            name = f"{api_operation} {collection}" if collection else api_operation
+        else:
+            name = self.target.system
+        return _Shape(operation_name(statement), name, summary, attributes)
 
     def before_execute(
         self,
@@ -127,29 +176,15 @@ class StatementTelemetry:
         context: ExecutionContext | None,
         executemany: bool,
     ) -> tuple[str, Any]:
-        # The metric's label: the leading keyword, bounded to a known set.
-        operation = operation_name(statement)
-        api_operation, collection = _operation_and_collection(context)
-        summary = query_summary(statement)
-        attributes = dict(self._base)
-        if api_operation:
-            attributes["db.operation.name"] = api_operation
-        if collection:
-            attributes["db.collection.name"] = collection
-        attributes["db.query.text"] = sanitize(statement)
+        shape = self._shape_of(statement, context)
+        attributes = dict(shape.attributes)
+        name = shape.name
         batch = _batch_size(parameters, executemany)
         if batch is not None:
             attributes["db.operation.batch.size"] = batch
-            summary = f"BATCH {summary}" if summary else "BATCH"
-        if summary:
-            attributes["db.query.summary"] = summary
-        # Span name: the summary; else the operation and target; else the system.
-        if summary:
-            name = summary
-        elif api_operation:
-            name = f"{api_operation} {collection}" if collection else api_operation
-        else:
-            name = self.target.system
+            name = f"BATCH {shape.summary}" if shape.summary else "BATCH"
+            attributes["db.query.summary"] = name
+        operation = shape.operation
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         if context is not None:
             setattr(context, _SPAN_KEY, (span, operation, time.perf_counter()))

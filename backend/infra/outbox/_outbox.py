@@ -6,11 +6,12 @@ import asyncio
 import random
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -32,6 +33,7 @@ from ._settings import OutboxSettings
 
 _log = get_logger("backend.infra.outbox")
 _WATCHED = "outbox_watched"
+_UNSURE = "outbox_unsure"
 
 
 def retry_delay_s(settings: OutboxSettings, failures: int) -> float:
@@ -62,6 +64,12 @@ class Outbox:
     claim expires (its relay died mid-round), then taken over; a restarted relay of the same
     name takes its own rows back at once. Ordering is the row id's order within one relay,
     which is commit order when the producer serialises its writes.
+
+    Rows are written already claimed by this relay, and the events of every commit are kept in
+    memory in commit order: a round after such commits publishes them straight from memory and
+    marks them, one transaction, with no claim to take and no row to read back. The table is
+    read (claimed) on start, after a failed round, when an idle relay looks for a dead
+    replica's rows, and when `publish_pending` finds nothing in memory.
     """
 
     def __init__(
@@ -83,10 +91,14 @@ class Outbox:
         self._catalogue = catalogue if catalogue is not None else default_catalogue()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        # Commits seen versus commits a completed round covered: the relay only queries the
-        # table when some commit is not covered yet (and once on start, for older rows).
+        # Reasons to read the table versus reads done: the relay only claims from the table
+        # when a reason is not covered yet (on start, for older rows; after a failure; when
+        # idle, for a dead replica's rows). What this process commits is known in memory.
         self._committed = 1
         self._covered = 0
+        self._queue: list[Event[Any]] = []
+        """Events committed by this process and not published yet, in commit order."""
+        self._pending_key = f"outbox_pending:{id(self)}"
         self._failing = False
         self._oldest_pending: datetime | None = None
         self._last_purge = 0.0
@@ -119,26 +131,53 @@ class Outbox:
         an `Event` keeps its id and time, and its trace context when it has one. The stored
         context is the published event's parent, so it continues that trace.
         """
+        event = self._stamped(item)
+        session.add(OutboxEvent(**self._columns(event, datetime.now(UTC))))
+        self._remember(session.sync_session, [event])
+        return event.id
+
+    async def add_many(
+        self, session: AsyncSession, items: Iterable[EventData | Event[Any]]
+    ) -> list[str]:
+        """Write events in `session`'s transaction with one INSERT; returns their event ids.
+
+        Each item is taken as `add` takes it. The ORM writes rows with a generated key one at a
+        time on SQLite (to read each key back); this writes a batch in one statement.
+        """
+        events = [self._stamped(item) for item in items]
+        if not events:
+            return []
+        now = datetime.now(UTC)
+        table: Table = OutboxEvent.__table__  # type: ignore[assignment]
+        await session.execute(insert(table), [self._columns(event, now) for event in events])
+        self._remember(session.sync_session, events)
+        return [event.id for event in events]
+
+    def _stamped(self, item: EventData | Event[Any]) -> Event[Any]:
         event = item if isinstance(item, Event) else self.event(item)
         if event.traceparent is None:
             event = self.event(event.data, event_id=event.id, time=event.time)
+        return event
+
+    def _columns(self, event: Event[Any], now: datetime) -> dict[str, Any]:
         spec = self._catalogue.spec_for_model(type(event.data))
-        session.add(
-            OutboxEvent(
-                event_id=event.id,
-                source=self._source,
-                event_type=spec.type,
-                schema_version=spec.version,
-                event_time=event.time,
-                data=event.data.model_dump_json(),
-                traceparent=event.traceparent,
-                tracestate=event.tracestate,
-                baggage=event.baggage,
-                attempts=0,
-            )
-        )
-        self._watch(session.sync_session)
-        return event.id
+        return {
+            "event_id": event.id,
+            "source": self._source,
+            "event_type": spec.type,
+            "schema_version": spec.version,
+            "event_time": event.time,
+            "data": event.data.model_dump_json(),
+            "traceparent": event.traceparent,
+            "tracestate": event.tracestate,
+            "baggage": event.baggage,
+            "attempts": 0,
+            # Claimed by this relay from the start: it publishes the row from memory after the
+            # commit; another replica takes it over only once the claim expires.
+            "claimed_by": self._relay_id,
+            "claimed_until": now + timedelta(seconds=self._settings.claim_s),
+            "created_at": now,
+        }
 
     def event(
         self, data: EventData, *, event_id: str | None = None, time: datetime | None = None
@@ -157,15 +196,34 @@ class Outbox:
             baggage=carrier.get("baggage") or None,
         )
 
-    def _watch(self, session: Session) -> None:
+    def _remember(self, session: Session, events: list[Event[Any]]) -> None:
+        """Keep `events` with the session's transaction: queued for publication if it commits."""
+        pending: list[Event[Any]] | None = session.info.get(self._pending_key)
+        if pending is None:
+            pending = session.info[self._pending_key] = []
+        pending.extend(
+            replace(e, schema_version=self._catalogue.spec_for_model(type(e.data)).version)
+            for e in events
+        )
         if session.info.get(_WATCHED) is self:
             return
         session.info[_WATCHED] = self
         sa_event.listen(session, "after_commit", self._on_commit)
+        sa_event.listen(session, "after_soft_rollback", self._on_rollback)
 
-    def _on_commit(self, _session: Session) -> None:
-        self._committed += 1
+    def _on_commit(self, session: Session) -> None:
+        pending = session.info.pop(self._pending_key, None)
+        if pending:
+            self._queue.extend(pending)
+        if session.info.pop(_UNSURE, False):
+            self._committed += 1
         self._wake.set()
+
+    def _on_rollback(self, session: Session, _previous: object) -> None:
+        if session.info.pop(self._pending_key, None):
+            # Their rows are gone with the transaction; should a savepoint's rollback leave an
+            # outer transaction that still holds some, the table is read after its commit.
+            session.info[_UNSURE] = True
 
     # Publishing ---------------------------------------------------------------------------------
 
@@ -179,7 +237,7 @@ class Outbox:
         if self._failing:
             return 0
         try:
-            return await self._drain()
+            return await self._drain(explicit=True)
         # Broad on purpose: whatever failed, the events are safe in the table and the relay
         # retries them; the caller's committed work must not fail because of it.
         except Exception:
@@ -203,13 +261,14 @@ class Outbox:
         failures = 0
         while True:
             if failures == 0:
-                while self._covered >= self._committed:
+                while self._covered >= self._committed and not self._queue:
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self._settings.claim_s)
                     except TimeoutError:
                         # Idle for a claim's length: rows a dead relay (another replica)
                         # claimed are free again, and no commit here would wake us for them.
+                        self._committed += 1
                         break
             try:
                 await self._drain()
@@ -222,20 +281,24 @@ class Outbox:
             failures = 0
             await self._purge_if_due()
 
-    async def _drain(self) -> int:
+    async def _drain(self, *, explicit: bool = False) -> int:
+        """One round: the events committed here, from memory; or, when there is a reason to
+        (or nothing in memory on an `explicit` call), every claimable row of the table."""
         async with self._lock:
             total = 0
             try:
-                while True:
-                    seen = self._committed
-                    rows = await self._claim_batch()
-                    if rows:
-                        total += await self._publish_batch(rows)
-                    if len(rows) < self._settings.batch_size:
-                        self._covered = max(self._covered, seen)
-                        break
+                seen = self._committed
+                if self._covered < seen or (explicit and not self._queue):
+                    # The table has them all, in id order, with any older rows.
+                    self._queue.clear()
+                    total = await self._drain_table(seen)
+                elif self._queue:
+                    events, self._queue = self._queue, []
+                    total = await self._publish_events(events)
             except Exception as exc:
                 self._failing = True
+                self._committed += 1  # what failed is in the table, claimed: read it next
+                self._queue.clear()
                 self._failures.inc()
                 _log.warning(
                     "outbox publish failed; the relay retries",
@@ -248,6 +311,34 @@ class Outbox:
             self._oldest_pending = None
             self._pending.set(0)
             return total
+
+    async def _drain_table(self, seen: int) -> int:
+        total = 0
+        while True:
+            rows = await self._claim_batch()
+            if rows:
+                total += await self._publish_batch(rows)
+                # Committed while the table was read: already out, not to publish again.
+                published = {row.event_id for row in rows}
+                self._queue = [e for e in self._queue if e.id not in published]
+            if len(rows) < self._settings.batch_size:
+                self._covered = max(self._covered, seen)
+                return total
+
+    async def _publish_events(self, events: list[Event[Any]]) -> int:
+        """Publish events committed by this process (their rows claimed by this relay since
+        they were written) in one pipelined call, and mark their rows in one transaction."""
+        ids = [event.id for event in events]
+        where = OutboxEvent.event_id.in_(ids)
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_s):
+                await self._publisher.publish_many(events)
+        except Exception as exc:
+            await self._record_failure(where, exc)
+            raise
+        await self._mark_published(where)
+        self._published.inc(len(ids))
+        return len(ids)
 
     async def _claim_batch(self) -> list[OutboxEvent]:
         """Claim the oldest rows no other live relay holds (up to `batch_size`), in id order."""
@@ -294,9 +385,9 @@ class Outbox:
             async with asyncio.timeout(self._settings.publish_timeout_s):
                 await self._publisher.publish_many(events)
         except Exception as exc:
-            await self._record_failure(ids, exc)
+            await self._record_failure(OutboxEvent.id.in_(ids), exc)
             raise
-        await self._mark_published(ids)
+        await self._mark_published(OutboxEvent.id.in_(ids))
         self._published.inc(len(ids))
         return len(ids)
 
@@ -314,11 +405,11 @@ class Outbox:
             baggage=row.baggage,
         )
 
-    async def _mark_published(self, ids: Sequence[int]) -> None:
+    async def _mark_published(self, rows: ColumnElement[bool]) -> None:
         async with session_scope(self._sessions) as session:
             await session.execute(
                 update(OutboxEvent)
-                .where(OutboxEvent.id.in_(ids))
+                .where(rows)
                 .values(
                     published_at=datetime.now(UTC),
                     attempts=OutboxEvent.attempts + 1,
@@ -326,15 +417,13 @@ class Outbox:
                 )
             )
 
-    async def _record_failure(self, ids: Sequence[int], exc: BaseException) -> None:
-        if not ids:
-            return
+    async def _record_failure(self, rows: ColumnElement[bool], exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"[:2000]
         try:
             async with session_scope(self._sessions) as session:
                 await session.execute(
                     update(OutboxEvent)
-                    .where(OutboxEvent.id.in_(ids))
+                    .where(rows)
                     .values(attempts=OutboxEvent.attempts + 1, last_error=error)
                 )
         # The note is diagnostic only; the rows stay pending whether or not it is written.
