@@ -156,8 +156,10 @@ class EventPublisher:
                 traceparent = tracestate = None
                 ctx = span.get_span_context()
                 if ctx is not None and ctx.is_valid:
-                    traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
-                    tracestate = ctx.trace_state.to_header() or None
+                    # A SpanContext is a tuple: one unpacking, not four property calls.
+                    trace_id, span_id, _remote, flags, state, _valid = ctx
+                    traceparent = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+                    tracestate = state.to_header() if state else None
                 payload = encode_event(
                     route.spec, event_id, source, time, data, traceparent, tracestate, item_baggage
                 )

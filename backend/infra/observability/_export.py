@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ._metrics import EXPORT_QUEUE, EXPORT_SECONDS, SPANS_DROPPED, SPANS_EXPORTED
-from ._otel import SpanKind, SpanProcessor, StatusCode
+from ._otel import DEFAULT_TRACE_STATE, SpanKind, SpanProcessor, StatusCode
 from ._redact import _URL_KEYS, redact_text, scrubber
 
 _log = logging.getLogger("backend.infra.observability.export")
@@ -111,6 +111,7 @@ class _Caches:
     VALUES_PER_KEY = 256
     KEYS = 4096
     NAMES = 4096
+    STR_PAIRS = 16384
 
     def __init__(self) -> None:
         self.scrubber: Any = None
@@ -119,6 +120,14 @@ class _Caches:
         # key -> (the encoded `key` field, whether the scrubber may change the key's values)
         self.keys: dict[str, tuple[bytes, bool]] = {}
         self.names: dict[str, bytes] = {}
+        # tag -> (key, value) -> the pair as `pairs` holds it, for str values only: one look-up
+        # per attribute in the common case, straight from the `(key, value)` tuples that
+        # `dict.items()` yields. Not for int values: `(key, 1)` also finds `(key, True)`
+        # and `(key, 1.0)`, which encode differently.
+        self.str_pairs: dict[int, dict[tuple[str, Any], bytes]] = {}
+        # key -> its encoded `key` field, for keys whose values are ids (a new value per span,
+        # the per-key table full) and are never scrubbed: their values skip the tables.
+        self.id_keys: dict[str, bytes] = {}
 
     def current(self) -> _Caches:
         """Self, emptied first if the scrubber was replaced since the last batch."""
@@ -127,6 +136,8 @@ class _Caches:
             self.pairs.clear()
             self.keys.clear()
             self.names.clear()
+            self.str_pairs.clear()
+            self.id_keys.clear()
             self.scrubber = rules
         return self
 
@@ -146,29 +157,78 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
     caches = _CACHES.current()
-    pairs = _pairs(tag)
+    known = caches.str_pairs.get(tag)
+    if known is None:
+        known = caches.str_pairs[tag] = {}
+    get = known.get
     out = []
-    for key, value in attributes.items():
-        vtype = type(value)
-        # Only str and int are cached: bool hashes like int (True == 1) and is cheap anyway.
-        if vtype is str or vtype is int:
-            by_value = pairs.get(key)
-            if by_value is not None:
-                encoded = by_value.get(value)
-                if encoded is not None:
-                    out.append(encoded)
-                    continue
-            else:
-                if len(pairs) >= caches.KEYS:
-                    pairs.clear()
-                by_value = pairs[key] = {}
-            encoded = _pair(tag, key, value, caches)
-            if len(by_value) < caches.VALUES_PER_KEY and (vtype is int or len(value) <= 256):
-                by_value[value] = encoded
-            out.append(encoded)
-        else:
-            out.append(_pair(tag, key, value, caches))
+    for item in attributes.items():
+        try:
+            encoded = get(item)
+        except TypeError:  # an unhashable value (a list)
+            encoded = None
+        out.append(encoded if encoded is not None else _uncached(tag, item, caches, known))
     return b"".join(out)
+
+
+def _uncached(
+    tag: int, item: tuple[str, Any], caches: _Caches, known: dict[tuple[str, Any], bytes]
+) -> bytes:
+    """One pair `known` did not have: from the per-key table, or encoded (and kept, within
+    the per-key budget)."""
+    key, value = item
+    vtype = type(value)
+    if vtype is str:
+        key_field = caches.id_keys.get(key)
+        if key_field is not None:
+            encoded = _id_pair(tag, key_field, value)
+            if encoded is not None:
+                return encoded
+    # Only str and int are cached: bool hashes like int (True == 1) and is cheap anyway.
+    elif vtype is not int:
+        return _pair(tag, key, value, caches)
+    pairs = _pairs(tag)
+    by_value = pairs.get(key)
+    if by_value is not None:
+        encoded = by_value.get(value)
+        if encoded is not None:
+            return encoded
+    else:
+        if len(pairs) >= caches.KEYS:
+            pairs.clear()
+            known.clear()
+        by_value = pairs[key] = {}
+    encoded = _pair(tag, key, value, caches)
+    if len(by_value) < caches.VALUES_PER_KEY and (vtype is int or len(value) <= 256):
+        by_value[value] = encoded
+        if vtype is str:
+            if len(known) >= caches.STR_PAIRS:
+                known.clear()
+            known[item] = encoded
+    elif vtype is str:
+        key_field, changes = caches.keys[key]
+        if not changes and len(caches.id_keys) < caches.KEYS:
+            caches.id_keys[key] = key_field
+    return encoded
+
+
+def _id_pair(tag: int, key_field: bytes, value: str) -> bytes | None:
+    """The pair `_pair` makes of a short ASCII value with nothing to scrub in it (an id), or
+    None for anything else (`_pair` then encodes it)."""
+    raw = value.encode("utf-8")
+    n = len(raw)
+    if n != len(value) or n >= 126 or len(raw.translate(None, _NOT_PLAIN_ASCII)) != n:
+        return None
+    size = len(key_field) + 4 + n
+    if size >= 0x80:
+        return None
+    return b"".join((_ONE_BYTE[tag], _ONE_BYTE[size], key_field, _STR_VALUE_PREFIX[n], raw))
+
+
+# The ASCII characters `_plain` rejects: `=:@?` and what `\s` matches below 128.
+_NOT_PLAIN_ASCII = b"=:@? \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+# `AnyValue{string_value}` as a `value` field (tag 0x12) for an n-byte string, n < 126.
+_STR_VALUE_PREFIX = tuple(bytes((0x12, n + 2, 0x0A, n)) for n in range(126))
 
 
 def _pair(tag: int, key: str, value: Any, caches: _Caches) -> bytes:
@@ -228,8 +288,9 @@ def _name_field(name: str) -> bytes:
     return field
 
 
-# kind (field 6): the SDK's SpanKind values are one less than OTLP's.
-_KIND_FIELDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
+# kind (field 6): the SDK's SpanKind values are one less than OTLP's. Looked up by identity:
+# hashing an enum member runs its Python `__hash__`.
+_KIND_FIELDS = {id(kind): b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
 _UNSET = StatusCode.UNSET
 
 
@@ -243,13 +304,14 @@ def _encode_span(span: Any) -> bytes:
     # A SpanContext is a tuple: unpacked once instead of one property call per field.
     trace_id, span_id, _remote, trace_flags, trace_state, _valid = span._context
     parts = [_pack_ids(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, span_id)]
-    if trace_state:
+    # The shared empty state by identity: its truth test is a Python-level `__len__` call.
+    if trace_state is not _NO_STATE and trace_state:
         parts.append(_trace_state(trace_state))
     parent = span._parent
     if parent is not None:
         parts.append(b"\x22\x08" + _pack_be_q(parent[1]))
     parts.append(_name_field(span._name))
-    parts.append(_KIND_FIELDS[span._kind])
+    parts.append(_KIND_FIELDS[id(span._kind)])
     parts.append(_pack_times(0x39, span._start_time, 0x41, span._end_time))
     if span._attributes:
         parts.append(_attributes(0x4A, span._attributes))
@@ -271,7 +333,7 @@ def _encode_span(span: Any) -> bytes:
         link_id, link_span, link_remote, link_flags, link_state, _valid = link.context
         body = (
             _pack_ids(0x0A10, link_id >> 64, link_id & _LOW64, 0x1208, link_span)
-            + (_trace_state(link_state) if link_state else b"")
+            + (_trace_state(link_state) if link_state is not _NO_STATE and link_state else b"")
             + _attributes(0x22, link.attributes)
             + b"\x35"
             + _pack_i(int(link_flags) | (0x300 if link_remote else 0x100))
@@ -291,6 +353,7 @@ def _encode_span(span: Any) -> bytes:
 
 
 _LOW64 = (1 << 64) - 1
+_NO_STATE = DEFAULT_TRACE_STATE
 _pack_be_q = struct.Struct(">Q").pack
 
 

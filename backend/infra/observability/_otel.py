@@ -20,12 +20,14 @@ try:
     from opentelemetry.propagate import extract as otel_extract
     from opentelemetry.propagate import inject as otel_inject
     from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
     HAS_API = True
 except ImportError:  # pragma: no cover - exercised in a separate interpreter by the tests
     HAS_API = False
     otel_baggage = otel_context = otel_trace = None  # type: ignore[assignment]
     otel_extract = otel_inject = None  # type: ignore[assignment]
+    DEFAULT_TRACE_STATE = None  # type: ignore[assignment]
 
     class SpanKind(enum.Enum):  # type: ignore[no-redef]
         """Stand-in for `opentelemetry.trace.SpanKind` when the API is absent."""
@@ -134,6 +136,7 @@ def instrument_httpx() -> bool:
 __all__ = [
     "ALWAYS_OFF",
     "ALWAYS_ON",
+    "DEFAULT_TRACE_STATE",
     "HAS_API",
     "HAS_SDK",
     "INSTALL_HINT",
