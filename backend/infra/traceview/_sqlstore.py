@@ -341,6 +341,9 @@ class SqliteSpanStore:
                 self._shapes_by_id[id_] = tuple(orjson.loads(name))
         self._resource_ids: dict[str, int] = {}
         self._refs: dict[bytes, int] = {}
+        # While the cache holds every trace in the file (a new file, until it is trimmed), a
+        # trace id it does not know is a new trace: no look-up in the file.
+        self._refs_complete = self._trace_count == 0
         self._next_ref = 1 + (db.execute("SELECT max(id) FROM traces").fetchone()[0] or 0)
 
     def _reroll(self) -> None:
@@ -789,16 +792,18 @@ class SqliteSpanStore:
     def _trace_refs(self, tids: Iterable[bytes]) -> dict[bytes, int]:
         """The integer reference of each trace id already stored (from a cache, else the file)."""
         refs = self._refs
-        unknown = [t for t in tids if t not in refs]
-        for i in range(0, len(unknown), 500):
-            part = unknown[i : i + 500]
-            marks = ",".join("?" * len(part))
-            refs.update(
-                self._db.execute(f"SELECT tid, id FROM traces WHERE tid IN ({marks})", part)
-            )
+        if not self._refs_complete:
+            unknown = [t for t in tids if t not in refs]
+            for i in range(0, len(unknown), 500):
+                part = unknown[i : i + 500]
+                marks = ",".join("?" * len(part))
+                refs.update(
+                    self._db.execute(f"SELECT tid, id FROM traces WHERE tid IN ({marks})", part)
+                )
         if len(refs) > 400_000:
             for key in list(refs)[:200_000]:
                 del refs[key]
+            self._refs_complete = False
         return refs
 
     def _write_spans(self, spans: list[_Rec]) -> None:
@@ -1019,6 +1024,7 @@ class SqliteSpanStore:
     def _evict(self, refs: list[int]) -> None:
         db = self._db
         marks = ",".join("?" * len(refs))
+        tids = [t for (t,) in db.execute(f"SELECT tid FROM traces WHERE id IN ({marks})", refs)]
         db.execute("BEGIN")
         try:
             removed = db.execute(f"DELETE FROM spans WHERE trace IN ({marks})", refs).rowcount
@@ -1032,9 +1038,12 @@ class SqliteSpanStore:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            raise
-        finally:
             self._refs.clear()
+            self._refs_complete = False
+            raise
+        cached = self._refs
+        for tid in tids:
+            cached.pop(tid, None)
 
     def _used_bytes(self) -> int:
         db = self._db
