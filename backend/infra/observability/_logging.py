@@ -45,17 +45,18 @@ class DeferredLines:
 
     def __init__(self, format_line: Callable[[tuple[Any, ...]], str], max_pending: int = 4096):
         self._format = format_line
-        self._queue: deque[tuple[Any, ...]] = deque()
-        self._max_pending = max_pending
+        # Public for callers on a hot path, which append and check the length themselves.
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.max_pending = max_pending
 
     def add(self, record: tuple[Any, ...]) -> None:
-        queue = self._queue
+        queue = self.queue
         queue.append(record)
-        if len(queue) >= self._max_pending:
+        if len(queue) >= self.max_pending:
             SINK.flush()
 
     def drain(self) -> bytes:
-        queue = self._queue
+        queue = self.queue
         pop = queue.popleft
         fmt = self._format
         lines = []

@@ -153,23 +153,14 @@ class HttpMetrics:
     moment before it is in its bucket, never a lost or double-counted request.
     """
 
-    __slots__ = ("__weakref__", "_in_flight", "series")
+    __slots__ = ("__weakref__", "in_flight", "series")
 
     def __init__(self) -> None:
         self.series: dict[SeriesKey, _Series] = {}
-        self._in_flight = 0
+        # Requests being served now by this app: a plain attribute, read at scrape time (in
+        # multiprocess mode the middleware also moves the shared gauge, `active_requests`).
+        self.in_flight = 0
         _COLLECTOR.sources.add(self)
-
-    @property
-    def in_flight(self) -> int:
-        """Requests being served now by this app."""
-        return self._in_flight
-
-    @in_flight.setter
-    def in_flight(self, value: int) -> None:
-        if MULTIPROCESS:
-            _multiprocess_http().active.inc(value - self._in_flight)
-        self._in_flight = value
 
     def observe(
         self,
@@ -306,6 +297,11 @@ class _MultiprocessHttp:
 
 
 _MULTIPROCESS_HTTP: _MultiprocessHttp | None = None
+
+
+def active_requests(change: int) -> None:
+    """Move the shared `http_server_active_requests` gauge (multiprocess mode)."""
+    _multiprocess_http().active.inc(change)
 
 
 def _multiprocess_http() -> _MultiprocessHttp:

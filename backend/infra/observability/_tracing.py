@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import traceback
@@ -154,8 +155,6 @@ def setup_tracing(config: ObservabilityConfig) -> TracingRuntime | None:
         return None
     if not HAS_SDK:
         if config.otlp_endpoint:
-            import logging
-
             logging.getLogger(LIBRARY_SCOPE).warning(
                 "OTLP endpoint %s is set but the OpenTelemetry SDK is not installed; "
                 "tracing is a no-op (%s)",
@@ -742,18 +741,24 @@ if HAS_SDK:
         rt: TracingRuntime,
         name: str,
         parent: Any | None,
-        make_attributes: Callable[[], dict[str, Any]],
+        make_attributes: Callable[..., dict[str, Any]],
+        attribute_args: tuple[Any, ...] = (),
     ) -> Any:
         """Start the request's span: recording when sampled, else a non-recording carrier.
 
-        Attributes are only built for a sampled span; an unsampled request still gets ids, so
-        its logs and outgoing calls carry the trace (with the sampled flag off).
+        Attributes (`make_attributes(*attribute_args)`) are only built for a sampled span; an
+        unsampled request still gets ids, so its logs and outgoing calls carry the trace (with
+        the sampled flag off). A function and its arguments rather than a closure: a closure
+        over the request's values costs its cells on every request, sampled or not.
         """
-        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
+        # A SpanContext is a tuple: read by index, not through its properties.
+        trace_id = parent[0] if parent is not None else random.getrandbits(128) or 1
         span_id = random.getrandbits(64) or 1
-        trace_state = parent.trace_state if parent is not None else None
+        trace_state = parent[4] if parent is not None else None
         if rt.custom_sampler is not None:
-            started = _start_with_sampler(rt, name, parent, make_attributes, trace_id, span_id)
+            started = _start_with_sampler(
+                rt, name, parent, make_attributes(*attribute_args), trace_id, span_id
+            )
             if isinstance(started, ServerSpan):
                 _notify_start(rt, started, parent)
             return started
@@ -774,7 +779,7 @@ if HAS_SDK:
         ctx = _new_span_context(trace_id, span_id, flags, trace_state)
         if not sampled:
             return otel_trace.NonRecordingSpan(ctx)
-        span = ServerSpan(rt, name, ctx, parent, make_attributes(), time.time_ns())
+        span = ServerSpan(rt, name, ctx, parent, make_attributes(*attribute_args), time.time_ns())
         if rt.start_processors():
             _notify_start(rt, span, parent)
         return span
@@ -871,12 +876,11 @@ if HAS_SDK:
         rt: TracingRuntime,
         name: str,
         parent: Any | None,
-        make_attributes: Callable[[], dict[str, Any]],
+        attributes: dict[str, Any],
         trace_id: int,
         span_id: int,
     ) -> Any:
         """`start_server_span` asking a custom sampler, with the arguments an SDK span gives."""
-        attributes = make_attributes()
         parent_context = (
             otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(parent))
             if parent is not None
@@ -903,6 +907,43 @@ if HAS_SDK:
             attributes.update(result.attributes)
         return ServerSpan(rt, name, ctx, parent, attributes, time.time_ns())
 
+    NonRecordingSpan = otel_trace.NonRecordingSpan
     set_span_in_context = otel_trace.set_span_in_context
     attach = otel_context.attach
     detach = otel_context.detach
+
+    from opentelemetry.context import _RUNTIME_CONTEXT
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    _Context = otel_context.Context
+
+    def enter_span(span: Any, base: Any | None = None) -> Any:
+        """Make `span` current (in `base` when given, else in the current context), as
+        `attach(set_span_in_context(span, base))` does; returns the token for `exit_span`."""
+        return attach(set_span_in_context(span, base))
+
+    def exit_span(token: Any) -> None:
+        """Restore the context `enter_span` replaced."""
+        detach(token)
+
+    if type(_RUNTIME_CONTEXT) is ContextVarsRuntimeContext:
+        # The default runtime context (OTEL_PYTHON_CONTEXT unset): its context variable is
+        # set and reset directly, the same `Context` values without the five Python calls
+        # of `set_span_in_context` + `attach` and `detach` on every request and bus message.
+        _CURRENT = _RUNTIME_CONTEXT._current_context
+        _CONTEXT_LOG = logging.getLogger("opentelemetry.context")
+
+        def enter_span(span: Any, base: Any | None = None) -> Any:
+            current = _CURRENT.get() if base is None else base
+            if current:
+                values = dict(current)
+                values[_SPAN_KEY] = span
+                return _CURRENT.set(_Context(values))
+            return _CURRENT.set(_Context({_SPAN_KEY: span}))
+
+        def exit_span(token: Any) -> None:
+            try:
+                _CURRENT.reset(token)
+            except ValueError:  # a token of another context: logged, as `detach` does
+                _CONTEXT_LOG.exception("Failed to detach context")
