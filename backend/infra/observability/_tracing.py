@@ -432,9 +432,7 @@ class _Activation(AbstractContextManager[Any]):
 
     def __enter__(self) -> Any:
         if HAS_API:
-            self._token = otel_context.attach(
-                otel_trace.set_span_in_context(self._span, self._context)
-            )
+            self._token = enter_span(self._span, self._context)
         return self._span
 
     def __exit__(self, *exc: object) -> None:
@@ -442,7 +440,7 @@ class _Activation(AbstractContextManager[Any]):
             self._span.end()
         finally:
             if self._token is not None:
-                otel_context.detach(self._token)
+                exit_span(self._token)
 
 
 def current_traceparent() -> str | None:
@@ -548,6 +546,18 @@ if not HAS_SDK:
         start_time: int | None = None,
     ) -> Any:
         return _start_with_tracer(tracer, name, kind, attributes, parent, links, start_time)
+
+
+if HAS_API:
+
+    def enter_span(span: Any, base: Any | None = None) -> Any:
+        """Make `span` current (in `base` when given, else in the current context), as
+        `attach(set_span_in_context(span, base))` does; returns the token for `exit_span`."""
+        return otel_context.attach(otel_trace.set_span_in_context(span, base))
+
+    def exit_span(token: Any) -> None:
+        """Restore the context `enter_span` replaced."""
+        otel_context.detach(token)
 
 
 if HAS_SDK:
@@ -917,15 +927,6 @@ if HAS_SDK:
     from opentelemetry.trace.propagation import _SPAN_KEY
 
     _Context = otel_context.Context
-
-    def enter_span(span: Any, base: Any | None = None) -> Any:
-        """Make `span` current (in `base` when given, else in the current context), as
-        `attach(set_span_in_context(span, base))` does; returns the token for `exit_span`."""
-        return attach(set_span_in_context(span, base))
-
-    def exit_span(token: Any) -> None:
-        """Restore the context `enter_span` replaced."""
-        detach(token)
 
     if type(_RUNTIME_CONTEXT) is ContextVarsRuntimeContext:
         # The default runtime context (OTEL_PYTHON_CONTEXT unset): its context variable is
