@@ -56,6 +56,7 @@ from tests.support.polling import wait_until
 
 SYMBOL = "SOLUSDT"
 SERVICES = {
+    "ai-engine": 8001,
     "execution": 8002,
     "risk-safety": 8003,
     "portfolio-intelligence": 8004,
@@ -525,6 +526,14 @@ BOT_TRADING_ENV = {
 def tick_to_ack(s: Stack, seconds: float) -> None:
     """Let the bot trade for `seconds`; the traces' tick-to-ack time and where it goes."""
     with httpx.Client(timeout=30, headers=s.headers) as client:
+
+        def serving() -> bool:
+            models = client.get(s.url("ai-engine") + "/models")
+            return models.status_code == 200 and models.json()["serving"] is not None
+
+        # ai-engine trains its first model after start-up; trading before it serves one
+        # measures AI_UNAVAILABLE decisions and the training's CPU, not the tick path.
+        wait_until(serving, 300, "ai-engine to serve a model", 0.5)
         client.post(s.url("trading-bot") + "/start").raise_for_status()
         time.sleep(seconds)
         client.post(s.url("trading-bot") + "/stop").raise_for_status()
