@@ -31,6 +31,7 @@ from tests.acceptance.harness import (
     services,
 )
 from tests.support.otlp import OtlpReceiver
+from tests.support.polling import wait_until
 from tests.support.procs import Proc
 
 OFF_THE_TRADE_PATH = {"rl-training", "clm"}
@@ -118,7 +119,7 @@ def first_filled_bot_order(p: Pipeline) -> tuple[dict[str, Any], dict[str, Any]]
 
 def test_one_trade_is_one_trace_across_every_service_on_its_path(pipeline: Pipeline) -> None:
     p = pipeline
-    decision, order = poll(lambda: first_filled_bot_order(p), 45, "a bot order to fill")
+    decision, order = poll(lambda: first_filled_bot_order(p), 120, "a bot order to fill")
     trace_id = decision["trace_id"]
     coid = decision["client_order_id"]
     assert trace_id and order["client_order_id"] == coid
@@ -131,7 +132,7 @@ def test_one_trade_is_one_trace_across_every_service_on_its_path(pipeline: Pipel
             and bus_joins(mine) >= EXPECTED_BUS
         )
 
-    spans = in_trace(p.otlp.wait_for(complete, timeout_s=30), trace_id)
+    spans = in_trace(p.otlp.wait_for(complete, timeout_s=90), trace_id)
 
     # One trace, started by the tick's PRODUCER span in the bridge.
     assert {service_of(s) for s in spans} == set(ALL)
@@ -157,6 +158,20 @@ def test_one_trade_is_one_trace_across_every_service_on_its_path(pipeline: Pipel
     # SQL: CLIENT spans in the trace, each statement sent with that span's traceparent.
     sql = [s for s in spans if s.kind == CLIENT and "db.system.name" in s.attributes]
     assert {"trading-bot", "execution"} <= {service_of(s) for s in sql}
+    # Log lines are written by each service's flusher thread, asynchronously (and possibly
+    # after the spans were exported): the checks below are retried until they hold or time out.
+    wait_until(
+        lambda: _trade_logged(p, trace_id, coid, sql) or None,
+        30,
+        "the trade's log lines to be written",
+        0.2,
+        ignoring=(AssertionError,),
+    )
+
+
+def _trade_logged(p: Pipeline, trace_id: str, coid: str, sql: list[OtlpSpan]) -> bool:
+    """Assert the trade's log lines: each SQL statement sent with its span's traceparent, the
+    trace id on a line of every service that handled the trade, and the bot's decision."""
     for name in {service_of(s) for s in sql}:
         sent = " ".join(
             line["statement"]
@@ -176,6 +191,7 @@ def test_one_trade_is_one_trace_across_every_service_on_its_path(pipeline: Pipel
         if line["message"] == "decision" and line.get("client_order_id") == coid
     ]
     assert logged["trace_id"] == trace_id and logged["outcome"] == "ORDERED"
+    return True
 
 
 def place_resting_buy(p: Pipeline, quote: dict[str, Any]) -> tuple[str, str]:
@@ -247,7 +263,7 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
             s.name == "order.fill" and s.attributes.get("client_order_id") == coid for s in spans
         ) and any(s.trace_id == order_trace and s.kind == SERVER for s in spans)
 
-    spans = p.otlp.wait_for(fill_span, timeout_s=20)
+    spans = p.otlp.wait_for(fill_span, timeout_s=60)
     (fill, *_) = [
         s for s in spans if s.name == "order.fill" and s.attributes.get("client_order_id") == coid
     ]
@@ -339,7 +355,7 @@ def test_the_portfolio_equals_a_recomputation_from_the_fills(pipeline: Pipeline)
             return after, book
         return None
 
-    fills, book = poll(stable, 30, "portfolio-intelligence to book every fill of execution")
+    fills, book = poll(stable, 90, "portfolio-intelligence to book every fill of execution")
     # Average cost depends on the order of fills: replay them in the venue's sequence.
     fills.sort(key=lambda f: f["sequence"])
     expected = recompute(fills, Decimal(book["initial_cash"]))
