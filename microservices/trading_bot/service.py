@@ -21,7 +21,8 @@ def create_service(settings: TradingBotSettings | None = None) -> Service:
             settings or TradingBotSettings(), service.resources, service.logger, service.tracer
         )
     )
-    service.subscribe(MarketTick, bot.on_tick)
+    # Ticks need no processed marks (see `TradingBot.on_tick`): no look-up before deciding.
+    service.subscribe(MarketTick, bot.on_tick, deduplicate=False)
     service.subscribe(OrderFilled, bot.on_fill)
     service.background("book-check", bot.check_book_loop)
     if bot.policy.enabled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from backend.infra.eventbus import Event
 from backend.trading.features import WINDOW
 from tests.acceptance.harness import StubServer, http, poll
 from tests.support.otlp import OtlpReceiver
@@ -71,3 +73,27 @@ async def test_the_model_is_sent_the_last_window_of_prices_only(
     assert decision["reason"] == "HOLD"
     (body,) = [b for b in predict_bodies if b["symbol"] == "TPAUSDT"]
     assert [Decimal(p) for p in body["prices"]] == [t.last for t in batch[-WINDOW:]]
+
+
+async def test_a_tick_published_twice_enters_the_window_once(bot: Bot) -> None:
+    """The bot reads ticks without processed marks (no Redis look-up before deciding): a copy
+    of a tick under a new stream entry, as a feed's retried publication leaves, is known by
+    its event id and neither fills the window twice nor makes a decision of its own."""
+    assert http.post(f"{bot.url}/stop").json()["running"] is False
+    first, second, third = ticks("TPCUSDT", 3)
+    ids = await publish(bot, [first, second])
+    copy = Event(
+        id=ids[0],
+        type="market.tick",
+        source="test-feed",
+        time=datetime.now(UTC),
+        data=first,
+    )
+    last = third.model_copy(update={"last": Decimal("777")})
+    await publish(bot, [copy, last])
+
+    def state() -> dict[str, Any]:
+        return httpx.get(f"{bot.url}/status").json()["symbols"].get("TPCUSDT", {})
+
+    poll(lambda: Decimal(state().get("last_price") or 0) == 777, 10, "the last tick")
+    assert state()["prices"] == 3
