@@ -11,13 +11,13 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from backend.infra.eventbus import Event
+from backend.infra.eventbus import Event, EventBusSettings, Idempotency, create_redis_client
 from backend.trading.features import WINDOW
 from tests.acceptance.harness import StubServer, http, poll
 from tests.support.otlp import OtlpReceiver
 
 from .conftest import Bot, Upstreams, bot_process, stub_app
-from .test_strategy import publish, ticks, wait_decisions
+from .test_strategy import bought, publish, ticks, wait_book_sequence, wait_decisions
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,26 @@ async def test_a_tick_published_twice_enters_the_window_once(bot: Bot) -> None:
 
     poll(lambda: Decimal(state().get("last_price") or 0) == 777, 10, "the last tick")
     assert state()["prices"] == 3
+
+
+async def test_fills_reach_the_book_without_a_look_up_of_processed_marks(bot: Bot) -> None:
+    """The book applies a fill once by its sequence, so the bot's consumer keeps no processed
+    marks for fills: a fill whose id is marked (as the consumer would have left it) still
+    reaches the book (which counts a copy once: `test_fill_book`)."""
+    wait_book_sequence(bot, 0)
+    fill = Event(
+        id="tpf-fill-1",
+        type="order.filled",
+        source="execution",
+        time=datetime.now(UTC),
+        data=bought("TPFUSDT", Decimal("0.5"), sequence=1),
+    )
+    client = create_redis_client(bot.redis)
+    try:
+        await Idempotency(client, "trading-bot", EventBusSettings(prefix=bot.prefix)).mark_many(
+            [fill.id]
+        )
+    finally:
+        await client.aclose()
+    await publish(bot, [fill, fill])
+    wait_book_sequence(bot, 1)
