@@ -21,8 +21,10 @@ def create_service(settings: TradingBotSettings | None = None) -> Service:
             settings or TradingBotSettings(), service.resources, service.logger, service.tracer
         )
     )
-    service.subscribe(MarketTick, bot.on_tick)
-    service.subscribe(OrderFilled, bot.on_fill)
+    # Neither needs processed marks, so no Redis look-up stands between a read and a
+    # decision: a tick is known by its id (`TradingBot.on_tick`), a fill by its sequence.
+    service.subscribe(MarketTick, bot.on_tick, deduplicate=False)
+    service.subscribe(OrderFilled, bot.on_fill, deduplicate=False)
     service.background("book-check", bot.check_book_loop)
     if bot.policy.enabled:
         service.background("champion-policy", bot.policy.refresh_loop)

@@ -49,6 +49,9 @@ MODEL_NAME = "ai-engine"
 REASON_MAX_LEN = 64  # bot_decisions.reason; a risk-safety reason could be longer
 DETAIL_MAX_LEN = 500
 ZERO = Decimal(0)
+RECENT_TICKS = 32
+"""Tick ids remembered per symbol: a copy of one of them (a feed's retried publication) is
+neither added to the window again nor decided on (the bus does not deduplicate ticks)."""
 
 
 class Outcome(StrEnum):
@@ -117,7 +120,7 @@ class SymbolState:
     prices: deque[Decimal]
     last_decision_at: float = float("-inf")
     last_tick_ms: int = 0
-    last_event_id: str = ""
+    recent_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_TICKS))
     held_since: float | None = None
     """When a due decision was first held back for a tick that queued (monotonic)."""
 
@@ -190,10 +193,15 @@ class TradingBot:
             state = SymbolState(deque(maxlen=self.settings.window))
             self.symbols[tick.symbol] = state
         # The model was trained on last-trade prices, so it is served the same series. A
-        # redelivered tick (its decision failed) is not added twice.
-        if event.id != state.last_event_id:
+        # redelivered tick (its decision failed) is not added twice, and a copy published
+        # under a new entry (first delivered, like the original) is left to the original.
+        if event.id in state.recent_ids:
+            if event.deliveries <= 1:
+                return
+        else:
             state.prices.append(tick.last)
-            state.last_tick_ms, state.last_event_id = tick.ts_ms, event.id
+            state.recent_ids.append(event.id)
+            state.last_tick_ms = tick.ts_ms
         if not self.running or len(state.prices) < WINDOW:
             return
         now = time.monotonic()

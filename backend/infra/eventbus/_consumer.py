@@ -102,6 +102,8 @@ class _Subscription:
     claim_cursor: str = "0-0"
     batch_handler: BatchHandler | None = None
     """Set by `subscribe_batch`: the entries of one read go to it together."""
+    deduplicate: bool = True
+    """Whether processed marks are looked up before the handler and written after it."""
 
 
 @dataclass(order=True)
@@ -136,7 +138,8 @@ class EventConsumer:
     delivered `max_deliveries` times. Entries that a dead consumer left pending longer than
     `claim_idle_ms` are taken over with XAUTOCLAIM. Malformed entries are dead-lettered at
     once with a reason code. With an `Idempotency`, an event whose id was already processed
-    by the group is acknowledged without running the handler again.
+    by the group is acknowledged without running the handler again (unless its subscription
+    says its handler needs no marks: `subscribe(..., deduplicate=False)`).
 
     Handlers run one at a time, in stream order except for retried entries; each runs inside
     a CONSUMER span `process {stream}` that continues the producer's trace. A batch handler
@@ -185,10 +188,21 @@ class EventConsumer:
         return self._settings
 
     def subscribe(
-        self, model: type[DataT], handler: Callable[[Event[DataT]], Awaitable[object]]
+        self,
+        model: type[DataT],
+        handler: Callable[[Event[DataT]], Awaitable[object]],
+        *,
+        deduplicate: bool = True,
     ) -> None:
-        """Run `handler` for every event whose data model is `model` (one handler per type)."""
-        self._add_subscription(model, handler, None)
+        """Run `handler` for every event whose data model is `model` (one handler per type).
+
+        `deduplicate=False` is for a handler that is idempotent by nature (one that keeps the
+        newest quote, say): the consumer then neither looks its events up among the processed
+        marks before running it (a Redis round trip between the read and the handler) nor
+        marks them after. Delivery stays at least once; an event is still acknowledged only
+        after its handler returned.
+        """
+        self._add_subscription(model, handler, None, deduplicate=deduplicate)
 
     def subscribe_batch(
         self,
@@ -211,7 +225,12 @@ class EventConsumer:
         self._add_subscription(model, one, handler)
 
     def _add_subscription(
-        self, model: type[DataT], handler: Handler, batch_handler: BatchHandler | None
+        self,
+        model: type[DataT],
+        handler: Handler,
+        batch_handler: BatchHandler | None,
+        *,
+        deduplicate: bool = True,
     ) -> None:
         if self._tasks:
             raise EventBusError("subscribe before start()")
@@ -236,6 +255,7 @@ class EventConsumer:
             },
             dead_letter_key=self._settings.dead_letter_key(spec.stream),
             batch_handler=batch_handler,
+            deduplicate=deduplicate,
         )
         self._read_streams[key] = ">"
 
@@ -580,18 +600,8 @@ class EventConsumer:
         if received is not None:
             self._receive_span(received, items, events)
 
-        if events and self._idempotency is not None:
-            seen = await self._idempotency.seen_many([event.id for _s, event, _f in events])
-            fresh = []
-            batch_ids: set[str] = set()
-            for (sub, event, fields), already in zip(events, seen, strict=True):
-                if already or event.id in batch_ids:
-                    sub.metrics.duplicates.inc()
-                    batch.ack(sub.key, event.entry_id or "")
-                else:
-                    batch_ids.add(event.id)
-                    fresh.append((sub, event, fields))
-            events = fresh
+        if self._idempotency is not None and any(sub.deduplicate for sub, _e, _f in events):
+            events = await self._unseen(batch, events)
 
         try:
             for sub, run in _runs(events):
@@ -611,9 +621,33 @@ class EventConsumer:
             # Whatever was handled is committed, even when the loop is being cancelled.
             await asyncio.shield(self._commit(batch))
 
+    async def _unseen(
+        self,
+        batch: _Batch,
+        events: list[tuple[_Subscription, Event[Any], Mapping[bytes, bytes]]],
+    ) -> list[tuple[_Subscription, Event[Any], Mapping[bytes, bytes]]]:
+        """`events` less those of deduplicated subscriptions already processed (or repeated
+        within the batch), which are acknowledged without running their handler."""
+        assert self._idempotency is not None
+        marked = [event.id for sub, event, _f in events if sub.deduplicate]
+        seen = iter(await self._idempotency.seen_many(marked))
+        fresh = []
+        batch_ids: set[str] = set()
+        for sub, event, fields in events:
+            if not sub.deduplicate:
+                fresh.append((sub, event, fields))
+            elif next(seen) or event.id in batch_ids:
+                sub.metrics.duplicates.inc()
+                batch.ack(sub.key, event.entry_id or "")
+            else:
+                batch_ids.add(event.id)
+                fresh.append((sub, event, fields))
+        return fresh
+
     def _handled(self, batch: _Batch, sub: _Subscription, event: Event[Any]) -> None:
         batch.ack(sub.key, event.entry_id or "")
-        batch.processed.setdefault(sub.spec.dedup_ttl_s, []).append(event.id)
+        if sub.deduplicate:
+            batch.processed.setdefault(sub.spec.dedup_ttl_s, []).append(event.id)
         batch.handled[sub.key] = batch.handled.get(sub.key, 0) + 1
 
     def _settle(

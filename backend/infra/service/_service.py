@@ -196,14 +196,21 @@ class Service:
             raise RuntimeError(self._startup_error)
 
     def subscribe(
-        self, model: type[DataT], handler: Callable[[Event[DataT]], Awaitable[object]]
+        self,
+        model: type[DataT],
+        handler: Callable[[Event[DataT]], Awaitable[object]],
+        *,
+        deduplicate: bool = True,
     ) -> None:
-        """Handle events of `model`'s type in this service's consumer group."""
+        """Handle events of `model`'s type in this service's consumer group
+        (`deduplicate`: see `EventConsumer.subscribe`)."""
         if not self._eventbus:
             raise RuntimeError(f"{self.name} was built without the event bus")
         # Kept as a closure so the pairing of model and handler stays checked: the consumer
         # does not exist until start-up.
-        self._subscriptions.append(lambda consumer: consumer.subscribe(model, handler))
+        self._subscriptions.append(
+            lambda consumer: consumer.subscribe(model, handler, deduplicate=deduplicate)
+        )
 
     def subscribe_batch(
         self,

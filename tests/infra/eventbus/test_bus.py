@@ -414,6 +414,51 @@ async def test_marks_live_as_long_as_their_event_type_declares(
     assert settings.dedup_ttl_s - 60 < fill_ttl <= settings.dedup_ttl_s
 
 
+async def test_a_subscription_that_does_not_deduplicate_neither_reads_nor_writes_marks(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    """A tick handler that keeps the newest quote needs no processed marks: its tick reaches
+    the handler although its id is marked (no look-up between the read and the handler) and
+    leaves no mark behind; the fills of the same consumer are still deduplicated."""
+    publisher = EventPublisher(client, "bridge", settings)
+    idempotency = Idempotency(client, "quotes", settings)
+    consumer = EventConsumer(client, "quotes", settings, idempotency=idempotency)
+    handled: list[str] = []
+
+    async def handler(event: Event[Any]) -> None:
+        handled.append(event.id)
+
+    consumer.subscribe(MarketTick, handler, deduplicate=False)
+    consumer.subscribe(OrderFilled, handler)
+    marked_tick = Event(
+        id="tick-marked",
+        type="market.tick",
+        source="bridge",
+        time=datetime.now(UTC),
+        data=MarketTick(symbol="BTCUSDT", bid="100", ask="101", last="100.5", volume="1", ts_ms=1),
+    )
+    await idempotency.mark_many(["tick-marked", "fill-marked"])
+    marked_fill = Event(
+        id="fill-marked",
+        type="order.filled",
+        source="execution",
+        time=datetime.now(UTC),
+        data=fill(1),
+    )
+    fresh = await publisher.publish(marked_tick.data)
+    await publisher.publish_many([marked_tick, marked_fill])
+    async with consumer:
+        await eventually(lambda: sorted(handled) == sorted([fresh.event_id, "tick-marked"]))
+        for stream in ("market.tick", "order.filled"):
+            await eventually(
+                lambda stream=stream: _pending_count(
+                    client, settings.stream_key(stream), "quotes", 0
+                )
+            )
+    assert not await idempotency.seen(fresh.event_id)
+    assert handled.count("tick-marked") == 1 and "fill-marked" not in handled
+
+
 async def test_apply_once_applies_a_redis_effect_exactly_once(
     client: Redis, settings: EventBusSettings
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,12 +11,13 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from backend.infra.eventbus import Event, EventBusSettings, Idempotency, create_redis_client
 from backend.trading.features import WINDOW
 from tests.acceptance.harness import StubServer, http, poll
 from tests.support.otlp import OtlpReceiver
 
 from .conftest import Bot, Upstreams, bot_process, stub_app
-from .test_strategy import publish, ticks, wait_decisions
+from .test_strategy import bought, publish, ticks, wait_book_sequence, wait_decisions
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +73,50 @@ async def test_the_model_is_sent_the_last_window_of_prices_only(
     assert decision["reason"] == "HOLD"
     (body,) = [b for b in predict_bodies if b["symbol"] == "TPAUSDT"]
     assert [Decimal(p) for p in body["prices"]] == [t.last for t in batch[-WINDOW:]]
+
+
+async def test_a_tick_published_twice_enters_the_window_once(bot: Bot) -> None:
+    """The bot reads ticks without processed marks (no Redis look-up before deciding): a copy
+    of a tick under a new stream entry, as a feed's retried publication leaves, is known by
+    its event id and neither fills the window twice nor makes a decision of its own."""
+    assert http.post(f"{bot.url}/stop").json()["running"] is False
+    first, second, third = ticks("TPCUSDT", 3)
+    ids = await publish(bot, [first, second])
+    copy = Event(
+        id=ids[0],
+        type="market.tick",
+        source="test-feed",
+        time=datetime.now(UTC),
+        data=first,
+    )
+    last = third.model_copy(update={"last": Decimal("777")})
+    await publish(bot, [copy, last])
+
+    def state() -> dict[str, Any]:
+        return httpx.get(f"{bot.url}/status").json()["symbols"].get("TPCUSDT", {})
+
+    poll(lambda: Decimal(state().get("last_price") or 0) == 777, 10, "the last tick")
+    assert state()["prices"] == 3
+
+
+async def test_fills_reach_the_book_without_a_look_up_of_processed_marks(bot: Bot) -> None:
+    """The book applies a fill once by its sequence, so the bot's consumer keeps no processed
+    marks for fills: a fill whose id is marked (as the consumer would have left it) still
+    reaches the book (which counts a copy once: `test_fill_book`)."""
+    wait_book_sequence(bot, 0)
+    fill = Event(
+        id="tpf-fill-1",
+        type="order.filled",
+        source="execution",
+        time=datetime.now(UTC),
+        data=bought("TPFUSDT", Decimal("0.5"), sequence=1),
+    )
+    client = create_redis_client(bot.redis)
+    try:
+        await Idempotency(client, "trading-bot", EventBusSettings(prefix=bot.prefix)).mark_many(
+            [fill.id]
+        )
+    finally:
+        await client.aclose()
+    await publish(bot, [fill, fill])
+    wait_book_sequence(bot, 1)
