@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
@@ -111,16 +111,15 @@ class Booking:
         the outbox); the last ledger row's id. Committed when the booking ends, all or nothing;
         a fill id already booked raises IntegrityViolationError then."""
         session = self._session
-        rows = [ledger_row(fill, sequence) for fill, sequence in fills]
-        # Inserted in the order given, so the ids are the booking order replicas replay.
-        session.add_all(rows)
         for position in positions:
             await self._save_position(position)
-        outbox = self._store.outbox
-        for event in announce:
-            outbox.add(session, event)
-        await session.flush()
-        return max(int(row.id) for row in rows)
+        # One multi-row INSERT per table, in the order given, so the ids are the booking order
+        # replicas replay (the ORM writes rows with a generated key one statement at a time).
+        ids = await session.scalars(
+            _INSERT_LEDGER, [{**fill.columns(), "sequence": seq} for fill, seq in fills]
+        )
+        await self._store.outbox.add_many(session, announce)
+        return max(int(row_id) for row_id in ids)
 
     async def _save_position(self, position: DomainPosition) -> None:
         session = self._session
@@ -133,6 +132,9 @@ class Booking:
         saved.realized_pnl = position.realized_pnl
         saved.fees_paid = position.fees
         saved.updated_at = datetime.now(UTC)
+
+
+_INSERT_LEDGER = insert(cast(Table, LedgerFill.__table__)).returning(LedgerFill.__table__.c.id)
 
 
 def ledger_row(fill: Fill, sequence: int | None) -> LedgerFill:
