@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
@@ -122,18 +122,29 @@ class Booking:
         return max(int(row_id) for row_id in ids)
 
     async def _save_position(self, position: DomainPosition) -> None:
-        session = self._session
-        saved = await session.get(Position, position.symbol)
-        if saved is None:
-            saved = Position(symbol=position.symbol)
-            session.add(saved)
-        saved.quantity = position.quantity
-        saved.average_price = position.average_price or ZERO
-        saved.realized_pnl = position.realized_pnl
-        saved.fees_paid = position.fees
-        saved.updated_at = datetime.now(UTC)
+        # One UPDATE, and an INSERT only for a symbol's first position: no read, no ORM flush.
+        # Bookings are serialised (the booking lock, or one replica), so the row's version only
+        # counts its writes.
+        values = {
+            "quantity": position.quantity,
+            "average_price": position.average_price or ZERO,
+            "realized_pnl": position.realized_pnl,
+            "fees_paid": position.fees,
+            "updated_at": datetime.now(UTC),
+        }
+        table = _POSITIONS
+        updated = await self._session.execute(
+            update(table)
+            .where(table.c.symbol == position.symbol)
+            .values(**values, version=table.c.version + 1)
+        )
+        if updated.rowcount == 0:  # type: ignore[attr-defined]
+            await self._session.execute(
+                insert(table).values(symbol=position.symbol, version=1, **values)
+            )
 
 
+_POSITIONS = cast(Table, Position.__table__)
 _INSERT_LEDGER = insert(cast(Table, LedgerFill.__table__)).returning(LedgerFill.__table__.c.id)
 
 

@@ -262,10 +262,13 @@ def test_the_fills_of_one_read_are_booked_in_one_transaction(
 def test_the_fills_of_one_read_take_one_insert_per_table(harness: ServiceHarness) -> None:
     fills = venue_fills("BTCUSDT", 1) + venue_fills("ETHUSDT", 4)
     inserts: list[str] = []
+    position_reads: list[str] = []
 
     def executed(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if statement.lstrip().upper().startswith("INSERT"):
             inserts.append(statement.split("(")[0].split()[-1].strip('"'))
+        elif statement.lstrip().upper().startswith("SELECT") and "FROM positions" in statement:
+            position_reads.append(statement)
 
     with harness.run(create_service) as client:
         engine = client.app.state.resources.engine.sync_engine  # type: ignore[attr-defined]
@@ -279,6 +282,7 @@ def test_the_fills_of_one_read_take_one_insert_per_table(harness: ServiceHarness
     # Six ledger rows and six position updates: one statement each, not one per row (and
     # each symbol's first position row).
     assert Counter(inserts) == {"ledger_fills": 1, "outbox_events": 1, "positions": 2}, inserts
+    assert position_reads == []  # a position is written as memory holds it, not read first
     assert len(updates) == 6
 
 
