@@ -11,7 +11,6 @@ dead-letters events whose version is newer than the one it knows.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar
@@ -31,6 +30,7 @@ from backend.trading.types import (
     Side,
     Symbol,
     TimeInForce,
+    field_values,
 )
 
 
@@ -95,7 +95,7 @@ class OrderSubmitted(TradingEvent):
     @classmethod
     def of(cls, order: OrderRequest) -> OrderSubmitted:
         """The announcement of `order`, sent to the venue."""
-        return cls(**asdict(order))
+        return cls(**field_values(order))
 
 
 class OrderAccepted(TradingEvent):
@@ -143,7 +143,7 @@ class OrderFilled(TradingEvent):
     @classmethod
     def of(cls, fill: Fill, leaves_quantity: Decimal) -> OrderFilled:
         """The announcement of `fill`, with what is left of its order after it."""
-        return cls(**asdict(fill), leaves_quantity=leaves_quantity)
+        return cls(**field_values(fill), leaves_quantity=leaves_quantity)
 
     def to_fill(self) -> Fill:
         """The fill this event announces."""

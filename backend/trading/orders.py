@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from enum import StrEnum
 
@@ -16,6 +16,7 @@ from backend.trading.types import (
     Side,
     Symbol,
     TimeInForce,
+    field_values,
 )
 
 ZERO = Decimal(0)
@@ -160,7 +161,7 @@ class OrderEventRecord:
 def create_order(request: OrderRequest, ts_ms: int) -> tuple[Order, OrderEventRecord]:
     """A NEW order for `request`, and the record of its creation."""
     order = Order(
-        **asdict(request),
+        **field_values(request),
         status=OrderStatus.NEW,
         filled_quantity=ZERO,
         average_fill_price=None,

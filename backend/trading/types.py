@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -190,3 +190,17 @@ class Fill:
             "fee": str(self.fee),
             "liquidity": self.liquidity.value,
         }
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def field_values(obj: Any) -> dict[str, Any]:
+    """A flat dataclass's fields by name: `dataclasses.asdict` without its deep copy, which
+    the types here (strings, enums, decimals, numbers) do not need and which cost a deep copy
+    per value on the order path."""
+    cls = type(obj)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return {name: getattr(obj, name) for name in names}

@@ -1040,7 +1040,7 @@ class OrderDesk:
     ) -> tuple[list[Event[Any]], list[tuple[Fill, Any]]]:
         """The events announcing one report, each fill under its own `order.fill` span."""
         order = report.order
-        events = [self.outbox.event(data) for data in _order_events(report, submitted)]
+        events = self.outbox.events(_order_events(report, submitted))
         fill_records = [r for r in report.events if r.kind is OrderEventKind.FILL]
         fills = list(zip(report.fills, fill_records, strict=True))
         for fill, record in fills:

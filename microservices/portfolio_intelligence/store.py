@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
@@ -111,28 +111,41 @@ class Booking:
         the outbox); the last ledger row's id. Committed when the booking ends, all or nothing;
         a fill id already booked raises IntegrityViolationError then."""
         session = self._session
-        rows = [ledger_row(fill, sequence) for fill, sequence in fills]
-        # Inserted in the order given, so the ids are the booking order replicas replay.
-        session.add_all(rows)
         for position in positions:
             await self._save_position(position)
-        outbox = self._store.outbox
-        for event in announce:
-            outbox.add(session, event)
-        await session.flush()
-        return max(int(row.id) for row in rows)
+        # One multi-row INSERT per table, in the order given, so the ids are the booking order
+        # replicas replay (the ORM writes rows with a generated key one statement at a time).
+        ids = await session.scalars(
+            _INSERT_LEDGER, [{**fill.columns(), "sequence": seq} for fill, seq in fills]
+        )
+        await self._store.outbox.add_many(session, announce)
+        return max(int(row_id) for row_id in ids)
 
     async def _save_position(self, position: DomainPosition) -> None:
-        session = self._session
-        saved = await session.get(Position, position.symbol)
-        if saved is None:
-            saved = Position(symbol=position.symbol)
-            session.add(saved)
-        saved.quantity = position.quantity
-        saved.average_price = position.average_price or ZERO
-        saved.realized_pnl = position.realized_pnl
-        saved.fees_paid = position.fees
-        saved.updated_at = datetime.now(UTC)
+        # One UPDATE, and an INSERT only for a symbol's first position: no read, no ORM flush.
+        # Bookings are serialised (the booking lock, or one replica), so the row's version only
+        # counts its writes.
+        values = {
+            "quantity": position.quantity,
+            "average_price": position.average_price or ZERO,
+            "realized_pnl": position.realized_pnl,
+            "fees_paid": position.fees,
+            "updated_at": datetime.now(UTC),
+        }
+        table = _POSITIONS
+        updated = await self._session.execute(
+            update(table)
+            .where(table.c.symbol == position.symbol)
+            .values(**values, version=table.c.version + 1)
+        )
+        if updated.rowcount == 0:  # type: ignore[attr-defined]
+            await self._session.execute(
+                insert(table).values(symbol=position.symbol, version=1, **values)
+            )
+
+
+_POSITIONS = cast(Table, Position.__table__)
+_INSERT_LEDGER = insert(cast(Table, LedgerFill.__table__)).returning(LedgerFill.__table__.c.id)
 
 
 def ledger_row(fill: Fill, sequence: int | None) -> LedgerFill:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from types import SimpleNamespace
 
 from backend.trading.events import EVENT_TYPES, OrderFilled, OrderSubmitted
 from backend.trading.orders import create_order
-from backend.trading.types import Fill, Liquidity, Side
+from backend.trading.types import Fill, Liquidity, Side, field_values
 from tests.support.factories import D, fill, request
 
 
@@ -56,3 +56,11 @@ def test_an_order_request_is_announced_and_kept_field_for_field() -> None:
 def test_every_event_type_is_its_own_stream_and_model() -> None:
     assert len(set(EVENT_TYPES.values())) == len(EVENT_TYPES)
     assert all(model.schema_version == 1 for model in EVENT_TYPES.values())
+
+
+def test_field_values_are_the_fields_of_a_flat_value_without_copying_them() -> None:
+    sold = fill(Side.SELL, "0.25", "40000.5", fee="1.25")
+    wanted = request(Side.BUY, "0.5")
+    assert field_values(sold) == asdict(sold)
+    assert field_values(wanted) == asdict(wanted)
+    assert field_values(sold)["price"] is sold.price

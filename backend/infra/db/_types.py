@@ -48,6 +48,10 @@ class DecimalNumeric(TypeDecorator[Decimal]):
         return process
 
 
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+"""SQLAlchemy's storage format of a SQLite DATETIME (text that sorts as the time does)."""
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """`TIMESTAMP WITH TIME ZONE` that accepts only aware datetimes and returns them in UTC.
 
@@ -68,6 +72,31 @@ class UtcDateTime(TypeDecorator[datetime]):
             raise ValueError(f"naive datetime {value!r}: store timezone-aware values")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            # What `process_bind_param` then SQLite's DATETIME would bind, in one step: a
+            # timestamp is bound several times per order on the order path.
+            if value is None:
+                return None
+            if value.tzinfo is not UTC:
+                if value.tzinfo is None or value.utcoffset() is None:
+                    raise ValueError(f"naive datetime {value!r}: store timezone-aware values")
+                value = value.astimezone(UTC)
+            return _SQLITE_DATETIME % (
+                value.year,
+                value.month,
+                value.day,
+                value.hour,
+                value.minute,
+                value.second,
+                value.microsecond,
+            )
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

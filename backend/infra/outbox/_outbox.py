@@ -34,6 +34,8 @@ from ._settings import OutboxSettings
 _log = get_logger("backend.infra.outbox")
 _WATCHED = "outbox_watched"
 _UNSURE = "outbox_unsure"
+_OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
+"""The table, for Core statements: no ORM bulk-update machinery per relay round."""
 
 
 def retry_delay_s(settings: OutboxSettings, failures: int) -> float:
@@ -148,8 +150,7 @@ class Outbox:
         if not events:
             return []
         now = datetime.now(UTC)
-        table: Table = OutboxEvent.__table__  # type: ignore[assignment]
-        await session.execute(insert(table), [self._columns(event, now) for event in events])
+        await session.execute(insert(_OUTBOX), [self._columns(event, now) for event in events])
         self._remember(session.sync_session, events)
         return [event.id for event in events]
 
@@ -195,6 +196,27 @@ class Outbox:
             tracestate=carrier.get("tracestate") or None,
             baggage=carrier.get("baggage") or None,
         )
+
+    def events(self, items: Iterable[EventData]) -> list[Event[Any]]:
+        """`event` of each item, all in the trace context active now (read once for all)."""
+        carrier = inject_trace_context({})
+        traceparent = carrier.get("traceparent")
+        tracestate = carrier.get("tracestate") or None
+        baggage = carrier.get("baggage") or None
+        now = datetime.now(UTC)
+        return [
+            Event(
+                id=new_event_id(),
+                type=self._catalogue.spec_for_model(type(data)).type,
+                source=self._source,
+                time=now,
+                data=data,
+                traceparent=traceparent,
+                tracestate=tracestate,
+                baggage=baggage,
+            )
+            for data in items
+        ]
 
     def _remember(self, session: Session, events: list[Event[Any]]) -> None:
         """Keep `events` with the session's transaction: queued for publication if it commits."""
@@ -329,7 +351,7 @@ class Outbox:
         """Publish events committed by this process (their rows claimed by this relay since
         they were written) in one pipelined call, and mark their rows in one transaction."""
         ids = [event.id for event in events]
-        where = OutboxEvent.event_id.in_(ids)
+        where = _OUTBOX.c.event_id.in_(ids)
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):
                 await self._publisher.publish_many(events)
@@ -385,9 +407,9 @@ class Outbox:
             async with asyncio.timeout(self._settings.publish_timeout_s):
                 await self._publisher.publish_many(events)
         except Exception as exc:
-            await self._record_failure(OutboxEvent.id.in_(ids), exc)
+            await self._record_failure(_OUTBOX.c.id.in_(ids), exc)
             raise
-        await self._mark_published(OutboxEvent.id.in_(ids))
+        await self._mark_published(_OUTBOX.c.id.in_(ids))
         self._published.inc(len(ids))
         return len(ids)
 
@@ -408,11 +430,11 @@ class Outbox:
     async def _mark_published(self, rows: ColumnElement[bool]) -> None:
         async with session_scope(self._sessions) as session:
             await session.execute(
-                update(OutboxEvent)
+                update(_OUTBOX)
                 .where(rows)
                 .values(
                     published_at=datetime.now(UTC),
-                    attempts=OutboxEvent.attempts + 1,
+                    attempts=_OUTBOX.c.attempts + 1,
                     last_error=None,
                 )
             )
@@ -422,9 +444,9 @@ class Outbox:
         try:
             async with session_scope(self._sessions) as session:
                 await session.execute(
-                    update(OutboxEvent)
+                    update(_OUTBOX)
                     .where(rows)
-                    .values(attempts=OutboxEvent.attempts + 1, last_error=error)
+                    .values(attempts=_OUTBOX.c.attempts + 1, last_error=error)
                 )
         # The note is diagnostic only; the rows stay pending whether or not it is written.
         except Exception as note_error:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import DateTime, select
+from sqlalchemy.dialects import sqlite
 
 from backend.infra.db import (
     TABLE_OWNERS,
@@ -18,6 +20,7 @@ from backend.infra.db import (
     owner_of,
     session_scope,
 )
+from backend.infra.db._types import UtcDateTime
 from backend.infra.db.models import EquityPoint, FillRecord, OrderRecord
 from tests.support.factories import order_record
 
@@ -105,3 +108,22 @@ async def test_naive_timestamps_are_refused(sqlite_url: str) -> None:
                 )
     finally:
         await engine.dispose()
+
+
+def test_sqlite_binds_a_timestamp_as_sqlalchemy_stores_a_utc_datetime() -> None:
+    dialect = sqlite.dialect()
+    column = UtcDateTime()
+    bind = column.dialect_impl(dialect).bind_processor(dialect)
+    stock = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert bind is not None and stock is not None
+    east = timezone(timedelta(hours=5, minutes=30))
+    for value in (
+        datetime(2026, 12, 4, 17, 59, 1, 123456, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds: still written out
+        datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=east),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=ZoneInfo("UTC")),
+    ):
+        assert bind(value) == stock(column.process_bind_param(value, dialect))
+    assert bind(None) is None
+    with pytest.raises(ValueError, match="naive datetime"):
+        bind(datetime(2026, 1, 2, 3, 4, 5))

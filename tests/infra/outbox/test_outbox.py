@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -319,3 +320,17 @@ async def test_after_a_long_outage_the_backlog_goes_out_within_about_a_second(
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
         await client.aclose()
+
+
+def test_events_made_together_share_the_active_trace_context_and_not_their_ids() -> None:
+    publisher = SimpleNamespace(settings=EventBusSettings())
+    outbox = Outbox(None, publisher, source="execution")  # type: ignore[arg-type]
+    data = [OrderAccepted(client_order_id=f"o-{n}", symbol="BTCUSDT") for n in range(3)]
+    with tracer.start_as_current_span("business change") as span:
+        made = outbox.events(data)
+        one = outbox.event(data[0])
+    assert [e.data for e in made] == data
+    assert len({e.id for e in made}) == 3
+    assert {e.traceparent for e in made} == {one.traceparent}
+    assert f"{span.get_span_context().trace_id:032x}" in str(one.traceparent)
+    assert {e.type for e in made} == {one.type} and {e.source for e in made} == {"execution"}

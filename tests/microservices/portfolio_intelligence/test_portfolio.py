@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
+from sqlalchemy import event as sa_event
 
 from backend.infra.db import DatabaseError
 from backend.infra.eventbus import EventBusSettings
@@ -255,6 +257,33 @@ def test_the_fills_of_one_read_are_booked_in_one_transaction(
         updates = harness.published("position.updated")
     assert bookings == [1]
     assert [u["client_order_id"] for u in updates] == [f.client_order_id for f in fills]
+
+
+def test_the_fills_of_one_read_take_one_insert_per_table(harness: ServiceHarness) -> None:
+    fills = venue_fills("BTCUSDT", 1) + venue_fills("ETHUSDT", 4)
+    inserts: list[str] = []
+    position_reads: list[str] = []
+
+    def executed(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement.split("(")[0].split()[-1].strip('"'))
+        elif statement.lstrip().upper().startswith("SELECT") and "FROM positions" in statement:
+            position_reads.append(statement)
+
+    with harness.run(create_service) as client:
+        engine = client.app.state.resources.engine.sync_engine  # type: ignore[attr-defined]
+        sa_event.listen(engine, "before_cursor_execute", executed)
+        try:
+            harness.publish(*fills)  # one XADD script: one read returns them all
+            wait_until(lambda: booked(client, 6), what="six fills booked")
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", executed)
+        updates = harness.published("position.updated")
+    # Six ledger rows and six position updates: one statement each, not one per row (and
+    # each symbol's first position row).
+    assert Counter(inserts) == {"ledger_fills": 1, "outbox_events": 1, "positions": 2}, inserts
+    assert position_reads == []  # a position is written as memory holds it, not read first
+    assert len(updates) == 6
 
 
 def test_fills_delivered_out_of_order_are_booked_in_the_venue_order(
