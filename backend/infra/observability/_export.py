@@ -112,6 +112,7 @@ class _Caches:
     KEYS = 4096
     NAMES = 4096
     STR_PAIRS = 16384
+    BLOCKS = 1024
 
     def __init__(self) -> None:
         self.scrubber: Any = None
@@ -128,6 +129,8 @@ class _Caches:
         # key -> its encoded `key` field, for keys whose values are ids (a new value per span,
         # the per-key table full) and are never scrubbed: their values skip the tables.
         self.id_keys: dict[str, bytes] = {}
+        # A lean span's `(build, args)` attributes -> their encoded `KeyValue` fields (tag 0x4A).
+        self.blocks: dict[Any, bytes] = {}
 
     def current(self) -> _Caches:
         """Self, emptied first if the scrubber was replaced since the last batch."""
@@ -138,6 +141,7 @@ class _Caches:
             self.names.clear()
             self.str_pairs.clear()
             self.id_keys.clear()
+            self.blocks.clear()
             self.scrubber = rules
         return self
 
@@ -313,7 +317,10 @@ def _encode_span(span: Any) -> bytes:
     parts.append(_name_field(span._name))
     parts.append(_KIND_FIELDS[id(span._kind)])
     parts.append(_pack_times(0x39, span._start_time, 0x41, span._end_time))
-    if span._attributes:
+    lazy = getattr(span, "_lazy", None)
+    if lazy is not None:
+        parts.append(_lazy_attributes(lazy))
+    elif span._attributes:
         parts.append(_attributes(0x4A, span._attributes))
     exception_type = None
     for event in span._events:
@@ -353,6 +360,24 @@ def _encode_span(span: Any) -> bytes:
 
 
 _LOW64 = (1 << 64) - 1
+
+
+def _lazy_attributes(lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]) -> bytes:
+    """The attributes of a lean span that were never made (`ServerSpan._lazy`), encoded once
+    per distinct `(build, args)`: the same bytes `_attributes` makes of `build(*args)`."""
+    blocks = _CACHES.blocks
+    try:
+        block = blocks.get(lazy)
+    except TypeError:  # an unhashable argument
+        return _attributes(0x4A, lazy[0](*lazy[1]))
+    if block is None:
+        block = _attributes(0x4A, lazy[0](*lazy[1]))
+        if len(blocks) >= _CACHES.BLOCKS:
+            blocks.clear()
+        blocks[lazy] = block
+    return block
+
+
 _NO_STATE = DEFAULT_TRACE_STATE
 _pack_be_q = struct.Struct(">Q").pack
 
