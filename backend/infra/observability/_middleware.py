@@ -124,10 +124,15 @@ class ObservabilityMiddleware:
             if _metrics.MULTIPROCESS:
                 _metrics.active_requests(-1)
             elapsed = perf_counter() - started
-            route = route_template(scope)
+            # `route_template(scope)` for the common case (a route, no mount or proxy prefix).
+            route = scope.get("route")
+            if route is not None and not scope.get("root_path"):
+                route = getattr(route, "path", None)
+            else:
+                route = route_template(scope)
             # A SpanContext is a tuple (trace id, span id, remote, flags, state, valid): read
             # by index, not through its properties, once for the metric and the access line.
-            ctx = span.get_span_context() if span is not None else None
+            ctx = span._context if span is not None else None
             if options.metrics:
                 if error is not None:
                     error_type = type(error).__qualname__
@@ -164,24 +169,31 @@ class ObservabilityMiddleware:
 
 
 def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any]:
-    traceparents: list[bytes] = []
+    traceparents: list[bytes] | None = None
     tracestates: list[bytes] | None = None
     baggage = None
     host = forwarded_host = user_agent = None
+    wanted = _REQUEST_HEADERS.get
     for name, value in scope["headers"]:
-        if name == b"traceparent":
+        # One look-up for each header the span does not need (most of a request's).
+        header = wanted(name)
+        if header is None:
+            continue
+        if header == _HOST:
+            host = value
+        elif header == _TRACEPARENT:
+            if traceparents is None:
+                traceparents = []
             traceparents.append(value)
-        elif name == b"tracestate":
+        elif header == _TRACESTATE:
             if tracestates is None:
                 tracestates = []
             tracestates.append(value)
-        elif name == b"baggage":
+        elif header == _BAGGAGE_HEADER:
             baggage = value
-        elif name == b"host":
-            host = value
-        elif name == b"user-agent":
+        elif header == _USER_AGENT:
             user_agent = value
-        elif name == b"x-forwarded-host":
+        else:
             forwarded_host = value
     base = None
     if _tracing.CUSTOM_PROPAGATORS[0]:
@@ -200,6 +212,17 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
     if baggage:
         base = _BAGGAGE.extract({"baggage": baggage.decode("latin-1")})
     return span, _tracing.enter_span(span, base)
+
+
+_HOST, _TRACEPARENT, _TRACESTATE, _BAGGAGE_HEADER, _USER_AGENT, _FORWARDED_HOST = range(6)
+_REQUEST_HEADERS = {
+    b"host": _HOST,
+    b"traceparent": _TRACEPARENT,
+    b"tracestate": _TRACESTATE,
+    b"baggage": _BAGGAGE_HEADER,
+    b"user-agent": _USER_AGENT,
+    b"x-forwarded-host": _FORWARDED_HOST,
+}
 
 
 def _server_attributes(
@@ -297,7 +320,7 @@ def _split_authority(authority: bytes, scheme: str) -> tuple[str, int | None]:
 
 
 def _end_span(span: Any, route: str | None, status: int, error: BaseException | None) -> None:
-    if not span.is_recording():
+    if span._end_time is not None:  # ended by the app already (`is_recording()`, uncalled)
         return
     lazy = span._lazy
     if lazy is not None and error is None and status < 500:

@@ -832,7 +832,7 @@ if HAS_SDK:
             trace_state = _EMPTY_STATE
         ctx = _new_span_context(trace_id, span_id, flags, trace_state)
         if not sampled:
-            return otel_trace.NonRecordingSpan(ctx)
+            return _non_recording(ctx)
         span = ServerSpan(
             rt,
             name,
@@ -889,7 +889,7 @@ if HAS_SDK:
             trace_state = _EMPTY_STATE
         ctx = _new_span_context(trace_id, random.getrandbits(64) or 1, flags, trace_state)
         if not sampled:
-            return otel_trace.NonRecordingSpan(ctx)
+            return _non_recording(ctx)
         if None in attributes.values():
             attributes = {k: v for k, v in attributes.items() if v is not None}
         scope = getattr(tracer, "_instrumentation_scope", None)
@@ -908,6 +908,15 @@ if HAS_SDK:
 
     _new_tuple = tuple.__new__
     _SpanContext = otel_trace.SpanContext
+
+    _new_object = object.__new__
+
+    def _non_recording(ctx: Any) -> Any:
+        """`NonRecordingSpan(ctx)`, without the call of its Python `__init__` (which stores
+        `_context` and nothing else): the carrier of every unsampled request and message."""
+        span = _new_object(otel_trace.NonRecordingSpan)
+        span._context = ctx
+        return span
 
     def _new_span_context(trace_id: int, span_id: int, flags: Any, trace_state: Any) -> Any:
         """A local, valid `SpanContext` for ids known to be in range (the constructor's

@@ -183,3 +183,33 @@ def test_new_scrubbing_rules_reach_request_attributes_encoded_before(sole_queue)
         assert encode_spans([second]) == encode_spans([copy_of(second)])
     finally:
         configure_scrubbing(True)
+
+
+def test_queued_request_spans_decode_as_the_reference_encodes_them(sole_queue) -> None:  # type: ignore[no-untyped-def]
+    """Spans of every length prefix size (one, two and three varint bytes), with a remote
+    parent and without, read back as the OpenTelemetry exporter's own encoding."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as reference
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    app = make_app()
+    parent = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    call(app, "GET", "/items/1", headers=((b"host", b"api"), parent))
+    call(app, "GET", "/items/2", headers=((b"host", b"api"), (b"user-agent", b"a" * 20_000)))
+    spans = list(sole_queue._queue)
+    ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    theirs = ExportTraceServiceRequest.FromString(
+        reference([copy_of(span) for span in spans]).SerializeToString()
+    )
+    for request in (ours, theirs):
+        for span in request.resource_spans[0].scope_spans[0].spans:
+            # The reference leaves the W3C flag bits out (the specification allows both) and
+            # writes an UNSET status as an empty message.
+            span.flags &= ~0xFF
+            if span.status.code == 0 and not span.status.message:
+                span.ClearField("status")
+    assert ours == theirs
+    decoded = ours.resource_spans[0].scope_spans[0].spans
+    assert decoded[0].parent_span_id.hex() == "b7ad6b7169203331"
+    assert len(decoded[1].SerializeToString()) > 0x4000
