@@ -591,6 +591,20 @@ if HAS_SDK:
             "_start_time",
             "_status",
         )
+        _attributes: dict[str, Any]
+        _context: Any
+        _end_time: int | None
+        _events: Sequence[Any]
+        _instrumentation_scope: Any
+        _kind: Any
+        _lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]] | None
+        _links: Sequence[Any]
+        _name: str
+        _parent: Any | None
+        _resource: Any
+        _runtime: TracingRuntime
+        _start_time: int
+        _status: Any
 
         def __init__(
             self,
@@ -605,23 +619,9 @@ if HAS_SDK:
             scope: Any = None,
             lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]] | None = None,
         ) -> None:
-            self._runtime = rt
-            self._name = name
-            self._context = context
-            self._parent = parent
-            self._kind = kind
-            self._attributes = attributes
-            # A list only once one is added: most spans have neither (two allocations fewer).
-            self._events: Sequence[Any] = ()
-            self._links: Sequence[Any] = links if links is not None else ()
-            self._status = _UNSET
-            self._start_time = start_time
-            self._end_time: int | None = None
-            # Read by the OTLP encoder when the span is queued for export as it is.
-            self._resource = rt.resource
-            self._instrumentation_scope = scope if scope is not None else rt.scope
-            # `(build, args)`: the attributes are `build(*args)`, made only when something
-            # reads or changes them; the encoder encodes them once per distinct pair.
+            _init_span(self, rt, name, context, parent, attributes, start_time, kind, links)
+            if scope is not None:
+                self._instrumentation_scope = scope
             self._lazy = lazy
 
         def _materialize(self) -> None:
@@ -739,17 +739,15 @@ if HAS_SDK:
                 queue = rt._direct
             else:
                 queue = rt.export_directly()
-            if self._lazy is not None and (
-                queue is None
-                or rt.max_attribute_length is not None
-                or (rt.max_attributes is not None and rt.max_attributes < LAZY_ATTRIBUTES_MAX)
+            if queue is None:
+                self._materialize()  # other processors get the attributes as a dict
+            length, count = rt.max_attribute_length, rt.max_attributes
+            if length is not None or (
+                count is not None and (count < LAZY_ATTRIBUTES_MAX or len(self._attributes) > count)
             ):
-                # Other processors get the attributes as a dict; limits may cut them.
-                self._materialize()
-            if rt.max_attribute_length is not None or (
-                rt.max_attributes is not None and len(self._attributes) > rt.max_attributes
-            ):
-                self._attributes = _apply_limits(self._attributes, rt)
+                self._materialize()  # the limits may cut them
+                if length is not None or (count is not None and len(self._attributes) > count):
+                    self._attributes = _apply_limits(self._attributes, rt)
             if queue is not None:
                 # Ended, so immutable from here on (every setter checks `_end_time`): the
                 # encoder reads the same fields it reads on a `ReadableSpan`.
@@ -772,6 +770,42 @@ if HAS_SDK:
                     instrumentation_scope=self._instrumentation_scope,
                 )
             )
+
+    def _init_span(
+        span: Any,
+        rt: TracingRuntime,
+        name: str,
+        context: Any,
+        parent: Any | None,
+        attributes: dict[str, Any],
+        start_time: int,
+        kind: Any,
+        links: list[Any] | None,
+        scope: Any = None,
+        lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]] | None = None,
+    ) -> Any:
+        """A `ServerSpan`'s fields. The library makes its spans with `object.__new__` and
+        this function: calling the class runs its Python `__init__` through the type's
+        slot, about twice the cost, on every sampled request and message."""
+        span._runtime = rt
+        span._name = name
+        span._context = context
+        span._parent = parent
+        span._kind = kind
+        span._attributes = attributes
+        # A list only once one is added: most spans have neither (two allocations fewer).
+        span._events = ()
+        span._links = links if links is not None else ()
+        span._status = _UNSET
+        span._start_time = start_time
+        span._end_time = None
+        # Read by the OTLP encoder when the span is queued for export as it is.
+        span._resource = rt.resource
+        span._instrumentation_scope = scope if scope is not None else rt.scope
+        # `(build, args)`: the attributes are `build(*args)`, made only when something
+        # reads or changes them; the encoder encodes them once per distinct pair.
+        span._lazy = lazy
+        return span
 
     _FLAGS = tuple(otel_trace.TraceFlags(n) for n in range(4))
     _NO_ATTRIBUTES: dict[str, Any] = {}
@@ -833,14 +867,18 @@ if HAS_SDK:
         ctx = _new_span_context(trace_id, span_id, flags, trace_state)
         if not sampled:
             return _non_recording(ctx)
-        span = ServerSpan(
+        span = _init_span(
+            _new_object(ServerSpan),
             rt,
             name,
             ctx,
             parent,
             _NO_ATTRIBUTES,  # never written to: a lazy span makes its own dict first
             time.time_ns(),
-            lazy=make_attributes(*attribute_args),
+            SpanKind.SERVER,
+            None,
+            None,
+            make_attributes(*attribute_args),
         )
         # `rt.start_processors()` inlined: usually no processor implements `on_start`.
         if rt.provider._active_span_processor._span_processors is not rt._seen or rt._starters:
@@ -897,8 +935,17 @@ if HAS_SDK:
             scope = _proxy_scope(tracer)
         if links and rt.max_links is not None and len(links) > rt.max_links:
             links = links[-rt.max_links :]  # the SDK's link limit keeps the last ones
-        span = ServerSpan(
-            rt, name, ctx, parent, attributes, start_time or time.time_ns(), kind, links, scope
+        span = _init_span(
+            _new_object(ServerSpan),
+            rt,
+            name,
+            ctx,
+            parent,
+            attributes,
+            start_time or time.time_ns(),
+            kind,
+            links,
+            scope,
         )
         if rt.start_processors():
             _notify_start(rt, span, parent)
