@@ -627,10 +627,12 @@ if HAS_SDK:
         def _materialize(self) -> None:
             lazy = self._lazy
             if lazy is not None:
-                self._lazy = None
                 attributes = lazy[0](*lazy[1])
                 attributes.update(self._attributes)
+                # In this order: the export thread may be encoding the span, reading `_lazy`
+                # first, then (when it is None) `_attributes`.
                 self._attributes = attributes
+                self._lazy = None
 
         def get_span_context(self) -> Any:
             return self._context
