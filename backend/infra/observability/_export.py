@@ -112,6 +112,7 @@ class _Caches:
     KEYS = 4096
     NAMES = 4096
     STR_PAIRS = 16384
+    BLOCKS = 1024
 
     def __init__(self) -> None:
         self.scrubber: Any = None
@@ -128,6 +129,8 @@ class _Caches:
         # key -> its encoded `key` field, for keys whose values are ids (a new value per span,
         # the per-key table full) and are never scrubbed: their values skip the tables.
         self.id_keys: dict[str, bytes] = {}
+        # A lean span's `(build, args)` attributes -> their encoded `KeyValue` fields (tag 0x4A).
+        self.blocks: dict[Any, bytes] = {}
 
     def current(self) -> _Caches:
         """Self, emptied first if the scrubber was replaced since the last batch."""
@@ -138,6 +141,7 @@ class _Caches:
             self.names.clear()
             self.str_pairs.clear()
             self.id_keys.clear()
+            self.blocks.clear()
             self.scrubber = rules
         return self
 
@@ -303,6 +307,39 @@ def encode_span(span: Any) -> bytes:
 def _encode_span(span: Any) -> bytes:
     # A SpanContext is a tuple: unpacked once instead of one property call per field.
     trace_id, span_id, _remote, trace_flags, trace_state, _valid = span._context
+    status = span._status
+    if (
+        trace_state is _NO_STATE
+        and not span._events
+        and not span._links
+        and (status is None or status._status_code is _UNSET)
+    ):
+        # Most spans (every request's that went well): the fields in one join, the
+        # attributes of a lean request span from their cache.
+        lazy = getattr(span, "_lazy", None)
+        if lazy is not None:
+            try:
+                fields = _CACHES.blocks.get(lazy) or _lazy_attributes(lazy)
+            except TypeError:  # an unhashable argument
+                fields = _lazy_attributes(lazy)
+        else:
+            fields = _attributes(0x4A, span._attributes) if span._attributes else b""
+        parent = span._parent
+        name = span._name
+        return b"".join(
+            (
+                _pack_ids(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, span_id),
+                b"" if parent is None else b"\x22\x08" + _pack_be_q(parent[1]),
+                _CACHES.names.get(name) or _name_field(name),
+                _KIND_FIELDS[id(span._kind)],
+                _pack_times(0x39, span._start_time, 0x41, span._end_time),
+                fields,
+                # flags: W3C trace flags, "parent is remote is known" (bit 8), "is remote" (9)
+                _pack_flags(
+                    0x0185, trace_flags | (0x300 if parent is not None and parent[2] else 0x100)
+                ),
+            )
+        )
     parts = [_pack_ids(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, span_id)]
     # The shared empty state by identity: its truth test is a Python-level `__len__` call.
     if trace_state is not _NO_STATE and trace_state:
@@ -313,7 +350,10 @@ def _encode_span(span: Any) -> bytes:
     parts.append(_name_field(span._name))
     parts.append(_KIND_FIELDS[id(span._kind)])
     parts.append(_pack_times(0x39, span._start_time, 0x41, span._end_time))
-    if span._attributes:
+    lazy = getattr(span, "_lazy", None)
+    if lazy is not None:
+        parts.append(_lazy_attributes(lazy))
+    elif span._attributes:
         parts.append(_attributes(0x4A, span._attributes))
     exception_type = None
     for event in span._events:
@@ -353,6 +393,24 @@ def _encode_span(span: Any) -> bytes:
 
 
 _LOW64 = (1 << 64) - 1
+
+
+def _lazy_attributes(lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]) -> bytes:
+    """The attributes of a lean span that were never made (`ServerSpan._lazy`), encoded once
+    per distinct `(build, args)`: the same bytes `_attributes` makes of `build(*args)`."""
+    blocks = _CACHES.blocks
+    try:
+        block = blocks.get(lazy)
+    except TypeError:  # an unhashable argument
+        return _attributes(0x4A, lazy[0](*lazy[1]))
+    if not block:
+        block = _attributes(0x4A, lazy[0](*lazy[1]))
+        if len(blocks) >= _CACHES.BLOCKS:
+            blocks.clear()
+        blocks[lazy] = block
+    return block
+
+
 _NO_STATE = DEFAULT_TRACE_STATE
 _pack_be_q = struct.Struct(">Q").pack
 
@@ -414,7 +472,12 @@ class _Encoder:
                 last_resource, last_scope = resource, scope
             body = _encode_span(span)
             size = len(body)
-            encoded.append((bytes((0x12, size)) if size < 0x80 else b"\x12" + _varint(size)) + body)
+            if size < 0x80:
+                encoded.append(bytes((0x12, size)) + body)
+            elif size < 0x4000:  # the usual span: its length in a two-byte varint
+                encoded.append(bytes((0x12, (size & 0x7F) | 0x80, size >> 7)) + body)
+            else:
+                encoded.append(b"\x12" + _varint(size) + body)
         out = []
         for resource, by_scope in grouped.values():
             scope_spans = b"".join(

@@ -124,10 +124,15 @@ class ObservabilityMiddleware:
             if _metrics.MULTIPROCESS:
                 _metrics.active_requests(-1)
             elapsed = perf_counter() - started
-            route = route_template(scope)
+            # `route_template(scope)` for the common case (a route, no mount or proxy prefix).
+            route = scope.get("route")
+            if route is not None and not scope.get("root_path"):
+                route = getattr(route, "path", None)
+            else:
+                route = route_template(scope)
             # A SpanContext is a tuple (trace id, span id, remote, flags, state, valid): read
             # by index, not through its properties, once for the metric and the access line.
-            ctx = span.get_span_context() if span is not None else None
+            ctx = span._context if span is not None else None
             if options.metrics:
                 if error is not None:
                     error_type = type(error).__qualname__
@@ -164,24 +169,31 @@ class ObservabilityMiddleware:
 
 
 def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any]:
-    traceparents: list[bytes] = []
+    traceparents: list[bytes] | None = None
     tracestates: list[bytes] | None = None
     baggage = None
     host = forwarded_host = user_agent = None
+    wanted = _REQUEST_HEADERS.get
     for name, value in scope["headers"]:
-        if name == b"traceparent":
+        # One look-up for each header the span does not need (most of a request's).
+        header = wanted(name)
+        if header is None:
+            continue
+        if header == _HOST:
+            host = value
+        elif header == _TRACEPARENT:
+            if traceparents is None:
+                traceparents = []
             traceparents.append(value)
-        elif name == b"tracestate":
+        elif header == _TRACESTATE:
             if tracestates is None:
                 tracestates = []
             tracestates.append(value)
-        elif name == b"baggage":
+        elif header == _BAGGAGE_HEADER:
             baggage = value
-        elif name == b"host":
-            host = value
-        elif name == b"user-agent":
+        elif header == _USER_AGENT:
             user_agent = value
-        elif name == b"x-forwarded-host":
+        else:
             forwarded_host = value
     base = None
     if _tracing.CUSTOM_PROPAGATORS[0]:
@@ -202,6 +214,17 @@ def _start_span(rt: Any, scope: Scope, method: str, path: str) -> tuple[Any, Any
     return span, _tracing.enter_span(span, base)
 
 
+_HOST, _TRACEPARENT, _TRACESTATE, _BAGGAGE_HEADER, _USER_AGENT, _FORWARDED_HOST = range(6)
+_REQUEST_HEADERS = {
+    b"host": _HOST,
+    b"traceparent": _TRACEPARENT,
+    b"tracestate": _TRACESTATE,
+    b"baggage": _BAGGAGE_HEADER,
+    b"user-agent": _USER_AGENT,
+    b"x-forwarded-host": _FORWARDED_HOST,
+}
+
+
 def _server_attributes(
     scope: Scope,
     method: str,
@@ -210,39 +233,73 @@ def _server_attributes(
     host: bytes | None,
     forwarded_host: bytes | None,
     user_agent: bytes | None,
+) -> tuple[Any, tuple[Any, ...]]:
+    """The SERVER span's request attributes as a hashable `(build, args)` pair (see
+    `start_server_span`); made for sampled requests only."""
+    client = scope.get("client")
+    return _request_attributes, (
+        scope.get("scheme", "http"),
+        scope.get("http_version", "1.1"),
+        method,
+        path,
+        known,
+        forwarded_host or host,
+        None if forwarded_host or host else scope.get("server"),
+        scope.get("query_string"),
+        user_agent,
+        client[0] if client else None,
+    )
+
+
+def _request_attributes(
+    scheme: str,
+    version: str,
+    method: str,
+    path: str,
+    known: bool,
+    authority: bytes | None,
+    server: tuple[str, int | None] | None,
+    query: bytes | None,
+    user_agent: bytes | None,
+    client_address: str | None,
 ) -> dict[str, Any]:
-    """The SERVER span's request attributes; built for sampled requests only."""
-    scheme = scope.get("scheme", "http")
+    """The SERVER span's request attributes, from `_server_attributes`' arguments."""
     attributes: dict[str, Any] = {
         "http.request.method": method if known else "_OTHER",
         "url.path": path,
         "url.scheme": scheme,
-        "network.protocol.version": scope.get("http_version", "1.1"),
+        "network.protocol.version": version,
     }
     if not known:
         attributes["http.request.method_original"] = method
     # server.* name the server the client meant (X-Forwarded-Host, then Host), not the
     # socket this process listens on.
-    authority = forwarded_host or host
     if authority:
         address, port = _split_authority(authority.split(b",", 1)[0].strip(), scheme)
         attributes["server.address"] = address
         if port is not None:
             attributes["server.port"] = port
-    else:
-        server = scope.get("server")
-        if server:
-            attributes["server.address"] = server[0]
-            if server[1] is not None:
-                attributes["server.port"] = server[1]
-    query = scope.get("query_string")
+    elif server:
+        attributes["server.address"] = server[0]
+        if server[1] is not None:
+            attributes["server.port"] = server[1]
     if query:
         attributes["url.query"] = scrubber().query(query.decode("latin-1"))
     if user_agent:
         attributes["user_agent.original"] = user_agent.decode("latin-1")
-    client = scope.get("client")
-    if client:
-        attributes["client.address"] = client[0]
+    if client_address:
+        attributes["client.address"] = client_address
+    return attributes
+
+
+def _response_attributes(
+    request: tuple[Any, tuple[Any, ...]], route: str | None, status: int
+) -> dict[str, Any]:
+    """An ended SERVER span's attributes: the request's, then the route and the status."""
+    attributes: dict[str, Any] = request[0](*request[1])
+    if route is not None:
+        attributes["http.route"] = route
+    attributes["http.response.status_code"] = status
     return attributes
 
 
@@ -263,7 +320,16 @@ def _split_authority(authority: bytes, scheme: str) -> tuple[str, int | None]:
 
 
 def _end_span(span: Any, route: str | None, status: int, error: BaseException | None) -> None:
-    if not span.is_recording():
+    if span._end_time is not None:  # ended by the app already (`is_recording()`, uncalled)
+        return
+    lazy = span._lazy
+    if lazy is not None and error is None and status < 500:
+        # The common case: nothing read or changed the attributes, so they stay a hashable
+        # description that the exporter encodes once per distinct request and response.
+        if route is not None:
+            span._name = f"{span._name} {route}"
+        span._lazy = (_response_attributes, (lazy, route, status))
+        span.end()
         return
     if route is not None:
         # The name's method is the one the span started with: `HTTP` for an unknown method.

@@ -6,7 +6,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +37,9 @@ from ._redact import scrubber
 from ._tracecontext import parse_traceparent_value, parse_tracestate_values
 
 LIBRARY_SCOPE = "backend.infra.observability"
+# The most attributes a lean span's lazily made attributes (`ServerSpan._lazy`) may have: a
+# count limit under it makes them when the span ends, so that the limit applies.
+LAZY_ATTRIBUTES_MAX = 16
 _TRACE_ID_MASK = (1 << 64) - 1
 
 
@@ -579,6 +582,7 @@ if HAS_SDK:
             "_events",
             "_instrumentation_scope",
             "_kind",
+            "_lazy",
             "_links",
             "_name",
             "_parent",
@@ -587,6 +591,20 @@ if HAS_SDK:
             "_start_time",
             "_status",
         )
+        _attributes: dict[str, Any]
+        _context: Any
+        _end_time: int | None
+        _events: Sequence[Any]
+        _instrumentation_scope: Any
+        _kind: Any
+        _lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]] | None
+        _links: Sequence[Any]
+        _name: str
+        _parent: Any | None
+        _resource: Any
+        _runtime: TracingRuntime
+        _start_time: int
+        _status: Any
 
         def __init__(
             self,
@@ -599,21 +617,22 @@ if HAS_SDK:
             kind: Any = SpanKind.SERVER,
             links: list[Any] | None = None,
             scope: Any = None,
+            lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]] | None = None,
         ) -> None:
-            self._runtime = rt
-            self._name = name
-            self._context = context
-            self._parent = parent
-            self._kind = kind
-            self._attributes = attributes
-            self._events: list[Any] = []
-            self._links: list[Any] = links if links is not None else []
-            self._status = _UNSET
-            self._start_time = start_time
-            self._end_time: int | None = None
-            # Read by the OTLP encoder when the span is queued for export as it is.
-            self._resource = rt.resource
-            self._instrumentation_scope = scope if scope is not None else rt.scope
+            _init_span(self, rt, name, context, parent, attributes, start_time, kind, links)
+            if scope is not None:
+                self._instrumentation_scope = scope
+            self._lazy = lazy
+
+        def _materialize(self) -> None:
+            lazy = self._lazy
+            if lazy is not None:
+                attributes = lazy[0](*lazy[1])
+                attributes.update(self._attributes)
+                # In this order: the export thread may be encoding the span, reading `_lazy`
+                # first, then (when it is None) `_attributes`.
+                self._attributes = attributes
+                self._lazy = None
 
         def get_span_context(self) -> Any:
             return self._context
@@ -625,6 +644,8 @@ if HAS_SDK:
 
         @property
         def attributes(self) -> Mapping[str, Any]:
+            if self._lazy is not None:
+                self._materialize()
             return self._attributes
 
         @property
@@ -653,6 +674,8 @@ if HAS_SDK:
 
         def set_attribute(self, key: str, value: Any) -> None:
             if self._end_time is None and value is not None:
+                if self._lazy is not None:
+                    self._materialize()
                 self._attributes[key] = value
 
         def set_attributes(self, attributes: Mapping[str, Any]) -> None:
@@ -663,11 +686,19 @@ if HAS_SDK:
             self, name: str, attributes: Any = None, timestamp: int | None = None
         ) -> None:
             if self._end_time is None:
-                self._events.append(_Event(name, attributes, timestamp or time.time_ns()))
+                event = _Event(name, attributes, timestamp or time.time_ns())
+                if self._events:
+                    self._events.append(event)  # type: ignore[attr-defined]
+                else:
+                    self._events = [event]
 
         def add_link(self, context: Any, attributes: Any = None) -> None:
             if self._end_time is None:
-                self._links.append(otel_trace.Link(context, attributes))
+                link = otel_trace.Link(context, attributes)
+                if self._links:
+                    self._links.append(link)  # type: ignore[attr-defined]
+                else:
+                    self._links = [link]
 
         def update_name(self, name: str) -> None:
             if self._end_time is None:
@@ -704,15 +735,25 @@ if HAS_SDK:
                 return
             self._end_time = end_time or time.time_ns()
             rt = self._runtime
-            if rt.max_attribute_length is not None or (
-                rt.max_attributes is not None and len(self._attributes) > rt.max_attributes
+            # `rt.export_directly()` inlined (it runs once per span): the export queue, when
+            # it is the provider's only processor.
+            if rt.provider._active_span_processor._span_processors is rt._seen:
+                queue = rt._direct
+            else:
+                queue = rt.export_directly()
+            if queue is None:
+                self._materialize()  # other processors get the attributes as a dict
+            length, count = rt.max_attribute_length, rt.max_attributes
+            if length is not None or (
+                count is not None and (count < LAZY_ATTRIBUTES_MAX or len(self._attributes) > count)
             ):
-                self._attributes = _apply_limits(self._attributes, rt)
-            queue = rt.export_directly()
+                self._materialize()  # the limits may cut them
+                if length is not None or (count is not None and len(self._attributes) > count):
+                    self._attributes = _apply_limits(self._attributes, rt)
             if queue is not None:
                 # Ended, so immutable from here on (every setter checks `_end_time`): the
                 # encoder reads the same fields it reads on a `ReadableSpan`.
-                if self._context.trace_flags & 0x01:
+                if self._context[3] & 0x01:
                     queue.add(self)
                 return
             rt.emit(
@@ -721,7 +762,7 @@ if HAS_SDK:
                     context=self._context,
                     parent=self._parent,
                     resource=rt.resource,
-                    attributes=self._attributes,
+                    attributes=self.attributes,
                     events=self._events,
                     links=self._links,
                     kind=self._kind,
@@ -732,7 +773,44 @@ if HAS_SDK:
                 )
             )
 
+    def _init_span(
+        span: Any,
+        rt: TracingRuntime,
+        name: str,
+        context: Any,
+        parent: Any | None,
+        attributes: dict[str, Any],
+        start_time: int,
+        kind: Any,
+        links: list[Any] | None,
+        scope: Any = None,
+        lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]] | None = None,
+    ) -> Any:
+        """A `ServerSpan`'s fields. The library makes its spans with `object.__new__` and
+        this function: calling the class runs its Python `__init__` through the type's
+        slot, about twice the cost, on every sampled request and message."""
+        span._runtime = rt
+        span._name = name
+        span._context = context
+        span._parent = parent
+        span._kind = kind
+        span._attributes = attributes
+        # A list only once one is added: most spans have neither (two allocations fewer).
+        span._events = ()
+        span._links = links if links is not None else ()
+        span._status = _UNSET
+        span._start_time = start_time
+        span._end_time = None
+        # Read by the OTLP encoder when the span is queued for export as it is.
+        span._resource = rt.resource
+        span._instrumentation_scope = scope if scope is not None else rt.scope
+        # `(build, args)`: the attributes are `build(*args)`, made only when something
+        # reads or changes them; the encoder encodes them once per distinct pair.
+        span._lazy = lazy
+        return span
+
     _FLAGS = tuple(otel_trace.TraceFlags(n) for n in range(4))
+    _NO_ATTRIBUTES: dict[str, Any] = {}
     _UNSET = Status(StatusCode.UNSET)
 
     def _apply_limits(attributes: dict[str, Any], rt: TracingRuntime) -> dict[str, Any]:
@@ -751,14 +829,17 @@ if HAS_SDK:
         rt: TracingRuntime,
         name: str,
         parent: Any | None,
-        make_attributes: Callable[..., dict[str, Any]],
+        make_attributes: Callable[..., tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]],
         attribute_args: tuple[Any, ...] = (),
     ) -> Any:
         """Start the request's span: recording when sampled, else a non-recording carrier.
 
-        Attributes (`make_attributes(*attribute_args)`) are only built for a sampled span; an
-        unsampled request still gets ids, so its logs and outgoing calls carry the trace (with
-        the sampled flag off). A function and its arguments rather than a closure: a closure
+        `make_attributes(*attribute_args)` is only called for a sampled span. It returns a
+        hashable `(build, args)` pair, and the span's attributes are `build(*args)`: made only
+        when something reads or changes them, while the exporter encodes them once per
+        distinct pair (a service answers the same few requests over and over). An unsampled
+        request still gets ids, so its logs and outgoing calls carry the trace (with the
+        sampled flag off). A function and its arguments rather than a closure: a closure
         over the request's values costs its cells on every request, sampled or not.
         """
         # A SpanContext is a tuple: read by index, not through its properties.
@@ -766,9 +847,8 @@ if HAS_SDK:
         span_id = random.getrandbits(64) or 1
         trace_state = parent[4] if parent is not None else None
         if rt.custom_sampler is not None:
-            started = _start_with_sampler(
-                rt, name, parent, make_attributes(*attribute_args), trace_id, span_id
-            )
+            build, args = make_attributes(*attribute_args)
+            started = _start_with_sampler(rt, name, parent, build(*args), trace_id, span_id)
             if isinstance(started, ServerSpan):
                 _notify_start(rt, started, parent)
             return started
@@ -788,9 +868,22 @@ if HAS_SDK:
             trace_state = _EMPTY_STATE
         ctx = _new_span_context(trace_id, span_id, flags, trace_state)
         if not sampled:
-            return otel_trace.NonRecordingSpan(ctx)
-        span = ServerSpan(rt, name, ctx, parent, make_attributes(*attribute_args), time.time_ns())
-        if rt.start_processors():
+            return _non_recording(ctx)
+        span = _init_span(
+            _new_object(ServerSpan),
+            rt,
+            name,
+            ctx,
+            parent,
+            _NO_ATTRIBUTES,  # never written to: a lazy span makes its own dict first
+            time.time_ns(),
+            SpanKind.SERVER,
+            None,
+            None,
+            make_attributes(*attribute_args),
+        )
+        # `rt.start_processors()` inlined: usually no processor implements `on_start`.
+        if rt.provider._active_span_processor._span_processors is not rt._seen or rt._starters:
             _notify_start(rt, span, parent)
         return span
 
@@ -836,7 +929,7 @@ if HAS_SDK:
             trace_state = _EMPTY_STATE
         ctx = _new_span_context(trace_id, random.getrandbits(64) or 1, flags, trace_state)
         if not sampled:
-            return otel_trace.NonRecordingSpan(ctx)
+            return _non_recording(ctx)
         if None in attributes.values():
             attributes = {k: v for k, v in attributes.items() if v is not None}
         scope = getattr(tracer, "_instrumentation_scope", None)
@@ -844,8 +937,17 @@ if HAS_SDK:
             scope = _proxy_scope(tracer)
         if links and rt.max_links is not None and len(links) > rt.max_links:
             links = links[-rt.max_links :]  # the SDK's link limit keeps the last ones
-        span = ServerSpan(
-            rt, name, ctx, parent, attributes, start_time or time.time_ns(), kind, links, scope
+        span = _init_span(
+            _new_object(ServerSpan),
+            rt,
+            name,
+            ctx,
+            parent,
+            attributes,
+            start_time or time.time_ns(),
+            kind,
+            links,
+            scope,
         )
         if rt.start_processors():
             _notify_start(rt, span, parent)
@@ -855,6 +957,15 @@ if HAS_SDK:
 
     _new_tuple = tuple.__new__
     _SpanContext = otel_trace.SpanContext
+
+    _new_object = object.__new__
+
+    def _non_recording(ctx: Any) -> Any:
+        """`NonRecordingSpan(ctx)`, without the call of its Python `__init__` (which stores
+        `_context` and nothing else): the carrier of every unsampled request and message."""
+        span = _new_object(otel_trace.NonRecordingSpan)
+        span._context = ctx
+        return span
 
     def _new_span_context(trace_id: int, span_id: int, flags: Any, trace_state: Any) -> Any:
         """A local, valid `SpanContext` for ids known to be in range (the constructor's
