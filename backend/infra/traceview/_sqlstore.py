@@ -614,8 +614,17 @@ class SqliteSpanStore:
         now = self._clock()
         out: list[_Rec] = []
         route = self._route
+        kept = self._kept.get
+        keep = out.append
+        important = _IMPORTANT
         for rec in spans:
-            route(rec, now, out)
+            # A span of a trace already kept is written as it comes (the usual case once a
+            # trace is decided); what else can happen to it is `_route`'s.
+            level = kept(rec[0])
+            if level is not None and (level is Importance.IMPORTANT or rec[15] != important):
+                keep(rec)
+            else:
+                route(rec, now, out)
         if received is None:
             received = received_of(spans)
         hist = {
