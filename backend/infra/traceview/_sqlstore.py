@@ -247,7 +247,7 @@ class SqliteSpanStore:
         max_held_spans: int = 100_000,
         rescue_spans: int = 50_000,
         queue_spans: int = 200_000,
-        batch_spans: int = 4096,
+        batch_spans: int = 16_384,
         retention_interval_s: float = 5.0,
         decode_processes: int = 0,
         rollup_processes: int = 0,
