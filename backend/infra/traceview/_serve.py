@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,18 @@ def open_store(path: Path, retention: Retention) -> SqliteSpanStore:
         decode_processes=1,
         rollup_processes=1,
     )
+
+
+def collect_garbage_less_often() -> None:
+    """The collector process's garbage collection: what is loaded by now (modules, the viewer,
+    the servers) is left out of every collection, and the youngest generation is collected
+    every 50,000 allocations instead of 700. Ingest allocates records, rows and tuples by the
+    hundred thousand a second, nearly all freed by their reference counts; collecting after
+    every 700 of them, and a full collection over every loaded module's objects now and then,
+    cost the writer and the receiving threads a tenth of their CPU (measured with
+    `bench.collector`: 25.5 -> 23.0 µs a span in the collector process)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def serve(
@@ -106,6 +119,7 @@ def serve(
             grpc_port or "off",
             store.path,
         )
+        collect_garbage_less_often()
         asyncio.run(_run(servers))
     finally:
         if receiver is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 from backend.infra.traceview._rollproc import RollupProcess
+from backend.infra.traceview._serve import collect_garbage_less_often
 from backend.infra.traceview._sqlstore import SqliteSpanStore
 from tests.traceview.test_sqlstore import open_store, tid, trade
 
@@ -141,3 +143,16 @@ def test_the_writer_waits_for_a_roll_up_process_too_many_spans_behind() -> None:
     assert len(done) == 4
     roller.collect(wait=True)
     roller.close()
+
+
+def test_the_collector_process_collects_garbage_less_often() -> None:
+    """What is loaded by the time the collector serves is out of every collection, and the
+    youngest generation waits for 50,000 allocations."""
+    before = gc.get_threshold()
+    try:
+        collect_garbage_less_often()
+        assert gc.get_threshold()[0] == 50_000
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
