@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +57,21 @@ def open_store(path: Path, retention: Retention) -> SqliteSpanStore:
 
 
 def collect_garbage_less_often() -> None:
-    """The collector process's garbage collection: what is loaded by now (modules, the viewer,
-    the servers) is left out of every collection, and the youngest generation is collected
-    every 50,000 allocations instead of 700. Ingest allocates records, rows and tuples by the
-    hundred thousand a second, nearly all freed by their reference counts; collecting after
-    every 700 of them, and a full collection over every loaded module's objects now and then,
-    cost the writer and the receiving threads a tenth of their CPU (measured with
-    `bench.collector`: 25.5 -> 23.0 µs a span in the collector process)."""
-    gc.freeze()
+    """The collector process's garbage collection: what is alive by now (modules, the viewer,
+    the servers) is frozen out of every collection, as the services freeze theirs
+    (`GC_FREEZE_AFTER_START=false` turns that off here too), and the youngest generation is
+    collected every 50,000 allocations instead of 700. Ingest allocates records, rows and
+    tuples by the hundred thousand a second, nearly all freed by their reference counts;
+    collecting after every 700 of them, and full collections over every loaded object now and
+    then, cost the collector process about a tenth of its CPU (see docs/COLLECTOR.md)."""
+    if os.environ.get("GC_FREEZE_AFTER_START", "true").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        gc.collect()
+        gc.freeze()
     gc.set_threshold(50_000, 20, 10)
 
 

@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from backend.infra.traceview._rollproc import RollupProcess
 from backend.infra.traceview._serve import collect_garbage_less_often
 from backend.infra.traceview._sqlstore import SqliteSpanStore
@@ -145,9 +147,12 @@ def test_the_writer_waits_for_a_roll_up_process_too_many_spans_behind() -> None:
     roller.close()
 
 
-def test_the_collector_process_collects_garbage_less_often() -> None:
+def test_the_collector_process_collects_garbage_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """What is loaded by the time the collector serves is out of every collection, and the
     youngest generation waits for 50,000 allocations."""
+    monkeypatch.delenv("GC_FREEZE_AFTER_START", raising=False)
     before = gc.get_threshold()
     try:
         collect_garbage_less_often()
