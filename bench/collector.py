@@ -39,6 +39,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from backend.infra.traceview._queries import SearchQuery
+from backend.infra.traceview._serve import collect_garbage_less_often
 from backend.infra.traceview._sqlstore import SqliteSpanStore
 from backend.infra.traceview.otlp import decode_spans
 
@@ -501,6 +502,8 @@ def run(
         decode_processes=1,
         rollup_processes=rollup_processes,
     )
+    # As `quantum-trader traceview` runs its process (`_serve.serve`).
+    collect_garbage_less_often()
     try:
         print(f"ingest: {total:,} spans as OTLP/protobuf requests of {BATCH}", flush=True)
         # Every request is encoded before the clock starts, so the sender costs the collector

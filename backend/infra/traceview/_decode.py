@@ -120,16 +120,16 @@ class _Shapes:
     object per distinct key set (a process sees few), so a batch carries each text once."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, ...], tuple[str, tuple[int, ...], bool]] = {}
+        self.known: dict[tuple[str, ...], tuple[str, tuple[int, ...], bool]] = {}
 
     def get(self, keys: tuple[str, ...]) -> tuple[str, tuple[int, ...], bool]:
         """(the keys as JSON, the positions of business keys, whether a key can change the
         span's importance: `_importance.key_can_tell`)."""
-        found = self._known.get(keys)
+        found = self.known.get(keys)
         if found is None:
-            if len(self._known) > 50_000:
-                self._known.clear()
-            found = self._known[keys] = (
+            if len(self.known) > 50_000:
+                self.known.clear()
+            found = self.known[keys] = (
                 dumpb(list(keys)).decode(),
                 tuple(i for i, k in enumerate(keys) if k.rsplit(".", 1)[-1] in BUSINESS_KEYS),
                 any(key_can_tell(k) for k in keys),
@@ -139,6 +139,17 @@ class _Shapes:
 
 _shapes = _Shapes()
 _strings: dict[str, str] = {}
+
+
+_names: dict[str, tuple[str, int]] = {}
+
+
+def _name_of(text: str) -> tuple[str, int]:
+    """A span name, shared, with what it alone says about its trace (`name_level`)."""
+    if len(_names) > 100_000:
+        _names.clear()
+    found = _names[text] = (_shared(text), int(name_level(text)))
+    return found
 
 
 def _shared(text: str) -> str:
@@ -154,11 +165,16 @@ def records_of(request: Any) -> Records:
     """The spans of a parsed `ExportTraceServiceRequest`, as records."""
     out = Records()
     append = out.append
+    received: dict[tuple[int, str, str, int], int] = {}
+    counted = received.get
     shapes = _shapes.get
-    strings = _strings
+    known_shapes = _shapes.known
+    names = _names
     scalars = _SCALARS
+    dumps = orjson.dumps
     log = math.log
     base = BUCKET_BASE
+    minute_ns = MINUTE_NS
     important = int(Importance.IMPORTANT)
     for rs in request.resource_spans:
         resource = {kv.key: value_of(kv.value) for kv in rs.resource.attributes}
@@ -173,7 +189,8 @@ def records_of(request: Any) -> Records:
                     attrs[kv.key] = getattr(v, which) if which in scalars else value_of(v)
                 status = s.status
                 error = status.code == 2
-                name = strings.get(s.name) or _shared(s.name)
+                # A name seen before: its shared text and what it alone says (`name_level`).
+                name, name_says = names.get(s.name) or _name_of(s.name)
                 if s.events or s.links or status.message:
                     links = [(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links]
                     extra = extra_of(
@@ -192,7 +209,8 @@ def records_of(request: Any) -> Records:
                 else:
                     extra, linked = None, ()
                 if attrs:
-                    shape, slots, roles = shapes(tuple(attrs))
+                    keys = tuple(attrs)
+                    shape, slots, roles = known_shapes.get(keys) or shapes(keys)
                     values = list(attrs.values())
                     business: tuple[str, ...] = ()
                     if slots:
@@ -201,19 +219,23 @@ def records_of(request: Any) -> Records:
                             for i in slots
                             if isinstance(values[i], str | int) and values[i] != ""
                         )
-                    encoded: bytes | None = dumpb(values)
+                    try:
+                        encoded: bytes | None = dumps(values)
+                    except TypeError:  # bytes or an integer beyond 64 bits
+                        encoded = dumpb(values)
                 else:
                     shape, encoded, business, roles = None, None, (), False
                 # Without an attribute that can say more, the name (or an error) decides.
                 if error:
                     level = important
-                elif roles:
+                elif roles and name_says != important:
                     level = int(level_of(name, attrs, error))
                 else:
-                    level = int(name_level(name))
+                    level = name_says
                 t0 = s.start_time_unix_nano
                 t1 = s.end_time_unix_nano
                 duration = t1 - t0
+                bucket = int(log(duration) / base) if duration > 1 else 0
                 append(
                     (
                         s.trace_id,
@@ -232,10 +254,12 @@ def records_of(request: Any) -> Records:
                         linked,
                         resource_json,
                         level,
-                        int(log(duration) / base) if duration > 1 else 0,
+                        bucket,
                     )
                 )
-    out.received = received_of(out)
+                key = (t0 // minute_ns, service, name, bucket)
+                received[key] = counted(key, 0) + 1
+    out.received = received
     return out
 
 

@@ -42,7 +42,10 @@ _ANSWER_TIMEOUT_S = 300.0
 
 
 _MAX_UNANSWERED = 48
-"""Batches (of up to `batch_spans`, 4,096) the child may be behind before the writer waits."""
+"""Batches the child may be behind before the writer waits."""
+
+_MAX_UNANSWERED_SPANS = 200_000
+"""Spans the child may be behind before the writer waits (what 48 batches of 4,096 were)."""
 
 
 class RollupDied(RuntimeError):
@@ -129,11 +132,13 @@ class RollupProcess:
         theirs.close()
         self.pid = self._process.pid
         self._seq = 0
-        self._sent: deque[tuple[int, int]] = deque()
-        """(seq, earliest start) of the batches sent and not answered yet."""
+        self._sent: deque[tuple[int, int, int]] = deque()
+        """(seq, earliest start, spans) of the batches sent and not answered yet."""
+        self._unanswered_spans = 0
         self._watermark = NO_WATERMARK
         self._rows: list[PlainRow] = []
         self.max_unanswered = _MAX_UNANSWERED
+        self.max_unanswered_spans = _MAX_UNANSWERED_SPANS
         # A thread of its own sends, so the writer never waits on a full pipe (a batch is
         # larger than the socket's buffer, and the child's receiving thread shares its GIL).
         self._outbox: queue.SimpleQueue[tuple[int, Sequence[Any], float, bool] | None] = (
@@ -163,26 +168,32 @@ class RollupProcess:
             return
         self._seq += 1
         low = min((r[6] for r in records), default=NO_WATERMARK)
-        self._sent.append((self._seq, low))
+        self._sent.append((self._seq, low, len(records)))
+        self._unanswered_spans += len(records)
         if self._send_error is not None:
             raise RollupDied(f"the roll-up process is gone: {self._send_error}")
         self._outbox.put((self._seq, records, now, force))
 
     def collect(self, *, wait: bool) -> tuple[list[PlainRow], int]:
         """The rows answered since the last call and the watermark; with `wait`, after the
-        answer to the last batch sent. A child more than `max_unanswered` batches behind is
-        waited for too (until it has answered), so what it holds stays bounded."""
+        answer to the last batch sent. A child more than `max_unanswered` batches or
+        `max_unanswered_spans` spans behind is waited for too (until it has answered), so what
+        it holds stays bounded."""
         conn = self._conn
         waited = 0.0
         try:
             while True:
-                must = bool(self._sent) and (wait or len(self._sent) > self.max_unanswered)
+                must = bool(self._sent) and (
+                    wait
+                    or len(self._sent) > self.max_unanswered
+                    or self._unanswered_spans > self.max_unanswered_spans
+                )
                 if conn.poll(1.0 if must else 0):
                     seq, rows, watermark = conn.recv()
                     self._rows.extend(rows)
                     self._watermark = watermark
                     while self._sent and self._sent[0][0] <= seq:
-                        self._sent.popleft()
+                        self._unanswered_spans -= self._sent.popleft()[2]
                     continue
                 if not must:
                     break
@@ -196,7 +207,7 @@ class RollupProcess:
         except (EOFError, OSError) as exc:
             raise RollupDied(f"the roll-up process is gone: {exc}") from exc
         rows, self._rows = self._rows, []
-        low = min((start for _, start in self._sent), default=NO_WATERMARK)
+        low = min((start for _, start, _ in self._sent), default=NO_WATERMARK)
         return rows, min(self._watermark, low)
 
     def close(self) -> None:

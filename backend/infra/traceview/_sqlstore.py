@@ -247,7 +247,7 @@ class SqliteSpanStore:
         max_held_spans: int = 100_000,
         rescue_spans: int = 50_000,
         queue_spans: int = 200_000,
-        batch_spans: int = 4096,
+        batch_spans: int = 16_384,
         retention_interval_s: float = 5.0,
         decode_processes: int = 0,
         rollup_processes: int = 0,
@@ -614,8 +614,17 @@ class SqliteSpanStore:
         now = self._clock()
         out: list[_Rec] = []
         route = self._route
+        kept = self._kept.get
+        keep = out.append
+        important = _IMPORTANT
         for rec in spans:
-            route(rec, now, out)
+            # A span of a trace already kept is written as it comes (the usual case once a
+            # trace is decided); what else can happen to it is `_route`'s.
+            level = kept(rec[0])
+            if level is not None and (level is Importance.IMPORTANT or rec[15] != important):
+                keep(rec)
+            else:
+                route(rec, now, out)
         if received is None:
             received = received_of(spans)
         hist = {
