@@ -619,10 +619,9 @@ if HAS_SDK:
             scope: Any = None,
             lazy: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]] | None = None,
         ) -> None:
-            _init_span(self, rt, name, context, parent, attributes, start_time, kind, links)
-            if scope is not None:
-                self._instrumentation_scope = scope
-            self._lazy = lazy
+            _init_span(
+                self, rt, name, context, parent, attributes, start_time, kind, links, scope, lazy
+            )
 
         def _materialize(self) -> None:
             lazy = self._lazy
