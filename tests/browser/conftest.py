@@ -57,7 +57,9 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
 def page(browser: Any, artifacts: Path) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     tab = context.new_page()
-    tab.set_default_timeout(15_000)
+    # A hang guard, not a speed check: a dashboard load waits on every service's readiness
+    # (3 s bound each, concurrently), and on a shared CI machine 15 s was once not enough.
+    tab.set_default_timeout(45_000)
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
     yield tab
