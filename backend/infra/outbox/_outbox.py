@@ -48,6 +48,30 @@ def retry_delay_s(settings: OutboxSettings, failures: int) -> float:
     return min(settings.retry_backoff_max_s, base) * random.uniform(0.5, 1.0)
 
 
+class ReplyHold:
+    """Keeps the relay from publishing this process's commits until the requests it stands
+    for have sent their answers (`Outbox.hold`): released once per request, plus once by its
+    taker; the last release lets the relay go."""
+
+    __slots__ = ("_left", "_outbox", "taken_at")
+
+    def __init__(self, outbox: Outbox, taken_at: float) -> None:
+        self._outbox = outbox
+        self._left = 1
+        self.taken_at = taken_at
+
+    def add(self, count: int) -> None:
+        """`count` more releases to wait for (the requests answered under this hold)."""
+        if self._left > 0:
+            self._left += count
+
+    def release(self) -> None:
+        if self._left > 0:
+            self._left -= 1
+            if self._left == 0:
+                self._outbox._released(self)
+
+
 class Outbox:
     """Events of one producing service (`source`), written in its transactions, then published.
 
@@ -72,6 +96,11 @@ class Outbox:
     marks them, one transaction, with no claim to take and no row to read back. The table is
     read (claimed) on start, after a failed round, when an idle relay looks for a dead
     replica's rows, and when `publish_pending` finds nothing in memory.
+
+    A request that commits and then answers takes a `hold()` first and releases it once its
+    answer is sent: the relay, which a commit wakes, waits for the holds so that the
+    publication does not take the event loop from the answer. It waits `reply_hold_s` at most;
+    the rows are in the table meanwhile, as ever.
     """
 
     def __init__(
@@ -105,6 +134,9 @@ class Outbox:
         self._oldest_pending: datetime | None = None
         self._last_purge = 0.0
         self._in_flight: set[asyncio.Task[int]] = set()
+        self._holds: set[ReplyHold] = set()
+        self._owed: asyncio.TimerHandle | None = None
+        """Set while a commit's wake-up waits for the holds; fires at `reply_hold_s`."""
         self._pending = PENDING.labels(source)
         self._published = PUBLISHED.labels(source)
         self._failures = PUBLISH_FAILURES.labels(source)
@@ -239,13 +271,43 @@ class Outbox:
             self._queue.extend(pending)
         if session.info.pop(_UNSURE, False):
             self._committed += 1
-        self._wake.set()
+        if self._holds:
+            if self._owed is None:
+                self._owed = asyncio.get_running_loop().call_later(
+                    self._settings.reply_hold_s, self._overdue
+                )
+        else:
+            self._wake.set()
 
     def _on_rollback(self, session: Session, _previous: object) -> None:
         if session.info.pop(self._pending_key, None):
             # Their rows are gone with the transaction; should a savepoint's rollback leave an
             # outer transaction that still holds some, the table is read after its commit.
             session.info[_UNSURE] = True
+
+    # Holding the relay while requests answer ---------------------------------------------------
+
+    def hold(self) -> ReplyHold:
+        """Keep the relay from publishing what commits from now on until the hold is released
+        (see `ReplyHold`), or `reply_hold_s` after the commit. `publish_pending` ignores it."""
+        hold = ReplyHold(self, time.monotonic())
+        self._holds.add(hold)
+        return hold
+
+    def _released(self, hold: ReplyHold) -> None:
+        self._holds.discard(hold)
+        if not self._holds and self._owed is not None:
+            self._owed.cancel()
+            self._owed = None
+            self._wake.set()
+
+    def _overdue(self) -> None:
+        self._owed = None
+        # A hold older than the limit no longer holds anything (its request failed to release
+        # it, or is slow to answer): later commits are not held back by it.
+        cutoff = time.monotonic() - self._settings.reply_hold_s
+        self._holds = {h for h in self._holds if h.taken_at > cutoff}
+        self._wake.set()
 
     # Publishing ---------------------------------------------------------------------------------
 
@@ -283,7 +345,9 @@ class Outbox:
         failures = 0
         while True:
             if failures == 0:
-                while self._covered >= self._committed and not self._queue:
+                while (
+                    self._covered >= self._committed and not self._queue
+                ) or self._owed is not None:
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self._settings.claim_s)
