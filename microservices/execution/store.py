@@ -289,6 +289,9 @@ def _order_id_of(param: str) -> Any:
 
 
 _INSERT_ORDERS = insert(_table(OrderRecord))
+_KNOWN_IDS = select(_table(OrderRecord).c.client_order_id).where(
+    _table(OrderRecord).c.client_order_id.in_(bindparam("ids", expanding=True))
+)
 _INSERT_TRANSITIONS = insert(_table(OrderEventRow)).values(order_id=_order_id_of("order_cid"))
 _INSERT_FILLS = insert(_table(FillRecord)).values(order_id=_order_id_of("order_cid"))
 
@@ -556,12 +559,7 @@ async def _get_many(
 ) -> dict[str, StoredOrder]:
     # Nearly every id submitted is new: a Core query of the ids alone answers that at a
     # fraction of the ORM's cost, and only the known ones (retries) are loaded as rows.
-    orders = _table(OrderRecord)
-    known = list(
-        await session.scalars(
-            select(orders.c.client_order_id).where(orders.c.client_order_id.in_(client_order_ids))
-        )
-    )
+    known = list(await session.scalars(_KNOWN_IDS, {"ids": client_order_ids}))
     if not known:
         return {}
     rows = list(

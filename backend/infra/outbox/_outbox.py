@@ -11,7 +11,18 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -36,6 +47,13 @@ _WATCHED = "outbox_watched"
 _UNSURE = "outbox_unsure"
 _OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 """The table, for Core statements: no ORM bulk-update machinery per relay round."""
+_INSERT = insert(_OUTBOX)
+_MARK_EVENTS = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.event_id.in_(bindparam("event_ids", expanding=True)))
+    .values(published_at=bindparam("published"), attempts=_OUTBOX.c.attempts + 1, last_error=None)
+)
+"""Marks rows published by their event ids; built once, as every order's events take it."""
 
 
 def retry_delay_s(settings: OutboxSettings, failures: int) -> float:
@@ -182,7 +200,7 @@ class Outbox:
         if not events:
             return []
         now = datetime.now(UTC)
-        await session.execute(insert(_OUTBOX), [self._columns(event, now) for event in events])
+        await session.execute(_INSERT, [self._columns(event, now) for event in events])
         self._remember(session.sync_session, events)
         return [event.id for event in events]
 
@@ -415,14 +433,14 @@ class Outbox:
         """Publish events committed by this process (their rows claimed by this relay since
         they were written) in one pipelined call, and mark their rows in one transaction."""
         ids = [event.id for event in events]
-        where = _OUTBOX.c.event_id.in_(ids)
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):
                 await self._publisher.publish_many(events)
         except Exception as exc:
-            await self._record_failure(where, exc)
+            await self._record_failure(_OUTBOX.c.event_id.in_(ids), exc)
             raise
-        await self._mark_published(where)
+        async with session_scope(self._sessions) as session:
+            await session.execute(_MARK_EVENTS, {"event_ids": ids, "published": datetime.now(UTC)})
         self._published.inc(len(ids))
         return len(ids)
 

@@ -387,6 +387,7 @@ async def test_a_hold_never_released_delays_events_by_the_limit_and_no_more(
         return all(r.published_at is not None for r in await rows(sessions))
 
     try:
+        await eventually(lambda: outbox._covered >= outbox._committed, 5, "the relay's start")
         outbox.hold()  # a request that never says its answer is sent
         await commit_traced(outbox, sessions, fill(1))
         await eventually(published, 5, "the relay to publish once the hold is overdue")
