@@ -4,11 +4,12 @@ trading state it enforces (pushed by risk-safety) and its exposure view for risk
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 
 from backend.infra.db.models import FillRecord
+from backend.infra.outbox import ReplyHold
 from backend.infra.service import provided
 from backend.trading.approval import ApprovalError
 from backend.trading.orders import Order
@@ -41,7 +42,7 @@ from .desk import (
     TradingClosed,
 )
 from .riskstate import Outcome
-from .store import StoredOrder
+from .store import PlacedOrder, StoredOrder
 
 router = APIRouter()
 
@@ -57,6 +58,44 @@ def fill_public(fill: FillRecord) -> FillPublic:
         fee=fill.fee,
         liquidity=fill.liquidity,
         filled_at=fill.filled_at,
+    )
+
+
+def placed_public(placed: PlacedOrder) -> OrderPublic:
+    """The answer of a new order, from the values written (the same as a read would give).
+
+    Built without validation: the values are the ones just written, of the fields' own types
+    (`tests/microservices/execution/test_order_path.py` pins the answer, byte for byte, to the
+    one a read of the rows gives)."""
+    v = placed.values
+    return OrderPublic.model_construct(
+        client_order_id=v["client_order_id"],
+        status=v["status"],
+        symbol=v["symbol"],
+        side=v["side"],
+        quantity=v["quantity"],
+        filled_quantity=v["filled_quantity"],
+        avg_fill_price=v["average_fill_price"],
+        order_type=v["order_type"],
+        limit_price=v["limit_price"],
+        time_in_force=v["time_in_force"],
+        reduce_only=v["reduce_only"],
+        reason=placed.reason,
+        risk_decision_id=v["risk_decision_id"],
+        created_at=v["created_at"],
+        updated_at=v["updated_at"],
+        fills=[
+            FillPublic.model_construct(
+                fill_id=f["fill_id"],
+                sequence=f["id"],
+                quantity=f["quantity"],
+                price=f["price"],
+                fee=f["fee"],
+                liquidity=f["liquidity"],
+                filled_at=f["filled_at"],
+            )
+            for f in placed.fills
+        ],
     )
 
 
@@ -85,8 +124,26 @@ def order_public(stored: StoredOrder) -> OrderPublic:
 Desk = Annotated[OrderDesk, Depends(provided(OrderDesk))]
 
 
-@router.post("/orders", status_code=status.HTTP_201_CREATED)
-async def place_order(body: OrderCreate, response: Response, desk: Desk) -> OrderPublic:
+class _Placed(Response):
+    """POST /orders' answer: once it is sent (or failed to be), the outbox's relay may publish
+    the order's events; until then the event loop is the answer's."""
+
+    media_type = "application/json"
+
+    def __init__(self, content: bytes, status_code: int, hold: ReplyHold | None) -> None:
+        super().__init__(content, status_code)
+        self._hold = hold
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._hold is not None:
+                self._hold.release()
+
+
+@router.post("/orders", status_code=status.HTTP_201_CREATED, response_model=OrderPublic)
+async def place_order(body: OrderCreate, desk: Desk) -> Response:
     """Place an order approved by risk-safety.
 
     A known client order id with the same order returns that order (200); with a different
@@ -142,9 +199,16 @@ async def place_order(body: OrderCreate, response: Response, desk: Desk) -> Orde
             reason=str(exc),
         )
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
-    if not submission.created:
-        response.status_code = status.HTTP_200_OK
-    return order_public(submission.order)
+    try:
+        order = submission.order
+        public = placed_public(order) if isinstance(order, PlacedOrder) else order_public(order)
+        content = public.model_dump_json().encode()
+    except BaseException:
+        if submission.hold is not None:
+            submission.hold.release()
+        raise
+    code = status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK
+    return _Placed(content, code, submission.hold)
 
 
 @router.post("/risk/state")

@@ -29,7 +29,7 @@ from backend.infra.observability import (
     links_from_traceparent,
     use_trace_context,
 )
-from backend.infra.outbox import Outbox
+from backend.infra.outbox import Outbox, ReplyHold
 from backend.infra.service import Resources, service_url
 from backend.trading.approval import (
     Approval,
@@ -75,6 +75,7 @@ from .settings import ExecutionSettings
 from .store import (
     LockConnection,
     OrderStore,
+    PlacedOrder,
     Recorded,
     Report,
     StoredOrder,
@@ -290,10 +291,12 @@ def _held_while_closed(order: Order) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """The outcome of POST /orders: the order as persisted and whether this call created it."""
+    """The outcome of POST /orders: the order as persisted and whether this call created it;
+    `hold` keeps the outbox's relay waiting until the answer is sent (release it then)."""
 
-    order: StoredOrder
+    order: StoredOrder | PlacedOrder
     created: bool
+    hold: ReplyHold | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +308,8 @@ class _Ask:
     approval: Approval | None
     context: contextvars.Context
     future: asyncio.Future[Submission]
+    holds: list[ReplyHold]
+    """The hold of the batch that decided it (one release is this ask's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,20 +520,29 @@ class OrderDesk:
         Submissions that arrive while the desk is busy are decided together by the first of
         them to get the lock, in arrival order, and committed in one transaction (group
         commit); each caller gets its own outcome. The events go out through the outbox,
-        whose relay the commit wakes: nothing on the way back waits for Redis.
+        whose relay the commit wakes once every answer of the batch is sent (the caller
+        releases `Submission.hold` then): nothing on the way back waits for Redis, or shares
+        the event loop with its publication.
         """
         ask = _Ask(
             request,
             approval,
             contextvars.copy_context(),
             asyncio.get_running_loop().create_future(),
+            [],
         )
         self._asks.append(ask)
         async with self._exclusive():
             if not ask.future.done():
                 asks, self._asks = self._asks, []
                 await self._place_batch(asks)
-        submission = ask.future.result()
+        hold = ask.holds[0] if ask.holds else None
+        try:
+            submission = replace(ask.future.result(), hold=hold)
+        except BaseException:
+            if hold is not None:
+                hold.release()
+            raise
         if not submission.created:
             metrics.DUPLICATES.inc()
             self.log.info("duplicate order", client_order_id=request.client_order_id)
@@ -540,6 +554,10 @@ class OrderDesk:
         The lookup of the ids and the writes are one transaction. Every ask's future is
         settled, whatever happens (a failed write fails the asks it would have created, and
         rebuilds the venue from the database)."""
+        hold = self.outbox.hold()
+        hold.add(len(asks))
+        for ask in asks:
+            ask.holds.append(hold)
         try:
             staged: dict[ClientOrderId, _Staged] = {}
             repeats: list[tuple[_Ask, _Staged]] = []
@@ -594,6 +612,8 @@ class OrderDesk:
                 await self._restore()
             except DatabaseError:
                 self.log.exception("venue rebuild failed; retrying on the next call")
+        finally:
+            hold.release()
 
     def _decide(
         self,

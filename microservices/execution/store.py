@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from sqlalchemy import Table, bindparam, func, insert, select, text
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from backend.infra.db import translate_errors
@@ -51,12 +50,23 @@ class StoredOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    """A new order as written, in plain values: its row's columns and its fills' (each fill's
+    `id` is its sequence), with the amounts as a read of the rows would give them back."""
+
+    values: dict[str, Any]
+    fills: tuple[dict[str, Any], ...]
+    reason: str = ""
+    """Why the order was rejected, if it was."""
+
+
+@dataclass(frozen=True, slots=True)
 class Recorded:
     """What `OrderStore.record` wrote: the highest fill sequence (None without fills) and, for
     a new order, the order as persisted (its fills included)."""
 
     fill_sequence: int | None
-    order: StoredOrder | None
+    order: PlacedOrder | None
     last_event_id: int = 0
     """The highest order transition id written (the shared venue's version after it)."""
 
@@ -219,27 +229,30 @@ class Placement:
         table's maximum). With `version`, the highest transition id is read (a shared venue's
         version after this write); else `last_event_id` is 0."""
         session = self._session
-        rows = [_new_row(item) for item in items]
-        for row, item in zip(rows, items, strict=True):
-            _copy_progress(row, item.report.order)
-            row.reserved_cash = item.reserved_cash
         last = last_fill_sequence
         if last is None and any(item.report.fills for item in items):
             last = await session.scalar(select(func.coalesce(func.max(FillRecord.id), 0)))
         last = int(last or 0)
-        written: list[list[FillRecord]] = []
+        orders = [_order_values(item) for item in items]
+        written: list[list[dict[str, Any]]] = []
         transitions: list[dict[str, Any]] = []
         fills: list[dict[str, Any]] = []
         events: list[Event[Any]] = []
         for item in items:
-            fill_rows, last = _number_fills(item, last)
-            written.append(fill_rows)
             cid = item.report.order.client_order_id
-            transitions += [{**values, "order_cid": cid} for values in _transitions(item)]
-            fills += [_values(f, order_cid=cid) for f in fill_rows]
-            sequences = {f.fill_id: f.id for f in fill_rows}
-            events += [_with_sequence(e, sequences) for e in item.events]
-        await session.execute(insert(_table(OrderRecord)), [_values(row) for row in rows])
+            fill_values = []
+            for fill in item.report.fills:
+                last += 1
+                fill_values.append({**fill.columns(), "id": last, "order_cid": cid})
+            written.append(fill_values)
+            transitions += _transitions(item, cid)
+            fills += fill_values
+            if fill_values:
+                sequences = {f["fill_id"]: f["id"] for f in fill_values}
+                events += [_with_sequence(e, sequences) for e in item.events]
+            else:
+                events += item.events
+        await session.execute(_INSERT_ORDERS, orders)
         await session.execute(_INSERT_TRANSITIONS, transitions)
         if fills:
             await session.execute(_INSERT_FILLS, fills)
@@ -251,22 +264,18 @@ class Placement:
             )
         dialect = session.get_bind().dialect.name
         recorded = []
-        for row, fill_rows, item in zip(rows, written, items, strict=True):
-            _as_read_back(row, fill_rows, dialect)
+        for values, fill_values, item in zip(orders, written, items, strict=True):
             # As `get` reads it back: the last rejection's or cancellation's reason.
             reasons = [e.reason for e in item.report.events if e.kind.value in ("REJECT", "CANCEL")]
-            stored = StoredOrder(row, tuple(fill_rows), (reasons[-1] if reasons else None) or "")
+            placed = PlacedOrder(
+                _order_read_back(values, dialect),
+                tuple(_fill_read_back(f, dialect) for f in fill_values),
+                (reasons[-1] if reasons else None) or "",
+            )
             recorded.append(
-                Recorded(max((f.id for f in fill_rows), default=None), stored, last_event_id)
+                Recorded(fill_values[-1]["id"] if fill_values else None, placed, last_event_id)
             )
         return recorded
-
-
-def _values(row: Any, **extra: Any) -> dict[str, Any]:
-    """The column values set on a new (transient) ORM row, for a Core INSERT."""
-    values = {k: v for k, v in sa_inspect(row).dict.items() if not k.startswith("_")}
-    values.update(extra)
-    return values
 
 
 def _table(model: type[Any]) -> Table:
@@ -279,6 +288,10 @@ def _order_id_of(param: str) -> Any:
     return select(orders.c.id).where(orders.c.client_order_id == bindparam(param)).scalar_subquery()
 
 
+_INSERT_ORDERS = insert(_table(OrderRecord))
+_KNOWN_IDS = select(_table(OrderRecord).c.client_order_id).where(
+    _table(OrderRecord).c.client_order_id.in_(bindparam("ids", expanding=True))
+)
 _INSERT_TRANSITIONS = insert(_table(OrderEventRow)).values(order_id=_order_id_of("order_cid"))
 _INSERT_FILLS = insert(_table(FillRecord)).values(order_id=_order_id_of("order_cid"))
 
@@ -546,12 +559,7 @@ async def _get_many(
 ) -> dict[str, StoredOrder]:
     # Nearly every id submitted is new: a Core query of the ids alone answers that at a
     # fraction of the ORM's cost, and only the known ones (retries) are loaded as rows.
-    orders = _table(OrderRecord)
-    known = list(
-        await session.scalars(
-            select(orders.c.client_order_id).where(orders.c.client_order_id.in_(client_order_ids))
-        )
-    )
+    known = list(await session.scalars(_KNOWN_IDS, {"ids": client_order_ids}))
     if not known:
         return {}
     rows = list(
@@ -585,18 +593,47 @@ def _read_back(value: Decimal | None, dialect: str) -> Decimal | None:
     return value  # kept as TEXT
 
 
-def _as_read_back(row: OrderRecord, fills: Sequence[FillRecord], dialect: str) -> None:
-    """Give the rows just written (detached now) the amounts a read of them would give, so an
-    answer built from them equals the one built from a later read."""
-    row.quantity = _read_back(row.quantity, dialect) or Decimal(0)
-    row.limit_price = _read_back(row.limit_price, dialect)
-    row.filled_quantity = _read_back(row.filled_quantity, dialect) or Decimal(0)
-    row.average_fill_price = _read_back(row.average_fill_price, dialect)
-    row.reserved_cash = _read_back(row.reserved_cash, dialect)
-    for fill in fills:
-        fill.quantity = _read_back(fill.quantity, dialect) or Decimal(0)
-        fill.price = _read_back(fill.price, dialect) or Decimal(0)
-        fill.fee = _read_back(fill.fee, dialect) or Decimal(0)
+_ORDER_AMOUNTS = ("quantity", "limit_price", "filled_quantity", "average_fill_price")
+_FILL_AMOUNTS = ("quantity", "price", "fee")
+
+
+def _order_read_back(values: dict[str, Any], dialect: str) -> dict[str, Any]:
+    """An order's written values with the amounts a read of its row would give, so an answer
+    built from them equals the one built from a later read (the INSERT's parameters, reused
+    once it ran)."""
+    for name in _ORDER_AMOUNTS:
+        values[name] = _read_back(values[name], dialect)
+    return values
+
+
+def _fill_read_back(values: dict[str, Any], dialect: str) -> dict[str, Any]:
+    for name in _FILL_AMOUNTS:
+        values[name] = _read_back(values[name], dialect)
+    return values
+
+
+def _order_values(item: Report) -> dict[str, Any]:
+    """The column values of a new order's row, as the INSERT takes them."""
+    order = item.report.order
+    return {
+        "client_order_id": order.client_order_id,
+        "symbol": order.symbol,
+        "side": order.side.value,
+        "order_type": order.order_type.value,
+        "quantity": order.quantity,
+        "limit_price": order.limit_price,
+        "time_in_force": order.time_in_force.value,
+        "reduce_only": order.reduce_only,
+        "status": order.status.value,
+        "filled_quantity": order.filled_quantity,
+        "average_fill_price": order.average_fill_price,
+        "sequence": order.sequence,
+        "risk_decision_id": item.risk_decision_id,
+        "trace_context": item.traceparent,
+        "reserved_cash": item.reserved_cash,
+        "created_at": to_datetime(order.created_ms),
+        "updated_at": to_datetime(order.updated_ms),
+    }
 
 
 def _new_row(item: Report) -> OrderRecord:
@@ -631,9 +668,11 @@ def _write_children(
     return fill_rows, last_fill, event_rows
 
 
-def _transitions(item: Report) -> list[dict[str, Any]]:
-    """The column values of one report's transition rows (without `order_id`)."""
+def _transitions(item: Report, order_cid: str | None = None) -> list[dict[str, Any]]:
+    """The column values of one report's transition rows (without `order_id`; with
+    `order_cid`, the parameter by which the INSERT finds it)."""
     trace_id = item.traceparent.split("-")[1] if item.traceparent else None
+    extra = {} if order_cid is None else {"order_cid": order_cid}
     return [
         {
             "client_order_id": event.client_order_id,
@@ -647,6 +686,7 @@ def _transitions(item: Report) -> list[dict[str, Any]]:
             "reason": event.reason,
             "trace_id": trace_id,
             "occurred_at": to_datetime(event.ts_ms),
+            **extra,
         }
         for event in item.report.events
     ]

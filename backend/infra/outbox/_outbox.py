@@ -11,7 +11,18 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -36,6 +47,13 @@ _WATCHED = "outbox_watched"
 _UNSURE = "outbox_unsure"
 _OUTBOX: Table = OutboxEvent.__table__  # type: ignore[assignment]
 """The table, for Core statements: no ORM bulk-update machinery per relay round."""
+_INSERT = insert(_OUTBOX)
+_MARK_EVENTS = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.event_id.in_(bindparam("event_ids", expanding=True)))
+    .values(published_at=bindparam("published"), attempts=_OUTBOX.c.attempts + 1, last_error=None)
+)
+"""Marks rows published by their event ids; built once, as every order's events take it."""
 
 
 def retry_delay_s(settings: OutboxSettings, failures: int) -> float:
@@ -46,6 +64,30 @@ def retry_delay_s(settings: OutboxSettings, failures: int) -> float:
     """
     base = settings.retry_backoff_s * 2.0 ** min(failures - 1, 16)
     return min(settings.retry_backoff_max_s, base) * random.uniform(0.5, 1.0)
+
+
+class ReplyHold:
+    """Keeps the relay from publishing this process's commits until the requests it stands
+    for have sent their answers (`Outbox.hold`): released once per request, plus once by its
+    taker; the last release lets the relay go."""
+
+    __slots__ = ("_left", "_outbox", "taken_at")
+
+    def __init__(self, outbox: Outbox, taken_at: float) -> None:
+        self._outbox = outbox
+        self._left = 1
+        self.taken_at = taken_at
+
+    def add(self, count: int) -> None:
+        """`count` more releases to wait for (the requests answered under this hold)."""
+        if self._left > 0:
+            self._left += count
+
+    def release(self) -> None:
+        if self._left > 0:
+            self._left -= 1
+            if self._left == 0:
+                self._outbox._released(self)
 
 
 class Outbox:
@@ -72,6 +114,11 @@ class Outbox:
     marks them, one transaction, with no claim to take and no row to read back. The table is
     read (claimed) on start, after a failed round, when an idle relay looks for a dead
     replica's rows, and when `publish_pending` finds nothing in memory.
+
+    A request that commits and then answers takes a `hold()` first and releases it once its
+    answer is sent: the relay, which a commit wakes, waits for the holds so that the
+    publication does not take the event loop from the answer. It waits `reply_hold_s` at most;
+    the rows are in the table meanwhile, as ever.
     """
 
     def __init__(
@@ -105,6 +152,9 @@ class Outbox:
         self._oldest_pending: datetime | None = None
         self._last_purge = 0.0
         self._in_flight: set[asyncio.Task[int]] = set()
+        self._holds: set[ReplyHold] = set()
+        self._owed: asyncio.TimerHandle | None = None
+        """Set while a commit's wake-up waits for the holds; fires at `reply_hold_s`."""
         self._pending = PENDING.labels(source)
         self._published = PUBLISHED.labels(source)
         self._failures = PUBLISH_FAILURES.labels(source)
@@ -150,7 +200,7 @@ class Outbox:
         if not events:
             return []
         now = datetime.now(UTC)
-        await session.execute(insert(_OUTBOX), [self._columns(event, now) for event in events])
+        await session.execute(_INSERT, [self._columns(event, now) for event in events])
         self._remember(session.sync_session, events)
         return [event.id for event in events]
 
@@ -239,13 +289,43 @@ class Outbox:
             self._queue.extend(pending)
         if session.info.pop(_UNSURE, False):
             self._committed += 1
-        self._wake.set()
+        if self._holds:
+            if self._owed is None:
+                self._owed = asyncio.get_running_loop().call_later(
+                    self._settings.reply_hold_s, self._overdue
+                )
+        else:
+            self._wake.set()
 
     def _on_rollback(self, session: Session, _previous: object) -> None:
         if session.info.pop(self._pending_key, None):
             # Their rows are gone with the transaction; should a savepoint's rollback leave an
             # outer transaction that still holds some, the table is read after its commit.
             session.info[_UNSURE] = True
+
+    # Holding the relay while requests answer ---------------------------------------------------
+
+    def hold(self) -> ReplyHold:
+        """Keep the relay from publishing what commits from now on until the hold is released
+        (see `ReplyHold`), or `reply_hold_s` after the commit. `publish_pending` ignores it."""
+        hold = ReplyHold(self, time.monotonic())
+        self._holds.add(hold)
+        return hold
+
+    def _released(self, hold: ReplyHold) -> None:
+        self._holds.discard(hold)
+        if not self._holds and self._owed is not None:
+            self._owed.cancel()
+            self._owed = None
+            self._wake.set()
+
+    def _overdue(self) -> None:
+        self._owed = None
+        # A hold older than the limit no longer holds anything (its request failed to release
+        # it, or is slow to answer): later commits are not held back by it.
+        cutoff = time.monotonic() - self._settings.reply_hold_s
+        self._holds = {h for h in self._holds if h.taken_at > cutoff}
+        self._wake.set()
 
     # Publishing ---------------------------------------------------------------------------------
 
@@ -283,7 +363,9 @@ class Outbox:
         failures = 0
         while True:
             if failures == 0:
-                while self._covered >= self._committed and not self._queue:
+                while (
+                    self._covered >= self._committed and not self._queue
+                ) or self._owed is not None:
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self._settings.claim_s)
@@ -351,14 +433,14 @@ class Outbox:
         """Publish events committed by this process (their rows claimed by this relay since
         they were written) in one pipelined call, and mark their rows in one transaction."""
         ids = [event.id for event in events]
-        where = _OUTBOX.c.event_id.in_(ids)
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):
                 await self._publisher.publish_many(events)
         except Exception as exc:
-            await self._record_failure(where, exc)
+            await self._record_failure(_OUTBOX.c.event_id.in_(ids), exc)
             raise
-        await self._mark_published(where)
+        async with session_scope(self._sessions) as session:
+            await session.execute(_MARK_EVENTS, {"event_ids": ids, "published": datetime.now(UTC)})
         self._published.inc(len(ids))
         return len(ids)
 

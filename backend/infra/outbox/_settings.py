@@ -18,6 +18,7 @@ _VARIABLES = {
     "retry_backoff_max_s": ("OUTBOX_RETRY_BACKOFF_MAX_S", float),
     "retention_s": ("OUTBOX_RETENTION_S", float),
     "claim_s": ("OUTBOX_CLAIM_S", float),
+    "reply_hold_s": ("OUTBOX_REPLY_HOLD_S", float),
 }
 
 
@@ -38,6 +39,9 @@ class OutboxSettings:
     claim_s: float = 15.0
     """How long a relay's claim on the rows it is publishing lasts: another relay (a replica)
     leaves them alone meanwhile, and takes them over once it expired (their relay died)."""
+    reply_hold_s: float = 0.05
+    """Longest the relay waits, after a commit, for the requests holding it (`Outbox.hold`) to
+    send their answers; past it the events go out whatever the requests do."""
 
     def __post_init__(self) -> None:
         for name, (variable, _kind) in _VARIABLES.items():

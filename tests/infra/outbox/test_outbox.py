@@ -334,3 +334,68 @@ def test_events_made_together_share_the_active_trace_context_and_not_their_ids()
     assert {e.traceparent for e in made} == {one.traceparent}
     assert f"{span.get_span_context().trace_id:032x}" in str(one.traceparent)
     assert {e.type for e in made} == {one.type} and {e.source for e in made} == {"execution"}
+
+
+async def test_a_hold_keeps_the_relay_off_until_the_answer_is_sent(
+    sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
+) -> None:
+    source = f"svc-{settings.prefix[-12:]}"
+    outbox = Outbox(
+        sessions,
+        EventPublisher(client, source, settings),
+        source=source,
+        settings=OutboxSettings(reply_hold_s=30.0),
+    )
+    relay = asyncio.create_task(outbox.run_relay(), name="test-outbox-relay")
+
+    async def published() -> bool:
+        return all(r.published_at is not None for r in await rows(sessions))
+
+    try:
+        await eventually(lambda: outbox._covered >= outbox._committed, 5, "the relay's start")
+        hold = outbox.hold()  # a request about to commit, then answer
+        hold.add(1)  # ... answering for one more request of its batch
+        await commit_traced(outbox, sessions, fill(1))
+        hold.release()
+        await asyncio.sleep(0.2)  # the relay, woken by the commit, had every chance to run
+        assert not await published(), "published while the answers were not sent"
+        assert await entries(client, settings, "order.filled") == []
+        hold.release()  # the last answer is sent
+        await eventually(published, 5, "the relay to publish once the hold is released")
+        hold.release()  # one release too many changes nothing
+        # Without a hold, a commit wakes the relay at once.
+        await commit_traced(outbox, sessions, fill(2))
+        await eventually(published, 5, "the relay to publish an unheld commit")
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+
+
+async def test_a_hold_never_released_delays_events_by_the_limit_and_no_more(
+    sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
+) -> None:
+    source = f"svc-{settings.prefix[-12:]}"
+    outbox = Outbox(
+        sessions,
+        EventPublisher(client, source, settings),
+        source=source,
+        settings=OutboxSettings(reply_hold_s=0.05),
+    )
+    relay = asyncio.create_task(outbox.run_relay(), name="test-outbox-relay")
+
+    async def published() -> bool:
+        return all(r.published_at is not None for r in await rows(sessions))
+
+    try:
+        await eventually(lambda: outbox._covered >= outbox._committed, 5, "the relay's start")
+        outbox.hold()  # a request that never says its answer is sent
+        await commit_traced(outbox, sessions, fill(1))
+        await eventually(published, 5, "the relay to publish once the hold is overdue")
+        assert not outbox._holds, "an overdue hold holds nothing later"
+        await commit_traced(outbox, sessions, fill(2))
+        await eventually(published, 5, "the relay to publish the next commit")
+        fills = await entries(client, settings, "order.filled")
+        assert [e["data"]["fill_id"] for e in fills] == ["o-1-1", "o-2-1"]
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)

@@ -88,3 +88,54 @@ def test_closed_orders_leave_the_venue_and_a_retry_is_answered_from_the_database
         )
         wait_until(lambda: not desk.venue._orders, what="the filled order to leave the venue")
         assert len(client.get("/orders", params={"limit": 10}).json()["data"]) == 4
+
+
+def test_an_orders_events_are_published_after_its_answer_is_sent(
+    harness: ServiceHarness, span_exporter: Any
+) -> None:
+    with running(harness) as client:
+        send_tick(harness, client)
+        for n in range(3):
+            response = client.post("/orders", json=order(f"answered-{n}", quantity="0.5"))
+            assert response.status_code == 201, response.text
+
+        def sends() -> list[Any]:
+            names = ("send order.submitted", "send order.accepted", "send order.filled")
+            return [s for s in span_exporter.get_finished_spans() if s.name in names]
+
+        wait_until(lambda: len(sends()) == 9, what="the orders' nine events to be published")
+        spans = span_exporter.get_finished_spans()
+    answers = {
+        s.context.trace_id: s
+        for s in spans
+        if s.name.startswith("POST /orders") and s.kind.name == "SERVER"
+    }
+    assert len(answers) == 3
+    for send in sends():
+        answer = answers[send.context.trace_id]
+        # Not on the request's path: the relay starts once the answer went out.
+        assert send.start_time >= answer.end_time, send.name
+
+
+def test_a_new_orders_answer_is_byte_for_byte_the_one_read_back_later(
+    harness: ServiceHarness,
+) -> None:
+    bodies = [
+        order("bytes-filled", quantity="0.1237"),  # a fee of many digits
+        order("bytes-rests", quantity="1.5", order_type="LIMIT", limit_price="99.05"),
+        order("bytes-rejected", symbol="ETHUSDT"),  # no quote: rejected, with its reason
+        order("bytes-whole", quantity="2"),
+    ]
+    with running(harness) as client:
+        send_tick(harness, client)
+        for body in bodies:
+            placed = client.post("/orders", json=body)
+            assert placed.status_code == 201, placed.text
+            again = client.post("/orders", json=body)  # answered from the database
+            assert again.status_code == 200, again.text
+            assert again.content == placed.content
+            assert again.headers["content-type"] == placed.headers["content-type"]
+            read = client.get(f"/orders/{body['client_order_id']}")
+            assert read.content == placed.content
+        statuses = [client.get(f"/orders/{b['client_order_id']}").json()["status"] for b in bodies]
+        assert statuses == ["FILLED", "ACCEPTED", "REJECTED", "FILLED"]
