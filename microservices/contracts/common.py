@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from backend.infra.service import Price, Quantity
-from backend.trading.types import ClientOrderId, OrderRequest, OrderType, Side, Symbol, TimeInForce
+from backend.trading.types import (
+    ClientOrderId,
+    OrderRequest,
+    OrderType,
+    Side,
+    Symbol,
+    TimeInForce,
+    field_values,
+)
 
 MAX_INT64 = 2**63 - 1
 IDENTIFIER_PATTERN = r"^[!-~]+$"
@@ -55,4 +62,4 @@ class OrderFields(BaseModel):
     @classmethod
     def of(cls, order: OrderRequest, **extra: Any) -> Self:
         """The model of `order`; `extra` fills the fields the model adds (a price, an approval)."""
-        return cls(**asdict(order), **extra)
+        return cls(**field_values(order), **extra)

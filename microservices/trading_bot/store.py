@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, select
 
 from backend.infra.db.models import BotDecision
 from backend.infra.service import Resources
+
+_INSERT = insert(cast(Table, BotDecision.__table__))
 
 
 class DecisionStore:
@@ -23,10 +27,15 @@ class DecisionStore:
             action: str | None = row.scalar_one_or_none()
             return action
 
-    async def add(self, row: BotDecision) -> None:
-        """Record a decision; `IntegrityViolationError` if its client order id is recorded."""
+    async def add(self, values: dict[str, Any]) -> None:
+        """Record a decision (`bot_decisions` column values); `IntegrityViolationError` if its
+        client order id is recorded.
+
+        One Core `INSERT`: the row is never read back, so the ORM's unit of work (an
+        identity map, a flush plan, attribute events) would be paid for nothing."""
         async with self._resources.session() as session:
-            session.add(row)
+            connection = await session.connection()
+            await connection.execute(_INSERT, values)
 
     async def recent(
         self, *, symbol: str | None, outcome: str | None, reason: str | None, limit: int

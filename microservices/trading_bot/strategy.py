@@ -14,7 +14,6 @@ import httpx
 from pydantic import ValidationError
 
 from backend.infra.db import IntegrityViolationError
-from backend.infra.db.models import BotDecision
 from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, current_traceparent
 from backend.infra.service import Resources
@@ -567,18 +566,18 @@ class TradingBot:
             client_order_id=d.client_order_id,
             model_version=d.model_version,
         )
-        row = BotDecision(
-            symbol=d.symbol,
-            action=d.outcome.value,
-            reason=d.reason[:REASON_MAX_LEN],
-            detail=d.detail[:DETAIL_MAX_LEN],
-            confidence=Decimal(str(round(d.confidence, 12))),
-            model_name=MODEL_NAME,
-            model_version=d.model_version,
-            client_order_id=d.client_order_id,
-            features=detail_of(d),
-            trace_id=trace_id,
-        )
+        row = {
+            "symbol": d.symbol,
+            "action": d.outcome.value,
+            "reason": d.reason[:REASON_MAX_LEN],
+            "detail": d.detail[:DETAIL_MAX_LEN],
+            "confidence": Decimal(str(round(d.confidence, 12))),
+            "model_name": MODEL_NAME,
+            "model_version": d.model_version,
+            "client_order_id": d.client_order_id,
+            "features": detail_of(d),
+            "trace_id": trace_id,
+        }
         try:
             await self.store.add(row)
         except IntegrityViolationError:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from microservices.ai_engine import api as ai_engine_api
 from microservices.contracts import (
+    UpstreamError,
     ai_engine,
     execution,
     portfolio_intelligence,
@@ -143,3 +144,51 @@ def test_an_order_with_a_bad_side_is_refused_as_it_always_was(model: type[BaseMo
         model.model_validate(order)
     (error,) = refused.value.errors()
     assert (error["loc"], error["type"]) == (("side",), "literal_error")
+
+
+async def test_a_typed_client_sends_the_bytes_and_headers_json_encoding_would() -> None:
+    """The clients encode a body with its model's own serializer: byte for byte what
+    `httpx`'s `json=` sent for the same model, with the same `Content-Type`."""
+    import json
+    from decimal import Decimal
+
+    import httpx
+
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500, text="recorded")
+
+    order = risk_safety.CheckRequest(
+        client_order_id="bot-1",
+        symbol="BTCUSDT",
+        side="BUY",
+        quantity=Decimal("0.0120"),
+        price=Decimal("1E+2"),
+    )
+    approval = risk_safety.ApprovalPublic(decision_id="d-1", token="t", expires_ms=5, epoch=2)
+    create = execution.OrderCreate(**order.model_dump(exclude={"price"}), approval=approval)
+    prices = [Decimal("100.5")] * 21
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        calls = [
+            (ai_engine.AiEngineClient(http, "http://ai"), "predict", ("ÉTH", prices)),
+            (risk_safety.RiskSafetyClient(http, "http://risk"), "check", (order,)),
+            (execution.ExecutionClient(http, "http://execution"), "place_order", (create,)),
+        ]
+        for client, name, args in calls:
+            with pytest.raises(UpstreamError):
+                await getattr(client, name)(*args)
+    bodies = [
+        ai_engine.PredictRequest(symbol="ÉTH", prices=prices),
+        order,
+        create,
+    ]
+    urls = ["http://ai/predict", "http://risk/check", "http://execution/orders"]
+    for request, model, url in zip(sent, bodies, urls, strict=True):
+        expected = json.dumps(
+            model.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":")
+        ).encode()
+        assert (str(request.url), request.content) == (url, expected)
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["Content-Length"] == str(len(expected))
