@@ -172,3 +172,43 @@ def test_a_span_is_as_important_as_its_name_attributes_and_error_say() -> None:
     want = {s["trace"][0]: int(level_of(s["name"], s["attributes"], s["error"])) for s in spans}
     assert got == want
     assert sorted(set(got.values())) == [0, 1, 2]
+
+
+def test_an_attribute_seen_before_decodes_to_its_own_value() -> None:
+    """Attributes are remembered by their encoded bytes: values alike in Python but not on the
+    wire (an empty string, zero, false, no value) stay apart, on first sight and after."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    spans = rs.scope_spans.add().spans
+    values: list[tuple[str, Any]] = [
+        ("string_value", ""),
+        ("int_value", 0),
+        ("bool_value", False),
+        ("double_value", 0.0),
+        ("", None),
+        ("string_value", "x"),
+        ("int_value", 1),
+        ("bool_value", True),
+    ]
+    for i, (field, value) in enumerate(values):
+        span = spans.add()
+        span.trace_id, span.span_id, span.name = bytes([i + 1]) * 16, b"\x02" * 8, "tick"
+        span.start_time_unix_nano, span.end_time_unix_nano = 1_000, 2_000
+        kv = span.attributes.add()
+        kv.key = "k"
+        if field:
+            setattr(kv.value, field, value)
+        else:
+            kv.value.SetInParent()
+    for _ in range(2):
+        got = [record[10] for record in records_of(req)]
+        assert got == [
+            b'[""]',
+            b"[0]",
+            b"[false]",
+            b"[0.0]",
+            b"[null]",
+            b'["x"]',
+            b"[1]",
+            b"[true]",
+        ]
