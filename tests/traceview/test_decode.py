@@ -212,3 +212,10 @@ def test_an_attribute_seen_before_decodes_to_its_own_value() -> None:
             b"[1]",
             b"[true]",
         ]
+
+
+def test_the_bench_counts_each_stage_in_process() -> None:
+    from bench.collector import COUNT_STAGES, main
+
+    for stage in COUNT_STAGES:
+        assert main(["--count", stage, "--spans", "600"]) == 0
