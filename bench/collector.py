@@ -434,6 +434,38 @@ def sdk_span_rate(n: int = 20_000) -> float:
     return n / elapsed
 
 
+COUNT_STAGES = ("none", "decode", "rollup")
+
+
+def count_stage(stage: str, spans: int, seed: int) -> None:
+    """Ingest's stages, cumulatively, over the same requests every time (a fixed clock), after a
+    warm-up on other traffic: `none` parses the requests, `decode` turns them into records too
+    (the decoder process's work: subtract `none`), `rollup` also cuts the records as the writer
+    sends them and rolls them up (the roll-up process's work: subtract `decode`)."""
+    from backend.infra.traceview._decode import records_of
+    from backend.infra.traceview._rollup import Rollup, slim
+
+    start_ns = 1_700_000_000_000_000_000
+    requests = [
+        ExportTraceServiceRequest.FromString(b)
+        for b in payloads(Traffic(seed, start_ns, 3600.0, spans), spans)
+    ]
+    for b in payloads(Traffic(seed + 1, start_ns, 3600.0, 2048), 2048):
+        records_of(ExportTraceServiceRequest.FromString(b))
+    if stage == "decode":
+        for request in requests:
+            records_of(request)
+    elif stage == "rollup":
+        rollup = Rollup(1.0, 1.0)
+        now = 0.0
+        for request in requests:
+            now += 0.01
+            rollup.add(slim(records_of(request)), now)
+            rollup.settle(now)
+        rollup.settle(now + 10.0, force=True)
+        rollup.take()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -456,7 +488,17 @@ def main(argv: list[str] | None = None) -> int:
         default=PLATFORM_PEAK_SPANS_S,
         help="the platform's own peak span rate, spans/s (see PLATFORM_PEAK_SPANS_S)",
     )
+    parser.add_argument(
+        "--count",
+        choices=COUNT_STAGES,
+        default=None,
+        help="run one stage over --spans spans in this process and exit, for instruction counts "
+        "under callgrind (subtract the same command with `--count none`)",
+    )
     args = parser.parse_args(argv)
+    if args.count is not None:
+        count_stage(args.count, args.spans, args.seed)
+        return 0
     total = max(args.spans, 5_000)
     print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared; figures are noisy)")
     print(f"roll-ups: {'in a child process' if args.rollup_processes else 'in the writer'}")

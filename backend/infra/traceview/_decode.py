@@ -5,12 +5,14 @@ store's writer is one thread by design. `Decoder` moves that work into a child p
 receiving thread only parses the request to check it (protobuf's C code, about 1 µs a span) and
 hands over the bytes; the child sends back flat records with everything the writer can compute
 without the file (the attribute values already as JSON, the business keys, the span's
-importance, its histogram bucket), with repeated strings shared so the way back is cheap.
+importance, its histogram bucket), as one `marshal` blob a request with repeated strings
+shared, so the way back is cheap.
 """
 
 from __future__ import annotations
 
 import logging
+import marshal
 import math
 import multiprocessing
 import os
@@ -161,6 +163,24 @@ def _shared(text: str) -> str:
     return found
 
 
+_attributes_seen: dict[bytes, tuple[str, Any]] = {}
+
+
+def _attribute_of(kv: Any, raw: bytes) -> tuple[str, Any]:
+    """An attribute (`KeyValue`) as (key, value); a scalar one is remembered by its encoded
+    bytes, so the next span with the same attribute costs one serialisation and a look-up
+    rather than four protobuf reads."""
+    v = kv.value
+    which = v.WhichOneof("value")
+    if which not in _SCALARS:
+        return kv.key, value_of(v)
+    found = (kv.key, getattr(v, which))
+    if len(_attributes_seen) > 50_000:
+        _attributes_seen.clear()
+    _attributes_seen[raw] = found
+    return found
+
+
 def records_of(request: Any) -> Records:
     """The spans of a parsed `ExportTraceServiceRequest`, as records."""
     out = Records()
@@ -170,12 +190,12 @@ def records_of(request: Any) -> Records:
     shapes = _shapes.get
     known_shapes = _shapes.known
     names = _names
-    scalars = _SCALARS
     dumps = orjson.dumps
     log = math.log
     base = BUCKET_BASE
     minute_ns = MINUTE_NS
     important = int(Importance.IMPORTANT)
+    seen = _attributes_seen.get
     for rs in request.resource_spans:
         resource = {kv.key: value_of(kv.value) for kv in rs.resource.attributes}
         resource_json = dumpb(resource).decode()
@@ -184,9 +204,11 @@ def records_of(request: Any) -> Records:
             for s in ss.spans:
                 attrs: dict[str, Any] = {}
                 for kv in s.attributes:
-                    v = kv.value
-                    which = v.WhichOneof("value")
-                    attrs[kv.key] = getattr(v, which) if which in scalars else value_of(v)
+                    raw = kv.SerializeToString()
+                    found = seen(raw)
+                    if found is None:
+                        found = _attribute_of(kv, raw)
+                    attrs[found[0]] = found[1]
                 status = s.status
                 error = status.code == 2
                 # A name seen before: its shared text and what it alone says (`name_level`).
@@ -324,6 +346,20 @@ def _decode_in_child(payload: bytes) -> Records:
     return records_of(ExportTraceServiceRequest.FromString(payload))
 
 
+def _blob_in_child(payload: bytes) -> bytes:
+    """The records of a request as one `marshal` blob: the pipe carries one bytes object, and
+    the collector reads it back in one C call (pickled tuples cost both sides more)."""
+    records = _decode_in_child(payload)
+    return marshal.dumps((list(records), records.received))
+
+
+def _records_of_blob(blob: bytes) -> Records:
+    listed, received = marshal.loads(blob)
+    out = Records(listed)
+    out.received = received
+    return out
+
+
 def _exit_with(parent_pid: int) -> None:
     """In the child: exit when the collector is gone. A pool's worker holds both ends of its
     own call queue, so a collector killed outright (SIGKILL) would leave it waiting forever."""
@@ -344,6 +380,13 @@ def _exit_with(parent_pid: int) -> None:
 def _warm() -> int:
     _decode_in_child(b"")
     return 0
+
+
+def _unpack(blob: Future[bytes], done: Future[Records]) -> None:
+    try:
+        done.set_result(_records_of_blob(blob.result()))
+    except BaseException as exc:  # BrokenProcessPool among others: `Decoder.result` decides
+        done.set_exception(exc)
 
 
 class Decoder:
@@ -375,13 +418,17 @@ class Decoder:
 
     def submit(self, payload: bytes, request: Any) -> Future[Records]:
         pool = self._pool
+        done: Future[Records] = Future()
         if pool is not None:
             try:
-                return pool.submit(_decode_in_child, payload)
+                blob = pool.submit(_blob_in_child, payload)
             except (BrokenProcessPool, RuntimeError):
                 log.warning("the OTLP decoder process is gone; starting another")
                 self._restart(pool)
-        done: Future[Records] = Future()
+            else:
+                # Unpacked by the pool's result thread as the blob arrives, not by the writer.
+                blob.add_done_callback(lambda f: _unpack(f, done))
+                return done
         done.set_result(records_of(request))
         return done
 
