@@ -3,8 +3,8 @@
 Rolling a trace up costs about 10 µs a span of Python, as much as writing it; the writer is
 one thread and the machine has few cores, so `RollupProcess` moves that work into a child: the
 writer sends the records it wrote, cut to what the roll-ups read (`_rollup.slim`), in one
-numbered batch per write (one `marshal` blob), and writes the rows the child answers (a few hundred a second) in a
-later transaction, with the watermark.
+numbered batch per write (one `marshal` blob), and writes the rows the child answers (a few
+hundred a second) in a later transaction, with the watermark.
 
 Watermark: the child answers (the last batch it took, its rows, the earliest start among the
 spans it holds not rolled up). Batches sent after that one are not in its answer yet, so the
