@@ -160,29 +160,6 @@ def test_the_background_reads_follow_ticks_not_a_timer(
         )
 
 
-def test_checks_close_together_keep_the_background_reads_coming_without_ticks(
-    harness: ServiceHarness,
-    portfolio: PortfolioStub,
-    execution: ExecutionStub,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("RISK_READ_SHARE_MS", "60000")
-    monkeypatch.setenv("RISK_REFRESH_MS", "20")
-    with harness.run(create_service) as client:
-        tick(harness, client)
-        assert check(client, "c-1")["approved"] is True
-        # Each later check is judged on the first one's reads (begun less than the bound
-        # ago) and, following another closely, asks for new ones: no tick comes.
-        seen = (portfolio.reads, len(execution.since))
-        checks = iter(range(2, 500))
-
-        def read_again() -> bool:
-            check(client, f"c-{next(checks)}", quantity="0.001")
-            return portfolio.reads > seen[0] and len(execution.since) > seen[1]
-
-        wait_until(read_again, 10, "background reads after checks close together", 0.03)
-
-
 def test_an_exit_right_after_its_entry_filled_is_judged_on_a_read_that_sees_the_fill(
     harness: ServiceHarness,
     portfolio: PortfolioStub,
