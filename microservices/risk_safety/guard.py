@@ -294,7 +294,7 @@ class RiskGuard:
         self._quotes: dict[Symbol, MarketQuote] = {}
         self._fill_lag = FillLagTracker()
         self._last_check_ms = 0
-        self._tick_arrived = asyncio.Event()
+        self._checking = asyncio.Event()
         self._refreshes = settings.refresh_ms > 0 and settings.read_share_ms > 0
 
     @property
@@ -307,22 +307,16 @@ class RiskGuard:
 
     async def refresh_reads(self, _resources: Resources | None = None) -> None:
         """Background task: while checks keep coming, read the portfolio and execution's
-        exposure when a tick arrives (at most every `refresh_ms`), so the check that a tick
-        leads to finds answers begun less than `read_share_ms` ago (the bound a joined read
-        has) instead of reading on its own path.
-
-        Orders follow ticks (the bot decides on one, the position monitor exits on one), so
-        reads begun on a tick are those a check can use; reads on a timer were mostly too
-        old by the next check. When the answers are used decides nothing about the limits:
-        a check is offered an answer only under the same bound, else it reads itself."""
+        exposure every `refresh_ms`, so a check finds answers begun less than `read_share_ms`
+        ago (the bound a joined read has) instead of reading on its own path."""
         if not self._refreshes:
             return
         every_ms = self.settings.refresh_ms
         interval_s = every_ms / 1000
         while True:
-            await self._tick_arrived.wait()
-            self._tick_arrived.clear()
+            await self._checking.wait()
             if now_ms() - self._last_check_ms > REFRESH_IDLE_MS:
+                self._checking.clear()
                 continue
             started = time.monotonic()
             # Never raise (a failed read is None); shielded, as checks may be waiting on them.
@@ -373,7 +367,6 @@ class RiskGuard:
     async def on_tick(self, event: Event[MarketTick]) -> None:
         """Keep the latest quote per symbol: the reference prices orders are judged at."""
         tick = event.data
-        self._tick_arrived.set()
         if tick.bid <= 0 or tick.ask < tick.bid:
             return
         symbol = Symbol(tick.symbol)
@@ -407,6 +400,7 @@ class RiskGuard:
         ) as span:
             read = next(self._read_ids)
             self._last_check_ms = now_ms()
+            self._checking.set()
             # One read of each dependency serves every check that arrives while it is under
             # way (see SharedRead); a check counts from the moment its exposure read began.
             # An answer read in the background is used when its read began as recently as a

@@ -65,9 +65,9 @@ class RiskSafetySettings(BaseSettings):
     long ago and still under way, instead of starting its own (0: every check reads)."""
     refresh_ms: int = Field(default=100, ge=0, validation_alias="RISK_REFRESH_MS")
     """While checks keep coming, the portfolio and execution's exposure are read in the
-    background when a tick arrives, at most this often; a check uses the newest answers whose
-    reads began less than `read_share_ms` ago, and reads (or joins a read) itself only when
-    there are none (0: no background reads)."""
+    background this often; a check uses the newest answers whose reads began less than
+    `read_share_ms` ago, and reads (or joins a read) itself only when there are none (0: no
+    background reads)."""
     approval_ttl_ms: int = Field(default=10_000, gt=0, validation_alias="RISK_APPROVAL_TTL_MS")
     approval_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_SECRET), validation_alias="RISK_APPROVAL_SECRET"

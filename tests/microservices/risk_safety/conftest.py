@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -225,20 +225,6 @@ def tick(
         )
 
     wait_until(held, 10, f"risk-safety to hold the {symbol} quote {bid}/{ask}")
-
-
-def tick_until(
-    harness: ServiceHarness, client: TestClient, done: Callable[[], object], what: str
-) -> None:
-    """Publish quotes until `done()`: risk-safety reads in the background when a tick comes."""
-
-    def ticked() -> object:
-        if done():
-            return True
-        tick(harness, client)
-        return False
-
-    wait_until(ticked, 10, what, interval_s=0.06)
 
 
 def check(

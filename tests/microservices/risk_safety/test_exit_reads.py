@@ -7,15 +7,10 @@ from __future__ import annotations
 import pytest
 
 from microservices.risk_safety.service import create_service
-from tests.microservices.risk_safety.conftest import (
-    ExecutionStub,
-    PortfolioStub,
-    check,
-    tick,
-    tick_until,
-)
+from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, check, tick
 from tests.microservices.risk_safety.test_portfolio_refresh import CheckInThread
 from tests.support.inprocess import ServiceHarness
+from tests.support.polling import wait_until
 
 
 def test_an_exit_of_a_position_the_background_read_reflects_does_not_wait_for_execution(
@@ -34,17 +29,10 @@ def test_an_exit_of_a_position_the_background_read_reflects_does_not_wait_for_ex
         assert check(client, "other-1", symbol="BTCUSDT", quantity="0.1")["approved"] is True
         execution.received.append("other-1")
         seen = len(execution.since)
-        tick_until(
-            harness,
-            client,
-            lambda: len(execution.since) >= seen + 2,
-            "background reads of execution",
-        )
+        wait_until(lambda: len(execution.since) >= seen + 2, 10, "background reads of execution")
         # Every read of execution from now on is slow to answer.
         execution.hold_next_exposure = True
-        tick_until(
-            harness, client, execution.exposure_held.is_set, "a background read of execution"
-        )
+        wait_until(execution.exposure_held.is_set, 10, "a background read of execution")
         try:
             answer = CheckInThread_(client, "out-1", "0.6").wait(5)
         finally:

@@ -18,13 +18,7 @@ from backend.infra.service import Resources, ServiceSettings
 from microservices.risk_safety.guard import RiskGuard, SharedRead
 from microservices.risk_safety.service import create_service
 from microservices.risk_safety.settings import RiskSafetySettings
-from tests.microservices.risk_safety.conftest import (
-    ExecutionStub,
-    PortfolioStub,
-    check,
-    tick,
-    tick_until,
-)
+from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, check, tick
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
 
@@ -110,12 +104,7 @@ def test_a_check_uses_the_background_read_instead_of_waiting_for_its_own(
         tick(harness, client)
         assert check(client, "f-1", quantity="0.5")["approved"] is True
         seen = portfolio.reads
-        tick_until(
-            harness,
-            client,
-            lambda: portfolio.reads >= seen + 2,
-            "background reads of the portfolio",
-        )
+        wait_until(lambda: portfolio.reads >= seen + 2, 10, "background reads of the portfolio")
         portfolio.release.clear()  # every read from now on waits
         try:
             answer = CheckInThread(client, "f-2", "0.5").wait(5)
@@ -126,38 +115,13 @@ def test_a_check_uses_the_background_read_instead_of_waiting_for_its_own(
         # Execution's answers now wait too; the check judges on the background read, and
         # the approvals given since count from the ledger: a third 0.5 would pass the limit.
         execution.hold_next_exposure = True
-        tick_until(
-            harness, client, execution.exposure_held.is_set, "a background read of execution"
-        )
+        wait_until(execution.exposure_held.is_set, 10, "a background read of execution")
         try:
             over = CheckInThread(client, "f-3", "0.5").wait(5)
         finally:
             execution.exposure_release.set()
         assert over is not None, "the check waited for a read of execution"
         assert over["reason"] == "MAX_POSITION"
-
-
-def test_the_background_reads_follow_ticks_not_a_timer(
-    harness: ServiceHarness,
-    portfolio: PortfolioStub,
-    execution: ExecutionStub,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("RISK_READ_SHARE_MS", "60000")
-    monkeypatch.setenv("RISK_REFRESH_MS", "20")
-    with harness.run(create_service) as client:
-        tick(harness, client)
-        assert check(client, "r-1")["approved"] is True
-        reads = (portfolio.reads, len(execution.since))
-        # Checks are coming (one just came), but no tick: 25 refresh intervals, no read.
-        time.sleep(0.5)
-        assert (portfolio.reads, len(execution.since)) == reads
-        tick(harness, client)
-        wait_until(
-            lambda: portfolio.reads > reads[0] and len(execution.since) > reads[1],
-            10,
-            "reads of both dependencies after a tick",
-        )
 
 
 def test_an_exit_right_after_its_entry_filled_is_judged_on_a_read_that_sees_the_fill(
@@ -192,12 +156,7 @@ def test_an_answer_whose_read_began_longer_ago_than_the_share_bound_is_not_used(
         tick(harness, client)
         assert check(client, "g-1")["approved"] is True
         seen = portfolio.reads
-        tick_until(
-            harness,
-            client,
-            lambda: portfolio.reads >= seen + 2,
-            "background reads of the portfolio",
-        )
+        wait_until(lambda: portfolio.reads >= seen + 2, 10, "background reads of the portfolio")
         # The portfolio learns it lost a fill, and its answers are slow to come: every
         # answer risk holds now began before it.
         portfolio.release.clear()
@@ -228,10 +187,9 @@ def test_a_failed_background_read_withdraws_the_answer_before_it(
         tick(harness, client)
         assert check(client, "h-1")["approved"] is True
         portfolio.status = 503
-        tick_until(
-            harness,
-            client,
+        wait_until(
             lambda: client.get("/state").json()["portfolio"]["reachable"] is False,
+            10,
             "a background read to fail",
         )
         answer = check(client, "h-2")
