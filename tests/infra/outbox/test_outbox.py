@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -336,23 +337,43 @@ def test_events_made_together_share_the_active_trace_context_and_not_their_ids()
     assert {e.type for e in made} == {one.type} and {e.source for e in made} == {"execution"}
 
 
-async def test_a_hold_keeps_the_relay_off_until_the_answer_is_sent(
-    sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
-) -> None:
+async def all_published(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    return all(r.published_at is not None for r in await rows(sessions))
+
+
+@asynccontextmanager
+async def relay_running(
+    sessions: async_sessionmaker[AsyncSession],
+    client: Redis,
+    settings: EventBusSettings,
+    *,
+    reply_hold_s: float,
+) -> AsyncIterator[Outbox]:
+    """An outbox of its own source whose relay has started (read what it left), stopped after."""
     source = f"svc-{settings.prefix[-12:]}"
     outbox = Outbox(
         sessions,
         EventPublisher(client, source, settings),
         source=source,
-        settings=OutboxSettings(reply_hold_s=30.0),
+        settings=OutboxSettings(reply_hold_s=reply_hold_s),
     )
     relay = asyncio.create_task(outbox.run_relay(), name="test-outbox-relay")
-
-    async def published() -> bool:
-        return all(r.published_at is not None for r in await rows(sessions))
-
     try:
         await eventually(lambda: outbox._covered >= outbox._committed, 5, "the relay's start")
+        yield outbox
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+
+
+async def test_a_hold_keeps_the_relay_off_until_the_answer_is_sent(
+    sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
+) -> None:
+    async with relay_running(sessions, client, settings, reply_hold_s=30.0) as outbox:
+
+        def published() -> Awaitable[bool]:
+            return all_published(sessions)
+
         hold = outbox.hold()  # a request about to commit, then answer
         hold.add(1)  # ... answering for one more request of its batch
         await commit_traced(outbox, sessions, fill(1))
@@ -366,28 +387,16 @@ async def test_a_hold_keeps_the_relay_off_until_the_answer_is_sent(
         # Without a hold, a commit wakes the relay at once.
         await commit_traced(outbox, sessions, fill(2))
         await eventually(published, 5, "the relay to publish an unheld commit")
-    finally:
-        relay.cancel()
-        await asyncio.gather(relay, return_exceptions=True)
 
 
 async def test_a_hold_never_released_delays_events_by_the_limit_and_no_more(
     sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
 ) -> None:
-    source = f"svc-{settings.prefix[-12:]}"
-    outbox = Outbox(
-        sessions,
-        EventPublisher(client, source, settings),
-        source=source,
-        settings=OutboxSettings(reply_hold_s=0.05),
-    )
-    relay = asyncio.create_task(outbox.run_relay(), name="test-outbox-relay")
+    async with relay_running(sessions, client, settings, reply_hold_s=0.05) as outbox:
 
-    async def published() -> bool:
-        return all(r.published_at is not None for r in await rows(sessions))
+        def published() -> Awaitable[bool]:
+            return all_published(sessions)
 
-    try:
-        await eventually(lambda: outbox._covered >= outbox._committed, 5, "the relay's start")
         outbox.hold()  # a request that never says its answer is sent
         await commit_traced(outbox, sessions, fill(1))
         await eventually(published, 5, "the relay to publish once the hold is overdue")
@@ -396,6 +405,3 @@ async def test_a_hold_never_released_delays_events_by_the_limit_and_no_more(
         await eventually(published, 5, "the relay to publish the next commit")
         fills = await entries(client, settings, "order.filled")
         assert [e["data"]["fill_id"] for e in fills] == ["o-1-1", "o-2-1"]
-    finally:
-        relay.cancel()
-        await asyncio.gather(relay, return_exceptions=True)
