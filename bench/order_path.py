@@ -65,7 +65,10 @@ SERVICES = {
 TRACEVIEW_PORT = 16686
 BASELINE_PATH = "/health/live"
 """The lightest route every service has: the whole middleware stack, no work behind it."""
-CPU_WATCHED = ("execution", "risk-safety", "portfolio-intelligence")
+ORDER_PATH = ("execution", "risk-safety", "portfolio-intelligence")
+"""The services every order passes (their CPU per order comes first)."""
+PLATFORM_EXTRAS = ("traceview", "redis", "launcher")
+"""The platform's processes besides the services."""
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -439,7 +442,13 @@ def bare_server() -> Iterator[str]:
 
 def service_pids(launcher: int) -> dict[str, int]:
     """The services `quantum-trader run` (pid `launcher`) started, by name."""
-    found: dict[str, int] = {}
+    return {n: p for n, p in platform_pids(launcher).items() if n not in PLATFORM_EXTRAS}
+
+
+def platform_pids(launcher: int) -> dict[str, int]:
+    """Every process of `quantum-trader run` (pid `launcher`), by name: its services, the trace
+    viewer (the collector of every span), the embedded Redis and the launcher itself."""
+    found: dict[str, int] = {"launcher": launcher}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -449,8 +458,14 @@ def service_pids(launcher: int) -> dict[str, int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == launcher and b"serve" in args:
+        if ppid != launcher:
+            continue
+        if b"serve" in args:
             found[args[args.index(b"serve") + 1].decode()] = int(entry.name)
+        elif b"traceview" in args:
+            found["traceview"] = int(entry.name)
+        elif args[0].split(b" ")[0].endswith(b"redis-server"):  # it retitles itself
+            found["redis"] = int(entry.name)
     return found
 
 
@@ -777,7 +792,7 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             s.url("execution"), window, args.in_flight, args.clients
         )
         prefix = f"bench{uuid.uuid4().hex[:8]}"
-        pids = {n: p for n, p in service_pids(s.pid).items() if n in CPU_WATCHED}
+        pids = platform_pids(s.pid)
         cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
         load = drive(s, args.seconds, args.in_flight, args.quantity, prefix, args.clients)
         cpu_used = {n: cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
@@ -831,13 +846,23 @@ def run_one(args: argparse.Namespace, database: str) -> int:
 
 
 def _cpu_per_order(cpu_used: dict[str, float], load: Load) -> str:
+    """CPU per order of the order path's services (risk-safety's per check), then of every
+    other process of the platform and the whole platform's, all per accepted order."""
     checks = len(load.risk_ms) or 1
     orders = len(load.accepted) or 1
-    return "  ".join(
+    path = "  ".join(
         f"{n} {1000 * cpu_used[n] / (checks if n == 'risk-safety' else orders):.2f} ms"
         + (" per check" if n == "risk-safety" else "")
-        for n in sorted(cpu_used)
+        for n in ORDER_PATH
+        if n in cpu_used
     )
+    others = "  ".join(
+        f"{n} {1000 * cpu_used[n] / orders:.2f} ms"
+        for n in sorted(cpu_used, key=lambda n: (n in PLATFORM_EXTRAS, n))
+        if n not in ORDER_PATH
+    )
+    total = 1000 * sum(cpu_used.values()) / orders
+    return f"{path}\n    rest of the platform: {others}\n    whole platform: {total:.2f} ms"
 
 
 def lone_orders(s: Stack, url: str | None, pids: dict[str, int], args: argparse.Namespace) -> bool:
