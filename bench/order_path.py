@@ -6,7 +6,9 @@ at most `--in-flight` orders at once, each one POST /check at risk-safety then P
 execution with the approval: a MARKET BUY of `--quantity` SOLUSDT, then its SELL, per worker.
 It prints orders/s and the latency of each hop, then checks that every order the client saw
 accepted is persisted by execution and booked (once) in the portfolio's ledger: accepted =
-persisted = booked.
+persisted = booked; and that position-monitor, which follows the portfolio's position updates,
+ends up holding the portfolio's position. CPU per order is printed for every process of the
+platform (each service, the trace viewer, the embedded Redis, the launcher) and in all.
 
 The baseline, taken in the same run against the same processes, is the bare HTTP round trip
 (GET /health/live on execution at the same concurrency): the floor an order cannot go below.
@@ -46,6 +48,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,8 @@ SERVICES = {
     "trading-bot": 8006,
 }
 TRACEVIEW_PORT = 16686
+MONITOR_PORT = 8013
+"""position-monitor's side port (its API)."""
 BASELINE_PATH = "/health/live"
 """The lightest route every service has: the whole middleware stack, no work behind it."""
 ORDER_PATH = ("execution", "risk-safety", "portfolio-intelligence")
@@ -538,6 +543,38 @@ BOT_TRADING_ENV = {
 }
 
 
+def monitor_follows(s: Stack, timeout_s: float = 30.0) -> tuple[bool, dict[str, str]]:
+    """Whether position-monitor, which follows the portfolio's `position.updated` events, ends
+    up holding the portfolio's position in SYMBOL (within `timeout_s`); both quantities."""
+    held: dict[str, str] = {}
+    monitor = f"http://127.0.0.1:{MONITOR_PORT + s.offset}/positions"
+    with httpx.Client(timeout=5, headers=s.headers) as client:
+
+        def same() -> bool:
+            book = client.get(s.url("portfolio-intelligence") + "/portfolio").json()
+            portfolio = sum(
+                (Decimal(p["quantity"]) for p in book["positions"] if p["symbol"] == SYMBOL),
+                Decimal(0),
+            )
+            watched = sum(
+                (
+                    Decimal(p["quantity"])
+                    for status in ("OPEN", "EXITING", "ALERTED")
+                    for p in client.get(monitor, params={"status": status}).json()["data"]
+                    if p["symbol"] == SYMBOL
+                ),
+                Decimal(0),
+            )
+            held.update(portfolio=str(portfolio), monitor=str(watched))
+            return portfolio == watched
+
+        try:
+            wait_until(same, timeout_s, "position-monitor to follow the portfolio", 0.5)
+        except AssertionError:
+            return False, held
+    return True, held
+
+
 def tick_to_ack(s: Stack, seconds: float) -> None:
     """Let the bot trade for `seconds`; the traces' tick-to-ack time and where it goes."""
     with httpx.Client(timeout=30, headers=s.headers) as client:
@@ -838,6 +875,10 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             and counts["booked_twice"] == counts["filled_twice"] == 0
         )
         print(f"accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
+        follows, held = monitor_follows(s)
+        answer = "yes" if follows else "NO"
+        print(f"position-monitor holds the portfolio's {SYMBOL}: {answer} {json.dumps(held)}")
+        ok = follows and ok
         if args.lone_seconds:
             ok = lone_orders(s, url, pids, args) and ok
         if args.trace_seconds:
