@@ -59,7 +59,7 @@ def consumed(harness: ServiceHarness) -> bool:
     key = EventBusSettings(prefix=harness.prefix).stream_key(STREAM)
     client = redis.Redis.from_url(harness.redis_url)
     try:
-        last = client.xrevrange(key, count=1)
+        last: Any = client.xrevrange(key, count=1)
         groups = {g["name"].decode(): g for g in client.xinfo_groups(key)} if last else {}
     finally:
         client.close()
@@ -208,7 +208,8 @@ def dead_letters(harness: ServiceHarness) -> list[dict[bytes, bytes]]:
     client = redis.Redis.from_url(harness.redis_url)
     try:
         key = EventBusSettings(prefix=harness.prefix).dead_letter_key(STREAM)
-        return [fields for _id, fields in client.xrange(key)]
+        entries: Any = client.xrange(key)
+        return [fields for _id, fields in entries]
     finally:
         client.close()
 
