@@ -57,18 +57,20 @@ class PositionStore:
         outbox: Outbox | None = None,
         events: Sequence[EventData] = (),
     ) -> None:
-        """Write `positions` (inserted or replaced) and queue `events`, in one transaction."""
-        async with self._resources.session() as session:
-            for position in positions:
-                await session.merge(MonitoredPosition(**columns_of(position)))
-            if events:
-                assert outbox is not None, "events need the outbox"
-                for event in events:
-                    outbox.add(session, event)
+        """Write the rows of `positions`, which are held (each has its row already), and queue
+        `events`, in one transaction."""
+        await self.write((), positions, outbox=outbox, events=events)
 
-    async def write(self, new: Sequence[Tracked], held: Sequence[Tracked]) -> None:
-        """Insert the rows of `new` positions and update those of `held` ones (which have a
-        row), in one transaction, without reading them first."""
+    async def write(
+        self,
+        new: Sequence[Tracked],
+        held: Sequence[Tracked],
+        *,
+        outbox: Outbox | None = None,
+        events: Sequence[EventData] = (),
+    ) -> None:
+        """Insert the rows of `new` positions, update those of `held` ones (which have a row)
+        and queue `events`, in one transaction, without reading a row first."""
         async with self._resources.session() as session:
             if new:
                 await session.execute(_INSERT, [columns_of(p) for p in new])
@@ -78,6 +80,10 @@ class PositionStore:
                 result = await session.execute(_UPDATE, values)
                 if result.rowcount != 1:  # type: ignore[attr-defined]
                     raise LookupError(f"position {p.position_id} has no row to update")
+            if events:
+                assert outbox is not None, "events need the outbox"
+                for event in events:
+                    outbox.add(session, event)
 
     async def live(self, symbols: Collection[str] | None = None) -> list[Tracked]:
         """Every position not closed (of `symbols` only, if given)."""

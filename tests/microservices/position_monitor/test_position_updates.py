@@ -22,6 +22,7 @@ from backend.infra.eventbus import EventBusSettings, default_catalogue
 from backend.trading.events import PositionUpdated
 from backend.trading.types import ZERO
 from microservices.position_monitor.service import create_service
+from tests.support.factories import market_tick
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
 
@@ -246,3 +247,21 @@ def test_a_write_failing_mid_read_leaves_table_and_memory_alike_and_each_update_
     )
     assert sol.status_code == 404, "in neither memory nor the table"
     assert 'position_monitor_positions{status="OPEN"} 1.0' in gauges
+
+
+def test_a_ticks_new_best_price_is_written_without_reading_the_row_first(
+    harness: ServiceHarness, upstreams: Upstreams
+) -> None:
+    with harness.run(create_service) as client:
+        publish_and_wait(harness, update("BTCUSDT", 7, "2", "100"))
+        seen, (engine, listener) = statements_on_positions(client)
+        try:
+            harness.publish(market_tick("101", "101.1"))
+            wait_until(
+                lambda: client.get("/positions/BTCUSDT-7").json()["best_price"] == "101",
+                10,
+                "the best price",
+            )
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", listener)
+    assert seen == ["UPDATE"]
