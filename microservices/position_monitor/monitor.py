@@ -238,6 +238,7 @@ class PositionMonitor:
         opened_by: tuple[str | None, str | None] = (None, None),
     ) -> None:
         """Make the position held in `symbol` the one the portfolio reports (under its lock)."""
+        await self._reload(self._stale.intersection((symbol,)))
         if sequence is not None:
             self._sequences[symbol] = max(self._sequences.get(symbol, 0), sequence)
         changed = await self._changes(
