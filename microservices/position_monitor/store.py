@@ -28,13 +28,7 @@ from .positions import ExitState, Outcome, Stage, Status, Tracked
 DETAIL_MAX_LEN = 2_000
 
 _TABLE = cast(Table, MonitoredPosition.__table__)
-_COLUMNS = (
-    "symbol", "status", "quantity", "entry_price", "opened_ms", "sequence", "stops",
-    "entry_client_order_id", "entry_traceparent", "best_price", "trailing_active",
-    "trailing_level", "exit_round", "exit_reason", "exit_stage", "exit_client_order_id",
-    "exit_trigger_price", "exit_observed_price", "exit_quantity", "exit_started_ms",
-    "exit_outcome", "exit_detail", "trace_id", "closed_ms",
-)  # fmt: skip
+_COLUMNS = [c.name for c in _TABLE.columns if c.name not in ("position_id", "updated_at")]
 """Every column a position's state writes (`columns_of`), its id aside."""
 _INSERT = insert(_TABLE)
 _UPDATE = (
