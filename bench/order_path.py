@@ -6,7 +6,9 @@ at most `--in-flight` orders at once, each one POST /check at risk-safety then P
 execution with the approval: a MARKET BUY of `--quantity` SOLUSDT, then its SELL, per worker.
 It prints orders/s and the latency of each hop, then checks that every order the client saw
 accepted is persisted by execution and booked (once) in the portfolio's ledger: accepted =
-persisted = booked.
+persisted = booked; and that position-monitor, which follows the portfolio's position updates,
+ends up holding the portfolio's position. CPU per order is printed for every process of the
+platform (each service, the trace viewer, the embedded Redis, the launcher) and in all.
 
 The baseline, taken in the same run against the same processes, is the bare HTTP round trip
 (GET /health/live on execution at the same concurrency): the floor an order cannot go below.
@@ -46,6 +48,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +66,14 @@ SERVICES = {
     "trading-bot": 8006,
 }
 TRACEVIEW_PORT = 16686
+MONITOR_PORT = 8013
+"""position-monitor's side port (its API)."""
 BASELINE_PATH = "/health/live"
 """The lightest route every service has: the whole middleware stack, no work behind it."""
-CPU_WATCHED = ("execution", "risk-safety", "portfolio-intelligence")
+ORDER_PATH = ("execution", "risk-safety", "portfolio-intelligence")
+"""The services every order passes (their CPU per order comes first)."""
+PLATFORM_EXTRAS = ("traceview", "redis", "launcher")
+"""The platform's processes besides the services."""
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -439,7 +447,13 @@ def bare_server() -> Iterator[str]:
 
 def service_pids(launcher: int) -> dict[str, int]:
     """The services `quantum-trader run` (pid `launcher`) started, by name."""
-    found: dict[str, int] = {}
+    return {n: p for n, p in platform_pids(launcher).items() if n not in PLATFORM_EXTRAS}
+
+
+def platform_pids(launcher: int) -> dict[str, int]:
+    """Every process of `quantum-trader run` (pid `launcher`), by name: its services, the trace
+    viewer (the collector of every span), the embedded Redis and the launcher itself."""
+    found: dict[str, int] = {"launcher": launcher}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -449,8 +463,14 @@ def service_pids(launcher: int) -> dict[str, int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == launcher and b"serve" in args:
+        if ppid != launcher:
+            continue
+        if b"serve" in args:
             found[args[args.index(b"serve") + 1].decode()] = int(entry.name)
+        elif b"traceview" in args:
+            found["traceview"] = int(entry.name)
+        elif args[0].split(b" ")[0].endswith(b"redis-server"):  # it retitles itself
+            found["redis"] = int(entry.name)
     return found
 
 
@@ -521,6 +541,38 @@ BOT_TRADING_ENV = {
     "BOT_DECISION_INTERVAL_MS": "1500",
     "BOT_MIN_CONFIDENCE": "0.5",
 }
+
+
+def monitor_follows(s: Stack, timeout_s: float = 30.0) -> tuple[bool, dict[str, str]]:
+    """Whether position-monitor, which follows the portfolio's `position.updated` events, ends
+    up holding the portfolio's position in SYMBOL (within `timeout_s`); both quantities."""
+    held: dict[str, str] = {}
+    monitor = f"http://127.0.0.1:{MONITOR_PORT + s.offset}/positions"
+    with httpx.Client(timeout=5, headers=s.headers) as client:
+
+        def same() -> bool:
+            book = client.get(s.url("portfolio-intelligence") + "/portfolio").json()
+            portfolio = sum(
+                (Decimal(p["quantity"]) for p in book["positions"] if p["symbol"] == SYMBOL),
+                Decimal(0),
+            )
+            watched = sum(
+                (
+                    Decimal(p["quantity"])
+                    for status in ("OPEN", "EXITING", "ALERTED")
+                    for p in client.get(monitor, params={"status": status}).json()["data"]
+                    if p["symbol"] == SYMBOL
+                ),
+                Decimal(0),
+            )
+            held.update(portfolio=str(portfolio), monitor=str(watched))
+            return portfolio == watched
+
+        try:
+            wait_until(same, timeout_s, "position-monitor to follow the portfolio", 0.5)
+        except AssertionError:
+            return False, held
+    return True, held
 
 
 def tick_to_ack(s: Stack, seconds: float) -> None:
@@ -777,7 +829,7 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             s.url("execution"), window, args.in_flight, args.clients
         )
         prefix = f"bench{uuid.uuid4().hex[:8]}"
-        pids = {n: p for n, p in service_pids(s.pid).items() if n in CPU_WATCHED}
+        pids = platform_pids(s.pid)
         cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
         load = drive(s, args.seconds, args.in_flight, args.quantity, prefix, args.clients)
         cpu_used = {n: cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
@@ -823,6 +875,10 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             and counts["booked_twice"] == counts["filled_twice"] == 0
         )
         print(f"accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
+        follows, held = monitor_follows(s)
+        answer = "yes" if follows else "NO"
+        print(f"position-monitor holds the portfolio's {SYMBOL}: {answer} {json.dumps(held)}")
+        ok = follows and ok
         if args.lone_seconds:
             ok = lone_orders(s, url, pids, args) and ok
         if args.trace_seconds:
@@ -831,13 +887,23 @@ def run_one(args: argparse.Namespace, database: str) -> int:
 
 
 def _cpu_per_order(cpu_used: dict[str, float], load: Load) -> str:
+    """CPU per order of the order path's services (risk-safety's per check), then of every
+    other process of the platform and the whole platform's, all per accepted order."""
     checks = len(load.risk_ms) or 1
     orders = len(load.accepted) or 1
-    return "  ".join(
+    path = "  ".join(
         f"{n} {1000 * cpu_used[n] / (checks if n == 'risk-safety' else orders):.2f} ms"
         + (" per check" if n == "risk-safety" else "")
-        for n in sorted(cpu_used)
+        for n in ORDER_PATH
+        if n in cpu_used
     )
+    others = "  ".join(
+        f"{n} {1000 * cpu_used[n] / orders:.2f} ms"
+        for n in sorted(cpu_used, key=lambda n: (n in PLATFORM_EXTRAS, n))
+        if n not in ORDER_PATH
+    )
+    total = 1000 * sum(cpu_used.values()) / orders
+    return f"{path}\n    rest of the platform: {others}\n    whole platform: {total:.2f} ms"
 
 
 def lone_orders(s: Stack, url: str | None, pids: dict[str, int], args: argparse.Namespace) -> bool:

@@ -29,14 +29,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
 
-from backend.infra.eventbus import Event
+from backend.infra.eventbus import BatchEntry, Event
 from backend.infra.observability import (
     BoundLogger,
     SpanKind,
@@ -97,6 +98,14 @@ class PositionMonitor:
         self.reconciled_ms: int | None = None
         self.reconcile_error: str | None = "not compared with the portfolio yet"
         self._sequences: dict[Symbol, int] = {}
+        self._by_symbol: dict[Symbol, str] = {}
+        """The id of the position not closed in each symbol that has one."""
+        self._id_floor: dict[Symbol, int] = {}
+        """Per symbol, a sequence no lower than that of any position id in the table: an id of a
+        higher sequence is new without asking the table."""
+        self._stale: set[Symbol] = set()
+        """Symbols whose positions in memory may differ from the table (a write failed and
+        reading them back failed too): read back before anything acts on them."""
         self._quotes: dict[Symbol, tuple[Quote, int]] = {}
         self._locks: defaultdict[Symbol, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._outbox: Outbox | None = None
@@ -114,11 +123,10 @@ class PositionMonitor:
         """Load every position not closed, with its trailing state and exit, from the table."""
         if self._outbox is None:
             self._outbox = Outbox(resources.sessions, resources.publisher, source=resources.name)
-        self.positions = {p.position_id: p for p in await self.store.live()}
-        for p in self.positions.values():
-            if p.sequence is not None:
-                self._sequences[p.symbol] = max(self._sequences.get(p.symbol, 0), p.sequence)
-            self._gauge_level(p)
+        self.positions, self._by_symbol = {}, {}
+        for p in await self.store.live():
+            self._remember(p)
+        self._id_floor = await self.store.max_sequences()
         self._gauge_positions()
         self.log.info(
             "positions restored",
@@ -131,12 +139,68 @@ class PositionMonitor:
 
     def live(self, symbol: str) -> Tracked | None:
         """The position in `symbol` that is not closed, if there is one."""
-        for p in self.positions.values():
-            if p.symbol == symbol:
-                return p
-        return None
+        position_id = self._by_symbol.get(Symbol(symbol))
+        return None if position_id is None else self.positions.get(position_id)
 
     # Positions --------------------------------------------------------------------------------
+
+    async def on_positions(self, entries: Sequence[BatchEntry[PositionUpdated]]) -> None:
+        """Follow a read's position updates (the bus hands them over together): applied in
+        order in memory, each changed position written once, in one transaction.
+
+        All or nothing: if the write fails, memory keeps what the table held before (and reads
+        the batch's symbols back from it, in case the commit took effect after all), the error
+        is raised, and the bus hands the updates over again one at a time (`on_position`), so
+        a bad one is retried and dead-lettered alone.
+        """
+        if len(entries) == 1:
+            await self.on_position(entries[0].event)
+            return
+        symbols = sorted({Symbol(entry.data.symbol) for entry in entries})
+        async with AsyncExitStack() as locked:
+            for symbol in symbols:  # always in this order: no two holders wait on each other
+                await locked.enter_async_context(self._locks[symbol])
+            await self._reload(self._stale.intersection(symbols))
+            pending: dict[str, Tracked] = {}
+            """The batch's positions as it leaves them, by id (written once each)."""
+            current = {symbol: self.live(symbol) for symbol in symbols}
+            sequences = {s: self._sequences[s] for s in symbols if s in self._sequences}
+            applied: list[tuple[BatchEntry[PositionUpdated], list[tuple[Tracked, bool]]]] = []
+            for entry in entries:
+                data, event = entry.data, entry.event
+                symbol = Symbol(data.symbol)
+                last = sequences.get(symbol)
+                if data.sequence is not None and last is not None and data.sequence < last:
+                    with entry.activate():
+                        self._older_ignored(symbol, data.sequence, last)
+                    continue
+                if data.sequence is not None:
+                    sequences[symbol] = max(last or 0, data.sequence)
+                changed = await self._changes(
+                    current[symbol],
+                    symbol,
+                    data.quantity,
+                    data.average_price,
+                    data.sequence,
+                    _event_ms(event),
+                    (data.client_order_id, event.traceparent),
+                    taken=pending,
+                )
+                known = []
+                for p in changed:
+                    known.append((p, p.position_id in pending or p.position_id in self.positions))
+                    pending[p.position_id] = p
+                    current[symbol] = None if p.status is Status.CLOSED else p
+                applied.append((entry, known))
+            await self._write(pending.values(), symbols)
+            self._sequences.update(sequences)
+            for p in pending.values():
+                self._remember(p)
+            self._gauge_positions()
+            for entry, known in applied:
+                with entry.activate():
+                    for p, was_known in known:
+                        self._announce(p, was_known)
 
     async def on_position(self, event: Event[PositionUpdated]) -> None:
         """Follow the portfolio's position in a symbol; an update older than the last applied
@@ -144,14 +208,10 @@ class PositionMonitor:
         data = event.data
         symbol = Symbol(data.symbol)
         async with self._locks[symbol]:
+            await self._reload(self._stale.intersection((symbol,)))
             last = self._sequences.get(symbol)
             if data.sequence is not None and last is not None and data.sequence < last:
-                self.log.info(
-                    "older position update ignored",
-                    symbol=symbol,
-                    sequence=data.sequence,
-                    last_sequence=last,
-                )
+                self._older_ignored(symbol, data.sequence, last)
                 return
             await self._apply(
                 symbol,
@@ -161,6 +221,11 @@ class PositionMonitor:
                 _event_ms(event),
                 opened_by=(data.client_order_id, event.traceparent),
             )
+
+    def _older_ignored(self, symbol: Symbol, sequence: int, last: int) -> None:
+        self.log.info(
+            "older position update ignored", symbol=symbol, sequence=sequence, last_sequence=last
+        )
 
     async def _apply(
         self,
@@ -172,13 +237,58 @@ class PositionMonitor:
         *,
         opened_by: tuple[str | None, str | None] = (None, None),
     ) -> None:
-        """Make the position held in `symbol` the one the portfolio reports (under its lock).
-
-        `opened_by`: the client order id whose fill moved the position and the trace context of
-        that update; a position it opens keeps them, so its exit links back to its entry."""
+        """Make the position held in `symbol` the one the portfolio reports (under its lock)."""
+        await self._reload(self._stale.intersection((symbol,)))
         if sequence is not None:
             self._sequences[symbol] = max(self._sequences.get(symbol, 0), sequence)
-        current = self.live(symbol)
+        changed = await self._changes(
+            self.live(symbol), symbol, quantity, average_price, sequence, at_ms, opened_by
+        )
+        if not changed:
+            return
+        await self._write(changed, (symbol,))
+        for p in changed:
+            known = p.position_id in self.positions
+            self._put(p)
+            self._announce(p, known)
+
+    async def _write(self, positions: Collection[Tracked], symbols: Collection[Symbol]) -> None:
+        """Write `positions` (of `symbols`, whose locks are held) in one transaction: a row for
+        each new one, an update of each held in memory. On failure memory is read back from
+        the table, whose transaction may have committed after all, before the error is raised."""
+        if not positions:
+            return
+        try:
+            await self.store.write(
+                [p for p in positions if p.position_id not in self.positions],
+                [p for p in positions if p.position_id in self.positions],
+            )
+        except Exception:
+            self._stale.update(symbols)
+            try:
+                await self._reload(symbols)
+            except Exception:
+                self.log.exception("positions not read back; read again before use")
+            raise
+
+    async def _changes(
+        self,
+        current: Tracked | None,
+        symbol: Symbol,
+        quantity: Decimal,
+        average_price: Decimal | None,
+        sequence: int | None,
+        at_ms: int,
+        opened_by: tuple[str | None, str | None],
+        *,
+        taken: Collection[str] = (),
+    ) -> list[Tracked]:
+        """What the portfolio's `quantity` at `average_price` makes of `current`, the position
+        held in `symbol`: closed, opened (a flip does both), changed, or nothing.
+
+        `opened_by`: the client order id whose fill moved the position and the trace context of
+        that update; a position it opens keeps them, so its exit links back to its entry.
+        `taken`: ids not in the table yet that a new position must not get."""
         changed: list[Tracked] = []
         if current is not None and (quantity == ZERO or _flipped(current, quantity)):
             changed.append(replace(current, status=Status.CLOSED, closed_ms=at_ms))
@@ -189,7 +299,7 @@ class PositionMonitor:
                 if entry is None:
                     self.log.warning("position without an average price left alone", symbol=symbol)
                 else:
-                    position_id = await self._new_id(symbol, sequence, at_ms)
+                    position_id = await self._new_id(symbol, sequence, at_ms, taken)
                     changed.append(
                         Tracked(
                             position_id=position_id,
@@ -213,49 +323,74 @@ class PositionMonitor:
                         sequence=sequence if sequence is not None else current.sequence,
                     )
                 )
-        if not changed:
-            return
-        await self.store.save(changed)
-        for p in changed:
-            known = p.position_id in self.positions
-            self._put(p)
-            if p.status is Status.CLOSED:
-                metrics.CLOSED.inc()
-                self.log.info(
-                    "position closed",
-                    position_id=p.position_id,
-                    symbol=p.symbol,
-                    exit_client_order_id=p.exit.client_order_id if p.exit else None,
-                    exit_reason=p.exit.reason.value if p.exit else None,
-                )
-            elif known:
-                self.log.info(
-                    "position changed",
-                    position_id=p.position_id,
-                    symbol=p.symbol,
-                    quantity=p.quantity,
-                    entry_price=p.entry_price,
-                    status=p.status.value,
-                )
-            else:
-                self.log.info(
-                    "position watched",
-                    position_id=p.position_id,
-                    symbol=p.symbol,
-                    quantity=p.quantity,
-                    entry_price=p.entry_price,
-                    stop_loss=p.stop_loss_level(),
-                    take_profit=p.take_profit_level(),
-                )
+        return changed
 
-    async def _new_id(self, symbol: Symbol, sequence: int | None, at_ms: int) -> str:
-        """`<symbol>-<fill sequence that opened it>`: the same position gets the same id."""
+    def _announce(self, p: Tracked, known: bool) -> None:
+        """The metric and log line of a position written (`known`: it was watched before)."""
+        if p.status is Status.CLOSED:
+            metrics.CLOSED.inc()
+            self.log.info(
+                "position closed",
+                position_id=p.position_id,
+                symbol=p.symbol,
+                exit_client_order_id=p.exit.client_order_id if p.exit else None,
+                exit_reason=p.exit.reason.value if p.exit else None,
+            )
+        elif known:
+            self.log.info(
+                "position changed",
+                position_id=p.position_id,
+                symbol=p.symbol,
+                quantity=p.quantity,
+                entry_price=p.entry_price,
+                status=p.status.value,
+            )
+        else:
+            self.log.info(
+                "position watched",
+                position_id=p.position_id,
+                symbol=p.symbol,
+                quantity=p.quantity,
+                entry_price=p.entry_price,
+                stop_loss=p.stop_loss_level(),
+                take_profit=p.take_profit_level(),
+            )
+
+    async def _new_id(
+        self, symbol: Symbol, sequence: int | None, at_ms: int, taken: Collection[str] = ()
+    ) -> str:
+        """`<symbol>-<fill sequence that opened it>`: the same position gets the same id.
+
+        An id is never reused (a closed position keeps its row): when the sequence is above
+        every sequence the symbol's rows hold, memory knows the id is new; otherwise the table
+        is asked, and a suffix added while the id is taken."""
         base = f"{symbol}-{sequence}" if sequence is not None else f"{symbol}-t{at_ms}"
+        floor = self._id_floor.get(symbol)
+        new = sequence is not None and (floor is None or sequence > floor)
         candidate, n = base, 1
-        while await self.store.exists(candidate):
+        while candidate in taken or (not new and await self.store.exists(candidate)):
             n += 1
             candidate = f"{base}-{n}"
+        if sequence is not None:
+            self._id_floor[symbol] = max(sequence, floor or sequence)
         return candidate
+
+    async def _reload(self, symbols: Collection[Symbol]) -> None:
+        """Read the positions of `symbols` back from the table (under their locks)."""
+        if not symbols:
+            return
+        rows = await self.store.live(symbols)
+        floors = await self.store.max_sequences()
+        for symbol in symbols:
+            held = self._by_symbol.pop(symbol, None)
+            if held is not None:
+                self.positions.pop(held, None)
+            if symbol in floors:
+                self._id_floor[symbol] = max(floors[symbol], self._id_floor.get(symbol, 0))
+        for p in rows:
+            self._remember(p)
+        self._stale.difference_update(symbols)
+        self._gauge_positions()
 
     async def reconcile(self) -> None:
         """Compare the positions with `GET /portfolio` and adopt what it holds, for every symbol
@@ -315,7 +450,7 @@ class PositionMonitor:
             # A tick from before the position opened (a backlog) says nothing about it.
             if position is None or position.status is not Status.OPEN:
                 return
-            if published_ms < position.opened_ms:
+            if symbol in self._stale or published_ms < position.opened_ms:
                 return
             await self._evaluate(position, quote)
 
@@ -618,12 +753,22 @@ class PositionMonitor:
     # Memory -----------------------------------------------------------------------------------
 
     def _put(self, position: Tracked) -> None:
+        self._remember(position)
+        self._gauge_positions()
+
+    def _remember(self, position: Tracked) -> None:
+        """Hold `position` as written (a closed one is let go)."""
         if position.status is Status.CLOSED:
             self.positions.pop(position.position_id, None)
+            if self._by_symbol.get(position.symbol) == position.position_id:
+                del self._by_symbol[position.symbol]
         else:
             self.positions[position.position_id] = position
+            self._by_symbol[position.symbol] = position.position_id
+        if position.sequence is not None:
+            last = self._sequences.get(position.symbol, 0)
+            self._sequences[position.symbol] = max(last, position.sequence)
         self._gauge_level(position)
-        self._gauge_positions()
 
     def _gauge_level(self, position: Tracked) -> None:
         trailing = position.trailing

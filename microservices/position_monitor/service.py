@@ -23,7 +23,7 @@ def create_service(settings: PositionMonitorSettings | None = None) -> Service:
         )
     )
     service.on_startup(monitor.restore)
-    service.subscribe(PositionUpdated, monitor.on_position)
+    service.subscribe_batch(PositionUpdated, monitor.on_positions)
     service.subscribe(MarketTick, monitor.on_tick)
     service.background("outbox-relay", monitor.run_outbox_relay)
     service.background("reconcile", monitor.run_reconcile)

@@ -3,11 +3,11 @@ events that announce the change (through the outbox, in the same commit)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 
 from backend.infra.db.models import MonitoredPosition
 from backend.infra.eventbus import EventData
@@ -27,6 +27,16 @@ from .positions import ExitState, Outcome, Stage, Status, Tracked
 
 DETAIL_MAX_LEN = 2_000
 
+_TABLE = cast(Table, MonitoredPosition.__table__)
+_COLUMNS = [c.name for c in _TABLE.columns if c.name not in ("position_id", "updated_at")]
+"""Every column a position's state writes (`columns_of`), its id aside."""
+_INSERT = insert(_TABLE)
+_UPDATE = (
+    update(_TABLE)
+    .where(_TABLE.c.position_id == bindparam("id_"))
+    .values({name: bindparam(name) for name in _COLUMNS})
+)
+
 
 class PositionStore:
     """Reads and writes `monitored_positions` through the service's unit of work."""
@@ -41,20 +51,50 @@ class PositionStore:
         outbox: Outbox | None = None,
         events: Sequence[EventData] = (),
     ) -> None:
-        """Write `positions` (inserted or replaced) and queue `events`, in one transaction."""
+        """Write the rows of `positions`, which are held (each has its row already), and queue
+        `events`, in one transaction."""
+        await self.write((), positions, outbox=outbox, events=events)
+
+    async def write(
+        self,
+        new: Sequence[Tracked],
+        held: Sequence[Tracked],
+        *,
+        outbox: Outbox | None = None,
+        events: Sequence[EventData] = (),
+    ) -> None:
+        """Insert the rows of `new` positions, update those of `held` ones (which have a row)
+        and queue `events`, in one transaction, without reading a row first."""
         async with self._resources.session() as session:
-            for position in positions:
-                await session.merge(MonitoredPosition(**columns_of(position)))
+            if new:
+                await session.execute(_INSERT, [columns_of(p) for p in new])
+            for p in held:
+                values = columns_of(p)
+                values["id_"] = values.pop("position_id")
+                result = await session.execute(_UPDATE, values)
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    raise LookupError(f"position {p.position_id} has no row to update")
             if events:
                 assert outbox is not None, "events need the outbox"
                 for event in events:
                     outbox.add(session, event)
 
-    async def live(self) -> list[Tracked]:
-        """Every position not closed."""
+    async def live(self, symbols: Collection[str] | None = None) -> list[Tracked]:
+        """Every position not closed (of `symbols` only, if given)."""
         query = select(MonitoredPosition).where(MonitoredPosition.status != Status.CLOSED.value)
+        if symbols is not None:
+            query = query.where(MonitoredPosition.symbol.in_(sorted(symbols)))
         async with self._resources.session() as session:
             return [tracked_of(row) for row in (await session.execute(query)).scalars()]
+
+    async def max_sequences(self) -> dict[Symbol, int]:
+        """Per symbol, the highest sequence any of its rows holds."""
+        query = select(MonitoredPosition.symbol, func.max(MonitoredPosition.sequence)).group_by(
+            MonitoredPosition.symbol
+        )
+        async with self._resources.session() as session:
+            rows = (await session.execute(query)).all()
+        return {Symbol(symbol): int(top) for symbol, top in rows if top is not None}
 
     async def get(self, position_id: str) -> Tracked | None:
         async with self._resources.session() as session:
