@@ -432,4 +432,5 @@ def provided(kind: type[T]) -> Callable[[Request], Awaitable[T]]:
         return resources_of(request).provided(kind)
 
     dependency.__name__ = f"provided_{kind.__name__}"
+    dependency.provides = kind  # type: ignore[attr-defined]  # read by JsonBodyRoute
     return dependency
