@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from ._service import resources_of
@@ -52,8 +52,10 @@ class JsonBodyRoute(APIRoute):
                 raise HTTPException(400, "There was an error parsing the body") from exc
             try:
                 body = model.model_validate(json.loads(raw))
-            except (ValueError, ValidationError):  # JSONDecodeError is a ValueError
-                # FastAPI's handler answers it (the body is kept on the request).
+            # Broad on purpose: whatever the body does (does not decode, fails validation,
+            # nests too deep for the decoder), FastAPI's handler answers it as it always does
+            # (the body is kept on the request).
+            except Exception:
                 return await standard(request)
             resources = resources_of(request)
             values: dict[str, Any] = {name: resources.provided(kind) for name, kind in provides}
