@@ -4,13 +4,12 @@ trading state it enforces (pushed by risk-safety) and its exposure view for risk
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 
 from backend.infra.db.models import FillRecord
-from backend.infra.outbox import ReplyHold
-from backend.infra.service import provided
+from backend.infra.service import JsonBodyRoute, SentAnswer, provided
 from backend.trading.approval import ApprovalError
 from backend.trading.orders import Order
 from backend.trading.types import Symbol
@@ -124,25 +123,6 @@ def order_public(stored: StoredOrder) -> OrderPublic:
 Desk = Annotated[OrderDesk, Depends(provided(OrderDesk))]
 
 
-class _Placed(Response):
-    """POST /orders' answer: once it is sent (or failed to be), the outbox's relay may publish
-    the order's events; until then the event loop is the answer's."""
-
-    media_type = "application/json"
-
-    def __init__(self, content: bytes, status_code: int, hold: ReplyHold | None) -> None:
-        super().__init__(content, status_code)
-        self._hold = hold
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self._hold is not None:
-                self._hold.release()
-
-
-@router.post("/orders", status_code=status.HTTP_201_CREATED, response_model=OrderPublic)
 async def place_order(body: OrderCreate, desk: Desk) -> Response:
     """Place an order approved by risk-safety.
 
@@ -208,7 +188,21 @@ async def place_order(body: OrderCreate, desk: Desk) -> Response:
             submission.hold.release()
         raise
     code = status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK
-    return _Placed(content, code, submission.hold)
+    hold = submission.hold
+    # Once the answer is sent, the outbox's relay may publish the order's events; until then
+    # the event loop is the answer's.
+    return SentAnswer(content, code, hold.release if hold is not None else None)
+
+
+# The hot path: the body validated once, the desk looked up without dependency solving.
+router.add_api_route(
+    "/orders",
+    place_order,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrderPublic,
+    route_class_override=JsonBodyRoute,
+)
 
 
 @router.post("/risk/state")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
-from backend.infra.service import provided
+from backend.infra.service import JsonBodyRoute, SentAnswer, provided
 from backend.trading.risk import TradingState
 from microservices.contracts.risk_safety import (
     ApprovalPublic,
@@ -91,19 +91,36 @@ def _state_public(guard: RiskGuard, view: StateView) -> StatePublic:
     )
 
 
-@router.post("/check")
-async def check_order(body: CheckRequest, guard: Guard) -> CheckResult:
+async def check_order(body: CheckRequest, guard: Guard) -> Response:
     """Approve or deny an order with a standard reason code; approvals carry a signed token."""
-    verdict = await guard.check(body.to_request(), body.price)
-    approval = verdict.approval
-    return CheckResult(
-        approved=verdict.approved,
-        reason=verdict.reason.value,
-        detail=verdict.detail,
-        decision_id=verdict.decision_id,
-        approval=ApprovalPublic.of(approval) if approval else None,
-        state=verdict.state.value,
-    )
+    # The decision's event is published by the outbox's relay once this answer is sent (or
+    # `OUTBOX_REPLY_HOLD_S` after the commit), not on the way to it.
+    hold = guard.store.outbox.hold()
+    try:
+        verdict = await guard.check(body.to_request(), body.price)
+        approval = verdict.approval
+        content = CheckResult(
+            approved=verdict.approved,
+            reason=verdict.reason.value,
+            detail=verdict.detail,
+            decision_id=verdict.decision_id,
+            approval=ApprovalPublic.of(approval) if approval else None,
+            state=verdict.state.value,
+        ).model_dump_json()
+    except BaseException:
+        hold.release()
+        raise
+    return SentAnswer(content.encode(), 200, hold.release)
+
+
+# The hot path: the body validated once, the guard looked up without dependency solving.
+router.add_api_route(
+    "/check",
+    check_order,
+    methods=["POST"],
+    response_model=CheckResult,
+    route_class_override=JsonBodyRoute,
+)
 
 
 @router.get("/state")

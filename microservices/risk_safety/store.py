@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.infra.db import GroupCommit
+from backend.infra.db import GroupWrite
 from backend.infra.db.models import RiskDecision as DecisionRow
 from backend.infra.db.models import TradingState as StateRow
 from backend.infra.db.models import TradingStateChange
-from backend.infra.eventbus import EventData
+from backend.infra.eventbus import Event, EventData
 from backend.infra.outbox import Outbox
 from backend.infra.service import Resources
 
 SCOPE = "global"
+_DECISIONS = cast(Table, DecisionRow.__table__)
+_INSERT_DECISIONS = insert(_DECISIONS).returning(_DECISIONS.c.id, _DECISIONS.c.client_order_id)
+"""Every decision of a batch in one statement (the ORM inserts one row per statement, to read
+each generated key back); built once."""
 
 
 class RiskStore:
@@ -31,13 +34,13 @@ class RiskStore:
     def __init__(self, resources: Resources) -> None:
         self._resources = resources
         self._outbox: Outbox | None = None
-        self._commits: GroupCommit | None = None
+        self._commits: GroupWrite[tuple[dict[str, Any], Event[Any]], str] | None = None
 
     @property
-    def commits(self) -> GroupCommit:
+    def commits(self) -> GroupWrite[tuple[dict[str, Any], Event[Any]], str]:
         """The decisions' group commit (created with the database, at start-up)."""
         if self._commits is None:
-            self._commits = GroupCommit(self._resources.sessions)
+            self._commits = GroupWrite(self._resources.sessions, self._write_decisions)
         return self._commits
 
     @property
@@ -64,23 +67,33 @@ class RiskStore:
         """Persist one decision and, in the same transaction, the event `announce`; its id.
 
         Concurrent decisions share a transaction (group commit): one commit for a burst."""
-        row = DecisionRow(
-            client_order_id=client_order_id,
-            symbol=symbol,
-            side=side,
-            quantity=quantity,
-            approved=approved,
-            reasons=[reason],
-            trace_id=trace_id,
-            decided_at=decided_at,
-        )
+        row = {
+            "client_order_id": client_order_id,
+            "symbol": symbol,
+            "side": side,
+            "quantity": quantity,
+            "approved": approved,
+            "reasons": [reason],
+            "trace_id": trace_id,
+            "decided_at": decided_at,
+        }
+        # The event takes the caller's trace context now: the batch is written in the context
+        # of whichever caller commits it.
+        return await self.commits.write((row, self.outbox.event(announce)))
 
-        def stage(session: AsyncSession) -> Callable[[], str]:
-            session.add(row)
-            self.outbox.add(session, announce)
-            return lambda: str(row.id)
-
-        return await self.commits.write(stage)
+    async def _write_decisions(
+        self, session: AsyncSession, batch: list[tuple[dict[str, Any], Event[Any]]]
+    ) -> list[str]:
+        """A batch's decisions with one INSERT and their events with one more; their ids."""
+        rows = [row for row, _ in batch]
+        written = sorted((await session.execute(_INSERT_DECISIONS, rows)).all())
+        # A statement's rows take their ids in the order of its VALUES; each caller's own
+        # client order id is checked against the row it is given. A mismatch (never seen)
+        # fails the batch, which the group commit then writes one decision at a time.
+        if [cid for _, cid in written] != [row["client_order_id"] for row in rows]:
+            raise RuntimeError("decision ids returned out of the order of their rows")
+        await self.outbox.add_many(session, [event for _, event in batch])
+        return [str(row_id) for row_id, _ in written]
 
     async def decisions(self, *, limit: int, approved: bool | None) -> list[DecisionRow]:
         """Newest decisions first."""

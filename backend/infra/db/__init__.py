@@ -28,7 +28,7 @@ from ._errors import (
     translate_error,
     translate_errors,
 )
-from ._group import GroupCommit
+from ._group import GroupCommit, GroupWrite
 from ._health import database_readiness_check
 from ._migrate import current_revision, downgrade, head_revision, migrate
 from ._settings import DatabaseSettings, default_url, load_database_settings
@@ -42,6 +42,7 @@ __all__ = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "GroupCommit",
+    "GroupWrite",
     "IntegrityViolationError",
     "MigrationError",
     "QueryError",

@@ -16,6 +16,7 @@ Every route whose method is not GET/HEAD/OPTIONS needs `Authorization: Bearer $Q
 
 from __future__ import annotations
 
+from ._answer import SentAnswer
 from ._auth import AUTH_FAILURES, AccessSettings, public
 from ._catalogue import (
     BUILT_SERVICES,
@@ -27,6 +28,7 @@ from ._catalogue import (
     url_variable,
 )
 from ._heap import freeze_startup_heap
+from ._route import JsonBodyRoute
 from ._service import NotProvided, Resources, Service, provided, resources_of
 from ._settings import PORTS, ServiceSettings, service_url
 from ._unavailable import dependency_unavailable
@@ -38,10 +40,12 @@ __all__ = [
     "PORTS",
     "SERVICES",
     "AccessSettings",
+    "JsonBodyRoute",
     "NotProvided",
     "Price",
     "Quantity",
     "Resources",
+    "SentAnswer",
     "Service",
     "ServiceKind",
     "ServiceSettings",

@@ -252,7 +252,7 @@ class Service:
     @asynccontextmanager
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         r = self.resources
-        r.http = httpx.AsyncClient(
+        r.http = ServiceHttpClient(
             timeout=self.settings.http_timeout_s, auth=SiblingBearerAuth(self.access.api_token)
         )
         if not self.authenticator.configured:
@@ -404,6 +404,30 @@ class Service:
             raise SystemExit(3)
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie store that keeps nothing: the services hold no sessions with each other."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class ServiceHttpClient(httpx.AsyncClient):
+    """`resources.http`: httpx without a cookie jar. httpx runs `http.cookiejar`'s extraction
+    (through `email.message`) on every response and copies its jar into every request; the
+    services set no cookies for each other, and a `Set-Cookie` from a sibling is not kept."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, _cookies: Any) -> None:
+        pass  # httpx's constructor sets an empty jar; nothing is ever kept
+
+
+_NO_COOKIES = _NoCookies()
+
+
 def _bind(loop: Hook, resources: Resources) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         await loop(resources)
@@ -432,4 +456,5 @@ def provided(kind: type[T]) -> Callable[[Request], Awaitable[T]]:
         return resources_of(request).provided(kind)
 
     dependency.__name__ = f"provided_{kind.__name__}"
+    dependency.provides = kind  # type: ignore[attr-defined]  # read by JsonBodyRoute
     return dependency

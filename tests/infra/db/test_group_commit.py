@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from backend.infra.db import (
     DatabaseSettings,
     GroupCommit,
+    GroupWrite,
     IntegrityViolationError,
     create_engine,
     create_session_factory,
@@ -75,3 +76,35 @@ async def test_a_failing_write_fails_only_its_caller(
     )
     assert [type(o) for o in outcomes] == [int, int, IntegrityViolationError, int]
     assert await count(sessions) == 4
+
+
+async def test_a_group_write_hands_each_batch_to_one_call_and_retries_a_failed_one_item_by_item(
+    database: tuple[AsyncEngine, list[int]],
+) -> None:
+    engine, commits = database
+    sessions = create_session_factory(engine)
+    batches: list[list[str]] = []
+
+    async def write_batch(session: AsyncSession, cids: list[str]) -> list[int]:
+        batches.append(cids)
+        rows = [order_record(cid) for cid in cids]
+        session.add_all(rows)
+        await session.flush()
+        return [row.id for row in rows]
+
+    group: GroupWrite[str, int] = GroupWrite(sessions, write_batch)
+    ids = await asyncio.gather(*(group.write(f"w-{i}") for i in range(6)))
+    # The first write commits alone; the five queued meanwhile are one call, one commit.
+    assert batches == [["w-0"], [f"w-{i}" for i in range(1, 6)]]
+    assert len(commits) == 2 and sorted(ids) == ids and len(set(ids)) == 6
+    batches.clear()
+    outcomes = await asyncio.gather(
+        group.write("first"),
+        group.write("a"),
+        group.write("w-3"),  # a duplicate client order id: its batch fails
+        group.write("b"),
+        return_exceptions=True,
+    )
+    assert batches == [["first"], ["a", "w-3", "b"], ["a"], ["w-3"], ["b"]]
+    assert [type(o) for o in outcomes] == [int, int, IntegrityViolationError, int]
+    assert await count(sessions) == 9

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
@@ -301,3 +301,30 @@ def test_the_shared_client_follows_a_sibling_url_changed_after_start(
             assert client.post(
                 "/relay", params={"url": f"{first.url}/echo"}, headers=BEARER
             ).json() == {"authorization": None}
+
+
+def _cookie_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/set")
+    async def set_cookie(response: Response) -> dict[str, bool]:
+        response.set_cookie("session", "sibling-chose-this")
+        return {"set": True}
+
+    @app.get("/echo")
+    async def echo(request: Request) -> dict[str, str | None]:
+        return {"cookie": request.headers.get("cookie")}
+
+    return app
+
+
+@pytest.mark.usefixtures("with_token")
+def test_the_shared_client_keeps_no_cookie_a_sibling_sets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with StubServer(_cookie_app()) as sibling:
+        monkeypatch.setenv("EXECUTION_URL", sibling.url)
+        with running(Desk()) as client:
+            client.post("/relay", params={"url": f"{sibling.url}/set"}, headers=BEARER)
+            echoed = client.post("/relay", params={"url": f"{sibling.url}/echo"}, headers=BEARER)
+    assert echoed.json() == {"cookie": None}

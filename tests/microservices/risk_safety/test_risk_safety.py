@@ -66,7 +66,10 @@ def test_an_approval_is_signed_for_the_order_in_the_current_epoch_persisted_and_
             (result["decision_id"], "APPROVED")
         ]
         assert decisions[0]["trace_id"]
-        published = harness.published("risk.decision")
+        # Published by the outbox's relay once the answer is sent.
+        published = wait_until(
+            lambda: harness.published("risk.decision"), 10, "the decision on the bus"
+        )
         assert [(e["client_order_id"], e["approved"]) for e in published] == [("ok-1", True)]
 
 
