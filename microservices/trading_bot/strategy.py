@@ -95,7 +95,9 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Upstreams:
     """The typed clients of the services a decision calls, built once over the service's
-    HTTP client (whose pool keeps their connections alive), not once per request."""
+    HTTP client, not once per request. The three calls on the path from a tick to an order
+    go direct (`ServiceClient(direct=True)`: connections of their own, not httpx's pool),
+    which costs the bot about a fifth of the CPU per call."""
 
     http: httpx.AsyncClient
     ai_engine: AiEngineClient
@@ -107,11 +109,16 @@ class Upstreams:
     def over(cls, http: httpx.AsyncClient) -> Upstreams:
         return cls(
             http,
-            AiEngineClient(http),
-            RiskSafetyClient(http),
-            ExecutionClient(http),
+            AiEngineClient(http, direct=True),
+            RiskSafetyClient(http, direct=True),
+            ExecutionClient(http, direct=True),
             PortfolioClient(http),
         )
+
+    def close(self) -> None:
+        """Close the direct clients' idle connections."""
+        for client in (self.ai_engine, self.risk_safety, self.execution):
+            client.close()
 
 
 @dataclass
@@ -310,8 +317,16 @@ class TradingBot:
         http = self.resources.http
         assert http is not None
         if self._upstreams is None or self._upstreams.http is not http:
+            if self._upstreams is not None:
+                self._upstreams.close()
             self._upstreams = Upstreams.over(http)
         return self._upstreams
+
+    async def close(self, _resources: Resources | None = None) -> None:
+        """Shutdown hook: close the connections of the clients built over the HTTP client."""
+        if self._upstreams is not None:
+            self._upstreams.close()
+            self._upstreams = None
 
     async def _fetch_portfolio(self) -> PortfolioPublic | str:
         """The portfolio's books, or why they could not be read."""
