@@ -99,7 +99,10 @@ class _Connection(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
         waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
+        if waiter is None:
+            # An answer nobody asked for: the connection is out of step, never reuse it.
+            self.abort()
+        elif not waiter.done():
             waiter.set_result(answer)
 
     # Exchanges ---------------------------------------------------------------------------------
