@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -15,7 +17,14 @@ from pydantic import ValidationError
 
 from backend.infra.db import IntegrityViolationError
 from backend.infra.eventbus import Event
-from backend.infra.observability import BoundLogger, current_traceparent
+from backend.infra.observability import (
+    BoundLogger,
+    SpanKind,
+    activate_span,
+    current_traceparent,
+    record_error,
+    start_lean_span,
+)
 from backend.infra.service import Resources
 from backend.trading.approval import Approval
 from backend.trading.events import MarketTick, OrderFilled
@@ -225,7 +234,7 @@ class TradingBot:
                 f"tick is {age_ms:.0f} ms old (BOT_MAX_TICK_AGE_MS={limit_ms})",
             )
             # Every decision is a `decide` span, so a trace viewer finds the skips too.
-            with self.tracer.start_as_current_span("decide") as span:
+            with self._span("decide") as span:
                 _decision_attributes(span, stale)
                 await self._record(stale)
             return
@@ -236,7 +245,7 @@ class TradingBot:
         state.held_since = None
         previous, state.last_decision_at = state.last_decision_at, now
         decision = Decision(tick.symbol, event.id, tick.ts_ms)
-        with self.tracer.start_as_current_span("decide") as span:
+        with self._span("decide") as span:
             span.set_attribute("symbol", tick.symbol)
             try:
                 await self._decide(decision, tick, list(state.prices), event)
@@ -456,7 +465,7 @@ class TradingBot:
         self, d: Decision, tick: MarketTick, fetch: asyncio.Task[PortfolioPublic | str] | None
     ) -> bool:
         assert d.side is not None
-        with self.tracer.start_as_current_span("sizing") as span:
+        with self._span("sizing") as span:
             span.set_attribute("symbol", tick.symbol)
             span.set_attribute("side", d.side)
             span.set_attribute("confidence", d.confidence)
@@ -498,7 +507,7 @@ class TradingBot:
             return True
 
     async def _risk_check(self, d: Decision, order: OrderRequest) -> Approval | None:
-        with self.tracer.start_as_current_span("risk_check") as span:
+        with self._span("risk_check") as span:
             self._order_attributes(span, d)
             try:
                 verdict = await self.upstreams.risk_safety.check(
@@ -522,7 +531,7 @@ class TradingBot:
     ) -> Refused | None:
         """Send the approved order; execution's refusal, if it refused (the decision is then
         REJECTED), else None."""
-        with self.tracer.start_as_current_span("submit_order") as span:
+        with self._span("submit_order") as span:
             self._order_attributes(span, d)
             try:
                 placed = await self.upstreams.execution.place_order(
@@ -553,6 +562,19 @@ class TradingBot:
                 )
             )
         self._book_moved()
+
+    @contextmanager
+    def _span(self, name: str) -> Iterator[Any]:
+        """A business span of the decision, current for the block, with an exception that
+        escapes it recorded on it. A lean span: an SDK span costs about five times as much
+        (over 100 µs each), and four of them lie on the path from a tick to its order."""
+        span = start_lean_span(self.tracer, name, SpanKind.INTERNAL, {})
+        with activate_span(span):
+            try:
+                yield span
+            except Exception as exc:
+                record_error(span, exc)
+                raise
 
     @staticmethod
     def _order_attributes(span: Any, d: Decision) -> None:
