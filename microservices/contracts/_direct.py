@@ -110,9 +110,13 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[Answer]:
         assert self._transport is not None and self._waiter is None
         self._reason, self._body = b"", []
-        self._waiter = asyncio.get_running_loop().create_future()
-        self._transport.write(data)
-        return self._waiter
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            self._transport.write(data)
+        except (OSError, RuntimeError) as exc:  # a transport closed under us
+            self._waiter = None
+            raise httpx.WriteError(str(exc)) from exc
+        return waiter
 
     def abort(self) -> None:
         """Drop the connection (an answer not read to its end must not reach the next one)."""
