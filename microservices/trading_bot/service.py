@@ -26,6 +26,7 @@ def create_service(settings: TradingBotSettings | None = None) -> Service:
     service.subscribe(MarketTick, bot.on_tick, deduplicate=False)
     service.subscribe(OrderFilled, bot.on_fill, deduplicate=False)
     service.background("book-check", bot.check_book_loop)
+    service.on_shutdown(bot.close)
     if bot.policy.enabled:
         service.background("champion-policy", bot.policy.refresh_loop)
     service.app.include_router(router)

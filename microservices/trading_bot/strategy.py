@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -15,7 +17,14 @@ from pydantic import ValidationError
 
 from backend.infra.db import IntegrityViolationError
 from backend.infra.eventbus import Event
-from backend.infra.observability import BoundLogger, current_traceparent
+from backend.infra.observability import (
+    BoundLogger,
+    SpanKind,
+    activate_span,
+    current_traceparent,
+    record_error,
+    start_lean_span,
+)
 from backend.infra.service import Resources
 from backend.trading.approval import Approval
 from backend.trading.events import MarketTick, OrderFilled
@@ -95,7 +104,9 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Upstreams:
     """The typed clients of the services a decision calls, built once over the service's
-    HTTP client (whose pool keeps their connections alive), not once per request."""
+    HTTP client, not once per request. The three calls on the path from a tick to an order
+    go direct (`ServiceClient(direct=True)`: connections of their own, not httpx's pool),
+    which costs the bot about a fifth of the CPU per call."""
 
     http: httpx.AsyncClient
     ai_engine: AiEngineClient
@@ -107,11 +118,16 @@ class Upstreams:
     def over(cls, http: httpx.AsyncClient) -> Upstreams:
         return cls(
             http,
-            AiEngineClient(http),
-            RiskSafetyClient(http),
-            ExecutionClient(http),
+            AiEngineClient(http, direct=True),
+            RiskSafetyClient(http, direct=True),
+            ExecutionClient(http, direct=True),
             PortfolioClient(http),
         )
+
+    def close(self) -> None:
+        """Close the direct clients' idle connections."""
+        for client in (self.ai_engine, self.risk_safety, self.execution):
+            client.close()
 
 
 @dataclass
@@ -218,7 +234,7 @@ class TradingBot:
                 f"tick is {age_ms:.0f} ms old (BOT_MAX_TICK_AGE_MS={limit_ms})",
             )
             # Every decision is a `decide` span, so a trace viewer finds the skips too.
-            with self.tracer.start_as_current_span("decide") as span:
+            with self._span("decide") as span:
                 _decision_attributes(span, stale)
                 await self._record(stale)
             return
@@ -229,7 +245,7 @@ class TradingBot:
         state.held_since = None
         previous, state.last_decision_at = state.last_decision_at, now
         decision = Decision(tick.symbol, event.id, tick.ts_ms)
-        with self.tracer.start_as_current_span("decide") as span:
+        with self._span("decide") as span:
             span.set_attribute("symbol", tick.symbol)
             try:
                 await self._decide(decision, tick, list(state.prices), event)
@@ -310,8 +326,16 @@ class TradingBot:
         http = self.resources.http
         assert http is not None
         if self._upstreams is None or self._upstreams.http is not http:
+            if self._upstreams is not None:
+                self._upstreams.close()
             self._upstreams = Upstreams.over(http)
         return self._upstreams
+
+    async def close(self, _resources: Resources | None = None) -> None:
+        """Shutdown hook: close the connections of the clients built over the HTTP client."""
+        if self._upstreams is not None:
+            self._upstreams.close()
+            self._upstreams = None
 
     async def _fetch_portfolio(self) -> PortfolioPublic | str:
         """The portfolio's books, or why they could not be read."""
@@ -441,7 +465,7 @@ class TradingBot:
         self, d: Decision, tick: MarketTick, fetch: asyncio.Task[PortfolioPublic | str] | None
     ) -> bool:
         assert d.side is not None
-        with self.tracer.start_as_current_span("sizing") as span:
+        with self._span("sizing") as span:
             span.set_attribute("symbol", tick.symbol)
             span.set_attribute("side", d.side)
             span.set_attribute("confidence", d.confidence)
@@ -483,7 +507,7 @@ class TradingBot:
             return True
 
     async def _risk_check(self, d: Decision, order: OrderRequest) -> Approval | None:
-        with self.tracer.start_as_current_span("risk_check") as span:
+        with self._span("risk_check") as span:
             self._order_attributes(span, d)
             try:
                 verdict = await self.upstreams.risk_safety.check(
@@ -507,7 +531,7 @@ class TradingBot:
     ) -> Refused | None:
         """Send the approved order; execution's refusal, if it refused (the decision is then
         REJECTED), else None."""
-        with self.tracer.start_as_current_span("submit_order") as span:
+        with self._span("submit_order") as span:
             self._order_attributes(span, d)
             try:
                 placed = await self.upstreams.execution.place_order(
@@ -538,6 +562,19 @@ class TradingBot:
                 )
             )
         self._book_moved()
+
+    @contextmanager
+    def _span(self, name: str) -> Iterator[Any]:
+        """A business span of the decision, current for the block, with an exception that
+        escapes it recorded on it. A lean span: an SDK span costs about five times as much
+        (over 100 µs each), and four of them lie on the path from a tick to its order."""
+        span = start_lean_span(self.tracer, name, SpanKind.INTERNAL, {})
+        with activate_span(span):
+            try:
+                yield span
+            except Exception as exc:
+                record_error(span, exc)
+                raise
 
     @staticmethod
     def _order_attributes(span: Any, d: Decision) -> None:

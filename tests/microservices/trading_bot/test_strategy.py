@@ -146,6 +146,12 @@ async def test_an_approved_buy_becomes_one_order_with_a_deterministic_id(
     assert "bot_tick_to_order_seconds_count" in metrics
 
 
+def named(spans: list[Any], name: str, symbol: str) -> list[Any]:
+    """The spans called `name` of decisions on `symbol`, oldest first."""
+    found = [s for s in spans if s.name == name and s.attributes.get("symbol") == symbol]
+    return sorted(found, key=lambda s: s.start_ns)
+
+
 def decide_spans(spans: list[Any], symbols: set[str]) -> dict[str, Any]:
     """The latest `decide` span of each of `symbols`."""
     return {
@@ -241,7 +247,9 @@ async def test_stale_ticks_are_recorded_as_skipped_decisions(
     assert span.attributes["detail"] == stale["detail"] and span.trace_id == stale["trace_id"]
 
 
-async def test_a_retried_tick_never_submits_twice(bot: Bot, upstreams: Upstreams) -> None:
+async def test_a_retried_tick_never_submits_twice(
+    bot: Bot, upstreams: Upstreams, otlp: OtlpReceiver
+) -> None:
     upstreams.signals["RTYUSDT"] = ("BUY", 0.9)
     upstreams.lose_next_order_replies = 1
     batch = ticks("RTYUSDT", WINDOW)
@@ -252,6 +260,19 @@ async def test_a_retried_tick_never_submits_twice(bot: Bot, upstreams: Upstreams
     # The lost reply made the bus deliver the tick again; the retry sent the same id.
     coids = [p["client_order_id"] for p in upstreams.order_posts]
     assert len(coids) == 2 and len(set(coids)) == 1 and len(upstreams.orders) == 1
+
+    # The first delivery's decision ended in the unknown outcome: its business spans say so,
+    # with the exception, the retry's do not.
+    def both(spans: list[Any]) -> bool:
+        return len(named(spans, "decide", "RTYUSDT")) == 2
+
+    spans = otlp.wait_for(both)
+    failed, retried = sorted(named(spans, "decide", "RTYUSDT"), key=lambda s: s.start_ns)
+    for span in (failed, *named(spans, "submit_order", "RTYUSDT")[:1]):
+        assert span.status_code == 2, span.name
+        assert [name for name, _attributes in span.events] == ["exception"], span.name
+        assert span.attributes["error.type"] == "UpstreamError", span.name
+    assert retried.status_code != 2 and retried.attributes["outcome"] == "ORDERED"
 
     # The same tick published again (same event id) is dropped by the consumer group.
     last = Event(

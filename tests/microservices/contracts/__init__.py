@@ -1,0 +1,1 @@
+"""Tests of the services' contracts and their typed clients."""
