@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
@@ -111,9 +112,12 @@ class Outbox:
 
     Rows are written already claimed by this relay, and the events of every commit are kept in
     memory in commit order: a round after such commits publishes them straight from memory and
-    marks them, one transaction, with no claim to take and no row to read back. The table is
-    read (claimed) on start, after a failed round, when an idle relay looks for a dead
-    replica's rows, and when `publish_pending` finds nothing in memory.
+    marks them, one transaction, with no claim to take and no row to read back. The relay
+    gathers the marks of the rounds of `mark_delay_s` into that one transaction (one order at a
+    time is one round per order); the table is never read while some are unmarked, and
+    `publish_pending` and a stopping relay mark at once. The table is read (claimed) on start,
+    after a failed round, when an idle relay looks for a dead replica's rows, and when
+    `publish_pending` finds nothing in memory.
 
     A request that commits and then answers takes a `hold()` first and releases it once its
     answer is sent: the relay, which a commit wakes, waits for the holds so that the
@@ -155,6 +159,10 @@ class Outbox:
         self._holds: set[ReplyHold] = set()
         self._owed: asyncio.TimerHandle | None = None
         """Set while a commit's wake-up waits for the holds; fires at `reply_hold_s`."""
+        self._unmarked: list[str] = []
+        """Event ids the relay published from memory and has not marked yet (`mark_delay_s`)."""
+        self._mark_due = 0.0
+        """When the oldest of `_unmarked` must be marked (monotonic seconds)."""
         self._pending = PENDING.labels(source)
         self._published = PUBLISHED.labels(source)
         self._failures = PUBLISH_FAILURES.labels(source)
@@ -360,22 +368,38 @@ class Outbox:
 
     async def run_relay(self, _resources: object = None) -> None:
         """Publish what `publish_pending` did not, until cancelled (for `service.background`)."""
+        try:
+            await self._relay()
+        finally:
+            if self._unmarked:
+                # Stopping: what was published is marked, so a restart does not send it again.
+                with contextlib.suppress(Exception):
+                    await self._drain(marks_only=True)
+
+    async def _relay(self) -> None:
         failures = 0
         while True:
+            marks_only = False
             if failures == 0:
                 while (
                     self._covered >= self._committed and not self._queue
                 ) or self._owed is not None:
                     self._wake.clear()
+                    wait_s = self._settings.claim_s
+                    if self._unmarked:
+                        wait_s = min(wait_s, max(0.0, self._mark_due - time.monotonic()))
                     try:
-                        await asyncio.wait_for(self._wake.wait(), self._settings.claim_s)
+                        await asyncio.wait_for(self._wake.wait(), wait_s)
                     except TimeoutError:
+                        if self._unmarked:
+                            marks_only = True  # their marks are due; nothing else to do
+                            break
                         # Idle for a claim's length: rows a dead relay (another replica)
                         # claimed are free again, and no commit here would wake us for them.
                         self._committed += 1
                         break
             try:
-                await self._drain()
+                await self._drain(marks_only=marks_only)
             except Exception:  # recorded by _drain; back off and try again
                 failures += 1
                 await asyncio.sleep(retry_delay_s(self._settings, failures))
@@ -385,20 +409,28 @@ class Outbox:
             failures = 0
             await self._purge_if_due()
 
-    async def _drain(self, *, explicit: bool = False) -> int:
+    async def _drain(self, *, explicit: bool = False, marks_only: bool = False) -> int:
         """One round: the events committed here, from memory; or, when there is a reason to
-        (or nothing in memory on an `explicit` call), every claimable row of the table."""
+        (or nothing in memory on an `explicit` call), every claimable row of the table. The
+        published events' marks are written when due, at once on an `explicit` call; with
+        `marks_only` nothing else is done."""
         async with self._lock:
             total = 0
             try:
                 seen = self._committed
-                if self._covered < seen or (explicit and not self._queue):
-                    # The table has them all, in id order, with any older rows.
+                if marks_only:
+                    pass
+                elif self._covered < seen or (explicit and not self._queue):
+                    # The table has them all, in id order, with any older rows; none of them
+                    # published but unmarked, or they would go out again.
+                    await self._mark_unmarked()
                     self._queue.clear()
                     total = await self._drain_table(seen)
                 elif self._queue:
                     events, self._queue = self._queue, []
                     total = await self._publish_events(events)
+                if explicit or marks_only or time.monotonic() >= self._mark_due:
+                    await self._mark_unmarked()
             except Exception as exc:
                 self._failing = True
                 self._committed += 1  # what failed is in the table, claimed: read it next
@@ -431,7 +463,8 @@ class Outbox:
 
     async def _publish_events(self, events: list[Event[Any]]) -> int:
         """Publish events committed by this process (their rows claimed by this relay since
-        they were written) in one pipelined call, and mark their rows in one transaction."""
+        they were written) in one pipelined call; their rows are marked with the next marks
+        due (`_mark_unmarked`)."""
         ids = [event.id for event in events]
         try:
             async with asyncio.timeout(self._settings.publish_timeout_s):
@@ -439,10 +472,22 @@ class Outbox:
         except Exception as exc:
             await self._record_failure(_OUTBOX.c.event_id.in_(ids), exc)
             raise
-        async with session_scope(self._sessions) as session:
-            await session.execute(_MARK_EVENTS, {"event_ids": ids, "published": datetime.now(UTC)})
+        if not self._unmarked:
+            self._mark_due = time.monotonic() + self._settings.mark_delay_s
+        self._unmarked += ids
         self._published.inc(len(ids))
         return len(ids)
+
+    async def _mark_unmarked(self) -> None:
+        """Mark the rows of the events published from memory, in one transaction."""
+        if not self._unmarked:
+            return
+        async with session_scope(self._sessions) as session:
+            await session.execute(
+                _MARK_EVENTS, {"event_ids": self._unmarked, "published": datetime.now(UTC)}
+            )
+        # Kept until written (always under the lock): a failed mark is retried first.
+        self._unmarked = []
 
     async def _claim_batch(self) -> list[OutboxEvent]:
         """Claim the oldest rows no other live relay holds (up to `batch_size`), in id order."""

@@ -19,6 +19,7 @@ _VARIABLES = {
     "retention_s": ("OUTBOX_RETENTION_S", float),
     "claim_s": ("OUTBOX_CLAIM_S", float),
     "reply_hold_s": ("OUTBOX_REPLY_HOLD_S", float),
+    "mark_delay_s": ("OUTBOX_MARK_DELAY_S", float),
 }
 
 
@@ -42,6 +43,10 @@ class OutboxSettings:
     reply_hold_s: float = 0.05
     """Longest the relay waits, after a commit, for the requests holding it (`Outbox.hold`) to
     send their answers; past it the events go out whatever the requests do."""
+    mark_delay_s: float = 0.2
+    """Longest the relay leaves events it published from memory unmarked, so that the marks of
+    the commits of that span take one transaction; a crash in it republishes them (same ids,
+    dropped by consumers' idempotency), as a crash between a publish and its mark always could."""
 
     def __post_init__(self) -> None:
         for name, (variable, _kind) in _VARIABLES.items():
@@ -50,6 +55,10 @@ class OutboxSettings:
         if self.claim_s <= self.publish_timeout_s:
             raise OutboxConfigError(
                 "OUTBOX_CLAIM_S must be above OUTBOX_PUBLISH_TIMEOUT_S (a claim outlives a publish)"
+            )
+        if self.mark_delay_s >= self.claim_s:
+            raise OutboxConfigError(
+                "OUTBOX_MARK_DELAY_S must be below OUTBOX_CLAIM_S (rows stay claimed until marked)"
             )
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise OutboxConfigError(

@@ -3,6 +3,7 @@ never an event whose transaction rolled back."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,7 @@ from backend.infra.db.models import OutboxEvent
 from backend.infra.eventbus import EventBusSettings, EventPublisher
 from backend.infra.outbox import Outbox, OutboxSettings
 from tests.infra.outbox.test_outbox import entries, fill, rows
+from tests.support.polling import eventually
 
 FAST = OutboxSettings(publish_timeout_s=0.5, retry_backoff_s=0.05, retry_backoff_max_s=0.2)
 
@@ -101,3 +103,65 @@ async def test_after_a_failed_round_the_table_is_read_in_order(
     assert await outbox._drain() == 3
     assert [e["id"] for e in await entries(client, settings, "order.filled")] == first + second
     assert all(r.published_at is not None for r in await rows(sessions))
+
+
+async def test_the_relay_marks_the_rounds_of_its_mark_delay_in_one_update_and_on_stopping(
+    sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
+) -> None:
+    outbox = Outbox(
+        sessions,
+        EventPublisher(client, "execution", settings),
+        source="x",
+        settings=OutboxSettings(mark_delay_s=60.0, claim_s=120.0),
+    )
+    relay = asyncio.create_task(outbox.run_relay(), name="test-outbox-relay")
+    try:
+        await eventually(lambda: outbox._covered >= outbox._committed, 5, "the relay's start")
+        ids: list[str] = []
+        with statements(sessions) as sent:
+            for n in (1, 2, 3):  # one order at a time: a relay round each
+                async with session_scope(sessions) as session:
+                    ids += await outbox.add_many(session, [fill(n)])
+
+                async def out(count: int = n) -> bool:
+                    return len(await entries(client, settings, "order.filled")) == count
+
+                await eventually(out, 5, f"event {n} on the stream")
+            assert [s for s in sent if s.startswith("UPDATE")] == [], "a mark per round"
+            assert all(r.published_at is None for r in await rows(sessions))
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+        marks = [s for s in sent if s.startswith("UPDATE")]
+        assert len(marks) == 1 and "RETURNING" not in marks[0], sent  # a mark, not a claim
+        stored = await rows(sessions)
+        assert [r.event_id for r in stored] == ids
+        assert all(r.published_at is not None and r.attempts == 1 for r in stored)
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+
+
+async def test_events_published_but_not_yet_marked_are_marked_before_the_table_is_read(
+    sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
+) -> None:
+    outbox = Outbox(
+        sessions,
+        EventPublisher(client, "execution", settings),
+        source="x",
+        settings=OutboxSettings(mark_delay_s=60.0, claim_s=120.0),
+    )
+    assert await outbox._drain() == 0  # the start-up read of older rows
+    async with session_scope(sessions) as session:
+        ids = await outbox.add_many(session, [fill(1), fill(2)])
+    assert await outbox._drain() == 2  # a relay round: published, the marks not due
+    assert all(r.published_at is None for r in await rows(sessions))
+    outbox._committed += 1  # a reason to read the table (a failed round, an idle relay)
+    assert await outbox._drain() == 0
+    assert [e["id"] for e in await entries(client, settings, "order.filled")] == ids
+    assert all(r.published_at is not None for r in await rows(sessions))
+    async with session_scope(sessions) as session:
+        later = await outbox.add_many(session, [fill(3)])
+    assert await outbox._drain() == 1
+    assert await outbox.publish_pending() == 0  # marks what is published, at once
+    assert all(r.published_at is not None for r in await rows(sessions))
+    assert [e["id"] for e in await entries(client, settings, "order.filled")] == ids + later
