@@ -270,3 +270,27 @@ async def test_commenter_can_be_switched_off(sqlite_url: str) -> None:
     finally:
         await engine.dispose()
     assert "SELECT 8" in seen
+
+
+async def test_a_statements_span_is_exported_without_an_sdk_span_per_statement(
+    engine: AsyncEngine, span_exporter: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import Tracer
+
+    sessions = create_session_factory(engine)
+    sdk_spans: list[str] = []
+    real = Tracer.start_span
+
+    def counted(self: Tracer, name: str, *args: Any, **kwargs: Any) -> Any:
+        sdk_spans.append(name)
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "start_span", counted)
+    with tracer.start_as_current_span("place order") as parent:
+        async with session_scope(sessions) as session:
+            session.add(_order("qt-lean-1"))
+    assert sdk_spans == ["place order"]  # the statements' spans are lean ones
+    (insert,) = [s for s in _client_spans(span_exporter) if s.name == "INSERT orders"]
+    assert insert.parent.span_id == parent.get_span_context().span_id
+    assert dict(insert.attributes)["db.operation.name"] == "INSERT"
+    assert insert.end_time >= insert.start_time
