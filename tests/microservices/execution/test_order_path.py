@@ -139,3 +139,35 @@ def test_a_new_orders_answer_is_byte_for_byte_the_one_read_back_later(
             assert read.content == placed.content
         statuses = [client.get(f"/orders/{b['client_order_id']}").json()["status"] for b in bodies]
         assert statuses == ["FILLED", "ACCEPTED", "REJECTED", "FILLED"]
+
+
+def test_an_orders_own_spans_carry_their_content_and_take_no_sdk_span(
+    harness: ServiceHarness, span_exporter: Any, monkeypatch: Any
+) -> None:
+    from opentelemetry.sdk.trace import Tracer
+
+    sdk_spans: list[str] = []
+    real = Tracer.start_span
+
+    def counted(self: Tracer, name: str, *args: Any, **kwargs: Any) -> Any:
+        sdk_spans.append(name)
+        return real(self, name, *args, **kwargs)
+
+    with running(harness) as client:
+        send_tick(harness, client)
+        monkeypatch.setattr(Tracer, "start_span", counted)
+        response = client.post("/orders", json=order("lean-1", quantity="0.5"))
+        monkeypatch.undo()
+        assert response.status_code == 201, response.text
+    assert not {"order.submit", "order.fill", "order.persist"} & set(sdk_spans), sdk_spans
+    spans = span_exporter.get_finished_spans()
+    submit = next(s for s in spans if s.name == "order.submit")
+    fill = next(s for s in spans if s.name == "order.fill")
+    persist = next(s for s in spans if s.name == "order.persist")
+    assert submit.attributes["client_order_id"] == "lean-1"
+    assert submit.attributes["order.status"] == "FILLED"
+    assert fill.parent.span_id == submit.context.span_id
+    assert fill.attributes["leaves_quantity"] == "0.0" and fill.attributes["resting"] is False
+    assert persist.attributes["order.batch_size"] == 1
+    assert [link.context.span_id for link in persist.links] == [submit.context.span_id]
+    assert persist.links[0].attributes["link.reason"] == "order"
