@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from backend.infra.eventbus import (
     MESSAGING_SYSTEM,
     Event,
+    EmbeddedRedis,
     EventBusSettings,
     EventConsumer,
     EventPublisher,
@@ -457,6 +458,53 @@ async def test_a_subscription_that_does_not_deduplicate_neither_reads_nor_writes
             )
     assert not await idempotency.seen(fresh.event_id)
     assert handled.count("tick-marked") == 1 and "fill-marked" not in handled
+
+
+async def test_acknowledgements_alone_go_with_the_next_read_and_marks_keep_their_transaction(
+    tmp_path: Any, settings: EventBusSettings
+) -> None:
+    """A read that leaves nothing but acknowledgements (ticks read without marks) costs no
+    MULTI/EXEC: its XACK goes out with the next XREADGROUP, and nothing stays pending; a
+    deduplicated event still commits its processed mark and acknowledgement in one
+    transaction, and a stop leaves nothing handled unacknowledged."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        client = create_redis_client(server.url)
+        try:
+            publisher = EventPublisher(client, "bridge", settings)
+            idempotency = Idempotency(client, "quotes", settings)
+            consumer = EventConsumer(client, "quotes", settings, idempotency=idempotency)
+            handled: list[str] = []
+
+            async def handler(event: Event[Any]) -> None:
+                handled.append(event.id)
+
+            consumer.subscribe(MarketTick, handler, deduplicate=False)
+            consumer.subscribe(OrderFilled, handler)
+            tick = MarketTick(
+                symbol="BTCUSDT", bid="100", ask="101", last="100.5", volume="1", ts_ms=1
+            )
+            ticks, fills = settings.stream_key("market.tick"), settings.stream_key("order.filled")
+
+            async def calls(command: str) -> int:
+                stats = await client.info("commandstats")
+                return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+            async with consumer:
+                for n in range(1, 4):  # one read each
+                    await publisher.publish(tick)
+                    await eventually(lambda n=n: len(handled) == n)
+                await eventually(lambda: _pending_count(client, ticks, "quotes", 0))
+                assert await calls("exec") == 0
+                assert await calls("xack") >= 3
+                receipt = await publisher.publish(fill(1))
+                await eventually(lambda: _pending_count(client, fills, "quotes", 0))
+                assert await calls("exec") == 1
+                assert await idempotency.seen(receipt.event_id)
+                await publisher.publish(tick)
+                await eventually(lambda: len(handled) == 5)
+            assert await _pending_count(client, ticks, "quotes", 0)
+        finally:
+            await client.aclose()
 
 
 async def test_apply_once_applies_a_redis_effect_exactly_once(
