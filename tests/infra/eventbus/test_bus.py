@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from backend.infra.eventbus import (
     MESSAGING_SYSTEM,
-    Event,
     EmbeddedRedis,
+    Event,
     EventBusSettings,
     EventConsumer,
     EventPublisher,
