@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -481,7 +482,12 @@ async def test_acknowledgements_alone_go_with_the_next_read_and_marks_keep_their
             consumer.subscribe(MarketTick, handler, deduplicate=False)
             consumer.subscribe(OrderFilled, handler)
             tick = MarketTick(
-                symbol="BTCUSDT", bid="100", ask="101", last="100.5", volume="1", ts_ms=1
+                symbol="BTCUSDT",
+                bid=Decimal(100),
+                ask=Decimal(101),
+                last=Decimal("100.5"),
+                volume=Decimal(1),
+                ts_ms=1,
             )
             ticks, fills = settings.stream_key("market.tick"), settings.stream_key("order.filled")
 
