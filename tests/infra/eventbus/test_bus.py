@@ -513,6 +513,37 @@ async def test_acknowledgements_alone_go_with_the_next_read_and_marks_keep_their
             await client.aclose()
 
 
+async def test_a_stop_sends_the_acknowledgements_the_last_read_left(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    """Stopped while a handler runs, the consumer reads no more: the acknowledgement that
+    would have gone with the next read is sent on its own, and nothing handled stays
+    pending."""
+    publisher = EventPublisher(client, "bridge", settings)
+    consumer = EventConsumer(client, "quotes", settings)
+    stopping: list[asyncio.Task[None]] = []
+
+    async def handler(event: Event[Any]) -> None:
+        stopping.append(asyncio.create_task(consumer.stop()))
+        await asyncio.sleep(0)  # the stop begins while this handler runs
+
+    consumer.subscribe(MarketTick, handler, deduplicate=False)
+    await consumer.start()
+    await publisher.publish(
+        MarketTick(
+            symbol="BTCUSDT",
+            bid=Decimal(100),
+            ask=Decimal(101),
+            last=Decimal("100.5"),
+            volume=Decimal(1),
+            ts_ms=1,
+        )
+    )
+    await eventually(lambda: stopping)
+    await stopping[0]
+    assert await _pending_count(client, settings.stream_key("market.tick"), "quotes", 0)
+
+
 async def test_apply_once_applies_a_redis_effect_exactly_once(
     client: Redis, settings: EventBusSettings
 ) -> None:
