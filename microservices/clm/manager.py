@@ -94,6 +94,10 @@ class SymbolState:
     pending: list[tuple[str, str, float]] = field(default_factory=list)
     """(role, version, P(up)) made at the last price, awaiting the next different one."""
     last: float | None = None
+    tick_ms: int | None = None
+    """The market time of the newest tick observed."""
+    tick_ids: set[str] = field(default_factory=set)
+    """The ids of the ticks observed at `tick_ms`: a copy of one of them is not observed again."""
 
 
 class LearningManager:
@@ -166,8 +170,26 @@ class LearningManager:
     # Ticks and signals ------------------------------------------------------------------------
 
     async def on_tick(self, event: Event[MarketTick]) -> None:
+        """Observe a tick once: one older than the symbol's newest, or a copy of one observed
+        (a redelivery, a feed's retried publication), is ignored, so the service reads ticks
+        without processed marks."""
         tick = event.data
+        state = self.symbols.get(tick.symbol)
+        if (
+            state is not None
+            and state.tick_ms is not None
+            and (
+                tick.ts_ms < state.tick_ms
+                or (tick.ts_ms == state.tick_ms and event.id in state.tick_ids)
+            )
+        ):
+            return
         self.observe(tick.symbol, float((tick.bid + tick.ask) / 2))
+        state = self.symbols[tick.symbol]
+        if state.tick_ms != tick.ts_ms:
+            state.tick_ms = tick.ts_ms
+            state.tick_ids.clear()
+        state.tick_ids.add(event.id)
 
     def observe(self, symbol: str, mid: float) -> None:
         """One tick's mid price: realize what was pending, then predict from the new window."""

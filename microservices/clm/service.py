@@ -24,7 +24,7 @@ def create_service(settings: ClmSettings | None = None) -> Service:
         )
     )
     service.add_readiness_check(ReadinessCheck("ai-engine registry", manager.check_synced))
-    service.subscribe(MarketTick, manager.on_tick)
+    service.subscribe(MarketTick, manager.on_tick, deduplicate=False)
     service.subscribe(SignalGenerated, manager.on_signal)
     service.background("learn", manager.run)
     service.app.include_router(router)

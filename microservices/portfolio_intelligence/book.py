@@ -138,6 +138,8 @@ class PortfolioBook:
         self._day = _day_start(datetime.now(UTC))
         self._day_start_equity = settings.initial_cash
         self._marks_as_of_ms: int | None = None
+        self._tick_ms: dict[Symbol, int] = {}
+        """The market time of the newest tick marked, per symbol: an older one is ignored."""
         # Memory may hold a fill the ledger does not: a write failed and so did the rebuild.
         self._unbooked = False
         self._monitor: GroupMonitor | None = None
@@ -415,12 +417,21 @@ class PortfolioBook:
         return position
 
     async def on_tick(self, event: Event[MarketTick]) -> None:
-        """Mark the symbol at the tick's mid price."""
+        """Mark the symbol at the tick's mid price, unless a newer tick marked it already.
+
+        Idempotent by nature (the service reads ticks without processed marks): a tick
+        delivered again, or a copy under a new entry, sets the mark it set or is older than
+        the one that replaced it.
+        """
         tick = event.data
         if tick.bid <= ZERO or tick.ask < tick.bid:
             return
+        symbol = Symbol(tick.symbol)
         async with self._lock:
-            self.portfolio.set_mark(Symbol(tick.symbol), (tick.bid + tick.ask) / 2)
+            if tick.ts_ms < self._tick_ms.get(symbol, tick.ts_ms):
+                return
+            self._tick_ms[symbol] = tick.ts_ms
+            self.portfolio.set_mark(symbol, (tick.bid + tick.ask) / 2)
             self._marks_as_of_ms = max(self._marks_as_of_ms or 0, _event_ms(event))
             self._after_change()
 

@@ -25,7 +25,7 @@ def create_service(settings: PortfolioIntelligenceSettings | None = None) -> Ser
     )
     service.on_startup(book.restore)
     service.subscribe_batch(OrderFilled, book.on_fills)
-    service.subscribe(MarketTick, book.on_tick)
+    service.subscribe(MarketTick, book.on_tick, deduplicate=False)
     service.background("equity-sampler", book.sample_equity)
     service.background("fill-watch", book.watch_fills)
     service.background("outbox-relay", book.run_outbox_relay)

@@ -435,11 +435,19 @@ class PositionMonitor:
     # Ticks ------------------------------------------------------------------------------------
 
     async def on_tick(self, event: Event[MarketTick]) -> None:
-        """Judge the position in the tick's symbol against its stops; exit if one triggers."""
+        """Judge the position in the tick's symbol against its stops; exit if one triggers.
+
+        Idempotent by nature (the service reads ticks without processed marks): a tick older
+        than the symbol's newest is ignored, and judging the newest again changes nothing (the
+        trailing level only ratchets, a trigger leaves the position EXITING).
+        """
         tick = event.data
         if tick.bid <= ZERO or tick.ask < tick.bid or tick.last <= ZERO:
             return
         symbol = Symbol(tick.symbol)
+        held = self._quotes.get(symbol)
+        if held is not None and tick.ts_ms < held[0].ts_ms:
+            return
         quote = Quote(symbol, tick.bid, tick.ask, tick.last, tick.volume, tick.ts_ms)
         published_ms = _event_ms(event)
         self._quotes[symbol] = (quote, published_ms)

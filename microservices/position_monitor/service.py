@@ -24,7 +24,7 @@ def create_service(settings: PositionMonitorSettings | None = None) -> Service:
     )
     service.on_startup(monitor.restore)
     service.subscribe_batch(PositionUpdated, monitor.on_positions)
-    service.subscribe(MarketTick, monitor.on_tick)
+    service.subscribe(MarketTick, monitor.on_tick, deduplicate=False)
     service.background("outbox-relay", monitor.run_outbox_relay)
     service.background("reconcile", monitor.run_reconcile)
     service.background("supervise", monitor.supervise)

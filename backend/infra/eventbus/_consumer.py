@@ -178,6 +178,9 @@ class EventConsumer:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._busy = False
+        self._unsent_acks: dict[str, list[str]] = {}
+        """Acknowledgements of handled entries not sent yet: they go with the next read."""
+        self._unsent_handled: dict[str, int] = {}
         self.last_error: BaseException | None = None
 
     # Set-up ----------------------------------------------------------------------------------
@@ -377,6 +380,14 @@ class EventConsumer:
         # After a (re)start: the groups may be gone (a Redis without persistence), and entries
         # delivered to this consumer name before may never have been handled.
         await self.ensure_groups()
+        try:
+            await self._consume(settings)
+        finally:
+            if self._stopping and self._unsent_acks:
+                # What was handled is acknowledged, even when the loop is being cancelled.
+                await asyncio.shield(self._flush_acks())
+
+    async def _consume(self, settings: EventBusSettings) -> None:
         await self._recover_own_pending()
         next_claim = time.monotonic()
         while not self._stopping:
@@ -405,17 +416,36 @@ class EventConsumer:
                 )
 
     async def _read(self, block_ms: int) -> Any:
+        """The next entries (XREADGROUP), sent in one write with the acknowledgements the last
+        read left: one round trip per read, not two."""
+        acks = self._unsent_acks
+
         async def xreadgroup() -> Any:
-            return await self._client.xreadgroup(
+            if not acks:
+                return await self._client.xreadgroup(
+                    self.group,
+                    self.name,
+                    self._read_streams,  # type: ignore[arg-type]
+                    count=self._settings.batch_size,
+                    block=block_ms,
+                )
+            pipe = self._client.pipeline(transaction=False)
+            for key, ids in acks.items():
+                pipe.xack(key, self.group, *ids)
+            pipe.xreadgroup(
                 self.group,
                 self.name,
                 self._read_streams,  # type: ignore[arg-type]
                 count=self._settings.batch_size,
                 block=block_ms,
             )
+            return (await pipe.execute())[-1]
 
         try:
-            return await self._call(xreadgroup, "XREADGROUP")
+            response = await self._call(xreadgroup, "XREADGROUP")
+            if acks:
+                self._acknowledged()
+            return response
         except RedisCommandError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -424,6 +454,8 @@ class EventConsumer:
             return None
 
     async def _recover_own_pending(self) -> None:
+        # Entries handled before a failure of the loop are not handled again.
+        await self._flush_acks()
         for sub in self._subs.values():
             start = "-"
             while not self._stopping:
@@ -466,6 +498,7 @@ class EventConsumer:
         return await self._call(xinfo, "XINFO GROUPS")
 
     async def _run_due_retries(self, now: float) -> None:
+        await self._flush_acks()
         due: dict[str, dict[str, int]] = {}
         while self._retries and self._retries[0].due <= now:
             retry = heapq.heappop(self._retries)
@@ -491,6 +524,8 @@ class EventConsumer:
 
     async def _reclaim_abandoned(self) -> None:
         """Take over entries idle longer than `claim_idle_ms` (their consumer is presumed dead)."""
+        # Never this consumer's own handled entries, whose acknowledgement is not sent yet.
+        await self._flush_acks()
         for sub in self._subs.values():
             if self._stopping:
                 return
@@ -837,11 +872,20 @@ class EventConsumer:
             )
 
     async def _commit(self, batch: _Batch) -> None:
-        """Dead letters, processed marks and acks of a batch, in one MULTI/EXEC."""
+        """Dead letters, processed marks and acks of a batch, in one MULTI/EXEC (acks alone: no
+        transaction, see `_acknowledge`)."""
         if not batch.acks:
             return
         idempotency = self._idempotency
         max_len = self._settings.max_len
+        if not batch.dead and (idempotency is None or not batch.processed):
+            # Acknowledgements alone go with the next read (`_read`), or before anything else
+            # the loop does (`_flush_acks`): no transaction and no round trip of their own.
+            for key, ids in batch.acks.items():
+                self._unsent_acks.setdefault(key, []).extend(ids)
+            for key, count in batch.handled.items():
+                self._unsent_handled[key] = self._unsent_handled.get(key, 0) + count
+            return
 
         async def commit() -> None:
             pipe = self._client.pipeline(transaction=True)
@@ -856,6 +900,32 @@ class EventConsumer:
 
         await self._call(commit, "XACK")
         for key, count in batch.handled.items():
+            self._subs[key].metrics.consumed.inc(count)
+
+    async def _flush_acks(self) -> None:
+        """Send the acknowledgements not sent yet, on their own.
+
+        Acknowledgements alone need no transaction: each XACK stands by itself (one lost with
+        the connection only delivers again an entry whose handler returned, as a crash before
+        the commit would). Sent again after a failure, an XACK acknowledges nothing twice.
+        """
+        acks = self._unsent_acks
+        if not acks:
+            return
+
+        async def xack() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for key, ids in acks.items():
+                pipe.xack(key, self.group, *ids)
+            await pipe.execute()
+
+        await self._call(xack, "XACK")
+        self._acknowledged()
+
+    def _acknowledged(self) -> None:
+        self._unsent_acks = {}
+        handled, self._unsent_handled = self._unsent_handled, {}
+        for key, count in handled.items():
             self._subs[key].metrics.consumed.inc(count)
 
     # Gauges ----------------------------------------------------------------------------------

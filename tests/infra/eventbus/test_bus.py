@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 
 from backend.infra.eventbus import (
     MESSAGING_SYSTEM,
+    EmbeddedRedis,
     Event,
     EventBusSettings,
     EventConsumer,
@@ -457,6 +459,89 @@ async def test_a_subscription_that_does_not_deduplicate_neither_reads_nor_writes
             )
     assert not await idempotency.seen(fresh.event_id)
     assert handled.count("tick-marked") == 1 and "fill-marked" not in handled
+
+
+async def test_acknowledgements_alone_go_with_the_next_read_and_marks_keep_their_transaction(
+    tmp_path: Any, settings: EventBusSettings
+) -> None:
+    """A read that leaves nothing but acknowledgements (ticks read without marks) costs no
+    MULTI/EXEC: its XACK goes out with the next XREADGROUP, and nothing stays pending; a
+    deduplicated event still commits its processed mark and acknowledgement in one
+    transaction, and a stop leaves nothing handled unacknowledged."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        client = create_redis_client(server.url)
+        try:
+            publisher = EventPublisher(client, "bridge", settings)
+            idempotency = Idempotency(client, "quotes", settings)
+            consumer = EventConsumer(client, "quotes", settings, idempotency=idempotency)
+            handled: list[str] = []
+
+            async def handler(event: Event[Any]) -> None:
+                handled.append(event.id)
+
+            consumer.subscribe(MarketTick, handler, deduplicate=False)
+            consumer.subscribe(OrderFilled, handler)
+            tick = MarketTick(
+                symbol="BTCUSDT",
+                bid=Decimal(100),
+                ask=Decimal(101),
+                last=Decimal("100.5"),
+                volume=Decimal(1),
+                ts_ms=1,
+            )
+            ticks, fills = settings.stream_key("market.tick"), settings.stream_key("order.filled")
+
+            async def calls(command: str) -> int:
+                stats = await client.info("commandstats")
+                return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+            async with consumer:
+                for n in range(1, 4):  # one read each
+                    await publisher.publish(tick)
+                    await eventually(lambda n=n: len(handled) == n)
+                await eventually(lambda: _pending_count(client, ticks, "quotes", 0))
+                assert await calls("exec") == 0
+                assert await calls("xack") >= 3
+                receipt = await publisher.publish(fill(1))
+                await eventually(lambda: _pending_count(client, fills, "quotes", 0))
+                assert await calls("exec") == 1
+                assert await idempotency.seen(receipt.event_id)
+                await publisher.publish(tick)
+                await eventually(lambda: len(handled) == 5)
+            assert await _pending_count(client, ticks, "quotes", 0)
+        finally:
+            await client.aclose()
+
+
+async def test_a_stop_sends_the_acknowledgements_the_last_read_left(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    """Stopped while a handler runs, the consumer reads no more: the acknowledgement that
+    would have gone with the next read is sent on its own, and nothing handled stays
+    pending."""
+    publisher = EventPublisher(client, "bridge", settings)
+    consumer = EventConsumer(client, "quotes", settings)
+    stopping: list[asyncio.Task[None]] = []
+
+    async def handler(event: Event[Any]) -> None:
+        stopping.append(asyncio.create_task(consumer.stop()))
+        await asyncio.sleep(0)  # the stop begins while this handler runs
+
+    consumer.subscribe(MarketTick, handler, deduplicate=False)
+    await consumer.start()
+    await publisher.publish(
+        MarketTick(
+            symbol="BTCUSDT",
+            bid=Decimal(100),
+            ask=Decimal(101),
+            last=Decimal("100.5"),
+            volume=Decimal(1),
+            ts_ms=1,
+        )
+    )
+    await eventually(lambda: stopping)
+    await stopping[0]
+    assert await _pending_count(client, settings.stream_key("market.tick"), "quotes", 0)
 
 
 async def test_apply_once_applies_a_redis_effect_exactly_once(

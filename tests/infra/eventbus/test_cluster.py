@@ -237,3 +237,34 @@ def test_a_hash_tag_prefix_is_accepted_and_a_malformed_one_is_not() -> None:
     for bad in ("{qt", "{}", "{q t}", "{{qt}}"):
         with pytest.raises(EventBusConfigError, match="hash tag"):
             EventBusSettings(prefix=bad)
+
+
+async def test_acknowledgements_sent_with_the_next_read_work_on_a_cluster(
+    cluster: Redis, tagged: EventBusSettings
+) -> None:
+    """Ticks read without marks leave acknowledgements alone, which go out in one pipeline
+    with the next XREADGROUP: on a cluster too, every entry ends up acknowledged."""
+    publisher = EventPublisher(cluster, "bridge", tagged)
+    consumer = EventConsumer(
+        cluster,
+        "quotes",
+        tagged,
+        consumer_name="c1",
+        idempotency=Idempotency(cluster, scope="quotes", settings=tagged),
+    )
+    ticks: list[str] = []
+
+    async def on_tick(event: Event[MarketTick]) -> None:
+        ticks.append(event.id)
+
+    consumer.subscribe(MarketTick, on_tick, deduplicate=False)
+    tick_key = tagged.stream_key("market.tick")
+    async with consumer:
+        for n in range(1, 4):
+            await publisher.publish(_tick(n))
+            await eventually(lambda n=n: len(ticks) == n, what=f"tick {n}")
+
+        async def acknowledged() -> bool:
+            return int((await cluster.xpending(tick_key, "quotes"))["pending"]) == 0
+
+        await eventually(acknowledged, what="every tick acknowledged")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import event as sa_event
 
 from backend.infra.db import DatabaseError
-from backend.infra.eventbus import EventBusSettings
+from backend.infra.eventbus import EventBusSettings, Idempotency, create_redis_client
 from backend.trading.events import MarketTick, OrderFilled
 from backend.trading.types import Fill
 from microservices.portfolio_intelligence.service import create_service
@@ -465,3 +466,54 @@ def test_a_position_update_is_committed_with_its_ledger_row_and_published_from_t
     assert rows == [("position.updated", 1)]
     (update,) = harness.published("position.updated")
     assert D(update["quantity"]) == 2
+
+
+def _mark_processed(harness: ServiceHarness, event_id: str) -> None:
+    async def mark() -> None:
+        client = create_redis_client(harness.redis_url)
+        try:
+            settings = EventBusSettings(prefix=harness.prefix)
+            await Idempotency(client, "portfolio-intelligence", settings).mark_many([event_id])
+        finally:
+            await client.aclose()
+
+    asyncio.run(mark())
+
+
+def test_a_tick_delivered_twice_marks_nothing_more_than_once(harness: ServiceHarness) -> None:
+    """Ticks are read without processed marks (a tick whose id is marked still marks the book),
+    and a copy of a tick (its event id again, as a retried publication leaves) that comes after
+    a newer tick does not move the mark back."""
+    ts_ms = time.time_ns() // 1_000_000
+
+    def tick(symbol: str, mid: str, ts: int) -> MarketTick:
+        return MarketTick(
+            symbol=symbol,
+            bid=D(mid) - D("0.1"),
+            ask=D(mid) + D("0.1"),
+            last=D(mid),
+            volume=D(10),
+            ts_ms=ts,
+        )
+
+    def mark(client: TestClient, symbol: str) -> D | None:
+        for p in portfolio(client)["positions"]:
+            if p["symbol"] == symbol and p["mark"] is not None:
+                return D(p["mark"])
+        return None
+
+    with harness.run(create_service) as client:
+        harness.publish(
+            fill_event("m-1", "BUY", "1", "100", "0.1"),
+            fill_event("m-2", "BUY", "1", "2000", "0.1", symbol="ETHUSDT"),
+        )
+        wait_until(lambda: booked(client, 2), what="the fills")
+        _mark_processed(harness, "tick-a")
+        harness.publish(tick("BTCUSDT", "105", ts_ms), event_id="tick-a")
+        wait_until(lambda: mark(client, "BTCUSDT") == 105, what="the marked tick's mark")
+        harness.publish(tick("BTCUSDT", "106", ts_ms + 1), event_id="tick-b")
+        harness.publish(tick("BTCUSDT", "105", ts_ms), event_id="tick-a")
+        # A sentinel on another symbol, published last: ticks are handled in stream order.
+        harness.publish(tick("ETHUSDT", "2100", ts_ms + 1))
+        wait_until(lambda: mark(client, "ETHUSDT") == 2100, what="the sentinel's mark")
+        assert mark(client, "BTCUSDT") == 106

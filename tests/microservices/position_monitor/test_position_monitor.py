@@ -4,6 +4,7 @@ and portfolio-intelligence stubbed by one server that answers with their contrac
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,6 +12,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from backend.infra.eventbus import EventBusSettings, Idempotency, create_redis_client
 from backend.trading.events import MarketTick, PositionUpdated
 from backend.trading.types import ZERO
 from microservices.position_monitor.service import create_service
@@ -265,3 +267,36 @@ def test_the_entry_a_position_came_from_survives_a_restart() -> None:
         entry_traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
     )
     assert tracked_of(MonitoredPosition(**columns_of(held))) == held
+
+
+def test_a_tick_delivered_twice_changes_nothing_more_than_once(
+    harness: ServiceHarness, upstreams: Upstreams
+) -> None:
+    """Ticks are read without processed marks (a tick whose id is marked is still judged), and
+    a copy of a tick (its event id again) that comes after a newer one is not judged again: an
+    exit tightened in between does not trigger on the older price."""
+    ts_ms = int(datetime.now(UTC).timestamp() * 1000)
+
+    async def mark_processed() -> None:
+        redis = create_redis_client(harness.redis_url)
+        try:
+            settings = EventBusSettings(prefix=harness.prefix)
+            await Idempotency(redis, "position-monitor", settings).mark_many(["pm-tick-a"])
+        finally:
+            await redis.aclose()
+
+    with harness.run(create_service) as client:
+        watching(client, harness, upstreams)
+        asyncio.run(mark_processed())
+        harness.publish(market_tick("101", "101.1", ts_ms=ts_ms), event_id="pm-tick-a")
+        wait_until(lambda: position(client)["best_price"] == "101", 10, "the marked tick")
+        harness.publish(market_tick("103", "103.1", ts_ms=ts_ms + 1))
+        wait_until(lambda: position(client)["best_price"] == "103", 10, "the newer tick")
+        tight = {"trailing_stop": {"value": "1", "kind": "PERCENT"}}
+        assert client.put("/positions/BTCUSDT-7/stops", json=tight).status_code == 200
+        # The first tick again, below the new level (103 x 0.99), then a newer one.
+        harness.publish(market_tick("101", "101.1", ts_ms=ts_ms), event_id="pm-tick-a")
+        harness.publish(market_tick("104", "104.1", ts_ms=ts_ms + 2))
+        wait_until(lambda: position(client)["best_price"] == "104", 10, "the last tick")
+        assert position(client)["status"] == "OPEN"
+        assert upstreams.posts == []
