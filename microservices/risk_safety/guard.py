@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
+import httpx
+
 from backend.infra.eventbus import Event
 from backend.infra.observability import BoundLogger, SpanKind, current_traceparent
 from backend.infra.service import Resources, service_url
@@ -51,6 +53,30 @@ WINDOW_TRIM = 256
 """Approval times leave the order-rate window in batches of this many (one list move)."""
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Readers:
+    """The clients of risk's reads (the portfolio, execution's exposure), built once over the
+    service's HTTP client. They go direct (`ServiceClient(direct=True)`: connections of their
+    own, not httpx's pool): the same requests, spans and errors at a fraction of the CPU."""
+
+    http: httpx.AsyncClient
+    portfolio: PortfolioClient
+    execution: ExecutionClient
+
+    @classmethod
+    def over(cls, http: httpx.AsyncClient, portfolio_url: str, execution_url: str) -> Readers:
+        return cls(
+            http,
+            PortfolioClient(http, portfolio_url, direct=True),
+            ExecutionClient(http, execution_url, direct=True),
+        )
+
+    def close(self) -> None:
+        """Close the direct clients' idle connections."""
+        self.portfolio.close()
+        self.execution.close()
 
 
 def now_ms() -> int:
@@ -296,6 +322,7 @@ class RiskGuard:
         self._last_check_ms = 0
         self._checking = asyncio.Event()
         self._refreshes = settings.refresh_ms > 0 and settings.read_share_ms > 0
+        self._readers: Readers | None = None
 
     @property
     def secret(self) -> str:
@@ -325,6 +352,23 @@ class RiskGuard:
                 asyncio.shield(self._exposure_reads.renew(every_ms).result),
             )
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    @property
+    def readers(self) -> Readers:
+        """The clients of the reads, over the service's current HTTP client."""
+        http = self._resources.http
+        assert http is not None
+        if self._readers is None or self._readers.http is not http:
+            if self._readers is not None:
+                self._readers.close()
+            self._readers = Readers.over(http, self.portfolio_url, self.execution_url)
+        return self._readers
+
+    async def close(self, _resources: Resources | None = None) -> None:
+        """Shutdown hook: close the connections of the read clients."""
+        if self._readers is not None:
+            self._readers.close()
+            self._readers = None
 
     async def restore(self, _resources: Resources | None = None) -> None:
         """Load the trading state and epoch, the order-rate window and the unexpired approvals."""
@@ -660,12 +704,10 @@ class RiskGuard:
 
     async def _fetch_portfolio(self) -> PortfolioSnapshot | None:
         """The portfolio as risk needs it; None (and the error kept) when it cannot be read."""
-        http = self._resources.http
-        assert http is not None
         fetched_ms = now_ms()
         try:
             # The contract refuses non-finite figures and a portfolio without `fills`.
-            book = await PortfolioClient(http, self.portfolio_url).portfolio()
+            book = await self.readers.portfolio.portfolio()
             snapshot = book.to_snapshot()
         # Anything that stops us reading the portfolio means "no portfolio": fail closed.
         except Exception as exc:
@@ -682,11 +724,9 @@ class RiskGuard:
 
     async def _fetch_exposure(self, since_ms: int) -> ExecutionView | None:
         """Execution's holdings, working orders and received client order ids, in one read."""
-        http = self._resources.http
-        assert http is not None
         read_at = now_ms()  # execution reads its state after this moment
         try:
-            answer = await ExecutionClient(http, self.execution_url).exposure(since_ms)
+            answer = await self.readers.execution.exposure(since_ms)
             view = ExecutionView(
                 read_at_ms=read_at,
                 fill_sequence=answer.fill_sequence,
