@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 
 from backend.infra.db import IntegrityViolationError
 from backend.infra.db.models import ModelVersion
-from backend.infra.service import provided
+from backend.infra.service import JsonBodyRoute, provided
 from backend.trading.model import InvalidModelArtifact, validate_artifact
 from microservices.contracts.ai_engine import (
     Alias,
@@ -46,8 +46,7 @@ def _public(row: ModelVersion, serving: str | None) -> ModelPublic:
     )
 
 
-@router.post("/predict", response_model=PredictionPublic)
-async def predict_direction(body: PredictRequest, server: Server) -> PredictionPublic:
+async def predict_direction(body: PredictRequest, server: Server) -> Response:
     try:
         prediction = await server.predict(body.symbol, body.prices, body.source_id)
     except NoModelLoaded as exc:
@@ -55,7 +54,7 @@ async def predict_direction(body: PredictRequest, server: Server) -> PredictionP
     except UnusablePrices as exc:
         raise HTTPException(422, str(exc)) from exc
     signal = prediction.signal
-    return PredictionPublic(
+    answer = PredictionPublic(
         symbol=prediction.symbol,
         direction=signal.direction,
         confidence=signal.confidence,
@@ -64,6 +63,19 @@ async def predict_direction(body: PredictRequest, server: Server) -> PredictionP
         signal_id=prediction.signal_id,
         features=prediction.features,
     )
+    # Encoded once, by the model itself: the answer is not validated and encoded again.
+    return Response(answer.__pydantic_serializer__.to_json(answer), media_type="application/json")
+
+
+# On the path from a tick to its order: the body validated once, the model server looked up
+# without dependency solving.
+router.add_api_route(
+    "/predict",
+    predict_direction,
+    methods=["POST"],
+    response_model=PredictionPublic,
+    route_class_override=JsonBodyRoute,
+)
 
 
 @router.get("/models", response_model=ModelsPublic)

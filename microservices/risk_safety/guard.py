@@ -6,14 +6,24 @@ import asyncio
 import itertools
 import time
 from bisect import bisect_right, insort
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
+import httpx
+
 from backend.infra.eventbus import Event
-from backend.infra.observability import BoundLogger, SpanKind, current_traceparent
+from backend.infra.observability import (
+    BoundLogger,
+    SpanKind,
+    activate_span,
+    current_traceparent,
+    record_error,
+    start_lean_span,
+)
 from backend.infra.service import Resources, service_url
 from backend.trading.approval import Approval, sign_approval, sign_state
 from backend.trading.events import MarketTick, RiskStateChanged
@@ -51,6 +61,30 @@ WINDOW_TRIM = 256
 """Approval times leave the order-rate window in batches of this many (one list move)."""
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Readers:
+    """The clients of risk's reads (the portfolio, execution's exposure), built once over the
+    service's HTTP client. They go direct (`ServiceClient(direct=True)`: connections of their
+    own, not httpx's pool): the same requests, spans and errors at a fraction of the CPU."""
+
+    http: httpx.AsyncClient
+    portfolio: PortfolioClient
+    execution: ExecutionClient
+
+    @classmethod
+    def over(cls, http: httpx.AsyncClient, portfolio_url: str, execution_url: str) -> Readers:
+        return cls(
+            http,
+            PortfolioClient(http, portfolio_url, direct=True),
+            ExecutionClient(http, execution_url, direct=True),
+        )
+
+    def close(self) -> None:
+        """Close the direct clients' idle connections."""
+        self.portfolio.close()
+        self.execution.close()
 
 
 def now_ms() -> int:
@@ -296,6 +330,7 @@ class RiskGuard:
         self._last_check_ms = 0
         self._checking = asyncio.Event()
         self._refreshes = settings.refresh_ms > 0 and settings.read_share_ms > 0
+        self._readers: Readers | None = None
 
     @property
     def secret(self) -> str:
@@ -325,6 +360,23 @@ class RiskGuard:
                 asyncio.shield(self._exposure_reads.renew(every_ms).result),
             )
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    @property
+    def readers(self) -> Readers:
+        """The clients of the reads, over the service's current HTTP client."""
+        http = self._resources.http
+        assert http is not None
+        if self._readers is None or self._readers.http is not http:
+            if self._readers is not None:
+                self._readers.close()
+            self._readers = Readers.over(http, self.portfolio_url, self.execution_url)
+        return self._readers
+
+    async def close(self, _resources: Resources | None = None) -> None:
+        """Shutdown hook: close the connections of the read clients."""
+        if self._readers is not None:
+            self._readers.close()
+            self._readers = None
 
     async def restore(self, _resources: Resources | None = None) -> None:
         """Load the trading state and epoch, the order-rate window and the unexpired approvals."""
@@ -386,10 +438,13 @@ class RiskGuard:
         `caller_price` is what the caller believes the price is: recorded, never judged at.
         """
         started = time.perf_counter()
-        with self._tracer.start_as_current_span(
+        # A lean span (an SDK span costs several times as much), current for the check: it
+        # lies on the path of every order.
+        span = start_lean_span(
+            self._tracer,
             "risk.check",
-            kind=SpanKind.INTERNAL,
-            attributes={
+            SpanKind.INTERNAL,
+            {
                 "client_order_id": order.client_order_id,
                 "symbol": order.symbol,
                 "side": order.side.value,
@@ -397,7 +452,8 @@ class RiskGuard:
                 "order_type": order.order_type.value,
                 "reduce_only": order.reduce_only,
             },
-        ) as span:
+        )
+        with activate_span(span), _errors_recorded_on(span):
             read = next(self._read_ids)
             self._last_check_ms = now_ms()
             self._checking.set()
@@ -660,12 +716,10 @@ class RiskGuard:
 
     async def _fetch_portfolio(self) -> PortfolioSnapshot | None:
         """The portfolio as risk needs it; None (and the error kept) when it cannot be read."""
-        http = self._resources.http
-        assert http is not None
         fetched_ms = now_ms()
         try:
             # The contract refuses non-finite figures and a portfolio without `fills`.
-            book = await PortfolioClient(http, self.portfolio_url).portfolio()
+            book = await self.readers.portfolio.portfolio()
             snapshot = book.to_snapshot()
         # Anything that stops us reading the portfolio means "no portfolio": fail closed.
         except Exception as exc:
@@ -682,11 +736,9 @@ class RiskGuard:
 
     async def _fetch_exposure(self, since_ms: int) -> ExecutionView | None:
         """Execution's holdings, working orders and received client order ids, in one read."""
-        http = self._resources.http
-        assert http is not None
         read_at = now_ms()  # execution reads its state after this moment
         try:
-            answer = await ExecutionClient(http, self.execution_url).exposure(since_ms)
+            answer = await self.readers.execution.exposure(since_ms)
             view = ExecutionView(
                 read_at_ms=read_at,
                 fill_sequence=answer.fill_sequence,
@@ -872,6 +924,16 @@ class RiskGuard:
     def _set_state_gauge(self) -> None:
         for state in TradingState:
             metrics.TRADING_STATE.labels(state.value).set(1 if state is self._state else 0)
+
+
+@contextmanager
+def _errors_recorded_on(span: Any) -> Iterator[None]:
+    """Record an exception that escapes the block on `span`, as an SDK span's block does."""
+    try:
+        yield
+    except BaseException as exc:
+        record_error(span, exc)
+        raise
 
 
 def _epoch_ms(moment: datetime) -> int:

@@ -24,6 +24,7 @@ def create_service(settings: RiskSafetySettings | None = None) -> Service:
         )
     guard = service.provide(RiskGuard(settings, service.resources, service.logger, service.tracer))
     service.on_startup(guard.restore)
+    service.on_shutdown(guard.close)
     # Decisions and state changes reach the bus through the outbox, even after an outage.
     service.background("outbox-relay", guard.run_outbox_relay)
     service.background("read-refresh", guard.refresh_reads)

@@ -17,7 +17,7 @@ Every route whose method is not GET/HEAD/OPTIONS needs `Authorization: Bearer $Q
 from __future__ import annotations
 
 from ._answer import SentAnswer
-from ._auth import AUTH_FAILURES, AccessSettings, public
+from ._auth import AUTH_FAILURES, AccessSettings, SiblingBearerAuth, public
 from ._catalogue import (
     BUILT_SERVICES,
     SERVICES,
@@ -50,6 +50,7 @@ __all__ = [
     "ServiceKind",
     "ServiceSettings",
     "ServiceSpec",
+    "SiblingBearerAuth",
     "UnknownServiceError",
     "dependency_unavailable",
     "freeze_startup_heap",

@@ -283,30 +283,61 @@ class SiblingBearerAuth(httpx.Auth):
 
     A sibling is an origin (scheme, host, port) that `service_url(...)` names for one of the
     services; a webhook or any other host never sees the token. An `Authorization` header the
-    caller set itself is left alone.
+    caller set itself is left alone. The siblings' addresses follow their `<NAME>_URL`
+    variables while the process runs (tests point services at stubs): they are worked out
+    again only when one of those variables changed.
     """
 
     def __init__(self, token: SecretStr | None) -> None:
         self._header = f"Bearer {token.get_secret_value()}" if token is not None else None
         self._origins: frozenset[tuple[str, str, int]] = frozenset()
-        self._origins_key: tuple[str | None, ...] | None = None
+        self._origins_key: tuple[object, ...] | None = None
+        self._variables = _EnvironmentKey(tuple(_url_variable(name) for name in PORTS))
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if (
-            self._header is not None
-            and "authorization" not in request.headers
-            and _origin(request.url) in self._sibling_origins()
-        ):
-            request.headers["Authorization"] = self._header
+        if "authorization" not in request.headers:
+            header = self.header_for(request.url)
+            if header is not None:
+                request.headers["Authorization"] = header
         yield request
 
+    def header_for(self, url: httpx.URL) -> str | None:
+        """The `Authorization` value a request to `url` gets (one without its own header), or
+        None: what `auth_flow` adds, without building a request to ask it."""
+        if self._header is not None and _origin(url) in self._sibling_origins():
+            return self._header
+        return None
+
     def _sibling_origins(self) -> frozenset[tuple[str, str, int]]:
-        # Re-read only when a `<NAME>_URL` variable changed (tests point services at stubs).
-        key = tuple(os.environ.get(_url_variable(name)) for name in PORTS)
+        key = self._variables.read()
         if key != self._origins_key:
             self._origins = frozenset(_origin(httpx.URL(service_url(name))) for name in PORTS)
             self._origins_key = key
         return self._origins
+
+
+class _EnvironmentKey:
+    """The values of some environment variables, as a key that changes when one of them does.
+
+    `os.environ.get` of an unset variable raises and catches a `KeyError` inside the mapping
+    (about a microsecond each, nine per request here); `os.environ`'s own store, which every
+    change through `os.environ` (and so `monkeypatch.setenv`) updates, is a plain dict
+    (values in its encoded form, good enough for a key). Where it is not there, `get`.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        store = getattr(os.environ, "_data", None)
+        encode = getattr(os.environ, "encodekey", None)
+        self._store: dict[Any, Any] | None = None
+        self._keys: tuple[object, ...] = ()
+        if isinstance(store, dict) and callable(encode):
+            self._store, self._keys = store, tuple(encode(name) for name in names)
+
+    def read(self) -> tuple[object, ...]:
+        if self._store is None:
+            return tuple(map(os.environ.get, self._names))
+        return tuple(map(self._store.get, self._keys))
 
 
 def _url_variable(service: str) -> str:

@@ -8,14 +8,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from backend.infra.observability._logging import SINK
-from backend.infra.service import AccessSettings, Service, public, resources_of
+from backend.infra.service import (
+    AccessSettings,
+    Service,
+    SiblingBearerAuth,
+    public,
+    resources_of,
+)
 from tests.acceptance.harness import StubServer
 
 TOKEN = "test-token-2b7e151628aed2a6abf7158809cf4f3c"
@@ -328,3 +335,30 @@ def test_the_shared_client_keeps_no_cookie_a_sibling_sets(
             client.post("/relay", params={"url": f"{sibling.url}/set"}, headers=BEARER)
             echoed = client.post("/relay", params={"url": f"{sibling.url}/echo"}, headers=BEARER)
     assert echoed.json() == {"cookie": None}
+
+
+def test_the_sibling_auth_follows_a_url_variable_set_changed_and_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    auth = SiblingBearerAuth(SecretStr(TOKEN))
+
+    def sent(url: str) -> str | None:
+        request = next(auth.auth_flow(httpx.Request("POST", url)))
+        header = request.headers.get("Authorization")
+        # The direct path asks `header_for`: always what the flow adds.
+        assert auth.header_for(httpx.URL(url)) == header
+        return header
+
+    monkeypatch.delenv("EXECUTION_URL", raising=False)
+    assert sent("http://127.0.0.1:8002/orders") == f"Bearer {TOKEN}"
+    monkeypatch.setenv("EXECUTION_URL", "http://127.0.0.1:1111")
+    assert sent("http://127.0.0.1:1111/orders") == f"Bearer {TOKEN}"
+    assert sent("http://127.0.0.1:8002/orders") is None
+    monkeypatch.setenv("EXECUTION_URL", "http://127.0.0.1:2222")
+    assert sent("http://127.0.0.1:1111/orders") is None
+    assert sent("http://127.0.0.1:2222/orders") == f"Bearer {TOKEN}"
+    monkeypatch.delenv("EXECUTION_URL")
+    assert sent("http://127.0.0.1:2222/orders") is None
+    assert sent("http://127.0.0.1:8002/orders") == f"Bearer {TOKEN}"
+    assert sent("http://example.com/hook") is None
+    assert SiblingBearerAuth(None).header_for(httpx.URL("http://127.0.0.1:8002/")) is None

@@ -23,6 +23,7 @@ from backend.infra.observability import get_tracer
 from backend.infra.service._auth import SiblingBearerAuth
 from microservices.contracts import Refused, UpstreamError
 from microservices.contracts.ai_engine import PredictionPublic
+from microservices.contracts.execution import ExecutionClient, ExposurePublic
 from microservices.contracts.risk_safety import CheckRequest, CheckResult, RiskSafetyClient
 from tests.acceptance.harness import StubServer
 
@@ -94,6 +95,63 @@ async def test_a_direct_call_sends_records_and_logs_what_the_httpx_path_does(
     lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
     access = [(r["logger"], r["level"], r["message"]) for r in lines if r["logger"] == "httpx"]
     assert access == [("httpx", "INFO", f'HTTP Request: POST {url}/check "HTTP/1.1 200 OK"')] * 2
+
+
+EXPOSURE = ExposurePublic(
+    as_of_ms=1,
+    fill_sequence=7,
+    risk_state=None,
+    risk_epoch=None,
+    holdings={"BTCUSDT": Decimal("0.5")},
+    working=[],
+    client_order_ids_since=["bot-1"],
+)
+
+
+async def test_a_direct_call_with_a_query_string_sends_and_records_what_httpx_does(
+    monkeypatch: pytest.MonkeyPatch, span_exporter: Any, log_lines: io.StringIO
+) -> None:
+    seen: list[dict[str, Any]] = []
+    app = FastAPI()
+
+    @app.get("/exposure")
+    async def exposure(request: Request) -> JSONResponse:
+        seen.append(
+            {
+                "target": request.scope["raw_path"] + b"?" + request.scope["query_string"],
+                "headers": dict(request.headers),
+            }
+        )
+        return JSONResponse(EXPOSURE.model_dump(mode="json"))
+
+    with StubServer(app) as server:
+        monkeypatch.setenv("EXECUTION_URL", server.url)
+        through_httpx: list[httpx.Request] = []
+
+        async def note(request: httpx.Request) -> None:
+            through_httpx.append(request)
+
+        async with httpx.AsyncClient(
+            timeout=5, auth=SiblingBearerAuth(SecretStr(TOKEN)), event_hooks={"request": [note]}
+        ) as http:
+            for client in (ExecutionClient(http), ExecutionClient(http, direct=True)):
+                assert await client.exposure(1_733_000_000_000) == EXPOSURE
+                client.close()
+    # Only the first call went through httpx: the direct path serves a query string too.
+    assert len(through_httpx) == 1
+    via_httpx, direct = seen
+    assert direct["target"] == via_httpx["target"] == b"/exposure?since_ms=1733000000000"
+    for name in ("authorization", "host", "user-agent"):
+        assert direct["headers"][name] == via_httpx["headers"][name], name
+    assert direct["headers"]["authorization"] == f"Bearer {TOKEN}"
+    spans = [s for s in span_exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in spans] == ["GET", "GET"]
+    assert dict(spans[1].attributes or {}) == dict(spans[0].attributes or {})
+    full = f"{server.url}/exposure?since_ms=1733000000000"
+    assert dict(spans[1].attributes or {})["url.full"] == full
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    access = [r["message"] for r in lines if r["logger"] == "httpx"]
+    assert access == [f'HTTP Request: GET {full} "HTTP/1.1 200 OK"'] * 2
 
 
 class RawServer:

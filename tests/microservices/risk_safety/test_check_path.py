@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
+from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy import event
 
 from backend.trading.events import RiskDecision as RiskDecisionEvent
@@ -95,3 +97,44 @@ def test_concurrent_decisions_take_one_insert_per_table_and_each_caller_its_own_
         "risk_decisions",
         "risk_decisions",
     ], inserts
+
+
+def test_the_check_span_keeps_its_attributes_and_records_a_failed_check(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    span_exporter: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with harness.run(create_service) as client:
+        tick(harness, client)
+        assert check(client, "span-ok", quantity="0.5")["approved"]
+        guard = client.app.state.resources.provided(RiskGuard)  # type: ignore[attr-defined]
+
+        async def refuse(**_: Any) -> str:
+            raise RuntimeError("the decision could not be written")
+
+        monkeypatch.setattr(guard.store, "record_decision", refuse)
+        with pytest.raises(RuntimeError):
+            check(client, "span-failed", quantity="0.5")
+    spans = {
+        s.attributes["client_order_id"]: s
+        for s in span_exporter.get_finished_spans()
+        if s.name == "risk.check"
+    }
+    ok, failed = spans["span-ok"], spans["span-failed"]
+    servers = {s.context.span_id: s for s in span_exporter.get_finished_spans()}
+    assert ok.parent is not None and servers[ok.parent.span_id].name == "POST /check"
+    assert ok.kind is SpanKind.INTERNAL
+    assert {k: ok.attributes[k] for k in ("symbol", "side", "quantity", "reduce_only")} == {
+        "symbol": "BTCUSDT",
+        "side": "BUY",
+        "quantity": "0.5",
+        "reduce_only": False,
+    }
+    assert (ok.attributes["approved"], ok.attributes["reason"]) == (True, "APPROVED")
+    assert ok.status.status_code is StatusCode.UNSET
+    # A lean span now: an escaping error is recorded as on every lean span, `error.type` too.
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes["error.type"] == "RuntimeError"
+    assert [e.name for e in failed.events] == ["exception"]
