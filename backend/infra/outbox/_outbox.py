@@ -155,7 +155,7 @@ class Outbox:
         self._failing = False
         self._oldest_pending: datetime | None = None
         self._last_purge = 0.0
-        self._in_flight: set[asyncio.Task[int]] = set()
+        self._in_flight: set[asyncio.Task[Any]] = set()
         self._holds: set[ReplyHold] = set()
         self._owed: asyncio.TimerHandle | None = None
         """Set while a commit's wake-up waits for the holds; fires at `reply_hold_s`."""
@@ -364,6 +364,13 @@ class Outbox:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
         done, _ = await asyncio.wait({task}, timeout=wait_s)
+        if not done:
+            # The attempt goes on (up to `publish_timeout_s`); the pending gauge counts what is
+            # queued now, not when the attempt gives up. In the background: a read of the
+            # table must not hold up the answer this bounds.
+            refresh = asyncio.create_task(self._refresh_stats(), name="outbox-stats")
+            self._in_flight.add(refresh)
+            refresh.add_done_callback(self._in_flight.discard)
         return bool(done) and not self._failing
 
     async def run_relay(self, _resources: object = None) -> None:
