@@ -6,8 +6,7 @@ import asyncio
 import itertools
 import time
 from bisect import bisect_right, insort
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,10 +18,8 @@ from backend.infra.eventbus import Event
 from backend.infra.observability import (
     BoundLogger,
     SpanKind,
-    activate_span,
     current_traceparent,
-    record_error,
-    start_lean_span,
+    lean_span,
 )
 from backend.infra.service import Resources, service_url
 from backend.trading.approval import Approval, sign_approval, sign_state
@@ -440,10 +437,9 @@ class RiskGuard:
         started = time.perf_counter()
         # A lean span (an SDK span costs several times as much), current for the check: it
         # lies on the path of every order.
-        span = start_lean_span(
+        with lean_span(
             self._tracer,
             "risk.check",
-            SpanKind.INTERNAL,
             {
                 "client_order_id": order.client_order_id,
                 "symbol": order.symbol,
@@ -452,8 +448,7 @@ class RiskGuard:
                 "order_type": order.order_type.value,
                 "reduce_only": order.reduce_only,
             },
-        )
-        with activate_span(span), _errors_recorded_on(span):
+        ) as span:
             read = next(self._read_ids)
             self._last_check_ms = now_ms()
             self._checking.set()
@@ -924,16 +919,6 @@ class RiskGuard:
     def _set_state_gauge(self) -> None:
         for state in TradingState:
             metrics.TRADING_STATE.labels(state.value).set(1 if state is self._state else 0)
-
-
-@contextmanager
-def _errors_recorded_on(span: Any) -> Iterator[None]:
-    """Record an exception that escapes the block on `span`, as an SDK span's block does."""
-    try:
-        yield
-    except BaseException as exc:
-        record_error(span, exc)
-        raise
 
 
 def _epoch_ms(moment: datetime) -> int:

@@ -163,3 +163,33 @@ def test_a_traceparent_linked_twice_is_parsed_once() -> None:
     assert dict(first.attributes or {}) == {"messaging.message.id": "1-0"}
     assert second.attributes is None
     assert links_from_traceparent("00-bad") == []
+
+
+def test_a_lean_spans_block_makes_it_current_ends_it_and_records_what_escapes(
+    span_exporter,  # type: ignore[no-untyped-def]
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    from backend.infra.observability import lean_span
+
+    tracer = get_tracer("microservices.execution")
+    with lean_span(tracer, "order.submit", {"symbol": "BTCUSDT"}) as outer:
+        inside = current_traceparent()
+        try:
+            with lean_span(tracer, "order.fill"):
+                raise ValueError("no liquidity")
+        except ValueError:
+            pass
+    assert inside is not None and inside.split("-")[2] == f"{outer.context.span_id:016x}"
+    assert current_traceparent() is None
+    fill, submit = span_exporter.get_finished_spans()
+    assert (submit.name, submit.kind, dict(submit.attributes)) == (
+        "order.submit",
+        SpanKind.INTERNAL,
+        {"symbol": "BTCUSDT"},
+    )
+    assert submit.status.status_code is StatusCode.UNSET
+    assert fill.parent is not None and fill.parent.span_id == submit.context.span_id
+    assert fill.status.status_code is StatusCode.ERROR
+    assert fill.attributes["error.type"] == "ValueError"
+    assert [event.name for event in fill.events] == ["exception"]
