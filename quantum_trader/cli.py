@@ -115,6 +115,15 @@ def _seconds_option(flag: str, variable: str, default: float, text: str) -> Call
     help="Port of the embedded Redis when REDIS_URL is not set (0: a free one).",
 )
 @click.option(
+    "--market-redis/--no-market-redis",
+    default=True,
+    envvar="RUN_MARKET_REDIS",
+    show_default=True,
+    show_envvar=True,
+    help="With the embedded Redis, start a second one without an append-only file for the "
+    "market ticks (MARKET_REDIS_URL), so a tick's delivery waits for no fsync.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=8090,
@@ -142,14 +151,15 @@ def run(
     stop_timeout_s: float,
     traceview: bool,
     redis_port: int,
+    market_redis: bool,
     metrics_port: int,
     hang_timeout_s: float,
 ) -> None:
     """Start the whole system on embedded defaults; Ctrl-C stops it.
 
-    One Redis (or REDIS_URL), the trace viewer (or OTLP_ENDPOINT) and every built service
-    as its own process, each on its port; then one line per booked fill. The first run
-    generates an API token and an approval secret, kept in VAR_DIR/secrets.env.
+    One Redis (or REDIS_URL) and one for market ticks, the trace viewer (or OTLP_ENDPOINT)
+    and every built service as its own process, each on its port; then one line per booked
+    fill. The first run generates an API token and an approval secret, kept in VAR_DIR/secrets.env.
     A service, the viewer or Redis that dies is started again after a back-off; a crash
     loop (more than 5 crashes within 60 s) of a service or Redis stops everything.
     One that is alive but leaves its liveness probe unanswered for the hang timeout is
@@ -165,6 +175,7 @@ def run(
         stop_timeout_s=stop_timeout_s,
         traceview=traceview,
         redis_port=redis_port,
+        market_redis=market_redis,
         metrics_port=metrics_port or None,
         hang_timeout_s=hang_timeout_s,
     )

@@ -1,8 +1,9 @@
 """`quantum-trader run`: every built service as a process on embedded defaults; Ctrl-C stops.
 
-Starts (or uses `REDIS_URL`) one Redis, then each built service of the catalogue in its start
-order as `python -m quantum_trader serve <name>`, on its port; waits until every
-`/health/ready` answers 200; prints where to look and a line per fill booked in
+Starts (or uses `REDIS_URL`) one Redis and, beside the embedded one, a second without an
+append-only file for the market ticks (`MARKET_REDIS_URL`), then each built service of the
+catalogue in its start order as `python -m quantum_trader serve <name>`, on its port; waits
+until every `/health/ready` answers 200; prints where to look and a line per fill booked in
 portfolio-intelligence's ledger. It supervises what it started: a service, the viewer or the
 embedded Redis that dies is started again after a back-off (0.5 s doubling to 10 s), said on
 the console and counted in `launcher_restarts_total{process}` on its own `/metrics` (port
@@ -13,7 +14,8 @@ for `RUN_HANG_TIMEOUT_S`, 30 s; for the embedded Redis, PING) is killed and then
 like a crash (`launcher_hangs_total{process}`). State lives under the var directory (`./var`, or
 `RUN_VAR_DIR`): the services' SQLite files, the embedded Redis's data, the installation's
 secrets (`secrets.env`) and each service's JSON log (`log/<service>.log`). SIGINT or SIGTERM
-stops the services (SIGTERM, then SIGKILL after the stop timeout) and then the embedded Redis.
+stops the services (SIGTERM, then SIGKILL after the stop timeout) and then the embedded Redis
+servers.
 
 Without `OTLP_ENDPOINT`, the embedded collector and trace viewer is started (viewer on 16686,
 OTLP/gRPC on 4317, OTLP/HTTP on 4318, all moved by the port offset) and the services export
@@ -59,6 +61,7 @@ OTLP_HTTP_PORT = 4318
 METRICS_PORT = 8090
 LEDGER = "portfolio-intelligence"
 REDIS = "redis"
+MARKET_REDIS = "redis-market"
 
 # The launcher's own metrics, apart from any service's (it is not a service).
 METRICS = CollectorRegistry(auto_describe=True)
@@ -105,6 +108,10 @@ class LaunchOptions:
     then the telemetry flush's deadline (5 s); a child is killed only past both."""
     traceview: bool = True
     redis_port: int = 0
+    market_redis: bool = True
+    """With the embedded Redis, a second one without an append-only file for the market data
+    (`MARKET_REDIS_URL`): a tick's delivery then waits for no fsync. Ignored when `REDIS_URL`
+    or `MARKET_REDIS_URL` is set."""
     metrics_port: int | None = METRICS_PORT
     """The launcher's `/metrics` port before the offset; None: not served."""
     restart: RestartPolicy = field(default_factory=lambda: RestartPolicy())
@@ -153,6 +160,22 @@ class Restarts:
         )
         self.due_at = now + delay
         return delay
+
+
+@dataclass
+class SupervisedRedis:
+    """An embedded Redis the launcher started and watches."""
+
+    label: str
+    """Its name on the console and in the launcher's metrics (`process` label)."""
+    server: EmbeddedRedis
+    restarts: Restarts
+    live_at: float = field(default_factory=time.monotonic)
+    """When it last answered PING (monotonic)."""
+
+    @property
+    def title(self) -> str:
+        return "the market-data Redis" if self.label == MARKET_REDIS else "the embedded Redis"
 
 
 @dataclass
@@ -289,14 +312,14 @@ class Launcher:
         self.http = httpx.Client(timeout=2.0)
         self.redis: EmbeddedRedis | None = None
         self.redis_url = ""
+        self.market_redis_url = ""
+        self.redises: list[SupervisedRedis] = []
+        """The embedded Redis servers started here (the bus's, then the market data's)."""
         self.started_at = datetime.now(UTC)
         self._fills_seen: set[str] = set()
         self._fills_problem: str | None = None
         for child in self.processes:
             child.restarts = Restarts(options.restart)
-        self.redis_restarts = Restarts(options.restart)
-        self.redis_live_at = time.monotonic()
-        """When the embedded Redis last answered PING (monotonic)."""
         self.metrics_port = None if options.metrics_port is None else options.metrics_port + offset
         self._metrics_server: Any = None
 
@@ -312,16 +335,28 @@ class Launcher:
         return self.secrets
 
     def start_redis(self) -> None:
+        """`REDIS_URL`, or the embedded Redis started; with it, unless `MARKET_REDIS_URL` is set
+        or the option is off, the market-data Redis (no append-only file) started too."""
         url = self.environ.get("REDIS_URL", "").strip()
+        self.market_redis_url = self.environ.get("MARKET_REDIS_URL", "").strip()
         if url:
             self.redis_url = url
             return
         self.redis = EmbeddedRedis(self.var_dir / "redis", port=self.options.redis_port)
+        self.redis_url = self._start_embedded(REDIS, self.redis)
+        if not self.market_redis_url and self.options.market_redis:
+            market = EmbeddedRedis(self.var_dir / "redis-market", appendonly=False)
+            self.market_redis_url = self._start_embedded(MARKET_REDIS, market)
+
+    def _start_embedded(self, label: str, server: EmbeddedRedis) -> str:
+        unit = SupervisedRedis(label, server, Restarts(self.options.restart))
         try:
-            self.redis_url = self.redis.start()
+            url = server.start()
         except EmbeddedRedisError as exc:
-            raise LaunchError(f"the embedded Redis did not start: {exc}") from exc
-        UP.labels(REDIS).set(1)
+            raise LaunchError(f"{unit.title} did not start: {exc}") from exc
+        self.redises.append(unit)
+        UP.labels(label).set(1)
+        return url
 
     def child_env(self, child: Child) -> dict[str, str]:
         env = dict(self.environ)
@@ -331,6 +366,8 @@ class Launcher:
             PYTHONUNBUFFERED="1",
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         )
+        if self.market_redis_url:
+            env["MARKET_REDIS_URL"] = self.market_redis_url
         for other in self.children:
             if other.spec is not None:
                 env[other.spec.url_variable] = other.url
@@ -448,6 +485,7 @@ class Launcher:
             f"  databases:     {self._databases()}",
             f"  redis:         {redact_url(self.redis_url)}"
             + (f" (embedded, pid {self.redis.pid})" if self.redis else ""),
+            *self._market_redis_line(),
             "  traces:        "
             + (
                 f"{self.traceview.url}  (embedded viewer: search a client order id or symbol; "
@@ -460,6 +498,15 @@ class Launcher:
             "",
         ]
         _say("\n".join(lines))
+
+    def _market_redis_line(self) -> list[str]:
+        if not self.market_redis_url:
+            return []
+        unit = next((u for u in self.redises if u.label == MARKET_REDIS), None)
+        where = (
+            f" (embedded, ticks only, no append-only file, pid {unit.server.pid})" if unit else ""
+        )
+        return [f"  market data:   {redact_url(self.market_redis_url)}{where}"]
 
     def _databases(self) -> str:
         if self.environ.get("DATABASE_URL", "").strip():
@@ -474,7 +521,8 @@ class Launcher:
     def watch(self) -> int:
         """Supervise and print each new fill until a signal arrives or a crash loop."""
         next_fills = 0.0
-        self.redis_live_at = time.monotonic()
+        for unit in self.redises:
+            unit.live_at = time.monotonic()
         while not self.stopping.wait(0.2):
             code = self.supervise(time.monotonic())
             if code is not None:
@@ -487,8 +535,9 @@ class Launcher:
 
     def supervise(self, now: float) -> int | None:
         """One round: restart what died and is due; None, or the exit status on a crash loop."""
-        if self.redis is not None and not self._supervise_redis(now):
-            return 1
+        for unit in self.redises:
+            if not self._supervise_redis(unit, now):
+                return 1
         for child in self.processes:
             restarts = child.restarts
             assert restarts is not None
@@ -545,29 +594,30 @@ class Launcher:
             )
         return None
 
-    def _supervise_redis(self, now: float) -> bool:
-        """Start the embedded Redis again (same port, same data) if it died; False: give up."""
-        redis, restarts = self.redis, self.redis_restarts
-        assert redis is not None
-        if redis.running and self._redis_hung(now):
+    def _supervise_redis(self, unit: SupervisedRedis, now: float) -> bool:
+        """Start an embedded Redis again (same port, same data) if it died; False: give up."""
+        redis, restarts, label = unit.server, unit.restarts, unit.label
+        if redis.running and self._redis_hung(unit, now):
             redis.kill()
         if redis.running or restarts.gave_up or self.stopping.is_set():
             return not restarts.gave_up
         if restarts.due_at is None:
-            UP.labels(REDIS).set(0)
-            CRASHES.labels(REDIS).inc()
+            UP.labels(label).set(0)
+            CRASHES.labels(label).inc()
             delay = restarts.crashed(now)
             if delay is None:
-                GAVE_UP.labels(REDIS).set(1)
+                GAVE_UP.labels(label).set(1)
                 _say(
-                    f"\nthe embedded Redis is in a crash loop ({restarts.policy.max_crashes + 1} "
+                    f"\n{unit.title} is in a crash loop ({restarts.policy.max_crashes + 1} "
                     f"crashes within {restarts.policy.window_s:g} s): giving up and stopping "
                     f"everything. Its log: {redis.data_dir / 'redis.log'}"
                 )
                 return False
             _say(
-                f"\n  crash   the embedded Redis died; restarting it in {delay:g} s on port "
-                f"{redis.port} with its data (every service answers 503 meanwhile)"
+                f"\n  crash   {unit.title} died; restarting it in {delay:g} s on port "
+                f"{redis.port}"
+                + (" with its data" if redis.appendonly else "")
+                + " (every service answers 503 meanwhile)"
             )
             return True
         if now < restarts.due_at:
@@ -576,27 +626,27 @@ class Launcher:
         try:
             redis.start()
         except EmbeddedRedisError as exc:
-            _say(f"  restart redis: did not start: {exc}")
-            return self._supervise_redis(time.monotonic())
-        self.redis_live_at = time.monotonic()
-        RESTARTS.labels(REDIS).inc()
-        UP.labels(REDIS).set(1)
+            _say(f"  restart {label}: did not start: {exc}")
+            return self._supervise_redis(unit, time.monotonic())
+        unit.live_at = time.monotonic()
+        RESTARTS.labels(label).inc()
+        UP.labels(label).set(1)
         _say(
-            f"  restart redis: started again (pid {redis.pid}) "
+            f"  restart {label}: started again (pid {redis.pid}) "
             f"{time.monotonic() - restarts.since:.1f} s after it died"
         )
         return True
 
-    def _redis_hung(self, now: float) -> bool:
-        """True (and said, and counted) once the embedded Redis has left PING unanswered for
+    def _redis_hung(self, unit: SupervisedRedis, now: float) -> bool:
+        """True (and said, and counted) once an embedded Redis has left PING unanswered for
         the hang timeout; the caller kills it and the crash path starts it again."""
         limit = self.options.hang_timeout_s
-        silent = now - self.redis_live_at
+        silent = now - unit.live_at
         if limit <= 0 or silent <= limit:
             return False
-        HANGS.labels(REDIS).inc()
+        HANGS.labels(unit.label).inc()
         _say(
-            f"\n  hung    the embedded Redis (pid {self.redis.pid if self.redis else '?'}) has "
+            f"\n  hung    {unit.title} (pid {unit.server.pid or '?'}) has "
             f"not answered PING for {silent:.0f} s: killed, to be started again"
         )
         return True
@@ -631,9 +681,9 @@ class Launcher:
         interval = self.options.probe_interval_s
         with httpx.Client(timeout=interval, headers=self.http.headers) as client:
             while not self.stopping.wait(interval):
-                redis = self.redis
-                if redis is not None and redis.answers(timeout_s=min(interval, 2.0)):
-                    self.redis_live_at = time.monotonic()
+                for unit in self.redises:
+                    if unit.server.answers(timeout_s=min(interval, 2.0)):
+                        unit.live_at = time.monotonic()
                 for child in self.processes:
                     if self.stopping.is_set():
                         return
@@ -689,8 +739,8 @@ class Launcher:
             if self.traceview.alive() and self.traceview.process is not None:
                 self.traceview.process.send_signal(signal.SIGTERM)
             self._reap(self.traceview, time.monotonic() + 5)
-        if self.redis is not None:
-            self.redis.stop()
+        for unit in reversed(self.redises):
+            unit.server.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

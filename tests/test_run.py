@@ -223,7 +223,12 @@ def test_make_run_trades_and_ctrl_c_stops_every_process(
     process, output, cwd = launcher
     output.wait_for(r"Quantum Trader is running", 75)
     pids = [int(m) for m in re.findall(r" pid (\d+)", "\n".join(output.lines))]
-    assert len(pids) == len(NAMES) + 2, "every built service, the trace viewer and the Redis"
+    assert len(pids) == len(NAMES) + 3, (
+        "every built service, the trace viewer, the Redis and the market-data Redis"
+    )
+    assert re.search(
+        r"market data:\s+redis://127\.0\.0\.1:\d+/0 \(embedded", "\n".join(output.lines)
+    )
     assert all(alive(pid) for pid in pids)
     fill = output.wait_for(r"^\s+fill\s+(BUY|SELL) .* order (\S+)$", 45)
     assert (cwd / "state" / "log" / "trading-bot.log").stat().st_size > 0
@@ -252,7 +257,7 @@ def test_a_launcher_killed_outright_leaves_no_process_behind_once_the_fixture_cl
 ) -> None:
     process = start(tmp_path, RUN_VAR_DIR="state")  # as the `launcher` fixture starts it
     try:
-        everyone = len(NAMES) + 2  # the services, the trace viewer and the embedded Redis
+        everyone = len(NAMES) + 3  # the services, the trace viewer and both embedded Redis
         children = poll(
             lambda: (found := tree_of(process)) and len(found) >= everyone and found,
             60,

@@ -47,6 +47,10 @@ class TradingEvent(BaseModel):
     mark); None: `EVENTBUS_DEDUP_TTL_S` (7 days), long enough to cover any outage an outbox
     can replay across."""
 
+    market_data: ClassVar[bool] = False
+    """Market data rather than a record: carried by the market-data Redis when one is
+    configured (`MARKET_REDIS_URL`, see docs/EVENTBUS.md)."""
+
 
 class MarketTick(TradingEvent):
     """Top of book for one symbol at one instant."""
@@ -58,6 +62,10 @@ class MarketTick(TradingEvent):
     # minutes covers both with room for consumer lag, and bounds the marks to
     # rate x 300 s instead of rate x 7 days.
     dedup_ttl_s: ClassVar[int | None] = 300
+    # Superseded by the next quote within a second and never the source of an accounting
+    # record (a fill's price is the venue's), so a tick may live where an fsync per write is
+    # not paid: the market-data Redis, when one is configured (MARKET_REDIS_URL).
+    market_data: ClassVar[bool] = True
 
     symbol: str
     bid: Decimal

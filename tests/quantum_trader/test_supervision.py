@@ -170,3 +170,61 @@ def test_the_embedded_redis_killed_is_started_again_with_its_data(
     finally:
         client.close()
     assert "the embedded Redis died; restarting it in 0.05 s" in capsys.readouterr().out
+
+
+def test_the_market_data_redis_is_started_without_a_file_handed_to_the_services_and_restarted(
+    make_launcher: Callable[..., Launcher], capsys: pytest.CaptureFixture[str]
+) -> None:
+    launcher = make_launcher()
+    launcher.start_redis()
+    market = next(u.server for u in launcher.redises if u.label == "redis-market")
+    assert launcher.market_redis_url == market.url != launcher.redis_url
+    service = stand_in(launcher.var_dir, "execution")
+    assert launcher.child_env(service)["MARKET_REDIS_URL"] == market.url
+    client = redis.Redis.from_url(launcher.market_redis_url, socket_connect_timeout=1)
+    try:
+        assert client.config_get("appendonly") == {"appendonly": "no"}
+        client.set("gone", "after a restart")
+        port, first = market.port, market.pid
+        assert first is not None
+        before = metric("launcher_restarts_total", "redis-market")
+        os.kill(first, signal.SIGKILL)
+        thread, codes = watch_in_thread(launcher)
+        poll(lambda: metric("launcher_restarts_total", "redis-market") == before + 1, 10, "restart")
+        # Same port, so the services' URL still holds; nothing kept, as intended for ticks.
+        assert market.port == port and market.pid != first
+        assert client.get("gone") is None
+        launcher.stopping.set()
+        thread.join(5)
+        assert codes == [0]
+    finally:
+        client.close()
+    out = capsys.readouterr().out
+    assert "the market-data Redis died; restarting it in 0.05 s on port" in out
+    assert "with its data" not in out.split("market-data Redis died", 1)[1].splitlines()[0]
+    launcher.stop()
+    assert market.pid is None and launcher.redis is not None and launcher.redis.pid is None
+
+
+def test_no_market_data_redis_when_turned_off_or_when_redis_url_is_given(tmp_path: Path) -> None:
+    off = Launcher(
+        LaunchOptions(
+            var_dir=tmp_path / "off", traceview=False, metrics_port=None, market_redis=False
+        ),
+        environ={},
+    )
+    given = Launcher(
+        LaunchOptions(var_dir=tmp_path / "given", traceview=False, metrics_port=None),
+        environ={"MARKET_REDIS_URL": "redis://ticks.internal:6379/0"},
+    )
+    try:
+        off.start_redis()
+        given.start_redis()
+        assert [u.label for u in off.redises] == ["redis"] and off.market_redis_url == ""
+        assert "MARKET_REDIS_URL" not in off.child_env(stand_in(tmp_path, "execution"))
+        assert [u.label for u in given.redises] == ["redis"]
+        env = given.child_env(stand_in(tmp_path, "execution"))
+        assert env["MARKET_REDIS_URL"] == "redis://ticks.internal:6379/0"
+    finally:
+        off.stop()
+        given.stop()

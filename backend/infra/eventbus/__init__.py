@@ -33,7 +33,13 @@ from ._errors import (
 from ._idempotency import Idempotency
 from ._introspection import GroupBacklog, GroupMonitor
 from ._publisher import MESSAGING_SYSTEM, EventPublisher, Receipt
-from ._redis import create_redis_client, describe_redis, redis_readiness_check
+from ._redis import (
+    MARKET_REDIS_VARIABLE,
+    create_redis_client,
+    describe_redis,
+    redis_readiness_check,
+    resolve_market_redis_url,
+)
 from ._settings import EventBusSettings
 from .catalogue import (
     DEFAULT_CATALOGUE,
@@ -46,6 +52,7 @@ from .catalogue import (
 
 __all__ = [
     "DEFAULT_CATALOGUE",
+    "MARKET_REDIS_VARIABLE",
     "MESSAGING_SYSTEM",
     "BatchEntry",
     "BatchHandler",
@@ -76,6 +83,7 @@ __all__ = [
     "describe_redis",
     "new_event_id",
     "redis_readiness_check",
+    "resolve_market_redis_url",
     "resolve_redis_url",
     "use_catalogue",
     "valid_traceparent",

@@ -71,6 +71,8 @@ class EmbeddedRedis:
     fsyncs the append-only file before it replies, so an event whose publish returned
     survives even a crash (SIGKILL) of the server. `everysec` is faster and can lose the
     last second of writes if the server (not only the client) dies. RDB snapshots are off.
+    With `appendonly=False` it keeps nothing on disk at all (the market-data Redis: what it
+    holds is gone when it restarts).
     """
 
     def __init__(
@@ -80,12 +82,14 @@ class EmbeddedRedis:
         port: int = 0,
         host: str = "127.0.0.1",
         appendfsync: Literal["always", "everysec", "no"] = "always",
+        appendonly: bool = True,
         executable: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.appendfsync = appendfsync
+        self.appendonly = appendonly
         self._executable = executable
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -126,7 +130,7 @@ class EmbeddedRedis:
                     url=self.url,
                     pid=self.pid,
                     data_dir=str(self.data_dir),
-                    appendfsync=self.appendfsync,
+                    appendfsync=self.appendfsync if self.appendonly else "no append-only file",
                 )
                 return self.url
             if not choose_port:
@@ -145,7 +149,7 @@ class EmbeddedRedis:
             "--dir",
             str(self.data_dir.resolve()),
             "--appendonly",
-            "yes",
+            "yes" if self.appendonly else "no",
             "--appendfsync",
             self.appendfsync,
             "--appendfilename",

@@ -56,6 +56,10 @@ class EventPublisher:
     publish retries with back-off for `reconnect_timeout_s`, then raises `EventBusUnavailable`.
     A retry after a connection lost mid-reply can store an event twice; both copies carry the
     same event id, which the consumers' idempotency check drops.
+
+    With `market_client`, market data (the catalogue's `market_data` types) is published
+    there instead, with the durability of that server (the market-data Redis keeps no
+    append-only file: a tick does not survive its restart, which a tick need not).
     """
 
     def __init__(
@@ -65,8 +69,10 @@ class EventPublisher:
         settings: EventBusSettings | None = None,
         *,
         catalogue: Catalogue | None = None,
+        market_client: Redis | None = None,
     ) -> None:
         self._client = client
+        self._market_client = market_client
         self._source = source
         self._settings = settings or EventBusSettings.from_env()
         self._catalogue = catalogue if catalogue is not None else default_catalogue()
@@ -171,20 +177,25 @@ class EventPublisher:
         max_len = self._settings.max_len
 
         # One command per stream and chunk: a script runs the XADDs (each with its approximate
-        # MAXLEN) and returns their ids, instead of one command and one reply per event.
-        by_key: dict[str, list[int]] = {}
+        # MAXLEN) and returns their ids, instead of one command and one reply per event. Market
+        # data goes to the market-data Redis when there is one: one pipeline per server.
+        market = self._market_client
+        by_server: dict[bool, dict[str, list[int]]] = {}
         for index, (route, _event_id, _payload, _span) in enumerate(prepared):
-            by_key.setdefault(route.key, []).append(index)
+            to_market = market is not None and route.spec.market_data
+            by_server.setdefault(to_market, {}).setdefault(route.key, []).append(index)
 
         async def send() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for key, indexes in by_key.items():
-                pipe.eval(_XADD_SCRIPT, 1, key, max_len, *(prepared[i][2] for i in indexes))
-            replies = await pipe.execute()
             ids: list[Any] = [None] * len(prepared)
-            for indexes, reply in zip(by_key.values(), replies, strict=True):
-                for index, entry_id in zip(indexes, reply, strict=True):
-                    ids[index] = entry_id
+            for to_market, by_key in by_server.items():
+                client = market if to_market and market is not None else self._client
+                pipe = client.pipeline(transaction=False)
+                for key, indexes in by_key.items():
+                    pipe.eval(_XADD_SCRIPT, 1, key, max_len, *(prepared[i][2] for i in indexes))
+                replies = await pipe.execute()
+                for indexes, reply in zip(by_key.values(), replies, strict=True):
+                    for index, entry_id in zip(indexes, reply, strict=True):
+                        ids[index] = entry_id
             return ids
 
         try:

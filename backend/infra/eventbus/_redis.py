@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar, cast
 
 import redis.exceptions as redis_errors
@@ -116,6 +117,23 @@ async def call_with_reconnect(
             await asyncio.sleep(delay)
         except redis_errors.RedisError as exc:
             raise translate_error(exc, what) from exc
+
+
+MARKET_REDIS_VARIABLE = "MARKET_REDIS_URL"
+
+
+def resolve_market_redis_url(env: Mapping[str, str] | None = None) -> str | None:
+    """`MARKET_REDIS_URL` when set: the Redis that carries market data (the catalogue's
+    `market_data` types, the ticks); None: they share the bus's Redis.
+
+    Ticks are most of the bus's writes, and each write on a Redis with `appendfsync always`
+    waits for an fsync (with its consumers' reads and acknowledgements, which are writes
+    too). A tick is superseded by the next quote and never replayed, so it can live on a
+    server without an append-only file, where delivering one costs no disk write at all.
+    """
+    env = os.environ if env is None else env
+    url = (env.get(MARKET_REDIS_VARIABLE) or "").strip()
+    return url or None
 
 
 def describe_redis(url: str) -> str:

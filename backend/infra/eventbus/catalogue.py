@@ -38,6 +38,10 @@ class EventSpec:
     dedup_ttl_s: int | None = None
     """How long a consumer group remembers this type's processed event ids; None: the bus's
     `EVENTBUS_DEDUP_TTL_S`. A model declares it as a class attribute `dedup_ttl_s`."""
+    market_data: bool = False
+    """Market data (ticks): carried by the market-data Redis when `MARKET_REDIS_URL` names one,
+    a server that keeps no append-only file (see docs/EVENTBUS.md). A model declares it as a
+    class attribute `market_data`."""
 
     def __post_init__(self) -> None:
         if self.dedup_ttl_s is not None and self.dedup_ttl_s <= 0:
@@ -90,7 +94,8 @@ class Catalogue:
     def of(cls, types: Mapping[str, DataModel]) -> Catalogue:
         """A catalogue of `types` (event type -> data model), each type on a stream of its own
         name, at the model's `schema_version` (1 if it declares none), its processed marks kept
-        for the model's `dedup_ttl_s` (the bus's default if it declares none)."""
+        for the model's `dedup_ttl_s` (the bus's default if it declares none), market data if the
+        model says `market_data = True`."""
         return cls(
             [
                 EventSpec(
@@ -99,6 +104,7 @@ class Catalogue:
                     model,
                     int(getattr(model, "schema_version", 1)),
                     getattr(model, "dedup_ttl_s", None),
+                    bool(getattr(model, "market_data", False)),
                 )
                 for name, model in types.items()
             ]

@@ -75,7 +75,11 @@ class Resources:
         """Sends the service's bearer token to sibling services (never to other hosts)."""
         self.consumer: EventConsumer | None = None
         """The service's consumer group, once started (None before, or without handlers)."""
+        self.market_consumer: EventConsumer | None = None
+        """Its consumer group on the market-data Redis, for the market data it handles (None
+        without `MARKET_REDIS_URL`: `consumer` reads those streams too)."""
         self._redis: Redis | None = None
+        self._market_redis: Redis | None = None
         self._publisher: EventPublisher | None = None
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
@@ -160,7 +164,7 @@ class Service:
         self._database = database
         self._eventbus = eventbus
         self._consume_from = consume_from
-        self._subscriptions: list[Callable[[EventConsumer], None]] = []
+        self._subscriptions: list[tuple[type[EventData], Callable[[EventConsumer], None]]] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._background: list[tuple[str, Hook]] = []
@@ -209,7 +213,7 @@ class Service:
         # Kept as a closure so the pairing of model and handler stays checked: the consumer
         # does not exist until start-up.
         self._subscriptions.append(
-            lambda consumer: consumer.subscribe(model, handler, deduplicate=deduplicate)
+            (model, lambda consumer: consumer.subscribe(model, handler, deduplicate=deduplicate))
         )
 
     def subscribe_batch(
@@ -220,7 +224,9 @@ class Service:
         """Handle events of `model`'s type a read at a time (`EventConsumer.subscribe_batch`)."""
         if not self._eventbus:
             raise RuntimeError(f"{self.name} was built without the event bus")
-        self._subscriptions.append(lambda consumer: consumer.subscribe_batch(model, handler))
+        self._subscriptions.append(
+            (model, lambda consumer: consumer.subscribe_batch(model, handler))
+        )
 
     def provide(self, obj: T, as_type: type[T] | None = None) -> T:
         """Register the service's core object for its routes, which declare it with
@@ -270,14 +276,22 @@ class Service:
                 create_redis_client,
                 describe_redis,
                 redis_readiness_check,
+                resolve_market_redis_url,
                 resolve_redis_url,
             )
 
             redis_url = resolve_redis_url()
             redis_target = describe_redis(redis_url)
             r._redis = create_redis_client(redis_url)
-            r._publisher = EventPublisher(r._redis, source=self.name)
             add_readiness_check(app, redis_readiness_check(r._redis, target=redis_url))
+            market_url = resolve_market_redis_url()
+            if market_url is not None:
+                r._market_redis = create_redis_client(market_url)
+                add_readiness_check(
+                    app,
+                    redis_readiness_check(r._market_redis, "redis-market", target=market_url),
+                )
+            r._publisher = EventPublisher(r._redis, source=self.name, market_client=r._market_redis)
         if self._database:
             from backend.infra.db import (
                 create_engine,
@@ -330,23 +344,41 @@ class Service:
                     min(10.0, 0.5 * 2 ** min(attempt, 5)) * random.uniform(0.8, 1.2)
                 )
         if self._subscriptions:
-            from backend.infra.eventbus import EventConsumer, Idempotency
-
-            consumer = EventConsumer(
-                r.redis,
-                group=self.name,
-                idempotency=Idempotency(r.redis, scope=self.name),
-                start_from=self._consume_from,
-            )
-            for subscribe in self._subscriptions:
-                subscribe(consumer)
-            r.consumer = consumer
-            await consumer.start()
+            await self._start_consumers()
         for name, loop in self._background:
             self._supervisor.start(name, _bind(loop, r))
         self._startup_error = None
         self._started.set()
         self.logger.info("service started", kind=self.kind)
+
+    async def _start_consumers(self) -> None:
+        """The service's consumer group; with a market-data Redis, a second one there for the
+        market data it handles (its idempotency marks there too: nothing of a tick's delivery
+        waits for the bus's fsync)."""
+        from backend.infra.eventbus import EventConsumer, Idempotency, default_catalogue
+
+        r = self.resources
+        market = r._market_redis
+        catalogue = default_catalogue()
+        by_server: dict[bool, list[Callable[[EventConsumer], None]]] = {}
+        for model, subscribe in self._subscriptions:
+            on_market = market is not None and catalogue.spec_for_model(model).market_data
+            by_server.setdefault(on_market, []).append(subscribe)
+        for on_market, subscriptions in sorted(by_server.items()):
+            client = market if on_market and market is not None else r.redis
+            consumer = EventConsumer(
+                client,
+                group=self.name,
+                idempotency=Idempotency(client, scope=self.name),
+                start_from=self._consume_from,
+            )
+            for subscribe in subscriptions:
+                subscribe(consumer)
+            if on_market:
+                r.market_consumer = consumer
+            else:
+                r.consumer = consumer
+            await consumer.start()
 
     def _refuse(self, reason: str) -> None:
         """Stay unready for good, saying why; a served process stops (`run` exits non-zero)."""
@@ -360,8 +392,9 @@ class Service:
         r = self.resources
         timeout = self.settings.shutdown_timeout_s
         self.logger.info("service stopping")
-        if r.consumer is not None:
-            await r.consumer.stop(timeout_s=timeout)
+        for consumer in (r.market_consumer, r.consumer):
+            if consumer is not None:
+                await consumer.stop(timeout_s=timeout)
         await self._supervisor.stop(timeout)
         for hook in reversed(self._shutdown):
             try:
@@ -370,8 +403,9 @@ class Service:
                 self.logger.exception("shutdown hook failed", hook=getattr(hook, "__name__", "?"))
         if r.http is not None:
             await r.http.aclose()
-        if r._redis is not None:
-            await r._redis.aclose()
+        for client in (r._market_redis, r._redis):
+            if client is not None:
+                await client.aclose()
         if r._engine is not None:
             await r._engine.dispose()
         self.logger.info("service stopped")
