@@ -14,13 +14,19 @@ The baseline, taken in the same run against the same processes, is the bare HTTP
 (GET /health/live on execution at the same concurrency): the floor an order cannot go below.
 The load client alone is measured too, against a bare server that answers at once.
 
+With `--open-rate R`, orders are then offered at R per second for `--seconds` whatever the
+answers (open loop, at most `--in-flight` at once), each timed from when it was due: the
+latency at that rate.
+
 With `--lone-seconds S` (default 5) orders are then sent one at a time for S seconds, the
 shape of the tick path (nothing to batch with): execution's POST /orders time and CPU per
 order, and accepted = persisted = booked for them too.
 
 With `--trace-seconds S` the bot is then started again for S seconds, and the exported traces
 give the tick-to-acknowledgement time (the tick's publication to the end of execution's
-POST /orders) with a per-stage breakdown.
+POST /orders) with a per-stage breakdown. The platform starts as `make run` does, ticks on the
+market-data Redis; `RUN_MARKET_REDIS=0` in the environment runs it with ticks on the bus's
+Redis, for a comparison.
 
     python -m bench.order_path                          # SQLite, 64 in flight, 20 s
     python -m bench.order_path --database postgres      # a private PostgreSQL database
@@ -72,7 +78,7 @@ BASELINE_PATH = "/health/live"
 """The lightest route every service has: the whole middleware stack, no work behind it."""
 ORDER_PATH = ("execution", "risk-safety", "portfolio-intelligence")
 """The services every order passes (their CPU per order comes first)."""
-PLATFORM_EXTRAS = ("traceview", "redis", "launcher")
+PLATFORM_EXTRAS = ("traceview", "redis", "redis-market", "launcher")
 """The platform's processes besides the services."""
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -245,12 +251,32 @@ class Part:
     quantity: str
     price: str
     prefix: str
+    rate: float = 0.0
+    """Orders per second offered (open loop), 0: each worker sends its next order as soon as
+    the last one is answered (closed loop)."""
 
 
 async def _drive_part(part: Part) -> Load:
     load = Load()
     counter = iter(range(10**9))
-    stop_at = time.perf_counter() + part.seconds
+    began = time.perf_counter()
+    stop_at = began + part.seconds
+    slots = iter(range(10**9))
+    interval = 1.0 / part.rate if part.rate else 0.0
+
+    async def due() -> float | None:
+        """When the next order is due (None: the run is over); waits for it if open loop."""
+        if not interval:
+            now = time.perf_counter()
+            return now if now < stop_at else None
+        at = began + next(slots) * interval
+        if at >= stop_at:
+            return None
+        if (delay := at - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        # Timed from when it was due, not from when a worker got to it: an order that waited
+        # for a free worker counts its wait (no coordinated omission).
+        return at
 
     async def worker() -> None:
         risk = Connection(part.risk_url, part.headers)
@@ -259,7 +285,7 @@ async def _drive_part(part: Part) -> Load:
         # the rate, so no exposure limit ends the run.
         side = "SELL"
         try:
-            while time.perf_counter() < stop_at:
+            while (t0 := await due()) is not None:
                 cid = f"{part.prefix}-{next(counter)}"
                 side = "BUY" if side == "SELL" else "SELL"
                 order = {
@@ -269,7 +295,6 @@ async def _drive_part(part: Part) -> Load:
                     "quantity": part.quantity,
                     "reduce_only": side == "SELL",
                 }
-                t0 = time.perf_counter()
                 try:
                     code, body = await risk.request(
                         "POST", "/check", {**order, "price": part.price}
@@ -323,9 +348,16 @@ def _shares(in_flight: int, clients: int) -> list[int]:
 
 
 def drive(
-    s: Stack, seconds: float, in_flight: int, quantity: str, prefix: str, clients: int
+    s: Stack,
+    seconds: float,
+    in_flight: int,
+    quantity: str,
+    prefix: str,
+    clients: int,
+    rate: float = 0.0,
 ) -> Load:
-    """`in_flight` closed-loop workers spread over `clients` processes; what they all saw."""
+    """`in_flight` workers spread over `clients` processes, closed loop or (with `rate`)
+    open loop at `rate` orders/s offered in all; what they all saw."""
     with httpx.Client(timeout=10, headers=s.headers) as client:
         quotes = client.get(s.url("execution") + "/quotes").json()
     price = str(next(q["ask"] for q in quotes if q["symbol"] == SYMBOL))
@@ -339,6 +371,7 @@ def drive(
             quantity,
             price,
             f"{prefix}-{i}" if clients > 1 else prefix,
+            rate * share / in_flight,
         )
         for i, share in enumerate(_shares(in_flight, clients))
     ]
@@ -452,7 +485,8 @@ def service_pids(launcher: int) -> dict[str, int]:
 
 def platform_pids(launcher: int) -> dict[str, int]:
     """Every process of `quantum-trader run` (pid `launcher`), by name: its services, the trace
-    viewer (the collector of every span), the embedded Redis and the launcher itself."""
+    viewer (the collector of every span), the embedded Redis (and the market-data one) and the
+    launcher itself."""
     found: dict[str, int] = {"launcher": launcher}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -470,7 +504,9 @@ def platform_pids(launcher: int) -> dict[str, int]:
         elif b"traceview" in args:
             found["traceview"] = int(entry.name)
         elif args[0].split(b" ")[0].endswith(b"redis-server"):  # it retitles itself
-            found["redis"] = int(entry.name)
+            # The market-data Redis works in its own directory (Redis moves to its --dir).
+            market = os.readlink(entry / "cwd").endswith("redis-market")
+            found["redis-market" if market else "redis"] = int(entry.name)
     return found
 
 
@@ -836,7 +872,8 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         rate = len(load.accepted) / load.seconds
         print(
             f"-- {database}, {args.in_flight} in flight, {args.seconds:.0f} s, "
-            f"{args.clients} client processes, load average {os.getloadavg()[0]:.2f} --"
+            f"{args.clients} client processes, load average {os.getloadavg()[0]:.2f}, "
+            f"ticks on {'their own Redis' if 'redis-market' in pids else 'the bus Redis'} --"
         )
         print(
             f"client floor: GET on a bare server:       {client_rps:8.1f} req/s  "
@@ -879,6 +916,8 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         answer = "yes" if follows else "NO"
         print(f"position-monitor holds the portfolio's {SYMBOL}: {answer} {json.dumps(held)}")
         ok = follows and ok
+        if args.open_rate:
+            ok = open_loop(s, url, args) and ok
         if args.lone_seconds:
             ok = lone_orders(s, url, pids, args) and ok
         if args.trace_seconds:
@@ -904,6 +943,31 @@ def _cpu_per_order(cpu_used: dict[str, float], load: Load) -> str:
     )
     total = 1000 * sum(cpu_used.values()) / orders
     return f"{path}\n    rest of the platform: {others}\n    whole platform: {total:.2f} ms"
+
+
+def open_loop(s: Stack, url: str | None, args: argparse.Namespace) -> bool:
+    """Orders offered at a fixed rate whatever the answers (at most `--in-flight` at once),
+    each timed from when it was due: the latency at that rate, which a closed loop cannot
+    show (there, 64 in flight at N orders/s means 64/N s each by Little's law)."""
+    prefix = f"open{uuid.uuid4().hex[:8]}"
+    load = drive(
+        s, args.seconds, args.in_flight, args.quantity, prefix, args.clients, args.open_rate
+    )
+    print(
+        f"open loop, {args.open_rate:.0f} orders/s offered, at most {args.in_flight} in flight: "
+        f"{len(load.accepted) / load.seconds:.1f} /s done  p50 {pct(load.order_ms, 0.5):6.1f} ms  "
+        f"p99 {pct(load.order_ms, 0.99):6.1f} ms  (from when each was due)"
+    )
+    if load.denied or load.errors:
+        print(f"  denied {dict(load.denied)}  errors {dict(load.errors)}")
+    counts = reconcile(s, url, load, prefix)
+    ok = (
+        counts["accepted"] == counts["persisted"] == counts["booked"]
+        and counts["persisted_not_accepted"] == 0
+        and counts["booked_twice"] == counts["filled_twice"] == 0
+    )
+    print(f"  accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
+    return ok
 
 
 def lone_orders(s: Stack, url: str | None, pids: dict[str, int], args: argparse.Namespace) -> bool:
@@ -964,6 +1028,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--clients", type=int, default=2, help="load-generating processes sharing --in-flight"
+    )
+    parser.add_argument(
+        "--open-rate",
+        type=float,
+        default=0.0,
+        help="then orders offered at this rate (open loop, at most --in-flight at once) for "
+        "--seconds (0: skip)",
     )
     parser.add_argument("--port-offset", type=int, default=_default_offset())
     args = parser.parse_args(argv)

@@ -6,11 +6,12 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench.order_path import Connection, _shares, bare_server, ping
+from bench.order_path import Connection, Part, _run_part, _shares, bare_server, ping
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -65,3 +66,39 @@ def test_the_client_floor_is_measured_against_a_bare_server_from_several_process
     with bare_server() as url:
         rate, p50, p99 = ping(url, 1.0, 4, 2)
     assert rate > 0 and 0 < p50 <= p99
+
+
+class Venue(BaseHTTPRequestHandler):
+    """Approves every check and accepts every order, at once."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        verdict = {"approved": True, "approval": {"token": "t"}}
+        answer = json.dumps(verdict if self.path == "/check" else {"status": "FILLED"}).encode()
+        self.send_response(200 if self.path == "/check" else 201)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_an_open_loop_offers_its_rate_whatever_the_answers_and_a_closed_loop_does_not() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Venue)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        part = Part(url, url, {}, 1.0, 4, "1", "100", "p")
+        closed = _run_part(part)
+        opened = _run_part(replace(part, rate=40.0, prefix="q"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    # One order per slot due within the second (slots 0..39), however fast the answers come;
+    # the closed loop sends as fast as it is answered.
+    assert len(opened.accepted) == 40 and not opened.errors
+    assert len(closed.accepted) > 40 and not closed.errors
+    assert len(opened.order_ms) == 40
