@@ -12,9 +12,11 @@ order. So a statement, `executemany`, `commit` and `rollback` run directly on th
   locked". Only where SQLite allows it: outside a transaction, a COMMIT, or a WAL database that
   could not get its write lock; a stale snapshot (`SQLITE_BUSY_SNAPSHOT`) means the transaction
   must start again, and raises at once, as SQLite's busy handler would have let it.
-* The loop never runs a long read. A read-only statement runs under a progress handler that
-  interrupts it after `READ_BUDGET_S` and runs it again on the connection's thread. A write is
-  never interrupted: inside a transaction that would roll the whole transaction back.
+* The loop never runs a long read or a checkpoint. A read-only statement runs under a progress
+  handler that interrupts it after `READ_BUDGET_S` and runs it again on the connection's
+  thread. A write is never interrupted: inside a transaction that would roll the whole
+  transaction back. WAL checkpoints, which SQLite would run inside a COMMIT, run on the
+  connection's thread every `CHECKPOINT_EVERY_COMMITS` commits instead.
 
 A call made while the thread still has work for this connection (a call whose caller was
 cancelled, the readiness check's own statements) goes to the thread too, behind that work, so
@@ -48,6 +50,9 @@ PROGRESS_STEPS = 1000
 """SQLite VM steps between two looks at the clock during a read (some 5-30 us of work)."""
 BUSY_BACKOFF_S = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025)
 """Waits between two attempts on a locked database, the last repeated (SQLite's own steps)."""
+CHECKPOINT_EVERY_COMMITS = 100
+"""Commits between two WAL checkpoints, run on the connection's thread: SQLite's automatic one
+would run inside a COMMIT, on the loop, with its two fsyncs."""
 _RETRYABLE_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_BUSY_RECOVERY})
 
 _LEADING_COMMENTS = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*", re.DOTALL)
@@ -78,6 +83,11 @@ def _run(conn: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> _Ou
         return description, cursor.rowcount, cursor.lastrowid, rows
     finally:
         cursor.close()
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:  # pragma: no cover - on the thread
+    # PASSIVE: copies what no reader still needs, never waits for a lock.
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
 
 
 class _ThreadJobs:
@@ -184,6 +194,7 @@ class OneHopConnection(aiosqlite.Connection):
         self._tx = self._jobs  # type: ignore[assignment]
         self._thread = Thread(target=_connection_worker_thread, args=(self._jobs,), daemon=True)
         self._wal = False
+        self._commits = 0
         self._read_deadline = 0.0
         self._overran = False
 
@@ -191,7 +202,14 @@ class OneHopConnection(aiosqlite.Connection):
         return OneHopCursor(self)
 
     async def commit(self) -> None:
+        wrote = self._conn.in_transaction
         await self._call(sqlite3.Connection.commit, reads=False, commit=True)
+        if wrote:
+            self._commits += 1
+            if self._commits >= CHECKPOINT_EVERY_COMMITS and self._running:
+                # Nobody waits for it; the next caller's statements queue behind it meanwhile.
+                self._commits = 0
+                self._jobs.put_nowait((None, partial(_checkpoint, self._conn)))
 
     async def rollback(self) -> None:
         """Roll back the open transaction; with none open (the pool's reset after a commit),
@@ -293,6 +311,7 @@ def connect(database: str | Path, **kwargs: Any) -> OneHopConnection:
 
     def connector() -> sqlite3.Connection:
         conn: sqlite3.Connection = sqlite3.connect(location, **kwargs)
+        conn.execute("PRAGMA wal_autocheckpoint=0").close()  # see CHECKPOINT_EVERY_COMMITS
         return conn
 
     # As SQLAlchemy does for the connections it opens, its thread is a daemon: it never holds

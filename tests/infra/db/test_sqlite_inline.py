@@ -25,7 +25,7 @@ from backend.infra.db import (
     create_session_factory,
     session_scope,
 )
-from backend.infra.db._sqlite import reads_only
+from backend.infra.db._sqlite import CHECKPOINT_EVERY_COMMITS, reads_only
 from tests.support.polling import eventually
 
 COUNT_TO = 2_000_000
@@ -253,3 +253,19 @@ async def test_a_long_write_is_never_interrupted(engine: AsyncEngine) -> None:
 )
 def test_only_statements_that_cannot_write_count_as_reads(sql: str, expected: Any) -> None:
     assert reads_only(sql) is expected
+
+
+async def test_wal_checkpoints_run_on_the_connection_thread(engine: AsyncEngine) -> None:
+    loop_thread = threading.get_ident()
+    async with engine.connect() as conn, traced(conn) as statements:
+        for n in range(CHECKPOINT_EVERY_COMMITS):
+            await conn.execute(text("INSERT INTO notes (body) VALUES (:n)"), {"n": str(n)})
+            await conn.commit()
+        await eventually(lambda: statements.threads("PRAGMA WAL_CHECKPOINT"), what="a checkpoint")
+        assert loop_thread not in statements.threads("PRAGMA WAL_CHECKPOINT")
+        assert set(statements.threads("COMMIT")) == {loop_thread}
+        # A statement queued behind it runs after it, and the next one on the loop's thread.
+        for _ in range(2):
+            count = (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one()
+            assert count == CHECKPOINT_EVERY_COMMITS
+        assert statements.threads("SELECT COUNT")[-1] == loop_thread
