@@ -39,7 +39,8 @@ def _on_sqlite_connect(busy_timeout_ms: int, wal: bool) -> Any:
         cursor = dbapi_connection.cursor()
         try:
             # WAL lets readers run while one writer writes; the busy timeout makes a second
-            # writer wait instead of failing at once with "database is locked".
+            # writer wait instead of failing at once with "database is locked". A connection
+            # that waits on the event loop itself is given 0: SQLite would sleep on the loop.
             if wal:
                 cursor.execute("PRAGMA journal_mode=WAL")
                 # NORMAL is durable across application crashes in WAL mode, and much faster.
@@ -66,6 +67,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     kwargs: dict[str, Any] = {"echo": settings.echo, "pool_pre_ping": backend != "sqlite"}
     connect_args: dict[str, Any] = {}
     sqlite_file = _sqlite_file(url) if backend == "sqlite" else None
+    sqlite_busy_timeout_ms = settings.sqlite_busy_timeout_ms
     if backend == "sqlite":
         if sqlite_file is not None:
             sqlite_file.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +75,10 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             kwargs.update(pool_timeout=settings.pool_timeout_s)
         connect_args["timeout"] = settings.sqlite_busy_timeout_ms / 1000.0
         if url.get_driver_name() == "aiosqlite":
-            # One hop to the connection's thread per statement instead of four.
+            # Statements on the event loop's thread instead of four hops each to the
+            # connection's; it waits out `timeout` for a lock itself, on the loop.
             connect_args["async_creator_fn"] = sqlite_connect
+            sqlite_busy_timeout_ms = 0
     else:
         kwargs.update(
             pool_size=settings.pool_size,
@@ -97,7 +101,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         event.listen(
             engine.sync_engine,
             "connect",
-            _on_sqlite_connect(settings.sqlite_busy_timeout_ms, wal=sqlite_file is not None),
+            _on_sqlite_connect(sqlite_busy_timeout_ms, wal=sqlite_file is not None),
         )
     instrument_engine(
         engine.sync_engine,
