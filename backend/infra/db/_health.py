@@ -50,22 +50,32 @@ async def _take_sqlite_write_lock(conn: AsyncConnection, target: str) -> None:
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
-    # The connection's own busy timeout (seconds) is what every write waits; the check waits less.
-    cursor = await driver.execute("PRAGMA busy_timeout")
-    row = await cursor.fetchone()
+    # One job on the connection's thread, whatever happens to this coroutine: the wait for the
+    # lock never blocks the event loop, and the connection's own busy timeout (0 where its
+    # statements run on the loop) is always restored before anything else uses it.
+    refused = await driver._execute(_try_write_lock, driver._conn, SQLITE_LOCK_WAIT_MS)
+    if refused is not None:  # "database is locked": writes would fail too
+        raise DatabaseUnavailableError(
+            target,
+            f"OperationalError: {refused} (its write lock is held elsewhere; "
+            f"waited {SQLITE_LOCK_WAIT_MS} ms)",
+        )
+
+
+def _try_write_lock(conn: sqlite3.Connection, wait_ms: int) -> str | None:
+    """`BEGIN IMMEDIATE` waiting at most `wait_ms`, then `ROLLBACK` (nothing is written); the
+    error if the lock could not be taken. Runs on the connection's thread."""
+    row = conn.execute("PRAGMA busy_timeout").fetchone()
     saved_ms = int(row[0]) if row else 0
-    await driver.execute(f"PRAGMA busy_timeout={SQLITE_LOCK_WAIT_MS}")
+    conn.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
     try:
-        if driver.in_transaction:  # the pool hands out connections with no transaction open
-            await driver.rollback()
+        if conn.in_transaction:  # the pool hands out connections with no transaction open
+            conn.rollback()
         try:
-            await driver.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:  # "database is locked": writes would fail too
-            raise DatabaseUnavailableError(
-                target,
-                f"OperationalError: {exc} (its write lock is held elsewhere; "
-                f"waited {SQLITE_LOCK_WAIT_MS} ms)",
-            ) from exc
-        await driver.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        conn.execute("ROLLBACK")
+        return None
     finally:
-        await driver.execute(f"PRAGMA busy_timeout={saved_ms}")
+        conn.execute(f"PRAGMA busy_timeout={saved_ms}")
