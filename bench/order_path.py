@@ -22,9 +22,11 @@ With `--lone-seconds S` (default 5) orders are then sent one at a time for S sec
 shape of the tick path (nothing to batch with): execution's POST /orders time and CPU per
 order, and accepted = persisted = booked for them too.
 
-With `--trace-seconds S` the bot is then started again for S seconds, and the exported traces
-give the tick-to-acknowledgement time (the tick's publication to the end of execution's
-POST /orders) with a per-stage breakdown. The platform starts as `make run` does, ticks on the
+With `--trace-seconds S` the bot trades for S seconds twice: on the fresh platform (as under
+`make run`, before any load) and again after the load phases (its database and the viewer then
+hold every order of the load). Each time the exported traces give the tick-to-acknowledgement
+time (the tick's publication to the end of execution's POST /orders) with a per-stage
+breakdown. The platform starts as `make run` does, ticks on the
 market-data Redis; `RUN_MARKET_REDIS=0` in the environment runs it with ticks on the bus's
 Redis, for a comparison.
 
@@ -611,7 +613,7 @@ def monitor_follows(s: Stack, timeout_s: float = 30.0) -> tuple[bool, dict[str, 
     return True, held
 
 
-def tick_to_ack(s: Stack, seconds: float) -> None:
+def tick_to_ack(s: Stack, seconds: float, when: str) -> None:
     """Let the bot trade for `seconds`; the traces' tick-to-ack time and where it goes."""
     with httpx.Client(timeout=30, headers=s.headers) as client:
 
@@ -630,7 +632,8 @@ def tick_to_ack(s: Stack, seconds: float) -> None:
             s.traceview + "/api/traces",
             params={
                 "operation": "submit_order",
-                "lookback": f"{seconds + 10:.0f}s",
+                # This phase's trades only: the bot traded for `seconds`, then 2 s of drain.
+                "lookback": f"{seconds + 3:.0f}s",
                 "limit": "1000",
             },
         ).json()
@@ -641,15 +644,18 @@ def tick_to_ack(s: Stack, seconds: float) -> None:
             if path is not None:
                 paths.append(path)
     if not paths:
-        print(f"tick -> order ack: no trade traced in {seconds:.0f} s (the bot placed no order)")
+        print(
+            f"tick -> order ack, {when}: no trade traced in {seconds:.0f} s "
+            "(the bot placed no order)"
+        )
         return
-    report_paths(paths)
+    report_paths(paths, when)
 
 
-def report_paths(paths: list[TickPath]) -> None:
+def report_paths(paths: list[TickPath], when: str) -> None:
     totals = [p.total_ms for p in paths]
     print(
-        f"tick -> order ack ({len(paths)} trades): p50 {pct(totals, 0.5):.1f} ms  "
+        f"tick -> order ack, {when} ({len(paths)} trades): p50 {pct(totals, 0.5):.1f} ms  "
         f"p99 {pct(totals, 0.99):.1f} ms  (target p50 <= 15, p99 <= 50)"
     )
     print("  by kind (median ms per trade; p99 in brackets):")
@@ -857,6 +863,9 @@ def run_one(args: argparse.Namespace, database: str) -> int:
                 "a quote at execution",
                 0.5,
             )
+        if args.trace_seconds:
+            # First as `make run` has it: a fresh platform, the bot trading on its own.
+            tick_to_ack(s, args.trace_seconds, "fresh platform")
         drive(s, 3.0, args.in_flight, args.quantity, f"warm{uuid.uuid4().hex[:6]}", args.clients)
         window = min(5.0, args.seconds)
         with bare_server() as bare:
@@ -921,7 +930,7 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         if args.lone_seconds:
             ok = lone_orders(s, url, pids, args) and ok
         if args.trace_seconds:
-            tick_to_ack(s, args.trace_seconds)
+            tick_to_ack(s, args.trace_seconds, "after the load")
         return 0 if ok else 1
 
 
