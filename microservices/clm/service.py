@@ -24,7 +24,13 @@ def create_service(settings: ClmSettings | None = None) -> Service:
         )
     )
     service.add_readiness_check(ReadinessCheck("ai-engine registry", manager.check_synced))
-    service.subscribe(MarketTick, manager.on_tick, deduplicate=False)
+    # Drift only: the ticks on the way to an order go first (OFF_PATH_TICK_DEFER_MS).
+    service.subscribe(
+        MarketTick,
+        manager.on_tick,
+        deduplicate=False,
+        defer_ms=service.settings.off_path_tick_defer_ms,
+    )
     service.subscribe(SignalGenerated, manager.on_signal)
     service.background("learn", manager.run)
     service.app.include_router(router)

@@ -25,7 +25,13 @@ def create_service(settings: PortfolioIntelligenceSettings | None = None) -> Ser
     )
     service.on_startup(book.restore)
     service.subscribe_batch(OrderFilled, book.on_fills)
-    service.subscribe(MarketTick, book.on_tick, deduplicate=False)
+    # Marks only: the ticks on the way to an order go first (OFF_PATH_TICK_DEFER_MS).
+    service.subscribe(
+        MarketTick,
+        book.on_tick,
+        deduplicate=False,
+        defer_ms=service.settings.off_path_tick_defer_ms,
+    )
     service.background("equity-sampler", book.sample_equity)
     service.background("fill-watch", book.watch_fills)
     service.background("outbox-relay", book.run_outbox_relay)

@@ -101,6 +101,7 @@ class _Subscription:
     dead_letter_key: str
     claim_cursor: str = "0-0"
     batch_handler: BatchHandler | None = None
+    defer_s: float = 0.0
     """Set by `subscribe_batch`: the entries of one read go to it together."""
     deduplicate: bool = True
     """Whether processed marks are looked up before the handler and written after it."""
@@ -196,6 +197,7 @@ class EventConsumer:
         handler: Callable[[Event[DataT]], Awaitable[object]],
         *,
         deduplicate: bool = True,
+        defer_ms: int = 0,
     ) -> None:
         """Run `handler` for every event whose data model is `model` (one handler per type).
 
@@ -204,8 +206,18 @@ class EventConsumer:
         marks before running it (a Redis round trip between the read and the handler) nor
         marks them after. Delivery stays at least once; an event is still acknowledged only
         after its handler returned.
+
+        `defer_ms` is for a reader that is not on the way from a tick to an order: what a read
+        returns is handled that long after it arrived, so that when one event wakes many
+        readers at once (a tick wakes six), those on the order path get the CPU first. It
+        applies only when every subscription of the consumer asks for it (the smallest value
+        wins, so a consumer that also reads fills never waits).
         """
-        self._add_subscription(model, handler, None, deduplicate=deduplicate)
+        if defer_ms < 0:
+            raise ValueError(f"defer_ms must be >= 0, not {defer_ms}")
+        self._add_subscription(
+            model, handler, None, deduplicate=deduplicate, defer_s=defer_ms / 1000.0
+        )
 
     def subscribe_batch(
         self,
@@ -234,6 +246,7 @@ class EventConsumer:
         batch_handler: BatchHandler | None,
         *,
         deduplicate: bool = True,
+        defer_s: float = 0.0,
     ) -> None:
         if self._tasks:
             raise EventBusError("subscribe before start()")
@@ -259,6 +272,7 @@ class EventConsumer:
             dead_letter_key=self._settings.dead_letter_key(spec.stream),
             batch_handler=batch_handler,
             deduplicate=deduplicate,
+            defer_s=defer_s,
         )
         self._read_streams[key] = ">"
 
@@ -389,6 +403,7 @@ class EventConsumer:
 
     async def _consume(self, settings: EventBusSettings) -> None:
         await self._recover_own_pending()
+        defer_s = min((sub.defer_s for sub in self._subs.values()), default=0.0)
         next_claim = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
@@ -406,13 +421,16 @@ class EventConsumer:
             read_started_ns = time.time_ns()
             response = await self._read(block_ms)
             if response:
+                read_ns = time.time_ns()
+                if defer_s:
+                    await asyncio.sleep(defer_s)
                 await self._process(
                     [
                         (self._subs[_text(stream)], _text(entry_id), fields, 1)
                         for stream, entries in response
                         for entry_id, fields in entries
                     ],
-                    received=(read_started_ns, time.time_ns()),
+                    received=(read_started_ns, read_ns),
                 )
 
     async def _read(self, block_ms: int) -> Any:

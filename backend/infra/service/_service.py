@@ -205,15 +205,21 @@ class Service:
         handler: Callable[[Event[DataT]], Awaitable[object]],
         *,
         deduplicate: bool = True,
+        defer_ms: int = 0,
     ) -> None:
         """Handle events of `model`'s type in this service's consumer group
-        (`deduplicate`: see `EventConsumer.subscribe`)."""
+        (`deduplicate`, `defer_ms`: see `EventConsumer.subscribe`)."""
         if not self._eventbus:
             raise RuntimeError(f"{self.name} was built without the event bus")
         # Kept as a closure so the pairing of model and handler stays checked: the consumer
         # does not exist until start-up.
         self._subscriptions.append(
-            (model, lambda consumer: consumer.subscribe(model, handler, deduplicate=deduplicate))
+            (
+                model,
+                lambda consumer: consumer.subscribe(
+                    model, handler, deduplicate=deduplicate, defer_ms=defer_ms
+                ),
+            )
         )
 
     def subscribe_batch(

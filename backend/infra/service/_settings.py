@@ -31,6 +31,13 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=0, ge=0, le=65535, validation_alias="PORT")
     shutdown_timeout_s: float = Field(default=20.0, gt=0, validation_alias="SHUTDOWN_TIMEOUT_S")
     http_timeout_s: float = Field(default=5.0, gt=0, validation_alias="HTTP_TIMEOUT_S")
+    off_path_tick_defer_ms: int = Field(
+        default=25, ge=0, le=1000, validation_alias="OFF_PATH_TICK_DEFER_MS"
+    )
+    """How long after their arrival a service whose ticks are not on the way to an order (the
+    portfolio's marks, clm's drift) handles them: every tick wakes six readers on two cores at
+    once, and the bot's path through ai-engine, risk-safety and execution then gets them first.
+    0: at once."""
 
     def port_for(self, service: str) -> int:
         """`PORT` when set, else the service's port in the catalogue."""

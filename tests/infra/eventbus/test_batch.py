@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -19,7 +21,7 @@ from backend.infra.eventbus import (
     Idempotency,
 )
 from backend.infra.observability import SpanKind, get_tracer
-from backend.trading.events import OrderFilled
+from backend.trading.events import MarketTick, OrderFilled, SignalGenerated
 
 from .support import eventually
 from .worker import fill
@@ -157,3 +159,45 @@ async def test_each_entry_of_a_batch_continues_its_own_trace_and_the_batch_span_
         book = by_name[f"book {fill_id}"]
         assert book.context.trace_id == trace_id
         assert book.parent.span_id == own.context.span_id
+
+
+async def test_a_deferred_read_is_handled_after_its_delay_unless_a_subscription_wants_it_now(
+    client: Redis, settings: EventBusSettings
+) -> None:
+    publisher = EventPublisher(client, "feed", settings)
+    price = Decimal("100")
+    tick = MarketTick(symbol="BTCUSDT", bid=price, ask=price, last=price, volume=price, ts_ms=1)
+    signal = SignalGenerated(
+        signal_id="s1",
+        symbol="BTCUSDT",
+        direction="BUY",
+        confidence=0.9,
+        probability_up=0.9,
+        model_version="m1",
+    )
+    handled: dict[str, float] = {}
+
+    async def on_tick(event: Event[MarketTick]) -> None:
+        handled[event.data.symbol] = time.monotonic()
+
+    async def on_signal(event: Event[SignalGenerated]) -> None:
+        handled[event.data.signal_id] = time.monotonic()
+
+    # Only deferred subscriptions: a read is handled no sooner than the delay after it arrived.
+    deferred = EventConsumer(client, "marks", settings, consumer_name="c1")
+    deferred.subscribe(MarketTick, on_tick, deduplicate=False, defer_ms=300)
+    async with deferred:
+        await asyncio.sleep(0.2)  # blocked in its read
+        sent = time.monotonic()
+        await publisher.publish(tick)
+        await eventually(lambda: "BTCUSDT" in handled, what="the deferred tick")
+    assert handled["BTCUSDT"] - sent >= 0.29
+    # With a subscription that does not defer, the consumer never waits.
+    handled.clear()
+    mixed = EventConsumer(client, "drift", settings, consumer_name="c1", start_from="latest")
+    mixed.subscribe(MarketTick, on_tick, deduplicate=False, defer_ms=5_000)
+    mixed.subscribe(SignalGenerated, on_signal)
+    async with mixed:
+        await asyncio.sleep(0.2)
+        await publisher.publish_many([tick, signal])
+        await eventually(lambda: len(handled) == 2, timeout_s=4.0, what="both, at once")
