@@ -914,13 +914,7 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             print(f"  denied {dict(load.denied)}  errors {dict(load.errors)}")
             for reason, detail in load.denial_example.items():
                 print(f"  e.g. {reason}: {detail[:200]}")
-        counts = reconcile(s, url, load, prefix)
-        ok = (
-            counts["accepted"] == counts["persisted"] == counts["booked"]
-            and counts["persisted_not_accepted"] == 0
-            and counts["booked_twice"] == counts["filled_twice"] == 0
-        )
-        print(f"accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
+        ok = books_match(s, url, load, prefix, "")
         follows, held = monitor_follows(s)
         answer = "yes" if follows else "NO"
         print(f"position-monitor holds the portfolio's {SYMBOL}: {answer} {json.dumps(held)}")
@@ -954,6 +948,19 @@ def _cpu_per_order(cpu_used: dict[str, float], load: Load) -> str:
     return f"{path}\n    rest of the platform: {others}\n    whole platform: {total:.2f} ms"
 
 
+def books_match(s: Stack, url: str | None, load: Load, prefix: str, indent: str) -> bool:
+    """Print, and return, whether every order of `load` the client saw accepted is persisted
+    by execution and booked once by the portfolio, and nothing else was."""
+    counts = reconcile(s, url, load, prefix)
+    ok = (
+        counts["accepted"] == counts["persisted"] == counts["booked"]
+        and counts["persisted_not_accepted"] == 0
+        and counts["booked_twice"] == counts["filled_twice"] == 0
+    )
+    print(f"{indent}accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
+    return ok
+
+
 def open_loop(s: Stack, url: str | None, args: argparse.Namespace) -> bool:
     """Orders offered at a fixed rate whatever the answers (at most `--in-flight` at once),
     each timed from when it was due: the latency at that rate, which a closed loop cannot
@@ -969,14 +976,7 @@ def open_loop(s: Stack, url: str | None, args: argparse.Namespace) -> bool:
     )
     if load.denied or load.errors:
         print(f"  denied {dict(load.denied)}  errors {dict(load.errors)}")
-    counts = reconcile(s, url, load, prefix)
-    ok = (
-        counts["accepted"] == counts["persisted"] == counts["booked"]
-        and counts["persisted_not_accepted"] == 0
-        and counts["booked_twice"] == counts["filled_twice"] == 0
-    )
-    print(f"  accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
-    return ok
+    return books_match(s, url, load, prefix, "  ")
 
 
 def lone_orders(s: Stack, url: str | None, pids: dict[str, int], args: argparse.Namespace) -> bool:
@@ -1003,14 +1003,7 @@ def lone_orders(s: Stack, url: str | None, pids: dict[str, int], args: argparse.
         f"p99 {pct(load.execution_ms, 0.99):6.1f} ms"
     )
     print("  CPU per order, net of the idle rate: " + _cpu_per_order(cpu_used, load))
-    counts = reconcile(s, url, load, prefix)
-    ok = (
-        counts["accepted"] == counts["persisted"] == counts["booked"]
-        and counts["persisted_not_accepted"] == 0
-        and counts["booked_twice"] == counts["filled_twice"] == 0
-    )
-    print(f"  accepted = persisted = booked: {'yes' if ok else 'NO'} {json.dumps(counts)}")
-    return ok
+    return books_match(s, url, load, prefix, "  ")
 
 
 @contextmanager
