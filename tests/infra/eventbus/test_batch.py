@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -22,6 +21,7 @@ from backend.infra.eventbus import (
 )
 from backend.infra.observability import SpanKind, get_tracer
 from backend.trading.events import MarketTick, OrderFilled, SignalGenerated
+from tests.support.factories import market_tick
 
 from .support import eventually
 from .worker import fill
@@ -165,8 +165,7 @@ async def test_a_deferred_read_is_handled_after_its_delay_unless_a_subscription_
     client: Redis, settings: EventBusSettings
 ) -> None:
     publisher = EventPublisher(client, "feed", settings)
-    price = Decimal("100")
-    tick = MarketTick(symbol="BTCUSDT", bid=price, ask=price, last=price, volume=price, ts_ms=1)
+    tick = market_tick("100", "100", ts_ms=1)
     signal = SignalGenerated(
         signal_id="s1",
         symbol="BTCUSDT",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -26,6 +25,7 @@ from backend.infra.observability import SpanKind, get_tracer
 from backend.infra.observability._health import run_check
 from backend.infra.observability._logging import SINK
 from backend.trading.events import MarketTick, OrderFilled
+from tests.support.factories import market_tick
 from tests.support.procs import free_port
 
 from .support import eventually, metric
@@ -481,14 +481,7 @@ async def test_acknowledgements_alone_go_with_the_next_read_and_marks_keep_their
 
             consumer.subscribe(MarketTick, handler, deduplicate=False)
             consumer.subscribe(OrderFilled, handler)
-            tick = MarketTick(
-                symbol="BTCUSDT",
-                bid=Decimal(100),
-                ask=Decimal(101),
-                last=Decimal("100.5"),
-                volume=Decimal(1),
-                ts_ms=1,
-            )
+            tick = market_tick("100", "101", ts_ms=1)
             ticks, fills = settings.stream_key("market.tick"), settings.stream_key("order.filled")
 
             async def calls(command: str) -> int:
@@ -529,16 +522,7 @@ async def test_a_stop_sends_the_acknowledgements_the_last_read_left(
 
     consumer.subscribe(MarketTick, handler, deduplicate=False)
     await consumer.start()
-    await publisher.publish(
-        MarketTick(
-            symbol="BTCUSDT",
-            bid=Decimal(100),
-            ask=Decimal(101),
-            last=Decimal("100.5"),
-            volume=Decimal(1),
-            ts_ms=1,
-        )
-    )
+    await publisher.publish(market_tick("100", "101", ts_ms=1))
     await eventually(lambda: stopping)
     await stopping[0]
     assert await _pending_count(client, settings.stream_key("market.tick"), "quotes", 0)

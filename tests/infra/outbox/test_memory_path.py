@@ -105,15 +105,22 @@ async def test_after_a_failed_round_the_table_is_read_in_order(
     assert all(r.published_at is not None for r in await rows(sessions))
 
 
-async def test_the_relay_marks_the_rounds_of_its_mark_delay_in_one_update_and_on_stopping(
+def marking_late(
     sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
-) -> None:
-    outbox = Outbox(
+) -> Outbox:
+    """An outbox whose relay gathers its marks for a minute (and claims for two)."""
+    return Outbox(
         sessions,
         EventPublisher(client, "execution", settings),
         source="x",
         settings=OutboxSettings(mark_delay_s=60.0, claim_s=120.0),
     )
+
+
+async def test_the_relay_marks_the_rounds_of_its_mark_delay_in_one_update_and_on_stopping(
+    sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
+) -> None:
+    outbox = marking_late(sessions, client, settings)
     relay = asyncio.create_task(outbox.run_relay(), name="test-outbox-relay")
     try:
         await eventually(lambda: outbox._covered >= outbox._committed, 5, "the relay's start")
@@ -144,12 +151,7 @@ async def test_the_relay_marks_the_rounds_of_its_mark_delay_in_one_update_and_on
 async def test_events_published_but_not_yet_marked_are_marked_before_the_table_is_read(
     sessions: async_sessionmaker[AsyncSession], client: Redis, settings: EventBusSettings
 ) -> None:
-    outbox = Outbox(
-        sessions,
-        EventPublisher(client, "execution", settings),
-        source="x",
-        settings=OutboxSettings(mark_delay_s=60.0, claim_s=120.0),
-    )
+    outbox = marking_late(sessions, client, settings)
     assert await outbox._drain() == 0  # the start-up read of older rows
     async with session_scope(sessions) as session:
         ids = await outbox.add_many(session, [fill(1), fill(2)])

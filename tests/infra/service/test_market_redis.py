@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,11 @@ from backend.infra.eventbus import (
 )
 from backend.infra.service import Service
 from backend.trading.events import MarketTick, SignalGenerated
+from tests.support.factories import market_tick
 from tests.support.inprocess import ServiceHarness
 from tests.support.polling import wait_until
 
 NAME = "market-redis-test"
-
-
-def tick(symbol: str, ts_ms: int = 1) -> MarketTick:
-    price = Decimal("100")
-    return MarketTick(
-        symbol=symbol, bid=price, ask=price, last=price, volume=Decimal(1), ts_ms=ts_ms
-    )
 
 
 def signal(symbol: str) -> SignalGenerated:
@@ -95,7 +88,7 @@ def test_ticks_travel_on_the_market_redis_and_the_rest_on_the_bus(
     try:
         with harness.run(build):
             # One call, both kinds: each event to its own server.
-            asyncio.run(publish(harness, market.url, tick("BTCUSDT"), signal("BTCUSDT")))
+            asyncio.run(publish(harness, market.url, market_tick("100", "100"), signal("BTCUSDT")))
             wait_until(lambda: len(seen) == 2, what="both events handled")
             assert sorted(seen) == ["signal BTCUSDT", "tick BTCUSDT"]
             assert ticks.xlen(tick_key) == 1 and not main.exists(tick_key)
