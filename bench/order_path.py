@@ -130,7 +130,9 @@ class Stack:
 
 
 @contextmanager
-def stack(offset: int, database_url: str | None, risk_max_orders: int) -> Iterator[Stack]:
+def stack(
+    offset: int, database_url: str | None, risk_max_orders: int, log_level: str = "INFO"
+) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="bench-order-path-") as tmp:
         var = Path(tmp) / "var"
         token = secrets.token_urlsafe(24)
@@ -141,7 +143,7 @@ def stack(offset: int, database_url: str | None, risk_max_orders: int) -> Iterat
             "QT_API_TOKEN": token,
             "RISK_MAX_ORDERS": str(risk_max_orders),
             **BOT_TRADING_ENV,
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": log_level,
         }
         if database_url:
             env["DATABASE_URL"] = database_url
@@ -852,7 +854,10 @@ def postgres_database() -> Iterator[str]:
 
 
 def run_one(args: argparse.Namespace, database: str) -> int:
-    with contextmanager_for(database) as url, stack(args.port_offset, url, 10**8) as s:
+    with (
+        contextmanager_for(database) as url,
+        stack(args.port_offset, url, 10**8, args.log_level) as s,
+    ):
         with httpx.Client(timeout=10, headers=s.headers) as client:
             client.post(s.url("trading-bot") + "/stop").raise_for_status()
             wait_until(
@@ -881,7 +886,8 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         rate = len(load.accepted) / load.seconds
         print(
             f"-- {database}, {args.in_flight} in flight, {args.seconds:.0f} s, "
-            f"{args.clients} client processes, load average {os.getloadavg()[0]:.2f}, "
+            f"{args.clients} client processes, LOG_LEVEL={args.log_level}, "
+            f"load average {os.getloadavg()[0]:.2f}, "
             f"ticks on {'their own Redis' if 'redis-market' in pids else 'the bus Redis'} --"
         )
         print(
@@ -1039,6 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds (0: skip)",
     )
     parser.add_argument("--port-offset", type=int, default=_default_offset())
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="the services' LOG_LEVEL (INFO: `make run`'s; every order then logs its lines)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.in_flight <= 500:
         parser.error(f"--in-flight must be between 1 and 500, not {args.in_flight}")

@@ -56,7 +56,14 @@ def log_lines(_tracing_runtime: object) -> Iterator[io.StringIO]:
     """Capture what the log sink writes (the same bytes stdout gets)."""
     from backend.infra.observability._logging import SINK
 
-    buffer = io.StringIO()
+    class Captured(io.StringIO):
+        """Reads include what the sink still holds (INFO lines are written by its flusher)."""
+
+        def getvalue(self) -> str:
+            SINK.flush()
+            return super().getvalue()
+
+    buffer = Captured()
     previous = SINK._stream_getter
     SINK.flush()
     SINK._stream_getter = lambda: buffer  # type: ignore[assignment,return-value]

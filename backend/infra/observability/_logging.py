@@ -98,6 +98,11 @@ class LineSink:
             self._start()
         return deferred
 
+    def forget(self, deferred: DeferredLines) -> None:
+        """Stop flushing `deferred` (its handler was closed)."""
+        with contextlib.suppress(ValueError):
+            self._deferred.remove(deferred)
+
     def write(self, line: bytes, urgent: bool = False) -> None:
         with self._lock:
             self._buffer += line
@@ -247,8 +252,15 @@ class JsonFormatter(logging.Formatter):
         self.resource = dict(resource)
         self.baggage_keys = baggage_keys
 
-    def to_fields(self, record: logging.LogRecord) -> dict[str, Any]:
-        trace_id, span_id, trace_flags = _current_ids()
+    def to_fields(
+        self,
+        record: logging.LogRecord,
+        ids: tuple[str | None, str | None, str | None] | None = None,
+        baggage: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The line's fields; `ids` and `baggage`, when given, are the trace ids and baggage
+        captured when the record was made (it is formatted later, off the caller's context)."""
+        trace_id, span_id, trace_flags = _current_ids() if ids is None else ids
         if trace_id is None and record.exc_info:
             # An error logged outside its span (uvicorn's "Exception in ASGI application").
             tagged = exception_span_context(record.exc_info[1])
@@ -275,7 +287,9 @@ class JsonFormatter(logging.Formatter):
             if key not in _RECORD_ATTRS and key not in _DROPPED_EXTRA:
                 fields[key] = scrub.value(key, value)
         if self.baggage_keys and HAS_API:
-            for key, value in otel_baggage.get_all().items():
+            if baggage is None:
+                baggage = otel_baggage.get_all()
+            for key, value in baggage.items():
                 if key in self.baggage_keys:
                     fields[f"baggage.{key}"] = scrub.value(key, value)
         if record.exc_info and record.exc_info[0] is not None:
@@ -294,8 +308,25 @@ class JsonFormatter(logging.Formatter):
         return encode_line(self.to_fields(record)).decode("utf-8").rstrip("\n")
 
 
+_AT_ONCE = "uvicorn"
+"""Loggers whose every line is written at once: uvicorn's start-up and shutdown lines. After a
+SIGTERM uvicorn logs "Finished server process" and re-raises the signal, which ends the process
+before any flusher or atexit hook runs."""
+
+
 class SinkHandler(logging.Handler):
-    """Writes records through `JsonFormatter` to the shared line sink."""
+    """Writes records through `JsonFormatter` to the shared line sink.
+
+    Records below WARNING are queued with the trace ids and baggage active when they were
+    made, and formatted and written by the sink's flusher (within 200 ms, at app shutdown
+    and at exit), as access lines are: a service's INFO lines on a trade's path (the decision,
+    the order placed, each client call's `HTTP Request` line) cost the caller a tuple and an
+    append instead of their formatting, redaction and a write. WARNING and above, any record
+    with an exception or a stack, and uvicorn's lines (`_AT_ONCE`) are written at once, after
+    whatever is queued (the file keeps the order the lines were logged in): those are the
+    lines wanted when a process dies. A SIGKILL loses the INFO lines of its last flush
+    interval, as it loses the spans of its last export interval.
+    """
 
     def __init__(self, formatter: JsonFormatter, sink: LineSink = SINK) -> None:
         super().__init__()
@@ -303,22 +334,67 @@ class SinkHandler(logging.Handler):
         self.sink = sink
         # The OTLP log export queue (`add`), when logs also go to a collector.
         self.otlp: Any | None = None
+        self._deferred = sink.defer(self._format_deferred)
+        self._queue = self._deferred.queue
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields = self.json_formatter.to_fields(record)
-            otlp = self.otlp
-            if otlp is not None:
-                otlp.add((int(record.created * 1e9), record.levelno, record.levelname, fields))
-            # Redacted as a whole line: a password can arrive in any field, an exception
-            # message or a third-party traceback alike.
-            line = redact_bytes(encode_line(fields))
+            if (
+                record.levelno < logging.WARNING
+                and not record.exc_info
+                and not record.stack_info
+                and not record.name.startswith(_AT_ONCE)
+            ):
+                # The message is made now: its arguments may change once the caller goes on.
+                record.msg = record.getMessage()
+                record.args = None
+                formatter = self.json_formatter
+                baggage = (
+                    dict(otel_baggage.get_all()) if formatter.baggage_keys and HAS_API else None
+                )
+                self._queue.append((record, _current_ids(), baggage))
+                if len(self._queue) >= self._deferred.max_pending:
+                    self.sink.flush()
+                return
+            if self._queue:
+                self.sink.flush()  # what was logged before this line comes before it
             # Written at once: uvicorn ends a SIGTERM by re-raising the signal, so atexit never
-            # runs and a buffered line would be lost. Only access lines are batched, and the
-            # middleware flushes them when the app shuts down.
-            self.sink.write(line, urgent=True)
+            # runs and a buffered line would be lost.
+            self.sink.write(self._line(record, None, None), urgent=True)
         except Exception:  # a log call must never raise into the caller
             self.handleError(record)
+
+    def _line(
+        self,
+        record: logging.LogRecord,
+        ids: tuple[str | None, str | None, str | None] | None,
+        baggage: Mapping[str, Any] | None,
+    ) -> bytes:
+        fields = self.json_formatter.to_fields(record, ids, baggage)
+        otlp = self.otlp
+        if otlp is not None:
+            otlp.add((int(record.created * 1e9), record.levelno, record.levelname, fields))
+        # Redacted as a whole line: a password can arrive in any field, an exception message
+        # or a third-party traceback alike.
+        return redact_bytes(encode_line(fields))
+
+    def _format_deferred(self, queued: tuple[Any, ...]) -> str:
+        record, ids, baggage = queued
+        try:
+            return self._line(record, ids, baggage).decode("utf-8")
+        except Exception:  # formatting one record must not lose the others
+            self.handleError(record)
+            return ""
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def retire(self) -> None:
+        """Write what is queued and stop the sink's flushing of this handler's queue (once it
+        is replaced). Not `close`: `logging.config.dictConfig` (uvicorn's, for one) closes
+        every handler and leaves the root logger's in place, still in use."""
+        self.sink.flush()
+        self.sink.forget(self._deferred)
 
 
 class BoundLogger:
@@ -419,6 +495,8 @@ def configure_logging(
             and getattr(existing, "stream", None) in (sys.stdout, sys.stderr)
         ):
             root.removeHandler(existing)
+            if isinstance(existing, SinkHandler):
+                existing.retire()
     root.addHandler(handler)
     root.setLevel(level)
     for name in _UVICORN_LOGGERS:

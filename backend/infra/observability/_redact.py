@@ -189,7 +189,12 @@ def scrubber() -> Scrubber:
 
 
 def configure_scrubbing(enabled: bool = True, extra_patterns: tuple[str, ...] = ()) -> Scrubber:
-    """Switch scrubbing on or off and add key patterns to the defaults."""
+    """Switch scrubbing on or off and add key patterns to the defaults.
+
+    Log lines still queued are written first, scrubbed as they were when logged."""
+    from ._logging import SINK  # imported here: the log sink depends on this module
+
+    SINK.flush()
     _SCRUBBER[0] = Scrubber(DEFAULT_SCRUB_PATTERNS + tuple(extra_patterns), enabled)
     return _SCRUBBER[0]
 

@@ -155,3 +155,60 @@ def test_access_line_parts_are_reused_within_a_bound_and_follow_the_resource() -
         assert line('/items/"q"')["service.name"] == "renamed"  # not the cached part's
     finally:
         _state.RESOURCE_JSON[0] = previous
+
+
+def test_info_lines_are_formatted_later_with_what_was_current_when_logged() -> None:
+    import logging
+
+    from backend.infra.observability._logging import LineSink, SinkHandler
+
+    out = io.StringIO()
+    sink = LineSink(lambda: out)
+    handler = SinkHandler(JsonFormatter({}, frozenset({"desk"})), sink)
+    logger = logging.getLogger("deferred-test")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        items = ["a"]
+        token = context.attach(baggage.set_baggage("desk", "crypto"))
+        with get_tracer("t").start_as_current_span("decide") as span:
+            logger.info("first %s", items)
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+        context.detach(token)
+        items.append("b")
+        # Queued, not written: the caller paid for a tuple and an append.
+        assert out.getvalue() == ""
+        logger.info("second")
+        logger.warning("third")  # at once, after what was queued before it
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [line["message"] for line in lines] == ["first ['a']", "second", "third"]
+        first, second, _ = lines
+        assert first["trace_id"] == trace_id and first["baggage.desk"] == "crypto"
+        assert second["trace_id"] is None and "baggage.desk" not in second
+        logger.info("fourth")
+        sink.flush()
+        assert json.loads(out.getvalue().splitlines()[-1])["message"] == "fourth"
+    finally:
+        logger.removeHandler(handler)
+        handler.retire()
+        sink._stop.set()
+
+
+def test_uvicorn_lines_and_errors_are_written_at_once(log_lines) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    get_logger("app").info("queued")
+    logging.getLogger("uvicorn.error").info("Finished server process [1]")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        get_logger("app").info("handled", exc_info=True)
+    # Read without the fixture's flush: only what was written at once is there.
+    written = [json.loads(line) for line in io.StringIO.getvalue(log_lines).splitlines()]
+    assert [line["message"] for line in written] == [
+        "queued",
+        "Finished server process [1]",
+        "handled",
+    ]
+    assert written[2]["exception"]["type"] == "ValueError"
