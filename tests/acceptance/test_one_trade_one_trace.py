@@ -251,12 +251,18 @@ def test_a_resting_limit_orders_later_fill_links_to_the_orders_trace(pipeline: P
             for other in resting:
                 http.post(f"{p.url('execution')}/orders/{other}/cancel")
     assert coid is not None, "no resting limit order filled in six rounds"
-    # The order's trace, as execution logged it when the order was placed.
-    (order_trace,) = [
-        line["trace_id"]
-        for line in p.logs("execution")
-        if line["message"] == "order placed" and line.get("client_order_id") == coid
-    ]
+
+    # The order's trace, as execution logged it when the order was placed (its INFO lines are
+    # written by the log sink's thread, within 200 ms).
+    def placed_line() -> str:
+        (trace_id,) = [
+            line["trace_id"]
+            for line in p.logs("execution")
+            if line["message"] == "order placed" and line.get("client_order_id") == coid
+        ]
+        return str(trace_id)
+
+    order_trace = poll(placed_line, 5, "execution's 'order placed' line")
 
     def fill_span(spans: list[OtlpSpan]) -> bool:
         return any(

@@ -198,8 +198,14 @@ def test_info_lines_are_formatted_later_with_what_was_current_when_logged() -> N
 def test_uvicorn_lines_and_errors_are_written_at_once(log_lines) -> None:  # type: ignore[no-untyped-def]
     import logging
 
-    get_logger("app").info("queued")
-    logging.getLogger("uvicorn.error").info("Finished server process [1]")
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    level = uvicorn_logger.level
+    uvicorn_logger.setLevel(logging.INFO)  # as a served app has it; other tests change it
+    try:
+        get_logger("app").info("queued")
+        uvicorn_logger.info("Finished server process [1]")
+    finally:
+        uvicorn_logger.setLevel(level)
     try:
         raise ValueError("boom")
     except ValueError:

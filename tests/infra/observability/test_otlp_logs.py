@@ -9,7 +9,7 @@ from opentelemetry.proto.common.v1 import common_pb2 as common
 from opentelemetry.proto.logs.v1 import logs_pb2 as pb
 from opentelemetry.proto.resource.v1 import resource_pb2
 
-from backend.infra.observability._signals import encode_logs
+from backend.infra.observability._signals import _LINE_FIELDS, encode_logs
 
 RESOURCE = {"service.name": "execution", "service.version": "1.0.0", "empty": ""}
 SCOPE = ("backend.infra.observability", "1.2.3")
@@ -39,23 +39,7 @@ def expected(
     """What the records mean, built with the protobuf classes field by field."""
     out = []
     for time_ns, _levelno, levelname, fields in records:
-        attributes = {
-            k: v
-            for k, v in fields.items()
-            if k
-            not in {
-                "time",
-                "level",
-                "message",
-                "trace_id",
-                "span_id",
-                "trace_flags",
-                "service.name",
-                "service.version",
-                "deployment.environment.name",
-                "exception",
-            }
-        }
+        attributes = {k: v for k, v in fields.items() if k not in _LINE_FIELDS}
         exception = fields.get("exception")
         if exception:
             attributes.update({f"exception.{k}": exception.get(k) for k in ("type", "message")})

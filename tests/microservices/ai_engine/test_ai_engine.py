@@ -52,6 +52,18 @@ def messages(lines: list[dict[str, Any]]) -> list[str]:
     return [line["message"] for line in lines]
 
 
+def logged_once(proc: Proc, message: str) -> list[str]:
+    """The process's messages once `message` is among them (INFO lines are written by the
+    log sink's thread, within 200 ms of the call)."""
+
+    def found() -> list[str] | None:
+        lines = messages(json_lines(proc))
+        return lines if message in lines else None
+
+    result: list[str] = poll(found, 5, f"the line {message!r}")
+    return result
+
+
 async def test_the_first_model_is_trained_once_and_served_from_its_artifact_after_restart(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -66,7 +78,7 @@ async def test_the_first_model_is_trained_once_and_served_from_its_artifact_afte
         assert entry["metrics"]["training_steps"] == 3000
         assert "holdout_accuracy" in entry["metrics"]
         first = http.post(f"{url}/predict", json={"symbol": "BTCUSDT", "prices": prices}).json()
-        assert "initial model trained and registered" in messages(json_lines(proc))
+        logged_once(proc, "initial model trained and registered")
 
     with service("ai-engine", tmp_path, env) as (proc, url):
         registry = httpx.get(f"{url}/models").json()
@@ -74,8 +86,7 @@ async def test_the_first_model_is_trained_once_and_served_from_its_artifact_afte
         assert httpx.get(f"{url}/models/{entry['version']}").json()["stage"] == "active"
         assert httpx.get(f"{url}/models/nope").status_code == 404
         again = http.post(f"{url}/predict", json={"symbol": "BTCUSDT", "prices": prices}).json()
-        logged = messages(json_lines(proc))
-        assert "model loaded" in logged
+        logged = logged_once(proc, "model loaded")
         assert "no model registered; training the initial model" not in logged
 
     # The artifact lives in the registry row, with its digest, and no file was written.
@@ -111,7 +122,11 @@ def test_predictions_are_traced_counted_and_validated(redis_url: str, tmp_path: 
             assert "ai_signal_confidence_count 2.0" in metrics
             assert "ai_prediction_latency_seconds_count 2.0" in metrics
             spans = otlp.wait_for(lambda s: sum(x.name == "signal" for x in s) >= 2)
-            log = [line for line in json_lines(proc) if line["message"] == "signal"]
+            log = poll(
+                lambda: [line for line in json_lines(proc) if line["message"] == "signal"] or None,
+                5,
+                "the signal's log line",
+            )
     (span, *_) = [s for s in spans if s.name == "signal"]
     assert span.attributes["symbol"] == "ETHUSDT"
     assert span.attributes["direction"] == signal["direction"]
@@ -189,10 +204,9 @@ async def test_a_second_replica_serves_the_registered_model_without_training_or_
         with service("ai-engine", second_dir, env) as (second, second_url):
             assert httpx.get(f"{second_url}/models").json()["serving"] == version
             from_second = http.post(f"{second_url}/predict", json=body).json()
-            logged = messages(json_lines(second))
+            logged = logged_once(second, "model loaded")
         from_first = http.post(f"{first_url}/predict", json=body).json()
     assert "initial model trained and registered" in messages(json_lines(first))
-    assert "model loaded" in logged
     assert "no model registered; training the initial model" not in logged
     assert from_second == from_first and from_second["model_version"] == version
     assert not (first_dir / "models").exists()

@@ -64,7 +64,13 @@ def test_a_job_trains_reports_progress_evaluates_and_registers_the_same_policy_f
             artifact = client.get(f"/policies/{first['result']['policy']['version']}/artifact")
             metrics = client.get("/metrics").text
             spans = otlp.wait_for(lambda s: sum(x.name == "training" for x in s) >= 3)
-            log = [line["message"] for line in json_lines(proc)]
+
+            def job_logged() -> list[str] | None:
+                # INFO lines are written by the log sink's thread, within 200 ms.
+                messages = [line["message"] for line in json_lines(proc)]
+                return messages if "training job succeeded" in messages else None
+
+            log = wait_until(job_logged, 5, "the job's log line")
 
     assert first["status"] == "succeeded", first["error"]
     progress = first["progress"]
