@@ -99,7 +99,7 @@ class LineSink:
         return deferred
 
     def forget(self, deferred: DeferredLines) -> None:
-        """Stop flushing `deferred` (its handler was closed)."""
+        """Stop flushing `deferred` (its handler was retired: `SinkHandler.retire`)."""
         with contextlib.suppress(ValueError):
             self._deferred.remove(deferred)
 
