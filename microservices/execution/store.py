@@ -15,7 +15,7 @@ from typing import IO, Any, cast
 from sqlalchemy import Table, bindparam, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from backend.infra.db import translate_errors
+from backend.infra.db import execute, translate_errors
 from backend.infra.db.models import (
     ExecutionQuote,
     ExecutionRiskState,
@@ -252,10 +252,10 @@ class Placement:
                 events += [_with_sequence(e, sequences) for e in item.events]
             else:
                 events += item.events
-        await session.execute(_INSERT_ORDERS, orders)
-        await session.execute(_INSERT_TRANSITIONS, transitions)
+        await execute(session, _INSERT_ORDERS, orders)
+        await execute(session, _INSERT_TRANSITIONS, transitions)
         if fills:
-            await session.execute(_INSERT_FILLS, fills)
+            await execute(session, _INSERT_FILLS, fills)
         await outbox.add_many(session, events)
         last_event_id = 0
         if version:
@@ -291,6 +291,9 @@ def _order_id_of(param: str) -> Any:
 _INSERT_ORDERS = insert(_table(OrderRecord))
 _KNOWN_IDS = select(_table(OrderRecord).c.client_order_id).where(
     _table(OrderRecord).c.client_order_id.in_(bindparam("ids", expanding=True))
+)
+_KNOWN_ID = select(_table(OrderRecord).c.client_order_id).where(
+    _table(OrderRecord).c.client_order_id == bindparam("id")
 )
 _INSERT_TRANSITIONS = insert(_table(OrderEventRow)).values(order_id=_order_id_of("order_cid"))
 _INSERT_FILLS = insert(_table(FillRecord)).values(order_id=_order_id_of("order_cid"))
@@ -559,7 +562,11 @@ async def _get_many(
 ) -> dict[str, StoredOrder]:
     # Nearly every id submitted is new: a Core query of the ids alone answers that at a
     # fraction of the ORM's cost, and only the known ones (retries) are loaded as rows.
-    known = list(await session.scalars(_KNOWN_IDS, {"ids": client_order_ids}))
+    if len(client_order_ids) == 1:
+        # The tick path's one order: a statement without an expanding IN runs direct.
+        known = (await execute(session, _KNOWN_ID, {"id": client_order_ids[0]})).scalars()
+    else:
+        known = list(await session.scalars(_KNOWN_IDS, {"ids": client_order_ids}))
     if not known:
         return {}
     rows = list(

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.infra.db import execute
 from backend.infra.db.models import EquityPoint, LedgerFill, Position
 from backend.infra.eventbus import Event, EventData
 from backend.infra.outbox import Outbox
@@ -115,9 +116,8 @@ class Booking:
             await self._save_position(position)
         # One multi-row INSERT per table, in the order given, so the ids are the booking order
         # replicas replay (the ORM writes rows with a generated key one statement at a time).
-        ids = await session.scalars(
-            _INSERT_LEDGER, [{**fill.columns(), "sequence": seq} for fill, seq in fills]
-        )
+        rows = [{**fill.columns(), "sequence": seq} for fill, seq in fills]
+        ids = (await execute(session, _INSERT_LEDGER, rows)).scalars()
         await self._store.outbox.add_many(session, announce)
         return max(int(row_id) for row_id in ids)
 
@@ -132,19 +132,20 @@ class Booking:
             "fees_paid": position.fees,
             "updated_at": datetime.now(UTC),
         }
-        table = _POSITIONS
-        updated = await self._session.execute(
-            update(table)
-            .where(table.c.symbol == position.symbol)
-            .values(**values, version=table.c.version + 1)
-        )
-        if updated.rowcount == 0:  # type: ignore[attr-defined]
-            await self._session.execute(
-                insert(table).values(symbol=position.symbol, version=1, **values)
+        updated = await execute(self._session, _UPDATE_POSITION, {**values, "of": position.symbol})
+        if updated.rowcount == 0:
+            await execute(
+                self._session, _INSERT_POSITION, {**values, "symbol": position.symbol, "version": 1}
             )
 
 
 _POSITIONS = cast(Table, Position.__table__)
+_UPDATE_POSITION = (
+    update(_POSITIONS)
+    .where(_POSITIONS.c.symbol == bindparam("of"))
+    .values(version=_POSITIONS.c.version + 1)
+)
+_INSERT_POSITION = insert(_POSITIONS)
 _INSERT_LEDGER = insert(cast(Table, LedgerFill.__table__)).returning(LedgerFill.__table__.c.id)
 
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.infra.db import GroupWrite
+from backend.infra.db import GroupWrite, execute
 from backend.infra.db.models import RiskDecision as DecisionRow
 from backend.infra.db.models import TradingState as StateRow
 from backend.infra.db.models import TradingStateChange
@@ -86,7 +86,7 @@ class RiskStore:
     ) -> list[str]:
         """A batch's decisions with one INSERT and their events with one more; their ids."""
         rows = [row for row, _ in batch]
-        written = sorted((await session.execute(_INSERT_DECISIONS, rows)).all())
+        written = sorted((await execute(session, _INSERT_DECISIONS, rows)).all())
         # A statement's rows take their ids in the order of its VALUES; each caller's own
         # client order id is checked against the row it is given. A mismatch (never seen)
         # fails the batch, which the group commit then writes one decision at a time.

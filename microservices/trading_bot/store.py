@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, insert, select
 
+from backend.infra.db import execute
 from backend.infra.db.models import BotDecision
 from backend.infra.service import Resources
 
@@ -34,8 +35,7 @@ class DecisionStore:
         One Core `INSERT`: the row is never read back, so the ORM's unit of work (an
         identity map, a flush plan, attribute events) would be paid for nothing."""
         async with self._resources.session() as session:
-            connection = await session.connection()
-            await connection.execute(_INSERT, values)
+            await execute(session, _INSERT, values)
 
     async def recent(
         self, *, symbol: str | None, outcome: str | None, reason: str | None, limit: int

@@ -17,6 +17,7 @@ See docs/DATABASE.md for tables, ownership, settings and metrics.
 
 from __future__ import annotations
 
+from ._direct import execute
 from ._engine import create_engine, create_session_factory, session_scope
 from ._errors import (
     DatabaseConfigError,
@@ -52,6 +53,7 @@ __all__ = [
     "database_readiness_check",
     "default_url",
     "downgrade",
+    "execute",
     "head_revision",
     "load_database_settings",
     "migrate",

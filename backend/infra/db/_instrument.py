@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Table, event
-from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
+from sqlalchemy.engine import Compiled, Connection, Engine, ExceptionContext, ExecutionContext
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Select
 
@@ -70,13 +71,12 @@ def traceparent_of(span: Any) -> tuple[str | None, str | None]:
     return traceparent, state or None
 
 
-def _operation_and_collection(context: ExecutionContext | None) -> tuple[str | None, str | None]:
+def _operation_and_collection(compiled: Any) -> tuple[str | None, str | None]:
     """`db.operation.name` and `db.collection.name` from SQLAlchemy's compiled statement.
 
     The SQL conventions say not to parse these out of the query text; a `text()` statement
     has neither, and is described by `db.query.summary` alone.
     """
-    compiled = getattr(context, "compiled", None)
     if compiled is None:
         return None, None
     stmt = compiled.statement
@@ -129,6 +129,10 @@ class _Shape:
     attributes: dict[str, Any]
 
 
+Started = tuple[Any, str, float]
+"""An open statement span: the span, the metric's operation label, its start (perf_counter)."""
+
+
 class StatementTelemetry:
     """The engine event listeners; one instance per engine."""
 
@@ -138,23 +142,22 @@ class StatementTelemetry:
         self._base = target.base_attributes()
         self._shapes: dict[tuple[str, type | None], _Shape] = {}
 
-    def _shape_of(self, statement: str, context: ExecutionContext | None) -> _Shape:
+    def _shape_of(self, statement: str, compiled: Compiled | None) -> _Shape:
         """The statement's shape, worked out once per SQL text and statement kind: a service
         runs the same few statements over and over, and walking the compiled statement and
         scanning its text cost more than the rest of the span."""
-        compiled = getattr(context, "compiled", None)
         key = (statement, type(compiled.statement) if compiled is not None else None)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = self._work_out_shape(statement, context)
+            shape = self._work_out_shape(statement, compiled)
             if len(statement) <= _CACHEABLE_LEN:
                 if len(self._shapes) >= _SHAPES_MAX:
                     self._shapes.clear()  # rare: more distinct statements than any service has
                 self._shapes[key] = shape
         return shape
 
-    def _work_out_shape(self, statement: str, context: ExecutionContext | None) -> _Shape:
-        api_operation, collection = _operation_and_collection(context)
+    def _work_out_shape(self, statement: str, compiled: Compiled | None) -> _Shape:
+        api_operation, collection = _operation_and_collection(compiled)
         summary = query_summary(statement)
         attributes = dict(self._base)
         if api_operation:
@@ -173,16 +176,12 @@ class StatementTelemetry:
             name = self.target.system
         return _Shape(operation_name(statement), name, summary, attributes)
 
-    def before_execute(
-        self,
-        conn: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> tuple[str, Any]:
-        shape = self._shape_of(statement, context)
+    def start(
+        self, statement: str, compiled: Compiled | None, parameters: Any, executemany: bool
+    ) -> tuple[str, Started]:
+        """Open the statement's span; the text to send (with its comment) and what `finish`
+        or `fail` closes. Both ways to the driver (SQLAlchemy's events and `direct`) use it."""
+        shape = self._shape_of(statement, compiled)
         attributes = dict(shape.attributes)
         name = shape.name
         batch = _batch_size(parameters, executemany)
@@ -190,12 +189,9 @@ class StatementTelemetry:
             attributes["db.operation.batch.size"] = batch
             name = f"BATCH {shape.summary}" if shape.summary else "BATCH"
             attributes["db.query.summary"] = name
-        operation = shape.operation
         # A lean span: an SDK span costs about 100 µs to start and end, and every statement of
         # every request takes one (the exporters see the same span).
         span = start_lean_span(self.tracer, name, SpanKind.CLIENT, attributes)
-        if context is not None:
-            setattr(context, _SPAN_KEY, (span, operation, time.perf_counter()))
         if self.target.commenter:
             traceparent, tracestate = traceparent_of(span)
             if traceparent is not None:
@@ -206,6 +202,39 @@ class StatementTelemetry:
         if self.target.log_statements:
             # The text exactly as the driver receives it, so its traceparent can be checked.
             _statement_log.info("sql statement", statement=statement, db_system=self.target.system)
+        return statement, (span, shape.operation, time.perf_counter())
+
+    def finish(self, started: Started) -> None:
+        span, operation, t0 = started
+        QUERY_DURATION.labels(self.target.system, operation).observe(time.perf_counter() - t0)
+        span.end()
+
+    def fail(self, started: Started, original: BaseException, error: BaseException) -> None:
+        """Close the span of a statement that raised `original` (`error` as SQLAlchemy
+        wraps it, which names the error's kind)."""
+        span, operation, t0 = started
+        QUERY_DURATION.labels(self.target.system, operation).observe(time.perf_counter() - t0)
+        QUERY_ERRORS.labels(self.target.system, operation, _error_kind(error)).inc()
+        code = _sqlstate(original)
+        if code:
+            span.set_attribute("db.response.status_code", code)
+        record_error(span, original, type(original).__name__)
+        span.end()
+
+    def before_execute(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> tuple[str, Any]:
+        statement, started = self.start(
+            statement, getattr(context, "compiled", None), parameters, executemany
+        )
+        if context is not None:
+            setattr(context, _SPAN_KEY, started)
         return statement, parameters
 
     def after_execute(
@@ -221,24 +250,23 @@ class StatementTelemetry:
         if started is None:
             return
         setattr(context, _SPAN_KEY, None)
-        span, operation, t0 = started
-        QUERY_DURATION.labels(self.target.system, operation).observe(time.perf_counter() - t0)
-        span.end()
+        self.finish(started)
 
     def on_error(self, ctx: ExceptionContext) -> None:
         started = getattr(ctx.execution_context, _SPAN_KEY, None)
         if started is None:
             return
         setattr(ctx.execution_context, _SPAN_KEY, None)
-        span, operation, t0 = started
         error = ctx.sqlalchemy_exception or ctx.original_exception
-        QUERY_DURATION.labels(self.target.system, operation).observe(time.perf_counter() - t0)
-        QUERY_ERRORS.labels(self.target.system, operation, _error_kind(error)).inc()
-        code = _sqlstate(ctx.original_exception)
-        if code:
-            span.set_attribute("db.response.status_code", code)
-        record_error(span, ctx.original_exception, type(ctx.original_exception).__name__)
-        span.end()
+        self.fail(started, ctx.original_exception, error)
+
+
+_TELEMETRY: WeakKeyDictionary[Engine, StatementTelemetry] = WeakKeyDictionary()
+
+
+def telemetry_of(engine: Engine) -> StatementTelemetry | None:
+    """The telemetry `instrument_engine` attached to `engine`, if any."""
+    return _TELEMETRY.get(engine)
 
 
 def instrument_engine(
@@ -262,5 +290,6 @@ def instrument_engine(
     event.listen(engine, "before_cursor_execute", telemetry.before_execute, retval=True)
     event.listen(engine, "after_cursor_execute", telemetry.after_execute)
     event.listen(engine, "handle_error", telemetry.on_error)
+    _TELEMETRY[engine] = telemetry
     POOLS.track(engine, name)
     return telemetry

@@ -147,10 +147,7 @@ class OneHopCursor:
         self._rows.clear()
 
     async def _run(self, sql: str, parameters: Any, many: bool) -> OneHopCursor:
-        outcome = await self._conn._call(
-            partial(_run, sql=sql, parameters=parameters, many=many),
-            reads=not many and reads_only(sql),
-        )
+        outcome = await self._conn.run(sql, parameters, many, reads=not many and reads_only(sql))
         self.description, self.rowcount, self.lastrowid, rows = outcome
         self._rows = deque(rows)
         return self
@@ -200,6 +197,13 @@ class OneHopConnection(aiosqlite.Connection):
 
     def cursor(self) -> OneHopCursor:  # type: ignore[override]
         return OneHopCursor(self)
+
+    async def run(self, sql: str, parameters: Any, many: bool, *, reads: bool) -> _Outcome:
+        """Run one statement (`executemany` with `many`): its description, row count, last
+        row id and rows. `reads`: it only reads (see `reads_only`)."""
+        return await self._call(
+            partial(_run, sql=sql, parameters=parameters, many=many), reads=reads
+        )
 
     async def commit(self) -> None:
         wrote = self._conn.in_transaction

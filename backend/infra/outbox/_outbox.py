@@ -28,7 +28,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from backend.infra.db import session_scope
+from backend.infra.db import execute, session_scope
 from backend.infra.db.models import OutboxEvent
 from backend.infra.eventbus import (
     Catalogue,
@@ -208,7 +208,7 @@ class Outbox:
         if not events:
             return []
         now = datetime.now(UTC)
-        await session.execute(_INSERT, [self._columns(event, now) for event in events])
+        await execute(session, _INSERT, [self._columns(event, now) for event in events])
         self._remember(session.sync_session, events)
         return [event.id for event in events]
 
