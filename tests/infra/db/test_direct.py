@@ -23,7 +23,7 @@ from backend.infra.db import (
     migrate,
     session_scope,
 )
-from backend.infra.db.models import BotDecision, RiskDecision
+from backend.infra.db.models import BotDecision, OrderRecord, RiskDecision
 from backend.infra.observability import get_tracer
 from tests.support.factories import order_record
 
@@ -184,8 +184,6 @@ async def test_a_constraint_violation_is_sqlalchemys_integrity_error_on_the_span
     sessions = create_session_factory(engine)
     async with session_scope(sessions) as session:
         session.add(order_record("dup-1"))
-    from backend.infra.db.models import OrderRecord
-
     orders = cast(Table, OrderRecord.__table__)
     row = {
         c: getattr(order_record("dup-1"), c)
