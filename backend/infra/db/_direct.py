@@ -209,8 +209,9 @@ async def execute(
     values = []
     for row in rows:
         if plan.defaults:
-            # As SQLAlchemy's execution context does: a default is made for every row.
-            row = {**row, **{key: make() for key, make in plan.defaults}}
+            # As SQLAlchemy's execution context does: a default is made for every row, and
+            # only where the row gives no value of its own.
+            row = {**{key: make() for key, make in plan.defaults}, **row}
         params = compiled.construct_params(row)
         values.append(
             tuple(
