@@ -564,7 +564,7 @@ async def _get_many(
     # fraction of the ORM's cost, and only the known ones (retries) are loaded as rows.
     if len(client_order_ids) == 1:
         # The tick path's one order: a statement without an expanding IN runs direct.
-        known = (await execute(session, _KNOWN_ID, {"id": client_order_ids[0]})).scalars()
+        known = (await execute(session, _KNOWN_ID, {"id": client_order_ids[0]})).scalars().all()
     else:
         known = list(await session.scalars(_KNOWN_IDS, {"ids": client_order_ids}))
     if not known:

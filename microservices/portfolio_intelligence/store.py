@@ -117,7 +117,7 @@ class Booking:
         # One multi-row INSERT per table, in the order given, so the ids are the booking order
         # replicas replay (the ORM writes rows with a generated key one statement at a time).
         rows = [{**fill.columns(), "sequence": seq} for fill, seq in fills]
-        ids = (await execute(session, _INSERT_LEDGER, rows)).scalars()
+        ids = (await execute(session, _INSERT_LEDGER, rows)).scalars().all()
         await self._store.outbox.add_many(session, announce)
         return max(int(row_id) for row_id in ids)
 
