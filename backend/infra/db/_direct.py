@@ -70,9 +70,6 @@ class Rows:
     def scalar(self) -> Any:
         return self._rows[0][0] if self._rows else None
 
-    def first(self) -> tuple[Any, ...] | None:
-        return self._rows[0] if self._rows else None
-
 
 class Scalars(list[Any]):
     """The first column of each row; `.all()` as SQLAlchemy's `ScalarResult` has it."""
@@ -172,7 +169,7 @@ async def execute(
     """Run `statement` in `session`'s transaction, as `session.execute` would; its rows.
 
     `parameters`: one mapping, or a list of them (one statement per mapping). The result has
-    `.all()`, `.scalars()`, `.scalar()`, `.first()` and `.rowcount`.
+    `.all()`, `.scalars()`, `.scalar()` and `.rowcount`.
     """
     sync = session.sync_session
     held = sync.info.get(_CONNECTION_KEY)
