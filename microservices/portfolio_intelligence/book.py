@@ -20,7 +20,7 @@ from backend.infra.eventbus import (
     GroupMonitor,
     default_catalogue,
 )
-from backend.infra.observability import BoundLogger, SpanKind
+from backend.infra.observability import BoundLogger, SpanKind, lean_span
 from backend.infra.service import Resources
 from backend.trading.events import MarketTick, OrderFilled, PositionUpdated
 from backend.trading.portfolio import ConflictingFill, FillSequences, Portfolio
@@ -273,12 +273,11 @@ class PortfolioBook:
             for entry in entries:
                 data = entry.data
                 fill = data.to_fill()
-                # Each fill's span and announcement belong to its own trace.
+                # Each fill's span and announcement belong to its own trace. The lean span:
+                # one per fill, on the booking path (an SDK span costs ten times more).
                 with (
                     entry.activate(),
-                    self._tracer.start_as_current_span(
-                        "position.update", kind=SpanKind.INTERNAL, attributes=fill.attributes()
-                    ) as span,
+                    lean_span(self._tracer, "position.update", fill.attributes()) as span,
                 ):
                     try:
                         position = self._apply(fill, data.sequence)

@@ -386,3 +386,35 @@ def test_roll_up_rows_written_at_once_equal_rows_written_one_by_one() -> None:
     assert files[0] == files[1]
     a = next(r for r in files[0] if r[:3] == (1, "total", "a"))
     assert a[3] == 11 and Histogram.decode(a[6]).buckets[7] == [11, b"4" * 16]
+
+
+def test_the_watermark_is_the_earliest_start_among_the_traces_still_held() -> None:
+    """After a roll-up takes the settled traces, the watermark is the earliest start among
+    the spans of the traces still waiting, wherever in a trace that span came."""
+
+    def record(trace: bytes, span: bytes, start: int) -> tuple[Any, ...]:
+        return (
+            trace * 16,
+            span * 8,
+            None,
+            "svc",
+            "op",
+            1,
+            start,
+            start + 5,
+            False,
+            None,
+            None,
+            (),
+            None,
+        )
+
+    rollup = Rollup(settle_s=10.0, interval_s=0.0)
+    rollup.add([record(b"a", b"1", 100)], now=0.0)
+    rollup.add([record(b"b", b"2", 300), record(b"c", b"3", 500)], now=5.0)
+    rollup.add([record(b"b", b"4", 250), record(b"c", b"5", 400)], now=6.0)
+    assert rollup.watermark_ns == 100
+    rollup.settle(11.0)  # "a" settles; "b" and "c" wait
+    assert rollup.watermark_ns == 250
+    rollup.settle(16.0)
+    assert rollup.watermark_ns == NO_WATERMARK

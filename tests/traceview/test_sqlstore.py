@@ -476,11 +476,44 @@ def test_stage_durations_and_spans_between_read_stored_spans(db_path: Path) -> N
         assert store.spans_between(base + MS, base + 2 * MS, 10) == []
 
 
+def test_requests_that_come_within_the_commit_interval_are_written_in_one_transaction(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each commit writes every page it touched into the write-ahead log again, so the writer
+    gathers what comes within `commit_interval_s` of its last commit; what it gathers is still
+    written without anyone asking (no flush)."""
+    store = open_store(db_path, commit_interval_s=0.5)
+    batches: list[int] = []
+    write = store._write
+
+    def counting(spans: Any, logs: Any, **kw: Any) -> None:
+        if spans:
+            batches.append(len(spans))
+        write(spans, logs, **kw)
+
+    monkeypatch.setattr(store, "_write", counting)
+    try:
+        store.flush()
+        for n in range(1, 6):
+            store.ingest(trade(n, f"c-{n}"))
+            time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while sum(batches) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(batches) == 20
+        assert len(batches) <= 2, batches
+        assert all(len(store.trace(tid(n))) == 4 for n in range(1, 6))
+    finally:
+        store.close()
+
+
 def test_bad_settings_are_refused_by_name(db_path: Path) -> None:
     with pytest.raises(ValueError, match="tick_sample_rate"):
         SqliteSpanStore(db_path, tick_sample_rate=2)
     with pytest.raises(ValueError, match="max_bytes"):
         SqliteSpanStore(db_path, max_bytes=0)
+    with pytest.raises(ValueError, match="commit_interval_s"):
+        SqliteSpanStore(db_path, commit_interval_s=-1)
 
 
 def test_a_batch_that_fails_is_counted_and_the_writer_carries_on(

@@ -363,7 +363,9 @@ class Rollup:
         self._last_roll = -math.inf
         # The writer's records (tuples of plain values: the garbage collector leaves them be,
         # where as many spans as objects would make every full collection slow).
-        self._pending: OrderedDict[bytes, tuple[float, list[Any]]] = OrderedDict()
+        # Per trace: [first seen, its records, the earliest start among them], so the
+        # watermark after a roll-up reads one number a trace, not every span.
+        self._pending: OrderedDict[bytes, list[Any]] = OrderedDict()
         self._min_pending = NO_WATERMARK
         self._recent: OrderedDict[tuple[Any, Any], SpanRef] = OrderedDict()
         self._decided: OrderedDict[str, tuple[int, str, str]] = OrderedDict()
@@ -375,13 +377,16 @@ class Rollup:
         pending = self._pending
         low = self._min_pending
         for rec in records:
+            start = rec[6]
             found = pending.get(rec[0])
             if found is None:
-                pending[rec[0]] = (now, [rec])
+                pending[rec[0]] = [now, [rec], start]
             else:
                 found[1].append(rec)
-            if rec[6] < low:
-                low = rec[6]
+                if start < found[2]:
+                    found[2] = start
+            if start < low:
+                low = start
         self._min_pending = low
 
     def settle(self, now: float, *, force: bool = False) -> None:
@@ -393,17 +398,14 @@ class Rollup:
         pending = self._pending
         ready: list[list[Any]] = []
         while pending:
-            trace_id, (first_seen, records) = next(iter(pending.items()))
+            trace_id, (first_seen, records, _) = next(iter(pending.items()))
             if not force and now - first_seen < self.settle_s:
                 break
             del pending[trace_id]
             ready.append(records)
         if ready:
             self.roll_records(ready)
-            self._min_pending = min(
-                (min(rec[6] for rec in records) for _, records in pending.values()),
-                default=NO_WATERMARK,
-            )
+            self._min_pending = min((held[2] for held in pending.values()), default=NO_WATERMARK)
 
     def roll(self, spans: Sequence[Any], since_ns: int | None = None) -> None:
         """Add the rows of `spans` (whole traces: `StoredSpan`s or `RollSpan`s)."""

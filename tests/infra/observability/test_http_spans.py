@@ -209,6 +209,61 @@ def test_a_stored_context_becomes_the_parent_of_spans_started_inside(span_export
             assert current_traceparent() is None
 
 
+def test_a_lone_stored_traceparent_gives_the_context_the_propagators_give(span_exporter) -> None:  # type: ignore[no-untyped-def]
+    """Without `tracestate` or baggage, `use_trace_context` reads the value itself: the span
+    it makes current must be the one the W3C propagator extracts, flags included."""
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+
+    from backend.infra.observability import use_trace_context
+
+    for flags in ("01", "00"):
+        stored = f"00-{TRACE_ID}-{PARENT_ID}-{flags}"
+        expected = trace.get_current_span(extract({"traceparent": stored})).get_span_context()
+        with use_trace_context(stored):
+            got = trace.get_current_span().get_span_context()
+        assert got == expected and got.is_remote
+        assert got.trace_flags == expected.trace_flags
+    for malformed in (
+        "00-garbage",
+        f"ff-{TRACE_ID}-{PARENT_ID}-01",
+        f"00-{'0' * 32}-{PARENT_ID}-01",
+    ):
+        with use_trace_context(malformed):
+            assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_injected_context_is_what_the_propagators_write(span_exporter) -> None:  # type: ignore[no-untyped-def]
+    """`inject_trace_context` writes the W3C headers itself when there is no baggage: the
+    carrier must equal the propagators' own, with and without `tracestate`, and baggage
+    still goes through them."""
+    from opentelemetry import baggage, context
+    from opentelemetry.propagate import inject
+
+    from backend.infra.observability import inject_trace_context, use_trace_context
+
+    def both() -> tuple[dict[str, str], dict[str, str]]:
+        expected: dict[str, str] = {}
+        inject(expected)
+        return dict(inject_trace_context({})), expected
+
+    assert both() == ({}, {})  # no span: nothing
+    for flags, state in (("01", None), ("00", "vendor=x,other=y")):
+        with (
+            use_trace_context(f"00-{TRACE_ID}-{PARENT_ID}-{flags}", state),
+            get_tracer("t").start_as_current_span("child"),
+        ):
+            got, expected = both()
+            assert got == expected and got["traceparent"].endswith(f"-{flags}")
+            assert ("tracestate" in got) == (state is not None)
+            token = context.attach(baggage.set_baggage("tenant", "a"))
+            try:
+                got, expected = both()
+                assert got == expected and got["baggage"] == "tenant=a"
+            finally:
+                context.detach(token)
+
+
 async def call_asgi(
     app, method: str, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b""
 ) -> int:  # type: ignore[no-untyped-def]
