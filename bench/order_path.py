@@ -659,13 +659,15 @@ def tick_to_ack(s: Stack, seconds: float, when: str) -> None:
         client.post(s.url("trading-bot") + "/start").raise_for_status()
         time.sleep(seconds)
         client.post(s.url("trading-bot") + "/stop").raise_for_status()
-        time.sleep(2)  # the last batches of spans reach the viewer
+        # The last batches of spans reach the viewer: the services' export interval, then
+        # the viewer's commit interval (1 s).
+        time.sleep(3)
         found = client.get(
             s.traceview + "/api/traces",
             params={
                 "operation": "submit_order",
-                # This phase's trades only: the bot traded for `seconds`, then 2 s of drain.
-                "lookback": f"{seconds + 3:.0f}s",
+                # This phase's trades only: the bot traded for `seconds`, then 3 s of drain.
+                "lookback": f"{seconds + 4:.0f}s",
                 "limit": "1000",
             },
         ).json()
