@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench.order_path import Connection, Part, _run_part, _shares, bare_server, ping
+from bench.order_path import (
+    Connection,
+    Part,
+    _run_part,
+    _shares,
+    bare_server,
+    ping,
+    platform_pids,
+    service_pids,
+)
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -102,3 +116,31 @@ def test_an_open_loop_offers_its_rate_whatever_the_answers_and_a_closed_loop_doe
     assert len(opened.accepted) == 40 and not opened.errors
     assert len(closed.accepted) > 40 and not closed.errors
     assert len(opened.order_ms) == 40
+
+
+def test_the_platforms_processes_include_the_viewers_worker_processes() -> None:
+    """The viewer decodes and rolls up in processes of its own (grandchildren of the
+    launcher): the CPU per order of the whole platform counts them, so they must be found."""
+    sleeper = "import time; time.sleep(60)"
+    viewer = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {sleeper!r}]); time.sleep(60)"
+    )
+    launcher = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen([sys.executable, '-c', {viewer!r}, 'traceview']); "
+        f"subprocess.Popen([sys.executable, '-c', {sleeper!r}, 'serve', 'execution']); "
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        found = platform_pids(proc.pid)
+        while len(found) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            found = platform_pids(proc.pid)
+        assert set(found) == {"launcher", "traceview", "execution", "traceview child 1"}
+        assert set(service_pids(proc.pid)) == {"execution"}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
