@@ -175,7 +175,7 @@ def test_the_log_exporters_are_received_and_found_by_span(
     tracer = TracerProvider(resource=resource).get_tracer("qt.test")
     try:
         with tracer.start_as_current_span("order.submit") as span:
-            logger.warning("order denied: %s", "limit")
+            logger.warning("order denied: %s", "limit", extra={"client_order_id": "c-9"})
             ctx = span.get_span_context()
         logger.info("outside any span")
         logs.force_flush()
@@ -187,6 +187,7 @@ def test_the_log_exporters_are_received_and_found_by_span(
     assert record.body == "order denied: limit"
     assert record.severity == "WARN"
     assert record.service == "execution"
+    assert record.attributes["client_order_id"] == "c-9"
 
 
 def test_otlp_json_is_accepted(store: SqliteSpanStore, http_server: HttpServer) -> None:

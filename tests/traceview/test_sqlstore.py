@@ -450,6 +450,55 @@ def test_logs_are_read_back_per_span(db_path: Path) -> None:
         assert store.logs_for_span(tid(1), spans[1].span_id) == []
 
 
+def test_otlp_log_records_keep_their_attributes_until_read(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record sent over OTLP (the services' own encoder) reads back with its body, severity,
+    service, ids and attributes; its attributes are stored as the record came, not as JSON,
+    and a damaged one reads back without them rather than failing the page."""
+    from backend.infra.observability._signals import encode_logs
+
+    spans = trade(1, "c-1")
+    fields = {
+        "message": "order filled",
+        "logger": "execution.desk",
+        "trace_id": tid(1),
+        "span_id": spans[3].span_id,
+        "trace_flags": "01",
+        "client_order_id": "c-1",
+        "quantity": "0.1",
+        "reduce_only": False,
+        "fills": 2,
+    }
+    now = time.time_ns()
+    payload = encode_logs([(now, 20, "INFO", fields)], {"service.name": "execution"}, ("qt", "1"))
+    with open_store(db_path) as store:
+        store.ingest(spans)
+        assert store.ingest_otlp_logs(payload) == (1, 0)
+        store.flush()
+        (record,) = store.logs_for_span(tid(1), spans[3].span_id)
+        assert (record.time_ns, record.severity, record.body, record.service) == (
+            now,
+            "INFO",
+            "order filled",
+            "execution",
+        )
+        assert record.attributes == {
+            "logger": "execution.desk",
+            "client_order_id": "c-1",
+            "quantity": "0.1",
+            "reduce_only": False,
+            "fills": 2,
+        }
+        (stored,) = store._reader().execute("SELECT attrs FROM logs").fetchone()
+        assert isinstance(stored, bytes)
+        store._db.execute("UPDATE logs SET attrs = x'ff00'")
+        store._db.commit()
+        (damaged,) = store.logs_for_span(tid(1), spans[3].span_id)
+        assert damaged.attributes == {} and damaged.body == "order filled"
+        assert "could not be read" in caplog.text
+
+
 def test_stage_quantiles_count_every_span_even_sampled_out(db_path: Path) -> None:
     base = time.time_ns()
     with open_store(db_path, tick_sample_rate=0.0) as store:

@@ -82,7 +82,7 @@ from ._queries import (
 )
 from ._rollproc import LocalRollup, RollupDied, RollupProcess
 from ._store import KINDS, StoredSpan
-from .otlp import decode_logs
+from .otlp import LogRow, log_attributes, log_rows
 
 __all__ = ["MalformedPayload", "SqliteSpanStore"]
 
@@ -219,6 +219,19 @@ def _bucket_ms(bucket: int) -> float:
 
 def _dumps(value: object) -> str:
     return dumpb(value).decode()
+
+
+def _log_attributes(stored: str | bytes | None) -> dict[str, Any]:
+    if not stored:
+        return {}
+    if isinstance(stored, bytes):
+        try:
+            return log_attributes(stored)
+        except Exception:  # a damaged row shows without its attributes, not as an error page
+            log.warning("a stored log record's attributes could not be read", exc_info=True)
+            return {}
+    loaded: dict[str, Any] = orjson.loads(stored)
+    return loaded
 
 
 def _sampled(trace_id: bytes, rate: float) -> bool:
@@ -434,7 +447,19 @@ class SqliteSpanStore:
 
     def ingest_logs(self, records: Sequence[LogRecord]) -> int:
         """Queue log records for writing; the number refused."""
-        return self._offer("logs", list(records), len(records))
+        rows: list[LogRow] = [
+            (
+                r.time_ns,
+                bytes.fromhex(r.trace_id) if r.trace_id else None,
+                bytes.fromhex(r.span_id) if r.span_id else None,
+                r.severity,
+                r.body,
+                r.service,
+                _dumps(r.attributes) if r.attributes else None,
+            )
+            for r in records
+        ]
+        return self._offer("logs", rows, len(rows))
 
     def ingest_otlp(self, payload: bytes) -> tuple[int, int]:
         """Decode an `ExportTraceServiceRequest` and queue its spans: (accepted, refused)."""
@@ -448,25 +473,13 @@ class SqliteSpanStore:
         return count - refused, refused
 
     def ingest_otlp_logs(self, payload: bytes) -> tuple[int, int]:
-        """Decode an `ExportLogsServiceRequest` and queue its records: (accepted, refused)."""
+        """Read an `ExportLogsServiceRequest` and queue its records: (accepted, refused)."""
         try:
-            decoded = decode_logs(payload)
+            rows = log_rows(payload, _dumps)
         except Exception as exc:  # see ingest_otlp
             raise MalformedPayload(f"not an OTLP ExportLogsServiceRequest: {exc}") from exc
-        records = [
-            LogRecord(
-                time_ns=r.time_ns,
-                severity=r.severity,
-                body=r.body if isinstance(r.body, str) else _dumps(r.body),
-                service=str(r.resource.get("service.name", "unknown")),
-                trace_id=r.trace_id,
-                span_id=r.span_id,
-                attributes=r.attributes,
-            )
-            for r in decoded
-        ]
-        refused = self.ingest_logs(records)
-        return len(records) - refused, refused
+        refused = self._offer("logs", rows, len(rows))
+        return len(rows) - refused, refused
 
     def add_otlp(self, payload: bytes) -> int:
         """`TraceStore`'s ingest call: the spans accepted."""
@@ -561,7 +574,7 @@ class SqliteSpanStore:
                 item = None
             spans: list[_Rec] = []
             received: Counter[tuple[int, str, str, int]] = Counter()
-            logs: list[LogRecord] = []
+            logs: list[LogRow] = []
             signals: list[tuple[str, Any, int]] = []
             taken = 0
             while item is not None:
@@ -619,7 +632,7 @@ class SqliteSpanStore:
     def _write(
         self,
         spans: list[_Rec],
-        logs: list[LogRecord],
+        logs: list[LogRow],
         *,
         force: bool,
         received: dict[tuple[int, str, str, int], int] | None = None,
@@ -973,23 +986,15 @@ class SqliteSpanStore:
         if links:
             db.executemany("INSERT OR IGNORE INTO links(a, b) VALUES (?, ?)", links)
 
-    def _write_logs(self, records: list[LogRecord]) -> None:
-        rows = [
-            (
-                r.time_ns,
-                bytes.fromhex(r.trace_id) if r.trace_id else None,
-                bytes.fromhex(r.span_id) if r.span_id else None,
-                r.severity,
-                r.body,
-                self._name_id(_SERVICE, r.service),
-                _dumps(r.attributes) if r.attributes else None,
-            )
-            for r in records
-        ]
+    def _write_logs(self, records: list[LogRow]) -> None:
+        name_id = self._name_id
         self._db.executemany(
             "INSERT INTO logs(time, trace, span, severity, body, svc, attrs) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            [
+                (t, trace, span, severity, body, name_id(_SERVICE, service), attrs)
+                for t, trace, span, severity, body, service, attrs in records
+            ],
         )
 
     def _save_counters(self) -> None:
@@ -1326,7 +1331,8 @@ class SqliteSpanStore:
                 service=self._name(svc),
                 trace_id=tid.hex(),
                 span_id=sid.hex(),
-                attributes=orjson.loads(attrs) if attrs else {},
+                # JSON text, or the OTLP record they came in (`otlp.log_rows`).
+                attributes=_log_attributes(attrs),
             )
             for time_ns, severity, body, svc, attrs in rows
         ]
