@@ -427,6 +427,12 @@ class SqliteSpanStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA cache_size=-32000")
+        # Fold the log into the file every 10,000 pages (40 MB) rather than 1,000: a page
+        # changed again before the fold is copied once. 14 % fewer bytes written and about a
+        # tenth less of the writer thread's CPU under `bench.order_path`'s load (docs/COLLECTOR.md);
+        # the log file is cut back to 64 MB after a fold.
+        db.execute("PRAGMA wal_autocheckpoint=10000")
+        db.execute(f"PRAGMA journal_size_limit={64 << 20}")
         return db
 
     def _reader(self) -> sqlite3.Connection:
