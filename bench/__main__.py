@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from bench._proc import cpu_ticks, machine_line
+
 BENCHMARKS = (
     "bench.bench_http",
     "bench.bench_eventbus",
@@ -54,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{module_name}: not available ({exc})")
             continue
         print(f"== {module_name} ==", flush=True)
+        # The same code runs at different speeds at different hours on a shared machine: each
+        # benchmark's figures are framed by how fast the machine was before and after.
+        print(machine_line("before"), flush=True)
+        ticks = cpu_ticks()
         status |= module.main(options) or 0
+        print(machine_line("after", ticks), flush=True)
     return status
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from tests.support.polling import wait_until
@@ -55,3 +56,50 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# How fast the machine runs right now ----------------------------------------------------------
+
+PROBE_STEPS = 10_000_000
+
+
+def loop_seconds(steps: int | None = None) -> float:
+    """Wall time of a fixed pure-Python loop of `steps` additions.
+
+    The benchmarks' machines are shared: the same code runs two or three times slower at one
+    hour than at another, with the load average unchanged (the host, not this machine, is
+    busy). Printed beside a benchmark's figures, this says which kind of moment they came from;
+    docs/RELIABILITY.md gives the figure of a quiet moment."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(PROBE_STEPS if steps is None else steps):
+        total += i
+    return time.perf_counter() - started
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(ticks the machine's CPUs were busy, ticks stolen by the host) since boot, from
+    /proc/stat; (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = sum(fields[3:5])  # idle, iowait
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields) - idle, steal
+
+
+def machine_line(when: str, since: tuple[int, int] | None = None) -> str:
+    """One line on how fast the machine is `when`: the probe loop's time, the load average and,
+    `since` an earlier `cpu_ticks()`, the share of busy time the host took back (steal)."""
+    line = (
+        f"machine {when}: a {PROBE_STEPS:,}-step Python loop took "
+        f"{loop_seconds():.2f} s, load average {os.getloadavg()[0]:.2f}"
+    )
+    if since is not None:
+        busy, steal = cpu_ticks()
+        busy, steal = busy - since[0], steal - since[1]
+        if busy > 0:
+            line += f", {100 * steal / busy:.1f} % of the busy time stolen by the host"
+    return line

@@ -1,0 +1,64 @@
+"""`python -m bench`: the benchmarks named, each framed by how fast the machine was."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+import bench.__main__ as runner
+from bench import _proc
+
+
+@pytest.fixture
+def one_benchmark(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """A benchmark `bench.fake` that records the options it was given."""
+    calls: list[list[str]] = []
+    module = types.ModuleType("bench.fake")
+
+    def main(options: list[str]) -> int:
+        calls.append(options)
+        print("fake figures")
+        return 0
+
+    module.main = main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bench.fake", module)
+    monkeypatch.setattr(runner, "BENCHMARKS", ("bench.fake",))
+    monkeypatch.setattr(runner, "NAMES", ("fake",))
+    monkeypatch.setattr(_proc, "PROBE_STEPS", 1000)
+    return calls
+
+
+def test_each_benchmark_is_framed_by_the_machines_speed_before_and_after(
+    one_benchmark: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert runner.main(["fake", "--seconds", "5"]) == 0
+    assert one_benchmark == [["--seconds", "5"]]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "== bench.fake =="
+    assert lines[1].startswith("machine before: a 1,000-step Python loop took ")
+    assert lines[2] == "fake figures"
+    assert lines[3].startswith("machine after: a 1,000-step Python loop took ")
+    assert "load average" in lines[1] and "load average" in lines[3]
+
+
+def test_an_unknown_benchmark_is_named_and_nothing_runs(
+    one_benchmark: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert runner.main(["fake", "nosuch"]) == 2
+    assert one_benchmark == []
+    assert "unknown benchmark nosuch; the benchmarks are: fake" in capsys.readouterr().err
+
+
+def test_the_share_stolen_by_the_host_is_of_the_busy_ticks_since_the_first_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    busy, steal = _proc.cpu_ticks()
+    assert busy > 0 and 0 <= steal <= busy  # this machine's /proc/stat
+    monkeypatch.setattr(_proc, "PROBE_STEPS", 1000)
+    monkeypatch.setattr(_proc, "cpu_ticks", lambda: (1000, 50))
+    assert _proc.machine_line("after", (600, 10)).endswith(
+        ", 10.0 % of the busy time stolen by the host"
+    )
+    assert "stolen" not in _proc.machine_line("before")
