@@ -27,6 +27,7 @@ def one_benchmark(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     monkeypatch.setattr(runner, "BENCHMARKS", ("bench.fake",))
     monkeypatch.setattr(runner, "NAMES", ("fake",))
     monkeypatch.setattr(_proc, "PROBE_STEPS", 1000)
+    monkeypatch.setattr(_proc, "PROBE_ROWS", 100)
     return calls
 
 
@@ -40,7 +41,8 @@ def test_each_benchmark_is_framed_by_the_machines_speed_before_and_after(
     assert lines[1].startswith("machine before: a 1,000-step Python loop took ")
     assert lines[2] == "fake figures"
     assert lines[3].startswith("machine after: a 1,000-step Python loop took ")
-    assert "load average" in lines[1] and "load average" in lines[3]
+    for line in (lines[1], lines[3]):
+        assert " s, 100 JSON rows " in line and "load average" in line
 
 
 def test_an_unknown_benchmark_is_named_and_nothing_runs(
@@ -57,6 +59,7 @@ def test_the_share_stolen_by_the_host_is_of_the_busy_ticks_since_the_first_readi
     busy, steal = _proc.cpu_ticks()
     assert busy > 0 and 0 <= steal <= busy  # this machine's /proc/stat
     monkeypatch.setattr(_proc, "PROBE_STEPS", 1000)
+    monkeypatch.setattr(_proc, "PROBE_ROWS", 100)
     monkeypatch.setattr(_proc, "cpu_ticks", lambda: (1000, 50))
     assert _proc.machine_line("after", (600, 10)).endswith(
         ", 10.0 % of the busy time stolen by the host"
