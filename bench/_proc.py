@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from tests.support.polling import wait_until
-from tests.support.procs import http_ok
+from tests.support.procs import free_port, http_ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,6 +46,28 @@ def spawn(
     return proc
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(main thread, other threads) CPU seconds of a process so far, from /proc.
+
+    CPU per request is steadier than req/s on a shared machine: other workloads' load takes
+    the core away from the server, but not the work it does per request. The other threads
+    are the span exporter and the log sink's writer."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = other = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(tid) == pid:
+            main += used
+        else:
+            other += used
+    return main, other
+
+
 def wait_http(port: int, path: str = "/ping", timeout_s: float = 20.0) -> None:
     wait_until(lambda: http_ok(port, path), timeout_s, f"the server on port {port}", 0.1)
 
@@ -64,6 +86,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 PROBE_STEPS = 10_000_000
 PROBE_ROWS = 200_000
+PROBE_HTTP_SECONDS = 2.0
 
 
 def loop_seconds(steps: int | None = None) -> float:
@@ -95,6 +118,40 @@ def rows_seconds(n: int | None = None) -> float:
     return time.perf_counter() - started
 
 
+def http_probe_us(seconds: float | None = None, connections: int = 8) -> float:
+    """CPU microseconds per request of a bare FastAPI app under uvicorn (`bench.http_app
+    bare`), loaded for `seconds` by `bench.loadgen` from another core: the services' kind of
+    work, which the two probes above do not follow closely (see `rows_seconds`)."""
+    server_cores, load_cores = cpus()
+    port = free_port()
+    server = spawn(["-m", "bench.http_app", "bare", str(port)], cores=server_cores)
+    try:
+        wait_http(port)
+        before = sum(thread_cpu_seconds(server.pid))
+        load = spawn(
+            [
+                "-m",
+                "bench.loadgen",
+                "--port",
+                str(port),
+                "--seconds",
+                str(PROBE_HTTP_SECONDS if seconds is None else seconds),
+                "--warmup",
+                "0.5",
+                "--connections",
+                str(connections),
+            ],
+            cores=load_cores,
+            stdout=subprocess.PIPE,
+        )
+        out, _ = load.communicate(timeout=120)
+        used = sum(thread_cpu_seconds(server.pid)) - before
+    finally:
+        stop(server)
+    sent = json.loads(out)["sent"]
+    return 1e6 * used / sent if sent else float("nan")
+
+
 def cpu_ticks() -> tuple[int, int]:
     """(ticks the machine's CPUs were busy, ticks stolen by the host) since boot, from
     /proc/stat; (0, 0) where there is none."""
@@ -113,12 +170,14 @@ def machine_line(when: str, since: tuple[int, int] | None = None) -> str:
 
     The benchmarks' machines are shared: the same code runs two or three times slower at one
     hour than at another, with the load average unchanged (the host, not this machine, is
-    busy). Two probes, a tight loop and service-shaped work (`rows_seconds`), the load average
+    busy). Three probes, a tight loop, service-shaped work (`rows_seconds`) and a bare HTTP
+    server's CPU per request (`http_probe_us`, the one that follows the services), the load average
     and, `since` an earlier `cpu_ticks()`, the share of busy time the host took back (steal).
     docs/RELIABILITY.md gives the probes' figures at quiet and busy moments."""
     line = (
         f"machine {when}: a {PROBE_STEPS:,}-step Python loop took {loop_seconds():.2f} s, "
         f"{PROBE_ROWS:,} JSON rows {rows_seconds():.2f} s, "
+        f"a bare FastAPI server {http_probe_us():.0f} us of CPU per request, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     if since is not None:

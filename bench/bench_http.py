@@ -20,7 +20,7 @@ import urllib.request
 
 from tests.support.procs import free_port
 
-from ._proc import cpus, spawn, stop, wait_http
+from ._proc import cpus, spawn, stop, thread_cpu_seconds, wait_http
 
 CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "bare": ("bare", {}),
@@ -32,28 +32,6 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
 # Throughput ratio to bare (issue 12's targets) and p99 at most this many times bare's p99.
 TARGETS = {"ours 100%": 0.80, "ours 10%": 0.90}
 P99_TARGET = 1.5
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(main thread, other threads) CPU seconds of a process so far, from /proc.
-
-    CPU per request is steadier than req/s on a shared machine: other workloads' load takes
-    the core away from the server, but not the work it does per request. The other threads
-    are the span exporter and the log sink's writer."""
-    tick = os.sysconf("SC_CLK_TCK")
-    main = other = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        used = (int(fields[11]) + int(fields[12])) / tick
-        if int(tid) == pid:
-            main += used
-        else:
-            other += used
-    return main, other
 
 
 def run_one(name: str, sink_port: int, seconds: float, connections: int) -> dict[str, float]:
@@ -73,7 +51,7 @@ def run_one(name: str, sink_port: int, seconds: float, connections: int) -> dict
         )
         try:
             wait_http(port)
-            cpu_before = cpu_seconds(server.pid)
+            cpu_before = thread_cpu_seconds(server.pid)
             load = spawn(
                 [
                     "-m",
@@ -90,7 +68,7 @@ def run_one(name: str, sink_port: int, seconds: float, connections: int) -> dict
             )
             out, _ = load.communicate(timeout=seconds + 60)
             result: dict[str, float] = json.loads(out)
-            cpu_after = cpu_seconds(server.pid)
+            cpu_after = thread_cpu_seconds(server.pid)
             result["cpu_main_s"] = cpu_after[0] - cpu_before[0]
             result["cpu_other_s"] = cpu_after[1] - cpu_before[1]
         finally:

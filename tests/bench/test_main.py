@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,7 @@ def one_benchmark(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     monkeypatch.setattr(runner, "NAMES", ("fake",))
     monkeypatch.setattr(_proc, "PROBE_STEPS", 1000)
     monkeypatch.setattr(_proc, "PROBE_ROWS", 100)
+    monkeypatch.setattr(_proc, "http_probe_us", lambda: 123.4)
     return calls
 
 
@@ -43,6 +45,7 @@ def test_each_benchmark_is_framed_by_the_machines_speed_before_and_after(
     assert lines[3].startswith("machine after: a 1,000-step Python loop took ")
     for line in (lines[1], lines[3]):
         assert " s, 100 JSON rows " in line and "load average" in line
+        assert ", a bare FastAPI server 123 us of CPU per request, " in line
 
 
 def test_an_unknown_benchmark_is_named_and_nothing_runs(
@@ -60,8 +63,28 @@ def test_the_share_stolen_by_the_host_is_of_the_busy_ticks_since_the_first_readi
     assert busy > 0 and 0 <= steal <= busy  # this machine's /proc/stat
     monkeypatch.setattr(_proc, "PROBE_STEPS", 1000)
     monkeypatch.setattr(_proc, "PROBE_ROWS", 100)
+    monkeypatch.setattr(_proc, "http_probe_us", lambda: 123.4)
     monkeypatch.setattr(_proc, "cpu_ticks", lambda: (1000, 50))
     assert _proc.machine_line("after", (600, 10)).endswith(
         ", 10.0 % of the busy time stolen by the host"
     )
     assert "stolen" not in _proc.machine_line("before")
+
+
+def _http_apps() -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"bench.http_app" in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_the_http_probe_measures_a_real_server_and_stops_it() -> None:
+    before = _http_apps()
+    used = _proc.http_probe_us(seconds=0.3, connections=2)
+    # A request through uvicorn and FastAPI costs tens to hundreds of microseconds of CPU.
+    assert 5 < used < 50_000
+    assert _http_apps() <= before
