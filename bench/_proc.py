@@ -68,6 +68,25 @@ def thread_cpu_seconds(pid: int) -> tuple[float, float]:
     return main, other
 
 
+def run_loadgen(
+    port: int,
+    seconds: float,
+    connections: int,
+    cores: set[int],
+    warmup_s: float | None = None,
+) -> dict[str, float]:
+    """`bench.loadgen` against the server on `port`, in its own process on `cores`: what it
+    printed (requests, sent, rps, p50_ms, p99_ms, errors)."""
+    args = ["-m", "bench.loadgen", "--port", str(port), "--seconds", str(seconds)]
+    args += ["--connections", str(connections)]
+    if warmup_s is not None:
+        args += ["--warmup", str(warmup_s)]
+    load = spawn(args, cores=cores, stdout=subprocess.PIPE)
+    out, _ = load.communicate(timeout=seconds + 60)
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
 def wait_http(port: int, path: str = "/ping", timeout_s: float = 20.0) -> None:
     wait_until(lambda: http_ok(port, path), timeout_s, f"the server on port {port}", 0.1)
 
@@ -128,27 +147,17 @@ def http_probe_us(seconds: float | None = None, connections: int = 8) -> float:
     try:
         wait_http(port)
         before = sum(thread_cpu_seconds(server.pid))
-        load = spawn(
-            [
-                "-m",
-                "bench.loadgen",
-                "--port",
-                str(port),
-                "--seconds",
-                str(PROBE_HTTP_SECONDS if seconds is None else seconds),
-                "--warmup",
-                "0.5",
-                "--connections",
-                str(connections),
-            ],
-            cores=load_cores,
-            stdout=subprocess.PIPE,
+        result = run_loadgen(
+            port,
+            PROBE_HTTP_SECONDS if seconds is None else seconds,
+            connections,
+            load_cores,
+            warmup_s=0.5,
         )
-        out, _ = load.communicate(timeout=120)
         used = sum(thread_cpu_seconds(server.pid)) - before
     finally:
         stop(server)
-    sent = json.loads(out)["sent"]
+    sent = result["sent"]
     return 1e6 * used / sent if sent else float("nan")
 
 

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ import urllib.request
 
 from tests.support.procs import free_port
 
-from ._proc import cpus, spawn, stop, thread_cpu_seconds, wait_http
+from ._proc import cpus, run_loadgen, spawn, stop, thread_cpu_seconds, wait_http
 
 CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "bare": ("bare", {}),
@@ -52,22 +51,7 @@ def run_one(name: str, sink_port: int, seconds: float, connections: int) -> dict
         try:
             wait_http(port)
             cpu_before = thread_cpu_seconds(server.pid)
-            load = spawn(
-                [
-                    "-m",
-                    "bench.loadgen",
-                    "--port",
-                    str(port),
-                    "--seconds",
-                    str(seconds),
-                    "--connections",
-                    str(connections),
-                ],
-                cores=load_cores,
-                stdout=subprocess.PIPE,
-            )
-            out, _ = load.communicate(timeout=seconds + 60)
-            result: dict[str, float] = json.loads(out)
+            result = run_loadgen(port, seconds, connections, load_cores)
             cpu_after = thread_cpu_seconds(server.pid)
             result["cpu_main_s"] = cpu_after[0] - cpu_before[0]
             result["cpu_other_s"] = cpu_after[1] - cpu_before[1]
