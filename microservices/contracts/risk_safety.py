@@ -110,6 +110,9 @@ class StatePublic(BaseModel):
     execution: ExecutionAck | None = None
     event: str | None = None
     """For a change: `published` on the bus, or `queued` in the outbox until Redis answers."""
+    recorded: bool = True
+    """False while the state is in force but the database has not taken its record (a halt
+    during a database outage): risk-safety writes it as soon as the database answers."""
     portfolio: PortfolioStatus
     exposure: ExposureStatus
     quotes: list[QuotePublic]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from backend.infra.service import JsonBodyRoute, SentAnswer, provided
+from backend.infra.service import JsonBodyRoute, SentAnswer, dependency_unavailable, provided
 from backend.trading.risk import TradingState
 from microservices.contracts.risk_safety import (
     ApprovalPublic,
@@ -25,7 +25,7 @@ from microservices.contracts.risk_safety import (
     StatePublic,
 )
 
-from .guard import RiskGuard, StatePush, StateView, now_ms
+from .guard import RiskGuard, StateNotRecorded, StatePush, StateView, now_ms
 
 router = APIRouter()
 
@@ -53,6 +53,7 @@ def _state_public(guard: RiskGuard, view: StateView) -> StatePublic:
         state_token=guard.state_token(view.state, view.epoch),
         execution=_ack(view.execution),
         event=view.event,
+        recorded=view.recorded,
         exposure=ExposureStatus(
             url=guard.execution_url,
             reachable=exposure.ok if exposure else None,
@@ -152,9 +153,22 @@ async def get_state_changes(
 async def kill_switch(body: KillSwitchRequest, guard: Guard) -> StatePublic:
     """Halt trading: from now on only orders that reduce a position pass.
 
-    Execution is told first (its answer is `execution`), then the halt is committed.
+    Execution is told first (its answer is `execution`), then the halt is committed. With the
+    database down the halt still takes effect: a 503 naming the database that also says the
+    state in force, `recorded: false` and execution's answer; the record follows by itself.
     """
-    view = await guard.set_state(TradingState.HALTED, actor=body.operator, reason=body.reason)
+    try:
+        view = await guard.set_state(TradingState.HALTED, actor=body.operator, reason=body.reason)
+    except StateNotRecorded as exc:
+        state = _state_public(guard, exc.view)
+        return dependency_unavailable(  # type: ignore[return-value]
+            "database",
+            str(exc),
+            "database_unavailable",
+            **state.model_dump(
+                mode="json", include={"state", "epoch", "changed", "recorded", "execution"}
+            ),
+        )
     return _state_public(guard, view)
 
 

@@ -14,12 +14,14 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from backend.infra.db import DatabaseError, DatabaseUnavailableError
 from backend.infra.eventbus import Event
 from backend.infra.observability import (
     BoundLogger,
     SpanKind,
     current_traceparent,
     lean_span,
+    use_trace_context,
 )
 from backend.infra.service import Resources, service_url
 from backend.trading.approval import Approval, sign_approval, sign_state
@@ -47,6 +49,9 @@ from .store import RiskStore
 
 EVENT_WAIT_S = 0.5
 """How long a kill switch or resume waits for its event to reach the bus before answering."""
+
+RECORD_RETRY_S = 1.0
+"""How often a closing state change the database did not take is tried again."""
 
 CLOCK_MARGIN_MS = 5_000
 """Asked-for client order ids start this much before the oldest approval: clocks differ."""
@@ -127,6 +132,39 @@ class StateView:
     execution: StatePush | None = None
     event: str | None = None
     """`published`, or `queued` in the outbox (Redis slow or down): changed either way."""
+    recorded: bool = True
+    """False while the state is in force but the database has not taken its record yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Unrecorded:
+    """A closing state change in force (here and, if it acknowledged, at execution) whose
+    record the database did not take: written as soon as it answers, with its own time."""
+
+    previous: TradingState
+    target: TradingState
+    reason: str
+    actor: str
+    at: datetime
+    traceparent: str | None
+
+
+class StateNotRecorded(DatabaseUnavailableError):
+    """A halt (or a move to REDUCING) took effect, but the database did not take its record.
+
+    Closing trading is always safe, so it is not undone for want of a record: the state is in
+    force here and was pushed to execution, and the record is written once the database
+    answers. Still a `DatabaseUnavailableError` (503) wherever it is not answered on its own.
+    """
+
+    def __init__(self, view: StateView, cause: DatabaseError) -> None:
+        super().__init__(
+            getattr(cause, "target", "of risk-safety"),
+            f"{getattr(cause, 'detail', cause)}; trading state {view.state.value} (epoch "
+            f"{view.epoch}) is in force but not recorded, and is recorded as soon as the "
+            "database answers",
+        )
+        self.view = view
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +342,7 @@ class RiskGuard:
         self._state_reason = ""
         self._state_changed_at: datetime | None = None
         self._epoch = 0
+        self._unrecorded: _Unrecorded | None = None
         # Approval times of the order-rate window, ascending; the first `_window_start` have
         # left it (trimmed in batches).
         self._approvals: list[int] = []
@@ -794,7 +833,13 @@ class RiskGuard:
     # Trading state ----------------------------------------------------------------------------
 
     def state(self) -> StateView:
-        return StateView(self._state, self._state_reason, self._state_changed_at, self._epoch)
+        return StateView(
+            self._state,
+            self._state_reason,
+            self._state_changed_at,
+            self._epoch,
+            recorded=self._unrecorded is None,
+        )
 
     def state_token(self, state: TradingState, epoch: int) -> str:
         return sign_state(self.secret, state=state.value, epoch=epoch).token
@@ -816,10 +861,13 @@ class RiskGuard:
                     span.set_attributes(
                         {"changed": False, "execution_acknowledged": push.acknowledged}
                     )
-                    view = self.state()
-                    return StateView(
-                        view.state, view.reason, view.changed_at, view.epoch, execution=push
-                    )
+                    view = replace(self.state(), execution=push)
+                    # Asked again while the change waits for its record: write it now.
+                    try:
+                        await self._record_unrecorded()
+                    except DatabaseError as exc:
+                        raise StateNotRecorded(view, exc) from exc
+                    return replace(view, recorded=True)
                 push = await self._change_state(target, actor=actor, reason=reason)
                 view = StateView(
                     self._state,
@@ -856,25 +904,45 @@ class RiskGuard:
         the old epoch can be issued after execution moved on, and a halt takes effect where
         orders fill before the bus (which can lag) carries it.
         """
+        # A change the database did not take yet goes first (or this one is refused).
+        await self._record_unrecorded()
         previous = self._state
         transition_state(previous, target)
         epoch = self._epoch + 1
         push = await self._push_state(target, epoch, reason)
         traceparent = current_traceparent()
-        row = await self.store.change_state(
-            from_mode=previous.value,
-            to_mode=target.value,
-            reason=reason,
-            actor=actor,
-            trace_id=traceparent.split("-")[1] if traceparent else None,
-            announce=RiskStateChanged(previous_state=previous, state=target, reason=reason),
-        )
-        self._state = target
-        self._epoch = epoch
-        self._state_reason = reason
-        self._state_changed_at = row.updated_at
-        self._set_state_gauge()
-        metrics.STATE_CHANGES.labels(target.value).inc()
+        at = datetime.now(UTC)
+        try:
+            row = await self.store.change_state(
+                from_mode=previous.value,
+                to_mode=target.value,
+                reason=reason,
+                actor=actor,
+                trace_id=traceparent.split("-")[1] if traceparent else None,
+                announce=RiskStateChanged(previous_state=previous, state=target, reason=reason),
+                at=at,
+            )
+        except DatabaseError as exc:
+            if target is TradingState.ACTIVE:
+                raise  # opening trading without its record: never
+            # Closing trading is safe without its record, and execution may have adopted it
+            # already: it stays in force, and is recorded once the database answers.
+            self._unrecorded = _Unrecorded(previous, target, reason, actor, at, traceparent)
+            self._adopt(target, epoch, reason, at)
+            metrics.STATE_UNRECORDED.set(1)
+            self.log.error(
+                "trading state changed but not recorded; recording it when the database answers",
+                previous_state=previous.value,
+                state=target.value,
+                epoch=epoch,
+                actor=actor,
+                reason=reason,
+                execution_acknowledged=push.acknowledged,
+                error=str(exc),
+            )
+            view = replace(self.state(), changed=True, execution=push)
+            raise StateNotRecorded(view, exc) from exc
+        self._adopt(target, epoch, reason, row.updated_at)
         self.log.warning(
             "trading state changed",
             previous_state=previous.value,
@@ -886,6 +954,58 @@ class RiskGuard:
             execution_canceled=len(push.canceled),
         )
         return push
+
+    def _adopt(
+        self, target: TradingState, epoch: int, reason: str, changed_at: datetime | None
+    ) -> None:
+        self._state = target
+        self._epoch = epoch
+        self._state_reason = reason
+        self._state_changed_at = changed_at
+        self._set_state_gauge()
+        metrics.STATE_CHANGES.labels(target.value).inc()
+
+    async def _record_unrecorded(self) -> None:
+        """Called under the lock: write the change in force that the database did not take
+        (if any), as it happened (its time, its trace); a `DatabaseError` if it still
+        cannot."""
+        pending = self._unrecorded
+        if pending is None:
+            return
+        with use_trace_context(pending.traceparent):
+            await self.store.change_state(
+                from_mode=pending.previous.value,
+                to_mode=pending.target.value,
+                reason=pending.reason,
+                actor=pending.actor,
+                trace_id=pending.traceparent.split("-")[1] if pending.traceparent else None,
+                announce=RiskStateChanged(
+                    previous_state=pending.previous, state=pending.target, reason=pending.reason
+                ),
+                at=pending.at,
+            )
+        self._unrecorded = None
+        metrics.STATE_UNRECORDED.set(0)
+        self.log.warning(
+            "trading state change recorded",
+            state=pending.target.value,
+            epoch=self._epoch,
+            actor=pending.actor,
+            changed_at=pending.at.isoformat(),
+        )
+
+    async def record_state_changes(self, _resources: Resources | None = None) -> None:
+        """Background task: write a closing state change the database did not take, every
+        `RECORD_RETRY_S` until it does (a kill switch or resume also tries, first)."""
+        while True:
+            await asyncio.sleep(RECORD_RETRY_S)
+            if self._unrecorded is None:
+                continue
+            async with self._lock:
+                try:
+                    await self._record_unrecorded()
+                except DatabaseError:
+                    continue
 
     async def _push_state(self, state: TradingState, epoch: int, reason: str) -> StatePush:
         """POST the signed state to execution, bounded in time; a failure is counted, not raised."""

@@ -25,6 +25,10 @@ PORTFOLIO_REACHABLE = Gauge(
 PORTFOLIO_AGE = Gauge(
     "risk_portfolio_age_seconds", "Age of the last portfolio snapshot when it was fetched."
 )
+STATE_UNRECORDED = Gauge(
+    "risk_trading_state_unrecorded",
+    "1 while a trading-state change is in force but the database has not taken its record.",
+)
 STATE_PUSH_FAILURES = Counter(
     "risk_state_push_failures_total",
     "Trading-state pushes to execution that were not acknowledged.",

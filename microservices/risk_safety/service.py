@@ -28,6 +28,7 @@ def create_service(settings: RiskSafetySettings | None = None) -> Service:
     # Decisions and state changes reach the bus through the outbox, even after an outage.
     service.background("outbox-relay", guard.run_outbox_relay)
     service.background("read-refresh", guard.refresh_reads)
+    service.background("state-recorder", guard.record_state_changes)
     # A quote replaces an older one only: a tick handled twice changes nothing.
     service.subscribe(MarketTick, guard.on_tick, deduplicate=False)
     service.app.include_router(router)

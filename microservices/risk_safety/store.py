@@ -147,9 +147,11 @@ class RiskStore:
         actor: str,
         trace_id: str | None,
         announce: EventData,
+        at: datetime | None = None,
     ) -> StateRow:
-        """Move the trading state, append the audit record and the event, in one transaction."""
-        now = datetime.now(UTC)
+        """Move the trading state, append the audit record and the event, in one transaction;
+        `at`: when the change took effect (now if not given)."""
+        now = at or datetime.now(UTC)
         async with self._resources.session() as session:
             row: StateRow | None = await session.get(StateRow, SCOPE)
             if row is None:

@@ -7,6 +7,8 @@ whether to retry. The message names the database with any password redacted.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -21,12 +23,18 @@ def install_database_handler(app: FastAPI) -> None:
     app.add_exception_handler(DatabaseError, _handle)
 
 
-def dependency_unavailable(dependency: str, detail: str, reason: str) -> JSONResponse:
+def dependency_unavailable(dependency: str, detail: str, reason: str, **said: Any) -> JSONResponse:
     """The 503 a route answers when `dependency` (a database, another service) failed it:
-    JSON naming the dependency, with `Retry-After`."""
+    JSON naming the dependency, with `Retry-After`; `said`: what else the answer reports
+    (what did take effect)."""
     return JSONResponse(
         status_code=503,
-        content={"detail": redact_text(detail), "reason": reason, "dependency": dependency},
+        content={
+            "detail": redact_text(detail),
+            "reason": reason,
+            "dependency": dependency,
+            **said,
+        },
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
 

@@ -1,10 +1,13 @@
-"""risk-safety with its PostgreSQL stopped: every write answers a JSON 503 naming the database."""
+"""risk-safety with its PostgreSQL stopped: every write answers a JSON 503 naming the database;
+a halt still takes effect, and is recorded once the database is back."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from httpx import Response
+from prometheus_client import REGISTRY
 
 from microservices.risk_safety.service import create_service
 from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, tick
@@ -56,8 +59,8 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
                 started = time.monotonic()
                 assert_database_503(call(client))
                 print(f"{name}: 503 in {(time.monotonic() - started) * 1000:.0f} ms")
-            # The halt was not recorded: the state risk answers with is the one in force.
-            assert client.get("/state").json()["state"] == "ACTIVE"
+            # The halt took effect without its record (see the test below).
+            assert client.get("/state").json()["state"] == "HALTED"
         finally:
             private_cluster.start()
         wait_until(lambda: client.get("/health/ready").status_code == 200, 20, "ready again")
@@ -67,3 +70,66 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
             ]
             == "HALTED"
         )
+
+
+def test_a_halt_during_the_outage_takes_effect_and_is_recorded_once_the_database_is_back(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    cluster_database: str,
+    private_cluster: PrivateCluster,
+) -> None:
+    with harness.run(create_service) as client:
+        tick(harness, client)
+        before = client.get("/state").json()
+        assert (before["state"], before["recorded"]) == ("ACTIVE", True)
+        epoch = before["epoch"] + 1
+        private_cluster.stop()
+        try:
+            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+            halted_at = datetime.now(UTC)
+            started = time.monotonic()
+            answer = client.post("/kill-switch", json={"operator": "alice", "reason": "db down"})
+            took_s = time.monotonic() - started
+            # A 503 naming the database, that says what did take effect, within a second.
+            assert_database_503(answer)
+            assert took_s < 1.0, took_s
+            body = answer.json()
+            assert (body["state"], body["epoch"], body["changed"]) == ("HALTED", epoch, True)
+            assert body["recorded"] is False and body["execution"]["acknowledged"] is True
+            assert (
+                f"trading state HALTED (epoch {epoch}) is in force but not recorded"
+                in (body["detail"])
+            )
+            assert (execution.pushes[-1]["state"], execution.pushes[-1]["epoch"]) == (
+                "HALTED",
+                epoch,
+            )
+            state = client.get("/state").json()
+            assert (state["state"], state["epoch"], state["recorded"]) == ("HALTED", epoch, False)
+            assert REGISTRY.get_sample_value("risk_trading_state_unrecorded") == 1
+            # Opening trading needs its record: refused, and nothing reaches execution.
+            pushes = len(execution.pushes)
+            assert_database_503(client.post("/resume", json={"operator": "bob", "reason": "x"}))
+            assert len(execution.pushes) == pushes
+            assert client.get("/state").json()["state"] == "HALTED"
+            # Asked again: pushed again, still in force, still not recorded.
+            again = client.post("/kill-switch", json={"operator": "alice", "reason": "again"})
+            assert_database_503(again)
+            assert (again.json()["changed"], again.json()["recorded"]) == (False, False)
+            assert len(execution.pushes) == pushes + 1
+        finally:
+            private_cluster.start()
+        wait_until(lambda: client.get("/state").json()["recorded"] is True, 20, "the halt recorded")
+        assert REGISTRY.get_sample_value("risk_trading_state_unrecorded") == 0
+        (change, *_) = client.get("/state/changes").json()["data"]
+        assert (change["from_state"], change["state"]) == ("ACTIVE", "HALTED")
+        assert (change["actor"], change["reason"]) == ("alice", "db down")
+        # Recorded as it happened: its own time, not the time the database came back.
+        recorded_at = datetime.fromisoformat(change["changed_at"].replace("Z", "+00:00"))
+        assert abs((recorded_at - halted_at).total_seconds()) < 1.0
+        assert client.get("/state").json()["epoch"] == epoch
+    # A restart reads the halt back from the database.
+    with harness.run(create_service) as client:
+        state = client.get("/state").json()
+        assert (state["state"], state["epoch"], state["recorded"]) == ("HALTED", epoch, True)
