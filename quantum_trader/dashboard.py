@@ -206,9 +206,15 @@ def _dashboard_body(board: Dashboard, request: Request) -> str:
     risk = board.risk
     if risk is not None:
         tone = {"ACTIVE": "ok", "HALTED": "err"}.get(risk.state, "warn")
+        unrecorded = (
+            ""
+            if risk.recorded
+            else " <b id='risk-unrecorded' class='err'>in force, not recorded yet: "
+            "risk-safety's database is unavailable</b>"
+        )
         risk_html = (
             f"<p>Trading state <b id='risk-state' class='{tone}'>{esc(risk.state)}</b> "
-            f"(epoch {risk.epoch}): {esc(risk.reason)}</p>"
+            f"(epoch {risk.epoch}): {esc(risk.reason)}{unrecorded}</p>"
         )
     else:
         risk_html = f"<p class='err' id='risk-state'>unknown: {esc(errors.get('risk', ''))}</p>"

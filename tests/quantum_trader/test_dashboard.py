@@ -55,3 +55,34 @@ def test_the_equity_curve_is_a_polyline_over_its_range() -> None:
     assert coords[0] == "0.0,120.0" and coords[-1] == "420.0,0.0"  # lowest left, highest right
     assert len(coords) == 5 and "100.00 to 116.00 over 5 points" in svg
     assert "Not enough equity points" in _equity_svg(points[:1])
+
+
+def test_a_state_in_force_without_its_record_says_so() -> None:
+    from starlette.requests import Request
+
+    from microservices.contracts.risk_safety import ExposureStatus, PortfolioStatus, StatePublic
+    from quantum_trader.dashboard import Dashboard, _dashboard_body
+
+    def body(recorded: bool) -> str:
+        risk = StatePublic(
+            state="HALTED",
+            reason="db down",
+            changed_at=None,
+            changed=False,
+            epoch=3,
+            state_token="t",
+            recorded=recorded,
+            portfolio=PortfolioStatus(
+                url="http://p", reachable=None, checked_at_ms=None, age_ms=None, error=None
+            ),
+            exposure=ExposureStatus(
+                url="http://e", reachable=None, checked_at_ms=None, fill_sequence=None, error=None
+            ),
+            quotes=[],
+            limits={},
+        )
+        request = Request({"type": "http", "query_string": b"", "headers": []})
+        return _dashboard_body(Dashboard(health=[], risk=risk), request)
+
+    assert "id='risk-unrecorded'" in body(False) and "not recorded yet" in body(False)
+    assert "id='risk-unrecorded'" not in body(True)
