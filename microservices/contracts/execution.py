@@ -213,6 +213,10 @@ class ExecutionClient(ServiceClient):
             "POST", "/risk/state", RiskStateUpdatePublic, body=state, timeout_s=timeout_s
         )
 
+    async def risk_state(self, *, timeout_s: float | None = None) -> RiskStatePublic:
+        """`GET /risk/state`: the trading state execution enforces, and its lease."""
+        return await self._call("GET", "/risk/state", RiskStatePublic, timeout_s=timeout_s)
+
     async def orders(self, limit: int = 100) -> OrdersPublic:
         """`GET /orders`: the newest orders first."""
         return await self._call("GET", "/orders", OrdersPublic, params={"limit": limit})

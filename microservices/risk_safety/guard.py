@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from bisect import bisect_right, insort
@@ -31,6 +32,7 @@ from backend.trading.risk import (
     Exposure,
     FillLagTracker,
     InFlightOrder,
+    InvalidStateTransition,
     PortfolioSnapshot,
     ReasonCode,
     ReferenceQuote,
@@ -52,6 +54,9 @@ EVENT_WAIT_S = 0.5
 
 RECORD_RETRY_S = 1.0
 """How often a closing state change the database did not take is tried again."""
+
+ACTOR_FROM_EXECUTION = "execution (a change not recorded before risk-safety restarted)"
+"""The audit trail's actor of a change taken back from execution after a restart."""
 
 CLOCK_MARGIN_MS = 5_000
 """Asked-for client order ids start this much before the oldest approval: clocks differ."""
@@ -996,16 +1001,63 @@ class RiskGuard:
 
     async def record_state_changes(self, _resources: Resources | None = None) -> None:
         """Background task: write a closing state change the database did not take, every
-        `RECORD_RETRY_S` until it does (a kill switch or resume also tries, first)."""
+        `RECORD_RETRY_S` until it does (a kill switch or resume also tries, first). From
+        start-up until execution first answers, also look there for such a change made
+        before a restart (`_take_unrecorded_from_execution`)."""
+        asked_execution = False
         while True:
+            if not asked_execution:
+                asked_execution = await self._take_unrecorded_from_execution()
+            if self._unrecorded is not None:
+                async with self._lock:
+                    with contextlib.suppress(DatabaseError):
+                        await self._record_unrecorded()
             await asyncio.sleep(RECORD_RETRY_S)
-            if self._unrecorded is None:
-                continue
-            async with self._lock:
-                try:
-                    await self._record_unrecorded()
-                except DatabaseError:
-                    continue
+
+    async def _take_unrecorded_from_execution(self) -> bool:
+        """Adopt the closing state execution enforces one epoch past the last recorded one: a
+        change this process made, pushed and could not record before it restarted. Only a
+        change that closes trading is taken (safe whoever claims it); True once execution
+        answered."""
+        try:
+            held = await ExecutionClient(self._resources.http, self.execution_url).risk_state(
+                timeout_s=self.settings.state_push_timeout_ms / 1000
+            )
+        except Exception:  # not up yet, or unreachable: asked again later
+            return False
+        async with self._lock:
+            if (
+                held.state is None
+                or held.epoch != self._epoch + 1
+                or held.state not in TradingState.__members__
+                or TradingState(held.state) is TradingState.ACTIVE
+                or self._unrecorded is not None
+            ):
+                return True
+            target = TradingState(held.state)
+            try:
+                transition_state(self._state, target)
+            except InvalidStateTransition:
+                return True
+            at = (
+                datetime.fromtimestamp(held.adopted_at_ms / 1000, UTC)
+                if held.adopted_at_ms is not None
+                else datetime.now(UTC)
+            )
+            reason = held.reason or ""
+            self._unrecorded = _Unrecorded(
+                self._state, target, reason, ACTOR_FROM_EXECUTION, at, None
+            )
+            self._adopt(target, held.epoch, reason, at)
+            metrics.STATE_UNRECORDED.set(1)
+            self.log.error(
+                "execution enforces a trading state this service had not recorded; "
+                "adopted, and recorded when the database answers",
+                state=target.value,
+                epoch=held.epoch,
+                reason=reason,
+            )
+        return True
 
     async def _push_state(self, state: TradingState, epoch: int, reason: str) -> StatePush:
         """POST the signed state to execution, bounded in time; a failure is counted, not raised."""

@@ -118,6 +118,8 @@ class ExecutionStub(JsonStub):
         self.release = threading.Event()
         self.release.set()
         self.epoch = 0
+        self.enforced: dict[str, Any] | None = None
+        """The verified push with the highest epoch: what GET /risk/state reports."""
         # Set `hold_next_exposure` to make the next GET /exposure read its answer, then wait
         # for `exposure_release` before sending it (an answer delayed in the network).
         self.hold_next_exposure = False
@@ -151,8 +153,25 @@ class ExecutionStub(JsonStub):
                 DEVELOPMENT_SECRET, SignedState(body["state"], body["epoch"], body["token"])
             ):
                 return 403, {"detail": "bad signature"}
+            if body["epoch"] > self.epoch or self.enforced is None:
+                self.enforced = {**body, "adopted_at_ms": int(time.time() * 1000)}
             self.epoch = max(self.epoch, body["epoch"])
             return 200, {"state": body["state"], "epoch": body["epoch"], "canceled": self.canceled}
+        if method == "GET" and url.path == "/risk/state":
+            held = self.enforced or {}
+            return 200, {
+                "state": held.get("state"),
+                "epoch": held.get("epoch"),
+                "source": "push" if held else None,
+                "reason": held.get("reason"),
+                "adopted_at_ms": held.get("adopted_at_ms"),
+                "adopted_fill_sequence": 0 if held else None,
+                "lease_ms": 30_000,
+                "lease_age_ms": 0 if held else None,
+                "lease_expired": not held,
+                "accepts": "ALL" if held.get("state") == "ACTIVE" else "REDUCE_ONLY",
+                "blocker": None,
+            }
         return (self.exposure_status if url.path == "/exposure" else 404), {"detail": "nope"}
 
     def work(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from httpx import Response
 from prometheus_client import REGISTRY
 
+from microservices.risk_safety.guard import ACTOR_FROM_EXECUTION
 from microservices.risk_safety.service import create_service
 from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, tick
 from tests.support.inprocess import ServiceHarness
@@ -133,3 +134,51 @@ def test_a_halt_during_the_outage_takes_effect_and_is_recorded_once_the_database
     with harness.run(create_service) as client:
         state = client.get("/state").json()
         assert (state["state"], state["epoch"], state["recorded"]) == ("HALTED", epoch, True)
+
+
+def test_a_halt_not_recorded_before_a_restart_is_taken_back_from_execution(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    cluster_database: str,
+    private_cluster: PrivateCluster,
+) -> None:
+    with harness.run(create_service) as client:
+        tick(harness, client)
+        epoch = client.get("/state").json()["epoch"] + 1
+        private_cluster.stop()
+        try:
+            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+            answer = client.post("/kill-switch", json={"operator": "alice", "reason": "db down"})
+            assert_database_503(answer)
+            assert answer.json()["recorded"] is False
+        except BaseException:
+            private_cluster.start()
+            raise
+    # risk-safety stopped with the halt unrecorded; execution still enforces it.
+    private_cluster.start()
+    with harness.run(create_service) as client:
+        wait_until(
+            lambda: (
+                client.get("/state").json()["recorded"] is True
+                and client.get("/state").json()["state"] == "HALTED"
+            ),
+            20,
+            "the halt taken back from execution and recorded",
+        )
+        state = client.get("/state").json()
+        assert (state["state"], state["epoch"]) == ("HALTED", epoch)
+        (change, *_) = client.get("/state/changes").json()["data"]
+        assert (change["from_state"], change["state"], change["reason"]) == (
+            "ACTIVE",
+            "HALTED",
+            "db down",
+        )
+        assert change["actor"] == ACTOR_FROM_EXECUTION
+        # Opening trading works again, one epoch further, recorded as usual.
+        resumed = client.post("/resume", json={"operator": "bob", "reason": "db back"}).json()
+        assert (resumed["state"], resumed["epoch"], resumed["recorded"]) == (
+            "ACTIVE",
+            epoch + 1,
+            True,
+        )
