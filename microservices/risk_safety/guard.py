@@ -1019,8 +1019,11 @@ class RiskGuard:
         change this process made, pushed and could not record before it restarted. Only a
         change that closes trading is taken (safe whoever claims it); True once execution
         answered."""
+        http = self._resources.http
+        if http is None:
+            return False
         try:
-            held = await ExecutionClient(self._resources.http, self.execution_url).risk_state(
+            held = await ExecutionClient(http, self.execution_url).risk_state(
                 timeout_s=self.settings.state_push_timeout_ms / 1000
             )
         except Exception:  # not up yet, or unreachable: asked again later
