@@ -1018,7 +1018,8 @@ class RiskGuard:
         """Adopt the closing state execution enforces one epoch past the last recorded one: a
         change this process made, pushed and could not record before it restarted. Only a
         change that closes trading is taken (safe whoever claims it); True once execution
-        answered."""
+        answered. risk-safety runs as one replica, replaced rather than rolled (DEPLOYMENT.md):
+        no other process can be between its push and its commit at this moment."""
         http = self._resources.http
         if http is None:
             return False
