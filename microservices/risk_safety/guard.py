@@ -142,9 +142,10 @@ class StateView:
 
 
 @dataclass(frozen=True, slots=True)
-class _Unrecorded:
-    """A closing state change in force (here and, if it acknowledged, at execution) whose
-    record the database did not take: written as soon as it answers, with its own time."""
+class _Change:
+    """A trading-state change as its record has it: when it took effect, who asked, in which
+    trace. One the database did not take is kept as it is, and written as soon as it
+    answers."""
 
     previous: TradingState
     target: TradingState
@@ -347,7 +348,7 @@ class RiskGuard:
         self._state_reason = ""
         self._state_changed_at: datetime | None = None
         self._epoch = 0
-        self._unrecorded: _Unrecorded | None = None
+        self._unrecorded: _Change | None = None
         # Approval times of the order-rate window, ascending; the first `_window_start` have
         # left it (trimmed in batches).
         self._approvals: list[int] = []
@@ -915,25 +916,16 @@ class RiskGuard:
         transition_state(previous, target)
         epoch = self._epoch + 1
         push = await self._push_state(target, epoch, reason)
-        traceparent = current_traceparent()
-        at = datetime.now(UTC)
+        change = _Change(previous, target, reason, actor, datetime.now(UTC), current_traceparent())
         try:
-            row = await self.store.change_state(
-                from_mode=previous.value,
-                to_mode=target.value,
-                reason=reason,
-                actor=actor,
-                trace_id=traceparent.split("-")[1] if traceparent else None,
-                announce=RiskStateChanged(previous_state=previous, state=target, reason=reason),
-                at=at,
-            )
+            await self._record(change)
         except DatabaseError as exc:
             if target is TradingState.ACTIVE:
                 raise  # opening trading without its record: never
             # Closing trading is safe without its record, and execution may have adopted it
             # already: it stays in force, and is recorded once the database answers.
-            self._unrecorded = _Unrecorded(previous, target, reason, actor, at, traceparent)
-            self._adopt(target, epoch, reason, at)
+            self._unrecorded = change
+            self._adopt(target, epoch, reason, change.at)
             metrics.STATE_UNRECORDED.set(1)
             self.log.error(
                 "trading state changed but not recorded; recording it when the database answers",
@@ -947,7 +939,7 @@ class RiskGuard:
             )
             view = replace(self.state(), changed=True, execution=push)
             raise StateNotRecorded(view, exc) from exc
-        self._adopt(target, epoch, reason, row.updated_at)
+        self._adopt(target, epoch, reason, change.at)
         self.log.warning(
             "trading state changed",
             previous_state=previous.value,
@@ -977,18 +969,7 @@ class RiskGuard:
         pending = self._unrecorded
         if pending is None:
             return
-        with use_trace_context(pending.traceparent):
-            await self.store.change_state(
-                from_mode=pending.previous.value,
-                to_mode=pending.target.value,
-                reason=pending.reason,
-                actor=pending.actor,
-                trace_id=pending.traceparent.split("-")[1] if pending.traceparent else None,
-                announce=RiskStateChanged(
-                    previous_state=pending.previous, state=pending.target, reason=pending.reason
-                ),
-                at=pending.at,
-            )
+        await self._record(pending)
         self._unrecorded = None
         metrics.STATE_UNRECORDED.set(0)
         self.log.warning(
@@ -998,6 +979,22 @@ class RiskGuard:
             actor=pending.actor,
             changed_at=pending.at.isoformat(),
         )
+
+    async def _record(self, change: _Change) -> None:
+        """Write `change` (the state, its audit row, `risk.state_changed` through the outbox)
+        in its own trace."""
+        with use_trace_context(change.traceparent):
+            await self.store.change_state(
+                from_mode=change.previous.value,
+                to_mode=change.target.value,
+                reason=change.reason,
+                actor=change.actor,
+                trace_id=change.traceparent.split("-")[1] if change.traceparent else None,
+                announce=RiskStateChanged(
+                    previous_state=change.previous, state=change.target, reason=change.reason
+                ),
+                at=change.at,
+            )
 
     async def record_state_changes(self, _resources: Resources | None = None) -> None:
         """Background task: write a closing state change the database did not take, every
@@ -1049,9 +1046,7 @@ class RiskGuard:
                 else datetime.now(UTC)
             )
             reason = held.reason or ""
-            self._unrecorded = _Unrecorded(
-                self._state, target, reason, ACTOR_FROM_EXECUTION, at, None
-            )
+            self._unrecorded = _Change(self._state, target, reason, ACTOR_FROM_EXECUTION, at, None)
             self._adopt(target, held.epoch, reason, at)
             metrics.STATE_UNRECORDED.set(1)
             self.log.error(
