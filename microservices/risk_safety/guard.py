@@ -32,7 +32,6 @@ from backend.trading.risk import (
     Exposure,
     FillLagTracker,
     InFlightOrder,
-    InvalidStateTransition,
     PortfolioSnapshot,
     ReasonCode,
     ReferenceQuote,
@@ -46,6 +45,14 @@ from microservices.contracts.execution import ExecutionClient, RiskStateIn
 from microservices.contracts.portfolio_intelligence import PortfolioClient
 
 from . import metrics
+from .journal import (
+    Journal,
+    JournalUnreadable,
+    StateChange,
+    StateJournal,
+    closes_trading,
+    default_journal_path,
+)
 from .settings import RiskSafetySettings
 from .store import RiskStore
 
@@ -139,20 +146,6 @@ class StateView:
     """`published`, or `queued` in the outbox (Redis slow or down): changed either way."""
     recorded: bool = True
     """False while the state is in force but the database has not taken its record yet."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Change:
-    """A trading-state change as its record has it: when it took effect, who asked, in which
-    trace. One the database did not take is kept as it is, and written as soon as it
-    answers."""
-
-    previous: TradingState
-    target: TradingState
-    reason: str
-    actor: str
-    at: datetime
-    traceparent: str | None
 
 
 class StateNotRecorded(DatabaseUnavailableError):
@@ -348,7 +341,10 @@ class RiskGuard:
         self._state_reason = ""
         self._state_changed_at: datetime | None = None
         self._epoch = 0
-        self._unrecorded: _Change | None = None
+        # Changes in force whose records the database has not taken yet, in epoch order (the
+        # last one is the state in force); also in the journal, which outlives a restart.
+        self._unrecorded: list[StateChange] = []
+        self._journal = StateJournal(settings.state_journal or default_journal_path())
         # Approval times of the order-rate window, ascending; the first `_window_start` have
         # left it (trimmed in batches).
         self._approvals: list[int] = []
@@ -428,6 +424,7 @@ class RiskGuard:
             self._state_reason = row.reason
             self._state_changed_at = row.updated_at
         self._epoch = await self.store.epoch()
+        await self._take_unrecorded_from_journal()
         since = datetime.now(UTC) - timedelta(milliseconds=self.limits.order_window_ms)
         times = sorted(_epoch_ms(t) for t in await self.store.approvals_since(since))
         self._approvals, self._window_start = times, 0
@@ -844,7 +841,7 @@ class RiskGuard:
             self._state_reason,
             self._state_changed_at,
             self._epoch,
-            recorded=self._unrecorded is None,
+            recorded=not self._unrecorded,
         )
 
     def state_token(self, state: TradingState, epoch: int) -> str:
@@ -904,29 +901,49 @@ class RiskGuard:
             return replace(view, event=event)
 
     async def _change_state(self, target: TradingState, *, actor: str, reason: str) -> StatePush:
-        """Called under the lock: tell execution first, then commit, then publish.
+        """Called under the lock: move to `target`, record it, tell execution, in the order
+        that is safe for the move.
 
-        Execution hears of the new state before anyone can see it here, so no approval of
-        the old epoch can be issued after execution moved on, and a halt takes effect where
-        orders fill before the bus (which can lag) carries it.
+        A change that closes trading is pushed to execution first, then committed: execution
+        hears of it before anyone can see it here, so no approval of the old epoch can be
+        issued after execution moved on, and a halt takes effect where orders fill before the
+        bus (which can lag) carries it. A change that opens trading is committed first:
+        execution is never told of one the database does not hold (until then, execution
+        stays closed, and learns of it by polling if the push fails).
         """
-        # A change the database did not take yet goes first (or this one is refused).
-        await self._record_unrecorded()
         previous = self._state
         transition_state(previous, target)
-        epoch = self._epoch + 1
-        push = await self._push_state(target, epoch, reason)
-        change = _Change(previous, target, reason, actor, datetime.now(UTC), current_traceparent())
+        closing = closes_trading(previous, target)
+        # Changes the database did not take yet are written first, in order. A change that
+        # closes trading does not wait for them: it joins them, and is written after them.
+        refused: DatabaseError | None = None
         try:
-            await self._record(change)
+            await self._record_unrecorded()
         except DatabaseError as exc:
-            if target is TradingState.ACTIVE:
-                raise  # opening trading without its record: never
+            if not closing:
+                raise
+            refused = exc
+        epoch = self._epoch + 1
+        change = StateChange(
+            epoch, previous, target, reason, actor, datetime.now(UTC), current_traceparent()
+        )
+        if closing:
+            push = await self._push_state(target, epoch, reason)
+            if refused is None:
+                try:
+                    await self._record(change)
+                except DatabaseError as exc:
+                    refused = exc
+        else:
+            await self._record(change)  # opening trading without its record: never
+            push = await self._push_state(target, epoch, reason)
+        self._adopt(target, epoch, reason, change.at)
+        if refused is not None:
             # Closing trading is safe without its record, and execution may have adopted it
             # already: it stays in force, and is recorded once the database answers.
-            self._unrecorded = change
-            self._adopt(target, epoch, reason, change.at)
+            self._unrecorded.append(change)
             metrics.STATE_UNRECORDED.set(1)
+            journaled = await self._write_journal()
             self.log.error(
                 "trading state changed but not recorded; recording it when the database answers",
                 previous_state=previous.value,
@@ -935,11 +952,11 @@ class RiskGuard:
                 actor=actor,
                 reason=reason,
                 execution_acknowledged=push.acknowledged,
-                error=str(exc),
+                journaled=journaled,
+                error=str(refused),
             )
             view = replace(self.state(), changed=True, execution=push)
-            raise StateNotRecorded(view, exc) from exc
-        self._adopt(target, epoch, reason, change.at)
+            raise StateNotRecorded(view, refused) from refused
         self.log.warning(
             "trading state changed",
             previous_state=previous.value,
@@ -963,24 +980,24 @@ class RiskGuard:
         metrics.STATE_CHANGES.labels(target.value).inc()
 
     async def _record_unrecorded(self) -> None:
-        """Called under the lock: write the change in force that the database did not take
-        (if any), as it happened (its time, its trace); a `DatabaseError` if it still
-        cannot."""
-        pending = self._unrecorded
-        if pending is None:
-            return
-        await self._record(pending)
-        self._unrecorded = None
+        """Called under the lock: write the changes in force that the database did not take
+        (if any), in order and as they happened (their time, their trace); a `DatabaseError`
+        if it still cannot."""
+        while self._unrecorded:
+            pending = self._unrecorded[0]
+            await self._record(pending)
+            del self._unrecorded[0]
+            await self._write_journal()
+            self.log.warning(
+                "trading state change recorded",
+                state=pending.target.value,
+                epoch=pending.epoch,
+                actor=pending.actor,
+                changed_at=pending.at.isoformat(),
+            )
         metrics.STATE_UNRECORDED.set(0)
-        self.log.warning(
-            "trading state change recorded",
-            state=pending.target.value,
-            epoch=self._epoch,
-            actor=pending.actor,
-            changed_at=pending.at.isoformat(),
-        )
 
-    async def _record(self, change: _Change) -> None:
+    async def _record(self, change: StateChange) -> None:
         """Write `change` (the state, its audit row, `risk.state_changed` through the outbox)
         in its own trace."""
         with use_trace_context(change.traceparent):
@@ -996,16 +1013,101 @@ class RiskGuard:
                 at=change.at,
             )
 
+    async def _write_journal(self) -> bool:
+        """Make the journal hold the changes still unrecorded (none: remove it). True if it
+        does; a disk that refuses is logged, and the changes stay in force all the same."""
+        journal = Journal(self._database(), tuple(self._unrecorded))
+        try:
+            if journal.changes:
+                await asyncio.to_thread(self._journal.write, journal)
+            else:
+                await asyncio.to_thread(self._journal.remove)
+        except OSError as exc:
+            self.log.error(
+                "could not write the state journal; until the database takes the records, "
+                "only this process and execution hold the state in force",
+                path=str(self._journal.path),
+                unrecorded=len(journal.changes),
+                error=str(exc),
+            )
+            return False
+        return True
+
+    async def _take_unrecorded_from_journal(self) -> None:
+        """At start-up, once the database's state and epoch are loaded: adopt the journal's
+        closing changes past the recorded epoch (made and not recorded before a restart),
+        and drop those the database already holds."""
+        try:
+            journal = await asyncio.to_thread(self._journal.read)
+        except JournalUnreadable as exc:
+            aside = await asyncio.to_thread(self._journal.set_aside)
+            self.log.error(
+                "the state journal is unreadable; set aside, not taken",
+                error=str(exc),
+                aside=str(aside),
+            )
+            return
+        if journal is None:
+            return
+        database = self._database()
+        if journal.database != database:
+            self.log.error(
+                "the state journal belongs to another database; not taken, left in place",
+                path=str(self._journal.path),
+                journal_database=journal.database,
+                database=database,
+            )
+            return
+        # Those at or below the recorded epoch were written before the journal was updated.
+        pending = [change for change in journal.changes if change.epoch > self._epoch]
+        state, epoch = self._state, self._epoch
+        for change in pending:
+            if (
+                change.epoch != epoch + 1
+                or change.previous is not state
+                or not closes_trading(state, change.target)
+            ):
+                self.log.error(
+                    "the state journal does not follow the recorded state; not taken, left "
+                    "in place",
+                    path=str(self._journal.path),
+                    recorded_state=self._state.value,
+                    recorded_epoch=self._epoch,
+                    journal=[c.document() for c in journal.changes],
+                )
+                return
+            state, epoch = change.target, change.epoch
+        self._unrecorded = pending
+        if not pending:
+            await self._write_journal()
+            return
+        last = pending[-1]
+        self._adopt(last.target, last.epoch, last.reason, last.at)
+        metrics.STATE_UNRECORDED.set(1)
+        if len(pending) < len(journal.changes):
+            await self._write_journal()
+        self.log.error(
+            "trading state changes not recorded before the restart read back from the state "
+            "journal; in force, and recorded as soon as the database takes them",
+            state=last.target.value,
+            epoch=last.epoch,
+            changes=[change.document() for change in pending],
+        )
+
+    def _database(self) -> str:
+        """The database this service records in, as its journal names it."""
+        return self._resources.engine.url.render_as_string(hide_password=True)
+
     async def record_state_changes(self, _resources: Resources | None = None) -> None:
-        """Background task: write a closing state change the database did not take, every
+        """Background task: write the closing state changes the database did not take, every
         `RECORD_RETRY_S` until it does (a kill switch or resume also tries, first). From
         start-up until execution first answers, also look there for such a change made
-        before a restart (`_take_unrecorded_from_execution`)."""
+        before a restart and lost with the journal (`_take_unrecorded_from_execution`)."""
         asked_execution = False
         while True:
             if not asked_execution:
                 asked_execution = await self._take_unrecorded_from_execution()
-            if self._unrecorded is not None:
+            if self._unrecorded:
                 async with self._lock:
                     with contextlib.suppress(DatabaseError):
                         await self._record_unrecorded()
@@ -1013,10 +1115,11 @@ class RiskGuard:
 
     async def _take_unrecorded_from_execution(self) -> bool:
         """Adopt the closing state execution enforces one epoch past the last recorded one: a
-        change this process made, pushed and could not record before it restarted. Only a
-        change that closes trading is taken (safe whoever claims it); True once execution
-        answered. risk-safety runs as one replica, replaced rather than rolled (DEPLOYMENT.md):
-        no other process can be between its push and its commit at this moment."""
+        change this process made, pushed and could not record before it restarted, when the
+        journal did not keep it (a new pod, a disk that refused). Only a change that closes
+        trading is taken (safe whoever claims it); True once execution answered. risk-safety
+        runs as one replica, replaced rather than rolled (DEPLOYMENT.md): no other process
+        can be between its push and its commit at this moment."""
         http = self._resources.http
         if http is None:
             return False
@@ -1031,14 +1134,11 @@ class RiskGuard:
                 held.state is None
                 or held.epoch != self._epoch + 1
                 or held.state not in TradingState.__members__
-                or TradingState(held.state) is TradingState.ACTIVE
-                or self._unrecorded is not None
+                or self._unrecorded
             ):
                 return True
             target = TradingState(held.state)
-            try:
-                transition_state(self._state, target)
-            except InvalidStateTransition:
+            if not closes_trading(self._state, target):
                 return True
             at = (
                 datetime.fromtimestamp(held.adopted_at_ms / 1000, UTC)
@@ -1046,9 +1146,13 @@ class RiskGuard:
                 else datetime.now(UTC)
             )
             reason = held.reason or ""
-            self._unrecorded = _Change(self._state, target, reason, ACTOR_FROM_EXECUTION, at, None)
+            change = StateChange(
+                held.epoch, self._state, target, reason, ACTOR_FROM_EXECUTION, at, None
+            )
             self._adopt(target, held.epoch, reason, at)
+            self._unrecorded.append(change)
             metrics.STATE_UNRECORDED.set(1)
+            await self._write_journal()
             self.log.error(
                 "execution enforces a trading state this service had not recorded; "
                 "adopted, and recorded when the database answers",

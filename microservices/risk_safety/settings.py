@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -72,6 +73,9 @@ class RiskSafetySettings(BaseSettings):
     approval_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_SECRET), validation_alias="RISK_APPROVAL_SECRET"
     )
+    state_journal: Path | None = Field(default=None, validation_alias="RISK_STATE_JOURNAL")
+    """Where a trading-state change in force but not recorded is kept until the database
+    takes it (journal.py); default `<RUN_VAR_DIR>/risk-safety.state-journal.json`."""
 
     @field_validator("position_limits", mode="before")
     @classmethod

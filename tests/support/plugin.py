@@ -123,8 +123,10 @@ def database_url(request: pytest.FixtureRequest) -> str:
 def harness(
     monkeypatch: pytest.MonkeyPatch, redis_url: str, prefix: str, tmp_path: Path
 ) -> ServiceHarness:
-    """Environment of one service test: its Redis prefix, its own SQLite file, fast polling."""
+    """Environment of one service test: its Redis prefix, its own SQLite file and var
+    directory, fast polling."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+    monkeypatch.setenv("RUN_VAR_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("EVENTBUS_PREFIX", prefix)
     monkeypatch.setenv("EVENTBUS_BLOCK_MS", "50")

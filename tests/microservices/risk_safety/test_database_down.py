@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pytest
 from httpx import Response
 from prometheus_client import REGISTRY
 
 from microservices.risk_safety.guard import ACTOR_FROM_EXECUTION
+from microservices.risk_safety.journal import StateJournal, default_journal_path
 from microservices.risk_safety.service import create_service
 from tests.microservices.risk_safety.conftest import ExecutionStub, PortfolioStub, tick
 from tests.support.inprocess import ServiceHarness
@@ -155,7 +157,10 @@ def test_a_halt_not_recorded_before_a_restart_is_taken_back_from_execution(
         except BaseException:
             private_cluster.start()
             raise
-    # risk-safety stopped with the halt unrecorded; execution still enforces it.
+    # risk-safety stopped with the halt unrecorded, and starts again without its journal (a
+    # new pod); execution still enforces the halt.
+    assert StateJournal(default_journal_path()).read() is not None
+    default_journal_path().unlink()
     private_cluster.start()
     with harness.run(create_service) as client:
         wait_until(
@@ -181,4 +186,112 @@ def test_a_halt_not_recorded_before_a_restart_is_taken_back_from_execution(
             "ACTIVE",
             epoch + 1,
             True,
+        )
+
+
+def test_changes_not_recorded_survive_a_restart_of_both_services_in_the_journal(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    cluster_database: str,
+    private_cluster: PrivateCluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loss limit moves to REDUCING and an operator then halts, both during the outage;
+    risk-safety and execution both restart before the database returns. The journal keeps
+    both changes: trading stays halted, and both records are written, in order."""
+    monkeypatch.setenv("RISK_MAX_DAILY_LOSS", "1000")
+    monkeypatch.setenv("RISK_REFRESH_MS", "0")
+    journal = StateJournal(default_journal_path())
+    with harness.run(create_service) as client:
+        tick(harness, client)
+        epoch = client.get("/state").json()["epoch"]
+        private_cluster.stop()
+        try:
+            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+            portfolio.reset(equity="98500", daily_pnl="-1500")
+            order = {
+                "client_order_id": "loss-1",
+                "symbol": "BTCUSDT",
+                "side": "BUY",
+                "quantity": "1",
+                "order_type": "MARKET",
+                "price": "100",
+            }
+            assert_database_503(client.post("/check", json=order))
+            state = client.get("/state").json()
+            assert (state["state"], state["epoch"], state["recorded"]) == (
+                "REDUCING",
+                epoch + 1,
+                False,
+            )
+            # The halt does not wait for the record of the change before it.
+            answer = client.post("/kill-switch", json={"operator": "alice", "reason": "db down"})
+            assert_database_503(answer)
+            assert (answer.json()["state"], answer.json()["epoch"]) == ("HALTED", epoch + 2)
+            assert [(p["state"], p["epoch"]) for p in execution.pushes] == [
+                ("REDUCING", epoch + 1),
+                ("HALTED", epoch + 2),
+            ]
+            written = journal.read()
+            assert written is not None
+            assert [(c.epoch, c.target.value, c.actor) for c in written.changes] == [
+                (epoch + 1, "REDUCING", "risk-safety"),
+                (epoch + 2, "HALTED", "alice"),
+            ]
+        except BaseException:
+            private_cluster.start()
+            raise
+    # Execution restarted too: it holds no state any more.
+    execution.enforced, execution.epoch = None, 0
+    private_cluster.start()
+    with harness.run(create_service) as client:
+        state = client.get("/state").json()
+        assert (state["state"], state["epoch"]) == ("HALTED", epoch + 2)
+        wait_until(lambda: client.get("/state").json()["recorded"] is True, 20, "recorded")
+        audit = client.get("/state/changes").json()["data"]
+        assert [(a["from_state"], a["state"], a["actor"]) for a in reversed(audit)] == [
+            ("ACTIVE", "REDUCING", "risk-safety"),
+            ("REDUCING", "HALTED", "alice"),
+        ]
+        assert journal.read() is None
+    with harness.run(create_service) as client:
+        state = client.get("/state").json()
+        assert (state["state"], state["epoch"], state["recorded"]) == ("HALTED", epoch + 2, True)
+
+
+def test_a_resume_during_the_outage_reaches_nothing_and_execution_stays_halted(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    cluster_database: str,
+    private_cluster: PrivateCluster,
+) -> None:
+    """Opening trading is committed before execution hears of it: with the database down, a
+    resume is refused and execution keeps the halt (and so would take the next one)."""
+    with harness.run(create_service) as client:
+        tick(harness, client)
+        halted = client.post("/kill-switch", json={"operator": "alice", "reason": "x"}).json()
+        assert (halted["state"], halted["recorded"]) == ("HALTED", True)
+        pushes = len(execution.pushes)
+        private_cluster.stop()
+        try:
+            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+            assert_database_503(client.post("/resume", json={"operator": "bob", "reason": "y"}))
+            assert len(execution.pushes) == pushes
+            assert (execution.enforced or {}).get("state") == "HALTED"
+            state = client.get("/state").json()
+            assert (state["state"], state["epoch"], state["recorded"]) == (
+                "HALTED",
+                halted["epoch"],
+                True,
+            )
+        finally:
+            private_cluster.start()
+        wait_until(lambda: client.get("/health/ready").status_code == 200, 20, "ready again")
+        resumed = client.post("/resume", json={"operator": "bob", "reason": "y"}).json()
+        assert (resumed["state"], resumed["epoch"]) == ("ACTIVE", halted["epoch"] + 1)
+        assert (execution.pushes[-1]["state"], execution.pushes[-1]["epoch"]) == (
+            "ACTIVE",
+            halted["epoch"] + 1,
         )
