@@ -987,6 +987,7 @@ class RiskGuard:
             pending = self._unrecorded[0]
             await self._record(pending)
             del self._unrecorded[0]
+            metrics.STATE_UNRECORDED.set(1 if self._unrecorded else 0)
             await self._write_journal()
             self.log.warning(
                 "trading state change recorded",
@@ -995,7 +996,6 @@ class RiskGuard:
                 actor=pending.actor,
                 changed_at=pending.at.isoformat(),
             )
-        metrics.STATE_UNRECORDED.set(0)
 
     async def _record(self, change: StateChange) -> None:
         """Write `change` (the state, its audit row, `risk.state_changed` through the outbox)

@@ -3,10 +3,14 @@ a halt still takes effect, and is recorded once the database is back."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+from fastapi.testclient import TestClient
 from httpx import Response
 from prometheus_client import REGISTRY
 
@@ -30,18 +34,53 @@ def assert_database_503(response: Response) -> None:
     assert "postgresql://postgres@127.0.0.1" in body["detail"]
 
 
-def test_every_write_answers_503_naming_the_database_then_works_again(
+@dataclass
+class Outage:
+    """risk-safety on a private PostgreSQL cluster that the test stops, its neighbours stubbed."""
+
+    harness: ServiceHarness
+    portfolio: PortfolioStub
+    execution: ExecutionStub
+    cluster: PrivateCluster
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[TestClient]:
+        """risk-safety started and holding a quote."""
+        with self.harness.run(create_service) as client:
+            tick(self.harness, client)
+            yield client
+
+    @contextlib.contextmanager
+    def database_down(self, client: TestClient, *, back_after: bool = True) -> Iterator[None]:
+        """The cluster stopped, and risk-safety unready, for the block; started again after it
+        (`back_after`), and at once if the block fails."""
+        self.cluster.stop()
+        try:
+            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+            yield
+        except BaseException:
+            self.cluster.start()
+            raise
+        if back_after:
+            self.cluster.start()
+
+
+@pytest.fixture
+def outage(
     harness: ServiceHarness,
     portfolio: PortfolioStub,
     execution: ExecutionStub,
     cluster_database: str,
     private_cluster: PrivateCluster,
+) -> Outage:
+    return Outage(harness, portfolio, execution, private_cluster)
+
+
+def test_every_write_answers_503_naming_the_database_then_works_again(
+    outage: Outage,
 ) -> None:
-    with harness.run(create_service) as client:
-        tick(harness, client)
-        private_cluster.stop()
-        try:
-            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+    with outage.serving() as client:
+        with outage.database_down(client):
             writes = {
                 "/check": lambda c: c.post(
                     "/check",
@@ -64,8 +103,6 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
                 print(f"{name}: 503 in {(time.monotonic() - started) * 1000:.0f} ms")
             # The halt took effect without its record (see the test below).
             assert client.get("/state").json()["state"] == "HALTED"
-        finally:
-            private_cluster.start()
         wait_until(lambda: client.get("/health/ready").status_code == 200, 20, "ready again")
         assert (
             client.post("/kill-switch", json={"operator": "alice", "reason": "db back"}).json()[
@@ -76,20 +113,13 @@ def test_every_write_answers_503_naming_the_database_then_works_again(
 
 
 def test_a_halt_during_the_outage_takes_effect_and_is_recorded_once_the_database_is_back(
-    harness: ServiceHarness,
-    portfolio: PortfolioStub,
-    execution: ExecutionStub,
-    cluster_database: str,
-    private_cluster: PrivateCluster,
+    outage: Outage,
 ) -> None:
-    with harness.run(create_service) as client:
-        tick(harness, client)
+    with outage.serving() as client:
         before = client.get("/state").json()
         assert (before["state"], before["recorded"]) == ("ACTIVE", True)
         epoch = before["epoch"] + 1
-        private_cluster.stop()
-        try:
-            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+        with outage.database_down(client):
             halted_at = datetime.now(UTC)
             started = time.monotonic()
             answer = client.post("/kill-switch", json={"operator": "alice", "reason": "db down"})
@@ -104,25 +134,23 @@ def test_a_halt_during_the_outage_takes_effect_and_is_recorded_once_the_database
                 f"trading state HALTED (epoch {epoch}) is in force but not recorded"
                 in (body["detail"])
             )
-            assert (execution.pushes[-1]["state"], execution.pushes[-1]["epoch"]) == (
+            assert (outage.execution.pushes[-1]["state"], outage.execution.pushes[-1]["epoch"]) == (
                 "HALTED",
                 epoch,
             )
             state = client.get("/state").json()
             assert (state["state"], state["epoch"], state["recorded"]) == ("HALTED", epoch, False)
             assert REGISTRY.get_sample_value("risk_trading_state_unrecorded") == 1
-            # Opening trading needs its record: refused, and nothing reaches execution.
-            pushes = len(execution.pushes)
+            # Opening trading needs its record: refused, and nothing reaches outage.execution.
+            pushes = len(outage.execution.pushes)
             assert_database_503(client.post("/resume", json={"operator": "bob", "reason": "x"}))
-            assert len(execution.pushes) == pushes
+            assert len(outage.execution.pushes) == pushes
             assert client.get("/state").json()["state"] == "HALTED"
             # Asked again: pushed again, still in force, still not recorded.
             again = client.post("/kill-switch", json={"operator": "alice", "reason": "again"})
             assert_database_503(again)
             assert (again.json()["changed"], again.json()["recorded"]) == (False, False)
-            assert len(execution.pushes) == pushes + 1
-        finally:
-            private_cluster.start()
+            assert len(outage.execution.pushes) == pushes + 1
         wait_until(lambda: client.get("/state").json()["recorded"] is True, 20, "the halt recorded")
         assert REGISTRY.get_sample_value("risk_trading_state_unrecorded") == 0
         (change, *_) = client.get("/state/changes").json()["data"]
@@ -133,36 +161,26 @@ def test_a_halt_during_the_outage_takes_effect_and_is_recorded_once_the_database
         assert abs((recorded_at - halted_at).total_seconds()) < 1.0
         assert client.get("/state").json()["epoch"] == epoch
     # A restart reads the halt back from the database.
-    with harness.run(create_service) as client:
+    with outage.harness.run(create_service) as client:
         state = client.get("/state").json()
         assert (state["state"], state["epoch"], state["recorded"]) == ("HALTED", epoch, True)
 
 
 def test_a_halt_not_recorded_before_a_restart_is_taken_back_from_execution(
-    harness: ServiceHarness,
-    portfolio: PortfolioStub,
-    execution: ExecutionStub,
-    cluster_database: str,
-    private_cluster: PrivateCluster,
+    outage: Outage,
 ) -> None:
-    with harness.run(create_service) as client:
-        tick(harness, client)
+    with outage.serving() as client:
         epoch = client.get("/state").json()["epoch"] + 1
-        private_cluster.stop()
-        try:
-            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+        with outage.database_down(client, back_after=False):
             answer = client.post("/kill-switch", json={"operator": "alice", "reason": "db down"})
             assert_database_503(answer)
             assert answer.json()["recorded"] is False
-        except BaseException:
-            private_cluster.start()
-            raise
     # risk-safety stopped with the halt unrecorded, and starts again without its journal (a
     # new pod); execution still enforces the halt.
     assert StateJournal(default_journal_path()).read() is not None
     default_journal_path().unlink()
-    private_cluster.start()
-    with harness.run(create_service) as client:
+    outage.cluster.start()
+    with outage.harness.run(create_service) as client:
         wait_until(
             lambda: (
                 client.get("/state").json()["recorded"] is True
@@ -190,11 +208,7 @@ def test_a_halt_not_recorded_before_a_restart_is_taken_back_from_execution(
 
 
 def test_changes_not_recorded_survive_a_restart_of_both_services_in_the_journal(
-    harness: ServiceHarness,
-    portfolio: PortfolioStub,
-    execution: ExecutionStub,
-    cluster_database: str,
-    private_cluster: PrivateCluster,
+    outage: Outage,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A loss limit moves to REDUCING and an operator then halts, both during the outage;
@@ -203,13 +217,10 @@ def test_changes_not_recorded_survive_a_restart_of_both_services_in_the_journal(
     monkeypatch.setenv("RISK_MAX_DAILY_LOSS", "1000")
     monkeypatch.setenv("RISK_REFRESH_MS", "0")
     journal = StateJournal(default_journal_path())
-    with harness.run(create_service) as client:
-        tick(harness, client)
+    with outage.serving() as client:
         epoch = client.get("/state").json()["epoch"]
-        private_cluster.stop()
-        try:
-            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
-            portfolio.reset(equity="98500", daily_pnl="-1500")
+        with outage.database_down(client, back_after=False):
+            outage.portfolio.reset(equity="98500", daily_pnl="-1500")
             order = {
                 "client_order_id": "loss-1",
                 "symbol": "BTCUSDT",
@@ -229,7 +240,7 @@ def test_changes_not_recorded_survive_a_restart_of_both_services_in_the_journal(
             answer = client.post("/kill-switch", json={"operator": "alice", "reason": "db down"})
             assert_database_503(answer)
             assert (answer.json()["state"], answer.json()["epoch"]) == ("HALTED", epoch + 2)
-            assert [(p["state"], p["epoch"]) for p in execution.pushes] == [
+            assert [(p["state"], p["epoch"]) for p in outage.execution.pushes] == [
                 ("REDUCING", epoch + 1),
                 ("HALTED", epoch + 2),
             ]
@@ -239,13 +250,10 @@ def test_changes_not_recorded_survive_a_restart_of_both_services_in_the_journal(
                 (epoch + 1, "REDUCING", "risk-safety"),
                 (epoch + 2, "HALTED", "alice"),
             ]
-        except BaseException:
-            private_cluster.start()
-            raise
     # Execution restarted too: it holds no state any more.
-    execution.enforced, execution.epoch = None, 0
-    private_cluster.start()
-    with harness.run(create_service) as client:
+    outage.execution.enforced, outage.execution.epoch = None, 0
+    outage.cluster.start()
+    with outage.harness.run(create_service) as client:
         state = client.get("/state").json()
         assert (state["state"], state["epoch"]) == ("HALTED", epoch + 2)
         wait_until(lambda: client.get("/state").json()["recorded"] is True, 20, "recorded")
@@ -255,43 +263,34 @@ def test_changes_not_recorded_survive_a_restart_of_both_services_in_the_journal(
             ("REDUCING", "HALTED", "alice"),
         ]
         assert journal.read() is None
-    with harness.run(create_service) as client:
+    with outage.harness.run(create_service) as client:
         state = client.get("/state").json()
         assert (state["state"], state["epoch"], state["recorded"]) == ("HALTED", epoch + 2, True)
 
 
 def test_a_resume_during_the_outage_reaches_nothing_and_execution_stays_halted(
-    harness: ServiceHarness,
-    portfolio: PortfolioStub,
-    execution: ExecutionStub,
-    cluster_database: str,
-    private_cluster: PrivateCluster,
+    outage: Outage,
 ) -> None:
     """Opening trading is committed before execution hears of it: with the database down, a
     resume is refused and execution keeps the halt (and so would take the next one)."""
-    with harness.run(create_service) as client:
-        tick(harness, client)
+    with outage.serving() as client:
         halted = client.post("/kill-switch", json={"operator": "alice", "reason": "x"}).json()
         assert (halted["state"], halted["recorded"]) == ("HALTED", True)
-        pushes = len(execution.pushes)
-        private_cluster.stop()
-        try:
-            wait_until(lambda: client.get("/health/ready").status_code == 503, 10, "unready")
+        pushes = len(outage.execution.pushes)
+        with outage.database_down(client):
             assert_database_503(client.post("/resume", json={"operator": "bob", "reason": "y"}))
-            assert len(execution.pushes) == pushes
-            assert (execution.enforced or {}).get("state") == "HALTED"
+            assert len(outage.execution.pushes) == pushes
+            assert (outage.execution.enforced or {}).get("state") == "HALTED"
             state = client.get("/state").json()
             assert (state["state"], state["epoch"], state["recorded"]) == (
                 "HALTED",
                 halted["epoch"],
                 True,
             )
-        finally:
-            private_cluster.start()
         wait_until(lambda: client.get("/health/ready").status_code == 200, 20, "ready again")
         resumed = client.post("/resume", json={"operator": "bob", "reason": "y"}).json()
         assert (resumed["state"], resumed["epoch"]) == ("ACTIVE", halted["epoch"] + 1)
-        assert (execution.pushes[-1]["state"], execution.pushes[-1]["epoch"]) == (
+        assert (outage.execution.pushes[-1]["state"], outage.execution.pushes[-1]["epoch"]) == (
             "ACTIVE",
             halted["epoch"] + 1,
         )
