@@ -946,6 +946,15 @@ def run_one(args: argparse.Namespace, database: str) -> int:
             f"p99 {pct(load.execution_ms, 0.99):6.1f} ms"
         )
         print("  CPU per order (load-independent): " + _cpu_per_order(cpu_used, load))
+        print(
+            "  "
+            + bounds(
+                args.in_flight,
+                rate,
+                sum(cpu_used.values()) / (len(load.accepted) or 1),
+                os.cpu_count() or 1,
+            )
+        )
         if load.first_refusal:
             print(f"  first refusal: {load.first_refusal}")
         if load.denied or load.errors:
@@ -964,6 +973,21 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         if args.trace_seconds:
             tick_to_ack(s, args.trace_seconds, "after the load")
         return 0 if ok else 1
+
+
+def bounds(in_flight: int, rate: float, cpu_s_per_order: float, cores: int) -> str:
+    """What the closed loop's figures allow, whatever the code: the mean wait `in_flight`
+    orders at `rate` must have (Little's law), the rate a p99 of 50 ms at `in_flight` needs
+    (at least the rate of a mean of 50 ms), and the most every core busy with the platform's
+    CPU per order could serve."""
+    wait_ms = 1000 * in_flight / rate if rate else float("inf")
+    ceiling = cores / cpu_s_per_order if cpu_s_per_order else float("inf")
+    return (
+        f"bounds: {in_flight} in flight at {rate:.1f}/s wait {wait_ms:.0f} ms on average "
+        f"(Little's law), so p99 <= 50 ms needs >= {in_flight / 0.05:,.0f} orders/s; "
+        f"{cores} cores at {1000 * cpu_s_per_order:.2f} ms of CPU per order serve at most "
+        f"{ceiling:,.0f} orders/s"
+    )
 
 
 def _cpu_per_order(cpu_used: dict[str, float], load: Load) -> str:

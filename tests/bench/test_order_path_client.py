@@ -22,6 +22,7 @@ from bench.order_path import (
     _run_part,
     _shares,
     bare_server,
+    bounds,
     ping,
     platform_pids,
     service_pids,
@@ -144,3 +145,11 @@ def test_the_platforms_processes_include_the_viewers_worker_processes() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_the_bounds_say_what_rate_the_latency_target_needs_and_what_the_cpu_allows() -> None:
+    line = bounds(64, 500.0, 0.004, 2)
+    assert "64 in flight at 500.0/s wait 128 ms on average" in line
+    assert "p99 <= 50 ms needs >= 1,280 orders/s" in line
+    assert "2 cores at 4.00 ms of CPU per order serve at most 500 orders/s" in line
+    assert "wait inf ms" in bounds(64, 0.0, 0.0, 2)
