@@ -1047,6 +1047,14 @@ class RiskGuard:
                 aside=str(aside),
             )
             return
+        except OSError as exc:
+            # Not a reason to stay down: execution's copy is still asked for (below).
+            self.log.error(
+                "the state journal cannot be read; not taken",
+                path=str(self._journal.path),
+                error=str(exc),
+            )
+            return
         if journal is None:
             return
         database = self._database()

@@ -134,7 +134,7 @@ class StateJournal:
         is wrong with it otherwise."""
         try:
             text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no file can be there
             return None
         try:
             document = json.loads(text)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -294,3 +295,22 @@ def test_a_resume_during_the_outage_reaches_nothing_and_execution_stays_halted(
             "ACTIVE",
             halted["epoch"] + 1,
         )
+
+
+def test_a_journal_the_disk_refuses_leaves_the_halt_in_force_and_recorded_later(
+    outage: Outage, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("RISK_STATE_JOURNAL", str(blocker / "journal.json"))
+    with outage.serving() as client:
+        epoch = client.get("/state").json()["epoch"] + 1
+        with outage.database_down(client):
+            answer = client.post("/kill-switch", json={"operator": "alice", "reason": "db down"})
+            assert_database_503(answer)
+            assert (answer.json()["state"], answer.json()["epoch"]) == ("HALTED", epoch)
+            state = client.get("/state").json()
+            assert (state["state"], state["recorded"]) == ("HALTED", False)
+        wait_until(lambda: client.get("/state").json()["recorded"] is True, 20, "recorded")
+        (change, *_) = client.get("/state/changes").json()["data"]
+        assert (change["state"], change["actor"]) == ("HALTED", "alice")

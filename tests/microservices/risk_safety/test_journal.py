@@ -231,3 +231,16 @@ def test_the_journal_is_json_a_human_can_read(tmp_path: Path) -> None:
             }
         ],
     }
+
+
+def test_a_journal_that_cannot_be_read_does_not_keep_the_service_down(
+    harness: ServiceHarness,
+    portfolio: PortfolioStub,
+    execution: ExecutionStub,
+    journal_path: Path,
+) -> None:
+    journal_path.mkdir(parents=True)  # reading it fails with an OSError
+    with harness.run(create_service) as client:
+        state = client.get("/state").json()
+        assert (state["state"], state["recorded"]) == ("ACTIVE", True)
+    assert journal_path.is_dir()
