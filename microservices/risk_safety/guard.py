@@ -344,6 +344,8 @@ class RiskGuard:
         # Changes in force whose records the database has not taken yet, in epoch order (the
         # last one is the state in force); also in the journal, which outlives a restart.
         self._unrecorded: list[StateChange] = []
+        # Read at scrape time: it follows the list, with nothing to keep in step.
+        metrics.STATE_UNRECORDED.set_function(lambda: 1.0 if self._unrecorded else 0.0)
         self._journal = StateJournal(settings.state_journal or default_journal_path())
         # Approval times of the order-rate window, ascending; the first `_window_start` have
         # left it (trimmed in batches).
@@ -942,7 +944,6 @@ class RiskGuard:
             # Closing trading is safe without its record, and execution may have adopted it
             # already: it stays in force, and is recorded once the database answers.
             self._unrecorded.append(change)
-            metrics.STATE_UNRECORDED.set(1)
             journaled = await self._write_journal()
             self.log.error(
                 "trading state changed but not recorded; recording it when the database answers",
@@ -987,7 +988,6 @@ class RiskGuard:
             pending = self._unrecorded[0]
             await self._record(pending)
             del self._unrecorded[0]
-            metrics.STATE_UNRECORDED.set(1 if self._unrecorded else 0)
             await self._write_journal()
             self.log.warning(
                 "trading state change recorded",
@@ -1091,7 +1091,6 @@ class RiskGuard:
             return
         last = pending[-1]
         self._adopt(last.target, last.epoch, last.reason, last.at)
-        metrics.STATE_UNRECORDED.set(1)
         if len(pending) < len(journal.changes):
             await self._write_journal()
         self.log.error(
@@ -1159,7 +1158,6 @@ class RiskGuard:
             )
             self._adopt(target, held.epoch, reason, at)
             self._unrecorded.append(change)
-            metrics.STATE_UNRECORDED.set(1)
             await self._write_journal()
             self.log.error(
                 "execution enforces a trading state this service had not recorded; "
