@@ -44,6 +44,8 @@ def render_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("deploy_render", DEPLOY / "render.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    # Registered first, as an import would: its dataclasses resolve their module by name.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

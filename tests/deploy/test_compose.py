@@ -91,6 +91,21 @@ def test_the_stack_has_the_services_their_dependencies_and_the_observability_bac
         assert app["labels"]["io.quantum-trader.logs"] == "json", "Alloy ships its stdout"
 
 
+def test_risk_safety_keeps_its_state_journal_on_a_named_volume_not_on_tmpfs() -> None:
+    """tmpfs is emptied each time the container stops: a halt the database refused would be
+    gone after the restart the `restart` policy gives a crashed risk-safety."""
+    stack = compose()
+    app = stack["services"]["risk-safety"]
+    journal = app["environment"]["RISK_STATE_JOURNAL"]
+    mounts = dict(reversed(v.split(":", 1)) for v in app["volumes"])
+    (directory,) = [d for d in mounts if journal.startswith(d + "/")]
+    assert mounts[directory] in stack["volumes"], "a named volume, declared at the top level"
+    assert not [t for t in app["tmpfs"] if journal.startswith(t.rstrip("/") + "/")]
+    # A new named volume takes the image directory's owner: the service's user.
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(rf"install -d -o (\d+) -g \1 .*{re.escape(directory)}\n", dockerfile)
+
+
 def test_secrets_come_from_git_ignored_files_that_make_secrets_writes(tmp_path: Path) -> None:
     stack = compose()
     text = (DEPLOY / "compose.yaml").read_text()

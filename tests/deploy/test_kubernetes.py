@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,3 +214,28 @@ def test_every_image_is_pinned_to_an_exact_version(overlay: str) -> None:
         assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+){1,2}[\w.-]*(@sha256:[0-9a-f]{64})?", image), (
             f"{image} is not pinned to an exact version"
         )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_risk_safety_keeps_its_state_journal_on_a_claim_that_outlives_the_pod(overlay: str) -> None:
+    """A halt the database refused lives in the journal until the database takes it; on the
+    pod's emptyDir a new pod (a node drained, a roll-out) started without it."""
+    from microservices.risk_safety.settings import RiskSafetySettings
+
+    docs = kustomize(overlay)
+    deployment = by_kind(docs, "Deployment")["risk-safety"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    journal = env["RISK_STATE_JOURNAL"]
+    # The variable is the one risk-safety reads.
+    assert RiskSafetySettings(RISK_STATE_JOURNAL=journal).state_journal == Path(journal)
+    (mount,) = [m for m in container["volumeMounts"] if journal.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    claim = by_kind(docs, "PersistentVolumeClaim")[volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # One pod at a time mounts a ReadWriteOnce claim: the old pod goes before the new one comes.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # fsGroup makes the claim writable by the service's non-root user.
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
