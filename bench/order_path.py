@@ -22,6 +22,9 @@ With `--lone-seconds S` (default 5) orders are then sent one at a time for S sec
 shape of the tick path (nothing to batch with): execution's POST /orders time and CPU per
 order, and accepted = persisted = booked for them too.
 
+With `--tracing off` the services export no spans; with `--log-level WARNING` as well, the
+run measures the order path without telemetry: the floor the telemetry's cost adds to.
+
 With `--trace-seconds S` the bot trades for S seconds twice: on the fresh platform (as under
 `make run`, before any load) and again after the load phases (its database and the viewer then
 hold every order of the load). Each time the exported traces give the tick-to-acknowledgement
@@ -131,22 +134,36 @@ class Stack:
         return f"http://127.0.0.1:{TRACEVIEW_PORT + self.offset}"
 
 
+def platform_env(
+    var: Path, offset: int, token: str, risk_max_orders: int, log_level: str, tracing: bool
+) -> dict[str, str]:
+    """The environment `quantum-trader run` gets: `make run`'s, with the bench's settings."""
+    env = {
+        "RUN_VAR_DIR": str(var),
+        "RUN_PORT_OFFSET": str(offset),
+        "RUN_METRICS_PORT": "0",
+        "QT_API_TOKEN": token,
+        "RISK_MAX_ORDERS": str(risk_max_orders),
+        **BOT_TRADING_ENV,
+        "LOG_LEVEL": log_level,
+    }
+    if not tracing:
+        env["OTEL_SDK_DISABLED"] = "true"
+    return env
+
+
 @contextmanager
 def stack(
-    offset: int, database_url: str | None, risk_max_orders: int, log_level: str = "INFO"
+    offset: int,
+    database_url: str | None,
+    risk_max_orders: int,
+    log_level: str = "INFO",
+    tracing: bool = True,
 ) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="bench-order-path-") as tmp:
         var = Path(tmp) / "var"
         token = secrets.token_urlsafe(24)
-        env = {
-            "RUN_VAR_DIR": str(var),
-            "RUN_PORT_OFFSET": str(offset),
-            "RUN_METRICS_PORT": "0",
-            "QT_API_TOKEN": token,
-            "RISK_MAX_ORDERS": str(risk_max_orders),
-            **BOT_TRADING_ENV,
-            "LOG_LEVEL": log_level,
-        }
+        env = platform_env(var, offset, token, risk_max_orders, log_level, tracing)
         if database_url:
             env["DATABASE_URL"] = database_url
         log = open(Path(tmp) / "run.out", "wb")  # noqa: SIM115 - closed below
@@ -888,7 +905,7 @@ def postgres_database() -> Iterator[str]:
 def run_one(args: argparse.Namespace, database: str) -> int:
     with (
         contextmanager_for(database) as url,
-        stack(args.port_offset, url, 10**8, args.log_level) as s,
+        stack(args.port_offset, url, 10**8, args.log_level, args.tracing == "on") as s,
     ):
         with httpx.Client(timeout=10, headers=s.headers) as client:
             client.post(s.url("trading-bot") + "/stop").raise_for_status()
@@ -919,6 +936,7 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         print(
             f"-- {database}, {args.in_flight} in flight, {args.seconds:.0f} s, "
             f"{args.clients} client processes, LOG_LEVEL={args.log_level}, "
+            f"{'' if args.tracing == 'on' else 'tracing OFF, '}"
             f"load average {os.getloadavg()[0]:.2f}, "
             f"ticks on {'their own Redis' if 'redis-market' in pids else 'the bus Redis'} --"
         )
@@ -1106,7 +1124,16 @@ def main(argv: list[str] | None = None) -> int:
         default="INFO",
         help="the services' LOG_LEVEL (INFO: `make run`'s; every order then logs its lines)",
     )
+    parser.add_argument(
+        "--tracing",
+        choices=("on", "off"),
+        default="on",
+        help="off: the services export no spans (OTEL_SDK_DISABLED); with --log-level WARNING, "
+        "the order path's cost without telemetry, the floor telemetry adds to",
+    )
     args = parser.parse_args(argv)
+    if args.tracing == "off" and args.trace_seconds:
+        parser.error("--tracing off leaves no traces to time the trades by: add --trace-seconds 0")
     if not 1 <= args.in_flight <= 500:
         parser.error(f"--in-flight must be between 1 and 500, not {args.in_flight}")
     databases = ("sqlite", "postgres") if args.database == "both" else (args.database,)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,9 @@ from bench.order_path import (
     _shares,
     bare_server,
     bounds,
+    main,
     ping,
+    platform_env,
     platform_pids,
     service_pids,
 )
@@ -153,3 +156,22 @@ def test_the_bounds_say_what_rate_the_latency_target_needs_and_what_the_cpu_allo
     assert "p99 <= 50 ms needs >= 1,280 orders/s" in line
     assert "2 cores at 4.00 ms of CPU per order serve at most 500 orders/s" in line
     assert "wait inf ms" in bounds(64, 0.0, 0.0, 2)
+
+
+def test_tracing_off_turns_the_services_span_export_off_and_needs_no_trade_timing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from backend.infra.observability._config import load_config
+
+    def tracing(env: dict[str, str]) -> bool:
+        return load_config("bench", env=env).tracing_enabled
+
+    on = platform_env(tmp_path, 0, "t", 10, "INFO", tracing=True)
+    off = platform_env(tmp_path, 0, "t", 10, "WARNING", tracing=False)
+    assert tracing(on) and not tracing(off)
+    assert off["LOG_LEVEL"] == "WARNING"
+    # The trades' timing is read from their traces: there are none to read.
+    with pytest.raises(SystemExit) as exited:
+        main(["--tracing", "off"])
+    assert exited.value.code == 2
+    assert "--trace-seconds 0" in capsys.readouterr().err
