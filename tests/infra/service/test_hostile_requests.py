@@ -114,6 +114,10 @@ PATH_VALUES: dict[str, str] = {
     "space and quotes": "%20%22%27",
 }
 QUERY_VALUES: dict[str, str] = {**PATH_VALUES, "empty": ""}
+CHEAP: dict[str, Any] = {"total_steps": 16}
+"""Valid values that keep the work a request starts small: each of rl-training's accepted jobs
+trains (for real) 16 steps, not the default 10 000, so the queued jobs do not compete with
+the walk for the interpreter."""
 
 
 @pytest.fixture
@@ -170,6 +174,8 @@ def _valid(schema: dict[str, Any], components: dict[str, Any], name: str = "") -
     """A value `schema` accepts (as far as its shape goes), so that a hostile value in one
     field meets valid neighbours and travels as deep into the route as it can."""
     schema = _resolve(schema, components)
+    if name in CHEAP:
+        return CHEAP[name]
     if "anyOf" in schema:
         options = [o for o in schema["anyOf"] if o.get("type") != "null"]
         return _valid(options[0], components, name) if options else None
