@@ -971,6 +971,7 @@ def run_one(args: argparse.Namespace, database: str) -> int:
                 rate,
                 sum(cpu_used.values()) / (len(load.accepted) or 1),
                 os.cpu_count() or 1,
+                _spread(load.order_ms),
             )
         )
         if load.first_refusal:
@@ -993,19 +994,33 @@ def run_one(args: argparse.Namespace, database: str) -> int:
         return 0 if ok else 1
 
 
-def bounds(in_flight: int, rate: float, cpu_s_per_order: float, cores: int) -> str:
+def bounds(
+    in_flight: int, rate: float, cpu_s_per_order: float, cores: int, spread: float = 0.0
+) -> str:
     """What the closed loop's figures allow, whatever the code: the mean wait `in_flight`
     orders at `rate` must have (Little's law), the rate a p99 of 50 ms at `in_flight` needs
-    (at least the rate of a mean of 50 ms), and the most every core busy with the platform's
-    CPU per order could serve."""
+    (at least the rate of a mean of 50 ms; with the run's `spread`, its p99 over its mean,
+    the rate of a mean 50 ms / spread), and the most every core busy with the platform's CPU
+    per order could serve."""
     wait_ms = 1000 * in_flight / rate if rate else float("inf")
     ceiling = cores / cpu_s_per_order if cpu_s_per_order else float("inf")
+    needs = f"p99 <= 50 ms needs >= {in_flight / 0.05:,.0f} orders/s"
+    if spread > 1:
+        needs += (
+            f" (>= {in_flight * spread / 0.05:,.0f} at this run's spread, "
+            f"p99 {spread:.1f}x the mean)"
+        )
     return (
         f"bounds: {in_flight} in flight at {rate:.1f}/s wait {wait_ms:.0f} ms on average "
-        f"(Little's law), so p99 <= 50 ms needs >= {in_flight / 0.05:,.0f} orders/s; "
+        f"(Little's law), so {needs}; "
         f"{cores} cores at {1000 * cpu_s_per_order:.2f} ms of CPU per order serve at most "
         f"{ceiling:,.0f} orders/s"
     )
+
+
+def _spread(ms: list[float]) -> float:
+    """p99 over the mean: how far the tail sits from the mean Little's law fixes."""
+    return pct(ms, 0.99) / statistics.fmean(ms) if ms else 0.0
 
 
 def _cpu_per_order(cpu_used: dict[str, float], load: Load) -> str:

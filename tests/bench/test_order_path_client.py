@@ -156,6 +156,10 @@ def test_the_bounds_say_what_rate_the_latency_target_needs_and_what_the_cpu_allo
     assert "p99 <= 50 ms needs >= 1,280 orders/s" in line
     assert "2 cores at 4.00 ms of CPU per order serve at most 500 orders/s" in line
     assert "wait inf ms" in bounds(64, 0.0, 0.0, 2)
+    # A tail twice the mean: the mean must be 25 ms, so twice the rate.
+    spread = bounds(64, 500.0, 0.004, 2, spread=2.0)
+    assert "needs >= 1,280 orders/s (>= 2,560 at this run's spread, p99 2.0x the mean)" in spread
+    assert "spread" not in line
 
 
 def test_tracing_off_turns_the_services_span_export_off_and_needs_no_trade_timing(
