@@ -118,5 +118,18 @@ def test_replicas_of_a_service_with_state_share_it_through_the_config_map(
         assert config[variable] == "true", variable
 
 
+def test_a_state_volume_is_refused_to_a_replicated_service(
+    render: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ReadWriteOnce claim is mounted by one pod at a time: a second replica (or a rolling
+    update's surge pod) would wait for it forever."""
+    volume = render.StateVolume(size="1Gi", settings={"X": "/var/lib/quantum-trader/x"})
+    monkeypatch.setattr(render, "STATE_VOLUMES", {"execution": volume})
+    with pytest.raises(
+        SystemExit, match="execution: a ReadWriteOnce state volume needs a singleton"
+    ):
+        render.kubernetes()
+
+
 def test_every_table_owner_is_a_service_of_the_catalogue() -> None:
     assert set(TABLE_OWNERS) <= {s.name for s in SERVICES}
